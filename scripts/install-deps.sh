@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install the Debian packages the tests and the demo need (idempotent).
+# PostgreSQL provides the binaries the embedded test clusters start from;
+# fuse3 provides /dev/fuse tooling for the mounted file system tests.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 || {
+    $SUDO apt-get update -q >/dev/null
+    $SUDO apt-get install -y -q "${missing[@]}" >/dev/null
+  }
+fi
+# The package may start a system cluster; our tests run their own private ones.

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what it needs, builds once, runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-deps.sh
+export RUST_BACKTRACE=1
+# Property tests: a fixed case count keeps CI time predictable; raise locally with PROPTEST_CASES.
+cargo test --locked --all-targets
+# The bucket benchmark at a small size, so the bench code itself is exercised.
+cargo run --locked --quiet --bin jax-csi -- bench bucket --dir "${TMPDIR:-/tmp}" --size-mib 16 --files 500 --random-reads 100 >/dev/null
+echo "all tests passed"

@@ -1,0 +1,586 @@
+//! Chunked file content: reading and writing byte ranges of a file whose
+//! content is a list of fixed-size encrypted chunks.
+//!
+//! Only the chunks a request touches are loaded. Writes go to in-memory dirty
+//! chunk buffers that are sealed and stored when the mount flushes (on save,
+//! or when a file's dirty bytes pass a bound), so a 4 KiB write rewrites one
+//! chunk and memory stays bounded however large the file is. Several chunks
+//! are sealed or opened in parallel on all cores.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+
+use super::error::{BucketError, Result};
+use super::tree::{FileNode, KeyBytes};
+use crate::crypto::{SecretKey, SEAL_OVERHEAD};
+use crate::store::{BlobStore, Hash};
+
+/// Default chunk size: 1 MiB.
+pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+/// How many decrypted chunks the read cache keeps.
+const CACHE_CHUNKS: usize = 32;
+
+/// Shared access to the blob store with a small cache of decrypted chunks
+/// and a read-ahead that loads the next chunks of a sequential reader on
+/// background threads.
+pub struct ChunkIo {
+    pub store: Arc<BlobStore>,
+    pub chunk_size: u64,
+    shared: Arc<Shared>,
+}
+
+type Loaded = std::result::Result<Arc<Vec<u8>>, String>;
+
+struct Shared {
+    cache: Mutex<ChunkCache>,
+    /// Chunks being loaded by read-ahead; a reader that needs one waits for it.
+    inflight: Mutex<HashMap<Hash, Arc<OnceLock<Loaded>>>>,
+}
+
+struct ChunkCache {
+    capacity: usize,
+    map: HashMap<Hash, Arc<Vec<u8>>>,
+    order: VecDeque<Hash>,
+}
+
+impl ChunkCache {
+    fn get(&self, h: &Hash) -> Option<Arc<Vec<u8>>> {
+        self.map.get(h).cloned()
+    }
+    fn insert(&mut self, h: Hash, data: Arc<Vec<u8>>) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.map.insert(h, data).is_none() {
+            self.order.push_back(h);
+            while self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// Load, verify and decrypt one chunk (in place), without the cache.
+fn load_uncached(store: &BlobStore, key: &SecretKey, hash: &Hash) -> Result<Vec<u8>> {
+    let mut buf = store.get(hash)?;
+    key.open_in_place(&mut buf, b"").map_err(|_| {
+        tracing::error!(chunk = %hash, "chunk failed authenticated decryption");
+        BucketError::Integrity(format!("chunk {hash} does not decrypt"))
+    })?;
+    Ok(buf)
+}
+
+impl ChunkIo {
+    pub fn new(store: Arc<BlobStore>, chunk_size: u32) -> Self {
+        Self {
+            store,
+            chunk_size: chunk_size as u64,
+            shared: Arc::new(Shared {
+                cache: Mutex::new(ChunkCache {
+                    capacity: CACHE_CHUNKS,
+                    map: HashMap::new(),
+                    order: VecDeque::new(),
+                }),
+                inflight: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Change how many decrypted chunks are cached (0 turns the cache off).
+    pub fn set_cache_capacity(&self, chunks: usize) {
+        let mut c = self.shared.cache.lock().expect("chunk cache lock");
+        c.capacity = chunks;
+        c.map.clear();
+        c.order.clear();
+    }
+
+    /// Load, verify and decrypt one chunk (cached).
+    fn load(&self, key: &SecretKey, hash: &Hash) -> Result<Arc<Vec<u8>>> {
+        if let Some(hit) = self
+            .shared
+            .cache
+            .lock()
+            .expect("chunk cache lock")
+            .get(hash)
+        {
+            return Ok(hit);
+        }
+        let pending = self
+            .shared
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .get(hash)
+            .cloned();
+        if let Some(cell) = pending {
+            return cell.wait().clone().map_err(BucketError::Integrity);
+        }
+        let plain = Arc::new(load_uncached(&self.store, key, hash)?);
+        self.shared
+            .cache
+            .lock()
+            .expect("chunk cache lock")
+            .insert(*hash, plain.clone());
+        Ok(plain)
+    }
+
+    /// Start loading a chunk in the background unless it is cached or on its way.
+    fn prefetch(&self, key: &SecretKey, hash: Hash) {
+        if self.shared.cache.lock().expect("chunk cache lock").capacity == 0 {
+            return;
+        }
+        if self
+            .shared
+            .cache
+            .lock()
+            .expect("chunk cache lock")
+            .get(&hash)
+            .is_some()
+        {
+            return;
+        }
+        let cell = {
+            let mut inflight = self.shared.inflight.lock().expect("inflight lock");
+            if inflight.contains_key(&hash) {
+                return;
+            }
+            let cell = Arc::new(OnceLock::new());
+            inflight.insert(hash, cell.clone());
+            cell
+        };
+        let (store, shared, key) = (self.store.clone(), self.shared.clone(), key.clone());
+        std::thread::spawn(move || {
+            let loaded = load_uncached(&store, &key, &hash).map(Arc::new);
+            if let Ok(data) = &loaded {
+                shared
+                    .cache
+                    .lock()
+                    .expect("chunk cache lock")
+                    .insert(hash, data.clone());
+            }
+            let _ = cell.set(loaded.map_err(|e| e.to_string()));
+            shared.inflight.lock().expect("inflight lock").remove(&hash);
+        });
+    }
+
+    fn seal_store(&self, key: &SecretKey, buf: &mut Vec<u8>) -> Result<Hash> {
+        seal_store(&self.store, key, buf)
+    }
+
+    /// A buffer for one chunk with room to be sealed in place.
+    fn chunk_buffer(&self) -> Vec<u8> {
+        Vec::with_capacity(self.chunk_size as usize + SEAL_OVERHEAD)
+    }
+}
+
+/// Seal one chunk in place and store it; returns its address. On a store
+/// failure the buffer is decrypted back, so the caller keeps its bytes.
+fn seal_store(store: &BlobStore, key: &SecretKey, buf: &mut Vec<u8>) -> Result<Hash> {
+    key.seal_in_place(buf, b"")?;
+    let hash = Hash::of(buf);
+    if let Err(e) = store.put_hashed(hash, buf) {
+        key.open_in_place(buf, b"")?;
+        return Err(e.into());
+    }
+    Ok(hash)
+}
+
+/// A chunk's sealing outcome: its buffer (plaintext again on failure) and address.
+type Sealed = (Vec<u8>, Result<Hash>);
+/// A sealing outcome for chunk index `.0` of a file.
+pub type SealedChunk = (u64, Vec<u8>, Result<Hash>);
+type SealJob = Box<dyn FnOnce() + Send>;
+
+/// Worker threads (one per core) that seal full chunks while the writer goes
+/// on filling the next ones, so a sequential writer keeps every core busy.
+fn seal_pool() -> &'static Mutex<mpsc::Sender<SealJob>> {
+    static POOL: OnceLock<Mutex<mpsc::Sender<SealJob>>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SealJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        for n in 0..workers {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("jax-seal-{n}"))
+                .spawn(move || loop {
+                    let job = match rx.lock().expect("seal queue lock").recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    };
+                    job();
+                })
+                .expect("spawning a seal worker");
+        }
+        Mutex::new(tx)
+    })
+}
+
+/// Chunks of one file that may be sealing in the background at once (bounds memory).
+const MAX_PENDING_SEALS: usize = 8;
+
+/// Chunks a sequential reader loads ahead of where it reads.
+const READ_AHEAD_CHUNKS: u64 = 2;
+
+/// Run `f` over `items` on up to all cores, keeping the order of results.
+pub(crate) fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(items.len());
+    if threads <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let mut groups: Vec<Vec<(usize, T)>> = (0..threads).map(|_| Vec::new()).collect();
+    let n = items.len();
+    for (i, item) in items.into_iter().enumerate() {
+        groups[i % threads].push((i, item));
+    }
+    let f = &f;
+    let mut results: Vec<Option<R>> = (0..n).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = groups
+            .into_iter()
+            .map(|g| s.spawn(move || g.into_iter().map(|(i, t)| (i, f(t))).collect::<Vec<_>>()))
+            .collect();
+        for h in handles {
+            for (i, r) in h.join().expect("chunk worker panicked") {
+                results[i] = Some(r);
+            }
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| r.expect("every index filled"))
+        .collect()
+}
+
+/// A file's content as held by a live mount.
+pub struct FileData {
+    pub size: u64,
+    pub key: KeyBytes,
+    /// Stored chunks (`None` = hole); always `chunk_count(size)` long.
+    pub chunks: Vec<Option<Hash>>,
+    /// Chunks changed since the last flush, by index.
+    dirty: BTreeMap<u64, Vec<u8>>,
+    /// Full chunks being sealed in the background, by index.
+    pending: BTreeMap<u64, mpsc::Receiver<Sealed>>,
+    /// Where the last read ended, to recognise a sequential reader.
+    last_read_end: u64,
+}
+
+fn chunk_count(size: u64, cs: u64) -> usize {
+    size.div_ceil(cs) as usize
+}
+
+impl FileData {
+    pub fn empty() -> Result<Self> {
+        Ok(Self {
+            size: 0,
+            key: KeyBytes::generate()?,
+            chunks: Vec::new(),
+            dirty: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            last_read_end: u64::MAX,
+        })
+    }
+
+    pub fn from_node(node: &FileNode) -> Self {
+        Self {
+            size: node.size,
+            key: node.key.clone(),
+            chunks: node.chunks.clone(),
+            dirty: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            last_read_end: u64::MAX,
+        }
+    }
+
+    /// The persisted form; only valid when nothing is dirty.
+    pub fn to_node(&self) -> FileNode {
+        debug_assert!(
+            self.dirty.is_empty() && self.pending.is_empty(),
+            "flush before persisting"
+        );
+        FileNode {
+            size: self.size,
+            key: self.key.clone(),
+            chunks: self.chunks.clone(),
+        }
+    }
+
+    pub fn dirty_bytes(&self) -> u64 {
+        self.dirty.values().map(|b| b.len() as u64).sum()
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty() || !self.pending.is_empty()
+    }
+
+    /// Hand full chunk `i` to the seal workers.
+    fn submit(&mut self, io: &ChunkIo, i: u64) -> Result<()> {
+        while self.pending.len() >= MAX_PENDING_SEALS {
+            let oldest = *self.pending.keys().next().expect("non-empty");
+            self.wait_pending(oldest)?;
+        }
+        let Some(mut buf) = self.dirty.remove(&i) else {
+            return Ok(());
+        };
+        let (tx, rx) = mpsc::sync_channel(1);
+        let (store, key) = (io.store.clone(), self.key.key());
+        let job: SealJob = Box::new(move || {
+            let r = seal_store(&store, &key, &mut buf);
+            let _ = tx.send((buf, r));
+        });
+        seal_pool()
+            .lock()
+            .expect("seal queue lock")
+            .send(job)
+            .map_err(|_| BucketError::InvalidArgument("seal workers are gone".into()))?;
+        self.pending.insert(i, rx);
+        Ok(())
+    }
+
+    /// Wait for chunk `i`'s background seal, if any, and record its outcome.
+    fn wait_pending(&mut self, i: u64) -> Result<()> {
+        let Some(rx) = self.pending.remove(&i) else {
+            return Ok(());
+        };
+        let (buf, r) = rx
+            .recv()
+            .map_err(|_| BucketError::InvalidArgument("seal worker died".into()))?;
+        self.apply_sealed(vec![(i, buf, r)])
+    }
+
+    /// Wait for every background seal of this file.
+    fn wait_all_pending(&mut self) -> Result<()> {
+        let mut first_err = None;
+        while let Some(&i) = self.pending.keys().next() {
+            if let Err(e) = self.wait_pending(i) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Read up to `len` bytes at `offset` (short at end of file).
+    pub fn read(&mut self, io: &ChunkIo, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if offset >= self.size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let cs = io.chunk_size;
+        let end = (offset + len).min(self.size);
+        let first = offset / cs;
+        let last = (end - 1) / cs;
+        for i in first..=last {
+            self.wait_pending(i)?;
+        }
+        let key = self.key.key();
+        if offset == self.last_read_end {
+            for i in last + 1..=last + READ_AHEAD_CHUNKS {
+                if let Some(Some(h)) = self.chunks.get(i as usize) {
+                    if !self.dirty.contains_key(&i) {
+                        io.prefetch(&key, *h);
+                    }
+                }
+            }
+        }
+        self.last_read_end = end;
+        // Fetch the stored chunks the range needs, in parallel when several.
+        let wanted: Vec<(u64, Hash)> = (first..=last)
+            .filter(|i| !self.dirty.contains_key(i))
+            .filter_map(|i| self.chunks[i as usize].map(|h| (i, h)))
+            .collect();
+        let loaded: Vec<(u64, Result<Arc<Vec<u8>>>)> =
+            par_map(wanted, |(i, h)| (i, io.load(&key, &h)));
+        let mut fetched = HashMap::new();
+        for (i, r) in loaded {
+            fetched.insert(i, r?);
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for i in first..=last {
+            let chunk_start = i * cs;
+            let from = offset.max(chunk_start) - chunk_start;
+            let to = end.min(chunk_start + cs) - chunk_start;
+            let data: &[u8] = match self.dirty.get(&i) {
+                Some(buf) => buf,
+                None => fetched.get(&i).map(|a| a.as_slice()).unwrap_or(&[]),
+            };
+            // Bytes past a chunk's stored length (holes, extended files) read as zeros.
+            let have_to = (to as usize).min(data.len());
+            let have_from = (from as usize).min(have_to);
+            out.extend_from_slice(&data[have_from..have_to]);
+            out.resize(out.len() + (to - from) as usize - (have_to - have_from), 0);
+        }
+        Ok(out)
+    }
+
+    /// A mutable buffer for chunk `i`, loading its stored bytes unless `overwrite_all`.
+    fn dirty_chunk(&mut self, io: &ChunkIo, i: u64, overwrite_all: bool) -> Result<&mut Vec<u8>> {
+        self.wait_pending(i)?;
+        if !self.dirty.contains_key(&i) {
+            let mut buf = io.chunk_buffer();
+            match self.chunks.get(i as usize).copied().flatten() {
+                Some(h) if !overwrite_all => buf.extend_from_slice(&io.load(&self.key.key(), &h)?),
+                _ => {}
+            }
+            self.dirty.insert(i, buf);
+        }
+        Ok(self.dirty.get_mut(&i).expect("just inserted"))
+    }
+
+    /// Write `data` at `offset`, extending the file as needed.
+    pub fn write(&mut self, io: &ChunkIo, offset: u64, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let cs = io.chunk_size;
+        let end = offset + data.len() as u64;
+        let old_size = self.size;
+        if end > self.size {
+            self.size = end;
+            self.chunks.resize(chunk_count(end, cs), None);
+        }
+        let mut pos = offset;
+        while pos < end {
+            let i = pos / cs;
+            let chunk_start = i * cs;
+            let in_chunk = (pos - chunk_start) as usize;
+            let n = ((chunk_start + cs).min(end) - pos) as usize;
+            // Nothing old to keep if the write covers the chunk's old bytes.
+            let old_len_in_chunk = old_size.saturating_sub(chunk_start).min(cs) as usize;
+            let overwrite_all = in_chunk == 0 && n >= old_len_in_chunk;
+            let buf = self.dirty_chunk(io, i, overwrite_all)?;
+            let src = &data[(pos - offset) as usize..(pos - offset) as usize + n];
+            if buf.len() < in_chunk {
+                buf.resize(in_chunk, 0);
+            }
+            // Overwrite what overlaps, append the rest (no zero-fill of new bytes).
+            let overlap = buf.len().min(in_chunk + n) - in_chunk;
+            buf[in_chunk..in_chunk + overlap].copy_from_slice(&src[..overlap]);
+            buf.extend_from_slice(&src[overlap..]);
+            pos += n as u64;
+            if in_chunk + n == cs as usize {
+                // A writer that reached the end of a chunk is moving on: seal it now.
+                self.submit(io, i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Change the size: shrinking drops and trims chunks, growing adds a hole.
+    pub fn truncate(&mut self, io: &ChunkIo, new_size: u64) -> Result<()> {
+        self.wait_all_pending()?;
+        let cs = io.chunk_size;
+        if new_size < self.size {
+            let count = chunk_count(new_size, cs);
+            self.chunks.truncate(count);
+            self.dirty.retain(|i, _| (*i as usize) < count);
+            let tail = (new_size % cs) as usize;
+            if tail != 0 {
+                let i = new_size / cs;
+                let buf = self.dirty_chunk(io, i, false)?;
+                buf.truncate(tail);
+            }
+        } else {
+            self.chunks.resize(chunk_count(new_size, cs), None);
+        }
+        self.size = new_size;
+        Ok(())
+    }
+
+    /// Take the dirty chunks to seal. With `full_only`, keep partial chunks
+    /// buffered (an appending writer will fill them).
+    pub fn take_dirty(&mut self, cs: u64, full_only: bool) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.wait_all_pending()?;
+        let take: Vec<u64> = self
+            .dirty
+            .iter()
+            .filter(|(_, b)| !full_only || b.len() as u64 == cs)
+            .map(|(i, _)| *i)
+            .collect();
+        Ok(take
+            .into_iter()
+            .map(|i| (i, self.dirty.remove(&i).expect("listed as dirty")))
+            .collect())
+    }
+
+    /// Record sealed chunks; a failed one goes back to the dirty set so no
+    /// acknowledged byte is lost.
+    pub fn apply_sealed(&mut self, results: Vec<SealedChunk>) -> Result<()> {
+        let mut first_err = None;
+        for (i, buf, r) in results {
+            match r {
+                Ok(h) => self.chunks[i as usize] = Some(h),
+                Err(e) => {
+                    self.dirty.insert(i, buf);
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Seal and store this file's dirty chunks, several at once.
+    pub fn flush(&mut self, io: &ChunkIo, full_only: bool) -> Result<()> {
+        let bufs = self.take_dirty(io.chunk_size, full_only)?;
+        if bufs.is_empty() {
+            return Ok(());
+        }
+        let key = self.key.key();
+        let results = par_map(bufs, |(i, mut buf)| {
+            let r = io.seal_store(&key, &mut buf);
+            (i, buf, r)
+        });
+        self.apply_sealed(results)
+    }
+}
+
+impl ChunkIo {
+    /// Seal many files' chunks at once: `(file, chunk index, key, bytes)`.
+    pub fn seal_many<F: Send>(
+        &self,
+        jobs: Vec<(F, u64, SecretKey, Vec<u8>)>,
+    ) -> Vec<(F, u64, Vec<u8>, Result<Hash>)> {
+        par_map(jobs, |(f, i, key, mut buf)| {
+            let r = self.seal_store(&key, &mut buf);
+            (f, i, buf, r)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(dir: &std::path::Path, cs: u32) -> ChunkIo {
+        ChunkIo::new(Arc::new(BlobStore::open(dir).unwrap()), cs)
+    }
+
+    #[test]
+    fn write_read_across_chunks_and_holes() {
+        let d = tempfile::tempdir().unwrap();
+        let io = io(d.path(), 16);
+        let mut f = FileData::empty().unwrap();
+        f.write(&io, 10, b"abcdefghijklmnopqrstuvwxyz").unwrap();
+        assert_eq!(f.size, 36);
+        f.flush(&io, false).unwrap();
+        let mut expected = vec![0u8; 10];
+        expected.extend_from_slice(b"abcdefghijklmnopqrstuvwxyz");
+        assert_eq!(f.read(&io, 0, 100).unwrap(), expected);
+        f.truncate(&io, 100).unwrap();
+        expected.resize(100, 0);
+        assert_eq!(f.read(&io, 0, 1000).unwrap(), expected);
+        f.truncate(&io, 12).unwrap();
+        f.truncate(&io, 40).unwrap();
+        expected.truncate(12);
+        expected.resize(40, 0);
+        assert_eq!(f.read(&io, 0, 1000).unwrap(), expected);
+        f.flush(&io, false).unwrap();
+        assert_eq!(f.read(&io, 5, 20).unwrap(), expected[5..25].to_vec());
+    }
+}

@@ -1,0 +1,203 @@
+//! Signed manifests: one per bucket version.
+//!
+//! A manifest names the bucket, the root directory node (its key sealed with
+//! the bucket secret), the `previous` version (and `merged`, the second parent
+//! of a merge), its `height`, the key shares, and is signed by the node that
+//! wrote it. Manifests are stored as plain (unencrypted) blobs: they hold no
+//! plaintext and no unwrapped key, and any replica can check their provenance.
+//!
+//! Blob layout: `JAXM` magic, then the canonical encoding of [`ManifestBody`]
+//! (see [`super::codec`]), then a 64-byte Ed25519 signature over a domain
+//! separator and those body bytes.
+
+use serde::{Deserialize, Serialize};
+
+use super::codec;
+use super::error::{BucketError, Result};
+use super::tree::Timestamp;
+use crate::crypto::{Identity, KeyShare, NodeId, SIGNATURE_LEN};
+use crate::store::{BlobStore, Hash};
+
+const MAGIC: &[u8; 4] = b"JAXM";
+const SIGNING_CONTEXT: &[u8] = b"jax-csi manifest v1\0";
+
+/// A bucket's 128-bit id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BucketId(pub [u8; 16]);
+
+impl BucketId {
+    pub fn generate() -> Result<Self> {
+        let mut b = [0u8; 16];
+        crate::crypto::random_bytes(&mut b)?;
+        Ok(Self(b))
+    }
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+    pub fn from_hex(s: &str) -> Result<Self> {
+        let bad =
+            || BucketError::InvalidArgument(format!("bucket id {s:?} is not 32 hex characters"));
+        let v = hex::decode(s).map_err(|_| bad())?;
+        Ok(Self(v.try_into().map_err(|_| bad())?))
+    }
+}
+
+impl std::fmt::Display for BucketId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl std::fmt::Debug for BucketId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BucketId({})", self.to_hex())
+    }
+}
+
+impl std::str::FromStr for BucketId {
+    type Err = BucketError;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::from_hex(s)
+    }
+}
+
+/// The signed content of a manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestBody {
+    pub bucket_id: BucketId,
+    pub height: u64,
+    pub previous: Option<Hash>,
+    /// The other head this version merged in, if it is a merge.
+    pub merged: Option<Hash>,
+    /// Address of the sealed root directory node.
+    pub root: Hash,
+    /// The root directory's key, sealed with the bucket secret.
+    pub root_key: Vec<u8>,
+    pub chunk_size: u32,
+    pub quota: Option<u64>,
+    /// Logical bytes held by files (what the quota counts).
+    pub used_bytes: u64,
+    /// Number of entries (files, directories, symlinks) in the tree.
+    pub entries: u64,
+    /// The bucket secret sealed to each identity allowed to read and write.
+    pub shares: Vec<KeyShare>,
+    pub author: NodeId,
+    pub created_at: Timestamp,
+}
+
+/// A manifest whose signature has been checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    pub body: ManifestBody,
+    pub signature: [u8; SIGNATURE_LEN],
+}
+
+fn signing_input(body_bytes: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(SIGNING_CONTEXT.len() + body_bytes.len());
+    msg.extend_from_slice(SIGNING_CONTEXT);
+    msg.extend_from_slice(body_bytes);
+    msg
+}
+
+impl Manifest {
+    /// Sign `body` with `identity`, which must hold one of its shares.
+    pub fn sign(body: ManifestBody, identity: &Identity) -> Result<Self> {
+        let bytes = codec::encode(codec::Tag::Manifest, &body)?;
+        let signature = identity.sign(&signing_input(&bytes));
+        Ok(Self { body, signature })
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let body = codec::encode(codec::Tag::Manifest, &self.body)?;
+        let mut out = Vec::with_capacity(4 + body.len() + SIGNATURE_LEN);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&self.signature);
+        Ok(out)
+    }
+
+    /// Decode and verify: the format, the signature, and that the author is
+    /// one of the identities the manifest shares the bucket with.
+    pub fn from_bytes(hash: Hash, bytes: &[u8]) -> Result<Self> {
+        let bad = |reason: &str| BucketError::Format {
+            what: "manifest",
+            reason: reason.to_string(),
+        };
+        if bytes.len() < MAGIC.len() + 2 + SIGNATURE_LEN || &bytes[..4] != MAGIC {
+            return Err(bad("missing magic or truncated"));
+        }
+        let (body_bytes, sig) = bytes[4..].split_at(bytes.len() - 4 - SIGNATURE_LEN);
+        let signature: [u8; SIGNATURE_LEN] = sig.try_into().expect("split at signature length");
+        let body: ManifestBody = codec::decode(codec::Tag::Manifest, body_bytes, "manifest")?;
+        body.author
+            .verify(&signing_input(body_bytes), &signature)
+            .map_err(|_| BucketError::BadSignature {
+                manifest: hash,
+                reason: format!("signature does not verify for author {}", body.author),
+            })?;
+        if !body.shares.iter().any(|s| s.recipient == body.author) {
+            return Err(BucketError::BadSignature {
+                manifest: hash,
+                reason: format!("author {} holds no key share of the bucket", body.author),
+            });
+        }
+        Ok(Self { body, signature })
+    }
+
+    /// Store this manifest; returns its address.
+    pub fn store(&self, store: &BlobStore) -> Result<Hash> {
+        Ok(store.put(&self.to_bytes()?)?)
+    }
+
+    /// Load and verify the manifest at `hash`.
+    pub fn load(store: &BlobStore, hash: &Hash) -> Result<Self> {
+        let bytes = store.get(hash).map_err(|e| match e {
+            crate::store::StoreError::NotFound(h) => BucketError::VersionNotFound(h),
+            other => other.into(),
+        })?;
+        Self::from_bytes(*hash, &bytes)
+    }
+
+    /// The parents of this version (previous first).
+    pub fn parents(&self) -> impl Iterator<Item = Hash> + '_ {
+        self.body
+            .previous
+            .iter()
+            .chain(self.body.merged.iter())
+            .copied()
+    }
+}
+
+/// Check that `child` (at `child_hash`) correctly links to its parent manifests.
+pub fn check_link(child_hash: Hash, child: &Manifest, parents: &[Manifest]) -> Result<()> {
+    let broken = |reason: String| BucketError::ChainBroken {
+        at: child_hash,
+        reason,
+    };
+    if parents.is_empty() {
+        if child.body.height != 0 {
+            return Err(broken(format!(
+                "height {} but no previous version",
+                child.body.height
+            )));
+        }
+        return Ok(());
+    }
+    for p in parents {
+        if p.body.bucket_id != child.body.bucket_id {
+            return Err(broken(format!(
+                "parent belongs to bucket {}, not {}",
+                p.body.bucket_id, child.body.bucket_id
+            )));
+        }
+    }
+    let expected = parents.iter().map(|p| p.body.height).max().unwrap_or(0) + 1;
+    if child.body.height != expected {
+        return Err(broken(format!(
+            "height {} does not follow parent height {}",
+            child.body.height,
+            expected - 1
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,498 @@
+//! Merging a concurrent head into a live mount.
+//!
+//! A three-way merge over the persisted trees: for each name, the base
+//! (common ancestor), local and remote entries are compared. A side that did
+//! not change an entry takes the other side's version; when both changed it,
+//! directories merge recursively, a change beats a delete (nothing is lost),
+//! and two different contents go to the [`Resolver`]. Resolvers decide from
+//! the entries alone, never from which side is local, so merging A into B and
+//! B into A give the same tree.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use super::error::{BucketError, Result};
+use super::mount::Mount;
+use super::tree::{DirNode, Entry, EntryKind, KeyBytes, Link, Meta, Timestamp};
+use super::BucketCore;
+use crate::store::{BlobStore, Hash};
+
+/// What the resolver sees of one side of a conflict.
+#[derive(Clone, Debug)]
+pub struct ConflictSide {
+    pub mtime: Timestamp,
+    pub writer: [u8; 8],
+    /// A digest of the entry's content and metadata, equal on every replica.
+    pub digest: Hash,
+    pub is_dir: bool,
+}
+
+/// A resolver's decision for two different concurrent versions of an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resolution {
+    /// True when the first side passed to [`Resolver::resolve`] wins the name.
+    pub first_wins: bool,
+    /// Keep the loser under a conflict name (`name@<hash8>.ext`).
+    pub keep_loser: bool,
+}
+
+/// Decides concurrent edits. Must be symmetric: swapping the arguments must
+/// swap the winner, so both replicas converge.
+pub trait Resolver: Send + Sync {
+    fn resolve(&self, a: &ConflictSide, b: &ConflictSide) -> Resolution;
+}
+
+/// Order two sides by (mtime, writer, digest): the later one is "newer".
+fn a_is_newer(a: &ConflictSide, b: &ConflictSide) -> bool {
+    (a.mtime, a.writer, a.digest) > (b.mtime, b.writer, b.digest)
+}
+
+/// The newer edit keeps the name; the other is kept as `name@<hash8>.ext`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConflictFile;
+
+impl Resolver for ConflictFile {
+    fn resolve(&self, a: &ConflictSide, b: &ConflictSide) -> Resolution {
+        Resolution {
+            first_wins: a_is_newer(a, b),
+            keep_loser: true,
+        }
+    }
+}
+
+/// The newer edit (by modification time, then node id) wins; the other is dropped.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LastWriterWins;
+
+impl Resolver for LastWriterWins {
+    fn resolve(&self, a: &ConflictSide, b: &ConflictSide) -> Resolution {
+        Resolution {
+            first_wins: a_is_newer(a, b),
+            keep_loser: false,
+        }
+    }
+}
+
+/// One conflict a merge resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// Path of the contested entry.
+    pub path: String,
+    /// Where the losing version now lives, if it was kept.
+    pub kept_as: Option<String>,
+    pub kind: ConflictKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// Both sides changed the content differently.
+    BothChanged,
+    /// One side changed what the other deleted: the change was kept.
+    ChangedVsDeleted,
+    /// Both sides changed metadata only: the newer metadata was kept.
+    Metadata,
+}
+
+/// The outcome of [`Mount::merge_from`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MergeReport {
+    /// Entry changes taken from the incoming head.
+    pub operations_added: usize,
+    pub conflicts: Vec<Conflict>,
+    /// The version the mount is at after the merge.
+    pub version: Option<Hash>,
+    /// True when the local side had nothing new and simply moved to the incoming head.
+    pub fast_forward: bool,
+}
+
+struct MergeCtx<'a> {
+    store: &'a BlobStore,
+    resolver: &'a dyn Resolver,
+    report: MergeReport,
+}
+
+impl Mount {
+    /// Merge the concurrent head `incoming` (already in the local store) into
+    /// this mount, writing a merge version whose parents are both heads.
+    pub fn merge_from(&mut self, incoming: &Hash, resolver: &dyn Resolver) -> Result<MergeReport> {
+        if self.is_read_only() {
+            return Err(BucketError::ReadOnly);
+        }
+        let core = self.core().clone();
+        let remote = core.load_manifest(incoming)?;
+        let local_base = self.base().hash;
+        let remote_ancestors: HashMap<Hash, u64> = core
+            .walk(*incoming)?
+            .into_iter()
+            .map(|(h, m)| (h, m.body.height))
+            .collect();
+        let local_ancestors: HashSet<Hash> =
+            core.walk(local_base)?.into_iter().map(|(h, _)| h).collect();
+        if local_ancestors.contains(incoming) {
+            // Already part of our history: nothing to merge.
+            return Ok(MergeReport {
+                version: Some(local_base),
+                ..Default::default()
+            });
+        }
+        let base_hash = local_ancestors
+            .iter()
+            .filter_map(|h| remote_ancestors.get(h).map(|height| (*height, *h)))
+            .max()
+            .map(|(_, h)| h);
+
+        let local_root = self.persist_root()?;
+        let remote_root = Link {
+            hash: remote.body.root,
+            key: core.open_root_key(&remote)?,
+        };
+        let base_node = match base_hash {
+            Some(h) => {
+                let m = core.load_manifest(&h)?;
+                let link = Link {
+                    hash: m.body.root,
+                    key: core.open_root_key(&m)?,
+                };
+                Some(DirNode::load(&core.store, &link)?)
+            }
+            None => None,
+        };
+        let mut ctx = MergeCtx {
+            store: &core.store,
+            resolver,
+            report: MergeReport::default(),
+        };
+        let local_node = DirNode::load(&core.store, &local_root)?;
+        let remote_node = DirNode::load(&core.store, &remote_root)?;
+        let mut merged = ctx.merge_dirs("", base_node.as_ref(), &local_node, &remote_node)?;
+        merged.root_meta = merge_meta(
+            base_node.as_ref().and_then(|b| b.root_meta.as_ref()),
+            local_node.root_meta.as_ref(),
+            remote_node.root_meta.as_ref(),
+        );
+        let mut report = ctx.report;
+
+        let fast_forward = base_hash == Some(local_base) && !self.has_unsaved_changes();
+        if fast_forward {
+            self.reset_to(*incoming)?;
+            core.write_head(incoming)?;
+            report.fast_forward = true;
+            report.version = Some(*incoming);
+        } else {
+            let root_hash = merged.store(&core.store, &local_root.key)?;
+            let (used, entries) = totals(
+                &core,
+                &Link {
+                    hash: root_hash,
+                    key: local_root.key.clone(),
+                },
+            )?;
+            self.replace_tree(
+                Link {
+                    hash: root_hash,
+                    key: local_root.key,
+                },
+                used,
+                entries,
+            )?;
+            let saved = self.commit(Some((*incoming, remote.body.height)))?;
+            report.version = Some(saved.hash);
+        }
+        self.mark_synced();
+        tracing::info!(
+            bucket = %core.id,
+            incoming = %incoming,
+            added = report.operations_added,
+            conflicts = report.conflicts.len(),
+            fast_forward = report.fast_forward,
+            "merged concurrent head"
+        );
+        Ok(report)
+    }
+}
+
+/// Logical bytes and entry count of a whole tree.
+fn totals(core: &BucketCore, root: &Link) -> Result<(u64, u64)> {
+    let mut used = 0;
+    let mut entries = 0;
+    let mut stack = vec![root.clone()];
+    while let Some(link) = stack.pop() {
+        for e in DirNode::load(&core.store, &link)?.entries {
+            entries += 1;
+            match e.kind {
+                EntryKind::File(f) => used += f.size,
+                EntryKind::Dir(l) => stack.push(l),
+                EntryKind::Symlink(_) => {}
+            }
+        }
+    }
+    Ok((used, entries))
+}
+
+fn digest(entry: &Entry) -> Hash {
+    let bytes = postcard::to_stdvec(&(&entry.kind, &entry.meta)).unwrap_or_default();
+    Hash::of(&bytes)
+}
+
+fn side(entry: &Entry) -> ConflictSide {
+    ConflictSide {
+        mtime: entry.meta.mtime,
+        writer: entry.meta.writer,
+        digest: digest(entry),
+        is_dir: entry.kind.is_dir(),
+    }
+}
+
+/// `name@<hash8>.ext`, keeping the extension and the 255-byte limit.
+pub fn conflict_name(name: &[u8], digest: &Hash) -> Vec<u8> {
+    let tag = format!("@{}", digest.short());
+    let dot = name.iter().rposition(|&c| c == b'.').filter(|&i| i > 0);
+    let (stem, ext) = match dot {
+        Some(i) => (&name[..i], &name[i..]),
+        None => (name, &b""[..]),
+    };
+    let room = super::NAME_MAX.saturating_sub(tag.len() + ext.len());
+    let mut out = stem[..stem.len().min(room)].to_vec();
+    out.extend_from_slice(tag.as_bytes());
+    out.extend_from_slice(&ext[..ext.len().min(super::NAME_MAX - out.len())]);
+    out
+}
+
+/// Three-way merge of metadata: an unchanged side takes the other; else the newer wins.
+fn merge_meta(base: Option<&Meta>, local: Option<&Meta>, remote: Option<&Meta>) -> Option<Meta> {
+    match (local, remote) {
+        (Some(l), Some(r)) => {
+            if l == r || Some(r) == base {
+                Some(l.clone())
+            } else if Some(l) == base {
+                Some(r.clone())
+            } else if (l.ctime, l.writer) >= (r.ctime, r.writer) {
+                Some(l.clone())
+            } else {
+                Some(r.clone())
+            }
+        }
+        (l, r) => l.or(r).cloned(),
+    }
+}
+
+fn join(dir: &str, name: &[u8]) -> String {
+    format!("{dir}/{}", String::from_utf8_lossy(name))
+}
+
+impl MergeCtx<'_> {
+    fn merge_dirs(
+        &mut self,
+        path: &str,
+        base: Option<&DirNode>,
+        local: &DirNode,
+        remote: &DirNode,
+    ) -> Result<DirNode> {
+        let names: BTreeSet<&[u8]> = local
+            .entries
+            .iter()
+            .chain(&remote.entries)
+            .chain(base.map(|b| b.entries.as_slice()).unwrap_or(&[]))
+            .map(|e| e.name.as_slice())
+            .collect();
+        let mut out: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
+        let mut losers: Vec<(Vec<u8>, Entry)> = Vec::new();
+        for name in names {
+            let b = base.and_then(|n| n.get(name));
+            let l = local.get(name);
+            let r = remote.get(name);
+            let chosen = if l == r {
+                l.cloned()
+            } else if l == b {
+                self.report.operations_added += 1;
+                r.cloned()
+            } else if r == b {
+                l.cloned()
+            } else {
+                self.both_changed(path, name, b, l, r, &mut losers)?
+            };
+            if let Some(e) = chosen {
+                out.insert(name.to_vec(), e);
+            }
+        }
+        for (name, entry) in losers {
+            let copy = conflict_name(&name, &digest(&entry));
+            let copy = match out.get(&copy) {
+                Some(existing) if *existing == entry => continue,
+                Some(_) => {
+                    let mut longer = copy.clone();
+                    longer.extend_from_slice(
+                        format!("-{}", &digest(&entry).to_hex()[8..16]).as_bytes(),
+                    );
+                    longer
+                }
+                None => copy,
+            };
+            if let Some(c) = self
+                .report
+                .conflicts
+                .iter_mut()
+                .rev()
+                .find(|c| c.path == join(path, &name))
+            {
+                c.kept_as = Some(join(path, &copy));
+            }
+            out.insert(
+                copy.clone(),
+                Entry {
+                    name: copy,
+                    ..entry
+                },
+            );
+        }
+        Ok(DirNode {
+            root_meta: None,
+            entries: out.into_values().collect(),
+        })
+    }
+
+    fn both_changed(
+        &mut self,
+        path: &str,
+        name: &[u8],
+        b: Option<&Entry>,
+        l: Option<&Entry>,
+        r: Option<&Entry>,
+        losers: &mut Vec<(Vec<u8>, Entry)>,
+    ) -> Result<Option<Entry>> {
+        let full = join(path, name);
+        let record = |kind| Conflict {
+            path: full.clone(),
+            kept_as: None,
+            kind,
+        };
+        let base_dir = b.and_then(|e| match &e.kind {
+            EntryKind::Dir(link) => Some(link),
+            _ => None,
+        });
+        match (l, r) {
+            (Some(le), Some(re)) => match (&le.kind, &re.kind) {
+                (EntryKind::Dir(ll), EntryKind::Dir(rl)) => {
+                    let entry =
+                        self.merge_dir_entry(&full, base_dir, b, le, Some(ll), re, Some(rl))?;
+                    Ok(Some(entry))
+                }
+                (lk, rk) if lk == rk => {
+                    // Same content, different metadata.
+                    self.report.conflicts.push(record(ConflictKind::Metadata));
+                    let meta = merge_meta(b.map(|e| &e.meta), Some(&le.meta), Some(&re.meta))
+                        .expect("both present");
+                    Ok(Some(Entry { meta, ..le.clone() }))
+                }
+                _ => {
+                    let (winner, loser) = if le.kind.is_dir() != re.kind.is_dir() {
+                        // A directory always keeps its name; the other entry moves aside.
+                        if le.kind.is_dir() {
+                            (le, re)
+                        } else {
+                            (re, le)
+                        }
+                    } else {
+                        let res = self.resolver.resolve(&side(le), &side(re));
+                        if res.first_wins {
+                            (le, re)
+                        } else {
+                            (re, le)
+                        }
+                    };
+                    let keep = self
+                        .resolver
+                        .resolve(&side(winner), &side(loser))
+                        .keep_loser;
+                    if keep {
+                        losers.push((name.to_vec(), loser.clone()));
+                    }
+                    self.report
+                        .conflicts
+                        .push(record(ConflictKind::BothChanged));
+                    Ok(Some(winner.clone()))
+                }
+            },
+            (Some(changed), None) | (None, Some(changed)) => {
+                self.report
+                    .conflicts
+                    .push(record(ConflictKind::ChangedVsDeleted));
+                if l.is_none() {
+                    self.report.operations_added += 1;
+                }
+                match (&changed.kind, base_dir) {
+                    // Keep what the changing side has under a deleted directory,
+                    // but let the delete win for entries it did not touch.
+                    (EntryKind::Dir(link), Some(_)) => {
+                        let (ll, rl) = if l.is_some() {
+                            (Some(link), None)
+                        } else {
+                            (None, Some(link))
+                        };
+                        let entry =
+                            self.merge_dir_entry(&full, base_dir, b, changed, ll, changed, rl)?;
+                        Ok(Some(entry))
+                    }
+                    _ => Ok(Some(changed.clone())),
+                }
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Merge two directory versions (`None` link = that side deleted it).
+    #[allow(clippy::too_many_arguments)]
+    fn merge_dir_entry(
+        &mut self,
+        path: &str,
+        base_dir: Option<&Link>,
+        b: Option<&Entry>,
+        le: &Entry,
+        ll: Option<&Link>,
+        re: &Entry,
+        rl: Option<&Link>,
+    ) -> Result<Entry> {
+        let load = |link: Option<&Link>| -> Result<DirNode> {
+            match link {
+                Some(l) => DirNode::load(self.store, l),
+                None => Ok(DirNode::default()),
+            }
+        };
+        let base_node = match base_dir {
+            Some(l) => Some(DirNode::load(self.store, l)?),
+            None => None,
+        };
+        let ln = load(ll)?;
+        let rn = load(rl)?;
+        let merged = self.merge_dirs(path, base_node.as_ref(), &ln, &rn)?;
+        let key: KeyBytes = ll
+            .or(rl)
+            .map(|l| l.key.clone())
+            .expect("one side has the directory");
+        let hash = merged.store(self.store, &key)?;
+        let meta = merge_meta(
+            b.map(|e| &e.meta),
+            ll.map(|_| &le.meta),
+            rl.map(|_| &re.meta),
+        )
+        .expect("one side present");
+        Ok(Entry {
+            name: le.name.clone(),
+            meta,
+            kind: EntryKind::Dir(Link { hash, key }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_names() {
+        let h = Hash([0xab; 32]);
+        assert_eq!(conflict_name(b"report.txt", &h), b"report@abababab.txt");
+        assert_eq!(conflict_name(b"Makefile", &h), b"Makefile@abababab");
+        assert_eq!(conflict_name(b".bashrc", &h), b".bashrc@abababab");
+        assert_eq!(conflict_name(&[b'x'; 255], &h).len(), 255);
+    }
+}

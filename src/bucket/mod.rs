@@ -1,0 +1,555 @@
+//! The encrypted bucket engine: versions, trees, live mounts and merges.
+//!
+//! A bucket is a chain of signed manifests over encrypted trees in a
+//! content-addressed [`BlobStore`](crate::store::BlobStore). This module and
+//! those below it know nothing of FUSE, gRPC, Postgres or the network.
+//!
+//! On-disk layout of a node's state dir:
+//! ```text
+//! identity.key                 the node's Ed25519 secret (0600)
+//! store/blobs/..               every bucket's blobs (ciphertext and manifests)
+//! buckets/<id>/HEAD            the manifest hash of the bucket's head
+//! buckets/<id>/key.wrapped     the bucket secret wrapped by the KEK
+//! ```
+
+mod chunks;
+mod codec;
+mod error;
+mod manifest;
+mod merge;
+mod mount;
+mod names;
+mod ops;
+pub mod path;
+mod tree;
+
+pub use chunks::DEFAULT_CHUNK_SIZE;
+pub use error::{BucketError, Result};
+pub use manifest::{BucketId, Manifest, ManifestBody};
+pub use merge::{Conflict, ConflictFile, LastWriterWins, MergeReport, Resolution, Resolver};
+pub use mount::{
+    Attr, DirEntry, FileKind, Ino, Mount, RenameFlags, Saved, SetAttr, Usage, XattrFlags, ROOT_INO,
+};
+pub use names::{validate_name, NAME_MAX};
+pub use ops::{Op, OpRecord, OpsLog};
+pub use tree::Timestamp;
+
+use std::collections::{HashSet, VecDeque};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::crypto::{Identity, Kek, KeyShare, SecretKey, WrappedKey};
+use crate::store::{BlobStore, Hash};
+use tree::{DirNode, EntryKind, KeyBytes, Link, Meta};
+
+/// Options for a new bucket.
+#[derive(Clone, Debug)]
+pub struct BucketOptions {
+    /// Byte quota; `None` = unlimited.
+    pub quota: Option<u64>,
+    /// Chunk size in bytes (4 KiB to 16 MiB).
+    pub chunk_size: u32,
+    /// Owner and mode of the root directory.
+    pub root_uid: u32,
+    pub root_gid: u32,
+    pub root_mode: u32,
+}
+
+impl Default for BucketOptions {
+    fn default() -> Self {
+        Self {
+            quota: None,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            root_uid: 0,
+            root_gid: 0,
+            root_mode: 0o755,
+        }
+    }
+}
+
+/// One entry of a bucket's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub hash: Hash,
+    pub height: u64,
+    pub previous: Option<Hash>,
+    pub merged: Option<Hash>,
+    pub author: crate::crypto::NodeId,
+    pub created_at: Timestamp,
+    pub used_bytes: u64,
+    pub entries: u64,
+}
+
+/// What a bucket's open handles share: its id, where it lives and its secret.
+pub(crate) struct BucketCore {
+    pub id: BucketId,
+    pub dir: PathBuf,
+    pub store: Arc<BlobStore>,
+    pub identity: Arc<Identity>,
+    pub secret: SecretKey,
+}
+
+impl BucketCore {
+    fn head_path(&self) -> PathBuf {
+        self.dir.join("HEAD")
+    }
+
+    pub fn read_head(&self) -> Result<Hash> {
+        let p = self.head_path();
+        let text = std::fs::read_to_string(&p).map_err(BucketError::io(&p))?;
+        Hash::from_hex(text.trim()).map_err(|reason| BucketError::Format {
+            what: "HEAD file",
+            reason,
+        })
+    }
+
+    /// Atomically point HEAD at `hash` (temp file, fsync, rename, fsync dir).
+    pub fn write_head(&self, hash: &Hash) -> Result<()> {
+        write_atomic(&self.head_path(), hash.to_hex().as_bytes())
+    }
+
+    /// Load a manifest and check it belongs to this bucket.
+    pub fn load_manifest(&self, hash: &Hash) -> Result<Manifest> {
+        let m = Manifest::load(&self.store, hash)?;
+        if m.body.bucket_id != self.id {
+            return Err(BucketError::ChainBroken {
+                at: *hash,
+                reason: format!("manifest belongs to bucket {}", m.body.bucket_id),
+            });
+        }
+        Ok(m)
+    }
+
+    /// Walk all ancestors of `start` (inclusive), verifying each chain link.
+    pub fn walk(&self, start: Hash) -> Result<Vec<(Hash, Manifest)>> {
+        let mut seen = HashSet::new();
+        let mut queue = VecDeque::from([start]);
+        let mut out = Vec::new();
+        while let Some(h) = queue.pop_front() {
+            if !seen.insert(h) {
+                continue;
+            }
+            let m = self.load_manifest(&h)?;
+            let mut parents = Vec::new();
+            for p in m.parents() {
+                let pm = self.load_manifest(&p).map_err(|e| match e {
+                    BucketError::VersionNotFound(_) => BucketError::ChainBroken {
+                        at: h,
+                        reason: format!("parent {p} is missing"),
+                    },
+                    other => other,
+                })?;
+                parents.push(pm);
+                queue.push_back(p);
+            }
+            manifest::check_link(h, &m, &parents)?;
+            out.push((h, m));
+        }
+        Ok(out)
+    }
+
+    pub fn open_root_key(&self, m: &Manifest) -> Result<KeyBytes> {
+        let bytes = self
+            .secret
+            .open(&m.body.root_key)
+            .map_err(|_| BucketError::WrongKey(self.id.to_hex()))?;
+        let arr: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| BucketError::Format {
+                what: "manifest",
+                reason: "root key is not 32 bytes".into(),
+            })?;
+        Ok(KeyBytes(arr))
+    }
+}
+
+/// Write a small file atomically and durably.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(BucketError::io(&tmp))?;
+    f.write_all(bytes).map_err(BucketError::io(&tmp))?;
+    f.sync_all().map_err(BucketError::io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(BucketError::io(path))?;
+    let dir = path.parent().expect("file has a parent dir");
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(BucketError::io(dir))?;
+    Ok(())
+}
+
+/// A node's state directory: its identity, its blob store and its buckets.
+#[derive(Clone)]
+pub struct StateDir {
+    root: PathBuf,
+    store: Arc<BlobStore>,
+    identity: Arc<Identity>,
+}
+
+impl std::fmt::Debug for StateDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateDir")
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+impl StateDir {
+    /// Open (creating if needed) the state dir at `root`.
+    pub fn open(root: &Path) -> Result<Self> {
+        std::fs::create_dir_all(root.join("buckets")).map_err(BucketError::io(root))?;
+        let identity = Identity::load_or_create(&root.join("identity.key"))?;
+        let store = BlobStore::open(&root.join("store"))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            store: Arc::new(store),
+            identity: Arc::new(identity),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn store(&self) -> &Arc<BlobStore> {
+        &self.store
+    }
+
+    fn bucket_dir(&self, id: &BucketId) -> PathBuf {
+        self.root.join("buckets").join(id.to_hex())
+    }
+
+    /// The buckets held in this state dir.
+    pub fn list_buckets(&self) -> Result<Vec<BucketId>> {
+        let dir = self.root.join("buckets");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir).map_err(BucketError::io(&dir))? {
+            let e = e.map_err(BucketError::io(&dir))?;
+            if let Some(id) = e
+                .file_name()
+                .to_str()
+                .and_then(|s| BucketId::from_hex(s).ok())
+            {
+                if e.path().join("HEAD").exists() {
+                    out.push(id);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Create a bucket with an empty root: a fresh secret, wrapped by `kek`
+    /// and shared with this node's identity, and a signed genesis version.
+    pub fn create_bucket(&self, id: BucketId, kek: &Kek, opts: &BucketOptions) -> Result<Bucket> {
+        if !(4096..=16 << 20).contains(&opts.chunk_size) {
+            return Err(BucketError::InvalidArgument(format!(
+                "chunk size {} is outside 4 KiB..16 MiB",
+                opts.chunk_size
+            )));
+        }
+        let secret = SecretKey::generate()?;
+        let core = self.new_core(id, secret, kek)?;
+        let root_key = KeyBytes::generate()?;
+        let meta = Meta::new(
+            opts.root_mode,
+            opts.root_uid,
+            opts.root_gid,
+            self.identity.node_id().short(),
+        );
+        let root = DirNode {
+            root_meta: Some(meta),
+            entries: Vec::new(),
+        }
+        .store(&self.store, &root_key)?;
+        core.write_genesis(root, &root_key, opts.chunk_size, opts.quota, 0, 0)?;
+        Ok(Bucket {
+            core: Arc::new(core),
+        })
+    }
+
+    /// Create bucket `id` as an O(1) clone of `source` at `version`: it starts
+    /// at the same tree (no data is copied) with its own secret and shares.
+    pub fn clone_bucket(
+        &self,
+        id: BucketId,
+        source: &Bucket,
+        version: &Hash,
+        kek: &Kek,
+    ) -> Result<Bucket> {
+        let m = source.core.load_manifest(version)?;
+        let root_key = source.core.open_root_key(&m)?;
+        let secret = SecretKey::generate()?;
+        let core = self.new_core(id, secret, kek)?;
+        core.write_genesis(
+            m.body.root,
+            &root_key,
+            m.body.chunk_size,
+            m.body.quota,
+            m.body.used_bytes,
+            m.body.entries,
+        )?;
+        Ok(Bucket {
+            core: Arc::new(core),
+        })
+    }
+
+    fn new_core(&self, id: BucketId, secret: SecretKey, kek: &Kek) -> Result<BucketCore> {
+        let dir = self.bucket_dir(&id);
+        if dir.join("HEAD").exists() {
+            return Err(BucketError::BucketExists(id.to_hex()));
+        }
+        std::fs::create_dir_all(&dir).map_err(BucketError::io(&dir))?;
+        let wrapped = kek.wrap(&secret)?;
+        write_atomic(&dir.join("key.wrapped"), &wrapped.0)?;
+        Ok(BucketCore {
+            id,
+            dir,
+            store: self.store.clone(),
+            identity: self.identity.clone(),
+            secret,
+        })
+    }
+
+    /// Open a bucket, unwrapping its secret with `kek`.
+    pub fn open_bucket(&self, id: &BucketId, kek: &Kek) -> Result<Bucket> {
+        let dir = self.bucket_dir(id);
+        if !dir.join("HEAD").exists() {
+            return Err(BucketError::BucketNotFound(id.to_hex()));
+        }
+        let p = dir.join("key.wrapped");
+        let wrapped = WrappedKey(std::fs::read(&p).map_err(BucketError::io(&p))?);
+        let secret = kek
+            .unwrap(&wrapped)
+            .map_err(|_| BucketError::WrongKey(id.to_hex()))?;
+        Ok(Bucket {
+            core: Arc::new(BucketCore {
+                id: *id,
+                dir,
+                store: self.store.clone(),
+                identity: self.identity.clone(),
+                secret,
+            }),
+        })
+    }
+
+    /// Open a bucket through this node's key share in its head manifest.
+    pub fn open_bucket_shared(&self, id: &BucketId) -> Result<Bucket> {
+        let dir = self.bucket_dir(id);
+        let probe = BucketCore {
+            id: *id,
+            dir,
+            store: self.store.clone(),
+            identity: self.identity.clone(),
+            secret: SecretKey::from_bytes([0; 32]),
+        };
+        let head = probe
+            .read_head()
+            .map_err(|_| BucketError::BucketNotFound(id.to_hex()))?;
+        let m = probe.load_manifest(&head)?;
+        let me = self.identity.node_id();
+        let share = m
+            .body
+            .shares
+            .iter()
+            .find(|s| s.recipient == me)
+            .ok_or_else(|| BucketError::WrongKey(id.to_hex()))?;
+        let secret = share
+            .open(&self.identity)
+            .map_err(|_| BucketError::WrongKey(id.to_hex()))?;
+        Ok(Bucket {
+            core: Arc::new(BucketCore { secret, ..probe }),
+        })
+    }
+
+    /// Remove blobs that no retained version of `buckets` references.
+    /// Every bucket in this state dir must be passed, or its blobs are lost.
+    pub fn gc(&self, buckets: &[&Bucket]) -> Result<crate::store::GcReport> {
+        let mut live = HashSet::new();
+        for b in buckets {
+            b.collect_live(&mut live)?;
+        }
+        Ok(self.store.gc(&live)?)
+    }
+}
+
+impl BucketCore {
+    fn write_genesis(
+        &self,
+        root: Hash,
+        root_key: &KeyBytes,
+        chunk_size: u32,
+        quota: Option<u64>,
+        used: u64,
+        entries: u64,
+    ) -> Result<Hash> {
+        let body = ManifestBody {
+            bucket_id: self.id,
+            height: 0,
+            previous: None,
+            merged: None,
+            root,
+            root_key: self.secret.seal(&root_key.0)?,
+            chunk_size,
+            quota,
+            used_bytes: used,
+            entries,
+            shares: vec![KeyShare::create(&self.secret, &self.identity.node_id())?],
+            author: self.identity.node_id(),
+            created_at: Timestamp::now(),
+        };
+        let m = Manifest::sign(body, &self.identity)?;
+        let hash = m.store(&self.store)?;
+        self.write_head(&hash)?;
+        Ok(hash)
+    }
+}
+
+/// An open bucket: its head, its history, and mounts of its versions.
+#[derive(Clone)]
+pub struct Bucket {
+    core: Arc<BucketCore>,
+}
+
+impl std::fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bucket({})", self.core.id)
+    }
+}
+
+impl Bucket {
+    pub fn id(&self) -> BucketId {
+        self.core.id
+    }
+
+    pub fn head(&self) -> Result<Hash> {
+        self.core.read_head()
+    }
+
+    /// A read-write mount of the head.
+    pub fn mount(&self) -> Result<Mount> {
+        Mount::open(self.core.clone(), self.head()?, false)
+    }
+
+    /// A read-only mount of any version.
+    pub fn open_version(&self, version: &Hash) -> Result<Mount> {
+        Mount::open(self.core.clone(), *version, true)
+    }
+
+    /// Load and verify one version's manifest.
+    pub fn manifest(&self, version: &Hash) -> Result<Manifest> {
+        self.core.load_manifest(version)
+    }
+
+    /// Every version reachable from the head, newest first, each one's
+    /// signature and links to its parents verified.
+    pub fn history(&self) -> Result<Vec<VersionInfo>> {
+        let mut out = Vec::new();
+        for (hash, m) in self.walk(self.head()?)? {
+            out.push(VersionInfo {
+                hash,
+                height: m.body.height,
+                previous: m.body.previous,
+                merged: m.body.merged,
+                author: m.body.author,
+                created_at: m.body.created_at,
+                used_bytes: m.body.used_bytes,
+                entries: m.body.entries,
+            });
+        }
+        out.sort_by(|a, b| b.height.cmp(&a.height).then(b.hash.cmp(&a.hash)));
+        Ok(out)
+    }
+
+    /// Walk all ancestors of `start` (inclusive), verifying each chain link.
+    pub(crate) fn walk(&self, start: Hash) -> Result<Vec<(Hash, Manifest)>> {
+        self.core.walk(start)
+    }
+
+    /// Make `version`'s tree the content of a new head version.
+    pub fn restore(&self, version: &Hash) -> Result<Saved> {
+        let old = self.core.load_manifest(version)?;
+        let root_key = self.core.open_root_key(&old)?;
+        let mut mount = self.mount()?;
+        mount.replace_tree(
+            Link {
+                hash: old.body.root,
+                key: root_key,
+            },
+            old.body.used_bytes,
+            old.body.entries,
+        )?;
+        mount.log(Op::Restore {
+            version: version.to_hex(),
+        });
+        mount.commit(None)
+    }
+
+    /// Add every blob the bucket's versions reference to `live`.
+    fn collect_live(&self, live: &mut HashSet<Hash>) -> Result<()> {
+        self.visit_blobs(live, false).map(|_| ())
+    }
+
+    /// Check every blob of every version: manifests and their chain, directory
+    /// nodes, and each chunk's hash and authentication tag.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        self.visit_blobs(&mut HashSet::new(), true)
+    }
+
+    fn visit_blobs(&self, seen: &mut HashSet<Hash>, open_chunks: bool) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        for (hash, m) in self.walk(self.head()?)? {
+            seen.insert(hash);
+            report.versions += 1;
+            let root_key = self.core.open_root_key(&m)?;
+            let mut stack = vec![Link {
+                hash: m.body.root,
+                key: root_key,
+            }];
+            while let Some(link) = stack.pop() {
+                if !seen.insert(link.hash) {
+                    continue;
+                }
+                report.directories += 1;
+                for e in DirNode::load(&self.core.store, &link)?.entries {
+                    match e.kind {
+                        EntryKind::File(f) => {
+                            let key = f.key.key();
+                            for c in f.chunks.iter().flatten() {
+                                if !seen.insert(*c) {
+                                    continue;
+                                }
+                                report.chunks += 1;
+                                if open_chunks {
+                                    let sealed = self.core.store.get(c)?;
+                                    key.open(&sealed).map_err(|_| {
+                                        BucketError::Integrity(format!(
+                                            "chunk {c} does not decrypt"
+                                        ))
+                                    })?;
+                                }
+                            }
+                        }
+                        EntryKind::Dir(l) => stack.push(l),
+                        EntryKind::Symlink(_) => {}
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// What [`Bucket::verify`] checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub versions: usize,
+    pub directories: usize,
+    pub chunks: usize,
+}

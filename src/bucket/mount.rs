@@ -1,0 +1,1130 @@
+//! `Mount`: a live, virtual file system over one bucket version.
+//!
+//! The mount keeps an inode table in memory. Directories are loaded from their
+//! sealed nodes the first time they are looked into; files carry their chunk
+//! list and load chunk bytes only when read. Changes mark the changed entry's
+//! directory and its ancestors dirty; [`Mount::save`] flushes dirty chunks,
+//! re-seals only dirty directories bottom-up and writes a new signed manifest.
+//!
+//! The API is inode-based (what FUSE needs); `bucket::path` adds path helpers.
+//! Inode numbers are stable for the life of the mount, not across reloads.
+//! Reads do not update atime (as with `noatime`), so reading never dirties
+//! the tree.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::chunks::{ChunkIo, FileData, SealedChunk};
+use super::error::{BucketError, Result};
+use super::manifest::{Manifest, ManifestBody};
+use super::names::validate_name;
+use super::ops::{Op, OpsLog};
+use super::tree::{DirNode, Entry, EntryKind, KeyBytes, Link, Meta, Timestamp};
+use super::BucketCore;
+use crate::crypto::{KeyShare, NodeId};
+use crate::store::Hash;
+
+pub type Ino = u64;
+/// The root directory's inode number (as FUSE expects).
+pub const ROOT_INO: Ino = 1;
+/// A file's dirty bytes past this are flushed to the store without waiting for a save.
+const DIRTY_FILE_LIMIT: u64 = 64 << 20;
+/// Longest symlink target, as Linux's PATH_MAX.
+const SYMLINK_MAX: usize = 4096;
+/// Largest extended attribute value, as Linux's XATTR_SIZE_MAX.
+const XATTR_VALUE_MAX: usize = 64 << 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// What `stat` shows of an inode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: FileKind,
+    pub size: u64,
+    pub blocks: u64,
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+}
+
+/// One `readdir` entry (without `.` and `..`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub kind: FileKind,
+}
+
+/// Attribute changes for [`Mount::setattr`]; `None` leaves a field alone.
+#[derive(Clone, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Timestamp>,
+    pub mtime: Option<Timestamp>,
+}
+
+/// `rename` flags, as renameat2(2).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RenameFlags {
+    pub no_replace: bool,
+    pub exchange: bool,
+}
+
+/// `setxattr` flags, as setxattr(2).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct XattrFlags {
+    pub create: bool,
+    pub replace: bool,
+}
+
+/// Usage figures for `statfs` and volume stats.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub used_bytes: u64,
+    pub quota: Option<u64>,
+    pub entries: u64,
+}
+
+/// A saved version: its manifest address and height.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Saved {
+    pub hash: Hash,
+    pub height: u64,
+}
+
+enum Body {
+    File(FileData),
+    Dir(DirData),
+    Symlink(Vec<u8>),
+}
+
+struct DirData {
+    key: KeyBytes,
+    /// The sealed node this directory was loaded from or last saved as.
+    stored: Option<Hash>,
+    /// `None` until the directory is first looked into.
+    children: Option<BTreeMap<Vec<u8>, Ino>>,
+}
+
+struct Inode {
+    parent: Ino,
+    name: Vec<u8>,
+    meta: Meta,
+    body: Body,
+    /// For directories: the sealed node must be rewritten on save.
+    dirty: bool,
+}
+
+impl Inode {
+    fn kind(&self) -> FileKind {
+        match self.body {
+            Body::File(_) => FileKind::File,
+            Body::Dir(_) => FileKind::Dir,
+            Body::Symlink(_) => FileKind::Symlink,
+        }
+    }
+}
+
+/// A live virtual file system over one bucket version.
+pub struct Mount {
+    core: Arc<BucketCore>,
+    io: ChunkIo,
+    base: Manifest,
+    base_hash: Hash,
+    read_only: bool,
+    inodes: HashMap<Ino, Inode>,
+    next_ino: Ino,
+    used_bytes: u64,
+    entries: u64,
+    quota: Option<u64>,
+    ops: OpsLog,
+    /// Identities the bucket secret is shared with (carried into each new version).
+    shares: Vec<KeyShare>,
+    /// Anything changed since `base`.
+    changed: bool,
+}
+
+impl std::fmt::Debug for Mount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mount")
+            .field("bucket", &self.core.id)
+            .field("base", &self.base_hash)
+            .field("height", &self.base.body.height)
+            .field("read_only", &self.read_only)
+            .finish()
+    }
+}
+
+impl Mount {
+    /// Open the version at `hash`; `read_only` refuses every change.
+    pub(crate) fn open(core: Arc<BucketCore>, hash: Hash, read_only: bool) -> Result<Self> {
+        let manifest = core.load_manifest(&hash)?;
+        let root_key = core.open_root_key(&manifest)?;
+        let root_link = Link {
+            hash: manifest.body.root,
+            key: root_key,
+        };
+        let io = ChunkIo::new(core.store.clone(), manifest.body.chunk_size);
+        let mut mount = Self {
+            core,
+            io,
+            used_bytes: manifest.body.used_bytes,
+            entries: manifest.body.entries,
+            quota: manifest.body.quota,
+            shares: manifest.body.shares.clone(),
+            base: manifest,
+            base_hash: hash,
+            read_only,
+            inodes: HashMap::new(),
+            next_ino: ROOT_INO + 1,
+            ops: OpsLog::default(),
+            changed: false,
+        };
+        mount.install_root(root_link)?;
+        Ok(mount)
+    }
+
+    /// Replace the whole tree with the root at `link` (used on open and after a merge).
+    fn install_root(&mut self, link: Link) -> Result<()> {
+        let node = DirNode::load(&self.core.store, &link)?;
+        let meta = node.root_meta.clone().ok_or_else(|| BucketError::Format {
+            what: "root directory node",
+            reason: "missing root metadata".into(),
+        })?;
+        self.inodes.clear();
+        self.next_ino = ROOT_INO + 1;
+        self.inodes.insert(
+            ROOT_INO,
+            Inode {
+                parent: ROOT_INO,
+                name: Vec::new(),
+                meta,
+                body: Body::Dir(DirData {
+                    key: link.key.clone(),
+                    stored: Some(link.hash),
+                    children: None,
+                }),
+                dirty: false,
+            },
+        );
+        self.fill_children(ROOT_INO, node);
+        Ok(())
+    }
+
+    // ----- read-only queries -------------------------------------------------
+
+    pub fn bucket_id(&self) -> super::BucketId {
+        self.core.id
+    }
+
+    /// The version this mount was opened at or last saved as.
+    pub fn base(&self) -> Saved {
+        Saved {
+            hash: self.base_hash,
+            height: self.base.body.height,
+        }
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// True when there are changes not yet saved as a version.
+    pub fn has_unsaved_changes(&self) -> bool {
+        self.changed
+    }
+
+    pub fn ops_log(&self) -> &OpsLog {
+        &self.ops
+    }
+
+    /// Forget the ops log: the current head is now known to the peers.
+    pub fn mark_synced(&mut self) {
+        self.ops.clear();
+    }
+
+    pub fn usage(&self) -> Usage {
+        Usage {
+            used_bytes: self.used_bytes,
+            quota: self.quota,
+            entries: self.entries,
+        }
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.io.chunk_size
+    }
+
+    pub fn getattr(&mut self, ino: Ino) -> Result<Attr> {
+        let inode = self.inode(ino)?;
+        let (size, nlink) = match &inode.body {
+            Body::File(f) => (f.size, 1),
+            Body::Symlink(t) => (t.len() as u64, 1),
+            Body::Dir(d) => {
+                let subdirs = d
+                    .children
+                    .as_ref()
+                    .map(|c| {
+                        c.values()
+                            .filter(|i| {
+                                matches!(self.inodes.get(i).map(|n| &n.body), Some(Body::Dir(_)))
+                            })
+                            .count()
+                    })
+                    .unwrap_or(0);
+                (4096, 2 + subdirs as u32)
+            }
+        };
+        Ok(Attr {
+            ino,
+            kind: inode.kind(),
+            size,
+            blocks: size.div_ceil(512),
+            mode: inode.meta.mode,
+            nlink,
+            uid: inode.meta.uid,
+            gid: inode.meta.gid,
+            atime: inode.meta.atime.into(),
+            mtime: inode.meta.mtime.into(),
+            ctime: inode.meta.ctime.into(),
+        })
+    }
+
+    pub fn lookup(&mut self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        let ino = self.child(parent, name)?.ok_or(BucketError::NotFound)?;
+        self.getattr(ino)
+    }
+
+    /// The entries of directory `ino`, sorted by name, without `.` and `..`.
+    pub fn readdir(&mut self, ino: Ino) -> Result<Vec<DirEntry>> {
+        self.children(ino)?;
+        let Body::Dir(DirData {
+            children: Some(children),
+            ..
+        }) = &self.inodes[&ino].body
+        else {
+            unreachable!("children() loaded a directory")
+        };
+        Ok(children
+            .iter()
+            .map(|(name, child)| DirEntry {
+                name: name.clone(),
+                ino: *child,
+                kind: self.inodes[child].kind(),
+            })
+            .collect())
+    }
+
+    pub fn readlink(&mut self, ino: Ino) -> Result<Vec<u8>> {
+        match &self.inode(ino)?.body {
+            Body::Symlink(t) => Ok(t.clone()),
+            _ => Err(BucketError::NotASymlink),
+        }
+    }
+
+    pub fn read(&mut self, ino: Ino, offset: u64, len: u32) -> Result<Vec<u8>> {
+        let io = &self.io;
+        match &mut self
+            .inodes
+            .get_mut(&ino)
+            .ok_or(BucketError::UnknownInode(ino))?
+            .body
+        {
+            Body::File(f) => f.read(io, offset, len as u64),
+            Body::Dir(_) => Err(BucketError::IsADirectory),
+            Body::Symlink(_) => Err(BucketError::InvalidArgument("read of a symlink".into())),
+        }
+    }
+
+    pub fn getxattr(&mut self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        self.inode(ino)?
+            .meta
+            .xattrs
+            .get(name)
+            .cloned()
+            .ok_or(BucketError::NoXattr)
+    }
+
+    pub fn listxattr(&mut self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        Ok(self.inode(ino)?.meta.xattrs.keys().cloned().collect())
+    }
+
+    /// The path of `ino` from the root, for logs and the ops log.
+    pub fn path_of(&self, ino: Ino) -> String {
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT_INO {
+            match self.inodes.get(&cur) {
+                Some(n) => {
+                    parts.push(String::from_utf8_lossy(&n.name).into_owned());
+                    cur = n.parent;
+                }
+                None => break,
+            }
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    }
+
+    // ----- changes ----------------------------------------------------------
+
+    pub fn create(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        let ino = self.add_entry(
+            parent,
+            name,
+            Meta::new(mode, uid, gid, self.writer()),
+            Body::File(FileData::empty()?),
+        )?;
+        self.log(Op::Create {
+            path: self.path_of(ino),
+        });
+        self.getattr(ino)
+    }
+
+    pub fn mkdir(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        let body = Body::Dir(DirData {
+            key: KeyBytes::generate()?,
+            stored: None,
+            children: Some(BTreeMap::new()),
+        });
+        let ino = self.add_entry(parent, name, Meta::new(mode, uid, gid, self.writer()), body)?;
+        self.inodes.get_mut(&ino).expect("just added").dirty = true;
+        self.log(Op::Mkdir {
+            path: self.path_of(ino),
+        });
+        self.getattr(ino)
+    }
+
+    pub fn symlink(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        if target.is_empty() || target.len() > SYMLINK_MAX || target.contains(&0) {
+            return Err(BucketError::InvalidArgument(
+                "symlink target must be 1..4096 bytes without NUL".into(),
+            ));
+        }
+        let ino = self.add_entry(
+            parent,
+            name,
+            Meta::new(0o777, uid, gid, self.writer()),
+            Body::Symlink(target.to_vec()),
+        )?;
+        self.log(Op::Symlink {
+            path: self.path_of(ino),
+        });
+        self.getattr(ino)
+    }
+
+    /// Hard links need an inode shared by two directory entries, which the
+    /// tree format does not have yet.
+    pub fn link(&mut self, _ino: Ino, _new_parent: Ino, _new_name: &[u8]) -> Result<Attr> {
+        self.check_writable()?;
+        Err(BucketError::NotSupported("hard links"))
+    }
+
+    pub fn unlink(&mut self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.check_writable()?;
+        validate_name(name)?;
+        let ino = self.child(parent, name)?.ok_or(BucketError::NotFound)?;
+        if self.inodes[&ino].kind() == FileKind::Dir {
+            return Err(BucketError::IsADirectory);
+        }
+        let path = self.path_of(ino);
+        self.detach(parent, name);
+        self.drop_subtree(ino);
+        self.touch_dir(parent);
+        self.log(Op::Unlink { path });
+        Ok(())
+    }
+
+    pub fn rmdir(&mut self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.check_writable()?;
+        validate_name(name)?;
+        let ino = self.child(parent, name)?.ok_or(BucketError::NotFound)?;
+        if self.inodes[&ino].kind() != FileKind::Dir {
+            return Err(BucketError::NotADirectory);
+        }
+        if !self.children(ino)?.is_empty() {
+            return Err(BucketError::NotEmpty);
+        }
+        let path = self.path_of(ino);
+        self.detach(parent, name);
+        self.drop_subtree(ino);
+        self.touch_dir(parent);
+        self.log(Op::Rmdir { path });
+        Ok(())
+    }
+
+    pub fn rename(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        self.check_writable()?;
+        validate_name(name)?;
+        validate_name(new_name)?;
+        if flags.exchange && flags.no_replace {
+            return Err(BucketError::InvalidArgument(
+                "RENAME_EXCHANGE and RENAME_NOREPLACE together".into(),
+            ));
+        }
+        let src = self.child(parent, name)?.ok_or(BucketError::NotFound)?;
+        let dst = self.child(new_parent, new_name)?;
+        let src_is_dir = self.inodes[&src].kind() == FileKind::Dir;
+        if src_is_dir && self.is_ancestor(src, new_parent) {
+            return Err(BucketError::InvalidArgument(
+                "cannot move a directory into itself".into(),
+            ));
+        }
+        let from = self.path_of(src);
+        if flags.exchange {
+            let dst = dst.ok_or(BucketError::NotFound)?;
+            if self.inodes[&dst].kind() == FileKind::Dir && self.is_ancestor(dst, parent) {
+                return Err(BucketError::InvalidArgument(
+                    "cannot move a directory into itself".into(),
+                ));
+            }
+            self.set_child(parent, name, dst);
+            self.set_child(new_parent, new_name, src);
+            self.reparent(dst, parent, name);
+            self.reparent(src, new_parent, new_name);
+        } else {
+            if let Some(dst) = dst {
+                if dst == src {
+                    return Ok(());
+                }
+                if flags.no_replace {
+                    return Err(BucketError::Exists);
+                }
+                let dst_is_dir = self.inodes[&dst].kind() == FileKind::Dir;
+                match (src_is_dir, dst_is_dir) {
+                    (true, false) => return Err(BucketError::NotADirectory),
+                    (false, true) => return Err(BucketError::IsADirectory),
+                    (true, true) if !self.children(dst)?.is_empty() => {
+                        return Err(BucketError::NotEmpty)
+                    }
+                    _ => {}
+                }
+                self.detach(new_parent, new_name);
+                self.drop_subtree(dst);
+            }
+            self.detach(parent, name);
+            self.set_child(new_parent, new_name, src);
+            self.reparent(src, new_parent, new_name);
+        }
+        self.touch_dir(parent);
+        self.touch_dir(new_parent);
+        let to = self.path_of(src);
+        self.log(Op::Rename { from, to });
+        Ok(())
+    }
+
+    pub fn setattr(&mut self, ino: Ino, set: SetAttr) -> Result<Attr> {
+        self.check_writable()?;
+        if let Some(size) = set.size {
+            let current = match &self.inode(ino)?.body {
+                Body::File(f) => f.size,
+                Body::Dir(_) => return Err(BucketError::IsADirectory),
+                Body::Symlink(_) => {
+                    return Err(BucketError::InvalidArgument("truncate of a symlink".into()))
+                }
+            };
+            self.reserve(current, size)?;
+            let io = &self.io;
+            let inode = self.inodes.get_mut(&ino).expect("checked above");
+            if let Body::File(f) = &mut inode.body {
+                f.truncate(io, size)?;
+            }
+            if size != current {
+                inode.meta.mtime = Timestamp::now();
+            }
+            self.used_bytes = self.used_bytes - current + size;
+            self.log(Op::Truncate {
+                path: self.path_of(ino),
+                size,
+            });
+        }
+        let writer = self.writer();
+        let inode = self.inode_mut(ino)?;
+        if let Some(mode) = set.mode {
+            inode.meta.mode = mode & 0o7777;
+        }
+        if let Some(uid) = set.uid {
+            inode.meta.uid = uid;
+        }
+        if let Some(gid) = set.gid {
+            inode.meta.gid = gid;
+        }
+        if let Some(t) = set.atime {
+            inode.meta.atime = t;
+        }
+        if let Some(t) = set.mtime {
+            inode.meta.mtime = t;
+        }
+        inode.meta.ctime = Timestamp::now();
+        inode.meta.writer = writer;
+        self.entry_changed(ino);
+        if set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.atime.is_some()
+            || set.mtime.is_some()
+        {
+            self.log(Op::SetAttr {
+                path: self.path_of(ino),
+            });
+        }
+        self.getattr(ino)
+    }
+
+    /// Write `data` at `offset`; returns the number of bytes written (all of them).
+    pub fn write(&mut self, ino: Ino, offset: u64, data: &[u8]) -> Result<u32> {
+        self.check_writable()?;
+        let current = match &self.inode(ino)?.body {
+            Body::File(f) => f.size,
+            Body::Dir(_) => return Err(BucketError::IsADirectory),
+            Body::Symlink(_) => {
+                return Err(BucketError::InvalidArgument("write to a symlink".into()))
+            }
+        };
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| BucketError::InvalidArgument("offset + length overflows".into()))?;
+        let new_size = current.max(end);
+        self.reserve(current, new_size)?;
+        let writer = self.writer();
+        let io = &self.io;
+        let inode = self.inodes.get_mut(&ino).expect("checked above");
+        if let Body::File(f) = &mut inode.body {
+            f.write(io, offset, data)?;
+            if f.dirty_bytes() > DIRTY_FILE_LIMIT {
+                f.flush(io, true)?;
+            }
+        }
+        let now = Timestamp::now();
+        inode.meta.mtime = now;
+        inode.meta.ctime = now;
+        inode.meta.writer = writer;
+        self.used_bytes = self.used_bytes - current + new_size;
+        self.entry_changed(ino);
+        self.log(Op::Write {
+            path: self.path_of(ino),
+            offset,
+            len: data.len() as u64,
+        });
+        Ok(data.len() as u32)
+    }
+
+    pub fn setxattr(
+        &mut self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        flags: XattrFlags,
+    ) -> Result<()> {
+        self.check_writable()?;
+        if name.is_empty() || name.len() > 255 || name.contains(&0) {
+            return Err(BucketError::InvalidArgument(
+                "xattr name must be 1..255 bytes without NUL".into(),
+            ));
+        }
+        if value.len() > XATTR_VALUE_MAX {
+            return Err(BucketError::InvalidArgument(
+                "xattr value larger than 64 KiB".into(),
+            ));
+        }
+        let writer = self.writer();
+        let inode = self.inode_mut(ino)?;
+        let exists = inode.meta.xattrs.contains_key(name);
+        if flags.create && exists {
+            return Err(BucketError::Exists);
+        }
+        if flags.replace && !exists {
+            return Err(BucketError::NoXattr);
+        }
+        inode.meta.xattrs.insert(name.to_vec(), value.to_vec());
+        inode.meta.ctime = Timestamp::now();
+        inode.meta.writer = writer;
+        self.entry_changed(ino);
+        self.log(Op::SetXattr {
+            path: self.path_of(ino),
+            name: String::from_utf8_lossy(name).into_owned(),
+        });
+        Ok(())
+    }
+
+    pub fn removexattr(&mut self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.check_writable()?;
+        let inode = self.inode_mut(ino)?;
+        inode.meta.xattrs.remove(name).ok_or(BucketError::NoXattr)?;
+        inode.meta.ctime = Timestamp::now();
+        self.entry_changed(ino);
+        self.log(Op::RemoveXattr {
+            path: self.path_of(ino),
+            name: String::from_utf8_lossy(name).into_owned(),
+        });
+        Ok(())
+    }
+
+    /// Change the byte quota (`None` = unlimited). Takes effect at once.
+    pub fn set_quota(&mut self, quota: Option<u64>) -> Result<()> {
+        self.check_writable()?;
+        self.quota = quota;
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Share the bucket secret with `node` so it can read the bucket and sign
+    /// versions other replicas accept. Takes effect with the next save.
+    pub fn grant(&mut self, node: &NodeId) -> Result<()> {
+        self.check_writable()?;
+        if !self.shares.iter().any(|s| s.recipient == *node) {
+            self.shares.push(KeyShare::create(&self.core.secret, node)?);
+            self.changed = true;
+        }
+        Ok(())
+    }
+
+    /// The identities that hold a share of the bucket secret.
+    pub fn members(&self) -> Vec<NodeId> {
+        self.shares.iter().map(|s| s.recipient).collect()
+    }
+
+    /// Seal and store every dirty chunk (file bytes become durable blobs),
+    /// without writing a new version.
+    pub fn flush_data(&mut self) -> Result<()> {
+        // Gather every file's dirty chunks so many small files seal in parallel.
+        let cs = self.io.chunk_size;
+        let mut jobs = Vec::new();
+        let mut first_err = None;
+        for (ino, inode) in self.inodes.iter_mut() {
+            if let Body::File(f) = &mut inode.body {
+                if f.is_dirty() {
+                    let key = f.key.key();
+                    match f.take_dirty(cs, false) {
+                        Ok(bufs) => jobs
+                            .extend(bufs.into_iter().map(|(i, buf)| (*ino, i, key.clone(), buf))),
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+        }
+        if jobs.is_empty() {
+            return first_err.map_or(Ok(()), Err);
+        }
+        let mut by_file: HashMap<Ino, Vec<SealedChunk>> = HashMap::new();
+        for (ino, i, buf, r) in self.io.seal_many(jobs) {
+            by_file.entry(ino).or_default().push((i, buf, r));
+        }
+        for (ino, results) in by_file {
+            if let Some(Inode {
+                body: Body::File(f),
+                ..
+            }) = self.inodes.get_mut(&ino)
+            {
+                if let Err(e) = f.apply_sealed(results) {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Change how many decrypted chunks the read cache holds (0 = off).
+    pub fn set_cache_chunks(&mut self, chunks: usize) {
+        self.io.set_cache_capacity(chunks);
+    }
+
+    /// Write a new signed version (`height + 1`, `previous` = the old head) and
+    /// make it the bucket's head. Saving with no changes writes nothing.
+    pub fn save(&mut self) -> Result<Saved> {
+        self.check_writable()?;
+        if !self.changed {
+            return Ok(self.base());
+        }
+        self.commit(None)
+    }
+
+    /// Flush, persist the tree and write a manifest whose parents are the
+    /// base and, for a merge, `merged`.
+    pub(crate) fn commit(&mut self, merged: Option<(Hash, u64)>) -> Result<Saved> {
+        self.flush_data()?;
+        let root_hash = self.persist_dir(ROOT_INO)?;
+        let root_key = match &self.inodes[&ROOT_INO].body {
+            Body::Dir(d) => d.key.clone(),
+            _ => unreachable!("root is a directory"),
+        };
+        let height = self.base.body.height.max(merged.map(|m| m.1).unwrap_or(0)) + 1;
+        let body = ManifestBody {
+            bucket_id: self.core.id,
+            height,
+            previous: Some(self.base_hash),
+            merged: merged.map(|m| m.0),
+            root: root_hash,
+            root_key: self.core.secret.seal(&root_key.0)?,
+            chunk_size: self.io.chunk_size as u32,
+            quota: self.quota,
+            used_bytes: self.used_bytes,
+            entries: self.entries,
+            shares: self.shares.clone(),
+            author: self.core.identity.node_id(),
+            created_at: Timestamp::now(),
+        };
+        let manifest = Manifest::sign(body, &self.core.identity)?;
+        let hash = manifest.store(&self.core.store)?;
+        self.core.write_head(&hash)?;
+        tracing::debug!(bucket = %self.core.id, version = %hash, height, "saved version");
+        self.base = manifest;
+        self.base_hash = hash;
+        self.changed = false;
+        Ok(self.base())
+    }
+
+    /// The sealed root of the current tree, persisting dirty parts first (used by merge).
+    pub(crate) fn persist_root(&mut self) -> Result<Link> {
+        self.flush_data()?;
+        let hash = self.persist_dir(ROOT_INO)?;
+        let key = match &self.inodes[&ROOT_INO].body {
+            Body::Dir(d) => d.key.clone(),
+            _ => unreachable!("root is a directory"),
+        };
+        Ok(Link { hash, key })
+    }
+
+    /// Replace the tree by the one at `root` (a merge result) with the given totals.
+    pub(crate) fn replace_tree(&mut self, root: Link, used_bytes: u64, entries: u64) -> Result<()> {
+        self.install_root(root)?;
+        // The installed root is a new tree: it must be written out on commit.
+        self.inodes.get_mut(&ROOT_INO).expect("root").dirty = true;
+        self.used_bytes = used_bytes;
+        self.entries = entries;
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Reload from another version of the same bucket, dropping local state.
+    pub(crate) fn reset_to(&mut self, hash: Hash) -> Result<()> {
+        let fresh = Mount::open(self.core.clone(), hash, self.read_only)?;
+        *self = fresh;
+        Ok(())
+    }
+
+    pub(crate) fn core(&self) -> &Arc<BucketCore> {
+        &self.core
+    }
+
+    pub(crate) fn log(&mut self, op: Op) {
+        self.ops.push(op);
+        self.changed = true;
+    }
+
+    // ----- internals --------------------------------------------------------
+
+    fn writer(&self) -> [u8; 8] {
+        self.core.identity.node_id().short()
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(BucketError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Check the quota for a file growing from `current` to `new_size` bytes.
+    fn reserve(&self, current: u64, new_size: u64) -> Result<()> {
+        if new_size <= current {
+            return Ok(());
+        }
+        let needed = self.used_bytes - current + new_size;
+        match self.quota {
+            Some(quota) if needed > quota => Err(BucketError::QuotaExceeded { quota, needed }),
+            _ => Ok(()),
+        }
+    }
+
+    fn inode(&self, ino: Ino) -> Result<&Inode> {
+        self.inodes.get(&ino).ok_or(BucketError::UnknownInode(ino))
+    }
+
+    fn inode_mut(&mut self, ino: Ino) -> Result<&mut Inode> {
+        self.inodes
+            .get_mut(&ino)
+            .ok_or(BucketError::UnknownInode(ino))
+    }
+
+    /// Load directory `ino` if needed and return its children.
+    fn children(&mut self, ino: Ino) -> Result<&BTreeMap<Vec<u8>, Ino>> {
+        let link = match &self.inode(ino)?.body {
+            Body::Dir(d) if d.children.is_some() => None,
+            Body::Dir(d) => Some(Link {
+                hash: d.stored.expect("an unloaded directory has a stored node"),
+                key: d.key.clone(),
+            }),
+            _ => return Err(BucketError::NotADirectory),
+        };
+        if let Some(link) = link {
+            let node = DirNode::load(&self.core.store, &link)?;
+            self.fill_children(ino, node);
+        }
+        match &self.inodes[&ino].body {
+            Body::Dir(d) => Ok(d.children.as_ref().expect("loaded above")),
+            _ => unreachable!("checked to be a directory"),
+        }
+    }
+
+    /// Create inodes for the entries of a freshly loaded directory node.
+    fn fill_children(&mut self, ino: Ino, node: DirNode) {
+        let mut children = BTreeMap::new();
+        for entry in node.entries {
+            let child = self.next_ino;
+            self.next_ino += 1;
+            let body = match entry.kind {
+                EntryKind::File(f) => Body::File(FileData::from_node(&f)),
+                EntryKind::Dir(link) => Body::Dir(DirData {
+                    key: link.key,
+                    stored: Some(link.hash),
+                    children: None,
+                }),
+                EntryKind::Symlink(t) => Body::Symlink(t),
+            };
+            children.insert(entry.name.clone(), child);
+            self.inodes.insert(
+                child,
+                Inode {
+                    parent: ino,
+                    name: entry.name,
+                    meta: entry.meta,
+                    body,
+                    dirty: false,
+                },
+            );
+        }
+        if let Some(Inode {
+            body: Body::Dir(d), ..
+        }) = self.inodes.get_mut(&ino)
+        {
+            d.children = Some(children);
+        }
+    }
+
+    fn child(&mut self, parent: Ino, name: &[u8]) -> Result<Option<Ino>> {
+        validate_name(name)?;
+        Ok(self.children(parent)?.get(name).copied())
+    }
+
+    fn add_entry(&mut self, parent: Ino, name: &[u8], meta: Meta, body: Body) -> Result<Ino> {
+        self.check_writable()?;
+        if self.child(parent, name)?.is_some() {
+            return Err(BucketError::Exists);
+        }
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        self.inodes.insert(
+            ino,
+            Inode {
+                parent,
+                name: name.to_vec(),
+                meta,
+                body,
+                dirty: false,
+            },
+        );
+        self.set_child(parent, name, ino);
+        self.entries += 1;
+        self.touch_dir(parent);
+        Ok(ino)
+    }
+
+    fn set_child(&mut self, dir: Ino, name: &[u8], ino: Ino) {
+        if let Some(Inode {
+            body: Body::Dir(DirData {
+                children: Some(c), ..
+            }),
+            ..
+        }) = self.inodes.get_mut(&dir)
+        {
+            c.insert(name.to_vec(), ino);
+        }
+    }
+
+    fn detach(&mut self, dir: Ino, name: &[u8]) {
+        if let Some(Inode {
+            body: Body::Dir(DirData {
+                children: Some(c), ..
+            }),
+            ..
+        }) = self.inodes.get_mut(&dir)
+        {
+            c.remove(name);
+        }
+    }
+
+    fn reparent(&mut self, ino: Ino, parent: Ino, name: &[u8]) {
+        let writer = self.writer();
+        if let Some(n) = self.inodes.get_mut(&ino) {
+            n.parent = parent;
+            n.name = name.to_vec();
+            n.meta.ctime = Timestamp::now();
+            n.meta.writer = writer;
+        }
+    }
+
+    /// Remove `ino` and everything under it from the table and the totals.
+    fn drop_subtree(&mut self, ino: Ino) {
+        let mut stack = vec![ino];
+        while let Some(i) = stack.pop() {
+            if let Some(n) = self.inodes.remove(&i) {
+                self.entries = self.entries.saturating_sub(1);
+                match n.body {
+                    Body::File(f) => self.used_bytes = self.used_bytes.saturating_sub(f.size),
+                    Body::Dir(DirData {
+                        children: Some(c), ..
+                    }) => stack.extend(c.values()),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// True if `ancestor` is `ino` or one of its ancestors.
+    fn is_ancestor(&self, ancestor: Ino, mut ino: Ino) -> bool {
+        loop {
+            if ino == ancestor {
+                return true;
+            }
+            if ino == ROOT_INO {
+                return false;
+            }
+            ino = self.inodes.get(&ino).map(|n| n.parent).unwrap_or(ROOT_INO);
+        }
+    }
+
+    /// A directory's entry list changed: bump its times and mark it dirty.
+    fn touch_dir(&mut self, dir: Ino) {
+        let now = Timestamp::now();
+        if let Some(n) = self.inodes.get_mut(&dir) {
+            n.meta.mtime = now;
+            n.meta.ctime = now;
+        }
+        self.mark_dirty(dir);
+    }
+
+    /// `ino`'s entry changed: its directory (and, for a directory, itself) must be rewritten.
+    fn entry_changed(&mut self, ino: Ino) {
+        let parent = self.inodes.get(&ino).map(|n| n.parent).unwrap_or(ROOT_INO);
+        if ino == ROOT_INO || self.inodes[&ino].kind() == FileKind::Dir {
+            self.mark_dirty(ino);
+        }
+        self.mark_dirty(parent);
+        self.changed = true;
+    }
+
+    fn mark_dirty(&mut self, mut dir: Ino) {
+        loop {
+            let Some(n) = self.inodes.get_mut(&dir) else {
+                return;
+            };
+            if n.dirty && dir != ROOT_INO {
+                // Ancestors of a dirty directory are already dirty.
+                return;
+            }
+            n.dirty = true;
+            if dir == ROOT_INO {
+                return;
+            }
+            dir = n.parent;
+        }
+    }
+
+    /// Seal directory `ino` (and dirty directories below it); returns its address.
+    fn persist_dir(&mut self, ino: Ino) -> Result<Hash> {
+        {
+            let n = &self.inodes[&ino];
+            if let Body::Dir(d) = &n.body {
+                if !n.dirty {
+                    if let Some(h) = d.stored {
+                        return Ok(h);
+                    }
+                }
+            }
+        }
+        let children: Vec<(Vec<u8>, Ino)> = self
+            .children(ino)?
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let mut entries = Vec::with_capacity(children.len());
+        for (name, child) in children {
+            let kind = match &self.inodes[&child].body {
+                Body::File(f) => EntryKind::File(f.to_node()),
+                Body::Symlink(t) => EntryKind::Symlink(t.clone()),
+                Body::Dir(d) => {
+                    let key = d.key.clone();
+                    let hash = self.persist_dir(child)?;
+                    EntryKind::Dir(Link { hash, key })
+                }
+            };
+            entries.push(Entry {
+                name,
+                meta: self.inodes[&child].meta.clone(),
+                kind,
+            });
+        }
+        let inode = &self.inodes[&ino];
+        let node = DirNode {
+            root_meta: (ino == ROOT_INO).then(|| inode.meta.clone()),
+            entries,
+        };
+        let key = match &inode.body {
+            Body::Dir(d) => d.key.clone(),
+            _ => unreachable!("persist_dir on a directory"),
+        };
+        let hash = node.store(&self.core.store, &key)?;
+        let inode = self.inodes.get_mut(&ino).expect("present");
+        inode.dirty = false;
+        if let Body::Dir(d) = &mut inode.body {
+            d.stored = Some(hash);
+        }
+        Ok(hash)
+    }
+}

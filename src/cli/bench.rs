@@ -1,0 +1,221 @@
+//! `jax-csi bench …`: throughput and latency tables, each measured side by
+//! side with a baseline in the same run (the machines are shared and noisy,
+//! so ratios are what to compare).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use anyhow::{ensure, Context};
+use clap::Subcommand;
+use jax_csi::bucket::{BucketId, BucketOptions, Ino, Mount, StateDir, ROOT_INO};
+use jax_csi::crypto::Kek;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// The bucket engine against raw AES-256-GCM on the same bytes.
+    Bucket {
+        /// Where to put the state dir (tmpfs by default, so the disk is not measured).
+        #[arg(long, default_value = "/dev/shm")]
+        dir: PathBuf,
+        /// Size of the large file in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: usize,
+        /// Number of 4 KiB files in the small-file phase.
+        #[arg(long, default_value_t = 10_000)]
+        files: usize,
+        /// Number of random 4 KiB reads per file.
+        #[arg(long, default_value_t = 2000)]
+        random_reads: usize,
+    },
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Bucket {
+            dir,
+            size_mib,
+            files,
+            random_reads,
+        } => bench_bucket(&dir, size_mib, files, random_reads),
+    }
+}
+
+const MIB: usize = 1 << 20;
+
+fn gib_per_s(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64 / d.as_secs_f64()
+}
+
+/// Tiny deterministic PRNG for offsets (xorshift).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
+}
+
+/// p50 and p99 of `n` random aligned 4 KiB reads of `ino`.
+fn random_reads(
+    m: &mut Mount,
+    ino: Ino,
+    size: u64,
+    n: usize,
+    seed: u64,
+) -> anyhow::Result<(Duration, Duration)> {
+    let mut rng = Rng(seed);
+    let blocks = size / 4096;
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let off = (rng.next() % blocks) * 4096;
+        let t = Instant::now();
+        let got = m.read(ino, off, 4096)?;
+        lat.push(t.elapsed());
+        ensure!(got.len() == 4096, "short random read");
+    }
+    lat.sort();
+    Ok((percentile(&lat, 0.5), percentile(&lat, 0.99)))
+}
+
+fn bench_bucket(
+    dir: &std::path::Path,
+    size_mib: usize,
+    files: usize,
+    reads: usize,
+) -> anyhow::Result<()> {
+    let size = size_mib * MIB;
+    let tmp = tempfile::Builder::new()
+        .prefix("jax-bench-")
+        .tempdir_in(dir)
+        .with_context(|| format!("creating a temp dir in {}", dir.display()))?;
+    eprintln!("generating {size_mib} MiB of test data ...");
+    let mut data = vec![0u8; size];
+    blake3::Hasher::new()
+        .update(b"jax-csi bench")
+        .finalize_xof()
+        .fill(&mut data);
+
+    // Baseline: raw AES-256-GCM over the same bytes in 1 MiB pieces, in place, one core.
+    let cipher = Aes256Gcm::new(&[7u8; 32].into());
+    let mut ct = data.clone();
+    let mut tags = Vec::with_capacity(size / MIB + 1);
+    let t = Instant::now();
+    for (i, piece) in ct.chunks_mut(MIB).enumerate() {
+        let mut nonce = [0u8; 12];
+        nonce[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        tags.push(
+            cipher
+                .encrypt_inout_detached(&Nonce::from(nonce), b"", piece.into())
+                .map_err(|_| anyhow::anyhow!("encrypt"))?,
+        );
+    }
+    let raw_enc = t.elapsed();
+    let t = Instant::now();
+    for (i, piece) in ct.chunks_mut(MIB).enumerate() {
+        let mut nonce = [0u8; 12];
+        nonce[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let tag: &Tag = &tags[i];
+        cipher
+            .decrypt_inout_detached(&Nonce::from(nonce), b"", piece.into(), tag)
+            .map_err(|_| anyhow::anyhow!("decrypt"))?;
+    }
+    let raw_dec = t.elapsed();
+    ensure!(ct == data, "baseline round trip");
+    drop(ct);
+
+    // Ours: sequential write through the Mount API, then save.
+    let state = StateDir::open(&tmp.path().join("state"))?;
+    let kek = Kek::generate()?;
+    let bucket = state.create_bucket(BucketId::generate()?, &kek, &BucketOptions::default())?;
+    let mut m = bucket.mount()?;
+    let big = m.create(ROOT_INO, b"big.bin", 0o644, 0, 0)?.ino;
+    let t = Instant::now();
+    for (i, piece) in data.chunks(MIB).enumerate() {
+        m.write(big, (i * MIB) as u64, piece)?;
+    }
+    m.save()?;
+    let our_write = t.elapsed();
+
+    // Sequential read back from a fresh mount (cold cache), 1 MiB reads.
+    let mut m = bucket.mount()?;
+    let big = m.lookup(ROOT_INO, b"big.bin")?.ino;
+    let mut our_read = Duration::ZERO;
+    for (i, want) in data.chunks(MIB).enumerate() {
+        let t = Instant::now();
+        let got = m.read(big, (i * MIB) as u64, MIB as u32)?;
+        our_read += t.elapsed();
+        ensure!(got == want, "read back differs at MiB {i}");
+    }
+
+    // Random 4 KiB reads: the large file against a 1 MiB file.
+    let small = m.create(ROOT_INO, b"small.bin", 0o644, 0, 0)?.ino;
+    m.write(small, 0, &data[..MIB])?;
+    m.save()?;
+    m.set_cache_chunks(0);
+    let cold_big = random_reads(&mut m, big, size as u64, reads, 0x9E3779B97F4A7C15)?;
+    let cold_small = random_reads(&mut m, small, MIB as u64, reads, 0x9E3779B97F4A7C15)?;
+    m.set_cache_chunks(32);
+    let warm_big = random_reads(&mut m, big, size as u64, reads, 0x2545F4914F6CDD1D)?;
+    let warm_small = random_reads(&mut m, small, MIB as u64, reads, 0x2545F4914F6CDD1D)?;
+    drop(m);
+
+    // Small files: create N 4 KiB files in one directory and save.
+    let bucket2 = state.create_bucket(BucketId::generate()?, &kek, &BucketOptions::default())?;
+    let mut m = bucket2.mount()?;
+    let t = Instant::now();
+    for i in 0..files {
+        let ino = m
+            .create(ROOT_INO, format!("f{i:06}").as_bytes(), 0o644, 0, 0)?
+            .ino;
+        let off = (i * 4096) % (size - 4096);
+        m.write(ino, 0, &data[off..off + 4096])?;
+    }
+    m.save()?;
+    let small_files = t.elapsed();
+    // Native baseline: the same files as plain files in a directory on the same file system.
+    let native = tmp.path().join("native");
+    std::fs::create_dir(&native)?;
+    let t = Instant::now();
+    for i in 0..files {
+        let off = (i * 4096) % (size - 4096);
+        std::fs::write(native.join(format!("f{i:06}")), &data[off..off + 4096])?;
+    }
+    let native_files = t.elapsed();
+
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!("jax-csi bench bucket: {size_mib} MiB file, {files} small files, state dir on {} ({cores} cores)", dir.display());
+    println!();
+    println!("| workload | ours | baseline | ratio | target |");
+    println!("|---|---|---|---|---|");
+    let (w, rw) = (gib_per_s(size, our_write), gib_per_s(size, raw_enc));
+    println!("| sequential write + save, 1 MiB writes | {w:.2} GiB/s | {rw:.2} GiB/s raw AES-256-GCM encrypt | {:.2}x | >= 0.70x |", w / rw);
+    let (r, rr) = (gib_per_s(size, our_read), gib_per_s(size, raw_dec));
+    println!("| sequential read, 1 MiB reads, cold cache | {r:.2} GiB/s | {rr:.2} GiB/s raw AES-256-GCM decrypt | {:.2}x | >= 0.80x |", r / rr);
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "| 4 KiB random read p50, cache off | {:.0} us ({size_mib} MiB file) | {:.0} us (1 MiB file) | {:.2}x | <= 1.5x |",
+        us(cold_big.0), us(cold_small.0), us(cold_big.0) / us(cold_small.0)
+    );
+    println!(
+        "| 4 KiB random read p99, cache off | {:.0} us ({size_mib} MiB file) | {:.0} us (1 MiB file) | {:.2}x | |",
+        us(cold_big.1), us(cold_small.1), us(cold_big.1) / us(cold_small.1)
+    );
+    println!(
+        "| 4 KiB random read p50, 32-chunk cache | {:.1} us ({size_mib} MiB file) | {:.1} us (1 MiB file) | {:.2}x | |",
+        us(warm_big.0), us(warm_small.0), us(warm_big.0) / us(warm_small.0)
+    );
+    let fps = files as f64 / small_files.as_secs_f64();
+    let nfps = files as f64 / native_files.as_secs_f64();
+    println!("| create {files} x 4 KiB files + save | {fps:.0} files/s | {nfps:.0} files/s plain files on the same fs | {:.2}x | |", fps / nfps);
+    Ok(())
+}

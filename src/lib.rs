@@ -1,0 +1,6 @@
+//! jax-csi: a Kubernetes CSI driver for end-to-end encrypted buckets that
+//! nodes keep in sync peer to peer. See ARCHITECTURE.md for the layers.
+
+pub mod bucket;
+pub mod crypto;
+pub mod store;
