@@ -3,4 +3,5 @@
 
 pub mod bucket;
 pub mod crypto;
+pub mod db;
 pub mod store;
