@@ -151,7 +151,7 @@ impl ChunkIo {
             cell
         };
         let (store, shared, key) = (self.store.clone(), self.shared.clone(), key.clone());
-        std::thread::spawn(move || {
+        let job: Job = Box::new(move || {
             let loaded = load_uncached(&store, &key, &hash).map(Arc::new);
             if let Ok(data) = &loaded {
                 shared
@@ -163,6 +163,19 @@ impl ChunkIo {
             let _ = cell.set(loaded.map_err(|e| e.to_string()));
             shared.inflight.lock().expect("inflight lock").remove(&hash);
         });
+        if worker_pool()
+            .lock()
+            .expect("worker queue lock")
+            .send(job)
+            .is_err()
+        {
+            // No workers: the reader loads the chunk itself when it gets there.
+            self.shared
+                .inflight
+                .lock()
+                .expect("inflight lock")
+                .remove(&hash);
+        }
     }
 
     fn seal_store(&self, key: &SecretKey, buf: &mut Vec<u8>) -> Result<Hash> {
@@ -191,14 +204,16 @@ fn seal_store(store: &BlobStore, key: &SecretKey, buf: &mut Vec<u8>) -> Result<H
 type Sealed = (Vec<u8>, Result<Hash>);
 /// A sealing outcome for chunk index `.0` of a file.
 pub type SealedChunk = (u64, Vec<u8>, Result<Hash>);
-type SealJob = Box<dyn FnOnce() + Send>;
+type Job = Box<dyn FnOnce() + Send>;
 
 /// Worker threads (one per core) that seal full chunks while the writer goes
-/// on filling the next ones, so a sequential writer keeps every core busy.
-fn seal_pool() -> &'static Mutex<mpsc::Sender<SealJob>> {
-    static POOL: OnceLock<Mutex<mpsc::Sender<SealJob>>> = OnceLock::new();
+/// on filling the next ones, and load chunks ahead of a sequential reader, so
+/// streaming I/O keeps every core busy. Long-lived, so their allocator arenas
+/// stay warm.
+fn worker_pool() -> &'static Mutex<mpsc::Sender<Job>> {
+    static POOL: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
     POOL.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SealJob>();
+        let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -206,9 +221,9 @@ fn seal_pool() -> &'static Mutex<mpsc::Sender<SealJob>> {
         for n in 0..workers {
             let rx = rx.clone();
             std::thread::Builder::new()
-                .name(format!("jax-seal-{n}"))
+                .name(format!("jax-chunk-{n}"))
                 .spawn(move || loop {
-                    let job = match rx.lock().expect("seal queue lock").recv() {
+                    let job = match rx.lock().expect("worker queue lock").recv() {
                         Ok(job) => job,
                         Err(_) => return,
                     };
@@ -224,7 +239,7 @@ fn seal_pool() -> &'static Mutex<mpsc::Sender<SealJob>> {
 const MAX_PENDING_SEALS: usize = 8;
 
 /// Chunks a sequential reader loads ahead of where it reads.
-const READ_AHEAD_CHUNKS: u64 = 2;
+const READ_AHEAD_CHUNKS: u64 = 4;
 
 /// Run `f` over `items` on up to all cores, keeping the order of results.
 pub(crate) fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
@@ -285,7 +300,7 @@ impl FileData {
             chunks: Vec::new(),
             dirty: BTreeMap::new(),
             pending: BTreeMap::new(),
-            last_read_end: u64::MAX,
+            last_read_end: 0,
         })
     }
 
@@ -296,7 +311,7 @@ impl FileData {
             chunks: node.chunks.clone(),
             dirty: BTreeMap::new(),
             pending: BTreeMap::new(),
-            last_read_end: u64::MAX,
+            last_read_end: 0,
         }
     }
 
@@ -332,13 +347,13 @@ impl FileData {
         };
         let (tx, rx) = mpsc::sync_channel(1);
         let (store, key) = (io.store.clone(), self.key.key());
-        let job: SealJob = Box::new(move || {
+        let job: Job = Box::new(move || {
             let r = seal_store(&store, &key, &mut buf);
             let _ = tx.send((buf, r));
         });
-        seal_pool()
+        worker_pool()
             .lock()
-            .expect("seal queue lock")
+            .expect("worker queue lock")
             .send(job)
             .map_err(|_| BucketError::InvalidArgument("seal workers are gone".into()))?;
         self.pending.insert(i, rx);
