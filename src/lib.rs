@@ -3,5 +3,6 @@
 
 pub mod bucket;
 pub mod crypto;
+pub mod csi;
 pub mod db;
 pub mod store;

@@ -2,7 +2,9 @@
 
 mod bench;
 mod bucket_cmd;
+mod controller_cmd;
 mod demo;
+mod local_cmd;
 
 use std::path::PathBuf;
 
@@ -34,6 +36,13 @@ enum Command {
     },
     /// Operate on buckets in a node's state directory.
     Bucket(bucket_cmd::BucketArgs),
+    /// The CSI controller (Identity + Controller services) on a unix socket.
+    Controller(controller_cmd::ControllerArgs),
+    /// A local cluster on one machine (embedded Postgres, controller).
+    Local {
+        #[command(subcommand)]
+        command: local_cmd::LocalCommand,
+    },
     /// Benchmarks that print a table of ratios against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -75,5 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bucket(args) => bucket_cmd::run(args),
         Command::Bench { command } => bench::run(command),
+        Command::Controller(args) => controller_cmd::run(args),
+        Command::Local { command } => local_cmd::run(command),
     }
 }

@@ -1,0 +1,51 @@
+//! `jax-csi controller`: the CSI Identity + Controller services.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use jax_csi::crypto::Kek;
+use jax_csi::csi::run::{run_controller, ControllerConfig};
+use jax_csi::csi::server::{parse_endpoint, shutdown_signal};
+
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    /// Where to serve: `unix:///path/csi.sock` or a bare path.
+    #[arg(long, env = "CSI_ENDPOINT")]
+    endpoint: String,
+    /// Postgres URL for the control-plane records.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// The cluster key-encryption key (32 bytes or 64 hex characters).
+    #[arg(long, env = "JAX_KEK_FILE")]
+    kek_file: PathBuf,
+    /// This replica's name in logs (default: the host name).
+    #[arg(long, env = "NODE_ID")]
+    node_id: Option<String>,
+    /// How long a request waits for a database connection before UNAVAILABLE.
+    #[arg(long, default_value_t = 5000)]
+    db_timeout_ms: u64,
+}
+
+pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let socket = parse_endpoint(&args.endpoint)?;
+    let kek = Kek::from_file(&args.kek_file).context("reading the KEK file")?;
+    let node_id = args.node_id.unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "controller".into())
+    });
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(run_controller(
+        ControllerConfig {
+            socket,
+            database_url: args.database_url,
+            kek,
+            node_id,
+            db_timeout: Duration::from_millis(args.db_timeout_ms),
+        },
+        shutdown_signal(),
+    ))
+}

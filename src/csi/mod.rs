@@ -1,0 +1,14 @@
+//! The CSI gRPC services (tonic) and what they share.
+
+/// Types and service stubs generated from `proto/csi/csi.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("csi.v1");
+}
+
+pub mod controller;
+pub mod identity;
+pub mod params;
+pub mod run;
+pub mod server;
+pub mod status;

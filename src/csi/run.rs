@@ -1,0 +1,122 @@
+//! Running the controller: database start-up, leader election, the gRPC
+//! server on a unix socket, and a clean stop.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Server;
+
+use super::controller::ControllerService;
+use super::identity::{IdentityService, ReadyCheck};
+use super::proto::controller_server::ControllerServer;
+use super::proto::identity_server::IdentityServer;
+use crate::crypto::Kek;
+use crate::db::Db;
+
+/// What `jax-csi controller` needs.
+pub struct ControllerConfig {
+    pub socket: PathBuf,
+    pub database_url: String,
+    pub kek: Kek,
+    /// This replica's name in logs (defaults to the host name).
+    pub node_id: String,
+    /// How long a request may wait for a database connection.
+    pub db_timeout: Duration,
+}
+
+/// Serve Identity + Controller until `shutdown` resolves.
+pub async fn run_controller(
+    cfg: ControllerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let db = Db::connect_lazy(&cfg.database_url, cfg.db_timeout)?;
+    let migrated = Arc::new(AtomicBool::new(false));
+    let background = tokio::spawn(background(
+        db.clone(),
+        migrated.clone(),
+        cfg.node_id.clone(),
+    ));
+
+    let ready: ReadyCheck = {
+        let (db, migrated) = (db.clone(), migrated.clone());
+        Arc::new(move || {
+            let (db, migrated) = (db.clone(), migrated.clone());
+            Box::pin(async move { migrated.load(Ordering::SeqCst) && db.ping().await.is_ok() })
+        })
+    };
+    let gate = migrated.clone();
+    let controller = ControllerServer::with_interceptor(
+        ControllerService::new(db.clone(), Arc::new(cfg.kek)),
+        move |req: tonic::Request<()>| {
+            if gate.load(Ordering::SeqCst) {
+                Ok(req)
+            } else {
+                Err(tonic::Status::unavailable(
+                    "controller is starting: database schema not ready",
+                ))
+            }
+        },
+    );
+    let listener = super::server::bind_unix(&cfg.socket).await?;
+    tracing::info!(socket = %cfg.socket.display(), node = %cfg.node_id, "controller serving");
+    let served = Server::builder()
+        .add_service(IdentityServer::new(IdentityService::new(true, ready)))
+        .add_service(controller)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    background.abort();
+    let _ = std::fs::remove_file(&cfg.socket);
+    db.pool().close().await;
+    served?;
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// Run migrations (retrying while Postgres is down), then take part in the
+/// leader election: one replica holds a Postgres advisory lock and does the
+/// background work; the others keep serving requests.
+async fn background(db: Db, migrated: Arc<AtomicBool>, me: String) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match db.migrate().await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "database not ready; retrying migrations");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    migrated.store(true, Ordering::SeqCst);
+    tracing::info!("database schema ready");
+    loop {
+        match db.try_lead().await {
+            Ok(Some(mut conn)) => {
+                tracing::info!(replica = %me, "became the controller leader");
+                loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    if sqlx::query("SELECT 1").execute(&mut *conn).await.is_err() {
+                        tracing::warn!(replica = %me, "lost the leader lock's connection");
+                        break;
+                    }
+                    match db.pending_gc().await {
+                        Ok(ids) if !ids.is_empty() => {
+                            tracing::debug!(
+                                volumes = ids.len(),
+                                "volumes awaiting blob collection on the nodes"
+                            )
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "leader election"),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}

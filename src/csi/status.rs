@@ -1,0 +1,57 @@
+//! Turning failures into the gRPC status codes the CSI spec asks for.
+
+use tonic::Status;
+
+use crate::db::DbError;
+
+/// A required string field: INVALID_ARGUMENT naming it when empty.
+pub fn require<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
+    if value.is_empty() {
+        Err(Status::invalid_argument(format!("{field} is required")))
+    } else {
+        Ok(value)
+    }
+}
+
+/// A required message field: INVALID_ARGUMENT naming it when absent.
+pub fn require_some<'a, T>(value: &'a Option<T>, field: &str) -> Result<&'a T, Status> {
+    value
+        .as_ref()
+        .ok_or_else(|| Status::invalid_argument(format!("{field} is required")))
+}
+
+impl From<DbError> for Status {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(m) => {
+                Status::unavailable(format!("control-plane database unavailable: {m}"))
+            }
+            other => Status::internal(other.to_string()),
+        }
+    }
+}
+
+/// Parse a paging token (a sequence number we handed out); ABORTED if it is not one.
+pub fn parse_token(token: &str) -> Result<i64, Status> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v >= 0)
+        .ok_or_else(|| {
+            Status::aborted(format!(
+                "starting_token {token:?} is not a token this plugin issued"
+            ))
+        })
+}
+
+/// `max_entries`: 0 means no limit; negative is INVALID_ARGUMENT.
+pub fn page_size(max_entries: i32, cap: i64) -> Result<i64, Status> {
+    match max_entries {
+        n if n < 0 => Err(Status::invalid_argument("max_entries must not be negative")),
+        0 => Ok(cap),
+        n => Ok((n as i64).min(cap)),
+    }
+}
