@@ -29,6 +29,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2000)]
         random_reads: usize,
     },
+    /// CSI controller RPC latency against a `SELECT 1` round trip to the same Postgres.
+    Controller {
+        /// Where to put Postgres's data directory.
+        #[arg(long, default_value = "/dev/shm")]
+        dir: PathBuf,
+        /// Volumes created (and then deleted) one by one for the latency table.
+        #[arg(long, default_value_t = 1000)]
+        volumes: usize,
+        /// Volumes in the table when ListVolumes is measured.
+        #[arg(long, default_value_t = 10_000)]
+        list_volumes: usize,
+    },
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -39,6 +51,11 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             files,
             random_reads,
         } => bench_bucket(&dir, size_mib, files, random_reads),
+        BenchCommand::Controller {
+            dir,
+            volumes,
+            list_volumes,
+        } => super::bench_controller::bench_controller(&dir, volumes, list_volumes),
     }
 }
 
@@ -59,7 +76,7 @@ impl Rng {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(super) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p) as usize]
 }
 

@@ -64,7 +64,9 @@ pub fn run(cmd: LocalCommand) -> anyhow::Result<()> {
     result
 }
 
-async fn wait_ready(socket: &std::path::Path) -> anyhow::Result<tonic::transport::Channel> {
+pub(super) async fn wait_ready(
+    socket: &std::path::Path,
+) -> anyhow::Result<tonic::transport::Channel> {
     use jax_csi::csi::proto::identity_client::IdentityClient;
     use jax_csi::csi::proto::ProbeRequest;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

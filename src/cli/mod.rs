@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and dispatch to each subcommand.
 
 mod bench;
+mod bench_controller;
 mod bucket_cmd;
 mod controller_cmd;
 mod demo;
