@@ -8,4 +8,5 @@ export RUST_BACKTRACE=1
 cargo test --locked --all-targets
 # The bucket benchmark at a small size, so the bench code itself is exercised.
 cargo run --locked --quiet --bin jax-csi -- bench bucket --dir "${TMPDIR:-/tmp}" --size-mib 16 --files 500 --random-reads 100 >/dev/null
+cargo run --locked --quiet --bin jax-csi -- bench controller --dir "${TMPDIR:-/tmp}" --volumes 50 --list-volumes 200 >/dev/null
 echo "all tests passed"
