@@ -5,4 +5,5 @@ pub mod bucket;
 pub mod crypto;
 pub mod csi;
 pub mod db;
+pub mod fuse;
 pub mod store;

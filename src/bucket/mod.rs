@@ -221,6 +221,11 @@ impl StateDir {
         &self.store
     }
 
+    /// True when this state dir holds a version of bucket `id`.
+    pub fn has_bucket(&self, id: &BucketId) -> bool {
+        self.bucket_dir(id).join("HEAD").exists()
+    }
+
     fn bucket_dir(&self, id: &BucketId) -> PathBuf {
         self.root.join("buckets").join(id.to_hex())
     }
@@ -248,13 +253,25 @@ impl StateDir {
     /// Create a bucket with an empty root: a fresh secret, wrapped by `kek`
     /// and shared with this node's identity, and a signed genesis version.
     pub fn create_bucket(&self, id: BucketId, kek: &Kek, opts: &BucketOptions) -> Result<Bucket> {
+        self.create_bucket_with_secret(id, SecretKey::generate()?, kek, opts)
+    }
+
+    /// Create a bucket with an empty root under a given secret: what a node
+    /// does for a volume whose secret the controller generated, so every
+    /// replica of the volume shares it.
+    pub fn create_bucket_with_secret(
+        &self,
+        id: BucketId,
+        secret: SecretKey,
+        kek: &Kek,
+        opts: &BucketOptions,
+    ) -> Result<Bucket> {
         if !(4096..=16 << 20).contains(&opts.chunk_size) {
             return Err(BucketError::InvalidArgument(format!(
                 "chunk size {} is outside 4 KiB..16 MiB",
                 opts.chunk_size
             )));
         }
-        let secret = SecretKey::generate()?;
         let core = self.new_core(id, secret, kek)?;
         let root_key = KeyBytes::generate()?;
         let meta = Meta::new(
@@ -283,9 +300,20 @@ impl StateDir {
         version: &Hash,
         kek: &Kek,
     ) -> Result<Bucket> {
+        self.clone_bucket_with_secret(id, SecretKey::generate()?, source, version, kek)
+    }
+
+    /// [`StateDir::clone_bucket`] under a given secret (the controller's).
+    pub fn clone_bucket_with_secret(
+        &self,
+        id: BucketId,
+        secret: SecretKey,
+        source: &Bucket,
+        version: &Hash,
+        kek: &Kek,
+    ) -> Result<Bucket> {
         let m = source.core.load_manifest(version)?;
         let root_key = source.core.open_root_key(&m)?;
-        let secret = SecretKey::generate()?;
         let core = self.new_core(id, secret, kek)?;
         core.write_genesis(
             m.body.root,
@@ -337,6 +365,22 @@ impl StateDir {
                 secret,
             }),
         })
+    }
+
+    /// A handle on bucket `id` with a secret the caller holds (the
+    /// controller's, unwrapped by the KEK), whether or not this node has the
+    /// bucket's HEAD: enough to open any of its versions in the store, which
+    /// is what cloning from a snapshot of it needs.
+    pub fn bucket_with_secret(&self, id: &BucketId, secret: SecretKey) -> Bucket {
+        Bucket {
+            core: Arc::new(BucketCore {
+                id: *id,
+                dir: self.bucket_dir(id),
+                store: self.store.clone(),
+                identity: self.identity.clone(),
+                secret,
+            }),
+        }
     }
 
     /// Open a bucket through this node's key share in its head manifest.

@@ -206,7 +206,9 @@ impl Mount {
             reason: "missing root metadata".into(),
         })?;
         self.inodes.clear();
-        self.next_ino = ROOT_INO + 1;
+        // Inode numbers are never reused while the Mount lives, so a kernel
+        // still holding an old number gets ENOENT, never another file's bytes.
+        self.next_ino = self.next_ino.max(ROOT_INO + 1);
         self.inodes.insert(
             ROOT_INO,
             Inode {
@@ -842,7 +844,19 @@ impl Mount {
 
     /// Reload from another version of the same bucket, dropping local state.
     pub(crate) fn reset_to(&mut self, hash: Hash) -> Result<()> {
-        let fresh = Mount::open(self.core.clone(), hash, self.read_only)?;
+        let mut fresh = Mount::open(self.core.clone(), hash, self.read_only)?;
+        if fresh.next_ino < self.next_ino {
+            // Renumber the fresh tree past every number handed out before.
+            fresh.next_ino = self.next_ino;
+            let root = Link {
+                hash: fresh.base.body.root,
+                key: match &fresh.inodes[&ROOT_INO].body {
+                    Body::Dir(d) => d.key.clone(),
+                    _ => unreachable!("root is a directory"),
+                },
+            };
+            fresh.install_root(root)?;
+        }
         *self = fresh;
         Ok(())
     }

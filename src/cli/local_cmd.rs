@@ -7,22 +7,25 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Subcommand;
 use jax_csi::crypto::Kek;
-use jax_csi::csi::run::{run_controller, ControllerConfig};
+use jax_csi::csi::run::{run_controller, run_node, ControllerConfig, NodeConfig};
 use jax_csi::csi::server::shutdown_signal;
 use jax_csi::db::embedded::{EmbeddedPostgres, EmbeddedPostgresOptions};
 
 #[derive(Subcommand, Debug)]
 pub enum LocalCommand {
-    /// Start Postgres and a controller; print one JSON line when ready; run until SIGINT/SIGTERM.
+    /// Start Postgres, a controller and N node plugins; print one JSON line when ready; run until SIGINT/SIGTERM.
     Up {
-        /// State directory (Postgres data, KEK, sockets); reused across runs.
+        /// State directory (Postgres data, KEK, sockets, node state); reused across runs.
         #[arg(long)]
         state_dir: PathBuf,
+        /// Node plugins to start (each with its own state dir, socket and id `node-<i>`).
+        #[arg(long, default_value_t = 0)]
+        nodes: usize,
     },
 }
 
 pub fn run(cmd: LocalCommand) -> anyhow::Result<()> {
-    let LocalCommand::Up { state_dir } = cmd;
+    let LocalCommand::Up { state_dir, nodes } = cmd;
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
     let state_dir = state_dir.canonicalize()?;
@@ -39,25 +42,58 @@ pub fn run(cmd: LocalCommand) -> anyhow::Result<()> {
     let socket = state_dir.join("controller.sock");
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {
+        // One signal stops everything: controller and nodes watch this channel.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
         let cfg = ControllerConfig {
             socket: socket.clone(),
             database_url: pg.database_url(),
-            kek,
+            kek: kek.clone(),
             node_id: "local-controller".into(),
             db_timeout: Duration::from_secs(5),
         };
-        let server = tokio::spawn(run_controller(cfg, shutdown_signal()));
-        // Ready when the controller answers Probe with ready=true.
-        let channel = wait_ready(&socket).await?;
-        drop(channel);
+        let mut servers = vec![tokio::spawn(run_controller(cfg, stopped(stop_rx.clone())))];
+        wait_ready(&socket).await?;
+        let mut node_list = Vec::new();
+        for i in 0..nodes {
+            let id = format!("node-{i}");
+            let node_socket = state_dir.join(format!("{id}.sock"));
+            let cfg = NodeConfig {
+                socket: node_socket.clone(),
+                node_id: id.clone(),
+                state_dir: state_dir.join("nodes").join(&id),
+                database_url: pg.database_url(),
+                kek: kek.clone(),
+                max_volumes: 256,
+                db_timeout: Duration::from_secs(5),
+            };
+            servers.push(tokio::spawn(run_node(cfg, stopped(stop_rx.clone()))));
+            wait_ready(&node_socket).await?;
+            node_list.push(serde_json::json!({
+                "id": id,
+                "endpoint": format!("unix://{}", node_socket.display()),
+            }));
+        }
         let line = serde_json::json!({
             "controller": format!("unix://{}", socket.display()),
             "database_url": pg.database_url(),
             "kek_file": kek_path.display().to_string(),
-            "nodes": [],
+            "nodes": node_list,
         });
         println!("{line}");
-        server.await.context("controller task")?
+        let mut first_error = None;
+        for s in servers {
+            if let Err(e) = s.await.context("server task")? {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     });
     drop(rt);
     pg.stop().context("stopping the embedded Postgres")?;

@@ -6,6 +6,7 @@ mod bucket_cmd;
 mod controller_cmd;
 mod demo;
 mod local_cmd;
+mod node_cmd;
 
 use std::path::PathBuf;
 
@@ -39,7 +40,9 @@ enum Command {
     Bucket(bucket_cmd::BucketArgs),
     /// The CSI controller (Identity + Controller services) on a unix socket.
     Controller(controller_cmd::ControllerArgs),
-    /// A local cluster on one machine (embedded Postgres, controller).
+    /// The CSI node plugin (Identity + Node services, FUSE mounts) on a unix socket.
+    Node(node_cmd::NodeArgs),
+    /// A local cluster on one machine (embedded Postgres, controller, nodes).
     Local {
         #[command(subcommand)]
         command: local_cmd::LocalCommand,
@@ -86,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bucket(args) => bucket_cmd::run(args),
         Command::Bench { command } => bench::run(command),
         Command::Controller(args) => controller_cmd::run(args),
+        Command::Node(args) => node_cmd::run(args),
         Command::Local { command } => local_cmd::run(command),
     }
 }

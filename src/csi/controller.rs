@@ -7,18 +7,16 @@
 //! starts from (O(1), no data copied). Every consistency rule lives in
 //! Postgres constraints, so several replicas can serve at once.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use super::params::{self, capacity_fits, capacity_for, check_capabilities, parse_parameters};
 use super::proto::controller_server::Controller;
 use super::proto::controller_service_capability::{self, rpc};
 use super::proto::volume_content_source::{self, SnapshotSource, VolumeSource};
 use super::proto::*;
-use super::status::{page_size, parse_token, require, require_some};
+use super::status::{page_size, parse_token, require, require_some, traced};
 use crate::bucket::BucketId;
 use crate::crypto::{Kek, SecretKey};
 use crate::db::{Db, NewSnapshot, NewVolume, SnapshotRecord, VolumeRecord};
@@ -35,27 +33,6 @@ impl ControllerService {
     pub fn new(db: Db, kek: Arc<Kek>) -> Self {
         Self { db, kek }
     }
-}
-
-/// Run one request inside a span naming the method and volume, and log its outcome.
-async fn traced<T>(
-    method: &'static str,
-    volume: &str,
-    f: impl Future<Output = Result<T, Status>>,
-) -> Result<Response<T>, Status> {
-    let span = tracing::info_span!("csi", method, volume = %volume);
-    async move {
-        let start = std::time::Instant::now();
-        let r = f.await;
-        let ms = start.elapsed().as_secs_f64() * 1e3;
-        match &r {
-            Ok(_) => tracing::info!(outcome = "ok", ms, "request"),
-            Err(s) => tracing::warn!(outcome = ?s.code(), message = s.message(), ms, "request"),
-        }
-        r.map(Response::new)
-    }
-    .instrument(span)
-    .await
 }
 
 fn volume_of(v: &VolumeRecord) -> Volume {
@@ -122,7 +99,8 @@ impl ControllerService {
                 })?;
                 Ok(Some(Source {
                     snapshot_id: Some(snap.id),
-                    volume_id: None,
+                    // The bucket whose versions the snapshot's head belongs to.
+                    volume_id: Some(snap.source_volume_id),
                     head: snap.head,
                     wrapped_key: Some(snap.wrapped_key),
                     size: snap.size_bytes,

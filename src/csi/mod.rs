@@ -8,6 +8,8 @@ pub mod proto {
 
 pub mod controller;
 pub mod identity;
+pub mod node;
+pub mod node_sync;
 pub mod params;
 pub mod run;
 pub mod server;

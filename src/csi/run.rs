@@ -120,3 +120,93 @@ async fn background(db: Db, migrated: Arc<AtomicBool>, me: String) {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
+
+/// What `jax-csi node` needs.
+pub struct NodeConfig {
+    pub socket: PathBuf,
+    pub node_id: String,
+    /// The node's blob store, buckets and mount records.
+    pub state_dir: PathBuf,
+    pub database_url: String,
+    pub kek: Kek,
+    /// Reported by NodeGetInfo (0 = no limit).
+    pub max_volumes: i64,
+    pub db_timeout: Duration,
+}
+
+/// Serve Identity + Node until `shutdown` resolves, then unmount cleanly.
+pub async fn run_node(
+    cfg: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    use crate::bucket::StateDir;
+    use crate::fuse::MountManager;
+    use anyhow::Context;
+
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let state = Arc::new(
+        StateDir::open(&cfg.state_dir)
+            .with_context(|| format!("opening the state dir {}", cfg.state_dir.display()))?,
+    );
+    let db = Db::connect_lazy(&cfg.database_url, cfg.db_timeout)?;
+    let kek = Arc::new(cfg.kek);
+    let (mirror_tx, mirror_rx) = tokio::sync::mpsc::unbounded_channel();
+    let manager = MountManager::new(
+        state,
+        kek.clone(),
+        cfg.state_dir.join("mounts.json"),
+        Some(mirror_tx),
+    )?;
+    let mut tasks = vec![
+        tokio::spawn(super::node_sync::mirror_mounts(
+            db.clone(),
+            cfg.node_id.clone(),
+            mirror_rx,
+        )),
+        tokio::spawn(super::node_sync::report_heads(
+            db.clone(),
+            cfg.node_id.clone(),
+            manager.subscribe_sync_events(),
+        )),
+        tokio::spawn(super::node_sync::register_node(
+            db.clone(),
+            cfg.node_id.clone(),
+            cfg.max_volumes,
+        )),
+    ];
+    // Mounts come back from the node-local records, Postgres or not.
+    let failed = {
+        let m = manager.clone();
+        tokio::task::spawn_blocking(move || m.start_auto()).await?
+    };
+    for (volume, e) in failed {
+        tracing::error!(volume, error = %e, "could not restore a mount at start");
+    }
+
+    let listener = super::server::bind_unix(&cfg.socket).await?;
+    let ready: ReadyCheck = Arc::new(|| Box::pin(async { true }));
+    let node = super::node::NodeService::new(
+        cfg.node_id.clone(),
+        cfg.max_volumes,
+        manager.clone(),
+        db.clone(),
+        kek,
+    );
+    tracing::info!(socket = %cfg.socket.display(), node = %cfg.node_id, "node serving");
+    let served = Server::builder()
+        .add_service(IdentityServer::new(IdentityService::new(false, ready)))
+        .add_service(super::proto::node_server::NodeServer::new(node))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = std::fs::remove_file(&cfg.socket);
+    // Final commits and clean unmounts; auto-mount records bring them back.
+    tokio::task::spawn_blocking(move || manager.stop_all()).await?;
+    for t in tasks.drain(..) {
+        t.abort();
+    }
+    db.pool().close().await;
+    served?;
+    tracing::info!("node stopped");
+    Ok(())
+}

@@ -1,6 +1,9 @@
 //! Turning failures into the gRPC status codes the CSI spec asks for.
 
-use tonic::Status;
+use std::future::Future;
+
+use tonic::{Response, Status};
+use tracing::Instrument;
 
 use crate::db::DbError;
 
@@ -54,4 +57,25 @@ pub fn page_size(max_entries: i32, cap: i64) -> Result<i64, Status> {
         0 => Ok(cap),
         n => Ok((n as i64).min(cap)),
     }
+}
+
+/// Run one request inside a span naming the method and volume, and log its outcome.
+pub async fn traced<T>(
+    method: &'static str,
+    volume: &str,
+    f: impl Future<Output = Result<T, Status>>,
+) -> Result<Response<T>, Status> {
+    let span = tracing::info_span!("csi", method, volume = %volume);
+    async move {
+        let start = std::time::Instant::now();
+        let r = f.await;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        match &r {
+            Ok(_) => tracing::info!(outcome = "ok", ms, "request"),
+            Err(s) => tracing::warn!(outcome = ?s.code(), message = s.message(), ms, "request"),
+        }
+        r.map(Response::new)
+    }
+    .instrument(span)
+    .await
 }

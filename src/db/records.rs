@@ -206,6 +206,19 @@ impl Db {
         Ok(())
     }
 
+    /// Register a node (or refresh it): its id, volume limit and last sighting.
+    pub async fn upsert_node(&self, node_id: &str, max_volumes: i64) -> DbResult<()> {
+        sqlx::query(
+            "INSERT INTO nodes (id, max_volumes) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET max_volumes = EXCLUDED.max_volumes, last_seen = now()",
+        )
+        .bind(node_id)
+        .bind(max_volumes)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Nodes where the volume is mounted and running.
     pub async fn publishing_nodes(&self, volume_id: &str) -> DbResult<Vec<String>> {
         let rows: Vec<(String,)> =

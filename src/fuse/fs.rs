@@ -1,0 +1,582 @@
+//! `JaxFs`: a thin `fuser::Filesystem` adapter over a [`LiveMount`]. Each
+//! operation locks the Mount, calls one bucket method and maps the result;
+//! file-system semantics live in `bucket::Mount`, errno mapping in
+//! `errno.rs`, and permission checks in the kernel (`default_permissions`).
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags as FuseRenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use super::errno::errno_of;
+use super::live::LiveMount;
+use crate::bucket::{Attr, FileKind, Mount, RenameFlags, SetAttr, Timestamp, XattrFlags};
+
+/// Largest write the kernel sends in one request: whole 1 MiB chunks.
+pub const MAX_WRITE: u32 = 1 << 20;
+/// Block size reported by stat and statfs.
+const BLOCK_SIZE: u32 = 4096;
+/// Inodes reported as the file system's total when there is no quota on them.
+const MAX_FILES: u64 = 1 << 32;
+const S_ISGID: u32 = 0o2000;
+
+/// Tuning for one FUSE session.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// How long the kernel may cache attributes and directory entries.
+    pub ttl: Duration,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(1),
+        }
+    }
+}
+
+pub struct JaxFs {
+    live: LiveMount,
+    opts: FsOptions,
+}
+
+impl JaxFs {
+    pub fn new(live: LiveMount, opts: FsOptions) -> Self {
+        Self { live, opts }
+    }
+
+    /// Run `f` on the locked Mount.
+    fn with<T>(&self, f: impl FnOnce(&mut Mount) -> crate::bucket::Result<T>) -> Result<T, Errno> {
+        let mut m = self.live.lock();
+        f(&mut m).map_err(|e| errno_of("fuse", &e))
+    }
+
+    /// Run a mutating `f`, and tell the committer on success.
+    fn change<T>(
+        &self,
+        f: impl FnOnce(&mut Mount) -> crate::bucket::Result<T>,
+    ) -> Result<T, Errno> {
+        let r = self.with(f);
+        if r.is_ok() {
+            self.live.touched();
+        }
+        r
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
+        match r {
+            Ok(a) => reply.entry(&self.opts.ttl, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Owner of a new entry: the caller, or the parent's group when the
+    /// parent is set-group-id (how `fsGroup` ownership propagates).
+    fn new_owner(&self, req: &Request, parent: INodeNo) -> Result<(u32, u32, bool), Errno> {
+        let p = self.with(|m| m.getattr(parent.0))?;
+        if p.mode & S_ISGID != 0 {
+            Ok((req.uid(), p.gid, true))
+        } else {
+            Ok((req.uid(), req.gid(), false))
+        }
+    }
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind: file_type(a.kind),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: BLOCK_SIZE,
+        flags: 0,
+    }
+}
+
+fn time(t: TimeOrNow) -> Timestamp {
+    match t {
+        TimeOrNow::SpecificTime(t) => Timestamp::from(t),
+        TimeOrNow::Now => Timestamp::from(SystemTime::now()),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(data);
+    }
+}
+
+impl Filesystem for JaxFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Large writes: whole chunks per request (the default is 128 KiB).
+        let _ = config.add_capabilities(InitFlags::FUSE_MAX_PAGES);
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.live.commit_now() {
+            tracing::error!(error = %e, "commit at unmount failed");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = self.with(|m| m.lookup(parent.0, name.as_bytes()));
+        self.entry(reply, r)
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.with(|m| m.getattr(ino.0)) {
+            Ok(a) => reply.attr(&self.opts.ttl, &file_attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time),
+            mtime: mtime.map(time),
+        };
+        match self.change(|m| m.setattr(ino.0, set)) {
+            Ok(a) => reply.attr(&self.opts.ttl, &file_attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.with(|m| m.readlink(ino.0)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // Buckets hold regular files, directories and symlinks only.
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            return reply.error(Errno::EPERM);
+        }
+        let r = self.new_owner(req, parent).and_then(|(uid, gid, _)| {
+            self.change(|m| m.create(parent.0, name.as_bytes(), mode & !umask, uid, gid))
+        });
+        self.entry(reply, r)
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self.new_owner(req, parent).and_then(|(uid, gid, inherit)| {
+            let mode = (mode & !umask) | if inherit { S_ISGID } else { 0 };
+            self.change(|m| m.mkdir(parent.0, name.as_bytes(), mode, uid, gid))
+        });
+        self.entry(reply, r)
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.change(|m| m.unlink(parent.0, name.as_bytes())) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.change(|m| m.rmdir(parent.0, name.as_bytes())) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self.new_owner(req, parent).and_then(|(uid, gid, _)| {
+            self.change(|m| {
+                m.symlink(
+                    parent.0,
+                    link_name.as_bytes(),
+                    target.as_os_str().as_bytes(),
+                    uid,
+                    gid,
+                )
+            })
+        });
+        self.entry(reply, r)
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: FuseRenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(FuseRenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        let flags = RenameFlags {
+            no_replace: flags.contains(FuseRenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(FuseRenameFlags::RENAME_EXCHANGE),
+        };
+        let r = self.change(|m| {
+            m.rename(
+                parent.0,
+                name.as_bytes(),
+                newparent.0,
+                newname.as_bytes(),
+                flags,
+            )
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        // link(2): EPERM when the file system does not support hard links.
+        reply.error(Errno::EPERM)
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.with(|m| m.getattr(ino.0)) {
+            Ok(a) if a.kind == FileKind::Dir => reply.error(Errno::EISDIR),
+            // The page cache stays valid across opens; remote changes invalidate it.
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.with(|m| m.read(ino.0, offset, size)) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.change(|m| m.write(ino.0, offset, data)) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close(2) does not promise durability; the committer writes soon.
+        reply.ok()
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.live.commit_now() {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno_of("fsync", &e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.with(|m| m.getattr(ino.0)) {
+            Ok(a) if a.kind != FileKind::Dir => reply.error(Errno::ENOTDIR),
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.with(|m| m.readdir(ino.0)) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        let dots = [
+            (ino.0, FileType::Directory, &b"."[..]),
+            (ino.0, FileType::Directory, &b".."[..]),
+        ];
+        let all = dots.into_iter().chain(
+            entries
+                .iter()
+                .map(|e| (e.ino, file_type(e.kind), e.name.as_slice())),
+        );
+        for (i, (child, kind, name)) in all.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), i as u64 + 1, kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let listed = self.with(|m| {
+            let me = m.getattr(ino.0)?;
+            let mut out = vec![(b".".to_vec(), me.clone()), (b"..".to_vec(), me)];
+            let entries = m.readdir(ino.0)?;
+            for e in entries
+                .into_iter()
+                .skip((offset as usize).saturating_sub(2))
+            {
+                let a = m.getattr(e.ino)?;
+                out.push((e.name, a));
+            }
+            Ok(out)
+        });
+        let listed = match listed {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
+        };
+        // `listed` holds the dots and then the entries from `offset` on.
+        let first_entry = (offset as usize).max(2);
+        for (i, (name, attr)) in listed.into_iter().enumerate() {
+            let index = if i < 2 { i } else { first_entry + i - 2 };
+            if index < offset as usize {
+                continue;
+            }
+            if reply.add(
+                INodeNo(attr.ino),
+                index as u64 + 1,
+                OsStr::from_bytes(&name),
+                &self.opts.ttl,
+                &file_attr(&attr),
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.live.commit_now() {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno_of("fsyncdir", &e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let usage = self.live.lock().usage();
+        let bs = BLOCK_SIZE as u64;
+        let used = usage.used_bytes.div_ceil(bs);
+        // Without a quota, report the node's free space as the ceiling.
+        let total = usage.quota.map(|q| q / bs).unwrap_or(u64::MAX / bs / 2);
+        let free = total.saturating_sub(used);
+        let ffree = MAX_FILES.saturating_sub(usage.entries);
+        reply.statfs(
+            total, free, free, MAX_FILES, ffree, BLOCK_SIZE, 255, BLOCK_SIZE,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let flags = XattrFlags {
+            create: flags & libc::XATTR_CREATE != 0,
+            replace: flags & libc::XATTR_REPLACE != 0,
+        };
+        match self.change(|m| m.setxattr(ino.0, name.as_bytes(), value, flags)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.with(|m| m.getxattr(ino.0, name.as_bytes())) {
+            Ok(v) => reply_xattr(reply, size, &v),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.with(|m| m.listxattr(ino.0)) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                reply_xattr(reply, size, &buf)
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.change(|m| m.removexattr(ino.0, name.as_bytes())) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // With default_permissions the kernel checks mode bits itself; this
+        // only answers whether the inode exists.
+        match self.with(|m| m.getattr(ino.0)) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = self.new_owner(req, parent).and_then(|(uid, gid, _)| {
+            self.change(|m| m.create(parent.0, name.as_bytes(), mode & !umask, uid, gid))
+        });
+        match r {
+            Ok(a) => reply.created(
+                &self.opts.ttl,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+}

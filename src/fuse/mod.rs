@@ -1,0 +1,14 @@
+//! The FUSE layer: `JaxFs` (a thin adapter over a live bucket Mount), the
+//! write-back committer, kernel sessions, and the MountManager that owns one
+//! live Mount per volume on this node.
+
+pub mod errno;
+pub mod fs;
+pub mod live;
+pub mod mount_manager;
+pub mod session;
+
+pub use fs::{FsOptions, JaxFs};
+pub use live::LiveMount;
+pub use mount_manager::{MountError, MountManager, MountOptions, MountRecord, MountStatus, Target};
+pub use session::{mount, FuseSession, SessionOptions};

@@ -1,0 +1,673 @@
+//! The MountManager: one live bucket Mount per volume on this node, its FUSE
+//! session at the staging path, the bind mounts into pods, and the mount
+//! records. Records live in a node-local file (so mounts come back while
+//! Postgres is down) and are mirrored to Postgres's `mounts` table.
+//!
+//! Modelled on jax-daemon's MountManager; stricter where it was weak: a
+//! mount is `running` only once the kernel answers a `stat` of its root, a
+//! stale mount point is lazily unmounted before mounting again, and errors
+//! are a typed enum.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+
+use super::live::{CommitHook, LiveMount, DEFAULT_DEBOUNCE};
+use super::session::{self, FuseSession, SessionOptions};
+use super::FsOptions;
+use crate::bucket::{BucketError, BucketId, ConflictFile, StateDir};
+use crate::crypto::Kek;
+use crate::store::Hash;
+
+/// Where a mount stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", content = "message", rename_all = "lowercase")]
+pub enum MountStatus {
+    Stopped,
+    Starting,
+    Running,
+    Error(String),
+}
+
+impl MountStatus {
+    /// The `mounts.status` column value.
+    pub fn as_db(&self) -> &'static str {
+        match self {
+            MountStatus::Stopped => "stopped",
+            MountStatus::Starting => "starting",
+            MountStatus::Running => "running",
+            MountStatus::Error(_) => "error",
+        }
+    }
+}
+
+/// Options of one mount.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountOptions {
+    pub read_only: bool,
+    /// Start again when the node starts.
+    pub auto_mount: bool,
+    /// Decrypted chunks kept in memory.
+    pub cache_chunks: usize,
+    /// Kernel attribute / entry cache lifetime.
+    pub cache_ttl_ms: u64,
+    /// Group that owns the volume's root (`fsGroup` / `volume_mount_group`).
+    pub group: Option<u32>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        Self {
+            read_only: false,
+            auto_mount: true,
+            cache_chunks: 32,
+            cache_ttl_ms: 1000,
+            group: None,
+        }
+    }
+}
+
+/// A bind mount of the volume into a pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// A mount record, as kept on disk and in Postgres.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRecord {
+    pub volume_id: String,
+    pub mount_point: PathBuf,
+    pub options: MountOptions,
+    pub status: MountStatus,
+    #[serde(default)]
+    pub targets: Vec<Target>,
+}
+
+/// Changes for [`MountManager::update`]; `None` keeps a field.
+#[derive(Clone, Debug, Default)]
+pub struct MountUpdate {
+    pub read_only: Option<bool>,
+    pub auto_mount: Option<bool>,
+    pub cache_chunks: Option<usize>,
+    pub cache_ttl_ms: Option<u64>,
+}
+
+/// What subscribers of [`MountManager::subscribe_sync_events`] hear.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncEvent {
+    /// A remote head was merged into the live mount; caches were dropped.
+    MountInvalidated { volume_id: String, head: Hash },
+    /// A new local version was committed.
+    Committed {
+        volume_id: String,
+        head: Hash,
+        height: u64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("bucket {0} is not on this node")]
+    BucketNotFound(String),
+    #[error("no mount for volume {0}")]
+    MountNotFound(String),
+    #[error("mount point {0} does not exist")]
+    MountPointMissing(PathBuf),
+    #[error("mount point {0} is not a directory")]
+    MountPointNotADirectory(PathBuf),
+    #[error("volume {0} is already mounted")]
+    AlreadyRunning(String),
+    #[error("loading bucket {volume}: {source}")]
+    LoadFailed {
+        volume: String,
+        #[source]
+        source: BucketError,
+    },
+    #[error("mounting {path}: {source}")]
+    SpawnFailed {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unmounting {path}: {source}")]
+    UnmountFailed {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mount records: {0}")]
+    Database(String),
+}
+
+/// A running volume: its live Mount and kernel session.
+struct Running {
+    live: LiveMount,
+    session: FuseSession,
+}
+
+struct Inner {
+    records: BTreeMap<String, MountRecord>,
+    running: BTreeMap<String, Running>,
+}
+
+/// Owns every mount of this node.
+#[derive(Clone)]
+pub struct MountManager {
+    state: Arc<StateDir>,
+    kek: Arc<Kek>,
+    records_path: PathBuf,
+    inner: Arc<Mutex<Inner>>,
+    events: broadcast::Sender<SyncEvent>,
+    mirror: Option<mpsc::UnboundedSender<MountRecord>>,
+    debounce: Duration,
+}
+
+impl MountManager {
+    /// Load the node-local records from `records_path` (missing = none).
+    /// `mirror`, when given, receives every record change for Postgres.
+    pub fn new(
+        state: Arc<StateDir>,
+        kek: Arc<Kek>,
+        records_path: PathBuf,
+        mirror: Option<mpsc::UnboundedSender<MountRecord>>,
+    ) -> Result<Self, MountError> {
+        let records = match std::fs::read(&records_path) {
+            Ok(bytes) => serde_json::from_slice::<Vec<MountRecord>>(&bytes)
+                .map_err(|e| MountError::Database(format!("{}: {e}", records_path.display())))?
+                .into_iter()
+                .map(|r| (r.volume_id.clone(), r))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                return Err(MountError::Database(format!(
+                    "{}: {e}",
+                    records_path.display()
+                )))
+            }
+        };
+        Ok(Self {
+            state,
+            kek,
+            records_path,
+            inner: Arc::new(Mutex::new(Inner {
+                records,
+                running: BTreeMap::new(),
+            })),
+            events: broadcast::channel(256).0,
+            mirror,
+            debounce: DEFAULT_DEBOUNCE,
+        })
+    }
+
+    pub fn state(&self) -> &Arc<StateDir> {
+        &self.state
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Write the records file atomically and mirror `changed` to Postgres.
+    fn persist(&self, inner: &Inner, changed: Option<&MountRecord>) -> Result<(), MountError> {
+        let all: Vec<&MountRecord> = inner.records.values().collect();
+        let bytes = serde_json::to_vec_pretty(&all).expect("records serialize");
+        let tmp = self.records_path.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.records_path)
+        };
+        write()
+            .map_err(|e| MountError::Database(format!("{}: {e}", self.records_path.display())))?;
+        if let (Some(tx), Some(r)) = (&self.mirror, changed) {
+            let _ = tx.send(r.clone());
+        }
+        Ok(())
+    }
+
+    fn set_status(&self, inner: &mut Inner, volume: &str, status: MountStatus) {
+        if let Some(r) = inner.records.get_mut(volume) {
+            r.status = status;
+            let r = r.clone();
+            if let Err(e) = self.persist(inner, Some(&r)) {
+                tracing::error!(volume, error = %e, "could not record mount status");
+            }
+        }
+    }
+
+    /// Register a mount of `volume_id` at `mount_point` (stopped).
+    pub fn create_mount(
+        &self,
+        volume_id: &str,
+        mount_point: &Path,
+        options: MountOptions,
+    ) -> Result<MountRecord, MountError> {
+        let id = parse_volume(volume_id)?;
+        if !self.state.has_bucket(&id) {
+            return Err(MountError::BucketNotFound(volume_id.into()));
+        }
+        check_mount_point(mount_point)?;
+        let mut inner = self.lock();
+        if inner.running.contains_key(volume_id) {
+            return Err(MountError::AlreadyRunning(volume_id.into()));
+        }
+        let targets = inner
+            .records
+            .get(volume_id)
+            .map(|r| r.targets.clone())
+            .unwrap_or_default();
+        let rec = MountRecord {
+            volume_id: volume_id.into(),
+            mount_point: mount_point.to_path_buf(),
+            options,
+            status: MountStatus::Stopped,
+            targets,
+        };
+        inner.records.insert(volume_id.into(), rec.clone());
+        self.persist(&inner, Some(&rec))?;
+        Ok(rec)
+    }
+
+    pub fn get(&self, volume_id: &str) -> Result<MountRecord, MountError> {
+        self.lock()
+            .records
+            .get(volume_id)
+            .cloned()
+            .ok_or_else(|| MountError::MountNotFound(volume_id.into()))
+    }
+
+    pub fn list(&self) -> Vec<MountRecord> {
+        self.lock().records.values().cloned().collect()
+    }
+
+    /// Change options. The cache size applies at once to a running mount;
+    /// read-only and the TTL apply at the next start.
+    pub fn update(&self, volume_id: &str, u: MountUpdate) -> Result<MountRecord, MountError> {
+        let mut inner = self.lock();
+        let rec = inner
+            .records
+            .get_mut(volume_id)
+            .ok_or_else(|| MountError::MountNotFound(volume_id.into()))?;
+        if let Some(v) = u.read_only {
+            rec.options.read_only = v;
+        }
+        if let Some(v) = u.auto_mount {
+            rec.options.auto_mount = v;
+        }
+        if let Some(v) = u.cache_chunks {
+            rec.options.cache_chunks = v;
+        }
+        if let Some(v) = u.cache_ttl_ms {
+            rec.options.cache_ttl_ms = v;
+        }
+        let rec = rec.clone();
+        if let (Some(n), Some(r)) = (u.cache_chunks, inner.running.get(volume_id)) {
+            r.live.lock().set_cache_chunks(n);
+        }
+        self.persist(&inner, Some(&rec))?;
+        Ok(rec)
+    }
+
+    /// Stop (if running) and forget a mount.
+    pub fn delete(&self, volume_id: &str) -> Result<(), MountError> {
+        self.get(volume_id)?;
+        self.stop(volume_id)?;
+        let mut inner = self.lock();
+        if let Some(mut rec) = inner.records.remove(volume_id) {
+            rec.status = MountStatus::Stopped;
+            self.persist(&inner, Some(&rec))?;
+        }
+        Ok(())
+    }
+
+    /// Mount the volume's live bucket at its mount point. Running only once
+    /// the kernel answers on it; a stale mount there is detached first.
+    pub fn start(&self, volume_id: &str) -> Result<MountRecord, MountError> {
+        let rec = {
+            let mut inner = self.lock();
+            let rec = inner
+                .records
+                .get(volume_id)
+                .cloned()
+                .ok_or_else(|| MountError::MountNotFound(volume_id.into()))?;
+            if inner.running.contains_key(volume_id) {
+                return Err(MountError::AlreadyRunning(volume_id.into()));
+            }
+            self.set_status(&mut inner, volume_id, MountStatus::Starting);
+            rec
+        };
+        match self.start_inner(&rec) {
+            Ok(running) => {
+                let mut inner = self.lock();
+                inner.running.insert(volume_id.into(), running);
+                self.set_status(&mut inner, volume_id, MountStatus::Running);
+                tracing::info!(volume = volume_id, path = %rec.mount_point.display(), "mount running");
+                Ok(inner.records[volume_id].clone())
+            }
+            Err(e) => {
+                let mut inner = self.lock();
+                self.set_status(&mut inner, volume_id, MountStatus::Error(e.to_string()));
+                tracing::error!(volume = volume_id, error = %e, "mount failed");
+                Err(e)
+            }
+        }
+    }
+
+    fn start_inner(&self, rec: &MountRecord) -> Result<Running, MountError> {
+        let id = parse_volume(&rec.volume_id)?;
+        let path = &rec.mount_point;
+        if session::is_stale(path) || session::is_mount_point(path) {
+            tracing::warn!(path = %path.display(), "detaching a stale mount before mounting");
+            session::lazy_unmount(path).map_err(|source| MountError::UnmountFailed {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        check_mount_point(path)?;
+        let load = |source| MountError::LoadFailed {
+            volume: rec.volume_id.clone(),
+            source,
+        };
+        let bucket = self.state.open_bucket(&id, &self.kek).map_err(load)?;
+        let mut mount = if rec.options.read_only {
+            bucket.open_version(&bucket.head().map_err(load)?)
+        } else {
+            bucket.mount()
+        }
+        .map_err(load)?;
+        mount.set_cache_chunks(rec.options.cache_chunks);
+        if let Some(group) = rec.options.group {
+            if !rec.options.read_only {
+                apply_group(&mut mount, group).map_err(load)?;
+            }
+        }
+        let live = LiveMount::new(mount, self.debounce);
+        let events = self.events.clone();
+        let volume = rec.volume_id.clone();
+        let hook: CommitHook = Box::new(move |saved| {
+            let _ = events.send(SyncEvent::Committed {
+                volume_id: volume.clone(),
+                head: saved.hash,
+                height: saved.height,
+            });
+        });
+        live.set_commit_hook(hook);
+        let opts = SessionOptions {
+            fs_name: format!("jax:{}", rec.volume_id),
+            read_only: rec.options.read_only,
+            fs: FsOptions {
+                ttl: Duration::from_millis(rec.options.cache_ttl_ms),
+            },
+            threads: 2,
+        };
+        let session = match session::mount(live.clone(), path, &opts) {
+            Ok(s) => s,
+            Err(source) => {
+                let _ = live.shutdown();
+                return Err(MountError::SpawnFailed {
+                    path: path.clone(),
+                    source,
+                });
+            }
+        };
+        Ok(Running { live, session })
+    }
+
+    /// Unmount (after a final commit). Stopping a stopped mount is fine.
+    pub fn stop(&self, volume_id: &str) -> Result<(), MountError> {
+        let running = {
+            let mut inner = self.lock();
+            if !inner.records.contains_key(volume_id) {
+                return Err(MountError::MountNotFound(volume_id.into()));
+            }
+            inner.running.remove(volume_id)
+        };
+        let Some(Running { live, session }) = running else {
+            return Ok(());
+        };
+        let path = session.path().to_path_buf();
+        let commit = live.shutdown();
+        let unmounted = session.unmount();
+        {
+            let mut inner = self.lock();
+            self.set_status(&mut inner, volume_id, MountStatus::Stopped);
+        }
+        if let Err(e) = commit {
+            tracing::error!(volume = volume_id, error = %e, "final commit failed");
+        }
+        if let Err(source) = unmounted {
+            // The kernel may still hold it (busy); detach so it goes when idle.
+            session::lazy_unmount(&path).ok();
+            return Err(MountError::UnmountFailed { path, source });
+        }
+        Ok(())
+    }
+
+    pub fn stop_all(&self) {
+        let ids: Vec<String> = self.lock().running.keys().cloned().collect();
+        for id in ids {
+            if let Err(e) = self.stop(&id) {
+                tracing::error!(volume = %id, error = %e, "stop failed");
+            }
+        }
+    }
+
+    /// Start every auto-mount record (at node start); returns those that failed.
+    pub fn start_auto(&self) -> Vec<(String, MountError)> {
+        let auto: Vec<MountRecord> = self
+            .list()
+            .into_iter()
+            .filter(|r| r.options.auto_mount)
+            .collect();
+        let mut failed = Vec::new();
+        for rec in auto {
+            if self.lock().running.contains_key(&rec.volume_id) {
+                continue;
+            }
+            if let Err(e) = self.start(&rec.volume_id) {
+                failed.push((rec.volume_id.clone(), e));
+                continue;
+            }
+            for t in &rec.targets {
+                if let Err(e) = bind_target(&rec.mount_point, t) {
+                    tracing::error!(volume = %rec.volume_id, target = %t.path.display(), error = %e, "re-binding a pod target failed");
+                }
+            }
+        }
+        failed
+    }
+
+    pub fn get_live_mount(&self, volume_id: &str) -> Option<LiveMount> {
+        self.lock().running.get(volume_id).map(|r| r.live.clone())
+    }
+
+    /// The cache settings of a mount: (decrypted chunks, kernel TTL).
+    pub fn get_mount_cache(&self, volume_id: &str) -> Result<(usize, Duration), MountError> {
+        let r = self.get(volume_id)?;
+        Ok((
+            r.options.cache_chunks,
+            Duration::from_millis(r.options.cache_ttl_ms),
+        ))
+    }
+
+    pub fn subscribe_sync_events(&self) -> broadcast::Receiver<SyncEvent> {
+        self.events.subscribe()
+    }
+
+    /// A newer head of `volume_id` arrived in the local store (sync). Merge it
+    /// into the live mount (a fast-forward when nothing is pending locally,
+    /// conflict copies otherwise), drop the kernel's caches, and broadcast.
+    pub fn on_bucket_synced(&self, volume_id: &str, head: &Hash) -> Result<(), MountError> {
+        let inner = self.lock();
+        let Some(r) = inner.running.get(volume_id) else {
+            return Ok(());
+        };
+        let (live, notifier) = (r.live.clone(), r.session.notifier().clone());
+        drop(inner);
+        if live.lock().is_read_only() {
+            return Ok(());
+        }
+        let report = live
+            .lock()
+            .merge_from(head, &ConflictFile)
+            .map_err(|source| MountError::LoadFailed {
+                volume: volume_id.into(),
+                source,
+            })?;
+        // Drop every cached name and page under the root: the tree may have
+        // been renumbered, and the kernel must look everything up again.
+        let names: Vec<Vec<u8>> = live
+            .lock()
+            .readdir(crate::bucket::ROOT_INO)
+            .map(|v| v.into_iter().map(|e| e.name).collect())
+            .unwrap_or_default();
+        let root = fuser::INodeNo(crate::bucket::ROOT_INO);
+        for n in names {
+            use std::os::unix::ffi::OsStrExt;
+            let _ = notifier.inval_entry(root, std::ffi::OsStr::from_bytes(&n));
+        }
+        let _ = notifier.inval_inode(root, 0, 0);
+        tracing::info!(
+            volume = volume_id,
+            conflicts = report.conflicts.len(),
+            "merged a synced head"
+        );
+        let _ = self.events.send(SyncEvent::MountInvalidated {
+            volume_id: volume_id.into(),
+            head: report.version.unwrap_or(*head),
+        });
+        Ok(())
+    }
+
+    /// Bind the staged volume into a pod path and remember it for restarts.
+    pub fn add_target(&self, volume_id: &str, target: Target) -> Result<(), MountError> {
+        let rec = self.get(volume_id)?;
+        bind_target(&rec.mount_point, &target).map_err(|source| MountError::SpawnFailed {
+            path: target.path.clone(),
+            source,
+        })?;
+        let mut inner = self.lock();
+        if let Some(r) = inner.records.get_mut(volume_id) {
+            r.targets.retain(|t| t.path != target.path);
+            r.targets.push(target);
+            let r = r.clone();
+            self.persist(&inner, Some(&r))?;
+        }
+        Ok(())
+    }
+
+    /// Unmount a pod path (safe when it is gone or dead) and forget it.
+    pub fn remove_target(&self, target: &Path) -> Result<(), MountError> {
+        unbind(target).map_err(|source| MountError::UnmountFailed {
+            path: target.to_path_buf(),
+            source,
+        })?;
+        let mut inner = self.lock();
+        let changed: Vec<MountRecord> = inner
+            .records
+            .values_mut()
+            .filter(|r| r.targets.iter().any(|t| t.path == target))
+            .map(|r| {
+                r.targets.retain(|t| t.path != target);
+                r.clone()
+            })
+            .collect();
+        for r in changed {
+            self.persist(&inner, Some(&r))?;
+        }
+        Ok(())
+    }
+
+    /// Which volume's mount has `target` as a pod path, if any.
+    pub fn volume_of_target(&self, target: &Path) -> Option<(String, Target)> {
+        self.lock().records.values().find_map(|r| {
+            r.targets
+                .iter()
+                .find(|t| t.path == target)
+                .map(|t| (r.volume_id.clone(), t.clone()))
+        })
+    }
+}
+
+fn parse_volume(volume_id: &str) -> Result<BucketId, MountError> {
+    BucketId::from_hex(volume_id).map_err(|_| MountError::BucketNotFound(volume_id.into()))
+}
+
+fn check_mount_point(path: &Path) -> Result<(), MountError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(MountError::MountPointNotADirectory(path.to_path_buf())),
+        Err(_) => Err(MountError::MountPointMissing(path.to_path_buf())),
+    }
+}
+
+/// Give the volume root to `group`, group-writable and set-group-id, so
+/// every new file and directory belongs to the pod's fsGroup.
+fn apply_group(mount: &mut crate::bucket::Mount, group: u32) -> crate::bucket::Result<()> {
+    let root = mount.getattr(crate::bucket::ROOT_INO)?;
+    let mode = root.mode | 0o2070;
+    if root.gid != group || root.mode != mode {
+        mount.setattr(
+            crate::bucket::ROOT_INO,
+            crate::bucket::SetAttr {
+                gid: Some(group),
+                mode: Some(mode),
+                ..Default::default()
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Bind-mount `source` at `t.path` (read-only if asked). Idempotent.
+pub fn bind_target(source: &Path, t: &Target) -> std::io::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    if session::is_stale(&t.path) {
+        session::lazy_unmount(&t.path)?;
+    }
+    if session::is_mount_point(&t.path) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&t.path)?;
+    mount(
+        Some(source),
+        &t.path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(std::io::Error::from)?;
+    if t.read_only {
+        let flags = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV;
+        if let Err(e) = mount(None::<&str>, &t.path, None::<&str>, flags, None::<&str>) {
+            let _ = session::lazy_unmount(&t.path);
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
+
+/// Undo a bind mount; a missing path or a dead mount is not an error.
+pub fn unbind(target: &Path) -> std::io::Result<()> {
+    if session::is_stale(target) || session::is_mount_point(target) {
+        session::lazy_unmount(target)?;
+    }
+    match std::fs::remove_dir(target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        // Kubelet may own the directory; leaving it is harmless.
+        Err(_) => Ok(()),
+    }
+}

@@ -1,0 +1,178 @@
+//! Mounting a [`LiveMount`] with the kernel: the FUSE session, its options,
+//! readiness (the kernel answers a `stat` of the root) and clean or lazy
+//! unmounts, including of stale mounts whose daemon died.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fuser::{BackgroundSession, Config, MountOption, Notifier, Session, SessionACL};
+
+use super::fs::{FsOptions, JaxFs};
+use super::live::LiveMount;
+
+/// How one FUSE session is mounted.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Shown as the source in /proc/mounts (`jax:<volume>`).
+    pub fs_name: String,
+    pub read_only: bool,
+    pub fs: FsOptions,
+    /// Threads reading requests from /dev/fuse.
+    pub threads: usize,
+}
+
+/// A mounted FUSE session; unmounts on [`FuseSession::unmount`] or drop.
+pub struct FuseSession {
+    path: PathBuf,
+    background: Option<BackgroundSession>,
+    notifier: Notifier,
+}
+
+impl std::fmt::Debug for FuseSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FuseSession")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// Mount `live` at `path` and wait until the kernel answers on it.
+pub fn mount(live: LiveMount, path: &Path, opts: &SessionOptions) -> io::Result<FuseSession> {
+    let mut options = vec![
+        MountOption::FSName(opts.fs_name.clone()),
+        MountOption::Subtype("jax".into()),
+        // The kernel checks mode bits (EACCES/EPERM) against the caller.
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    if opts.read_only {
+        options.push(MountOption::RO);
+    }
+    let mut config = Config::default();
+    config.mount_options = options;
+    // Pods run as any user; the kernel still applies default_permissions.
+    config.acl = SessionACL::All;
+    config.n_threads = Some(opts.threads.max(1));
+    let before = std::fs::metadata(path)?.dev();
+    let session = Session::new(JaxFs::new(live, opts.fs.clone()), path, &config)?;
+    let notifier = session.notifier();
+    let background = session.spawn()?;
+    let s = FuseSession {
+        path: path.to_path_buf(),
+        background: Some(background),
+        notifier,
+    };
+    wait_answering(path, before, Duration::from_secs(10))?;
+    Ok(s)
+}
+
+impl FuseSession {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sends cache invalidations to the kernel (after a remote change).
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    /// Unmount and wait for the session thread to finish.
+    pub fn unmount(mut self) -> io::Result<()> {
+        match self.background.take() {
+            Some(bg) => bg.umount_and_join(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for FuseSession {
+    fn drop(&mut self) {
+        if let Some(bg) = self.background.take() {
+            if let Err(e) = bg.umount_and_join() {
+                tracing::warn!(path = %self.path.display(), error = %e, "unmount on drop failed");
+            }
+        }
+    }
+}
+
+/// Poll until `stat(path)` shows a new file system that answers (not the
+/// directory underneath), or fail after `timeout`.
+fn wait_answering(path: &Path, before_dev: u64, timeout: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match std::fs::metadata(path) {
+            Ok(m) if m.dev() != before_dev => return Ok(()),
+            Ok(_) | Err(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Ok(_) => {
+                return Err(io::Error::other(format!(
+                    "{} did not show the new mount within {timeout:?}",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// True when `path` is a mount point whose FUSE daemon is gone
+/// ("Transport endpoint is not connected").
+pub fn is_stale(path: &Path) -> bool {
+    matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
+/// True when something is mounted exactly at `path` (per /proc/self/mountinfo).
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| unescape_mount_path(mp) == want)
+}
+
+/// /proc/self/mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mount_path(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            let digits = std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(digits, 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Detach whatever is mounted at `path` (lazy unmount); fine if nothing is.
+pub fn lazy_unmount(path: &Path) -> io::Result<()> {
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_unescape() {
+        assert_eq!(unescape_mount_path(r"/a\040b"), "/a b");
+        assert_eq!(unescape_mount_path("/plain"), "/plain");
+        assert_eq!(unescape_mount_path(r"/x\134y"), r"/x\y");
+    }
+}

@@ -1,0 +1,535 @@
+//! A POSIX conformance suite over a real FUSE mount of a bucket, driven with
+//! ordinary file syscalls (and, for permissions, a child process running as
+//! an unprivileged user), plus a random-operation comparison with a plain
+//! directory on the local file system.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use jax_csi::bucket::{BucketOptions, StateDir};
+use jax_csi::fuse::{self, FsOptions, FuseSession, LiveMount, SessionOptions};
+
+/// A bucket mounted with FUSE in a temp dir.
+struct Mounted {
+    _dir: tempfile::TempDir,
+    state_path: PathBuf,
+    mnt: PathBuf,
+    live: LiveMount,
+    session: Option<FuseSession>,
+    fixture: common::Fixture,
+}
+
+fn options(read_only: bool) -> SessionOptions {
+    SessionOptions {
+        fs_name: "jax:test".into(),
+        read_only,
+        fs: FsOptions::default(),
+        threads: 2,
+    }
+}
+
+fn mount_bucket(opts: BucketOptions) -> Mounted {
+    let fixture = common::fixture(opts);
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let live = LiveMount::new(fixture.bucket.mount().unwrap(), Duration::from_millis(200));
+    let session = fuse::mount(live.clone(), &mnt, &options(false)).unwrap();
+    Mounted {
+        _dir: dir,
+        state_path: fixture.state.root().to_path_buf(),
+        mnt,
+        live,
+        session: Some(session),
+        fixture,
+    }
+}
+
+impl Mounted {
+    fn p(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Unmount, then mount the bucket's head again in a fresh Mount.
+    fn remount(&mut self, read_only: bool) {
+        self.session.take().unwrap().unmount().unwrap();
+        self.live.shutdown().unwrap();
+        let sd = StateDir::open(&self.state_path).unwrap();
+        let b = sd
+            .open_bucket(&self.fixture.bucket.id(), &self.fixture.kek)
+            .unwrap();
+        let m = if read_only {
+            b.open_version(&b.head().unwrap()).unwrap()
+        } else {
+            b.mount().unwrap()
+        };
+        self.live = LiveMount::new(m, Duration::from_millis(200));
+        self.session =
+            Some(fuse::mount(self.live.clone(), &self.mnt, &options(read_only)).unwrap());
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            s.unmount().unwrap();
+        }
+        let _ = self.live.shutdown();
+    }
+}
+
+fn errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.expect_err("expected an error").raw_os_error().unwrap()
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    common::pattern(len, seed)
+}
+
+#[test]
+fn files_survive_rename_truncate_fsync_and_remount() {
+    let mut t = mount_bucket(BucketOptions::default());
+    let big = pattern(3 << 20 | 12345, 3);
+    {
+        let mut f = File::create(t.p("big.bin")).unwrap();
+        f.write_all(&big).unwrap();
+        f.sync_all().unwrap();
+    }
+    assert_eq!(fs::read(t.p("big.bin")).unwrap(), big);
+    fs::create_dir_all(t.p("a/b/c")).unwrap();
+    fs::write(t.p("a/b/c/note.txt"), b"hello fuse").unwrap();
+    fs::rename(t.p("a/b/c/note.txt"), t.p("a/note.txt")).unwrap();
+    assert_eq!(errno(fs::metadata(t.p("a/b/c/note.txt"))), libc::ENOENT);
+    // Truncate down and up: the tail reads as zeros.
+    let f = OpenOptions::new().write(true).open(t.p("big.bin")).unwrap();
+    f.set_len(1000).unwrap();
+    f.set_len(5000).unwrap();
+    drop(f);
+    let got = fs::read(t.p("big.bin")).unwrap();
+    assert_eq!(&got[..1000], &big[..1000]);
+    assert!(got[1000..].iter().all(|b| *b == 0));
+    // Overwrite in the middle, append, seek and read back.
+    {
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(t.p("big.bin"))
+            .unwrap();
+        f.seek(SeekFrom::Start(10)).unwrap();
+        f.write_all(b"MIDDLE").unwrap();
+        f.seek(SeekFrom::End(0)).unwrap();
+        f.write_all(b"END").unwrap();
+        f.sync_data().unwrap();
+        let mut buf = [0u8; 6];
+        f.seek(SeekFrom::Start(10)).unwrap();
+        f.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"MIDDLE");
+    }
+    assert_eq!(fs::metadata(t.p("big.bin")).unwrap().len(), 5003);
+    std::os::unix::fs::symlink("a/note.txt", t.p("link")).unwrap();
+    t.remount(false);
+    assert_eq!(fs::read(t.p("a/note.txt")).unwrap(), b"hello fuse");
+    assert_eq!(fs::read(t.p("link")).unwrap(), b"hello fuse");
+    assert_eq!(fs::read_link(t.p("link")).unwrap(), Path::new("a/note.txt"));
+    let got = fs::read(t.p("big.bin")).unwrap();
+    assert_eq!(got.len(), 5003);
+    assert_eq!(&got[10..16], b"MIDDLE");
+    assert_eq!(&got[5000..], b"END");
+    let mut names: Vec<_> = fs::read_dir(t.p(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "big.bin", "link"]);
+}
+
+#[test]
+fn errno_semantics() {
+    let t = mount_bucket(BucketOptions::default());
+    fs::write(t.p("file"), b"x").unwrap();
+    fs::create_dir(t.p("dir")).unwrap();
+    fs::write(t.p("dir/inner"), b"y").unwrap();
+    assert_eq!(errno(fs::read(t.p("missing"))), libc::ENOENT);
+    assert_eq!(
+        errno(
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(t.p("file"))
+        ),
+        libc::EEXIST
+    );
+    assert_eq!(errno(fs::create_dir(t.p("dir"))), libc::EEXIST);
+    assert_eq!(errno(fs::remove_dir(t.p("dir"))), libc::ENOTEMPTY);
+    assert_eq!(errno(fs::remove_dir(t.p("file"))), libc::ENOTDIR);
+    assert_eq!(errno(fs::remove_file(t.p("dir"))), libc::EISDIR);
+    assert_eq!(
+        errno(OpenOptions::new().write(true).open(t.p("dir"))),
+        libc::EISDIR
+    );
+    assert_eq!(errno(fs::write(t.p("file/sub"), b"z")), libc::ENOTDIR);
+    let long = "n".repeat(256);
+    assert_eq!(errno(fs::write(t.p(&long), b"z")), libc::ENAMETOOLONG);
+    fs::write(t.p(&"n".repeat(255)), b"ok").unwrap();
+    assert_eq!(errno(fs::hard_link(t.p("file"), t.p("hard"))), libc::EPERM);
+    // rename(2) of a directory over a non-empty directory, and into itself.
+    fs::create_dir(t.p("other")).unwrap();
+    fs::write(t.p("other/f"), b"").unwrap();
+    assert_eq!(errno(fs::rename(t.p("dir"), t.p("other"))), libc::ENOTEMPTY);
+    assert_eq!(errno(fs::rename(t.p("dir"), t.p("dir/sub"))), libc::EINVAL);
+    // renameat2 flags.
+    assert_eq!(
+        renameat2(&t.p("file"), &t.p("dir/inner"), libc::RENAME_NOREPLACE),
+        Err(libc::EEXIST)
+    );
+    renameat2(&t.p("file"), &t.p("dir/inner"), libc::RENAME_EXCHANGE).unwrap();
+    assert_eq!(fs::read(t.p("file")).unwrap(), b"y");
+    assert_eq!(fs::read(t.p("dir/inner")).unwrap(), b"x");
+}
+
+fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> Result<(), i32> {
+    let a = CString::new(from.as_os_str().as_bytes()).unwrap();
+    let b = CString::new(to.as_os_str().as_bytes()).unwrap();
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    }
+}
+
+#[test]
+fn attributes_xattrs_and_statfs() {
+    let t = mount_bucket(BucketOptions {
+        quota: Some(64 << 20),
+        ..Default::default()
+    });
+    fs::write(t.p("f"), b"data").unwrap();
+    fs::set_permissions(t.p("f"), fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(fs::metadata(t.p("f")).unwrap().mode() & 0o7777, 0o640);
+    std::os::unix::fs::chown(t.p("f"), Some(1234), Some(5678)).unwrap();
+    let md = fs::metadata(t.p("f")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    let when = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    File::options()
+        .write(true)
+        .open(t.p("f"))
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(when).set_accessed(when))
+        .unwrap();
+    let md = fs::metadata(t.p("f")).unwrap();
+    assert_eq!(md.mtime(), 1_600_000_000);
+    assert_eq!(md.atime(), 1_600_000_000);
+
+    // Extended attributes.
+    let path = CString::new(t.p("f").as_os_str().as_bytes()).unwrap();
+    let name = CString::new("user.color").unwrap();
+    let r = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            b"blue".as_ptr().cast(),
+            4,
+            libc::XATTR_CREATE,
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    let r = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            b"red".as_ptr().cast(),
+            3,
+            libc::XATTR_CREATE,
+        )
+    };
+    assert_eq!(r, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EEXIST)
+    );
+    let mut buf = [0u8; 64];
+    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 64) };
+    assert_eq!(&buf[..n as usize], b"blue");
+    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 2) };
+    assert_eq!(n, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ERANGE)
+    );
+    let n = unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), 64) };
+    assert_eq!(&buf[..n as usize], b"user.color\0");
+    let missing = CString::new("user.none").unwrap();
+    let n = unsafe { libc::getxattr(path.as_ptr(), missing.as_ptr(), buf.as_mut_ptr().cast(), 64) };
+    assert_eq!(n, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENODATA)
+    );
+    assert_eq!(
+        unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) },
+        0
+    );
+
+    // statfs: the quota is the size, free = quota - used.
+    fs::write(t.p("eight"), vec![1u8; 8 << 20]).unwrap();
+    let st = nix::sys::statvfs::statvfs(&t.mnt).unwrap();
+    let total = st.blocks() * st.fragment_size();
+    let free = st.blocks_available() * st.fragment_size();
+    assert_eq!(total, 64 << 20);
+    assert_eq!(free, (64 << 20) - (8 << 20) - 4096);
+    // Past the quota: ENOSPC, and the file system keeps working.
+    let mut f = File::create(t.p("huge")).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    let mut err = None;
+    for _ in 0..80 {
+        if let Err(e) = f.write_all(&chunk) {
+            err = Some(e);
+            break;
+        }
+    }
+    let err = err
+        .or_else(|| f.sync_all().err())
+        .expect("writes past the quota must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+    drop(f);
+    fs::remove_file(t.p("huge")).unwrap();
+    fs::write(t.p("after"), b"still works").unwrap();
+}
+
+/// Run `sh -c script` as uid/gid 4242 in `dir`; returns (success, stderr).
+fn as_user(dir: &Path, script: &str) -> (bool, String) {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .uid(4242)
+        .gid(4242)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn permissions_follow_mode_bits_and_set_group_id_directories() {
+    let t = mount_bucket(BucketOptions::default());
+    fs::set_permissions(t.p(""), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(t.p("private"), b"secret").unwrap();
+    fs::set_permissions(t.p("private"), fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, err) = as_user(&t.mnt, "cat private");
+    assert!(!ok && err.contains("Permission denied"), "{err}");
+    let (ok, err) = as_user(&t.mnt, "echo hi > new");
+    assert!(!ok && err.contains("Permission denied"), "{err}");
+    let (ok, err) = as_user(&t.mnt, "chmod 777 private");
+    assert!(!ok && err.contains("Operation not permitted"), "{err}");
+
+    // An fsGroup-style directory: group 4242, setgid, group-writable.
+    fs::create_dir(t.p("shared")).unwrap();
+    std::os::unix::fs::chown(t.p("shared"), Some(0), Some(4242)).unwrap();
+    fs::set_permissions(t.p("shared"), fs::Permissions::from_mode(0o2775)).unwrap();
+    let (ok, err) = as_user(
+        &t.mnt,
+        "mkdir shared/sub && echo hi > shared/sub/f && cat shared/sub/f",
+    );
+    assert!(ok, "{err}");
+    let md = fs::metadata(t.p("shared/sub")).unwrap();
+    assert_eq!(md.gid(), 4242);
+    assert_eq!(
+        md.mode() & 0o2000,
+        0o2000,
+        "setgid propagates to new directories"
+    );
+    assert_eq!(fs::metadata(t.p("shared/sub/f")).unwrap().uid(), 4242);
+    // Root creating in the setgid dir still gets the directory's group.
+    fs::write(t.p("shared/by-root"), b"").unwrap();
+    assert_eq!(fs::metadata(t.p("shared/by-root")).unwrap().gid(), 4242);
+}
+
+#[test]
+fn read_only_mount_gives_erofs() {
+    let mut t = mount_bucket(BucketOptions::default());
+    fs::write(t.p("f"), b"kept").unwrap();
+    t.remount(true);
+    assert_eq!(fs::read(t.p("f")).unwrap(), b"kept");
+    assert_eq!(errno(fs::write(t.p("f"), b"no")), libc::EROFS);
+    assert_eq!(errno(fs::create_dir(t.p("d"))), libc::EROFS);
+    assert_eq!(errno(fs::remove_file(t.p("f"))), libc::EROFS);
+}
+
+#[test]
+fn a_tampered_chunk_reads_as_eio_never_wrong_bytes() {
+    let mut t = mount_bucket(BucketOptions::default());
+    let big = pattern(3 << 20, 9);
+    fs::write(t.p("big"), &big).unwrap();
+    fs::write(t.p("small"), b"fine").unwrap();
+    File::open(t.p("big")).unwrap().sync_all().unwrap();
+    // Chunk blobs are the only ones of a MiB or more.
+    let store = t.fixture.state.store().clone();
+    let mut flipped = 0;
+    for h in store.list().unwrap() {
+        let p = store.path_of(&h);
+        let mut bytes = fs::read(&p).unwrap();
+        if bytes.len() >= 1 << 20 {
+            bytes[100] ^= 1;
+            fs::write(&p, &bytes).unwrap();
+            flipped += 1;
+        }
+    }
+    assert_eq!(flipped, 3);
+    t.remount(false);
+    let err = fs::read(t.p("big")).expect_err("a tampered chunk must not read");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert_eq!(fs::read(t.p("small")).unwrap(), b"fine");
+}
+
+#[test]
+fn debounced_commit_writes_a_version_without_fsync() {
+    let t = mount_bucket(BucketOptions::default());
+    let before = t.fixture.bucket.head().unwrap();
+    fs::write(t.p("lazy"), b"committed later").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while t.fixture.bucket.head().unwrap() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no commit within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sd = StateDir::open(&t.state_path).unwrap();
+    let b = sd
+        .open_bucket(&t.fixture.bucket.id(), &t.fixture.kek)
+        .unwrap();
+    let mut m = b.mount().unwrap();
+    assert_eq!(
+        jax_csi::bucket::path::read_file(&mut m, "/lazy").unwrap(),
+        b"committed later"
+    );
+}
+
+/// Deterministic xorshift for the random-operation test.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Apply one random operation under `root`; returns a comparable outcome.
+fn random_op(root: &Path, op: u64, a: &str, b: &str, n: u64) -> String {
+    let pa = root.join(a);
+    let pb = root.join(b);
+    let outcome = |r: std::io::Result<String>| match r {
+        Ok(s) => format!("ok {s}"),
+        Err(e) => match e.raw_os_error() {
+            Some(code) => format!("errno {code}"),
+            None => format!("error {:?}", e.kind()),
+        },
+    };
+    outcome(match op {
+        0 => fs::write(&pa, pattern(n as usize, n as u8)).map(|_| String::new()),
+        1 => fs::read(&pa)
+            .map(|d| format!("{} {:x}", d.len(), d.iter().map(|b| *b as u64).sum::<u64>())),
+        2 => fs::create_dir(&pa).map(|_| String::new()),
+        3 => fs::remove_file(&pa).map(|_| String::new()),
+        4 => fs::remove_dir(&pa).map(|_| String::new()),
+        5 => fs::rename(&pa, &pb).map(|_| String::new()),
+        6 => OpenOptions::new()
+            .write(true)
+            .open(&pa)
+            .and_then(|f| f.set_len(n))
+            .map(|_| String::new()),
+        7 => OpenOptions::new()
+            .write(true)
+            .open(&pa)
+            .and_then(|mut f| {
+                f.seek(SeekFrom::Start(n))?;
+                f.write_all(b"patch")
+            })
+            .map(|_| String::new()),
+        8 => fs::metadata(&pa)
+            .map(|m| format!("{} {}", m.is_dir(), if m.is_dir() { 0 } else { m.len() })),
+        _ => fs::read_dir(&pa).map(|d| {
+            let mut v: Vec<_> = d
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v.join(",")
+        }),
+    })
+}
+
+fn tree_of(root: &Path) -> Vec<(String, Option<Vec<u8>>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if e.file_type().unwrap().is_dir() {
+                out.push((rel, None));
+                stack.push(e.path());
+            } else {
+                out.push((rel, Some(fs::read(e.path()).unwrap())));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn random_operations_match_a_plain_directory() {
+    let mut t = mount_bucket(BucketOptions {
+        chunk_size: 4096,
+        ..Default::default()
+    });
+    let reference = tempfile::tempdir().unwrap();
+    let names = [
+        "a", "b", "d1", "d1/a", "d1/b", "d2", "d2/x", "d1/d3", "d1/d3/y",
+    ];
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    for step in 0..600 {
+        let op = rng.below(10);
+        let a = names[rng.below(names.len() as u64) as usize];
+        let b = names[rng.below(names.len() as u64) as usize];
+        let n = rng.below(12_000);
+        let ours = random_op(&t.mnt, op, a, b, n);
+        let theirs = random_op(reference.path(), op, a, b, n);
+        assert_eq!(ours, theirs, "step {step}: op {op} {a} {b} {n}");
+        if step % 150 == 149 {
+            t.remount(false);
+        }
+    }
+    assert_eq!(tree_of(&t.mnt), tree_of(reference.path()));
+}
