@@ -1,9 +1,11 @@
 //! The controller binary on a real unix socket and a real Postgres, driven
 //! with a tonic client exactly as the CSI sidecars drive it.
 
+mod cluster;
+
+use cluster::Cluster;
+
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use jax_csi::crypto::{Kek, SecretKey, WrappedKey};
@@ -15,111 +17,7 @@ use jax_csi::csi::proto::volume_content_source::{
     SnapshotSource, Type as SourceType, VolumeSource,
 };
 use jax_csi::csi::proto::*;
-use jax_csi::db::embedded::EmbeddedPostgres;
-use tonic::transport::Channel;
 use tonic::Code;
-
-struct Cluster {
-    pg: Option<EmbeddedPostgres>,
-    dir: tempfile::TempDir,
-    kek: Kek,
-    controllers: Vec<Child>,
-}
-
-impl Cluster {
-    fn start() -> Self {
-        let pg = EmbeddedPostgres::start_temp().expect("throwaway postgres");
-        let dir = tempfile::tempdir().unwrap();
-        let kek = Kek::generate().unwrap();
-        kek.write_file(&dir.path().join("kek")).unwrap();
-        Self {
-            pg: Some(pg),
-            dir,
-            kek,
-            controllers: vec![],
-        }
-    }
-
-    fn url(&self) -> String {
-        self.pg.as_ref().unwrap().database_url()
-    }
-
-    fn socket(&self, n: usize) -> PathBuf {
-        self.dir.path().join(format!("c{n}.sock"))
-    }
-
-    /// Start controller replica `n`; returns once its Probe says ready.
-    async fn controller(&mut self, n: usize) -> Channel {
-        let child = self.spawn(n);
-        self.controllers.push(child);
-        wait_ready(&self.socket(n)).await
-    }
-
-    fn spawn(&self, n: usize) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_jax-csi"))
-            .args(["controller", "--endpoint"])
-            .arg(format!("unix://{}", self.socket(n).display()))
-            .args(["--database-url", &self.url(), "--kek-file"])
-            .arg(self.dir.path().join("kek"))
-            .args([
-                "--node-id",
-                &format!("replica-{n}"),
-                "--db-timeout-ms",
-                "1000",
-            ])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.log(n)).unwrap())
-            .spawn()
-            .expect("spawning jax-csi controller")
-    }
-
-    /// Each replica logs to a file (an undrained pipe would block it).
-    fn log(&self, n: usize) -> PathBuf {
-        self.dir.path().join(format!("c{n}.log"))
-    }
-
-    fn psql(&self, sql: &str) -> String {
-        self.pg
-            .as_ref()
-            .unwrap()
-            .psql("jax", sql)
-            .unwrap()
-            .trim()
-            .to_string()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in &mut self.controllers {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = c.wait();
-        }
-    }
-}
-
-async fn wait_ready(socket: &Path) -> Channel {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(ch) = jax_csi::csi::server::connect_unix(socket).await {
-            if let Ok(r) = IdentityClient::new(ch.clone()).probe(ProbeRequest {}).await {
-                if r.into_inner().ready == Some(true) {
-                    return ch;
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "controller on {} never became ready",
-            socket.display()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 fn cap(mode: Mode) -> VolumeCapability {
     VolumeCapability {

@@ -422,17 +422,27 @@ impl MountManager {
     }
 
     /// Unmount (after a final commit). Stopping a stopped mount is fine.
+    /// Pod bind mounts are detached first (they would keep the FUSE
+    /// connection alive) but stay in the record, so a restart re-binds them.
     pub fn stop(&self, volume_id: &str) -> Result<(), MountError> {
-        let running = {
+        let (running, targets) = {
             let mut inner = self.lock();
-            if !inner.records.contains_key(volume_id) {
+            let Some(rec) = inner.records.get(volume_id) else {
                 return Err(MountError::MountNotFound(volume_id.into()));
-            }
-            inner.running.remove(volume_id)
+            };
+            let targets = rec.targets.clone();
+            (inner.running.remove(volume_id), targets)
         };
         let Some(Running { live, session }) = running else {
             return Ok(());
         };
+        for t in &targets {
+            if session::is_mount_point(&t.path) {
+                if let Err(e) = session::lazy_unmount(&t.path) {
+                    tracing::warn!(target = %t.path.display(), error = %e, "detaching a pod target failed");
+                }
+            }
+        }
         let path = session.path().to_path_buf();
         let commit = live.shutdown();
         let unmounted = session.unmount();

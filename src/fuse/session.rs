@@ -28,6 +28,8 @@ pub struct FuseSession {
     path: PathBuf,
     background: Option<BackgroundSession>,
     notifier: Notifier,
+    /// The kernel's FUSE connection number (minor of st_dev), for aborting.
+    connection: u32,
 }
 
 impl std::fmt::Debug for FuseSession {
@@ -60,12 +62,13 @@ pub fn mount(live: LiveMount, path: &Path, opts: &SessionOptions) -> io::Result<
     let session = Session::new(JaxFs::new(live, opts.fs.clone()), path, &config)?;
     let notifier = session.notifier();
     let background = session.spawn()?;
-    let s = FuseSession {
+    let mut s = FuseSession {
         path: path.to_path_buf(),
         background: Some(background),
         notifier,
+        connection: 0,
     };
-    wait_answering(path, before, Duration::from_secs(10))?;
+    s.connection = wait_answering(path, before, Duration::from_secs(10))?;
     Ok(s)
 }
 
@@ -79,32 +82,88 @@ impl FuseSession {
         &self.notifier
     }
 
-    /// Unmount and wait for the session thread to finish.
+    /// Unmount and wait for the session thread to finish. A busy mount is
+    /// detached; a connection that stays alive (another bind of it, a stuck
+    /// caller) is aborted after a grace period, so this never hangs.
     pub fn unmount(mut self) -> io::Result<()> {
-        match self.background.take() {
-            Some(bg) => bg.umount_and_join(),
-            None => Ok(()),
+        self.finish()
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        let Some(bg) = self.background.take() else {
+            return Ok(());
+        };
+        match nix::mount::umount(&self.path) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(nix::errno::Errno::EBUSY) => {
+                tracing::warn!(path = %self.path.display(), "mount busy; detaching it lazily");
+                lazy_unmount(&self.path)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if !wait_finished(&bg, UNMOUNT_GRACE) {
+            tracing::warn!(path = %self.path.display(), connection = self.connection, "FUSE connection still in use after unmount; aborting it");
+            abort_connection(self.connection)?;
+            if !wait_finished(&bg, UNMOUNT_GRACE) {
+                return Err(io::Error::other(
+                    "the FUSE session did not end after an abort",
+                ));
+            }
+        }
+        // Already unmounted above; only the thread is left to collect.
+        match bg.guard.join() {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::other("the FUSE session thread panicked")),
         }
     }
 }
 
+/// How long an unmounted session may take to see the kernel let go.
+const UNMOUNT_GRACE: Duration = Duration::from_secs(5);
+
+fn wait_finished(bg: &BackgroundSession, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !bg.guard.is_finished() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// Abort a FUSE connection through fusectl (mounting fusectl if needed).
+fn abort_connection(connection: u32) -> io::Result<()> {
+    let dir = Path::new("/sys/fs/fuse/connections");
+    let abort = dir.join(connection.to_string()).join("abort");
+    if !abort.exists() {
+        let _ = nix::mount::mount(
+            Some("fusectl"),
+            dir,
+            Some("fusectl"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        );
+    }
+    std::fs::write(&abort, b"1")
+}
+
 impl Drop for FuseSession {
     fn drop(&mut self) {
-        if let Some(bg) = self.background.take() {
-            if let Err(e) = bg.umount_and_join() {
-                tracing::warn!(path = %self.path.display(), error = %e, "unmount on drop failed");
-            }
+        if let Err(e) = self.finish() {
+            tracing::warn!(path = %self.path.display(), error = %e, "unmount on drop failed");
         }
     }
 }
 
 /// Poll until `stat(path)` shows a new file system that answers (not the
-/// directory underneath), or fail after `timeout`.
-fn wait_answering(path: &Path, before_dev: u64, timeout: Duration) -> io::Result<()> {
+/// directory underneath), or fail after `timeout`. Returns the FUSE
+/// connection number.
+fn wait_answering(path: &Path, before_dev: u64, timeout: Duration) -> io::Result<u32> {
     let deadline = Instant::now() + timeout;
     loop {
         match std::fs::metadata(path) {
-            Ok(m) if m.dev() != before_dev => return Ok(()),
+            Ok(m) if m.dev() != before_dev => return Ok(libc::minor(m.dev())),
             Ok(_) | Err(_) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(5))
             }

@@ -1,0 +1,176 @@
+//! A throwaway cluster for integration tests: an embedded Postgres, the real
+//! `jax-csi` binary as controller replicas and node plugins on unix sockets.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jax_csi::crypto::Kek;
+use jax_csi::csi::proto::identity_client::IdentityClient;
+use jax_csi::csi::proto::ProbeRequest;
+use jax_csi::db::embedded::EmbeddedPostgres;
+use tonic::transport::Channel;
+
+pub struct Cluster {
+    pub pg: Option<EmbeddedPostgres>,
+    pub dir: tempfile::TempDir,
+    pub kek: Kek,
+    pub controllers: Vec<Child>,
+    pub nodes: Vec<(String, Child)>,
+}
+
+impl Cluster {
+    pub fn start() -> Self {
+        let pg = EmbeddedPostgres::start_temp().expect("throwaway postgres");
+        let dir = tempfile::tempdir().unwrap();
+        let kek = Kek::generate().unwrap();
+        kek.write_file(&dir.path().join("kek")).unwrap();
+        Self {
+            pg: Some(pg),
+            dir,
+            kek,
+            controllers: vec![],
+            nodes: vec![],
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.pg.as_ref().unwrap().database_url()
+    }
+
+    pub fn socket(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("c{n}.sock"))
+    }
+
+    /// Start controller replica `n`; returns once its Probe says ready.
+    pub async fn controller(&mut self, n: usize) -> Channel {
+        let child = self.spawn(n);
+        self.controllers.push(child);
+        wait_ready(&self.socket(n)).await
+    }
+
+    pub fn spawn(&self, n: usize) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_jax-csi"))
+            .args(["controller", "--endpoint"])
+            .arg(format!("unix://{}", self.socket(n).display()))
+            .args(["--database-url", &self.url(), "--kek-file"])
+            .arg(self.dir.path().join("kek"))
+            .args([
+                "--node-id",
+                &format!("replica-{n}"),
+                "--db-timeout-ms",
+                "1000",
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.log(n)).unwrap())
+            .spawn()
+            .expect("spawning jax-csi controller")
+    }
+
+    /// Each replica logs to a file (an undrained pipe would block it).
+    pub fn log(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("c{n}.log"))
+    }
+
+    pub fn node_socket(&self, id: &str) -> PathBuf {
+        self.dir.path().join(format!("{id}.sock"))
+    }
+
+    pub fn node_state(&self, id: &str) -> PathBuf {
+        self.dir.path().join("nodes").join(id)
+    }
+
+    pub fn node_log(&self, id: &str) -> PathBuf {
+        self.dir.path().join(format!("{id}.log"))
+    }
+
+    /// Start (or restart) node plugin `id`; returns once it answers Probe.
+    pub async fn node(&mut self, id: &str) -> Channel {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.node_log(id))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_jax-csi"))
+            .args(["node", "--endpoint"])
+            .arg(format!("unix://{}", self.node_socket(id).display()))
+            .args(["--node-id", id, "--state-dir"])
+            .arg(self.node_state(id))
+            .args(["--database-url", &self.url(), "--kek-file"])
+            .arg(self.dir.path().join("kek"))
+            .args(["--db-timeout-ms", "2000"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning jax-csi node");
+        self.nodes.push((id.to_string(), child));
+        wait_ready(&self.node_socket(id)).await
+    }
+
+    /// SIGKILL node `id` (no clean unmount: its FUSE mounts go stale).
+    pub fn kill_node(&mut self, id: &str) {
+        let i = self.nodes.iter().position(|(n, _)| n == id).expect("node");
+        let (_, mut child) = self.nodes.remove(i);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM node `id` and wait for it to exit; returns its exit status.
+    pub fn stop_node(&mut self, id: &str) -> std::process::ExitStatus {
+        let i = self.nodes.iter().position(|(n, _)| n == id).expect("node");
+        let (_, mut child) = self.nodes.remove(i);
+        terminate(&mut child)
+    }
+
+    pub fn psql(&self, sql: &str) -> String {
+        self.pg
+            .as_ref()
+            .unwrap()
+            .psql("jax", sql)
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+}
+
+fn terminate(c: &mut Child) -> std::process::ExitStatus {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    c.wait().unwrap()
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.nodes {
+            terminate(c);
+        }
+        for c in &mut self.controllers {
+            terminate(c);
+        }
+    }
+}
+
+/// Connect to `socket` once the plugin there answers Probe with ready.
+pub async fn wait_ready(socket: &Path) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(ch) = jax_csi::csi::server::connect_unix(socket).await {
+            if let Ok(r) = IdentityClient::new(ch.clone()).probe(ProbeRequest {}).await {
+                if r.into_inner().ready == Some(true) {
+                    return ch;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "plugin on {} never became ready",
+            socket.display()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -1,0 +1,595 @@
+//! End to end on one machine: the controller and node binaries on unix
+//! sockets against a throwaway Postgres, driven by tonic clients as kubelet
+//! and the sidecars drive them; volumes used through real FUSE mounts with
+//! ordinary file syscalls.
+
+mod cluster;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cluster::Cluster;
+use jax_csi::csi::proto::controller_client::ControllerClient;
+use jax_csi::csi::proto::node_client::NodeClient;
+use jax_csi::csi::proto::volume_capability::access_mode::Mode;
+use jax_csi::csi::proto::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
+use jax_csi::csi::proto::volume_content_source::{
+    SnapshotSource, Type as SourceType, VolumeSource,
+};
+use jax_csi::csi::proto::*;
+use tonic::transport::Channel;
+use tonic::Code;
+
+fn mount_cap(mode: Mode, group: &str, flags: &[&str]) -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume {
+            fs_type: String::new(),
+            mount_flags: flags.iter().map(|f| f.to_string()).collect(),
+            volume_mount_group: group.into(),
+        })),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    }
+}
+
+fn rwx() -> VolumeCapability {
+    mount_cap(Mode::MultiNodeMultiWriter, "", &[])
+}
+
+struct Env {
+    c: Cluster,
+    ctl: ControllerClient<Channel>,
+    node: NodeClient<Channel>,
+}
+
+async fn env() -> Env {
+    let mut c = Cluster::start();
+    let ctl = ControllerClient::new(c.controller(0).await);
+    let node = NodeClient::new(c.node("node-a").await);
+    Env { c, ctl, node }
+}
+
+impl Env {
+    fn path(&self, rel: &str) -> PathBuf {
+        self.c.dir.path().join(rel)
+    }
+
+    async fn create(&mut self, name: &str, source: Option<SourceType>) -> String {
+        self.ctl
+            .create_volume(CreateVolumeRequest {
+                name: name.into(),
+                capacity_range: Some(CapacityRange {
+                    required_bytes: 64 << 20,
+                    limit_bytes: 0,
+                }),
+                volume_capabilities: vec![rwx()],
+                volume_content_source: source.map(|t| VolumeContentSource { r#type: Some(t) }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id
+    }
+
+    fn stage_req(&self, id: &str, cap: VolumeCapability) -> NodeStageVolumeRequest {
+        NodeStageVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: self.path(&format!("staging/{id}")).display().to_string(),
+            volume_capability: Some(cap),
+            ..Default::default()
+        }
+    }
+
+    fn publish_req(&self, id: &str, pod: &str, readonly: bool) -> NodePublishVolumeRequest {
+        NodePublishVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: self.path(&format!("staging/{id}")).display().to_string(),
+            target_path: self.path(&format!("pods/{pod}/vol")).display().to_string(),
+            volume_capability: Some(rwx()),
+            readonly,
+            ..Default::default()
+        }
+    }
+
+    /// Stage and publish `id` for `pod`; returns the pod's path.
+    async fn publish(&mut self, id: &str, pod: &str) -> PathBuf {
+        self.node
+            .node_stage_volume(self.stage_req(id, rwx()))
+            .await
+            .unwrap();
+        let req = self.publish_req(id, pod, false);
+        let target = PathBuf::from(&req.target_path);
+        self.node.node_publish_volume(req).await.unwrap();
+        target
+    }
+
+    async fn unpublish(&mut self, id: &str, pod: &str) {
+        let target = self.path(&format!("pods/{pod}/vol"));
+        self.node
+            .node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: id.into(),
+                target_path: target.display().to_string(),
+            })
+            .await
+            .unwrap();
+        self.node
+            .node_unstage_volume(NodeUnstageVolumeRequest {
+                volume_id: id.into(),
+                staging_target_path: self.path(&format!("staging/{id}")).display().to_string(),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Wait until Postgres has the node's current head of `id` (what a
+    /// snapshot records).
+    fn wait_head_reported(&self, id: &str) {
+        let head_file = self
+            .c
+            .node_state("node-a")
+            .join("buckets")
+            .join(id)
+            .join("HEAD");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let local = fs::read_to_string(&head_file).unwrap_or_default();
+            let reported = self.c.psql(&format!(
+                "SELECT head FROM bucket_heads WHERE volume_id = '{id}' AND node_id = 'node-a'"
+            ));
+            if !local.is_empty() && local.trim() == reported {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "head of {id} never reported ({local} vs {reported})"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
+    let s = r.expect_err("expected an error");
+    (s.code(), s.message().to_string())
+}
+
+fn fsync_file(p: &Path) {
+    fs::File::open(p).unwrap().sync_all().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_write_republish_and_clones_from_a_snapshot() {
+    let mut e = env().await;
+    let id = e.create("data", None).await;
+    let target = e.publish(&id, "pod-1").await;
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(target.join("big.bin"), &big).unwrap();
+    fs::create_dir_all(target.join("dir/sub")).unwrap();
+    fs::write(target.join("dir/sub/a.txt"), b"first").unwrap();
+    fs::rename(target.join("dir/sub/a.txt"), target.join("dir/a.txt")).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(target.join("big.bin"))
+        .unwrap();
+    f.set_len(2_000_000).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    // Stats: bytes used and a healthy condition, on both paths.
+    for path in [&target, &e.path(&format!("staging/{id}"))] {
+        let stats = e
+            .node
+            .node_get_volume_stats(NodeGetVolumeStatsRequest {
+                volume_id: id.clone(),
+                volume_path: path.display().to_string(),
+                staging_target_path: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let bytes = &stats.usage[0];
+        assert_eq!(bytes.total, 64 << 20);
+        assert_eq!(bytes.used, 2_000_000 + 5);
+        assert_eq!(bytes.available, (64 << 20) - 2_000_005);
+        assert!(!stats.volume_condition.unwrap().abnormal);
+    }
+    // The controller sees the node publishing it.
+    let got = e
+        .ctl
+        .controller_get_volume(ControllerGetVolumeRequest {
+            volume_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut published = got.status.unwrap().published_node_ids;
+    while published != ["node-a"] {
+        assert!(
+            Instant::now() < deadline,
+            "mount record never mirrored: {published:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        published = e
+            .ctl
+            .controller_get_volume(ControllerGetVolumeRequest {
+                volume_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap()
+            .published_node_ids;
+    }
+
+    e.unpublish(&id, "pod-1").await;
+    assert!(!target.exists(), "unpublish removes the pod path");
+    // Idempotent repeats.
+    e.unpublish(&id, "pod-1").await;
+
+    let target = e.publish(&id, "pod-2").await;
+    assert_eq!(fs::read(target.join("big.bin")).unwrap(), &big[..2_000_000]);
+    assert_eq!(fs::read(target.join("dir/a.txt")).unwrap(), b"first");
+
+    // Snapshot, then keep writing to the source.
+    fsync_file(&target.join("big.bin"));
+    e.wait_head_reported(&id);
+    let snap = e
+        .ctl
+        .create_snapshot(CreateSnapshotRequest {
+            source_volume_id: id.clone(),
+            name: "snap-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    fs::write(target.join("dir/a.txt"), b"changed after the snapshot").unwrap();
+    fsync_file(&target.join("dir/a.txt"));
+
+    let clone = e
+        .create(
+            "from-snap",
+            Some(SourceType::Snapshot(SnapshotSource {
+                snapshot_id: snap.snapshot_id.clone(),
+            })),
+        )
+        .await;
+    let clone_target = e.publish(&clone, "pod-3").await;
+    assert_eq!(fs::read(clone_target.join("dir/a.txt")).unwrap(), b"first");
+    assert_eq!(
+        fs::read(clone_target.join("big.bin")).unwrap(),
+        &big[..2_000_000]
+    );
+    // They diverge independently.
+    fs::write(clone_target.join("only-in-clone"), b"c").unwrap();
+    fs::remove_file(clone_target.join("big.bin")).unwrap();
+    fsync_file(&clone_target.join("only-in-clone"));
+    assert!(!target.join("only-in-clone").exists());
+    assert_eq!(fs::read(target.join("big.bin")).unwrap().len(), 2_000_000);
+    assert_eq!(
+        fs::read(target.join("dir/a.txt")).unwrap(),
+        b"changed after the snapshot"
+    );
+
+    // A volume cloned from a volume starts at the source's current head.
+    e.wait_head_reported(&id);
+    let vclone = e
+        .create(
+            "from-volume",
+            Some(SourceType::Volume(VolumeSource {
+                volume_id: id.clone(),
+            })),
+        )
+        .await;
+    let vclone_target = e.publish(&vclone, "pod-4").await;
+    assert_eq!(
+        fs::read(vclone_target.join("dir/a.txt")).unwrap(),
+        b"changed after the snapshot"
+    );
+    e.unpublish(&vclone, "pod-4").await;
+    e.unpublish(&clone, "pod-3").await;
+    e.unpublish(&id, "pod-2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_requests_get_the_spec_error_codes() {
+    let mut e = env().await;
+    let id = e.create("errs", None).await;
+    let caps = e
+        .node
+        .node_get_capabilities(NodeGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(caps.capabilities.len(), 5);
+    let info = e
+        .node
+        .node_get_info(NodeGetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.node_id, "node-a");
+    assert_eq!(info.max_volumes_per_node, 256);
+
+    let mut r = e.stage_req(&id, rwx());
+    r.volume_id.clear();
+    let (c, m) = code(e.node.node_stage_volume(r).await);
+    assert_eq!(c, Code::InvalidArgument);
+    assert!(m.contains("volume_id"), "{m}");
+    let mut r = e.stage_req(&id, rwx());
+    r.staging_target_path.clear();
+    let (c, m) = code(e.node.node_stage_volume(r).await);
+    assert_eq!(
+        (c, m.contains("staging_target_path")),
+        (Code::InvalidArgument, true),
+        "{m}"
+    );
+    let mut r = e.stage_req(&id, rwx());
+    r.volume_capability = None;
+    let (c, m) = code(e.node.node_stage_volume(r).await);
+    assert_eq!(
+        (c, m.contains("volume_capability")),
+        (Code::InvalidArgument, true),
+        "{m}"
+    );
+    let block = VolumeCapability {
+        access_type: Some(AccessType::Block(BlockVolume {})),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
+    };
+    let (c, _) = code(e.node.node_stage_volume(e.stage_req(&id, block)).await);
+    assert_eq!(c, Code::InvalidArgument);
+    let (c, m) = code(
+        e.node
+            .node_stage_volume(
+                e.stage_req(&id, mount_cap(Mode::MultiNodeMultiWriter, "staff", &[])),
+            )
+            .await,
+    );
+    assert_eq!(
+        (c, m.contains("volume_mount_group")),
+        (Code::InvalidArgument, true),
+        "{m}"
+    );
+    let (c, m) = code(
+        e.node
+            .node_stage_volume(
+                e.stage_req(&id, mount_cap(Mode::MultiNodeMultiWriter, "", &["bogus"])),
+            )
+            .await,
+    );
+    assert_eq!(
+        (c, m.contains("bogus")),
+        (Code::InvalidArgument, true),
+        "{m}"
+    );
+    let (c, _) = code(
+        e.node
+            .node_stage_volume(e.stage_req("00112233445566778899aabbccddeeff", rwx()))
+            .await,
+    );
+    assert_eq!(c, Code::NotFound);
+
+    // Publish before stage: FAILED_PRECONDITION.
+    let (c, _) = code(
+        e.node
+            .node_publish_volume(e.publish_req(&id, "p", false))
+            .await,
+    );
+    assert_eq!(c, Code::FailedPrecondition);
+    e.node
+        .node_stage_volume(e.stage_req(&id, rwx()))
+        .await
+        .unwrap();
+    // Stage again: idempotent; with another capability: ALREADY_EXISTS.
+    e.node
+        .node_stage_volume(e.stage_req(&id, rwx()))
+        .await
+        .unwrap();
+    let (c, _) = code(
+        e.node
+            .node_stage_volume(e.stage_req(&id, mount_cap(Mode::MultiNodeReaderOnly, "", &[])))
+            .await,
+    );
+    assert_eq!(c, Code::AlreadyExists);
+    let mut r = e.publish_req(&id, "p", false);
+    r.target_path.clear();
+    let (c, m) = code(e.node.node_publish_volume(r).await);
+    assert_eq!(
+        (c, m.contains("target_path")),
+        (Code::InvalidArgument, true),
+        "{m}"
+    );
+    e.node
+        .node_publish_volume(e.publish_req(&id, "p", false))
+        .await
+        .unwrap();
+    e.node
+        .node_publish_volume(e.publish_req(&id, "p", false))
+        .await
+        .unwrap();
+    let (c, _) = code(
+        e.node
+            .node_publish_volume(e.publish_req(&id, "p", true))
+            .await,
+    );
+    assert_eq!(c, Code::AlreadyExists);
+
+    // A read-only publish of the same volume: EROFS for the pod.
+    let ro = e.publish_req(&id, "reader", true);
+    let ro_path = PathBuf::from(&ro.target_path);
+    e.node.node_publish_volume(ro).await.unwrap();
+    fs::write(e.path("pods/p/vol/x"), b"rw").unwrap();
+    assert_eq!(fs::read(ro_path.join("x")).unwrap(), b"rw");
+    let err = fs::write(ro_path.join("y"), b"no").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+
+    let (c, _) = code(
+        e.node
+            .node_get_volume_stats(NodeGetVolumeStatsRequest {
+                volume_id: id.clone(),
+                volume_path: "/nowhere".into(),
+                staging_target_path: String::new(),
+            })
+            .await,
+    );
+    assert_eq!(c, Code::NotFound);
+    let (c, _) = code(
+        e.node
+            .node_expand_volume(NodeExpandVolumeRequest {
+                volume_id: id.clone(),
+                volume_path: String::new(),
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_eq!(c, Code::InvalidArgument);
+
+    // Expansion takes effect without a remount.
+    let before = nix::sys::statvfs::statvfs(&ro_path).unwrap();
+    assert_eq!(before.blocks() * before.fragment_size(), 64 << 20);
+    let r = e
+        .node
+        .node_expand_volume(NodeExpandVolumeRequest {
+            volume_id: id.clone(),
+            volume_path: ro_path.display().to_string(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 128 << 20,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.capacity_bytes, 128 << 20);
+    let after = nix::sys::statvfs::statvfs(&ro_path).unwrap();
+    assert_eq!(after.blocks() * after.fragment_size(), 128 << 20);
+
+    // Unpublish / unstage of paths that are already gone: fine.
+    e.node
+        .node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            target_path: e.path("pods/never/vol").display().to_string(),
+        })
+        .await
+        .unwrap();
+    e.node
+        .node_unstage_volume(NodeUnstageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: e.path("staging/never").display().to_string(),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_group_gives_a_non_root_pod_write_access() {
+    use std::os::unix::process::CommandExt;
+    let mut e = env().await;
+    let id = e.create("group", None).await;
+    e.node
+        .node_stage_volume(e.stage_req(&id, mount_cap(Mode::SingleNodeWriter, "4242", &[])))
+        .await
+        .unwrap();
+    let mut p = e.publish_req(&id, "nonroot", false);
+    p.volume_capability = Some(mount_cap(Mode::SingleNodeWriter, "4242", &["noexec"]));
+    let target = PathBuf::from(&p.target_path);
+    e.node.node_publish_volume(p).await.unwrap();
+    let md = fs::metadata(&target).unwrap();
+    assert_eq!(md.gid(), 4242);
+    assert_eq!(md.mode() & 0o2070, 0o2070);
+    // A pod user (uid 5000) in the fsGroup can write; the file is the group's.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("echo hello > data && mkdir d && echo x > d/f && cat data")
+        .current_dir(&target);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let groups = [4242 as libc::gid_t];
+            if libc::setgroups(1, groups.as_ptr()) != 0
+                || libc::setgid(5000) != 0
+                || libc::setuid(5000) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::metadata(target.join("d/f")).unwrap().gid(), 4242);
+    // noexec is honoured on the pod's mount.
+    fs::write(target.join("run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(target.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    let err = std::process::Command::new(target.join("run.sh"))
+        .output()
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_nothing_fsynced_and_remounts_on_restart() {
+    let mut e = env().await;
+    let id = e.create("survivor", None).await;
+    let target = e.publish(&id, "pod").await;
+    {
+        let mut f = fs::File::create(target.join("acked")).unwrap();
+        f.write_all(b"fsync acknowledged").unwrap();
+        f.sync_all().unwrap();
+    }
+    e.c.kill_node("node-a");
+    let staging = e.path(&format!("staging/{id}"));
+    let err = fs::metadata(&staging).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOTCONN),
+        "the FUSE mount is dead"
+    );
+
+    // The restarted node brings the mount and the pod's bind back by itself.
+    e.node = NodeClient::new(e.c.node("node-a").await);
+    assert_eq!(
+        fs::read(staging.join("acked")).unwrap(),
+        b"fsync acknowledged"
+    );
+    assert_eq!(
+        fs::read(target.join("acked")).unwrap(),
+        b"fsync acknowledged"
+    );
+    let stats = e
+        .node
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: id.clone(),
+            volume_path: target.display().to_string(),
+            staging_target_path: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stats.volume_condition.unwrap().abnormal);
+    fs::write(target.join("after"), b"writable again").unwrap();
+
+    // A clean stop unmounts everything (after a final commit).
+    assert!(e.c.stop_node("node-a").success());
+    assert!(!jax_csi::fuse::session::is_mount_point(&staging));
+    e.node = NodeClient::new(e.c.node("node-a").await);
+    assert_eq!(fs::read(target.join("after")).unwrap(), b"writable again");
+    e.unpublish(&id, "pod").await;
+    assert!(!jax_csi::fuse::session::is_mount_point(&staging));
+}
