@@ -1,0 +1,290 @@
+//! The MountManager API over real FUSE mounts: records and statuses, each
+//! error variant, sync events and merges of a newer head, and a restart that
+//! brings auto-mounts back from the node-local records.
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jax_csi::bucket::{path, BucketId, BucketOptions, StateDir};
+use jax_csi::crypto::Kek;
+use jax_csi::fuse::mount_manager::{MountUpdate, SyncEvent};
+use jax_csi::fuse::{MountError, MountManager, MountOptions, MountStatus};
+
+struct Setup {
+    dir: tempfile::TempDir,
+    state: Arc<StateDir>,
+    kek: Arc<Kek>,
+    volume: String,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let state = Arc::new(StateDir::open(&dir.path().join("state")).unwrap());
+    let kek = Arc::new(Kek::generate().unwrap());
+    let id = BucketId::generate().unwrap();
+    state
+        .create_bucket(id, &kek, &BucketOptions::default())
+        .unwrap();
+    fs::create_dir(dir.path().join("mnt")).unwrap();
+    Setup {
+        dir,
+        state,
+        kek,
+        volume: id.to_hex(),
+    }
+}
+
+impl Setup {
+    fn manager(&self) -> MountManager {
+        MountManager::new(
+            self.state.clone(),
+            self.kek.clone(),
+            self.dir.path().join("mounts.json"),
+            None,
+        )
+        .unwrap()
+    }
+
+    fn mnt(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+#[test]
+fn lifecycle_statuses_and_restart_from_local_records() {
+    let s = setup();
+    let m = s.manager();
+    let rec = m
+        .create_mount(&s.volume, &s.mnt(), MountOptions::default())
+        .unwrap();
+    assert_eq!(rec.status, MountStatus::Stopped);
+    assert_eq!(m.list(), vec![rec.clone()]);
+    let running = m.start(&s.volume).unwrap();
+    assert_eq!(running.status, MountStatus::Running);
+    assert!(jax_csi::fuse::session::is_mount_point(&s.mnt()));
+    fs::write(s.mnt().join("kept"), b"across restarts").unwrap();
+    assert!(m.get_live_mount(&s.volume).is_some());
+
+    let updated = m
+        .update(
+            &s.volume,
+            MountUpdate {
+                cache_chunks: Some(4),
+                cache_ttl_ms: Some(250),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(updated.options.cache_chunks, 4);
+    assert_eq!(
+        m.get_mount_cache(&s.volume).unwrap(),
+        (4, Duration::from_millis(250))
+    );
+
+    // A node restart: every mount stops (final commit), a new manager reads
+    // the records file and starts the auto-mounts.
+    m.stop_all();
+    assert_eq!(m.get(&s.volume).unwrap().status, MountStatus::Stopped);
+    assert!(!jax_csi::fuse::session::is_mount_point(&s.mnt()));
+    drop(m);
+    let m = s.manager();
+    assert_eq!(m.get(&s.volume).unwrap().options.cache_chunks, 4);
+    assert!(m.start_auto().is_empty());
+    assert_eq!(m.get(&s.volume).unwrap().status, MountStatus::Running);
+    assert_eq!(fs::read(s.mnt().join("kept")).unwrap(), b"across restarts");
+
+    // auto_mount off: not started at the next restart.
+    m.update(
+        &s.volume,
+        MountUpdate {
+            auto_mount: Some(false),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    m.stop(&s.volume).unwrap();
+    m.stop(&s.volume).unwrap(); // stopping a stopped mount is fine
+    let m = s.manager();
+    assert!(m.start_auto().is_empty());
+    assert_eq!(m.get(&s.volume).unwrap().status, MountStatus::Stopped);
+    m.delete(&s.volume).unwrap();
+    assert!(matches!(
+        m.get(&s.volume),
+        Err(MountError::MountNotFound(_))
+    ));
+    assert!(s.manager().list().is_empty(), "deletion is persisted");
+}
+
+#[test]
+fn each_error_variant() {
+    let s = setup();
+    let m = s.manager();
+    let unknown = BucketId::generate().unwrap().to_hex();
+    assert!(matches!(
+        m.create_mount(&unknown, &s.mnt(), MountOptions::default()),
+        Err(MountError::BucketNotFound(_))
+    ));
+    assert!(matches!(
+        m.create_mount("not-a-volume-id", &s.mnt(), MountOptions::default()),
+        Err(MountError::BucketNotFound(_))
+    ));
+    assert!(matches!(
+        m.create_mount(
+            &s.volume,
+            &s.dir.path().join("absent"),
+            MountOptions::default()
+        ),
+        Err(MountError::MountPointMissing(_))
+    ));
+    let file = s.dir.path().join("file");
+    fs::write(&file, b"").unwrap();
+    assert!(matches!(
+        m.create_mount(&s.volume, &file, MountOptions::default()),
+        Err(MountError::MountPointNotADirectory(_))
+    ));
+    assert!(matches!(m.get(&unknown), Err(MountError::MountNotFound(_))));
+    assert!(matches!(
+        m.start(&unknown),
+        Err(MountError::MountNotFound(_))
+    ));
+    assert!(matches!(
+        m.stop(&unknown),
+        Err(MountError::MountNotFound(_))
+    ));
+
+    m.create_mount(&s.volume, &s.mnt(), MountOptions::default())
+        .unwrap();
+    m.start(&s.volume).unwrap();
+    assert!(matches!(
+        m.start(&s.volume),
+        Err(MountError::AlreadyRunning(_))
+    ));
+    assert!(matches!(
+        m.create_mount(&s.volume, &s.mnt(), MountOptions::default()),
+        Err(MountError::AlreadyRunning(_))
+    ));
+    m.stop(&s.volume).unwrap();
+
+    // A bucket whose wrapped key is damaged: LoadFailed, status error.
+    let key = s
+        .state
+        .root()
+        .join("buckets")
+        .join(&s.volume)
+        .join("key.wrapped");
+    let good = fs::read(&key).unwrap();
+    let mut bad = good.clone();
+    bad[5] ^= 0xff;
+    fs::write(&key, &bad).unwrap();
+    let err = m.start(&s.volume).unwrap_err();
+    assert!(matches!(err, MountError::LoadFailed { .. }), "{err}");
+    assert!(matches!(
+        m.get(&s.volume).unwrap().status,
+        MountStatus::Error(msg) if msg.contains("loading bucket")
+    ));
+    fs::write(&key, &good).unwrap();
+
+    // The mount point vanished between create and start.
+    let gone = s.dir.path().join("gone");
+    fs::create_dir(&gone).unwrap();
+    let other = BucketId::generate().unwrap();
+    s.state
+        .create_bucket(other, &s.kek, &BucketOptions::default())
+        .unwrap();
+    m.create_mount(&other.to_hex(), &gone, MountOptions::default())
+        .unwrap();
+    fs::remove_dir(&gone).unwrap();
+    assert!(matches!(
+        m.start(&other.to_hex()),
+        Err(MountError::MountPointMissing(_))
+    ));
+
+    // Records that cannot be written: Database.
+    let broken = MountManager::new(
+        s.state.clone(),
+        s.kek.clone(),
+        s.dir.path().join("no-such-dir/mounts.json"),
+        None,
+    )
+    .unwrap();
+    assert!(matches!(
+        broken.create_mount(&s.volume, &s.mnt(), MountOptions::default()),
+        Err(MountError::Database(_))
+    ));
+    // And a records file that is not JSON refuses to load.
+    fs::write(s.dir.path().join("bad.json"), b"{not json").unwrap();
+    assert!(matches!(
+        MountManager::new(
+            s.state.clone(),
+            s.kek.clone(),
+            s.dir.path().join("bad.json"),
+            None
+        ),
+        Err(MountError::Database(_))
+    ));
+}
+
+#[test]
+fn synced_heads_merge_into_the_live_mount_and_invalidate_caches() {
+    let s = setup();
+    let m = s.manager();
+    let mut events = m.subscribe_sync_events();
+    m.create_mount(&s.volume, &s.mnt(), MountOptions::default())
+        .unwrap();
+    m.start(&s.volume).unwrap();
+    fs::write(s.mnt().join("local.txt"), b"mine").unwrap();
+    fs::File::open(s.mnt().join("local.txt"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    match events.try_recv().unwrap() {
+        SyncEvent::Committed { volume_id, .. } => assert_eq!(volume_id, s.volume),
+        other => panic!("expected a commit event, got {other:?}"),
+    }
+
+    // Another writer (what sync delivers) moves the head: a fast-forward.
+    let id = BucketId::from_hex(&s.volume).unwrap();
+    let remote_head = {
+        let b = s.state.open_bucket(&id, &s.kek).unwrap();
+        let mut other = b.mount().unwrap();
+        path::write_file(&mut other, "/remote.txt", b"theirs").unwrap();
+        other.save().unwrap().hash
+    };
+    // The kernel has cached the root listing; the merge must invalidate it.
+    let before: Vec<_> = fs::read_dir(s.mnt()).unwrap().collect();
+    assert_eq!(before.len(), 1);
+    m.on_bucket_synced(&s.volume, &remote_head).unwrap();
+    assert_eq!(fs::read(s.mnt().join("remote.txt")).unwrap(), b"theirs");
+    assert_eq!(fs::read(s.mnt().join("local.txt")).unwrap(), b"mine");
+    let ev = loop {
+        match events.try_recv().unwrap() {
+            SyncEvent::MountInvalidated { volume_id, head } => break (volume_id, head),
+            SyncEvent::Committed { .. } => continue,
+        }
+    };
+    assert_eq!(ev, (s.volume.clone(), remote_head));
+
+    // Concurrent edits of one file on both sides: a conflict copy, nothing lost.
+    let b = s.state.open_bucket(&id, &s.kek).unwrap();
+    let mut other = b.mount().unwrap();
+    fs::write(s.mnt().join("both.txt"), b"local version").unwrap();
+    path::write_file(&mut other, "/both.txt", b"remote version").unwrap();
+    let remote_head = other.save().unwrap().hash;
+    m.on_bucket_synced(&s.volume, &remote_head).unwrap();
+    let mut contents: Vec<Vec<u8>> = fs::read_dir(s.mnt())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("both"))
+        .map(|p| fs::read(p).unwrap())
+        .collect();
+    contents.sort();
+    assert_eq!(
+        contents,
+        vec![b"local version".to_vec(), b"remote version".to_vec()]
+    );
+    m.stop_all();
+}
