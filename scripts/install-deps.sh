@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and the demo need (idempotent).
 # PostgreSQL provides the binaries the embedded test clusters start from;
-# fuse3 provides /dev/fuse tooling for the mounted file system tests.
+# fuse3 provides /dev/fuse tooling for the mounted file system tests;
+# gocryptfs and bindfs are what `jax-csi bench fuse` compares against.
 set -euo pipefail
 
 SUDO=""
@@ -10,6 +11,9 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
+# The FUSE benchmark's peers: gocryptfs (encrypted FUSE) and bindfs (passthrough FUSE).
+command -v gocryptfs >/dev/null 2>&1 || missing+=(gocryptfs)
+command -v bindfs >/dev/null 2>&1 || missing+=(bindfs)
 
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2

@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 export RUST_BACKTRACE=1
 # Property tests: a fixed case count keeps CI time predictable; raise locally with PROPTEST_CASES.
 cargo test --locked --all-targets
-# The bucket benchmark at a small size, so the bench code itself is exercised.
+# The benchmarks at a small size, so the bench code itself is exercised.
 cargo run --locked --quiet --bin jax-csi -- bench bucket --dir "${TMPDIR:-/tmp}" --size-mib 16 --files 500 --random-reads 100 >/dev/null
+cargo run --locked --quiet --bin jax-csi -- bench fuse --dir "${TMPDIR:-/tmp}" --size-mib 8 --files 200 --random-reads 50 >/dev/null
 cargo run --locked --quiet --bin jax-csi -- bench controller --dir "${TMPDIR:-/tmp}" --volumes 50 --list-volumes 200 >/dev/null
 echo "all tests passed"

@@ -533,3 +533,18 @@ fn random_operations_match_a_plain_directory() {
     }
     assert_eq!(tree_of(&t.mnt), tree_of(reference.path()));
 }
+
+#[test]
+fn a_directory_read_while_its_entries_are_removed_loses_none() {
+    // rm -r reads a directory in batches while unlinking from it: offsets
+    // must stay stable, or entries are skipped and rmdir fails ENOTEMPTY.
+    let t = mount_bucket(BucketOptions::default());
+    fs::create_dir_all(t.p("tree/sub")).unwrap();
+    for i in 0..600 {
+        fs::write(t.p(&format!("tree/file-with-a-long-name-{i:04}")), b"x").unwrap();
+        fs::write(t.p(&format!("tree/sub/{i}")), b"y").unwrap();
+    }
+    assert_eq!(fs::read_dir(t.p("tree")).unwrap().count(), 601);
+    fs::remove_dir_all(t.p("tree")).unwrap();
+    assert_eq!(errno(fs::metadata(t.p("tree"))), libc::ENOENT);
+}

@@ -593,3 +593,79 @@ async fn a_killed_node_loses_nothing_fsynced_and_remounts_on_restart() {
     e.unpublish(&id, "pod").await;
     assert!(!jax_csi::fuse::session::is_mount_point(&staging));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_up_with_a_node_serves_a_usable_volume() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jax-csi"))
+        .args(["local", "up", "--nodes", "1", "--state-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(dir.path().join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&line).expect("one JSON ready line");
+    let endpoint =
+        |v: &serde_json::Value| jax_csi::csi::server::parse_endpoint(v.as_str().unwrap()).unwrap();
+    assert_eq!(ready["nodes"][0]["id"], "node-0");
+    let ctl_socket = endpoint(&ready["controller"]);
+    let node_socket = endpoint(&ready["nodes"][0]["endpoint"]);
+    let mut ctl = ControllerClient::new(
+        jax_csi::csi::server::connect_unix(&ctl_socket)
+            .await
+            .unwrap(),
+    );
+    let mut node = NodeClient::new(
+        jax_csi::csi::server::connect_unix(&node_socket)
+            .await
+            .unwrap(),
+    );
+    let id = ctl
+        .create_volume(CreateVolumeRequest {
+            name: "local".into(),
+            volume_capabilities: vec![rwx()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let staging = dir.path().join("staging");
+    let target = dir.path().join("pod/vol");
+    node.node_stage_volume(NodeStageVolumeRequest {
+        volume_id: id.clone(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(rwx()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    node.node_publish_volume(NodePublishVolumeRequest {
+        volume_id: id.clone(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(rwx()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    fs::write(target.join("f"), b"through local up").unwrap();
+    assert_eq!(fs::read(staging.join("f")).unwrap(), b"through local up");
+    // SIGTERM stops everything cleanly: mounts gone, exit status 0.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(!jax_csi::fuse::session::is_mount_point(&staging));
+    assert!(!jax_csi::fuse::session::is_mount_point(&target));
+}

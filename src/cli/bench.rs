@@ -29,6 +29,21 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2000)]
         random_reads: usize,
     },
+    /// Our FUSE mount against gocryptfs, bindfs and tmpfs (run as root, with `--release`).
+    Fuse {
+        /// Where the backing stores live (tmpfs by default, so the disk is not measured).
+        #[arg(long, default_value = "/dev/shm")]
+        dir: PathBuf,
+        /// Size of the sequential file in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: usize,
+        /// Number of 4 KiB files in the small-file phases.
+        #[arg(long, default_value_t = 10_000)]
+        files: usize,
+        /// Random 4 KiB reads per file.
+        #[arg(long, default_value_t = 2000)]
+        random_reads: usize,
+    },
     /// CSI controller RPC latency against a `SELECT 1` round trip to the same Postgres.
     Controller {
         /// Where to put Postgres's data directory.
@@ -51,6 +66,17 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             files,
             random_reads,
         } => bench_bucket(&dir, size_mib, files, random_reads),
+        BenchCommand::Fuse {
+            dir,
+            size_mib,
+            files,
+            random_reads,
+        } => super::bench_fuse::bench_fuse(super::bench_fuse::FuseBench {
+            dir,
+            size_mib,
+            files,
+            random_reads,
+        }),
         BenchCommand::Controller {
             dir,
             volumes,

@@ -2,8 +2,10 @@
 
 mod bench;
 mod bench_controller;
+mod bench_fuse;
 mod bucket_cmd;
 mod controller_cmd;
+mod csi_cmd;
 mod demo;
 mod local_cmd;
 mod node_cmd;
@@ -40,6 +42,8 @@ enum Command {
     Bucket(bucket_cmd::BucketArgs),
     /// The CSI controller (Identity + Controller services) on a unix socket.
     Controller(controller_cmd::ControllerArgs),
+    /// A small CSI client: one RPC per command, as kubelet and the sidecars make them.
+    Csi(csi_cmd::CsiArgs),
     /// The CSI node plugin (Identity + Node services, FUSE mounts) on a unix socket.
     Node(node_cmd::NodeArgs),
     /// A local cluster on one machine (embedded Postgres, controller, nodes).
@@ -66,7 +70,7 @@ enum KekCommand {
 /// Log to stderr; `RUST_LOG` overrides the default `info` level.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser::mnt=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -90,6 +94,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { command } => bench::run(command),
         Command::Controller(args) => controller_cmd::run(args),
         Command::Node(args) => node_cmd::run(args),
+        Command::Csi(args) => csi_cmd::run(args),
         Command::Local { command } => local_cmd::run(command),
     }
 }

@@ -3,9 +3,12 @@
 //! file-system semantics live in `bucket::Mount`, errno mapping in
 //! `errno.rs`, and permission checks in the kernel (`default_permissions`).
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -17,7 +20,7 @@ use fuser::{
 
 use super::errno::errno_of;
 use super::live::LiveMount;
-use crate::bucket::{Attr, FileKind, Mount, RenameFlags, SetAttr, Timestamp, XattrFlags};
+use crate::bucket::{Attr, DirEntry, FileKind, Mount, RenameFlags, SetAttr, Timestamp, XattrFlags};
 
 /// Largest write the kernel sends in one request: whole 1 MiB chunks.
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -45,11 +48,52 @@ impl Default for FsOptions {
 pub struct JaxFs {
     live: LiveMount,
     opts: FsOptions,
+    dirs: DirHandles,
 }
 
 impl JaxFs {
     pub fn new(live: LiveMount, opts: FsOptions) -> Self {
-        Self { live, opts }
+        Self {
+            live,
+            opts,
+            dirs: DirHandles::default(),
+        }
+    }
+
+    /// A directory's entries with `.` and `..` first, as readdir serves them.
+    fn listing(&self, ino: INodeNo) -> Result<Arc<Vec<DirEntry>>, Errno> {
+        self.with(|m| {
+            let me = m.getattr(ino.0)?;
+            if me.kind != FileKind::Dir {
+                return Err(crate::bucket::BucketError::NotADirectory);
+            }
+            let dot = |name: &[u8]| DirEntry {
+                name: name.to_vec(),
+                ino: ino.0,
+                kind: FileKind::Dir,
+            };
+            let mut all = vec![dot(b"."), dot(b"..")];
+            all.extend(m.readdir(ino.0)?);
+            Ok(Arc::new(all))
+        })
+    }
+
+    /// The listing taken at opendir, so offsets stay stable while entries
+    /// are removed (rm -r); reading from offset 0 again takes a fresh one.
+    fn listing_for(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+    ) -> Result<Arc<Vec<DirEntry>>, Errno> {
+        match self.dirs.get(fh.0) {
+            Some(l) if offset != 0 => Ok(l),
+            _ => {
+                let l = self.listing(ino)?;
+                self.dirs.replace(fh.0, l.clone());
+                Ok(l)
+            }
+        }
     }
 
     /// Run `f` on the locked Mount.
@@ -86,6 +130,35 @@ impl JaxFs {
         } else {
             Ok((req.uid(), req.gid(), false))
         }
+    }
+}
+
+/// Open directory handles and the listing each one reads from.
+#[derive(Default)]
+struct DirHandles {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+}
+
+impl DirHandles {
+    fn open(&self, listing: Arc<Vec<DirEntry>>) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.open.lock().unwrap().insert(fh, listing);
+        fh
+    }
+
+    fn get(&self, fh: u64) -> Option<Arc<Vec<DirEntry>>> {
+        self.open.lock().unwrap().get(&fh).cloned()
+    }
+
+    fn replace(&self, fh: u64, listing: Arc<Vec<DirEntry>>) {
+        if let Some(l) = self.open.lock().unwrap().get_mut(&fh) {
+            *l = listing;
+        }
+    }
+
+    fn close(&self, fh: u64) {
+        self.open.lock().unwrap().remove(&fh);
     }
 }
 
@@ -389,9 +462,11 @@ impl Filesystem for JaxFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.with(|m| m.getattr(ino.0)) {
-            Ok(a) if a.kind != FileKind::Dir => reply.error(Errno::ENOTDIR),
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+        match self.listing(ino) {
+            Ok(listing) => {
+                let fh = self.dirs.open(listing);
+                reply.opened(FileHandle(fh), FopenFlags::empty())
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -400,25 +475,21 @@ impl Filesystem for JaxFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.with(|m| m.readdir(ino.0)) {
-            Ok(e) => e,
+        let listing = match self.listing_for(ino, fh, offset) {
+            Ok(l) => l,
             Err(e) => return reply.error(e),
         };
-        let dots = [
-            (ino.0, FileType::Directory, &b"."[..]),
-            (ino.0, FileType::Directory, &b".."[..]),
-        ];
-        let all = dots.into_iter().chain(
-            entries
-                .iter()
-                .map(|e| (e.ino, file_type(e.kind), e.name.as_slice())),
-        );
-        for (i, (child, kind, name)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), i as u64 + 1, kind, OsStr::from_bytes(name)) {
+        for (i, e) in listing.iter().enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(e.ino),
+                i as u64 + 1,
+                file_type(e.kind),
+                OsStr::from_bytes(&e.name),
+            ) {
                 break;
             }
         }
@@ -429,38 +500,22 @@ impl Filesystem for JaxFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let listed = self.with(|m| {
-            let me = m.getattr(ino.0)?;
-            let mut out = vec![(b".".to_vec(), me.clone()), (b"..".to_vec(), me)];
-            let entries = m.readdir(ino.0)?;
-            for e in entries
-                .into_iter()
-                .skip((offset as usize).saturating_sub(2))
-            {
-                let a = m.getattr(e.ino)?;
-                out.push((e.name, a));
-            }
-            Ok(out)
-        });
-        let listed = match listed {
+        let listing = match self.listing_for(ino, fh, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(e),
         };
-        // `listed` holds the dots and then the entries from `offset` on.
-        let first_entry = (offset as usize).max(2);
-        for (i, (name, attr)) in listed.into_iter().enumerate() {
-            let index = if i < 2 { i } else { first_entry + i - 2 };
-            if index < offset as usize {
-                continue;
-            }
+        let mut m = self.live.lock();
+        for (i, e) in listing.iter().enumerate().skip(offset as usize) {
+            // An entry removed since opendir is skipped, not an error.
+            let Ok(attr) = m.getattr(e.ino) else { continue };
             if reply.add(
-                INodeNo(attr.ino),
-                index as u64 + 1,
-                OsStr::from_bytes(&name),
+                INodeNo(e.ino),
+                i as u64 + 1,
+                OsStr::from_bytes(&e.name),
                 &self.opts.ttl,
                 &file_attr(&attr),
                 Generation(0),
@@ -468,6 +523,19 @@ impl Filesystem for JaxFs {
                 break;
             }
         }
+        drop(m);
+        reply.ok()
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.close(fh.0);
         reply.ok()
     }
 

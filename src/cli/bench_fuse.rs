@@ -1,0 +1,390 @@
+//! `jax-csi bench fuse`: our FUSE mount against gocryptfs (the encrypted
+//! FUSE peer), bindfs (plain passthrough FUSE: the ceiling for any FUSE file
+//! system) and a tmpfs directory, with the same workloads in one run:
+//! sequential write and read in 1 MiB blocks, 4 KiB random reads in a large
+//! and a 1 MiB file, and many small files created, read, listed and removed.
+//! Peers that are not installed are shown as n/a.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use jax_csi::bucket::{BucketId, BucketOptions, StateDir};
+use jax_csi::crypto::Kek;
+use jax_csi::fuse::{self, FsOptions, FuseSession, LiveMount, SessionOptions};
+
+use super::bench::percentile;
+
+const MIB: usize = 1 << 20;
+
+/// What to run.
+pub struct FuseBench {
+    pub dir: PathBuf,
+    pub size_mib: usize,
+    pub files: usize,
+    pub random_reads: usize,
+}
+
+/// One file system under test, and how to take it down.
+struct Target {
+    name: &'static str,
+    root: PathBuf,
+    teardown: Box<dyn FnOnce() -> anyhow::Result<()>>,
+}
+
+/// Mounts (or prepares) one file system under a base directory.
+type Setup = fn(&Path) -> anyhow::Result<Target>;
+
+#[derive(Default, Clone)]
+struct Results {
+    seq_write: f64,
+    seq_read: f64,
+    rand_big: (Duration, Duration),
+    rand_small: (Duration, Duration),
+    create: Duration,
+    read: Duration,
+    list: Duration,
+    remove: Duration,
+}
+
+pub fn bench_fuse(b: FuseBench) -> anyhow::Result<()> {
+    let work = tempfile::Builder::new()
+        .prefix("jax-bench-fuse-")
+        .tempdir_in(&b.dir)
+        .with_context(|| format!("creating a work dir in {}", b.dir.display()))?;
+    let mut data = vec![0u8; MIB];
+    blake3::Hasher::new()
+        .update(b"jax-csi bench fuse")
+        .finalize_xof()
+        .fill(&mut data);
+    if !drop_caches() {
+        eprintln!("note: cannot drop the page cache (not root?); reads may be warm");
+    }
+    let setups: [(&str, Setup); 4] = [
+        ("jax-csi", setup_jax),
+        ("gocryptfs", setup_gocryptfs),
+        ("bindfs", setup_bindfs),
+        ("tmpfs", setup_plain),
+    ];
+    let mut rows: Vec<(&str, Option<Results>)> = Vec::new();
+    for (name, setup) in setups {
+        let base = work.path().join(name);
+        fs::create_dir_all(&base)?;
+        let target = match setup(&base) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{name}: skipped ({e:#})");
+                rows.push((name, None));
+                continue;
+            }
+        };
+        eprintln!("{name}: running ...");
+        let r = run_workloads(&target.root, &b, &data);
+        (target.teardown)().with_context(|| format!("tearing down {}", target.name))?;
+        rows.push((
+            name,
+            Some(r.with_context(|| format!("workloads on {name}"))?),
+        ));
+    }
+    print!("{}", table(&b, &rows));
+    Ok(())
+}
+
+fn drop_caches() -> bool {
+    // Best effort: sync, then drop clean pages, dentries and inodes.
+    nix::unistd::sync();
+    fs::write("/proc/sys/vm/drop_caches", b"3").is_ok()
+}
+
+fn run_workloads(root: &Path, b: &FuseBench, block: &[u8]) -> anyhow::Result<Results> {
+    let mut r = Results::default();
+    let size = b.size_mib * MIB;
+    // Sequential write, 1 MiB blocks, with the closing fsync.
+    let big = root.join("big.bin");
+    let t = Instant::now();
+    {
+        let mut f = File::create(&big)?;
+        for _ in 0..b.size_mib {
+            f.write_all(block)?;
+        }
+        f.sync_all()?;
+    }
+    r.seq_write = gib_per_s(size, t.elapsed());
+    drop_caches();
+    // Sequential read, 1 MiB blocks.
+    let t = Instant::now();
+    {
+        let mut f = File::open(&big)?;
+        let mut buf = vec![0u8; MIB];
+        let mut total = 0;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        anyhow::ensure!(total == size, "read {total} of {size} bytes");
+    }
+    r.seq_read = gib_per_s(size, t.elapsed());
+    // Random 4 KiB reads: the big file, then a 1 MiB file.
+    let small = root.join("small.bin");
+    fs::write(&small, block)?;
+    File::open(&small)?.sync_all()?;
+    drop_caches();
+    r.rand_big = random_reads(&big, size as u64, b.random_reads, 0x9E37_79B9_7F4A_7C15)?;
+    r.rand_small = random_reads(&small, MIB as u64, b.random_reads, 0x9E37_79B9_7F4A_7C15)?;
+    fs::remove_file(&big)?;
+    fs::remove_file(&small)?;
+
+    // Small files: create, read, list with stat (ls -lR), remove.
+    let dir = root.join("small");
+    fs::create_dir(&dir)?;
+    let t = Instant::now();
+    for i in 0..b.files {
+        let d = dir.join(format!("d{:03}", i / 1000));
+        if i % 1000 == 0 {
+            fs::create_dir(&d)?;
+        }
+        let mut f = File::create(d.join(format!("f{i:06}")))?;
+        f.write_all(&block[(i % 256) * 4096..(i % 256) * 4096 + 4096])?;
+    }
+    // Durable: one sync of the whole file system, as an application would.
+    File::open(&dir)?.sync_all()?;
+    nix::unistd::syncfs(File::open(&dir)?)?;
+    r.create = t.elapsed();
+    drop_caches();
+    let t = Instant::now();
+    let mut buf = Vec::with_capacity(4096);
+    for i in 0..b.files {
+        buf.clear();
+        let p = dir
+            .join(format!("d{:03}", i / 1000))
+            .join(format!("f{i:06}"));
+        File::open(p)?.read_to_end(&mut buf)?;
+        anyhow::ensure!(buf.len() == 4096, "short small file");
+    }
+    r.read = t.elapsed();
+    drop_caches();
+    let t = Instant::now();
+    let mut seen = 0;
+    for d in fs::read_dir(&dir)? {
+        let d = d?;
+        for e in fs::read_dir(d.path())? {
+            let e = e?;
+            let _ = fs::symlink_metadata(e.path())?;
+            seen += 1;
+        }
+    }
+    r.list = t.elapsed();
+    anyhow::ensure!(seen == b.files, "listed {seen} of {} files", b.files);
+    let t = Instant::now();
+    fs::remove_dir_all(&dir)?;
+    r.remove = t.elapsed();
+    Ok(r)
+}
+
+fn random_reads(
+    path: &Path,
+    size: u64,
+    n: usize,
+    seed: u64,
+) -> anyhow::Result<(Duration, Duration)> {
+    let f = File::open(path)?;
+    let blocks = size / 4096;
+    let mut x = seed;
+    let mut buf = [0u8; 4096];
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let off = (x % blocks) * 4096;
+        let t = Instant::now();
+        f.read_exact_at(&mut buf, off)?;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    Ok((percentile(&lat, 0.5), percentile(&lat, 0.99)))
+}
+
+fn gib_per_s(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64 / d.as_secs_f64()
+}
+
+fn setup_plain(base: &Path) -> anyhow::Result<Target> {
+    Ok(Target {
+        name: "tmpfs",
+        root: base.to_path_buf(),
+        teardown: Box::new(|| Ok(())),
+    })
+}
+
+fn setup_jax(base: &Path) -> anyhow::Result<Target> {
+    let state = StateDir::open(&base.join("state"))?;
+    let kek = Kek::generate()?;
+    let bucket = state.create_bucket(
+        BucketId::generate()?,
+        &kek,
+        &BucketOptions {
+            root_mode: 0o777,
+            ..Default::default()
+        },
+    )?;
+    let live = LiveMount::new(bucket.mount()?, fuse::live::DEFAULT_DEBOUNCE);
+    let mnt = base.join("mnt");
+    fs::create_dir(&mnt)?;
+    let opts = SessionOptions {
+        fs_name: "jax:bench".into(),
+        read_only: false,
+        fs: FsOptions::default(),
+        threads: std::env::var("JAX_FUSE_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2),
+    };
+    let session: FuseSession = fuse::mount(live.clone(), &mnt, &opts)?;
+    Ok(Target {
+        name: "jax-csi",
+        root: mnt,
+        teardown: Box::new(move || {
+            session.unmount()?;
+            live.shutdown()?;
+            Ok(())
+        }),
+    })
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed: {}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn unmount_command(mnt: PathBuf) -> Box<dyn FnOnce() -> anyhow::Result<()>> {
+    Box::new(move || {
+        nix::mount::umount(&mnt).with_context(|| format!("unmounting {}", mnt.display()))?;
+        Ok(())
+    })
+}
+
+fn setup_gocryptfs(base: &Path) -> anyhow::Result<Target> {
+    let (cipher, plain) = (base.join("cipher"), base.join("plain"));
+    fs::create_dir(&cipher)?;
+    fs::create_dir(&plain)?;
+    let pass = base.join("pass");
+    fs::write(&pass, b"bench-password\n")?;
+    run(Command::new("gocryptfs")
+        .args(["-init", "-q", "-scryptn", "10", "-passfile"])
+        .arg(&pass)
+        .arg(&cipher))?;
+    run(Command::new("gocryptfs")
+        .args(["-q", "-passfile"])
+        .arg(&pass)
+        .arg(&cipher)
+        .arg(&plain))?;
+    Ok(Target {
+        name: "gocryptfs",
+        root: plain.clone(),
+        teardown: unmount_command(plain),
+    })
+}
+
+fn setup_bindfs(base: &Path) -> anyhow::Result<Target> {
+    let (src, mnt) = (base.join("src"), base.join("mnt"));
+    fs::create_dir(&src)?;
+    fs::create_dir(&mnt)?;
+    // big_writes is a FUSE 2 option; newer bindfs builds always write big.
+    if run(Command::new("bindfs")
+        .args(["-o", "big_writes"])
+        .arg(&src)
+        .arg(&mnt))
+    .is_err()
+    {
+        run(Command::new("bindfs").arg(&src).arg(&mnt))?;
+    }
+    Ok(Target {
+        name: "bindfs",
+        root: mnt.clone(),
+        teardown: unmount_command(mnt),
+    })
+}
+
+fn table(b: &FuseBench, rows: &[(&str, Option<Results>)]) -> String {
+    let get = |n: &str| {
+        rows.iter()
+            .find(|(r, _)| *r == n)
+            .and_then(|(_, r)| r.clone())
+    };
+    let ours = get("jax-csi");
+    let goc = get("gocryptfs");
+    let bind = get("bindfs");
+    let mut out = format!(
+        "FUSE file systems, backing store in {} ({} MiB file, {} random reads, {} small files)\n",
+        b.dir.display(),
+        b.size_mib,
+        b.random_reads,
+        b.files
+    );
+    out += &format!(
+        "{:<28} {:>12} {:>12} {:>12} {:>12} {:>9} {:>9}\n",
+        "workload", "jax-csi", "gocryptfs", "bindfs", "tmpfs", "vs gocr", "vs bind"
+    );
+    /// (row label, value, higher is better)
+    type Metric = (&'static str, fn(&Results) -> f64, bool);
+    let metrics: [Metric; 10] = [
+        ("seq write (GiB/s)", |r| r.seq_write, true),
+        ("seq read (GiB/s)", |r| r.seq_read, true),
+        ("4K rand big p50 (µs)", |r| us(r.rand_big.0), false),
+        ("4K rand big p99 (µs)", |r| us(r.rand_big.1), false),
+        ("4K rand 1MiB p50 (µs)", |r| us(r.rand_small.0), false),
+        ("4K rand 1MiB p99 (µs)", |r| us(r.rand_small.1), false),
+        ("small create+sync (s)", |r| r.create.as_secs_f64(), false),
+        ("small read (s)", |r| r.read.as_secs_f64(), false),
+        ("small ls -lR (s)", |r| r.list.as_secs_f64(), false),
+        ("small remove (s)", |r| r.remove.as_secs_f64(), false),
+    ];
+    for (name, f, higher_better) in metrics {
+        let cell = |r: &Option<Results>| match r {
+            Some(r) => format!("{:.3}", f(r)),
+            None => "n/a".into(),
+        };
+        // Ratios read as "how many times better ours is" (>1 = ours wins).
+        let ratio = |peer: &Option<Results>| match (&ours, peer) {
+            (Some(o), Some(p)) => {
+                let (o, p) = (f(o), f(p));
+                let x = if higher_better { o / p } else { p / o };
+                format!("{x:.2}x")
+            }
+            _ => "n/a".into(),
+        };
+        out += &format!(
+            "{:<28} {:>12} {:>12} {:>12} {:>12} {:>9} {:>9}\n",
+            name,
+            cell(&ours),
+            cell(&goc),
+            cell(&bind),
+            cell(&get("tmpfs")),
+            ratio(&goc),
+            ratio(&bind)
+        );
+    }
+    out += "ratios: >1 means jax-csi is faster (throughput higher, time or latency lower)\n";
+    out
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
