@@ -395,7 +395,10 @@ impl FileData {
             self.wait_pending(i)?;
         }
         let key = self.key.key();
-        if offset == self.last_read_end {
+        // Streaming: this read starts within a chunk of where the last one
+        // ended (the kernel's async reads may arrive slightly out of order).
+        let streaming = offset.abs_diff(self.last_read_end) <= cs;
+        if streaming {
             for i in last + 1..=last + READ_AHEAD_CHUNKS {
                 if let Some(Some(h)) = self.chunks.get(i as usize) {
                     if !self.dirty.contains_key(&i) {
@@ -404,7 +407,11 @@ impl FileData {
                 }
             }
         }
-        self.last_read_end = end;
+        self.last_read_end = if streaming {
+            self.last_read_end.max(end)
+        } else {
+            end
+        };
         // Fetch the stored chunks the range needs, in parallel when several.
         let wanted: Vec<(u64, Hash)> = (first..=last)
             .filter(|i| !self.dirty.contains_key(i))

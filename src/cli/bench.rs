@@ -43,6 +43,9 @@ pub enum BenchCommand {
         /// Random 4 KiB reads per file.
         #[arg(long, default_value_t = 2000)]
         random_reads: usize,
+        /// Chunk size of our bucket in bytes (the StorageClass `chunkSize`).
+        #[arg(long, default_value_t = jax_csi::bucket::DEFAULT_CHUNK_SIZE)]
+        chunk_size: u32,
     },
     /// CSI controller RPC latency against a `SELECT 1` round trip to the same Postgres.
     Controller {
@@ -71,11 +74,13 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             size_mib,
             files,
             random_reads,
+            chunk_size,
         } => super::bench_fuse::bench_fuse(super::bench_fuse::FuseBench {
             dir,
             size_mib,
             files,
             random_reads,
+            chunk_size,
         }),
         BenchCommand::Controller {
             dir,

@@ -27,6 +27,8 @@ pub struct FuseBench {
     pub size_mib: usize,
     pub files: usize,
     pub random_reads: usize,
+    /// Chunk size of our bucket (the StorageClass `chunkSize`).
+    pub chunk_size: u32,
 }
 
 /// One file system under test, and how to take it down.
@@ -37,7 +39,7 @@ struct Target {
 }
 
 /// Mounts (or prepares) one file system under a base directory.
-type Setup = fn(&Path) -> anyhow::Result<Target>;
+type Setup = fn(&Path, &FuseBench) -> anyhow::Result<Target>;
 
 #[derive(Default, Clone)]
 struct Results {
@@ -74,7 +76,7 @@ pub fn bench_fuse(b: FuseBench) -> anyhow::Result<()> {
     for (name, setup) in setups {
         let base = work.path().join(name);
         fs::create_dir_all(&base)?;
-        let target = match setup(&base) {
+        let target = match setup(&base, &b) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("{name}: skipped ({e:#})");
@@ -216,7 +218,7 @@ fn gib_per_s(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / (1u64 << 30) as f64 / d.as_secs_f64()
 }
 
-fn setup_plain(base: &Path) -> anyhow::Result<Target> {
+fn setup_plain(base: &Path, _: &FuseBench) -> anyhow::Result<Target> {
     Ok(Target {
         name: "tmpfs",
         root: base.to_path_buf(),
@@ -224,7 +226,7 @@ fn setup_plain(base: &Path) -> anyhow::Result<Target> {
     })
 }
 
-fn setup_jax(base: &Path) -> anyhow::Result<Target> {
+fn setup_jax(base: &Path, b: &FuseBench) -> anyhow::Result<Target> {
     let state = StateDir::open(&base.join("state"))?;
     let kek = Kek::generate()?;
     let bucket = state.create_bucket(
@@ -232,6 +234,7 @@ fn setup_jax(base: &Path) -> anyhow::Result<Target> {
         &kek,
         &BucketOptions {
             root_mode: 0o777,
+            chunk_size: b.chunk_size,
             ..Default::default()
         },
     )?;
@@ -280,7 +283,7 @@ fn unmount_command(mnt: PathBuf) -> Box<dyn FnOnce() -> anyhow::Result<()>> {
     })
 }
 
-fn setup_gocryptfs(base: &Path) -> anyhow::Result<Target> {
+fn setup_gocryptfs(base: &Path, _: &FuseBench) -> anyhow::Result<Target> {
     let (cipher, plain) = (base.join("cipher"), base.join("plain"));
     fs::create_dir(&cipher)?;
     fs::create_dir(&plain)?;
@@ -302,7 +305,7 @@ fn setup_gocryptfs(base: &Path) -> anyhow::Result<Target> {
     })
 }
 
-fn setup_bindfs(base: &Path) -> anyhow::Result<Target> {
+fn setup_bindfs(base: &Path, _: &FuseBench) -> anyhow::Result<Target> {
     let (src, mnt) = (base.join("src"), base.join("mnt"));
     fs::create_dir(&src)?;
     fs::create_dir(&mnt)?;
@@ -332,9 +335,10 @@ fn table(b: &FuseBench, rows: &[(&str, Option<Results>)]) -> String {
     let goc = get("gocryptfs");
     let bind = get("bindfs");
     let mut out = format!(
-        "FUSE file systems, backing store in {} ({} MiB file, {} random reads, {} small files)\n",
+        "FUSE file systems, backing store in {} ({} MiB file, jax-csi chunk size {} KiB, {} random reads, {} small files)\n",
         b.dir.display(),
         b.size_mib,
+        b.chunk_size / 1024,
         b.random_reads,
         b.files
     );

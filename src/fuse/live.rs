@@ -77,9 +77,13 @@ impl LiveMount {
     pub fn touched(&self) {
         let now = Instant::now();
         let mut p = self.shared.pending.lock().unwrap();
-        p.since.get_or_insert(now);
         p.last = Some(now);
-        self.shared.wake.notify_one();
+        // Wake the committer only on the first change: while changes are
+        // pending it wakes at its deadline and sees `last` moved on.
+        if p.since.is_none() {
+            p.since = Some(now);
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Write a version now (fsync, unmount, shutdown).
