@@ -118,6 +118,8 @@ struct DirData {
     stored: Option<Hash>,
     /// `None` until the directory is first looked into.
     children: Option<BTreeMap<Vec<u8>, Ino>>,
+    /// How many of `children` are directories (for nlink, in O(1)).
+    subdirs: u32,
 }
 
 struct Inode {
@@ -219,6 +221,7 @@ impl Mount {
                     key: link.key.clone(),
                     stored: Some(link.hash),
                     children: None,
+                    subdirs: 0,
                 }),
                 dirty: false,
             },
@@ -271,24 +274,31 @@ impl Mount {
         self.io.chunk_size
     }
 
+    /// Kind, mode and group of an inode: what permission and ownership
+    /// decisions need, without `getattr`'s count of subdirectories.
+    pub fn kind_mode_gid(&self, ino: Ino) -> Result<(FileKind, u32, u32)> {
+        let inode = self.inode(ino)?;
+        Ok((inode.kind(), inode.meta.mode, inode.meta.gid))
+    }
+
     pub fn getattr(&mut self, ino: Ino) -> Result<Attr> {
         let inode = self.inode(ino)?;
         let (size, nlink) = match &inode.body {
             Body::File(f) => (f.size, 1),
             Body::Symlink(t) => (t.len() as u64, 1),
             Body::Dir(d) => {
-                let subdirs = d
-                    .children
-                    .as_ref()
-                    .map(|c| {
-                        c.values()
-                            .filter(|i| {
-                                matches!(self.inodes.get(i).map(|n| &n.body), Some(Body::Dir(_)))
-                            })
-                            .count()
-                    })
-                    .unwrap_or(0);
-                (4096, 2 + subdirs as u32)
+                debug_assert_eq!(
+                    d.subdirs as usize,
+                    d.children.as_ref().map_or(0, |c| c
+                        .values()
+                        .filter(|i| matches!(
+                            self.inodes.get(i).map(|n| &n.body),
+                            Some(Body::Dir(_))
+                        ))
+                        .count()),
+                    "subdirectory count of inode {ino}"
+                );
+                (4096, 2 + d.subdirs)
             }
         };
         Ok(Attr {
@@ -416,6 +426,7 @@ impl Mount {
             key: KeyBytes::generate()?,
             stored: None,
             children: Some(BTreeMap::new()),
+            subdirs: 0,
         });
         let ino = self.add_entry(parent, name, Meta::new(mode, uid, gid, self.writer()), body)?;
         self.inodes.get_mut(&ino).expect("just added").dirty = true;
@@ -929,6 +940,11 @@ impl Mount {
     /// Create inodes for the entries of a freshly loaded directory node.
     fn fill_children(&mut self, ino: Ino, node: DirNode) {
         let mut children = BTreeMap::new();
+        let subdirs = node
+            .entries
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::Dir(_)))
+            .count() as u32;
         for entry in node.entries {
             let child = self.next_ino;
             self.next_ino += 1;
@@ -938,6 +954,7 @@ impl Mount {
                     key: link.key,
                     stored: Some(link.hash),
                     children: None,
+                    subdirs: 0,
                 }),
                 EntryKind::Symlink(t) => Body::Symlink(t),
             };
@@ -958,6 +975,7 @@ impl Mount {
         }) = self.inodes.get_mut(&ino)
         {
             d.children = Some(children);
+            d.subdirs = subdirs;
         }
     }
 
@@ -990,26 +1008,52 @@ impl Mount {
     }
 
     fn set_child(&mut self, dir: Ino, name: &[u8], ino: Ino) {
-        if let Some(Inode {
-            body: Body::Dir(DirData {
+        let is_dir =
+            |m: &Self, i: Ino| matches!(m.inodes.get(&i).map(|n| &n.body), Some(Body::Dir(_)));
+        let old = match &self.inodes.get(&dir).map(|n| &n.body) {
+            Some(Body::Dir(DirData {
                 children: Some(c), ..
-            }),
+            })) => c.get(name).copied(),
+            _ => None,
+        };
+        let delta = is_dir(self, ino) as i64 - old.is_some_and(|o| is_dir(self, o)) as i64;
+        if let Some(Inode {
+            body:
+                Body::Dir(DirData {
+                    children: Some(c),
+                    subdirs,
+                    ..
+                }),
             ..
         }) = self.inodes.get_mut(&dir)
         {
             c.insert(name.to_vec(), ino);
+            *subdirs = (*subdirs as i64 + delta) as u32;
         }
     }
 
     fn detach(&mut self, dir: Ino, name: &[u8]) {
-        if let Some(Inode {
-            body: Body::Dir(DirData {
+        let removed_dir = match &self.inodes.get(&dir).map(|n| &n.body) {
+            Some(Body::Dir(DirData {
                 children: Some(c), ..
-            }),
+            })) => c
+                .get(name)
+                .is_some_and(|i| matches!(self.inodes.get(i).map(|n| &n.body), Some(Body::Dir(_)))),
+            _ => false,
+        };
+        if let Some(Inode {
+            body:
+                Body::Dir(DirData {
+                    children: Some(c),
+                    subdirs,
+                    ..
+                }),
             ..
         }) = self.inodes.get_mut(&dir)
         {
-            c.remove(name);
+            if c.remove(name).is_some() && removed_dir {
+                *subdirs -= 1;
+            }
         }
     }
 

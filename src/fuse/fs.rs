@@ -63,8 +63,7 @@ impl JaxFs {
     /// A directory's entries with `.` and `..` first, as readdir serves them.
     fn listing(&self, ino: INodeNo) -> Result<Arc<Vec<DirEntry>>, Errno> {
         self.with(|m| {
-            let me = m.getattr(ino.0)?;
-            if me.kind != FileKind::Dir {
+            if m.kind_mode_gid(ino.0)?.0 != FileKind::Dir {
                 return Err(crate::bucket::BucketError::NotADirectory);
             }
             let dot = |name: &[u8]| DirEntry {
@@ -124,9 +123,9 @@ impl JaxFs {
     /// Owner of a new entry: the caller, or the parent's group when the
     /// parent is set-group-id (how `fsGroup` ownership propagates).
     fn new_owner(&self, req: &Request, parent: INodeNo) -> Result<(u32, u32, bool), Errno> {
-        let p = self.with(|m| m.getattr(parent.0))?;
-        if p.mode & S_ISGID != 0 {
-            Ok((req.uid(), p.gid, true))
+        let (_, mode, gid) = self.with(|m| m.kind_mode_gid(parent.0))?;
+        if mode & S_ISGID != 0 {
+            Ok((req.uid(), gid, true))
         } else {
             Ok((req.uid(), req.gid(), false))
         }
@@ -392,8 +391,8 @@ impl Filesystem for JaxFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.with(|m| m.getattr(ino.0)) {
-            Ok(a) if a.kind == FileKind::Dir => reply.error(Errno::EISDIR),
+        match self.with(|m| m.kind_mode_gid(ino.0)) {
+            Ok((FileKind::Dir, _, _)) => reply.error(Errno::EISDIR),
             // The page cache stays valid across opens; remote changes invalidate it.
             Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(e),
@@ -617,7 +616,7 @@ impl Filesystem for JaxFs {
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // With default_permissions the kernel checks mode bits itself; this
         // only answers whether the inode exists.
-        match self.with(|m| m.getattr(ino.0)) {
+        match self.with(|m| m.kind_mode_gid(ino.0)) {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
         }
