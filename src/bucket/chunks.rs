@@ -62,6 +62,28 @@ impl ChunkCache {
     }
 }
 
+/// Bytes read from a file: owned, or a range of a cached decrypted chunk.
+pub enum ReadBuf {
+    Owned(Vec<u8>),
+    Shared(Arc<Vec<u8>>, std::ops::Range<usize>),
+}
+
+impl ReadBuf {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            ReadBuf::Owned(v) => v,
+            ReadBuf::Shared(c, r) => &c[r.clone()],
+        }
+    }
+
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            ReadBuf::Owned(v) => v,
+            ReadBuf::Shared(c, r) => c[r].to_vec(),
+        }
+    }
+}
+
 /// Load, verify and decrypt one chunk (in place), without the cache.
 fn load_uncached(store: &BlobStore, key: &SecretKey, hash: &Hash) -> Result<Vec<u8>> {
     let mut buf = store.get(hash)?;
@@ -239,7 +261,7 @@ fn worker_pool() -> &'static Mutex<mpsc::Sender<Job>> {
 const MAX_PENDING_SEALS: usize = 8;
 
 /// Chunks a sequential reader loads ahead of where it reads.
-const READ_AHEAD_CHUNKS: u64 = 4;
+const READ_AHEAD_CHUNKS: u64 = 8;
 
 /// Run `f` over `items` on up to all cores, keeping the order of results.
 pub(crate) fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
@@ -382,10 +404,12 @@ impl FileData {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Read up to `len` bytes at `offset` (short at end of file).
-    pub fn read(&mut self, io: &ChunkIo, offset: u64, len: u64) -> Result<Vec<u8>> {
+    /// Read up to `len` bytes at `offset` (short at end of file). A range
+    /// inside one stored chunk comes back as a view of the cached chunk,
+    /// without a copy.
+    pub fn read_buf(&mut self, io: &ChunkIo, offset: u64, len: u64) -> Result<ReadBuf> {
         if offset >= self.size || len == 0 {
-            return Ok(Vec::new());
+            return Ok(ReadBuf::Owned(Vec::new()));
         }
         let cs = io.chunk_size;
         let end = (offset + len).min(self.size);
@@ -423,6 +447,15 @@ impl FileData {
         for (i, r) in loaded {
             fetched.insert(i, r?);
         }
+        if first == last {
+            if let Some(chunk) = fetched.get(&first) {
+                let from = (offset - first * cs) as usize;
+                let to = (end - first * cs) as usize;
+                if to <= chunk.len() {
+                    return Ok(ReadBuf::Shared(chunk.clone(), from..to));
+                }
+            }
+        }
         let mut out = Vec::with_capacity((end - offset) as usize);
         for i in first..=last {
             let chunk_start = i * cs;
@@ -438,7 +471,7 @@ impl FileData {
             out.extend_from_slice(&data[have_from..have_to]);
             out.resize(out.len() + (to - from) as usize - (have_to - have_from), 0);
         }
-        Ok(out)
+        Ok(ReadBuf::Owned(out))
     }
 
     /// A mutable buffer for chunk `i`, loading its stored bytes unless `overwrite_all`.
@@ -593,16 +626,19 @@ mod tests {
         f.flush(&io, false).unwrap();
         let mut expected = vec![0u8; 10];
         expected.extend_from_slice(b"abcdefghijklmnopqrstuvwxyz");
-        assert_eq!(f.read(&io, 0, 100).unwrap(), expected);
+        assert_eq!(f.read_buf(&io, 0, 100).unwrap().into_vec(), expected);
         f.truncate(&io, 100).unwrap();
         expected.resize(100, 0);
-        assert_eq!(f.read(&io, 0, 1000).unwrap(), expected);
+        assert_eq!(f.read_buf(&io, 0, 1000).unwrap().into_vec(), expected);
         f.truncate(&io, 12).unwrap();
         f.truncate(&io, 40).unwrap();
         expected.truncate(12);
         expected.resize(40, 0);
-        assert_eq!(f.read(&io, 0, 1000).unwrap(), expected);
+        assert_eq!(f.read_buf(&io, 0, 1000).unwrap().into_vec(), expected);
         f.flush(&io, false).unwrap();
-        assert_eq!(f.read(&io, 5, 20).unwrap(), expected[5..25].to_vec());
+        assert_eq!(
+            f.read_buf(&io, 5, 20).unwrap().into_vec(),
+            expected[5..25].to_vec()
+        );
     }
 }

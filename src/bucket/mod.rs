@@ -23,7 +23,7 @@ mod ops;
 pub mod path;
 mod tree;
 
-pub use chunks::DEFAULT_CHUNK_SIZE;
+pub use chunks::{ReadBuf, DEFAULT_CHUNK_SIZE};
 pub use error::{BucketError, Result};
 pub use manifest::{BucketId, Manifest, ManifestBody};
 pub use merge::{Conflict, ConflictFile, LastWriterWins, MergeReport, Resolution, Resolver};

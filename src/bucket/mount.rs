@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::chunks::{ChunkIo, FileData, SealedChunk};
+use super::chunks::{ChunkIo, FileData, ReadBuf, SealedChunk};
 use super::error::{BucketError, Result};
 use super::manifest::{Manifest, ManifestBody};
 use super::names::validate_name;
@@ -349,6 +349,11 @@ impl Mount {
     }
 
     pub fn read(&mut self, ino: Ino, offset: u64, len: u32) -> Result<Vec<u8>> {
+        self.read_buf(ino, offset, len).map(ReadBuf::into_vec)
+    }
+
+    /// [`Mount::read`] without copying a range that lies in one cached chunk.
+    pub fn read_buf(&mut self, ino: Ino, offset: u64, len: u32) -> Result<ReadBuf> {
         let io = &self.io;
         match &mut self
             .inodes
@@ -356,7 +361,7 @@ impl Mount {
             .ok_or(BucketError::UnknownInode(ino))?
             .body
         {
-            Body::File(f) => f.read(io, offset, len as u64),
+            Body::File(f) => f.read_buf(io, offset, len as u64),
             Body::Dir(_) => Err(BucketError::IsADirectory),
             Body::Symlink(_) => Err(BucketError::InvalidArgument("read of a symlink".into())),
         }

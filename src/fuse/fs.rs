@@ -410,8 +410,9 @@ impl Filesystem for JaxFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.with(|m| m.read(ino.0, offset, size)) {
-            Ok(data) => reply.data(&data),
+        // The reply is written from the cached chunk itself when it can be.
+        match self.with(|m| m.read_buf(ino.0, offset, size)) {
+            Ok(data) => reply.data(data.as_slice()),
             Err(e) => reply.error(e),
         }
     }

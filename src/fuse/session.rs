@@ -181,7 +181,7 @@ fn wait_answering(path: &Path, before_dev: u64, timeout: Duration) -> io::Result
 
 /// Kernel readahead for this mount, in KiB: one whole chunk per request
 /// instead of the default 128 KiB (the FUSE INIT reply cannot raise it).
-const READ_AHEAD_KB: u32 = 1024;
+const READ_AHEAD_KB: u32 = 4096;
 
 /// Best effort: raise the mount's readahead through its backing-device
 /// entry in sysfs (`/sys/class/bdi/0:<connection>`).
