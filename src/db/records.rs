@@ -70,6 +70,25 @@ const SNAPSHOT_COLUMNS: &str = "id, name, seq, source_volume_id, head, wrapped_k
      (EXTRACT(MICROSECONDS FROM created_at)::BIGINT % 1000000 * 1000)::INT AS created_nanos";
 
 impl Db {
+    /// One row of `table` whose `column` equals `value` (columns and names
+    /// are constants of this module, never caller input).
+    async fn find<T>(
+        &self,
+        columns: &str,
+        table: &str,
+        column: &str,
+        value: &str,
+    ) -> DbResult<Option<T>>
+    where
+        T: for<'r> FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        let sql = format!("SELECT {columns} FROM {table} WHERE {column} = $1");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(value)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
     /// Insert a volume unless one with its name exists; `None` means the name is taken.
     pub async fn insert_volume(&self, v: &NewVolume) -> DbResult<Option<VolumeRecord>> {
         let sql = format!(
@@ -96,19 +115,11 @@ impl Db {
     }
 
     pub async fn volume_by_name(&self, name: &str) -> DbResult<Option<VolumeRecord>> {
-        let sql = format!("SELECT {VOLUME_COLUMNS} FROM volumes WHERE name = $1");
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(name)
-            .fetch_optional(self.pool())
-            .await?)
+        self.find(VOLUME_COLUMNS, "volumes", "name", name).await
     }
 
     pub async fn volume_by_id(&self, id: &str) -> DbResult<Option<VolumeRecord>> {
-        let sql = format!("SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = $1");
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?)
+        self.find(VOLUME_COLUMNS, "volumes", "id", id).await
     }
 
     /// Delete a volume and queue its blobs for collection; false if it did not exist.
@@ -282,19 +293,11 @@ impl Db {
     }
 
     pub async fn snapshot_by_name(&self, name: &str) -> DbResult<Option<SnapshotRecord>> {
-        let sql = format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE name = $1");
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(name)
-            .fetch_optional(self.pool())
-            .await?)
+        self.find(SNAPSHOT_COLUMNS, "snapshots", "name", name).await
     }
 
     pub async fn snapshot_by_id(&self, id: &str) -> DbResult<Option<SnapshotRecord>> {
-        let sql = format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE id = $1");
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?)
+        self.find(SNAPSHOT_COLUMNS, "snapshots", "id", id).await
     }
 
     pub async fn delete_snapshot(&self, id: &str) -> DbResult<bool> {

@@ -113,6 +113,14 @@ impl JaxFs {
         r
     }
 
+    /// fsync and fsyncdir: write a version now, so the data is durable.
+    fn commit(&self, op: &'static str, reply: ReplyEmpty) {
+        match self.live.commit_now() {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno_of(op, &e)),
+        }
+    }
+
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
         match r {
             Ok(a) => reply.entry(&self.opts.ttl, &file_attr(&a), Generation(0)),
@@ -455,10 +463,7 @@ impl Filesystem for JaxFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.live.commit_now() {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(errno_of("fsync", &e)),
-        }
+        self.commit("fsync", reply)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -547,10 +552,7 @@ impl Filesystem for JaxFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.live.commit_now() {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(errno_of("fsyncdir", &e)),
-        }
+        self.commit("fsyncdir", reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
