@@ -29,6 +29,8 @@ pub struct FuseBench {
     pub random_reads: usize,
     /// Chunk size of our bucket (the StorageClass `chunkSize`).
     pub chunk_size: u32,
+    /// File systems to run (all when empty).
+    pub only: Vec<String>,
 }
 
 /// One file system under test, and how to take it down.
@@ -72,8 +74,14 @@ pub fn bench_fuse(b: FuseBench) -> anyhow::Result<()> {
         ("bindfs", setup_bindfs),
         ("tmpfs", setup_plain),
     ];
+    if let Some(unknown) = b.only.iter().find(|o| !setups.iter().any(|(n, _)| n == o)) {
+        bail!("--only: unknown file system {unknown:?} (jax-csi, gocryptfs, bindfs, tmpfs)");
+    }
     let mut rows: Vec<(&str, Option<Results>)> = Vec::new();
     for (name, setup) in setups {
+        if !b.only.is_empty() && !b.only.iter().any(|o| o == name) {
+            continue;
+        }
         let base = work.path().join(name);
         fs::create_dir_all(&base)?;
         let target = match setup(&base, &b) {
