@@ -193,6 +193,11 @@ fn errno_semantics() {
     renameat2(&t.p("file"), &t.p("dir/inner"), libc::RENAME_EXCHANGE).unwrap();
     assert_eq!(fs::read(t.p("file")).unwrap(), b"y");
     assert_eq!(fs::read(t.p("dir/inner")).unwrap(), b"x");
+    // Opens carry no FUSE message (ENOSYS turns on zero-message opens), so
+    // O_TRUNC must still reach the file as a size change.
+    fs::write(t.p("file"), b"a longer first content").unwrap();
+    fs::write(t.p("file"), b"short").unwrap();
+    assert_eq!(fs::read(t.p("file")).unwrap(), b"short");
 }
 
 fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> Result<(), i32> {

@@ -237,10 +237,7 @@ fn worker_pool() -> &'static Mutex<mpsc::Sender<Job>> {
     POOL.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        for n in 0..workers {
+        for n in 0..cores() {
             let rx = rx.clone();
             std::thread::Builder::new()
                 .name(format!("jax-chunk-{n}"))
@@ -263,12 +260,20 @@ const MAX_PENDING_SEALS: usize = 8;
 /// Chunks a sequential reader loads ahead of where it reads.
 const READ_AHEAD_CHUNKS: u64 = 8;
 
+/// Cores this process may use, asked once: `available_parallelism` reads
+/// cgroup files under /proc on every call, far too slow for a per-read path.
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+}
+
 /// Run `f` over `items` on up to all cores, keeping the order of results.
 pub(crate) fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(items.len());
+    let threads = cores().min(items.len());
     if threads <= 1 {
         return items.into_iter().map(f).collect();
     }

@@ -398,13 +398,12 @@ impl Filesystem for JaxFs {
         reply.error(Errno::EPERM)
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.with(|m| m.kind_mode_gid(ino.0)) {
-            Ok((FileKind::Dir, _, _)) => reply.error(Errno::EISDIR),
-            // The page cache stays valid across opens; remote changes invalidate it.
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(e),
-        }
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Files need no per-open state, so ENOSYS turns on the kernel's
+        // zero-message opens: no OPEN and no RELEASE round trip per file from
+        // now on, and the page cache is kept across opens (remote changes
+        // invalidate it). Directories still go through `opendir`.
+        reply.error(Errno::ENOSYS)
     }
 
     fn read(
@@ -451,8 +450,10 @@ impl Filesystem for JaxFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // close(2) does not promise durability; the committer writes soon.
-        reply.ok()
+        // close(2) does not promise durability (the committer writes soon),
+        // so there is nothing to do: ENOSYS tells the kernel to stop sending
+        // FLUSH on every close.
+        reply.error(Errno::ENOSYS)
     }
 
     fn fsync(
