@@ -12,8 +12,11 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
 use super::error::{BucketError, Result};
 use super::tree::{FileNode, KeyBytes};
-use crate::crypto::{SecretKey, SEAL_OVERHEAD};
-use crate::store::{BlobStore, Hash};
+use crate::crypto::{FrameLayout, SecretKey, FRAME_LEN};
+use crate::store::{slices, BlobStore, Hash};
+
+// Frames must be the store's verified slices, so a frame read hashes one slice.
+const _: () = assert!(FRAME_LEN == slices::SLICE_LEN);
 
 /// Default chunk size: 1 MiB.
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
@@ -84,14 +87,45 @@ impl ReadBuf {
     }
 }
 
+fn undecryptable(hash: &Hash) -> BucketError {
+    tracing::error!(chunk = %hash, "chunk failed authenticated decryption");
+    BucketError::Integrity(format!("chunk {hash} does not decrypt"))
+}
+
+/// Decrypt a whole sealed chunk in place (its blob already verified).
+pub(crate) fn open_chunk(key: &SecretKey, hash: &Hash, sealed: &mut Vec<u8>) -> Result<()> {
+    key.open_frames_in_place(sealed)
+        .map_err(|_| undecryptable(hash))
+}
+
 /// Load, verify and decrypt one chunk (in place), without the cache.
 fn load_uncached(store: &BlobStore, key: &SecretKey, hash: &Hash) -> Result<Vec<u8>> {
     let mut buf = store.get(hash)?;
-    key.open_in_place(&mut buf, b"").map_err(|_| {
-        tracing::error!(chunk = %hash, "chunk failed authenticated decryption");
-        BucketError::Integrity(format!("chunk {hash} does not decrypt"))
-    })?;
+    open_chunk(key, hash, &mut buf)?;
     Ok(buf)
+}
+
+/// Plaintext bytes `range` of one chunk (clamped to its length), reading,
+/// verifying and decrypting only the 64 KiB frames they lie in.
+fn load_range(
+    store: &BlobStore,
+    key: &SecretKey,
+    hash: &Hash,
+    range: std::ops::Range<usize>,
+) -> Result<Vec<u8>> {
+    let blob = store.reader(hash)?;
+    let layout = FrameLayout::for_sealed(blob.len()).ok_or_else(|| undecryptable(hash))?;
+    let want = range.start.min(layout.plain_len)..range.end.min(layout.plain_len);
+    let frames: Vec<usize> = layout.frames_for(&want).collect();
+    let (Some(&first), Some(&last)) = (frames.first(), frames.last()) else {
+        return Ok(Vec::new());
+    };
+    let body_start = layout.frame(first).start;
+    let mut body = blob.read(body_start..layout.frame(last).end)?;
+    let trailer = blob.read(layout.trailer())?;
+    key.open_frames(&layout, &frames, &mut body, &trailer)
+        .map_err(|_| undecryptable(hash))?;
+    Ok(body[want.start - body_start..want.end - body_start].to_vec())
 }
 
 impl ChunkIo {
@@ -146,6 +180,27 @@ impl ChunkIo {
             .expect("chunk cache lock")
             .insert(*hash, plain.clone());
         Ok(plain)
+    }
+
+    /// Whether decrypted chunks are cached at all.
+    fn caching(&self) -> bool {
+        self.shared.cache.lock().expect("chunk cache lock").capacity > 0
+    }
+
+    /// Whether a chunk is in the cache or being loaded into it.
+    fn cached_or_loading(&self, hash: &Hash) -> bool {
+        self.shared
+            .cache
+            .lock()
+            .expect("chunk cache lock")
+            .get(hash)
+            .is_some()
+            || self
+                .shared
+                .inflight
+                .lock()
+                .expect("inflight lock")
+                .contains_key(hash)
     }
 
     /// Start loading a chunk in the background unless it is cached or on its way.
@@ -206,17 +261,18 @@ impl ChunkIo {
 
     /// A buffer for one chunk with room to be sealed in place.
     fn chunk_buffer(&self) -> Vec<u8> {
-        Vec::with_capacity(self.chunk_size as usize + SEAL_OVERHEAD)
+        Vec::with_capacity(FrameLayout::for_plain(self.chunk_size as usize).sealed_len())
     }
 }
 
-/// Seal one chunk in place and store it; returns its address. On a store
-/// failure the buffer is decrypted back, so the caller keeps its bytes.
+/// Seal one chunk in place (framed, see `crypto::frames`) and store it with
+/// its outboard; returns its address. On a store failure the buffer is
+/// decrypted back, so the caller keeps its bytes.
 fn seal_store(store: &BlobStore, key: &SecretKey, buf: &mut Vec<u8>) -> Result<Hash> {
-    key.seal_in_place(buf, b"")?;
-    let hash = Hash::of(buf);
-    if let Err(e) = store.put_hashed(hash, buf) {
-        key.open_in_place(buf, b"")?;
+    key.seal_frames_in_place(buf)?;
+    let (hash, outboard) = slices::hash_with_outboard(buf);
+    if let Err(e) = store.put_with_outboard(hash, buf, &outboard) {
+        key.open_frames_in_place(buf)?;
         return Err(e.into());
     }
     Ok(hash)
@@ -313,6 +369,9 @@ pub struct FileData {
     pending: BTreeMap<u64, mpsc::Receiver<Sealed>>,
     /// Where the last read ended, to recognise a sequential reader.
     last_read_end: u64,
+    /// The chunk the last frame-only read was in: a second small read of the
+    /// same chunk loads (and caches) all of it instead.
+    last_partial_chunk: Option<u64>,
 }
 
 fn chunk_count(size: u64, cs: u64) -> usize {
@@ -328,6 +387,7 @@ impl FileData {
             dirty: BTreeMap::new(),
             pending: BTreeMap::new(),
             last_read_end: 0,
+            last_partial_chunk: None,
         })
     }
 
@@ -339,6 +399,7 @@ impl FileData {
             dirty: BTreeMap::new(),
             pending: BTreeMap::new(),
             last_read_end: 0,
+            last_partial_chunk: None,
         }
     }
 
@@ -427,6 +488,7 @@ impl FileData {
         // Streaming: this read starts within a chunk of where the last one
         // ended (the kernel's async reads may arrive slightly out of order).
         let streaming = offset.abs_diff(self.last_read_end) <= cs;
+        let contiguous = offset == self.last_read_end;
         if streaming {
             for i in last + 1..=last + READ_AHEAD_CHUNKS {
                 if let Some(Some(h)) = self.chunks.get(i as usize) {
@@ -441,6 +503,26 @@ impl FileData {
         } else {
             end
         };
+        // A small read that does not continue the last one: verify and
+        // decrypt only the frames it needs, not the whole chunk.
+        let revisit = self.last_partial_chunk.replace(first) == Some(first) && io.caching();
+        if first == last
+            && !contiguous
+            && !revisit
+            && (end - offset) * 4 <= cs
+            && !self.dirty.contains_key(&first)
+        {
+            if let Some(h) = self.chunks[first as usize] {
+                if !io.cached_or_loading(&h) {
+                    let from = (offset - first * cs) as usize;
+                    let to = (end - first * cs) as usize;
+                    let mut data = load_range(&io.store, &key, &h, from..to)?;
+                    // Bytes past the chunk's stored length read as zeros.
+                    data.resize(to - from, 0);
+                    return Ok(ReadBuf::Owned(data));
+                }
+            }
+        }
         // Fetch the stored chunks the range needs, in parallel when several.
         let wanted: Vec<(u64, Hash)> = (first..=last)
             .filter(|i| !self.dirty.contains_key(i))

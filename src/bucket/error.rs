@@ -69,7 +69,9 @@ pub enum BucketError {
 impl From<StoreError> for BucketError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Corrupt { .. } => BucketError::Integrity(e.to_string()),
+            StoreError::Corrupt { .. } | StoreError::CorruptSlice { .. } => {
+                BucketError::Integrity(e.to_string())
+            }
             other => BucketError::Store(other),
         }
     }

@@ -571,12 +571,8 @@ impl Bucket {
                                 }
                                 report.chunks += 1;
                                 if open_chunks {
-                                    let sealed = self.core.store.get(c)?;
-                                    key.open(&sealed).map_err(|_| {
-                                        BucketError::Integrity(format!(
-                                            "chunk {c} does not decrypt"
-                                        ))
-                                    })?;
+                                    let mut sealed = self.core.store.get(c)?;
+                                    chunks::open_chunk(&key, c, &mut sealed)?;
                                 }
                             }
                         }

@@ -4,10 +4,12 @@
 //! Every type that holds key bytes zeroizes them on drop and prints
 //! `<redacted>` from `Debug`, so a stray `{:?}` never leaks a key.
 
+mod frames;
 mod identity;
 mod secret;
 mod wrap;
 
+pub use frames::{FrameLayout, FRAME_LEN};
 pub use identity::{Identity, NodeId, SIGNATURE_LEN};
 pub use secret::{SecretKey, SEAL_OVERHEAD};
 pub use wrap::{Kek, KeyShare, WrappedKey};

@@ -15,8 +15,8 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use super::{random_array32, random_bytes, CryptoError};
 
-const NONCE_LEN: usize = 12;
-const TAG_LEN: usize = 16;
+pub(super) const NONCE_LEN: usize = 12;
+pub(super) const TAG_LEN: usize = 16;
 /// Bytes a sealed object carries beyond its plaintext.
 pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
@@ -32,9 +32,13 @@ impl std::fmt::Debug for SecretKey {
 
 /// An expanded AES key schedule that is overwritten with zeros when dropped
 /// (ring keeps the schedule inline and does not wipe it itself).
-struct Cipher(ManuallyDrop<LessSafeKey>);
+pub(super) struct Cipher(ManuallyDrop<LessSafeKey>);
 
 impl Cipher {
+    pub(super) fn key(&self) -> &LessSafeKey {
+        &self.0
+    }
+
     fn new(key: &[u8; 32]) -> Self {
         let unbound = UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte key fits AES-256");
         Self(ManuallyDrop::new(LessSafeKey::new(unbound)))
@@ -64,6 +68,11 @@ impl SecretKey {
 
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
+    }
+
+    /// The expanded cipher for this key (wiped when dropped).
+    pub(super) fn cipher(&self) -> Cipher {
+        Cipher::new(&self.0)
     }
 
     /// The raw key bytes; callers must not log or persist them unwrapped.

@@ -7,15 +7,24 @@
 //! refuses a mismatch, so a flipped bit on disk surfaces as
 //! [`StoreError::Corrupt`], never as wrong data.
 //!
-//! Layout: `<root>/blobs/<2 hex>/<64 hex>`, temp files in `<root>/tmp/`.
+//! Large blobs can also be read in part: [`BlobStore::reader`] checks only
+//! the 64 KiB slices a read touches, against the address, using the blob's
+//! outboard (see [`slices`]).
+//!
+//! Layout: `<root>/blobs/<2 hex>/<64 hex>`, each large blob's outboard beside
+//! it as `<64 hex>.ob` (derived data: rebuilt when missing or wrong), temp
+//! files in `<root>/tmp/`.
 
 mod hash;
+pub mod slices;
 
 pub use hash::Hash;
 
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -26,6 +35,8 @@ pub enum StoreError {
     NotFound(Hash),
     #[error("blob {hash} is corrupt: its content hashes to {actual}")]
     Corrupt { hash: Hash, actual: Hash },
+    #[error("blob {hash} is corrupt: bytes in its slice {slice} do not belong to the address")]
+    CorruptSlice { hash: Hash, slice: usize },
     #[error("blob store I/O at {path}: {source}")]
     Io {
         path: PathBuf,
@@ -92,6 +103,106 @@ impl BlobStore {
         Ok(hash)
     }
 
+    /// Where a blob's outboard (the CVs of its full slices) lives.
+    fn outboard_path(&self, hash: &Hash) -> PathBuf {
+        let mut p = self.path_of(hash).into_os_string();
+        p.push(".ob");
+        PathBuf::from(p)
+    }
+
+    /// Store `bytes` with their outboard, as computed by
+    /// [`slices::hash_with_outboard`], so parts of them can be read alone.
+    pub fn put_with_outboard(
+        &self,
+        hash: Hash,
+        bytes: &[u8],
+        cvs: &[[u8; 32]],
+    ) -> Result<(), StoreError> {
+        self.put_hashed(hash, bytes)?;
+        if !cvs.is_empty() && !self.outboard_path(&hash).exists() {
+            self.write_outboard(&hash, cvs);
+        }
+        Ok(())
+    }
+
+    /// Best effort, no fsync: an outboard is checked on every use and
+    /// rebuilt from the blob when missing or wrong.
+    fn write_outboard(&self, hash: &Hash, cvs: &[[u8; 32]]) {
+        let dest = self.outboard_path(hash);
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.root.join("tmp").join(format!(
+            "{}-{}-{n}.ob",
+            std::process::id(),
+            &hash.to_hex()[..16]
+        ));
+        let written = std::fs::write(&tmp, cvs.concat()).and_then(|_| std::fs::rename(&tmp, &dest));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!(blob = %hash, error = %e, "could not write a blob outboard");
+        }
+    }
+
+    fn read_outboard(&self, hash: &Hash, slices: usize) -> Option<Vec<[u8; 32]>> {
+        let bytes = std::fs::read(self.outboard_path(hash)).ok()?;
+        if bytes.len() != slices * 32 {
+            return None;
+        }
+        Some(
+            bytes
+                .chunks_exact(32)
+                .map(|c| c.try_into().expect("32-byte pieces"))
+                .collect(),
+        )
+    }
+
+    /// Open a blob for verified reads of parts of it. A large blob whose
+    /// outboard matches its address is read slice by slice; any other blob
+    /// is read whole and verified now (rebuilding a missing outboard).
+    pub fn reader(&self, hash: &Hash) -> Result<BlobReader, StoreError> {
+        let path = self.path_of(hash);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(*hash))
+            }
+            Err(e) => return Err(io_at(&path)(e)),
+        };
+        let len = file.metadata().map_err(io_at(&path))?.len() as usize;
+        let k = slices::full_slices(len);
+        if k > 0 {
+            if let Some(cvs) = self.read_outboard(hash, k) {
+                let mut tail = vec![0u8; len - k * slices::SLICE_LEN];
+                file.read_exact_at(&mut tail, (k * slices::SLICE_LEN) as u64)
+                    .map_err(io_at(&path))?;
+                if slices::root_from(&cvs, &tail, len) == Some(*hash) {
+                    return Ok(BlobReader {
+                        hash: *hash,
+                        len,
+                        source: Source::Sliced { file, cvs, tail },
+                    });
+                }
+                tracing::warn!(blob = %hash, "blob outboard or tail does not match the address; reading the blob whole");
+            }
+        }
+        let bytes = std::fs::read(&path).map_err(io_at(&path))?;
+        let (actual, cvs) = slices::hash_with_outboard(&bytes);
+        if actual != *hash {
+            tracing::error!(blob = %hash, %actual, "blob failed its integrity check");
+            return Err(StoreError::Corrupt {
+                hash: *hash,
+                actual,
+            });
+        }
+        if !cvs.is_empty() {
+            self.write_outboard(hash, &cvs);
+        }
+        Ok(BlobReader {
+            hash: *hash,
+            len: bytes.len(),
+            source: Source::Whole(bytes),
+        })
+    }
+
     /// Store `bytes` whose hash the caller already computed (it must be `Hash::of(bytes)`).
     pub fn put_hashed(&self, hash: Hash, bytes: &[u8]) -> Result<(), StoreError> {
         debug_assert_eq!(hash, Hash::of(bytes));
@@ -142,6 +253,7 @@ impl BlobStore {
 
     /// Remove one blob; removing a missing blob is not an error.
     pub fn remove(&self, hash: &Hash) -> Result<(), StoreError> {
+        let _ = std::fs::remove_file(self.outboard_path(hash));
         let p = self.path_of(hash);
         match std::fs::remove_file(&p) {
             Ok(()) => Ok(()),
@@ -194,6 +306,70 @@ impl BlobStore {
     }
 }
 
+/// A blob opened for verified partial reads (see [`BlobStore::reader`]).
+pub struct BlobReader {
+    hash: Hash,
+    len: usize,
+    source: Source,
+}
+
+enum Source {
+    /// The file, the trusted CVs of its full slices and the bytes after them.
+    Sliced {
+        file: File,
+        cvs: Vec<[u8; 32]>,
+        tail: Vec<u8>,
+    },
+    /// The whole blob, already verified.
+    Whole(Vec<u8>),
+}
+
+impl BlobReader {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes `range` of the blob (clamped to its end), each one checked
+    /// against the address: the slices they lie in are read and hashed whole.
+    pub fn read(&self, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
+        let range = range.start.min(self.len)..range.end.min(self.len);
+        let (file, cvs, tail) = match &self.source {
+            Source::Whole(bytes) => return Ok(bytes[range].to_vec()),
+            Source::Sliced { file, cvs, tail } => (file, cvs, tail),
+        };
+        let mut out = Vec::with_capacity(range.len());
+        let mut slice = vec![0u8; slices::SLICE_LEN];
+        for j in slices::slices_for(&range, cvs.len()) {
+            let start = j * slices::SLICE_LEN;
+            file.read_exact_at(&mut slice, start as u64)
+                .map_err(|source| StoreError::Io {
+                    path: PathBuf::from(format!("blob {}", self.hash)),
+                    source,
+                })?;
+            if slices::slice_cv(j, &slice) != cvs[j] {
+                tracing::error!(blob = %self.hash, slice = j, "blob slice failed its integrity check");
+                return Err(StoreError::CorruptSlice {
+                    hash: self.hash,
+                    slice: j,
+                });
+            }
+            let from = range.start.max(start) - start;
+            let to = range.end.min(start + slices::SLICE_LEN) - start;
+            out.extend_from_slice(&slice[from..to]);
+        }
+        let tail_start = cvs.len() * slices::SLICE_LEN;
+        if range.end > tail_start {
+            let from = range.start.max(tail_start) - tail_start;
+            out.extend_from_slice(&tail[from..range.end - tail_start]);
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +398,55 @@ mod tests {
         bytes[3] ^= 0x40;
         std::fs::write(&p, bytes).unwrap();
         assert!(matches!(s.get(&h), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn partial_reads_are_verified_and_survive_a_bad_outboard() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..5 * slices::SLICE_LEN + 300)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let (h, cvs) = slices::hash_with_outboard(&bytes);
+        s.put_with_outboard(h, &bytes, &cvs).unwrap();
+        let r = s.reader(&h).unwrap();
+        assert!(matches!(r.source, Source::Sliced { .. }));
+        for range in [
+            0..10,
+            70_000..140_000,
+            5 * slices::SLICE_LEN - 5..bytes.len(),
+        ] {
+            assert_eq!(r.read(range.clone()).unwrap(), bytes[range]);
+        }
+        // A flipped byte in slice 2 fails reads of slice 2 only.
+        let p = s.path_of(&h);
+        let mut on_disk = std::fs::read(&p).unwrap();
+        on_disk[2 * slices::SLICE_LEN + 9] ^= 0x10;
+        std::fs::write(&p, &on_disk).unwrap();
+        let r = s.reader(&h).unwrap();
+        assert!(matches!(
+            r.read(2 * slices::SLICE_LEN..2 * slices::SLICE_LEN + 4),
+            Err(StoreError::CorruptSlice { slice: 2, .. })
+        ));
+        assert_eq!(r.read(0..10).unwrap(), bytes[0..10]);
+        on_disk[2 * slices::SLICE_LEN + 9] ^= 0x10;
+        std::fs::write(&p, &on_disk).unwrap();
+        // A wrong outboard is not trusted: the blob is read whole and the outboard rebuilt.
+        std::fs::write(s.outboard_path(&h), vec![0u8; cvs.len() * 32]).unwrap();
+        let r = s.reader(&h).unwrap();
+        assert!(matches!(r.source, Source::Whole(_)));
+        assert_eq!(r.read(100..200).unwrap(), bytes[100..200]);
+        assert!(matches!(
+            s.reader(&h).unwrap().source,
+            Source::Sliced { .. }
+        ));
+        // A flipped tail byte is caught when the reader opens.
+        on_disk[bytes.len() - 1] ^= 1;
+        std::fs::write(&p, &on_disk).unwrap();
+        assert!(matches!(s.reader(&h), Err(StoreError::Corrupt { .. })));
+        // Removing the blob removes its outboard.
+        s.remove(&h).unwrap();
+        assert!(!s.outboard_path(&h).exists());
     }
 
     #[test]
