@@ -93,15 +93,27 @@ fn undecryptable(hash: &Hash) -> BucketError {
 }
 
 /// Decrypt a whole sealed chunk in place (its blob already verified).
-pub(crate) fn open_chunk(key: &SecretKey, hash: &Hash, sealed: &mut Vec<u8>) -> Result<()> {
-    key.open_frames_in_place(sealed)
+/// Chunks written before framing (one AES-GCM object, no associated data)
+/// still open, so no data from an earlier build is lost.
+pub(crate) fn open_chunk(
+    store: &BlobStore,
+    key: &SecretKey,
+    hash: &Hash,
+    sealed: &mut Vec<u8>,
+) -> Result<()> {
+    if key.open_frames_in_place(sealed).is_ok() {
+        return Ok(());
+    }
+    // A failed open leaves the buffer scrambled: start again from the store.
+    *sealed = store.get(hash)?;
+    key.open_in_place(sealed, b"")
         .map_err(|_| undecryptable(hash))
 }
 
 /// Load, verify and decrypt one chunk (in place), without the cache.
 fn load_uncached(store: &BlobStore, key: &SecretKey, hash: &Hash) -> Result<Vec<u8>> {
     let mut buf = store.get(hash)?;
-    open_chunk(key, hash, &mut buf)?;
+    open_chunk(store, key, hash, &mut buf)?;
     Ok(buf)
 }
 
@@ -114,7 +126,15 @@ fn load_range(
     range: std::ops::Range<usize>,
 ) -> Result<Vec<u8>> {
     let blob = store.reader(hash)?;
-    let layout = FrameLayout::for_sealed(blob.len()).ok_or_else(|| undecryptable(hash))?;
+    let whole = || -> Result<Vec<u8>> {
+        // Not a framed chunk (or not ours): open it whole, which also
+        // reads chunks sealed before framing, or reports the failure.
+        let plain = load_uncached(store, key, hash)?;
+        Ok(plain[range.start.min(plain.len())..range.end.min(plain.len())].to_vec())
+    };
+    let Some(layout) = FrameLayout::for_sealed(blob.len()) else {
+        return whole();
+    };
     let want = range.start.min(layout.plain_len)..range.end.min(layout.plain_len);
     let frames: Vec<usize> = layout.frames_for(&want).collect();
     let (Some(&first), Some(&last)) = (frames.first(), frames.last()) else {
@@ -123,8 +143,12 @@ fn load_range(
     let body_start = layout.frame(first).start;
     let mut body = blob.read(body_start..layout.frame(last).end)?;
     let trailer = blob.read(layout.trailer())?;
-    key.open_frames(&layout, &frames, &mut body, &trailer)
-        .map_err(|_| undecryptable(hash))?;
+    if key
+        .open_frames(&layout, &frames, &mut body, &trailer)
+        .is_err()
+    {
+        return whole();
+    }
     Ok(body[want.start - body_start..want.end - body_start].to_vec())
 }
 
@@ -701,6 +725,32 @@ mod tests {
 
     fn io(dir: &std::path::Path, cs: u32) -> ChunkIo {
         ChunkIo::new(Arc::new(BlobStore::open(dir).unwrap()), cs)
+    }
+
+    /// A chunk sealed before framing (one AES-GCM object) still reads, whole
+    /// or in part, and a chunk sealed under another key does not.
+    #[test]
+    fn chunks_sealed_before_framing_still_open() {
+        let d = tempfile::tempdir().unwrap();
+        let io = io(d.path(), 1 << 20);
+        let plain: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let mut f = FileData::empty().unwrap();
+        let legacy = f.key.key().seal(&plain).unwrap();
+        let h = io.store.put(&legacy).unwrap();
+        f.size = plain.len() as u64;
+        f.chunks = vec![Some(h)];
+        // A small read far from the last one takes the frame path first.
+        let got = f.read_buf(&io, 200_000, 4096).unwrap().into_vec();
+        assert_eq!(got, plain[200_000..204_096]);
+        assert_eq!(f.read_buf(&io, 0, 300_000).unwrap().into_vec(), plain);
+        let mut other = FileData::empty().unwrap();
+        other.size = f.size;
+        other.chunks = f.chunks.clone();
+        let fresh = self::io(d.path(), 1 << 20);
+        match other.read_buf(&fresh, 200_000, 4096) {
+            Err(e) => assert!(e.is_integrity(), "{e}"),
+            Ok(_) => panic!("a chunk under another file's key must not open"),
+        }
     }
 
     #[test]

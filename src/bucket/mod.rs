@@ -572,7 +572,7 @@ impl Bucket {
                                 report.chunks += 1;
                                 if open_chunks {
                                     let mut sealed = self.core.store.get(c)?;
-                                    chunks::open_chunk(&key, c, &mut sealed)?;
+                                    chunks::open_chunk(&self.core.store, &key, c, &mut sealed)?;
                                 }
                             }
                         }
