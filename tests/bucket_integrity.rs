@@ -338,7 +338,7 @@ fn secrets_never_appear_in_debug_output() {
     );
 }
 
-/// A small read far from the last one opens only the 64 KiB frames it needs
+/// A small read far from the last one opens only the 16 KiB frames it needs
 /// (verified against the chunk's address through the blob's outboard): it
 /// returns the right bytes, a flipped byte in its frame is an integrity
 /// error, and frames elsewhere in the chunk stay readable.
@@ -351,7 +351,7 @@ fn small_reads_verify_their_frames_and_catch_a_flipped_one() {
     path::write_file(&mut m, "/big.bin", &data).unwrap();
     m.save().unwrap();
     drop(m);
-    // Chunk 2 holds bytes 2..3 MiB; its frame 5 starts 5 * 64 KiB in.
+    // Chunk 2 holds bytes 2..3 MiB; its frame 20 starts 320 KiB in.
     let frame5 = 2 * MIB + 5 * 65536;
     let fresh_read = |offset: usize, len: u32| {
         let sd = StateDir::open(f.state.root()).unwrap();

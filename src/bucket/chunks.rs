@@ -118,7 +118,7 @@ fn load_uncached(store: &BlobStore, key: &SecretKey, hash: &Hash) -> Result<Vec<
 }
 
 /// Plaintext bytes `range` of one chunk (clamped to its length), reading,
-/// verifying and decrypting only the 64 KiB frames they lie in.
+/// verifying and decrypting only the 16 KiB frames they lie in.
 fn load_range(
     store: &BlobStore,
     key: &SecretKey,
@@ -132,7 +132,11 @@ fn load_range(
         let plain = load_uncached(store, key, hash)?;
         Ok(plain[range.start.min(plain.len())..range.end.min(plain.len())].to_vec())
     };
-    let Some(layout) = FrameLayout::for_sealed(blob.len()) else {
+    let Some(shift_at) = FrameLayout::shift_at(blob.len()) else {
+        return whole();
+    };
+    let shift = blob.read(shift_at..shift_at + 1)?;
+    let Some(layout) = FrameLayout::for_sealed(blob.len(), shift[0]) else {
         return whole();
     };
     let want = range.start.min(layout.plain_len)..range.end.min(layout.plain_len);
@@ -393,8 +397,8 @@ pub struct FileData {
     pending: BTreeMap<u64, mpsc::Receiver<Sealed>>,
     /// Where the last read ended, to recognise a sequential reader.
     last_read_end: u64,
-    /// The chunk the last frame-only read was in: a second small read of the
-    /// same chunk loads (and caches) all of it instead.
+    /// The chunk the last small read was in: a second small read of the
+    /// same chunk loads (and caches) all of it instead of its frames.
     last_partial_chunk: Option<u64>,
 }
 

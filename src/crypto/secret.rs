@@ -31,7 +31,8 @@ impl std::fmt::Debug for SecretKey {
 }
 
 /// An expanded AES key schedule that is overwritten with zeros when dropped
-/// (ring keeps the schedule inline and does not wipe it itself).
+/// (ring keeps the schedule inline and does not wipe it itself). Best
+/// effort: moves while it is built may leave copies on the stack.
 pub(super) struct Cipher(ManuallyDrop<LessSafeKey>);
 
 impl Cipher {

@@ -1,10 +1,10 @@
 //! Verified reads of part of a blob. A blob's address is its BLAKE3 hash, and
-//! BLAKE3 is a tree: every aligned 64 KiB slice of a blob is a subtree with
+//! BLAKE3 is a tree: every aligned 16 KiB slice of a blob is a subtree with
 //! its own chaining value (CV). Keeping the CVs of a blob's full slices (its
 //! *outboard*, 32 bytes per slice, stored beside the blob and itself checked
 //! against the address) lets a reader hash only the slices it reads plus the
 //! short tail after them, and still refuse any byte that does not belong to
-//! the address. A 4 KiB read of a 1 MiB blob hashes 64 KiB, not 1 MiB.
+//! the address. A 4 KiB read of a 1 MiB blob hashes 16 KiB, not 1 MiB.
 
 use std::ops::Range;
 
@@ -14,8 +14,8 @@ use blake3::hazmat::{
 
 use super::Hash;
 
-/// Bytes per verified slice: 64 KiB, 64 BLAKE3 chunks.
-pub const SLICE_LEN: usize = 64 * 1024;
+/// Bytes per verified slice: 16 KiB, 16 BLAKE3 chunks.
+pub const SLICE_LEN: usize = 16 * 1024;
 const CHUNKS_PER_SLICE: usize = SLICE_LEN / blake3::CHUNK_LEN;
 
 /// Number of full slices a blob of `len` bytes has outboard CVs for (none
