@@ -559,3 +559,60 @@ fn a_directory_read_while_its_entries_are_removed_loses_none() {
     fs::remove_dir_all(t.p("tree")).unwrap();
     assert_eq!(errno(fs::metadata(t.p("tree"))), libc::ENOENT);
 }
+
+/// POSIX: a file unlinked while open stays readable and writable through its
+/// descriptor (the kernel's references pin it), reports no links, and is in
+/// no later version; a new file under its name is a different file.
+#[test]
+fn an_open_file_survives_unlink_until_closed() {
+    let t = mount_bucket(BucketOptions::default());
+    let data = pattern(300_000, 9);
+    fs::write(t.p("tmp.bin"), &data).unwrap();
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(t.p("tmp.bin"))
+        .unwrap();
+    fs::remove_file(t.p("tmp.bin")).unwrap();
+    assert_eq!(errno(fs::metadata(t.p("tmp.bin"))), libc::ENOENT);
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    // Drop the cached pages so the reads below reach the file system.
+    let drop_pages = |f: &File| {
+        use std::os::fd::AsRawFd;
+        assert_eq!(
+            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) },
+            0
+        );
+    };
+    drop_pages(&f);
+    let mut back = Vec::new();
+    f.read_to_end(&mut back).unwrap();
+    assert_eq!(back, data);
+    f.write_all(b"more").unwrap();
+    f.sync_all().unwrap();
+    drop_pages(&f);
+    f.seek(SeekFrom::Start(299_998)).unwrap();
+    let mut tail = [0u8; 6];
+    f.read_exact(&mut tail).unwrap();
+    assert_eq!(tail, [data[299_998], data[299_999], b'm', b'o', b'r', b'e']);
+    assert_eq!(f.metadata().unwrap().len(), 300_004);
+    fs::write(t.p("tmp.bin"), b"new").unwrap();
+    assert_eq!(fs::read(t.p("tmp.bin")).unwrap(), b"new");
+    drop(f);
+    t.live.commit_now().unwrap();
+    let sd = StateDir::open(&t.state_path).unwrap();
+    let b = sd
+        .open_bucket(&t.fixture.bucket.id(), &t.fixture.kek)
+        .unwrap();
+    let mut m = b.mount().unwrap();
+    assert_eq!(
+        jax_csi::bucket::path::read_file(&mut m, "/tmp.bin").unwrap(),
+        b"new"
+    );
+    let names: Vec<String> = jax_csi::bucket::path::walk(&mut m)
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(names, ["/tmp.bin"]);
+}

@@ -11,7 +11,7 @@
 //! Reads do not update atime (as with `noatime`), so reading never dirties
 //! the tree.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -158,6 +158,12 @@ pub struct Mount {
     shares: Vec<KeyShare>,
     /// Anything changed since `base`.
     changed: bool,
+    /// References the user of the mount holds on inodes (the kernel's lookup
+    /// counts): a pinned file that is unlinked stays readable and writable.
+    pins: HashMap<Ino, u64>,
+    /// Files removed from the tree while pinned: alive until unpinned, never
+    /// saved (POSIX: an unlinked file lives until its last close).
+    orphans: HashSet<Ino>,
 }
 
 impl std::fmt::Debug for Mount {
@@ -195,6 +201,8 @@ impl Mount {
             next_ino: ROOT_INO + 1,
             ops: OpsLog::default(),
             changed: false,
+            pins: HashMap::new(),
+            orphans: HashSet::new(),
         };
         mount.install_root(root_link)?;
         Ok(mount)
@@ -207,7 +215,14 @@ impl Mount {
             what: "root directory node",
             reason: "missing root metadata".into(),
         })?;
+        // Orphans are outside every tree: they outlive the old one.
+        let orphans: Vec<(Ino, Inode)> = self
+            .orphans
+            .iter()
+            .filter_map(|i| self.inodes.remove(i).map(|n| (*i, n)))
+            .collect();
         self.inodes.clear();
+        self.inodes.extend(orphans);
         // Inode numbers are never reused while the Mount lives, so a kernel
         // still holding an old number gets ENOENT, never another file's bytes.
         self.next_ino = self.next_ino.max(ROOT_INO + 1);
@@ -284,8 +299,8 @@ impl Mount {
     pub fn getattr(&mut self, ino: Ino) -> Result<Attr> {
         let inode = self.inode(ino)?;
         let (size, nlink) = match &inode.body {
-            Body::File(f) => (f.size, 1),
-            Body::Symlink(t) => (t.len() as u64, 1),
+            Body::File(f) => (f.size, u32::from(!self.orphans.contains(&ino))),
+            Body::Symlink(t) => (t.len() as u64, u32::from(!self.orphans.contains(&ino))),
             Body::Dir(d) => {
                 debug_assert_eq!(
                     d.subdirs as usize,
@@ -592,11 +607,8 @@ impl Mount {
             if size != current {
                 inode.meta.mtime = Timestamp::now();
             }
-            self.used_bytes = self.used_bytes - current + size;
-            self.log(Op::Truncate {
-                path: self.path_of(ino),
-                size,
-            });
+            self.account(ino, current, size);
+            self.log_for(ino, |path| Op::Truncate { path, size });
         }
         let writer = self.writer();
         let inode = self.inode_mut(ino)?;
@@ -624,9 +636,7 @@ impl Mount {
             || set.atime.is_some()
             || set.mtime.is_some()
         {
-            self.log(Op::SetAttr {
-                path: self.path_of(ino),
-            });
+            self.log_for(ino, |path| Op::SetAttr { path });
         }
         self.getattr(ino)
     }
@@ -659,13 +669,10 @@ impl Mount {
         inode.meta.mtime = now;
         inode.meta.ctime = now;
         inode.meta.writer = writer;
-        self.used_bytes = self.used_bytes - current + new_size;
+        self.account(ino, current, new_size);
         self.entry_changed(ino);
-        self.log(Op::Write {
-            path: self.path_of(ino),
-            offset,
-            len: data.len() as u64,
-        });
+        let len = data.len() as u64;
+        self.log_for(ino, |path| Op::Write { path, offset, len });
         Ok(data.len() as u32)
     }
 
@@ -700,10 +707,8 @@ impl Mount {
         inode.meta.ctime = Timestamp::now();
         inode.meta.writer = writer;
         self.entry_changed(ino);
-        self.log(Op::SetXattr {
-            path: self.path_of(ino),
-            name: String::from_utf8_lossy(name).into_owned(),
-        });
+        let name = String::from_utf8_lossy(name).into_owned();
+        self.log_for(ino, |path| Op::SetXattr { path, name });
         Ok(())
     }
 
@@ -713,10 +718,8 @@ impl Mount {
         inode.meta.xattrs.remove(name).ok_or(BucketError::NoXattr)?;
         inode.meta.ctime = Timestamp::now();
         self.entry_changed(ino);
-        self.log(Op::RemoveXattr {
-            path: self.path_of(ino),
-            name: String::from_utf8_lossy(name).into_owned(),
-        });
+        let name = String::from_utf8_lossy(name).into_owned();
+        self.log_for(ino, |path| Op::RemoveXattr { path, name });
         Ok(())
     }
 
@@ -873,6 +876,14 @@ impl Mount {
             };
             fresh.install_root(root)?;
         }
+        // Open files and the kernel's references carry over.
+        for i in &self.orphans {
+            if let Some(n) = self.inodes.remove(i) {
+                fresh.inodes.insert(*i, n);
+            }
+        }
+        fresh.orphans = std::mem::take(&mut self.orphans);
+        fresh.pins = std::mem::take(&mut self.pins);
         *self = fresh;
         Ok(())
     }
@@ -884,6 +895,43 @@ impl Mount {
     pub(crate) fn log(&mut self, op: Op) {
         self.ops.push(op);
         self.changed = true;
+    }
+
+    /// Log a change to `ino`'s content or metadata, unless `ino` is an
+    /// orphan (no longer in the tree: nothing to save or merge).
+    fn log_for(&mut self, ino: Ino, op: impl FnOnce(String) -> Op) {
+        if !self.orphans.contains(&ino) {
+            let path = self.path_of(ino);
+            self.log(op(path));
+        }
+    }
+
+    /// A file of the tree changed size (orphans no longer count).
+    fn account(&mut self, ino: Ino, old_size: u64, new_size: u64) {
+        if !self.orphans.contains(&ino) {
+            self.used_bytes = self.used_bytes - old_size + new_size;
+        }
+    }
+
+    /// The user of the mount holds one more reference to `ino` (the kernel
+    /// answered a lookup with it).
+    pub fn pin(&mut self, ino: Ino) {
+        *self.pins.entry(ino).or_default() += 1;
+    }
+
+    /// The user dropped `n` references to `ino`; an orphan with none left is
+    /// gone for good.
+    pub fn unpin(&mut self, ino: Ino, n: u64) {
+        let Some(count) = self.pins.get_mut(&ino) else {
+            return;
+        };
+        *count = count.saturating_sub(n);
+        if *count == 0 {
+            self.pins.remove(&ino);
+            if self.orphans.remove(&ino) {
+                self.inodes.remove(&ino);
+            }
+        }
     }
 
     // ----- internals --------------------------------------------------------
@@ -905,7 +953,8 @@ impl Mount {
         if new_size <= current {
             return Ok(());
         }
-        let needed = self.used_bytes - current + new_size;
+        // Growth against the total (an orphan's bytes are not in the total).
+        let needed = self.used_bytes + (new_size - current);
         match self.quota {
             Some(quota) if needed > quota => Err(BucketError::QuotaExceeded { quota, needed }),
             _ => Ok(()),
@@ -1073,9 +1122,24 @@ impl Mount {
     }
 
     /// Remove `ino` and everything under it from the table and the totals.
+    /// A pinned file or symlink stays as an orphan, outside the tree and the
+    /// totals, until it is unpinned.
     fn drop_subtree(&mut self, ino: Ino) {
         let mut stack = vec![ino];
         while let Some(i) = stack.pop() {
+            let keep = self.pins.contains_key(&i)
+                && self
+                    .inodes
+                    .get(&i)
+                    .is_some_and(|n| n.kind() != FileKind::Dir);
+            if keep {
+                self.entries = self.entries.saturating_sub(1);
+                if let Some(Body::File(f)) = self.inodes.get(&i).map(|n| &n.body) {
+                    self.used_bytes = self.used_bytes.saturating_sub(f.size);
+                }
+                self.orphans.insert(i);
+                continue;
+            }
             if let Some(n) = self.inodes.remove(&i) {
                 self.entries = self.entries.saturating_sub(1);
                 match n.body {
@@ -1114,6 +1178,9 @@ impl Mount {
 
     /// `ino`'s entry changed: its directory (and, for a directory, itself) must be rewritten.
     fn entry_changed(&mut self, ino: Ino) {
+        if self.orphans.contains(&ino) {
+            return;
+        }
         let parent = self.inodes.get(&ino).map(|n| n.parent).unwrap_or(ROOT_INO);
         if ino == ROOT_INO || self.inodes[&ino].kind() == FileKind::Dir {
             self.mark_dirty(ino);

@@ -121,9 +121,14 @@ impl JaxFs {
         }
     }
 
+    /// Answer with an entry; the kernel then holds one more reference to
+    /// it (until FORGET), which keeps an unlinked file alive while open.
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
         match r {
-            Ok(a) => reply.entry(&self.opts.ttl, &file_attr(&a), Generation(0)),
+            Ok(a) => {
+                self.live.lock().pin(a.ino);
+                reply.entry(&self.opts.ttl, &file_attr(&a), Generation(0))
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -528,6 +533,10 @@ impl Filesystem for JaxFs {
             ) {
                 break;
             }
+            // The kernel takes a reference to every entry but `.` and `..`.
+            if e.name != b"." && e.name != b".." {
+                m.pin(e.ino);
+            }
         }
         drop(m);
         reply.ok()
@@ -640,14 +649,21 @@ impl Filesystem for JaxFs {
             self.change(|m| m.create(parent.0, name.as_bytes(), mode & !umask, uid, gid))
         });
         match r {
-            Ok(a) => reply.created(
-                &self.opts.ttl,
-                &file_attr(&a),
-                Generation(0),
-                FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Ok(a) => {
+                self.live.lock().pin(a.ino);
+                reply.created(
+                    &self.opts.ttl,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(0),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                )
+            }
             Err(e) => reply.error(e),
         }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.live.lock().unpin(ino.0, nlookup);
     }
 }
