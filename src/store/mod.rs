@@ -364,18 +364,43 @@ impl BlobStore {
             self.remove(&h)?;
             report.removed += 1;
         }
+        // Outboards whose blob is gone (removed by an interrupted pass).
+        for ob in self.outboards()? {
+            if !ob.with_extension("").exists() {
+                let _ = std::fs::remove_file(&ob);
+            }
+        }
         tracing::info!(removed = report.removed, kept = report.kept, "blob gc");
         Ok(report)
     }
 
-    /// Bytes used by all blobs on disk.
+    /// Bytes used by all blobs (and their outboards) on disk.
     pub fn disk_usage(&self) -> Result<u64, StoreError> {
         let mut total = 0;
         for h in self.list()? {
             let p = self.path_of(&h);
             total += std::fs::metadata(&p).map_err(io_at(&p))?.len();
         }
+        for ob in self.outboards()? {
+            total += std::fs::metadata(&ob).map(|m| m.len()).unwrap_or(0);
+        }
         Ok(total)
+    }
+
+    /// Paths of every outboard file in the store.
+    fn outboards(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let blobs = self.root.join("blobs");
+        let mut out = Vec::new();
+        for fan in std::fs::read_dir(&blobs).map_err(io_at(&blobs))? {
+            let fan = fan.map_err(io_at(&blobs))?.path();
+            for e in std::fs::read_dir(&fan).map_err(io_at(&fan))? {
+                let p = e.map_err(io_at(&fan))?.path();
+                if p.extension().is_some_and(|x| x == "ob") {
+                    out.push(p);
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -414,11 +439,23 @@ impl BlobReader {
         let mut slice = vec![0u8; slices::SLICE_LEN];
         for j in slices::slices_for(&range, cvs.len()) {
             let start = j * slices::SLICE_LEN;
-            file.read_exact_at(&mut slice, start as u64)
-                .map_err(|source| StoreError::Io {
-                    path: PathBuf::from(format!("blob {}", self.hash)),
-                    source,
-                })?;
+            match file.read_exact_at(&mut slice, start as u64) {
+                Ok(()) => {}
+                // The blob got shorter than when it was checked: corrupt.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    tracing::error!(blob = %self.hash, slice = j, "blob is shorter than its checked length");
+                    return Err(StoreError::CorruptSlice {
+                        hash: self.hash,
+                        slice: j,
+                    });
+                }
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        path: PathBuf::from(format!("blob {}", self.hash)),
+                        source,
+                    })
+                }
+            }
             if slices::slice_cv(j, &slice) != cvs[j] {
                 tracing::error!(blob = %self.hash, slice = j, "blob slice failed its integrity check");
                 return Err(StoreError::CorruptSlice {
@@ -525,6 +562,24 @@ mod tests {
         // Removing the blob removes its outboard.
         s.remove(&h).unwrap();
         assert!(!s.outboard_path(&h).exists());
+    }
+
+    #[test]
+    fn gc_sweeps_outboards_left_without_their_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let bytes = vec![7u8; 3 * slices::SLICE_LEN + 5];
+        let (h, cvs) = slices::hash_with_outboard(&bytes);
+        s.put_with_outboard(h, &bytes, &cvs).unwrap();
+        assert_eq!(
+            s.disk_usage().unwrap(),
+            (bytes.len() + cvs.len() * 32) as u64
+        );
+        std::fs::remove_file(s.path_of(&h)).unwrap();
+        assert!(s.outboard_path(&h).exists());
+        s.gc(&HashSet::new()).unwrap();
+        assert!(!s.outboard_path(&h).exists());
+        assert_eq!(s.disk_usage().unwrap(), 0);
     }
 
     #[test]
