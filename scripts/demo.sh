@@ -11,6 +11,9 @@ cargo build --release --locked --bin jax-csi
 bin="$PWD/target/release/jax-csi"
 state="${1:-$(mktemp -d /tmp/jax-demo.XXXXXX)}"
 mkdir -p "$state"
+# mktemp makes the directory 0700; the embedded Postgres runs as the
+# `postgres` user and must be able to enter it.
+chmod 755 "$state"
 state="$(cd "$state" && pwd)"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }

@@ -39,3 +39,26 @@ fn restart_on_the_same_dir_keeps_data() {
     drop(pg);
     assert!(!alive(pid), "drop must stop the server");
 }
+
+/// As root the server runs as `postgres`; a data directory under a parent it
+/// cannot enter is refused up front with a message naming that parent.
+#[test]
+fn an_unreachable_state_dir_is_a_clear_error() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        return; // Without root the server runs as us: nothing to check.
+    }
+    let parent = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let err = EmbeddedPostgres::start(
+        &parent.path().join("state").join("postgres"),
+        EmbeddedPostgresOptions { fsync: false },
+    )
+    .err()
+    .expect("the postgres user cannot enter a 0700 root-owned directory");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&parent.path().display().to_string()) && msg.contains("chmod o+x"),
+        "{msg}"
+    );
+}

@@ -42,6 +42,8 @@ pub enum EmbeddedPgError {
     StartTimeout(Duration, String),
     #[error("postgres did not stop within {0:?}")]
     StopTimeout(Duration),
+    #[error("the `postgres` user cannot enter {path} (mode {mode:o}, owner uid {owner}): pick a state directory it can reach, or allow it with `chmod o+x {path}`")]
+    Unreachable { path: String, mode: u32, owner: u32 },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EmbeddedPgError {
@@ -60,6 +62,34 @@ impl Default for EmbeddedPostgresOptions {
     fn default() -> Self {
         Self { fsync: true }
     }
+}
+
+/// Fail early, and clearly, when the server's user could not enter one of
+/// `dir`'s ancestors (initdb would only say "Permission denied" deep inside).
+fn check_reachable(dir: &Path, uid: Uid, gid: Gid) -> Result<(), EmbeddedPgError> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = dir
+        .canonicalize()
+        .map_err(io(format!("resolving {}", dir.display())))?;
+    for ancestor in dir.ancestors().skip(1) {
+        let meta =
+            std::fs::metadata(ancestor).map_err(io(format!("reading {}", ancestor.display())))?;
+        let search = if meta.uid() == uid.as_raw() {
+            0o100
+        } else if meta.gid() == gid.as_raw() {
+            0o010
+        } else {
+            0o001
+        };
+        if meta.mode() & search == 0 {
+            return Err(EmbeddedPgError::Unreachable {
+                path: ancestor.display().to_string(),
+                mode: meta.mode() & 0o7777,
+                owner: meta.uid(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The directory with `initdb`, `pg_ctl` and `postgres`: `JAX_PG_BIN`, or the
@@ -138,6 +168,9 @@ impl EmbeddedPostgres {
                 .unwrap_or_else(|| "postgres".into()),
         };
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        if let Some((uid, gid)) = run_as {
+            check_reachable(dir, uid, gid)?;
+        }
         let data_dir = dir.join("pgdata");
         // A short socket dir: unix socket paths are limited to 108 bytes.
         let socket_tmp = tempfile::Builder::new()
