@@ -50,12 +50,13 @@ fn an_unreachable_state_dir_is_a_clear_error() {
     }
     let parent = tempfile::tempdir().unwrap();
     std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let err = EmbeddedPostgres::start(
+    let started = EmbeddedPostgres::start(
         &parent.path().join("state").join("postgres"),
         EmbeddedPostgresOptions { fsync: false },
-    )
-    .err()
-    .expect("the postgres user cannot enter a 0700 root-owned directory");
+    );
+    let Err(err) = started else {
+        panic!("the postgres user cannot enter a 0700 root-owned directory");
+    };
     let msg = err.to_string();
     assert!(
         msg.contains(&parent.path().display().to_string()) && msg.contains("chmod o+x"),
