@@ -7,8 +7,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
-cargo build --release --locked --bin jax-csi
-bin="$PWD/target/release/jax-csi"
+# JAX_DEMO_PROFILE=dev reuses the test build (CI runs the demo that way).
+if [ "${JAX_DEMO_PROFILE:-release}" = dev ]; then
+  cargo build --locked --bin jax-csi
+  bin="$PWD/target/debug/jax-csi"
+else
+  cargo build --release --locked --bin jax-csi
+  bin="$PWD/target/release/jax-csi"
+fi
 state="${1:-$(mktemp -d /tmp/jax-demo.XXXXXX)}"
 mkdir -p "$state"
 # mktemp makes the directory 0700; the embedded Postgres runs as the
