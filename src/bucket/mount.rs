@@ -164,6 +164,8 @@ pub struct Mount {
     /// Files removed from the tree while pinned: alive until unpinned, never
     /// saved (POSIX: an unlinked file lives until its last close).
     orphans: HashSet<Ino>,
+    /// Bytes held by orphans: not in any version, but on the quota.
+    orphan_bytes: u64,
 }
 
 impl std::fmt::Debug for Mount {
@@ -203,6 +205,7 @@ impl Mount {
             changed: false,
             pins: HashMap::new(),
             orphans: HashSet::new(),
+            orphan_bytes: 0,
         };
         mount.install_root(root_link)?;
         Ok(mount)
@@ -279,7 +282,7 @@ impl Mount {
 
     pub fn usage(&self) -> Usage {
         Usage {
-            used_bytes: self.used_bytes,
+            used_bytes: self.used_bytes + self.orphan_bytes,
             quota: self.quota,
             entries: self.entries,
         }
@@ -864,18 +867,17 @@ impl Mount {
     /// Reload from another version of the same bucket, dropping local state.
     pub(crate) fn reset_to(&mut self, hash: Hash) -> Result<()> {
         let mut fresh = Mount::open(self.core.clone(), hash, self.read_only)?;
-        if fresh.next_ino < self.next_ino {
-            // Renumber the fresh tree past every number handed out before.
-            fresh.next_ino = self.next_ino;
-            let root = Link {
-                hash: fresh.base.body.root,
-                key: match &fresh.inodes[&ROOT_INO].body {
-                    Body::Dir(d) => d.key.clone(),
-                    _ => unreachable!("root is a directory"),
-                },
-            };
-            fresh.install_root(root)?;
-        }
+        // Renumber the fresh tree past every number handed out before (the
+        // kernel may still hold them, and orphans keep theirs).
+        fresh.next_ino = fresh.next_ino.max(self.next_ino);
+        let root = Link {
+            hash: fresh.base.body.root,
+            key: match &fresh.inodes[&ROOT_INO].body {
+                Body::Dir(d) => d.key.clone(),
+                _ => unreachable!("root is a directory"),
+            },
+        };
+        fresh.install_root(root)?;
         // Open files and the kernel's references carry over.
         for i in &self.orphans {
             if let Some(n) = self.inodes.remove(i) {
@@ -883,6 +885,7 @@ impl Mount {
             }
         }
         fresh.orphans = std::mem::take(&mut self.orphans);
+        fresh.orphan_bytes = self.orphan_bytes;
         fresh.pins = std::mem::take(&mut self.pins);
         *self = fresh;
         Ok(())
@@ -908,7 +911,9 @@ impl Mount {
 
     /// A file of the tree changed size (orphans no longer count).
     fn account(&mut self, ino: Ino, old_size: u64, new_size: u64) {
-        if !self.orphans.contains(&ino) {
+        if self.orphans.contains(&ino) {
+            self.orphan_bytes = self.orphan_bytes.saturating_sub(old_size) + new_size;
+        } else {
             self.used_bytes = self.used_bytes - old_size + new_size;
         }
     }
@@ -929,7 +934,13 @@ impl Mount {
         if *count == 0 {
             self.pins.remove(&ino);
             if self.orphans.remove(&ino) {
-                self.inodes.remove(&ino);
+                if let Some(Inode {
+                    body: Body::File(f),
+                    ..
+                }) = self.inodes.remove(&ino)
+                {
+                    self.orphan_bytes = self.orphan_bytes.saturating_sub(f.size);
+                }
             }
         }
     }
@@ -953,8 +964,8 @@ impl Mount {
         if new_size <= current {
             return Ok(());
         }
-        // Growth against the total (an orphan's bytes are not in the total).
-        let needed = self.used_bytes + (new_size - current);
+        // Growth against everything held, orphans included.
+        let needed = self.used_bytes + self.orphan_bytes + (new_size - current);
         match self.quota {
             Some(quota) if needed > quota => Err(BucketError::QuotaExceeded { quota, needed }),
             _ => Ok(()),
@@ -1122,8 +1133,8 @@ impl Mount {
     }
 
     /// Remove `ino` and everything under it from the table and the totals.
-    /// A pinned file or symlink stays as an orphan, outside the tree and the
-    /// totals, until it is unpinned.
+    /// A pinned file or symlink stays as an orphan, outside the tree (its
+    /// bytes move from the tree's total to `orphan_bytes`) until unpinned.
     fn drop_subtree(&mut self, ino: Ino) {
         let mut stack = vec![ino];
         while let Some(i) = stack.pop() {
@@ -1136,6 +1147,7 @@ impl Mount {
                 self.entries = self.entries.saturating_sub(1);
                 if let Some(Body::File(f)) = self.inodes.get(&i).map(|n| &n.body) {
                     self.used_bytes = self.used_bytes.saturating_sub(f.size);
+                    self.orphan_bytes += f.size;
                 }
                 self.orphans.insert(i);
                 continue;
@@ -1256,5 +1268,68 @@ impl Mount {
             d.stored = Some(hash);
         }
         Ok(hash)
+    }
+}
+
+#[cfg(test)]
+mod orphan_tests {
+    use super::*;
+    use crate::bucket::{BucketId, BucketOptions, StateDir};
+    use crate::crypto::Kek;
+
+    /// An unlinked file that is still referenced keeps its bytes and its
+    /// inode number, counts on the quota, survives the tree being replaced
+    /// by another version (as after a sync), and is gone once unpinned.
+    #[test]
+    fn orphans_count_on_the_quota_and_survive_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let kek = Kek::generate().unwrap();
+        let bucket = state
+            .create_bucket(
+                BucketId::generate().unwrap(),
+                &kek,
+                &BucketOptions::default(),
+            )
+            .unwrap();
+        let mut m = bucket.mount().unwrap();
+        m.set_quota(Some(10_000)).unwrap();
+        for name in [&b"x"[..], b"y", b"z"] {
+            m.create(ROOT_INO, name, 0o644, 0, 0).unwrap();
+        }
+        let a = m.create(ROOT_INO, b"a", 0o644, 0, 0).unwrap().ino;
+        m.write(a, 0, &[1u8; 4000]).unwrap();
+        m.pin(a);
+        m.unlink(ROOT_INO, b"a").unwrap();
+        assert_eq!(m.getattr(a).unwrap().nlink, 0);
+        assert_eq!(m.usage().used_bytes, 4000);
+        let b = m.create(ROOT_INO, b"b", 0o644, 0, 0).unwrap().ino;
+        assert!(matches!(
+            m.write(b, 0, &[2u8; 7000]),
+            Err(BucketError::QuotaExceeded { .. })
+        ));
+        m.write(a, 4000, &[3u8; 1000]).unwrap();
+        assert_eq!(m.usage().used_bytes, 5000);
+        m.save().unwrap();
+        // Another writer's version with more entries than this mount has
+        // handed out numbers: none of them may take the orphan's number.
+        let mut other = bucket.mount().unwrap();
+        for i in 0..10 {
+            other
+                .create(ROOT_INO, format!("n{i}").as_bytes(), 0o644, 0, 0)
+                .unwrap();
+        }
+        let theirs = other.save().unwrap();
+        m.reset_to(theirs.hash).unwrap();
+        let names: Vec<Ino> = m.readdir(ROOT_INO).unwrap().iter().map(|e| e.ino).collect();
+        assert_eq!(names.len(), 14, "x, y, z, b and n0..n9");
+        assert!(!names.contains(&a), "{names:?} reuses the orphan's {a}");
+        let mut want = vec![1u8; 4000];
+        want.extend([3u8; 1000]);
+        assert_eq!(m.read(a, 0, 6000).unwrap(), want);
+        assert_eq!(m.usage().used_bytes, 5000);
+        m.unpin(a, 1);
+        assert!(m.getattr(a).is_err());
+        assert_eq!(m.usage().used_bytes, 0);
     }
 }

@@ -221,6 +221,8 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
 
 impl Filesystem for JaxFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Opens carry no message (see `open`), so FUSE_ATOMIC_O_TRUNC must stay
+        // off: without it O_TRUNC arrives as a setattr; with it, it would be lost.
         // Large writes: whole chunks per request (the default is 128 KiB).
         let _ = config.add_capabilities(InitFlags::FUSE_MAX_PAGES);
         let _ = config.set_max_write(MAX_WRITE);
@@ -521,8 +523,18 @@ impl Filesystem for JaxFs {
         };
         let mut m = self.live.lock();
         for (i, e) in listing.iter().enumerate().skip(offset as usize) {
-            // An entry removed since opendir is skipped, not an error.
-            let Ok(attr) = m.getattr(e.ino) else { continue };
+            // The listing is from opendir: an entry removed or replaced since
+            // is skipped (a name must never lead the kernel to an old inode).
+            let dot = e.name == b"." || e.name == b"..";
+            let current = if dot {
+                m.getattr(e.ino)
+            } else {
+                m.lookup(ino.0, &e.name)
+            };
+            let Ok(attr) = current else { continue };
+            if attr.ino != e.ino {
+                continue;
+            }
             if reply.add(
                 INodeNo(e.ino),
                 i as u64 + 1,
@@ -534,7 +546,7 @@ impl Filesystem for JaxFs {
                 break;
             }
             // The kernel takes a reference to every entry but `.` and `..`.
-            if e.name != b"." && e.name != b".." {
+            if !dot {
                 m.pin(e.ino);
             }
         }
