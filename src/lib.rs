@@ -2,6 +2,7 @@
 //! nodes keep in sync peer to peer. See ARCHITECTURE.md for the layers.
 
 pub mod bucket;
+mod cache;
 pub mod crypto;
 pub mod csi;
 pub mod db;

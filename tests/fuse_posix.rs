@@ -58,14 +58,24 @@ impl Mounted {
         self.mnt.join(rel)
     }
 
+    /// The bucket, opened afresh from its state directory.
+    fn bucket_from_disk(&self) -> jax_csi::bucket::Bucket {
+        StateDir::open(&self.state_path)
+            .unwrap()
+            .open_bucket(&self.fixture.bucket.id(), &self.fixture.kek)
+            .unwrap()
+    }
+
+    /// The bucket's committed head, opened from disk in a fresh Mount.
+    fn head_mount(&self) -> jax_csi::bucket::Mount {
+        self.bucket_from_disk().mount().unwrap()
+    }
+
     /// Unmount, then mount the bucket's head again in a fresh Mount.
     fn remount(&mut self, read_only: bool) {
         self.session.take().unwrap().unmount().unwrap();
         self.live.shutdown().unwrap();
-        let sd = StateDir::open(&self.state_path).unwrap();
-        let b = sd
-            .open_bucket(&self.fixture.bucket.id(), &self.fixture.kek)
-            .unwrap();
+        let b = self.bucket_from_disk();
         let m = if read_only {
             b.open_version(&b.head().unwrap()).unwrap()
         } else {
@@ -420,11 +430,7 @@ fn debounced_commit_writes_a_version_without_fsync() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let sd = StateDir::open(&t.state_path).unwrap();
-    let b = sd
-        .open_bucket(&t.fixture.bucket.id(), &t.fixture.kek)
-        .unwrap();
-    let mut m = b.mount().unwrap();
+    let mut m = t.head_mount();
     assert_eq!(
         jax_csi::bucket::path::read_file(&mut m, "/lazy").unwrap(),
         b"committed later"
@@ -600,11 +606,7 @@ fn an_open_file_survives_unlink_until_closed() {
     assert_eq!(fs::read(t.p("tmp.bin")).unwrap(), b"new");
     drop(f);
     t.live.commit_now().unwrap();
-    let sd = StateDir::open(&t.state_path).unwrap();
-    let b = sd
-        .open_bucket(&t.fixture.bucket.id(), &t.fixture.kek)
-        .unwrap();
-    let mut m = b.mount().unwrap();
+    let mut m = t.head_mount();
     assert_eq!(
         jax_csi::bucket::path::read_file(&mut m, "/tmp.bin").unwrap(),
         b"new"

@@ -7,11 +7,12 @@
 //! chunk and memory stays bounded however large the file is. Several chunks
 //! are sealed or opened in parallel on all cores.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
 
 use super::error::{BucketError, Result};
 use super::tree::{FileNode, KeyBytes};
+use crate::cache::BoundedMap;
 use crate::crypto::{FrameLayout, SecretKey, FRAME_LEN};
 use crate::store::{slices, BlobStore, Hash};
 
@@ -40,30 +41,17 @@ struct Shared {
     inflight: Mutex<HashMap<Hash, Arc<OnceLock<Loaded>>>>,
 }
 
-struct ChunkCache {
-    capacity: usize,
-    map: HashMap<Hash, Arc<Vec<u8>>>,
-    order: VecDeque<Hash>,
+impl Shared {
+    fn cache(&self) -> MutexGuard<'_, ChunkCache> {
+        self.cache.lock().expect("chunk cache lock")
+    }
+
+    fn inflight(&self) -> MutexGuard<'_, HashMap<Hash, Arc<OnceLock<Loaded>>>> {
+        self.inflight.lock().expect("inflight lock")
+    }
 }
 
-impl ChunkCache {
-    fn get(&self, h: &Hash) -> Option<Arc<Vec<u8>>> {
-        self.map.get(h).cloned()
-    }
-    fn insert(&mut self, h: Hash, data: Arc<Vec<u8>>) {
-        if self.capacity == 0 {
-            return;
-        }
-        if self.map.insert(h, data).is_none() {
-            self.order.push_back(h);
-            while self.order.len() > self.capacity {
-                if let Some(old) = self.order.pop_front() {
-                    self.map.remove(&old);
-                }
-            }
-        }
-    }
-}
+type ChunkCache = BoundedMap<Hash, Arc<Vec<u8>>>;
 
 /// Bytes read from a file: owned, or a range of a cached decrypted chunk.
 pub enum ReadBuf {
@@ -162,11 +150,7 @@ impl ChunkIo {
             store,
             chunk_size: chunk_size as u64,
             shared: Arc::new(Shared {
-                cache: Mutex::new(ChunkCache {
-                    capacity: CACHE_CHUNKS,
-                    map: HashMap::new(),
-                    order: VecDeque::new(),
-                }),
+                cache: Mutex::new(ChunkCache::new(CACHE_CHUNKS)),
                 inflight: Mutex::new(HashMap::new()),
             }),
         }
@@ -174,80 +158,40 @@ impl ChunkIo {
 
     /// Change how many decrypted chunks are cached (0 turns the cache off).
     pub fn set_cache_capacity(&self, chunks: usize) {
-        let mut c = self.shared.cache.lock().expect("chunk cache lock");
-        c.capacity = chunks;
-        c.map.clear();
-        c.order.clear();
+        self.shared.cache().reset(chunks);
     }
 
     /// Load, verify and decrypt one chunk (cached).
     fn load(&self, key: &SecretKey, hash: &Hash) -> Result<Arc<Vec<u8>>> {
-        if let Some(hit) = self
-            .shared
-            .cache
-            .lock()
-            .expect("chunk cache lock")
-            .get(hash)
-        {
+        if let Some(hit) = self.shared.cache().get(hash) {
             return Ok(hit);
         }
-        let pending = self
-            .shared
-            .inflight
-            .lock()
-            .expect("inflight lock")
-            .get(hash)
-            .cloned();
+        let pending = self.shared.inflight().get(hash).cloned();
         if let Some(cell) = pending {
             return cell.wait().clone().map_err(BucketError::Integrity);
         }
         let plain = Arc::new(load_uncached(&self.store, key, hash)?);
-        self.shared
-            .cache
-            .lock()
-            .expect("chunk cache lock")
-            .insert(*hash, plain.clone());
+        self.shared.cache().insert(*hash, plain.clone());
         Ok(plain)
     }
 
     /// Whether decrypted chunks are cached at all.
     fn caching(&self) -> bool {
-        self.shared.cache.lock().expect("chunk cache lock").capacity > 0
+        self.shared.cache().capacity() > 0
     }
 
     /// Whether a chunk is in the cache or being loaded into it.
     fn cached_or_loading(&self, hash: &Hash) -> bool {
-        self.shared
-            .cache
-            .lock()
-            .expect("chunk cache lock")
-            .get(hash)
-            .is_some()
-            || self
-                .shared
-                .inflight
-                .lock()
-                .expect("inflight lock")
-                .contains_key(hash)
+        self.shared.cache().contains(hash) || self.shared.inflight().contains_key(hash)
     }
 
     /// Start loading a chunk in the background unless it is cached or on its way.
     fn prefetch(&self, key: &SecretKey, hash: Hash) {
-        if self.shared.cache.lock().expect("chunk cache lock").capacity == 0 {
-            return;
-        }
-        if self
-            .shared
-            .cache
-            .lock()
-            .expect("chunk cache lock")
-            .get(&hash)
-            .is_some()
-        {
+        if !self.caching() || self.shared.cache().contains(&hash) {
             return;
         }
         let cell = {
-            let mut inflight = self.shared.inflight.lock().expect("inflight lock");
+            let mut inflight = self.shared.inflight();
             if inflight.contains_key(&hash) {
                 return;
             }
@@ -259,14 +203,10 @@ impl ChunkIo {
         let job: Job = Box::new(move || {
             let loaded = load_uncached(&store, &key, &hash).map(Arc::new);
             if let Ok(data) = &loaded {
-                shared
-                    .cache
-                    .lock()
-                    .expect("chunk cache lock")
-                    .insert(hash, data.clone());
+                shared.cache().insert(hash, data.clone());
             }
             let _ = cell.set(loaded.map_err(|e| e.to_string()));
-            shared.inflight.lock().expect("inflight lock").remove(&hash);
+            shared.inflight().remove(&hash);
         });
         if worker_pool()
             .lock()
@@ -275,11 +215,7 @@ impl ChunkIo {
             .is_err()
         {
             // No workers: the reader loads the chunk itself when it gets there.
-            self.shared
-                .inflight
-                .lock()
-                .expect("inflight lock")
-                .remove(&hash);
+            self.shared.inflight().remove(&hash);
         }
     }
 
@@ -534,6 +470,8 @@ impl FileData {
         // A small read that does not continue the last one: verify and
         // decrypt only the frames it needs, not the whole chunk.
         let revisit = self.last_partial_chunk.replace(first) == Some(first) && io.caching();
+        // The range within chunk `first`, when it lies in one chunk.
+        let in_chunk = (offset - first * cs) as usize..(end - first * cs) as usize;
         if first == last
             && !contiguous
             && !revisit
@@ -542,11 +480,9 @@ impl FileData {
         {
             if let Some(h) = self.chunks[first as usize] {
                 if !io.cached_or_loading(&h) {
-                    let from = (offset - first * cs) as usize;
-                    let to = (end - first * cs) as usize;
-                    let mut data = load_range(&io.store, &key, &h, from..to)?;
+                    let mut data = load_range(&io.store, &key, &h, in_chunk.clone())?;
                     // Bytes past the chunk's stored length read as zeros.
-                    data.resize(to - from, 0);
+                    data.resize(in_chunk.len(), 0);
                     return Ok(ReadBuf::Owned(data));
                 }
             }
@@ -564,10 +500,8 @@ impl FileData {
         }
         if first == last {
             if let Some(chunk) = fetched.get(&first) {
-                let from = (offset - first * cs) as usize;
-                let to = (end - first * cs) as usize;
-                if to <= chunk.len() {
-                    return Ok(ReadBuf::Shared(chunk.clone(), from..to));
+                if in_chunk.end <= chunk.len() {
+                    return Ok(ReadBuf::Shared(chunk.clone(), in_chunk));
                 }
             }
         }

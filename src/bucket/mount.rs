@@ -301,9 +301,11 @@ impl Mount {
 
     pub fn getattr(&mut self, ino: Ino) -> Result<Attr> {
         let inode = self.inode(ino)?;
+        // A file or symlink has its one name, or none once it is an orphan.
+        let links = u32::from(!self.orphans.contains(&ino));
         let (size, nlink) = match &inode.body {
-            Body::File(f) => (f.size, u32::from(!self.orphans.contains(&ino))),
-            Body::Symlink(t) => (t.len() as u64, u32::from(!self.orphans.contains(&ino))),
+            Body::File(f) => (f.size, links),
+            Body::Symlink(t) => (t.len() as u64, links),
             Body::Dir(d) => {
                 debug_assert_eq!(
                     d.subdirs as usize,

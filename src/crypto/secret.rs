@@ -98,8 +98,9 @@ impl SecretKey {
     pub fn seal_in_place(&self, buf: &mut Vec<u8>, aad: &[u8]) -> Result<(), CryptoError> {
         let mut nonce = [0u8; NONCE_LEN];
         random_bytes(&mut nonce)?;
-        let tag = Cipher::new(&self.0)
-            .0
+        let tag = self
+            .cipher()
+            .key()
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad),
@@ -131,8 +132,8 @@ impl SecretKey {
         let (body, trailer) = buf.split_at_mut(body_len);
         let tag: [u8; TAG_LEN] = trailer[..TAG_LEN].try_into().expect("tag length");
         let nonce: [u8; NONCE_LEN] = trailer[TAG_LEN..].try_into().expect("nonce length");
-        Cipher::new(&self.0)
-            .0
+        self.cipher()
+            .key()
             .open_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad),

@@ -20,7 +20,7 @@ pub mod slices;
 
 pub use hash::Hash;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
 use std::ops::Range;
@@ -28,6 +28,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use crate::cache::BoundedMap;
 
 /// Errors from the blob store.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +70,7 @@ pub struct BlobStore {
     /// Outboards already checked against their addresses (with the tails
     /// that completed the check), so a random reader of a large file does
     /// not redo the check on every read.
-    verified: Mutex<VerifiedCache>,
+    verified: Mutex<BoundedMap<Hash, Arc<Verified>>>,
 }
 
 /// How many verified outboards are kept: about 3 KiB each for a 1 MiB
@@ -83,22 +85,24 @@ struct Verified {
     tail: Vec<u8>,
 }
 
-#[derive(Debug, Default)]
-struct VerifiedCache {
-    map: HashMap<Hash, Arc<Verified>>,
-    order: VecDeque<Hash>,
+/// What a failed open or read of blob `hash` at `path` means.
+fn read_error<'p>(hash: &Hash, path: &'p Path) -> impl FnOnce(std::io::Error) -> StoreError + 'p {
+    let hash = *hash;
+    move |e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            StoreError::NotFound(hash)
+        } else {
+            io_at(path)(e)
+        }
+    }
 }
 
-impl VerifiedCache {
-    fn insert(&mut self, hash: Hash, v: Arc<Verified>) {
-        if self.map.insert(hash, v).is_none() {
-            self.order.push_back(hash);
-            while self.order.len() > VERIFIED_OUTBOARDS {
-                if let Some(old) = self.order.pop_front() {
-                    self.map.remove(&old);
-                }
-            }
-        }
+/// A blob whose bytes hash to `actual`, not to its address `hash`.
+fn corrupt(hash: &Hash, actual: Hash) -> StoreError {
+    tracing::error!(blob = %hash, %actual, "blob failed its integrity check");
+    StoreError::Corrupt {
+        hash: *hash,
+        actual,
     }
 }
 
@@ -119,7 +123,7 @@ impl BlobStore {
         Ok(Self {
             root: root.to_path_buf(),
             tmp_counter: AtomicU64::new(0),
-            verified: Mutex::new(VerifiedCache::default()),
+            verified: Mutex::new(BoundedMap::new(VERIFIED_OUTBOARDS)),
         })
     }
 
@@ -161,29 +165,43 @@ impl BlobStore {
                 self.write_outboard(&hash, cvs);
             }
             // We hashed these bytes ourselves: the outboard is trusted as is.
-            let verified = Verified {
-                len: bytes.len(),
-                cvs: cvs.to_vec(),
-                tail: bytes[cvs.len() * slices::SLICE_LEN..].to_vec(),
-            };
-            self.verified
-                .lock()
-                .expect("verified outboards lock")
-                .insert(hash, Arc::new(verified));
+            self.remember(
+                hash,
+                Verified {
+                    len: bytes.len(),
+                    cvs: cvs.to_vec(),
+                    tail: bytes[cvs.len() * slices::SLICE_LEN..].to_vec(),
+                },
+            );
         }
         Ok(())
+    }
+
+    /// Keep an outboard known to match its blob.
+    fn remember(&self, hash: Hash, verified: Verified) -> Arc<Verified> {
+        let verified = Arc::new(verified);
+        self.verified
+            .lock()
+            .expect("verified outboards lock")
+            .insert(hash, verified.clone());
+        verified
+    }
+
+    /// A fresh temp file name for (a file derived from) blob `hash`.
+    fn tmp_path(&self, hash: &Hash, suffix: &str) -> PathBuf {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        self.root.join("tmp").join(format!(
+            "{}-{}-{n}{suffix}",
+            std::process::id(),
+            &hash.to_hex()[..16]
+        ))
     }
 
     /// Best effort, no fsync: an outboard is checked on every use and
     /// rebuilt from the blob when missing or wrong.
     fn write_outboard(&self, hash: &Hash, cvs: &[[u8; 32]]) {
         let dest = self.outboard_path(hash);
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.root.join("tmp").join(format!(
-            "{}-{}-{n}.ob",
-            std::process::id(),
-            &hash.to_hex()[..16]
-        ));
+        let tmp = self.tmp_path(hash, ".ob");
         let written = std::fs::write(&tmp, cvs.concat()).and_then(|_| std::fs::rename(&tmp, &dest));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
@@ -209,20 +227,12 @@ impl BlobStore {
     /// is read whole and verified now (rebuilding a missing outboard).
     pub fn reader(&self, hash: &Hash) -> Result<BlobReader, StoreError> {
         let path = self.path_of(hash);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound(*hash))
-            }
-            Err(e) => return Err(io_at(&path)(e)),
-        };
+        let file = File::open(&path).map_err(read_error(hash, &path))?;
         let known = self
             .verified
             .lock()
             .expect("verified outboards lock")
-            .map
-            .get(hash)
-            .cloned();
+            .get(hash);
         if let Some(verified) = known {
             return Ok(BlobReader {
                 hash: *hash,
@@ -238,11 +248,7 @@ impl BlobStore {
                 file.read_exact_at(&mut tail, (k * slices::SLICE_LEN) as u64)
                     .map_err(io_at(&path))?;
                 if slices::root_from(&cvs, &tail, len) == Some(*hash) {
-                    let verified = Arc::new(Verified { len, cvs, tail });
-                    self.verified
-                        .lock()
-                        .expect("verified outboards lock")
-                        .insert(*hash, verified.clone());
+                    let verified = self.remember(*hash, Verified { len, cvs, tail });
                     return Ok(BlobReader {
                         hash: *hash,
                         len,
@@ -255,11 +261,7 @@ impl BlobStore {
         let bytes = std::fs::read(&path).map_err(io_at(&path))?;
         let (actual, cvs) = slices::hash_with_outboard(&bytes);
         if actual != *hash {
-            tracing::error!(blob = %hash, %actual, "blob failed its integrity check");
-            return Err(StoreError::Corrupt {
-                hash: *hash,
-                actual,
-            });
+            return Err(corrupt(hash, actual));
         }
         if !cvs.is_empty() {
             self.write_outboard(hash, &cvs);
@@ -280,12 +282,7 @@ impl BlobStore {
         }
         let dir = dest.parent().expect("blob path has a parent");
         std::fs::create_dir_all(dir).map_err(io_at(dir))?;
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.root.join("tmp").join(format!(
-            "{}-{}-{n}",
-            std::process::id(),
-            &hash.to_hex()[..16]
-        ));
+        let tmp = self.tmp_path(&hash, "");
         let mut f = File::create(&tmp).map_err(io_at(&tmp))?;
         f.write_all(bytes).map_err(io_at(&tmp))?;
         f.sync_all().map_err(io_at(&tmp))?;
@@ -297,20 +294,10 @@ impl BlobStore {
     /// Read a blob and check that its bytes still hash to its address.
     pub fn get(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
         let path = self.path_of(hash);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound(*hash))
-            }
-            Err(e) => return Err(io_at(&path)(e)),
-        };
+        let bytes = std::fs::read(&path).map_err(read_error(hash, &path))?;
         let actual = Hash::of(&bytes);
         if actual != *hash {
-            tracing::error!(blob = %hash, %actual, "blob failed its integrity check");
-            return Err(StoreError::Corrupt {
-                hash: *hash,
-                actual,
-            });
+            return Err(corrupt(hash, actual));
         }
         Ok(bytes)
     }
@@ -322,11 +309,10 @@ impl BlobStore {
     /// Remove one blob; removing a missing blob is not an error.
     pub fn remove(&self, hash: &Hash) -> Result<(), StoreError> {
         let _ = std::fs::remove_file(self.outboard_path(hash));
-        let mut verified = self.verified.lock().expect("verified outboards lock");
-        if verified.map.remove(hash).is_some() {
-            verified.order.retain(|h| h != hash);
-        }
-        drop(verified);
+        self.verified
+            .lock()
+            .expect("verified outboards lock")
+            .remove(hash);
         let p = self.path_of(hash);
         match std::fs::remove_file(&p) {
             Ok(()) => Ok(()),
@@ -337,15 +323,21 @@ impl BlobStore {
 
     /// Every blob address in the store.
     pub fn list(&self) -> Result<Vec<Hash>, StoreError> {
+        Ok(self
+            .files()?
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str().and_then(|s| Hash::from_hex(s).ok()))
+            .collect())
+    }
+
+    /// Every file under `blobs/`: blobs and outboards.
+    fn files(&self) -> Result<Vec<PathBuf>, StoreError> {
         let blobs = self.root.join("blobs");
         let mut out = Vec::new();
         for fan in std::fs::read_dir(&blobs).map_err(io_at(&blobs))? {
             let fan = fan.map_err(io_at(&blobs))?.path();
             for e in std::fs::read_dir(&fan).map_err(io_at(&fan))? {
-                let e = e.map_err(io_at(&fan))?;
-                if let Some(h) = e.file_name().to_str().and_then(|s| Hash::from_hex(s).ok()) {
-                    out.push(h);
-                }
+                out.push(e.map_err(io_at(&fan))?.path());
             }
         }
         Ok(out)
@@ -389,18 +381,9 @@ impl BlobStore {
 
     /// Paths of every outboard file in the store.
     fn outboards(&self) -> Result<Vec<PathBuf>, StoreError> {
-        let blobs = self.root.join("blobs");
-        let mut out = Vec::new();
-        for fan in std::fs::read_dir(&blobs).map_err(io_at(&blobs))? {
-            let fan = fan.map_err(io_at(&blobs))?.path();
-            for e in std::fs::read_dir(&fan).map_err(io_at(&fan))? {
-                let p = e.map_err(io_at(&fan))?.path();
-                if p.extension().is_some_and(|x| x == "ob") {
-                    out.push(p);
-                }
-            }
-        }
-        Ok(out)
+        let mut files = self.files()?;
+        files.retain(|p| p.extension().is_some_and(|x| x == "ob"));
+        Ok(files)
     }
 }
 

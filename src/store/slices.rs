@@ -114,8 +114,8 @@ impl Tree<'_> {
     }
 }
 
-/// The full slices a byte range of a blob touches, and the part of the
-/// range that lies in the tail after them.
+/// The full slices (of `k`) a byte range of a blob touches; any part of the
+/// range past them lies in the tail.
 pub fn slices_for(range: &Range<usize>, k: usize) -> Range<usize> {
     if range.is_empty() {
         return 0..0;
