@@ -6,5 +6,6 @@ mod cache;
 pub mod crypto;
 pub mod csi;
 pub mod db;
+pub mod durable;
 pub mod fuse;
 pub mod store;

@@ -289,16 +289,36 @@ fn quota_refuses_growth_with_a_distinct_error() {
         ),
         "{err}"
     );
+    // The quota counts allocated bytes, as a block file system does: a
+    // sparse file may be longer than the quota, its holes cost nothing...
+    m.setattr(
+        a,
+        SetAttr {
+            size: Some(20_000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(m.getattr(a).unwrap().size, 20_000);
+    assert_eq!(m.usage().used_bytes, 8192, "two whole 4 KiB chunks");
+    // ...but filling a hole past the quota does not fit.
+    let err = m.write(a, 16_384, &[1; 100]).unwrap_err();
+    assert!(matches!(err, BucketError::QuotaExceeded { .. }), "{err}");
+    // An absurd size is EFBIG, never ENOSPC.
     let err = m
         .setattr(
             a,
             SetAttr {
-                size: Some(20_000),
+                size: Some(1 << 62),
                 ..Default::default()
             },
         )
         .unwrap_err();
-    assert!(matches!(err, BucketError::QuotaExceeded { .. }));
+    assert!(matches!(err, BucketError::FileTooLarge), "{err}");
+    assert!(matches!(
+        m.write(a, (1 << 62) - 10, b"x"),
+        Err(BucketError::FileTooLarge)
+    ));
     // Overwriting in place and shrinking still work.
     m.write(a, 0, &[2; 8000]).unwrap();
     m.setattr(
@@ -393,4 +413,113 @@ fn small_reads_verify_their_frames_and_catch_a_flipped_one() {
     // Reading the whole chunk checks every byte.
     let err = fresh_read(2 * MIB, MIB as u32).unwrap_err();
     assert!(err.is_integrity(), "expected an integrity error, got {err}");
+}
+
+fn point_head(f: &common::Fixture, h: &Hash) {
+    std::fs::write(
+        f.state
+            .root()
+            .join("buckets")
+            .join(f.bucket.id().to_hex())
+            .join("HEAD"),
+        h.to_hex(),
+    )
+    .unwrap();
+}
+
+/// A node that is not a member cannot sign its way in by listing itself in
+/// the shares of the version it writes: the version it follows must share
+/// the bucket with it.
+#[test]
+fn an_author_must_be_allowed_by_the_version_it_follows() {
+    let f = fixture(BucketOptions::default());
+    let head = f.bucket.head().unwrap();
+    let good = f.bucket.manifest(&head).unwrap();
+    let intruder = Identity::generate().unwrap();
+    let mut body: ManifestBody = good.body.clone();
+    body.height += 1;
+    body.previous = Some(head);
+    body.author = intruder.node_id();
+    // A share to itself of some secret: enough to pass the manifest's own check.
+    let any = jax_csi::crypto::SecretKey::generate().unwrap();
+    body.shares
+        .push(jax_csi::crypto::KeyShare::create(&any, &intruder.node_id()).unwrap());
+    let h = Manifest::sign(body, &intruder)
+        .unwrap()
+        .store(f.state.store())
+        .unwrap();
+    f.bucket.manifest(&h).expect("self-consistent on its own");
+    point_head(&f, &h);
+    let err = f.bucket.history().unwrap_err();
+    assert!(matches!(err, BucketError::ChainBroken { .. }), "{err}");
+    assert!(err.to_string().contains("holds no share"), "{err}");
+}
+
+/// A HEAD that is lost, garbled or names a version that is not in the
+/// store falls back to the newest version that verifies (and is repaired);
+/// a HEAD naming a version that is there but tampered stays an error.
+#[test]
+fn a_broken_head_falls_back_to_the_newest_verifiable_version() {
+    let f = fixture(BucketOptions::default());
+    let mut m = f.bucket.mount().unwrap();
+    path::write_file(&mut m, "/a", b"first").unwrap();
+    m.save().unwrap();
+    path::write_file(&mut m, "/a", b"second").unwrap();
+    let newest = m.save().unwrap();
+    drop(m);
+    let head_file = f
+        .state
+        .root()
+        .join("buckets")
+        .join(f.bucket.id().to_hex())
+        .join("HEAD");
+    let reopen = || {
+        let b = f.state.open_bucket(&f.bucket.id(), &f.kek).unwrap();
+        let mut m = b.mount().unwrap();
+        (b.head().unwrap(), path::read_file(&mut m, "/a").unwrap())
+    };
+    for garble in [&b"not a hash"[..], b""] {
+        std::fs::write(&head_file, garble).unwrap();
+        assert_eq!(reopen(), (newest.hash, b"second".to_vec()));
+        assert_eq!(
+            std::fs::read_to_string(&head_file).unwrap(),
+            newest.hash.to_hex(),
+            "HEAD is repaired"
+        );
+    }
+    std::fs::remove_file(&head_file).unwrap();
+    assert!(f.state.has_bucket(&f.bucket.id()));
+    assert_eq!(reopen(), (newest.hash, b"second".to_vec()));
+    // HEAD names a manifest that is gone: the newest one left wins.
+    point_head(&f, &Hash::of(b"a version that was never stored"));
+    assert_eq!(reopen().0, newest.hash);
+    // Tampered, not missing: an error, never the older version.
+    let p = f.state.store().path_of(&newest.hash);
+    let mut bytes = std::fs::read(&p).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&p, &bytes).unwrap();
+    let b = f.state.open_bucket(&f.bucket.id(), &f.kek).unwrap();
+    assert!(b.head().unwrap_err().is_integrity());
+}
+
+/// Stored values that would make a careless reader divide by zero or index
+/// out of bounds are format errors.
+#[test]
+fn a_manifest_with_an_absurd_chunk_size_is_refused() {
+    let f = fixture(BucketOptions::default());
+    let head = f.bucket.head().unwrap();
+    let good = f.bucket.manifest(&head).unwrap();
+    for cs in [0, 1, 3000, 1 << 30, u32::MAX] {
+        let mut body = good.body.clone();
+        body.chunk_size = cs;
+        let h = Manifest::sign(body, f.state.identity())
+            .unwrap()
+            .store(f.state.store())
+            .unwrap();
+        let err = f.bucket.manifest(&h).unwrap_err();
+        assert!(matches!(err, BucketError::Format { .. }), "{cs}: {err}");
+        point_head(&f, &h);
+        assert!(f.bucket.mount().is_err(), "{cs}");
+    }
 }

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
 
+use super::chunk_map::ChunkMap;
 use super::error::{BucketError, Result};
 use super::tree::{FileNode, KeyBytes};
 use crate::cache::BoundedMap;
@@ -321,12 +322,19 @@ pub(crate) fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync
         .collect()
 }
 
+/// Largest file size: the quota bounds what is stored, this bounds what a
+/// sparse file may claim (8 PiB; larger truncates and writes give EFBIG).
+pub const MAX_FILE_SIZE: u64 = 1 << 53;
+
 /// A file's content as held by a live mount.
 pub struct FileData {
     pub size: u64,
     pub key: KeyBytes,
-    /// Stored chunks (`None` = hole); always `chunk_count(size)` long.
-    pub chunks: Vec<Option<Hash>>,
+    /// Stored chunks (an index absent is a hole).
+    pub chunks: ChunkMap,
+    /// How many chunks hold data (stored, dirty or sealing): what the file
+    /// allocates, kept as it changes so the quota check is O(1).
+    data_chunks: u64,
     /// Chunks changed since the last flush, by index.
     dirty: BTreeMap<u64, Vec<u8>>,
     /// Full chunks being sealed in the background, by index.
@@ -342,12 +350,33 @@ fn chunk_count(size: u64, cs: u64) -> usize {
     size.div_ceil(cs) as usize
 }
 
+/// Bytes a file of `size` allocates when `data_chunks` of its chunks hold
+/// data and `last_is_data` tells whether the last one does: whole chunks,
+/// but the last one only up to the end of the file. Holes allocate nothing.
+fn allocated_bytes(size: u64, cs: u64, data_chunks: u64, last_is_data: bool) -> u64 {
+    let slack = if last_is_data && !size.is_multiple_of(cs) {
+        cs - size % cs
+    } else {
+        0
+    };
+    (data_chunks * cs).saturating_sub(slack)
+}
+
+/// Bytes a stored file allocates (chunks that are not holes).
+pub fn allocated(node: &FileNode, cs: u64) -> u64 {
+    let count = chunk_count(node.size, cs);
+    let data = node.chunks.len();
+    let last_is_data = count > 0 && node.chunks.contains(count as u64 - 1);
+    allocated_bytes(node.size, cs, data, last_is_data)
+}
+
 impl FileData {
     pub fn empty() -> Result<Self> {
         Ok(Self {
             size: 0,
             key: KeyBytes::generate()?,
-            chunks: Vec::new(),
+            chunks: ChunkMap::default(),
+            data_chunks: 0,
             dirty: BTreeMap::new(),
             pending: BTreeMap::new(),
             last_read_end: 0,
@@ -355,16 +384,26 @@ impl FileData {
         })
     }
 
-    pub fn from_node(node: &FileNode) -> Self {
-        Self {
+    /// A stored file, checked against the chunk size: a chunk list longer
+    /// than the file or a size past the maximum is corrupt, not a panic.
+    pub fn from_node(node: &FileNode, cs: u64) -> Result<Self> {
+        if node.size > MAX_FILE_SIZE || node.chunks.end() > chunk_count(node.size, cs) as u64 {
+            return Err(BucketError::Integrity(format!(
+                "a file node of {} bytes lists chunks up to index {} of {cs} bytes",
+                node.size,
+                node.chunks.end()
+            )));
+        }
+        Ok(Self {
             size: node.size,
             key: node.key.clone(),
             chunks: node.chunks.clone(),
+            data_chunks: node.chunks.len(),
             dirty: BTreeMap::new(),
             pending: BTreeMap::new(),
             last_read_end: 0,
             last_partial_chunk: None,
-        }
+        })
     }
 
     /// The persisted form; only valid when nothing is dirty.
@@ -378,6 +417,64 @@ impl FileData {
             key: self.key.clone(),
             chunks: self.chunks.clone(),
         }
+    }
+
+    /// True when chunk `i` holds data (stored, dirty or being sealed).
+    fn is_data(&self, i: u64) -> bool {
+        self.dirty.contains_key(&i) || self.pending.contains_key(&i) || self.chunks.contains(i)
+    }
+
+    /// Bytes this file allocates: its chunks that are not holes.
+    pub fn allocated(&self, cs: u64) -> u64 {
+        let count = chunk_count(self.size, cs) as u64;
+        let last_is_data = count > 0 && self.is_data(count - 1);
+        allocated_bytes(self.size, cs, self.data_chunks, last_is_data)
+    }
+
+    /// Bytes the file would allocate after writing `len` bytes at `offset`
+    /// (for the quota check before the write).
+    pub fn allocated_after_write(&self, cs: u64, offset: u64, len: u64) -> u64 {
+        if len == 0 {
+            return self.allocated(cs);
+        }
+        let end = offset + len;
+        let size = self.size.max(end);
+        let (first, last) = (offset / cs, (end - 1) / cs);
+        let fresh = (first..=last).filter(|i| !self.is_data(*i)).count() as u64;
+        let count = chunk_count(size, cs) as u64;
+        let last_is_data = (first..=last).contains(&(count - 1)) || self.is_data(count - 1);
+        allocated_bytes(size, cs, self.data_chunks + fresh, last_is_data)
+    }
+
+    /// Bytes the file would allocate at size `new_size`.
+    pub fn allocated_after_truncate(&self, cs: u64, new_size: u64) -> u64 {
+        if new_size >= self.size {
+            // Growing adds a hole; the old last chunk keeps its bytes and
+            // now counts whole if it is no longer last.
+            let count = chunk_count(new_size, cs) as u64;
+            let last_is_data = count > 0 && self.is_data(count - 1);
+            return allocated_bytes(new_size, cs, self.data_chunks, last_is_data);
+        }
+        let count = chunk_count(new_size, cs) as u64;
+        let kept = self.data_chunks - self.data_chunks_from(count);
+        let last_is_data = count > 0 && self.is_data(count - 1);
+        allocated_bytes(new_size, cs, kept, last_is_data)
+    }
+
+    /// How many data chunks have index `from` or above.
+    fn data_chunks_from(&self, from: u64) -> u64 {
+        let stored = self
+            .chunks
+            .iter_from(from)
+            .filter(|(i, _)| !self.dirty.contains_key(i) && !self.pending.contains_key(i))
+            .count() as u64;
+        let dirty = self.dirty.range(from..).count() as u64;
+        let pending = self
+            .pending
+            .range(from..)
+            .filter(|(i, _)| !self.dirty.contains_key(i))
+            .count() as u64;
+        stored + dirty + pending
     }
 
     pub fn dirty_bytes(&self) -> u64 {
@@ -455,9 +552,9 @@ impl FileData {
         let contiguous = offset == self.last_read_end;
         if streaming {
             for i in last + 1..=last + READ_AHEAD_CHUNKS {
-                if let Some(Some(h)) = self.chunks.get(i as usize) {
+                if let Some(h) = self.chunks.get(i) {
                     if !self.dirty.contains_key(&i) {
-                        io.prefetch(&key, *h);
+                        io.prefetch(&key, h);
                     }
                 }
             }
@@ -478,7 +575,7 @@ impl FileData {
             && (end - offset) * 4 <= cs
             && !self.dirty.contains_key(&first)
         {
-            if let Some(h) = self.chunks[first as usize] {
+            if let Some(h) = self.chunks.get(first) {
                 if !io.cached_or_loading(&h) {
                     let mut data = load_range(&io.store, &key, &h, in_chunk.clone())?;
                     // Bytes past the chunk's stored length read as zeros.
@@ -490,7 +587,7 @@ impl FileData {
         // Fetch the stored chunks the range needs, in parallel when several.
         let wanted: Vec<(u64, Hash)> = (first..=last)
             .filter(|i| !self.dirty.contains_key(i))
-            .filter_map(|i| self.chunks[i as usize].map(|h| (i, h)))
+            .filter_map(|i| self.chunks.get(i).map(|h| (i, h)))
             .collect();
         let loaded: Vec<(u64, Result<Arc<Vec<u8>>>)> =
             par_map(wanted, |(i, h)| (i, io.load(&key, &h)));
@@ -528,7 +625,7 @@ impl FileData {
         self.wait_pending(i)?;
         if !self.dirty.contains_key(&i) {
             let mut buf = io.chunk_buffer();
-            match self.chunks.get(i as usize).copied().flatten() {
+            match self.chunks.get(i) {
                 Some(h) if !overwrite_all => buf.extend_from_slice(&io.load(&self.key.key(), &h)?),
                 _ => {}
             }
@@ -544,10 +641,12 @@ impl FileData {
         }
         let cs = io.chunk_size;
         let end = offset + data.len() as u64;
+        if end > MAX_FILE_SIZE {
+            return Err(BucketError::FileTooLarge);
+        }
         let old_size = self.size;
         if end > self.size {
             self.size = end;
-            self.chunks.resize(chunk_count(end, cs), None);
         }
         let mut pos = offset;
         while pos < end {
@@ -558,6 +657,7 @@ impl FileData {
             // Nothing old to keep if the write covers the chunk's old bytes.
             let old_len_in_chunk = old_size.saturating_sub(chunk_start).min(cs) as usize;
             let overwrite_all = in_chunk == 0 && n >= old_len_in_chunk;
+            let was_data = self.is_data(i);
             let buf = self.dirty_chunk(io, i, overwrite_all)?;
             let src = &data[(pos - offset) as usize..(pos - offset) as usize + n];
             if buf.len() < in_chunk {
@@ -568,6 +668,9 @@ impl FileData {
             buf[in_chunk..in_chunk + overlap].copy_from_slice(&src[..overlap]);
             buf.extend_from_slice(&src[overlap..]);
             pos += n as u64;
+            if !was_data {
+                self.data_chunks += 1;
+            }
             if in_chunk + n == cs as usize {
                 // A writer that reached the end of a chunk is moving on: seal it now.
                 self.submit(io, i)?;
@@ -578,20 +681,23 @@ impl FileData {
 
     /// Change the size: shrinking drops and trims chunks, growing adds a hole.
     pub fn truncate(&mut self, io: &ChunkIo, new_size: u64) -> Result<()> {
+        if new_size > MAX_FILE_SIZE {
+            return Err(BucketError::FileTooLarge);
+        }
         self.wait_all_pending()?;
         let cs = io.chunk_size;
         if new_size < self.size {
             let count = chunk_count(new_size, cs);
-            self.chunks.truncate(count);
+            self.data_chunks -= self.data_chunks_from(count as u64);
+            self.chunks.truncate(count as u64);
             self.dirty.retain(|i, _| (*i as usize) < count);
             let tail = (new_size % cs) as usize;
-            if tail != 0 {
-                let i = new_size / cs;
+            let i = new_size / cs;
+            // A hole needs no trimming (and must stay a hole).
+            if tail != 0 && self.is_data(i) {
                 let buf = self.dirty_chunk(io, i, false)?;
                 buf.truncate(tail);
             }
-        } else {
-            self.chunks.resize(chunk_count(new_size, cs), None);
         }
         self.size = new_size;
         Ok(())
@@ -619,7 +725,7 @@ impl FileData {
         let mut first_err = None;
         for (i, buf, r) in results {
             match r {
-                Ok(h) => self.chunks[i as usize] = Some(h),
+                Ok(h) => self.chunks.set(i, h),
                 Err(e) => {
                     self.dirty.insert(i, buf);
                     first_err.get_or_insert(e);
@@ -676,7 +782,7 @@ mod tests {
         let legacy = f.key.key().seal(&plain).unwrap();
         let h = io.store.put(&legacy).unwrap();
         f.size = plain.len() as u64;
-        f.chunks = vec![Some(h)];
+        f.chunks = ChunkMap::from_dense(vec![Some(h)]);
         // A small read far from the last one takes the frame path first.
         let got = f.read_buf(&io, 200_000, 4096).unwrap().into_vec();
         assert_eq!(got, plain[200_000..204_096]);

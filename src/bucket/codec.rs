@@ -9,8 +9,11 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::error::{BucketError, Result};
 
-/// Current on-disk format version.
-pub const FORMAT_VERSION: u8 = 1;
+/// Format version of manifests (unchanged since the first release).
+pub const MANIFEST_VERSION: u8 = 1;
+/// Format version of directory nodes written now: entries carry a stable
+/// inode id (version 1 had none; it still decodes, see `tree::legacy`).
+pub const DIR_VERSION: u8 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -19,8 +22,9 @@ pub enum Tag {
     Dir = 2,
 }
 
-pub fn encode<T: Serialize>(tag: Tag, value: &T) -> Result<Vec<u8>> {
-    let mut out = vec![FORMAT_VERSION, tag as u8];
+/// Encode `value` as format `version` of `tag`.
+pub fn encode<T: Serialize>(version: u8, tag: Tag, value: &T) -> Result<Vec<u8>> {
+    let mut out = vec![version, tag as u8];
     let body = postcard::to_stdvec(value).map_err(|e| BucketError::Format {
         what: "object",
         reason: e.to_string(),
@@ -29,23 +33,41 @@ pub fn encode<T: Serialize>(tag: Tag, value: &T) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The format version of an encoded object of type `tag` (checked to be
+/// one of `known`), and its body.
+pub fn version_of<'b>(
+    known: &[u8],
+    tag: Tag,
+    bytes: &'b [u8],
+    what: &'static str,
+) -> Result<(u8, &'b [u8])> {
+    let bad = |reason: String| BucketError::Format { what, reason };
+    match bytes {
+        [v, t, body @ ..] if known.contains(v) && *t == tag as u8 => Ok((*v, body)),
+        [v, _, ..] if !known.contains(v) => Err(bad(format!("unsupported format version {v}"))),
+        [_, t, ..] => Err(bad(format!("unexpected type tag {t}"))),
+        _ => Err(bad("truncated".into())),
+    }
+}
+
+/// Decode a body (after [`version_of`]), rejecting non-canonical bytes.
+pub fn decode_body<T: Serialize + DeserializeOwned>(body: &[u8], what: &'static str) -> Result<T> {
+    let bad = |reason: String| BucketError::Format { what, reason };
+    let value: T = postcard::from_bytes(body).map_err(|e| bad(e.to_string()))?;
+    let again = postcard::to_stdvec(&value).map_err(|e| bad(e.to_string()))?;
+    if again != body {
+        return Err(bad("non-canonical encoding".into()));
+    }
+    Ok(value)
+}
+
+/// Decode an object of the one format `version` of `tag`.
 pub fn decode<T: Serialize + DeserializeOwned>(
+    version: u8,
     tag: Tag,
     bytes: &[u8],
     what: &'static str,
 ) -> Result<T> {
-    let bad = |reason: String| BucketError::Format { what, reason };
-    match bytes {
-        [FORMAT_VERSION, t, body @ ..] if *t == tag as u8 => {
-            let value: T = postcard::from_bytes(body).map_err(|e| bad(e.to_string()))?;
-            let again = postcard::to_stdvec(&value).map_err(|e| bad(e.to_string()))?;
-            if again != body {
-                return Err(bad("non-canonical encoding".into()));
-            }
-            Ok(value)
-        }
-        [v, ..] if *v != FORMAT_VERSION => Err(bad(format!("unsupported format version {v}"))),
-        [_, t, ..] => Err(bad(format!("unexpected type tag {t}"))),
-        _ => Err(bad("truncated".into())),
-    }
+    let (_, body) = version_of(&[version], tag, bytes, what)?;
+    decode_body(body, what)
 }

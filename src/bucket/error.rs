@@ -30,6 +30,11 @@ pub enum BucketError {
     ReadOnly,
     #[error("quota exceeded: {needed} bytes needed, quota is {quota}")]
     QuotaExceeded { quota: u64, needed: u64 },
+    #[error("file too large")]
+    FileTooLarge,
+    /// The node's disk (or the file system under the state dir) is full.
+    #[error("no space left on the node's disk: {0}")]
+    NoSpace(String),
     #[error("not supported: {0}")]
     NotSupported(&'static str),
     #[error("unknown inode {0}")]
@@ -72,9 +77,17 @@ impl From<StoreError> for BucketError {
             StoreError::Corrupt { .. } | StoreError::CorruptSlice { .. } => {
                 BucketError::Integrity(e.to_string())
             }
+            StoreError::Io { ref source, .. } if is_no_space(source) => {
+                BucketError::NoSpace(e.to_string())
+            }
             other => BucketError::Store(other),
         }
     }
+}
+
+/// True for the errors a full disk (or a disk quota) gives.
+pub fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 impl BucketError {
@@ -84,9 +97,15 @@ impl BucketError {
     }
 
     pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
-        move |source| BucketError::Io {
-            path: path.to_path_buf(),
-            source,
+        move |source| {
+            if is_no_space(&source) {
+                BucketError::NoSpace(format!("{}: {source}", path.display()))
+            } else {
+                BucketError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
         }
     }
 }

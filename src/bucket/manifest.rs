@@ -18,7 +18,12 @@ use super::tree::Timestamp;
 use crate::crypto::{Identity, KeyShare, NodeId, SIGNATURE_LEN};
 use crate::store::{BlobStore, Hash};
 
-const MAGIC: &[u8; 4] = b"JAXM";
+pub(crate) const MAGIC: &[u8; 4] = b"JAXM";
+
+/// Chunk sizes a bucket may have: powers of two from 4 KiB to 16 MiB.
+pub fn valid_chunk_size(cs: u32) -> bool {
+    cs.is_power_of_two() && (4096..=16 << 20).contains(&cs)
+}
 const SIGNING_CONTEXT: &[u8] = b"jax-csi manifest v1\0";
 
 /// A bucket's 128-bit id.
@@ -102,13 +107,13 @@ fn signing_input(body_bytes: &[u8]) -> Vec<u8> {
 impl Manifest {
     /// Sign `body` with `identity`, which must hold one of its shares.
     pub fn sign(body: ManifestBody, identity: &Identity) -> Result<Self> {
-        let bytes = codec::encode(codec::Tag::Manifest, &body)?;
+        let bytes = codec::encode(codec::MANIFEST_VERSION, codec::Tag::Manifest, &body)?;
         let signature = identity.sign(&signing_input(&bytes));
         Ok(Self { body, signature })
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let body = codec::encode(codec::Tag::Manifest, &self.body)?;
+        let body = codec::encode(codec::MANIFEST_VERSION, codec::Tag::Manifest, &self.body)?;
         let mut out = Vec::with_capacity(4 + body.len() + SIGNATURE_LEN);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&body);
@@ -128,7 +133,18 @@ impl Manifest {
         }
         let (body_bytes, sig) = bytes[4..].split_at(bytes.len() - 4 - SIGNATURE_LEN);
         let signature: [u8; SIGNATURE_LEN] = sig.try_into().expect("split at signature length");
-        let body: ManifestBody = codec::decode(codec::Tag::Manifest, body_bytes, "manifest")?;
+        let body: ManifestBody = codec::decode(
+            codec::MANIFEST_VERSION,
+            codec::Tag::Manifest,
+            body_bytes,
+            "manifest",
+        )?;
+        if !valid_chunk_size(body.chunk_size) {
+            return Err(bad(&format!(
+                "chunk size {} is not a power of two from 4 KiB to 16 MiB",
+                body.chunk_size
+            )));
+        }
         body.author
             .verify(&signing_input(body_bytes), &signature)
             .map_err(|_| BucketError::BadSignature {
@@ -190,6 +206,19 @@ pub fn check_link(child_hash: Hash, child: &Manifest, parents: &[Manifest]) -> R
                 p.body.bucket_id, child.body.bucket_id
             )));
         }
+    }
+    // Only an identity the previous version shares the bucket with may
+    // write the next one: a node cannot add itself and sign its way in.
+    if !parents.iter().any(|p| {
+        p.body
+            .shares
+            .iter()
+            .any(|s| s.recipient == child.body.author)
+    }) {
+        return Err(broken(format!(
+            "author {} holds no share of the version it follows",
+            child.body.author
+        )));
     }
     let expected = parents.iter().map(|p| p.body.height).max().unwrap_or(0) + 1;
     if child.body.height != expected {

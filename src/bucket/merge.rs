@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::error::{BucketError, Result};
 use super::mount::Mount;
-use super::tree::{DirNode, Entry, EntryKind, KeyBytes, Link, Meta, Timestamp};
+use super::tree::{derived_ino, DirNode, Entry, EntryKind, KeyBytes, Link, Meta, Timestamp};
 use super::BucketCore;
 use crate::store::{BlobStore, Hash};
 
@@ -163,6 +163,9 @@ impl Mount {
         };
         let local_node = DirNode::load(&core.store, &local_root)?;
         let remote_node = DirNode::load(&core.store, &remote_root)?;
+        // Both replicas must write the same merged tree, so every choice
+        // is made from the two sides alone (never "which side is local").
+        let root_key = min_key(&local_root.key, &remote_root.key);
         let mut merged = ctx.merge_dirs("", base_node.as_ref(), &local_node, &remote_node)?;
         merged.root_meta = merge_meta(
             base_node.as_ref().and_then(|b| b.root_meta.as_ref()),
@@ -171,25 +174,34 @@ impl Mount {
         );
         let mut report = ctx.report;
 
+        let root_hash = merged.store(&core.store, &root_key)?;
         let fast_forward = base_hash == Some(local_base) && !self.has_unsaved_changes();
-        if fast_forward {
+        // Two heads with the same tree (each side merged the other already):
+        // both replicas settle on the higher head instead of merging again,
+        // so concurrent merges converge instead of answering each other.
+        let same_tree = root_hash == local_root.hash && root_hash == remote_root.hash;
+        let remote_wins = (remote.body.height, *incoming) > (self.base().height, local_base);
+        if fast_forward || (same_tree && remote_wins && !self.has_unsaved_changes()) {
             self.reset_to(*incoming)?;
             core.write_head(incoming)?;
             report.fast_forward = true;
             report.version = Some(*incoming);
+        } else if same_tree && !self.has_unsaved_changes() {
+            report.version = Some(local_base);
         } else {
-            let root_hash = merged.store(&core.store, &local_root.key)?;
+            let cs = self.chunk_size();
             let (used, entries) = totals(
                 &core,
                 &Link {
                     hash: root_hash,
-                    key: local_root.key.clone(),
+                    key: root_key.clone(),
                 },
+                cs,
             )?;
             self.replace_tree(
                 Link {
                     hash: root_hash,
-                    key: local_root.key,
+                    key: root_key,
                 },
                 used,
                 entries,
@@ -210,8 +222,8 @@ impl Mount {
     }
 }
 
-/// Logical bytes and entry count of a whole tree.
-fn totals(core: &BucketCore, root: &Link) -> Result<(u64, u64)> {
+/// Allocated bytes and entry count of a whole tree.
+fn totals(core: &BucketCore, root: &Link, cs: u64) -> Result<(u64, u64)> {
     let mut used = 0;
     let mut entries = 0;
     let mut stack = vec![root.clone()];
@@ -219,13 +231,47 @@ fn totals(core: &BucketCore, root: &Link) -> Result<(u64, u64)> {
         for e in DirNode::load(&core.store, &link)?.entries {
             entries += 1;
             match e.kind {
-                EntryKind::File(f) => used += f.size,
+                EntryKind::File(f) => used += super::chunks::allocated(&f, cs),
                 EntryKind::Dir(l) => stack.push(l),
-                EntryKind::Symlink(_) => {}
+                EntryKind::Symlink(_) | EntryKind::Special { .. } | EntryKind::Shared => {}
             }
         }
     }
     Ok((used, entries))
+}
+
+/// One file id under two names of a merged directory (one side renamed the
+/// file, the other changed it under its old name, and both are kept): the
+/// name the file moved to keeps the id, the other is numbered apart, the
+/// same way on every replica.
+fn renumber_duplicates(path: &str, base: Option<&DirNode>, out: &mut BTreeMap<Vec<u8>, Entry>) {
+    let mut by_id: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
+    for (name, e) in out.iter() {
+        if !matches!(e.kind, EntryKind::Shared) {
+            by_id.entry(e.ino).or_default().push(name.clone());
+        }
+    }
+    for (id, mut names) in by_id {
+        if names.len() < 2 {
+            continue;
+        }
+        // Names the id already had in the base lose it first.
+        let at_base = |n: &Vec<u8>| base.and_then(|b| b.get(n)).is_some_and(|e| e.ino == id);
+        names.sort_by_key(|n| (at_base(n), n.clone()));
+        for name in &names[1..] {
+            let e = out.get_mut(name).expect("listed from the map");
+            e.ino = derived_ino(&[b"renamed apart", path.as_bytes(), name, &id.to_le_bytes()]);
+        }
+    }
+}
+
+/// The smaller of two keys: a choice both replicas make the same way.
+fn min_key(a: &KeyBytes, b: &KeyBytes) -> KeyBytes {
+    if a.0 <= b.0 {
+        a.clone()
+    } else {
+        b.clone()
+    }
 }
 
 fn digest(entry: &Entry) -> Hash {
@@ -257,7 +303,8 @@ pub fn conflict_name(name: &[u8], digest: &Hash) -> Vec<u8> {
     out
 }
 
-/// Three-way merge of metadata: an unchanged side takes the other; else the newer wins.
+/// Three-way merge of metadata: an unchanged side takes the other; else the
+/// newer wins (ties broken by the encoding, so both replicas agree).
 fn merge_meta(base: Option<&Meta>, local: Option<&Meta>, remote: Option<&Meta>) -> Option<Meta> {
     match (local, remote) {
         (Some(l), Some(r)) => {
@@ -265,10 +312,19 @@ fn merge_meta(base: Option<&Meta>, local: Option<&Meta>, remote: Option<&Meta>) 
                 Some(l.clone())
             } else if Some(l) == base {
                 Some(r.clone())
-            } else if (l.ctime, l.writer) >= (r.ctime, r.writer) {
-                Some(l.clone())
             } else {
-                Some(r.clone())
+                let order = |m: &Meta| {
+                    (
+                        m.ctime,
+                        m.writer,
+                        postcard::to_stdvec(m).unwrap_or_default(),
+                    )
+                };
+                if order(l) >= order(r) {
+                    Some(l.clone())
+                } else {
+                    Some(r.clone())
+                }
             }
         }
         (l, r) => l.or(r).cloned(),
@@ -336,16 +392,21 @@ impl MergeCtx<'_> {
             {
                 c.kept_as = Some(join(path, &copy));
             }
+            // The copy is a file of its own: a number both replicas derive alike.
+            let ino = derived_ino(&[b"conflict copy", path.as_bytes(), &copy, &digest(&entry).0]);
             out.insert(
                 copy.clone(),
                 Entry {
                     name: copy,
+                    ino,
                     ..entry
                 },
             );
         }
+        renumber_duplicates(path, base, &mut out);
         Ok(DirNode {
             root_meta: None,
+            links: None,
             entries: out.into_values().collect(),
         })
     }
@@ -464,10 +525,14 @@ impl MergeCtx<'_> {
         let ln = load(ll)?;
         let rn = load(rl)?;
         let merged = self.merge_dirs(path, base_node.as_ref(), &ln, &rn)?;
-        let key: KeyBytes = ll
-            .or(rl)
-            .map(|l| l.key.clone())
-            .expect("one side has the directory");
+        // Both sides' directory (or the one side's, if the other deleted it):
+        // the same id and key on both replicas.
+        let (ino, key) = match (ll, rl) {
+            (Some(l), Some(r)) => (le.ino.min(re.ino), min_key(&l.key, &r.key)),
+            (Some(l), None) => (le.ino, l.key.clone()),
+            (None, Some(r)) => (re.ino, r.key.clone()),
+            (None, None) => unreachable!("one side has the directory"),
+        };
         let hash = merged.store(self.store, &key)?;
         let meta = merge_meta(
             b.map(|e| &e.meta),
@@ -477,6 +542,7 @@ impl MergeCtx<'_> {
         .expect("one side present");
         Ok(Entry {
             name: le.name.clone(),
+            ino,
             meta,
             kind: EntryKind::Dir(Link { hash, key }),
         })

@@ -12,6 +12,7 @@
 //! buckets/<id>/key.wrapped     the bucket secret wrapped by the KEK
 //! ```
 
+mod chunk_map;
 mod chunks;
 mod codec;
 mod error;
@@ -35,7 +36,6 @@ pub use ops::{Op, OpRecord, OpsLog};
 pub use tree::Timestamp;
 
 use std::collections::{HashSet, VecDeque};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -95,6 +95,74 @@ impl BucketCore {
         self.dir.join("HEAD")
     }
 
+    /// The head: the version HEAD names, or, when HEAD is unreadable or
+    /// names a version that is missing or does not verify, the newest
+    /// version of this bucket in the store that does (HEAD is then repaired,
+    /// and the fallback logged).
+    pub fn head(&self) -> Result<Hash> {
+        let named = self
+            .read_head()
+            .and_then(|h| self.load_manifest(&h).map(|_| h));
+        // A HEAD that is lost, garbled or names a version that is not
+        // there is recovered; a version that is there but does not verify
+        // is an integrity error (never silently an older version).
+        let err = match named {
+            Ok(h) => return Ok(h),
+            Err(
+                e @ (BucketError::VersionNotFound(_)
+                | BucketError::Format {
+                    what: "HEAD file", ..
+                }),
+            ) => e,
+            Err(BucketError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                BucketError::Io {
+                    path: self.head_path(),
+                    source,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        tracing::error!(bucket = %self.id, error = %err, "HEAD is unusable; looking for the newest verifiable version");
+        let Some(h) = self.newest_verifiable()? else {
+            return Err(err);
+        };
+        tracing::warn!(bucket = %self.id, version = %h, "fell back to the newest verifiable version; HEAD repaired");
+        self.write_head(&h)?;
+        Ok(h)
+    }
+
+    /// The highest version of this bucket in the store whose manifest and
+    /// root directory verify (a scan of the store: recovery only).
+    fn newest_verifiable(&self) -> Result<Option<Hash>> {
+        let mut found = Vec::new();
+        for h in self.store.list()? {
+            if !self.store.starts_with(&h, manifest::MAGIC) {
+                continue;
+            }
+            if let Ok(m) = self.load_manifest(&h) {
+                found.push((m.body.height, h, m));
+            }
+        }
+        found.sort_by_key(|(height, hash, _)| std::cmp::Reverse((*height, *hash)));
+        for (_, h, m) in found {
+            let root = self.open_root_key(&m).and_then(|key| {
+                DirNode::load(
+                    &self.store,
+                    &Link {
+                        hash: m.body.root,
+                        key,
+                    },
+                )
+            });
+            if root.is_ok() {
+                return Ok(Some(h));
+            }
+        }
+        Ok(None)
+    }
+
     pub fn read_head(&self) -> Result<Hash> {
         let p = self.head_path();
         let text = std::fs::read_to_string(&p).map_err(BucketError::io(&p))?;
@@ -104,8 +172,11 @@ impl BucketCore {
         })
     }
 
-    /// Atomically point HEAD at `hash` (temp file, fsync, rename, fsync dir).
+    /// Atomically point HEAD at `hash` (temp file, fsync, rename, fsync
+    /// dir). Every blob stored before is made durable first, so HEAD never
+    /// names a version whose blobs a crash could take away.
     pub fn write_head(&self, hash: &Hash) -> Result<()> {
+        self.store.sync()?;
         write_atomic(&self.head_path(), hash.to_hex().as_bytes())
     }
 
@@ -165,19 +236,9 @@ impl BucketCore {
     }
 }
 
-/// Write a small file atomically and durably.
+/// Write a small file atomically and durably (see [`crate::durable`]).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(BucketError::io(&tmp))?;
-    f.write_all(bytes).map_err(BucketError::io(&tmp))?;
-    f.sync_all().map_err(BucketError::io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(BucketError::io(path))?;
-    let dir = path.parent().expect("file has a parent dir");
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(BucketError::io(dir))?;
-    Ok(())
+    crate::durable::write_atomic(path, bytes, 0o600).map_err(BucketError::io(path))
 }
 
 /// A node's state directory: its identity, its blob store and its buckets.
@@ -221,9 +282,11 @@ impl StateDir {
         &self.store
     }
 
-    /// True when this state dir holds a version of bucket `id`.
+    /// True when this state dir holds bucket `id` (its HEAD, or at least
+    /// its wrapped key: a lost HEAD is recovered from the store on open).
     pub fn has_bucket(&self, id: &BucketId) -> bool {
-        self.bucket_dir(id).join("HEAD").exists()
+        let dir = self.bucket_dir(id);
+        dir.join("HEAD").exists() || dir.join("key.wrapped").exists()
     }
 
     fn bucket_dir(&self, id: &BucketId) -> PathBuf {
@@ -266,9 +329,9 @@ impl StateDir {
         kek: &Kek,
         opts: &BucketOptions,
     ) -> Result<Bucket> {
-        if !(4096..=16 << 20).contains(&opts.chunk_size) {
+        if !manifest::valid_chunk_size(opts.chunk_size) {
             return Err(BucketError::InvalidArgument(format!(
-                "chunk size {} is outside 4 KiB..16 MiB",
+                "chunk size {} is not a power of two from 4 KiB to 16 MiB",
                 opts.chunk_size
             )));
         }
@@ -282,6 +345,7 @@ impl StateDir {
         );
         let root = DirNode {
             root_meta: Some(meta),
+            links: None,
             entries: Vec::new(),
         }
         .store(&self.store, &root_key)?;
@@ -333,7 +397,7 @@ impl StateDir {
         if dir.join("HEAD").exists() {
             return Err(BucketError::BucketExists(id.to_hex()));
         }
-        std::fs::create_dir_all(&dir).map_err(BucketError::io(&dir))?;
+        crate::durable::create_dir_all(&dir).map_err(BucketError::io(&dir))?;
         let wrapped = kek.wrap(&secret)?;
         write_atomic(&dir.join("key.wrapped"), &wrapped.0)?;
         Ok(BucketCore {
@@ -348,7 +412,7 @@ impl StateDir {
     /// Open a bucket, unwrapping its secret with `kek`.
     pub fn open_bucket(&self, id: &BucketId, kek: &Kek) -> Result<Bucket> {
         let dir = self.bucket_dir(id);
-        if !dir.join("HEAD").exists() {
+        if !self.has_bucket(id) {
             return Err(BucketError::BucketNotFound(id.to_hex()));
         }
         let p = dir.join("key.wrapped");
@@ -473,7 +537,7 @@ impl Bucket {
     }
 
     pub fn head(&self) -> Result<Hash> {
-        self.core.read_head()
+        self.core.head()
     }
 
     /// A read-write mount of the head.
@@ -565,7 +629,8 @@ impl Bucket {
                     match e.kind {
                         EntryKind::File(f) => {
                             let key = f.key.key();
-                            for c in f.chunks.iter().flatten() {
+                            for (_, c) in f.chunks.iter() {
+                                let c = &c;
                                 if !seen.insert(*c) {
                                     continue;
                                 }
@@ -577,7 +642,7 @@ impl Bucket {
                             }
                         }
                         EntryKind::Dir(l) => stack.push(l),
-                        EntryKind::Symlink(_) => {}
+                        EntryKind::Symlink(_) | EntryKind::Special { .. } | EntryKind::Shared => {}
                     }
                 }
             }

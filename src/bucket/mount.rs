@@ -7,7 +7,8 @@
 //! re-seals only dirty directories bottom-up and writes a new signed manifest.
 //!
 //! The API is inode-based (what FUSE needs); `bucket::path` adds path helpers.
-//! Inode numbers are stable for the life of the mount, not across reloads.
+//! Inode numbers are the entries' ids stored in the tree: the same for a file
+//! across versions, replicas, merges and restarts (root = 1).
 //! Reads do not update atime (as with `noatime`), so reading never dirties
 //! the tree.
 
@@ -20,7 +21,7 @@ use super::error::{BucketError, Result};
 use super::manifest::{Manifest, ManifestBody};
 use super::names::validate_name;
 use super::ops::{Op, OpsLog};
-use super::tree::{DirNode, Entry, EntryKind, KeyBytes, Link, Meta, Timestamp};
+use super::tree::{fresh_ino, DirNode, Entry, EntryKind, KeyBytes, Link, Meta, Timestamp};
 use super::BucketCore;
 use crate::crypto::{KeyShare, NodeId};
 use crate::store::Hash;
@@ -149,7 +150,8 @@ pub struct Mount {
     base_hash: Hash,
     read_only: bool,
     inodes: HashMap<Ino, Inode>,
-    next_ino: Ino,
+    /// Bytes allocated by the tree's files (chunks that are not holes):
+    /// what the quota counts, as a block file system's `df` does.
     used_bytes: u64,
     entries: u64,
     quota: Option<u64>,
@@ -200,7 +202,6 @@ impl Mount {
             base_hash: hash,
             read_only,
             inodes: HashMap::new(),
-            next_ino: ROOT_INO + 1,
             ops: OpsLog::default(),
             changed: false,
             pins: HashMap::new(),
@@ -218,17 +219,22 @@ impl Mount {
             what: "root directory node",
             reason: "missing root metadata".into(),
         })?;
-        // Orphans are outside every tree: they outlive the old one.
-        let orphans: Vec<(Ino, Inode)> = self
-            .orphans
+        let mut old = std::mem::take(&mut self.inodes);
+        // Directories the kernel may have looked into: loaded again below,
+        // so the numbers it holds under them keep answering.
+        let loaded_before: HashSet<Ino> = old
             .iter()
-            .filter_map(|i| self.inodes.remove(i).map(|n| (*i, n)))
+            .filter(|(_, n)| matches!(&n.body, Body::Dir(d) if d.children.is_some()))
+            .map(|(i, _)| *i)
             .collect();
-        self.inodes.clear();
-        self.inodes.extend(orphans);
-        // Inode numbers are never reused while the Mount lives, so a kernel
-        // still holding an old number gets ENOENT, never another file's bytes.
-        self.next_ino = self.next_ino.max(ROOT_INO + 1);
+        // Orphans are outside every tree: they outlive the old one (and keep
+        // their numbers: an entry of the new tree with the same id is given
+        // another, see `fill_children`).
+        self.inodes.extend(
+            self.orphans
+                .iter()
+                .filter_map(|i| old.remove(i).map(|n| (*i, n))),
+        );
         self.inodes.insert(
             ROOT_INO,
             Inode {
@@ -244,7 +250,34 @@ impl Mount {
                 dirty: false,
             },
         );
-        self.fill_children(ROOT_INO, node);
+        if let Err(e) = self.fill_children(ROOT_INO, node) {
+            // Keep the old tree whole rather than half of the new one.
+            self.inodes.remove(&ROOT_INO);
+            old.extend(self.inodes.drain());
+            self.inodes = old;
+            return Err(e);
+        }
+        let mut queue = vec![ROOT_INO];
+        while let Some(dir) = queue.pop() {
+            let subdirs: Vec<Ino> = match &self.inodes[&dir].body {
+                Body::Dir(DirData {
+                    children: Some(c), ..
+                }) => c
+                    .values()
+                    .filter(|i| loaded_before.contains(i))
+                    .copied()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for d in subdirs {
+                match self.children(d) {
+                    Ok(_) => queue.push(d),
+                    Err(e) => {
+                        tracing::warn!(bucket = %self.core.id, dir = d, error = %e, "could not load a directory of the new tree")
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -301,11 +334,12 @@ impl Mount {
 
     pub fn getattr(&mut self, ino: Ino) -> Result<Attr> {
         let inode = self.inode(ino)?;
+        let cs = self.io.chunk_size;
         // A file or symlink has its one name, or none once it is an orphan.
         let links = u32::from(!self.orphans.contains(&ino));
-        let (size, nlink) = match &inode.body {
-            Body::File(f) => (f.size, links),
-            Body::Symlink(t) => (t.len() as u64, links),
+        let (size, nlink, bytes) = match &inode.body {
+            Body::File(f) => (f.size, links, f.allocated(cs)),
+            Body::Symlink(t) => (t.len() as u64, links, 0),
             Body::Dir(d) => {
                 debug_assert_eq!(
                     d.subdirs as usize,
@@ -318,14 +352,14 @@ impl Mount {
                         .count()),
                     "subdirectory count of inode {ino}"
                 );
-                (4096, 2 + d.subdirs)
+                (4096, 2 + d.subdirs, 4096)
             }
         };
         Ok(Attr {
             ino,
             kind: inode.kind(),
             size,
-            blocks: size.div_ceil(512),
+            blocks: bytes.div_ceil(512),
             mode: inode.meta.mode,
             nlink,
             uid: inode.meta.uid,
@@ -603,7 +637,15 @@ impl Mount {
                     return Err(BucketError::InvalidArgument("truncate of a symlink".into()))
                 }
             };
-            self.reserve(current, size)?;
+            if size > super::chunks::MAX_FILE_SIZE {
+                return Err(BucketError::FileTooLarge);
+            }
+            let cs = self.io.chunk_size;
+            let (before, after) = match &self.inode(ino)?.body {
+                Body::File(f) => (f.allocated(cs), f.allocated_after_truncate(cs, size)),
+                _ => unreachable!("checked to be a file"),
+            };
+            self.reserve(before, after)?;
             let io = &self.io;
             let inode = self.inodes.get_mut(&ino).expect("checked above");
             if let Body::File(f) = &mut inode.body {
@@ -612,7 +654,7 @@ impl Mount {
             if size != current {
                 inode.meta.mtime = Timestamp::now();
             }
-            self.account(ino, current, size);
+            self.account(ino, before, after);
             self.log_for(ino, |path| Op::Truncate { path, size });
         }
         let writer = self.writer();
@@ -649,35 +691,44 @@ impl Mount {
     /// Write `data` at `offset`; returns the number of bytes written (all of them).
     pub fn write(&mut self, ino: Ino, offset: u64, data: &[u8]) -> Result<u32> {
         self.check_writable()?;
-        let current = match &self.inode(ino)?.body {
-            Body::File(f) => f.size,
+        let cs = self.io.chunk_size;
+        let len = data.len() as u64;
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > super::chunks::MAX_FILE_SIZE)
+        {
+            return Err(BucketError::FileTooLarge);
+        }
+        let (before, after) = match &self.inode(ino)?.body {
+            Body::File(f) => (f.allocated(cs), f.allocated_after_write(cs, offset, len)),
             Body::Dir(_) => return Err(BucketError::IsADirectory),
             Body::Symlink(_) => {
                 return Err(BucketError::InvalidArgument("write to a symlink".into()))
             }
         };
-        let end = offset
-            .checked_add(data.len() as u64)
-            .ok_or_else(|| BucketError::InvalidArgument("offset + length overflows".into()))?;
-        let new_size = current.max(end);
-        self.reserve(current, new_size)?;
+        self.reserve(before, after)?;
         let writer = self.writer();
         let io = &self.io;
         let inode = self.inodes.get_mut(&ino).expect("checked above");
-        if let Body::File(f) = &mut inode.body {
-            f.write(io, offset, data)?;
-            if f.dirty_bytes() > DIRTY_FILE_LIMIT {
-                f.flush(io, true)?;
-            }
-        }
+        let Body::File(f) = &mut inode.body else {
+            unreachable!("checked to be a file")
+        };
+        let written = f.write(io, offset, data);
+        // Whatever reached the buffers counts, even if the write stopped.
+        let now_allocated = f.allocated(cs);
+        let flushed = match written {
+            Ok(()) if f.dirty_bytes() > DIRTY_FILE_LIMIT => f.flush(io, true),
+            other => other,
+        };
         let now = Timestamp::now();
         inode.meta.mtime = now;
         inode.meta.ctime = now;
         inode.meta.writer = writer;
-        self.account(ino, current, new_size);
+        self.account(ino, before, now_allocated);
         self.entry_changed(ino);
-        let len = data.len() as u64;
         self.log_for(ino, |path| Op::Write { path, offset, len });
+        flushed?;
+        debug_assert_eq!(now_allocated, after, "allocation estimate of a write");
         Ok(data.len() as u32)
     }
 
@@ -867,29 +918,23 @@ impl Mount {
     }
 
     /// Reload from another version of the same bucket, dropping local state.
+    /// The tree's inode ids are stable, so the kernel's references (and
+    /// open files) carry over: a file still in the new tree keeps its number
+    /// and shows the new content; orphans stay as they are.
     pub(crate) fn reset_to(&mut self, hash: Hash) -> Result<()> {
-        let mut fresh = Mount::open(self.core.clone(), hash, self.read_only)?;
-        // Renumber the fresh tree past every number handed out before (the
-        // kernel may still hold them, and orphans keep theirs).
-        fresh.next_ino = fresh.next_ino.max(self.next_ino);
+        let manifest = self.core.load_manifest(&hash)?;
         let root = Link {
-            hash: fresh.base.body.root,
-            key: match &fresh.inodes[&ROOT_INO].body {
-                Body::Dir(d) => d.key.clone(),
-                _ => unreachable!("root is a directory"),
-            },
+            hash: manifest.body.root,
+            key: self.core.open_root_key(&manifest)?,
         };
-        fresh.install_root(root)?;
-        // Open files and the kernel's references carry over.
-        for i in &self.orphans {
-            if let Some(n) = self.inodes.remove(i) {
-                fresh.inodes.insert(*i, n);
-            }
-        }
-        fresh.orphans = std::mem::take(&mut self.orphans);
-        fresh.orphan_bytes = self.orphan_bytes;
-        fresh.pins = std::mem::take(&mut self.pins);
-        *self = fresh;
+        self.install_root(root)?;
+        self.used_bytes = manifest.body.used_bytes;
+        self.entries = manifest.body.entries;
+        self.quota = manifest.body.quota;
+        self.shares = manifest.body.shares.clone();
+        self.base = manifest;
+        self.base_hash = hash;
+        self.changed = false;
         Ok(())
     }
 
@@ -911,13 +956,15 @@ impl Mount {
         }
     }
 
-    /// A file of the tree changed size (orphans no longer count).
-    fn account(&mut self, ino: Ino, old_size: u64, new_size: u64) {
-        if self.orphans.contains(&ino) {
-            self.orphan_bytes = self.orphan_bytes.saturating_sub(old_size) + new_size;
+    /// A file's allocation changed from `before` to `after` bytes (orphans
+    /// are counted apart from the tree).
+    fn account(&mut self, ino: Ino, before: u64, after: u64) {
+        let total = if self.orphans.contains(&ino) {
+            &mut self.orphan_bytes
         } else {
-            self.used_bytes = self.used_bytes - old_size + new_size;
-        }
+            &mut self.used_bytes
+        };
+        *total = total.saturating_sub(before) + after;
     }
 
     /// The user of the mount holds one more reference to `ino` (the kernel
@@ -941,7 +988,8 @@ impl Mount {
                     ..
                 }) = self.inodes.remove(&ino)
                 {
-                    self.orphan_bytes = self.orphan_bytes.saturating_sub(f.size);
+                    let bytes = f.allocated(self.io.chunk_size);
+                    self.orphan_bytes = self.orphan_bytes.saturating_sub(bytes);
                 }
             }
         }
@@ -961,13 +1009,13 @@ impl Mount {
         }
     }
 
-    /// Check the quota for a file growing from `current` to `new_size` bytes.
-    fn reserve(&self, current: u64, new_size: u64) -> Result<()> {
-        if new_size <= current {
+    /// Check the quota for a file whose allocation grows from `before` to `after` bytes.
+    fn reserve(&self, before: u64, after: u64) -> Result<()> {
+        if after <= before {
             return Ok(());
         }
         // Growth against everything held, orphans included.
-        let needed = self.used_bytes + self.orphan_bytes + (new_size - current);
+        let needed = self.used_bytes + self.orphan_bytes + (after - before);
         match self.quota {
             Some(quota) if needed > quota => Err(BucketError::QuotaExceeded { quota, needed }),
             _ => Ok(()),
@@ -996,7 +1044,7 @@ impl Mount {
         };
         if let Some(link) = link {
             let node = DirNode::load(&self.core.store, &link)?;
-            self.fill_children(ino, node);
+            self.fill_children(ino, node)?;
         }
         match &self.inodes[&ino].body {
             Body::Dir(d) => Ok(d.children.as_ref().expect("loaded above")),
@@ -1005,18 +1053,21 @@ impl Mount {
     }
 
     /// Create inodes for the entries of a freshly loaded directory node.
-    fn fill_children(&mut self, ino: Ino, node: DirNode) {
+    /// Each gets its stored id as its number; an id already taken here (an
+    /// orphan's, or a duplicate a merge of two moves of one file left) gets
+    /// a number derived from where the entry is instead.
+    fn fill_children(&mut self, ino: Ino, node: DirNode) -> Result<()> {
         let mut children = BTreeMap::new();
         let subdirs = node
             .entries
             .iter()
             .filter(|e| matches!(e.kind, EntryKind::Dir(_)))
             .count() as u32;
+        let cs = self.io.chunk_size;
+        let mut bodies = Vec::with_capacity(node.entries.len());
         for entry in node.entries {
-            let child = self.next_ino;
-            self.next_ino += 1;
             let body = match entry.kind {
-                EntryKind::File(f) => Body::File(FileData::from_node(&f)),
+                EntryKind::File(f) => Body::File(FileData::from_node(&f, cs)?),
                 EntryKind::Dir(link) => Body::Dir(DirData {
                     key: link.key,
                     stored: Some(link.hash),
@@ -1024,14 +1075,36 @@ impl Mount {
                     subdirs: 0,
                 }),
                 EntryKind::Symlink(t) => Body::Symlink(t),
+                EntryKind::Special { .. } | EntryKind::Shared => {
+                    return Err(BucketError::Format {
+                        what: "directory node",
+                        reason: "special files and hard links need a newer jax-csi".into(),
+                    })
+                }
             };
-            children.insert(entry.name.clone(), child);
+            bodies.push((entry.name, entry.ino, entry.meta, body));
+        }
+        for (name, id, meta, body) in bodies {
+            let mut child = id;
+            if self.inodes.contains_key(&child) {
+                child = super::tree::derived_ino(&[
+                    b"dup",
+                    &ino.to_le_bytes(),
+                    &name,
+                    &id.to_le_bytes(),
+                ]);
+                while self.inodes.contains_key(&child) {
+                    child = fresh_ino()?;
+                }
+                tracing::debug!(bucket = %self.core.id, id, child, "inode id taken here; numbering the entry apart");
+            }
+            children.insert(name.clone(), child);
             self.inodes.insert(
                 child,
                 Inode {
                     parent: ino,
-                    name: entry.name,
-                    meta: entry.meta,
+                    name,
+                    meta,
                     body,
                     dirty: false,
                 },
@@ -1044,6 +1117,7 @@ impl Mount {
             d.children = Some(children);
             d.subdirs = subdirs;
         }
+        Ok(())
     }
 
     fn child(&mut self, parent: Ino, name: &[u8]) -> Result<Option<Ino>> {
@@ -1056,8 +1130,10 @@ impl Mount {
         if self.child(parent, name)?.is_some() {
             return Err(BucketError::Exists);
         }
-        let ino = self.next_ino;
-        self.next_ino += 1;
+        let mut ino = fresh_ino()?;
+        while self.inodes.contains_key(&ino) {
+            ino = fresh_ino()?;
+        }
         self.inodes.insert(
             ino,
             Inode {
@@ -1148,8 +1224,9 @@ impl Mount {
             if keep {
                 self.entries = self.entries.saturating_sub(1);
                 if let Some(Body::File(f)) = self.inodes.get(&i).map(|n| &n.body) {
-                    self.used_bytes = self.used_bytes.saturating_sub(f.size);
-                    self.orphan_bytes += f.size;
+                    let bytes = f.allocated(self.io.chunk_size);
+                    self.used_bytes = self.used_bytes.saturating_sub(bytes);
+                    self.orphan_bytes += bytes;
                 }
                 self.orphans.insert(i);
                 continue;
@@ -1157,7 +1234,10 @@ impl Mount {
             if let Some(n) = self.inodes.remove(&i) {
                 self.entries = self.entries.saturating_sub(1);
                 match n.body {
-                    Body::File(f) => self.used_bytes = self.used_bytes.saturating_sub(f.size),
+                    Body::File(f) => {
+                        let bytes = f.allocated(self.io.chunk_size);
+                        self.used_bytes = self.used_bytes.saturating_sub(bytes)
+                    }
                     Body::Dir(DirData {
                         children: Some(c), ..
                     }) => stack.extend(c.values()),
@@ -1250,6 +1330,7 @@ impl Mount {
             };
             entries.push(Entry {
                 name,
+                ino: child,
                 meta: self.inodes[&child].meta.clone(),
                 kind,
             });
@@ -1257,6 +1338,7 @@ impl Mount {
         let inode = &self.inodes[&ino];
         let node = DirNode {
             root_meta: (ino == ROOT_INO).then(|| inode.meta.clone()),
+            links: None,
             entries,
         };
         let key = match &inode.body {
@@ -1274,10 +1356,113 @@ impl Mount {
 }
 
 #[cfg(test)]
-mod orphan_tests {
+mod tests {
     use super::*;
     use crate::bucket::{BucketId, BucketOptions, StateDir};
     use crate::crypto::Kek;
+
+    fn bucket(dir: &std::path::Path, chunk_size: u32) -> crate::bucket::Bucket {
+        let state = StateDir::open(dir).unwrap();
+        let opts = BucketOptions {
+            chunk_size,
+            ..Default::default()
+        };
+        state
+            .create_bucket(
+                BucketId::generate().unwrap(),
+                &Kek::generate().unwrap(),
+                &opts,
+            )
+            .unwrap()
+    }
+
+    /// Inode numbers are the tree's ids: the same after a reopen, and
+    /// after the tree is replaced by a later version (as a sync does), so
+    /// an open file follows its new content.
+    #[test]
+    fn inode_numbers_are_stable_across_versions_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = bucket(dir.path(), 4096);
+        let mut m = b.mount().unwrap();
+        let d = m.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+        let f = m.create(d, b"f", 0o644, 0, 0).unwrap().ino;
+        m.write(f, 0, b"old").unwrap();
+        let v1 = m.save().unwrap();
+        let mut other = b.mount().unwrap();
+        let f2 = crate::bucket::path::resolve(&mut other, "/d/f").unwrap();
+        assert_eq!(f2, f, "a second mount of the version numbers it alike");
+        other.write(f2, 0, b"new!").unwrap();
+        let v2 = other.save().unwrap();
+        assert_ne!(v1.hash, v2.hash);
+        m.pin(f);
+        m.reset_to(v2.hash).unwrap();
+        assert_eq!(m.read(f, 0, 100).unwrap(), b"new!");
+        assert_eq!(m.lookup(d, b"f").unwrap().ino, f);
+    }
+
+    /// Holes allocate nothing: st_blocks and the usage count chunks that
+    /// hold data, so a sparse file may be longer than the quota.
+    #[test]
+    fn blocks_count_allocated_chunks_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = bucket(dir.path(), 4096);
+        let mut m = b.mount().unwrap();
+        m.set_quota(Some(1 << 20)).unwrap();
+        let f = m.create(ROOT_INO, b"sparse", 0o644, 0, 0).unwrap().ino;
+        let huge = SetAttr {
+            size: Some(1 << 40),
+            ..Default::default()
+        };
+        m.setattr(f, huge).unwrap();
+        assert_eq!(m.getattr(f).unwrap().blocks, 0);
+        m.write(f, 1 << 39, &[7; 100]).unwrap();
+        let a = m.getattr(f).unwrap();
+        assert_eq!((a.size, a.blocks), (1 << 40, 8), "one 4 KiB chunk");
+        assert_eq!(m.usage().used_bytes, 4096);
+        let saved = m.save().unwrap();
+        let mut again = b.open_version(&saved.hash).unwrap();
+        let f = crate::bucket::path::resolve(&mut again, "/sparse").unwrap();
+        assert_eq!(again.getattr(f).unwrap().blocks, 8);
+        assert_eq!(again.read(f, (1 << 39) - 2, 4).unwrap(), [0, 0, 7, 7]);
+        assert_eq!(again.usage().used_bytes, 4096);
+    }
+
+    /// A stored file node whose chunk list does not fit its size is an
+    /// integrity error when the directory is read, never an index panic.
+    #[test]
+    fn a_file_node_longer_than_its_size_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = bucket(dir.path(), 4096);
+        let mut m = b.mount().unwrap();
+        let key = KeyBytes::generate().unwrap();
+        let bogus = Entry {
+            name: b"bad".to_vec(),
+            ino: 99,
+            meta: Meta::new(0o644, 0, 0, [0; 8]),
+            kind: EntryKind::File(super::super::tree::FileNode {
+                size: 10,
+                key: KeyBytes::generate().unwrap(),
+                chunks: super::super::chunk_map::ChunkMap::from_dense(vec![
+                    Some(Hash::of(b"x"));
+                    5
+                ]),
+            }),
+        };
+        let node = DirNode {
+            root_meta: None,
+            links: None,
+            entries: vec![bogus],
+        };
+        let hash = node.store(&m.core.store, &key).unwrap();
+        let d = m.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+        if let Body::Dir(dd) = &mut m.inodes.get_mut(&d).unwrap().body {
+            dd.children = None;
+            dd.stored = Some(hash);
+            dd.key = key;
+        }
+        let err = m.readdir(d).unwrap_err();
+        assert!(err.is_integrity(), "{err}");
+    }
 
     /// An unlinked file that is still referenced keeps its bytes and its
     /// inode number, counts on the quota, survives the tree being replaced

@@ -1,7 +1,9 @@
 //! The ops log: what a live mount changed since it last synced with its peers.
 //!
-//! The log decides whether an incoming head can simply replace the local tree
-//! (log empty) or must be merged with it, and it is what a merge reports.
+//! The log is what a merge reports and what operators see of pending local
+//! work; it is cleared when the head is known to the peers (a merge, or an
+//! announcement they acknowledged) and bounded meanwhile: past
+//! [`MAX_RECORDS`] the oldest records are dropped and only counted.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,10 +31,15 @@ pub struct OpRecord {
     pub op: Op,
 }
 
+/// Most records the log keeps.
+pub const MAX_RECORDS: usize = 10_000;
+
 /// Local edits since the last synced head.
 #[derive(Clone, Debug, Default)]
 pub struct OpsLog {
-    records: Vec<OpRecord>,
+    records: std::collections::VecDeque<OpRecord>,
+    /// Records dropped to stay within [`MAX_RECORDS`] since the last clear.
+    dropped: u64,
 }
 
 impl OpsLog {
@@ -49,7 +56,7 @@ impl OpsLog {
                 offset: o2,
                 len: l2,
             },
-        ) = (self.records.last_mut(), &op)
+        ) = (self.records.back_mut(), &op)
         {
             if path == p2 && *offset + *len == *o2 {
                 *len += l2;
@@ -57,25 +64,62 @@ impl OpsLog {
                 return;
             }
         }
-        self.records.push(OpRecord {
+        if self.records.len() >= MAX_RECORDS {
+            self.records.pop_front();
+            self.dropped += 1;
+        }
+        self.records.push_back(OpRecord {
             at: Timestamp::now(),
             op,
         });
     }
 
+    /// True when nothing was logged since the last clear.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.records.is_empty() && self.dropped == 0
     }
 
+    /// Records kept (at most [`MAX_RECORDS`]).
     pub fn len(&self) -> usize {
         self.records.len()
     }
 
-    pub fn records(&self) -> &[OpRecord] {
-        &self.records
+    /// Records dropped to stay within the bound since the last clear.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &OpRecord> {
+        self.records.iter()
     }
 
     pub fn clear(&mut self) {
         self.records.clear();
+        self.dropped = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_stays_bounded_and_counts_what_it_drops() {
+        let mut log = OpsLog::default();
+        for i in 0..MAX_RECORDS + 500 {
+            log.push(Op::Create {
+                path: format!("/f{i}"),
+            });
+        }
+        assert_eq!(log.len(), MAX_RECORDS);
+        assert_eq!(log.dropped(), 500);
+        assert_eq!(
+            log.records().next().map(|r| &r.op),
+            Some(&Op::Create {
+                path: "/f500".into()
+            })
+        );
+        log.clear();
+        assert!(log.is_empty());
     }
 }

@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use super::chunk_map::ChunkMap;
 use super::codec;
 use super::error::{BucketError, Result};
 use super::names::validate_name;
@@ -126,12 +127,23 @@ pub struct Link {
     pub key: KeyBytes,
 }
 
-/// A file's content: size, key and chunk addresses (`None` is a hole of zeros).
+/// A file's content: size, key and the addresses of its chunks that hold
+/// data (the others are holes of zeros).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileNode {
     pub size: u64,
     pub key: KeyBytes,
-    pub chunks: Vec<Option<Hash>>,
+    pub chunks: ChunkMap,
+}
+
+/// The kinds of special file a bucket records (as metadata only: their
+/// data, if any, never passes through the bucket).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SpecialKind {
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +151,14 @@ pub enum EntryKind {
     File(FileNode),
     Dir(Link),
     Symlink(Vec<u8>),
+    /// A FIFO, socket or device node; `rdev` is the device number.
+    Special {
+        kind: SpecialKind,
+        rdev: u64,
+    },
+    /// One name of a file with several names (hard links): its content and
+    /// metadata live in the bucket's link table under the entry's `ino`.
+    Shared,
 }
 
 impl EntryKind {
@@ -150,15 +170,54 @@ impl EntryKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub name: Vec<u8>,
+    /// The entry's inode id: stable across versions, replicas and restarts
+    /// (what FUSE hands the kernel), unique in a tree but for the names of
+    /// one [`EntryKind::Shared`] file. The root is 1.
+    pub ino: u64,
     pub meta: Meta,
     pub kind: EntryKind,
 }
 
+/// The inode id of the root directory.
+pub const ROOT_ID: u64 = 1;
+
+/// A fresh random inode id for a new entry: ids are chosen by whichever
+/// replica creates the entry, with no coordination, so they are random
+/// 63-bit numbers (never 0 or the root's 1).
+pub fn fresh_ino() -> Result<u64> {
+    loop {
+        let mut b = [0u8; 8];
+        crate::crypto::random_bytes(&mut b)?;
+        let id = u64::from_le_bytes(b) >> 1;
+        if id > ROOT_ID {
+            return Ok(id);
+        }
+    }
+}
+
+/// A deterministic inode id derived from `parts` (for entries written before
+/// ids existed, and for copies a merge makes): every replica derives the same.
+pub fn derived_ino(parts: &[&[u8]]) -> u64 {
+    let mut h = blake3::Hasher::new_derive_key("jax-csi derived inode id v1");
+    for p in parts {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let b: [u8; 8] = h.finalize().as_bytes()[..8]
+        .try_into()
+        .expect("8 of 32 bytes");
+    (u64::from_le_bytes(b) >> 1).max(ROOT_ID + 1)
+}
+
 /// One directory's contents. Only the root node carries its own metadata
-/// (every other directory's metadata lives in its parent's entry).
+/// (every other directory's metadata lives in its parent's entry) and the
+/// bucket's link table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct DirNode {
     pub root_meta: Option<Meta>,
+    /// The sealed table of files with several names (root only; `None`
+    /// when no file has two names). Reserved: hard links are not written yet.
+    pub links: Option<Link>,
     pub entries: Vec<Entry>,
 }
 
@@ -172,39 +231,209 @@ impl DirNode {
 
     /// Seal and store this node under `key`; returns its address.
     pub fn store(&self, store: &BlobStore, key: &KeyBytes) -> Result<Hash> {
-        let plain = codec::encode(codec::Tag::Dir, self)?;
+        let plain = codec::encode(codec::DIR_VERSION, codec::Tag::Dir, self)?;
         let sealed = key.key().seal(&plain)?;
         Ok(store.put(&sealed)?)
     }
 
-    /// Load, verify and decrypt the node at `link`.
+    /// Load, verify and decrypt the node at `link` (either format version).
     pub fn load(store: &BlobStore, link: &Link) -> Result<Self> {
         let sealed = store.get(&link.hash)?;
         let plain = link.key.key().open(&sealed).map_err(|_| {
             tracing::error!(blob = %link.hash, "directory node failed authenticated decryption");
             BucketError::Integrity(format!("directory node {} does not decrypt", link.hash))
         })?;
-        let node: DirNode = codec::decode(codec::Tag::Dir, &plain, "directory node")?;
+        let what = "directory node";
+        let node = match codec::version_of(&[1, codec::DIR_VERSION], codec::Tag::Dir, &plain, what)?
+        {
+            (1, body) => legacy::upgrade(&link.hash, codec::decode_body(body, what)?),
+            (_, body) => codec::decode_body(body, what)?,
+        };
         node.check()?;
         Ok(node)
     }
 
-    /// Entries must be valid names in strictly ascending order.
+    /// Entries must be valid names in strictly ascending order, each with
+    /// an inode id of its own (the names of a shared file excepted).
     fn check(&self) -> Result<()> {
+        let bad = |reason: String| BucketError::Format {
+            what: "directory node",
+            reason,
+        };
         for w in self.entries.windows(2) {
             if w[0].name >= w[1].name {
-                return Err(BucketError::Format {
-                    what: "directory node",
-                    reason: "entries not sorted or duplicated".into(),
-                });
+                return Err(bad("entries not sorted or duplicated".into()));
             }
         }
+        let mut ids = std::collections::HashSet::new();
         for e in &self.entries {
-            validate_name(&e.name).map_err(|err| BucketError::Format {
-                what: "directory node",
-                reason: format!("bad entry name: {err}"),
-            })?;
+            validate_name(&e.name).map_err(|err| bad(format!("bad entry name: {err}")))?;
+            if matches!(&e.kind, EntryKind::File(f) if !f.chunks.is_canonical()) {
+                return Err(bad("a file's chunk runs are not canonical".into()));
+            }
+            if e.ino <= ROOT_ID {
+                return Err(bad(format!("entry has the reserved inode id {}", e.ino)));
+            }
+            if !matches!(e.kind, EntryKind::Shared) && !ids.insert(e.ino) {
+                return Err(bad(format!("inode id {} is used twice", e.ino)));
+            }
+        }
+        if self.root_meta.is_none() && self.links.is_some() {
+            return Err(bad("a link table outside the root".into()));
         }
         Ok(())
+    }
+}
+
+/// Directory nodes as the first format wrote them (no inode ids), read and
+/// given ids derived from the node's address and the entry's name, so the
+/// same old tree always gets the same ids.
+mod legacy {
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    pub struct DirNodeV1 {
+        root_meta: Option<Meta>,
+        entries: Vec<EntryV1>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct EntryV1 {
+        name: Vec<u8>,
+        meta: Meta,
+        kind: KindV1,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct FileNodeV1 {
+        size: u64,
+        key: KeyBytes,
+        chunks: Vec<Option<Hash>>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    enum KindV1 {
+        File(FileNodeV1),
+        Dir(Link),
+        Symlink(Vec<u8>),
+    }
+
+    pub fn upgrade(address: &Hash, old: DirNodeV1) -> DirNode {
+        DirNode {
+            root_meta: old.root_meta,
+            links: None,
+            entries: old
+                .entries
+                .into_iter()
+                .map(|e| Entry {
+                    ino: derived_ino(&[b"v1", &address.0, &e.name]),
+                    name: e.name,
+                    meta: e.meta,
+                    kind: match e.kind {
+                        KindV1::File(f) => EntryKind::File(FileNode {
+                            size: f.size,
+                            key: f.key,
+                            chunks: ChunkMap::from_dense(f.chunks),
+                        }),
+                        KindV1::Dir(l) => EntryKind::Dir(l),
+                        KindV1::Symlink(t) => EntryKind::Symlink(t),
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn encode_v1(node: &DirNode) -> Vec<u8> {
+        let v1 = DirNodeV1 {
+            root_meta: node.root_meta.clone(),
+            entries: node
+                .entries
+                .iter()
+                .map(|e| EntryV1 {
+                    name: e.name.clone(),
+                    meta: e.meta.clone(),
+                    kind: match &e.kind {
+                        EntryKind::File(f) => KindV1::File(FileNodeV1 {
+                            size: f.size,
+                            key: f.key.clone(),
+                            chunks: {
+                                let mut dense = vec![None; f.chunks.end() as usize];
+                                for (i, h) in f.chunks.iter() {
+                                    dense[i as usize] = Some(h);
+                                }
+                                dense
+                            },
+                        }),
+                        EntryKind::Dir(l) => KindV1::Dir(l.clone()),
+                        EntryKind::Symlink(t) => KindV1::Symlink(t.clone()),
+                        _ => unreachable!("v1 had files, directories and symlinks only"),
+                    },
+                })
+                .collect(),
+        };
+        codec::encode(1, codec::Tag::Dir, &v1).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &[u8], ino: u64) -> Entry {
+        Entry {
+            name: name.to_vec(),
+            ino,
+            meta: Meta::new(0o644, 0, 0, [0; 8]),
+            kind: EntryKind::Symlink(b"t".to_vec()),
+        }
+    }
+
+    /// Nodes written before inode ids existed still open, and every load
+    /// gives their entries the same ids.
+    #[test]
+    fn version_one_nodes_open_with_stable_derived_ids() {
+        let d = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(d.path()).unwrap();
+        let key = KeyBytes::generate().unwrap();
+        let node = DirNode {
+            root_meta: Some(Meta::new(0o755, 0, 0, [0; 8])),
+            links: None,
+            entries: vec![entry(b"a", 0), entry(b"b", 0)],
+        };
+        let sealed = key.key().seal(&legacy::encode_v1(&node)).unwrap();
+        let hash = store.put(&sealed).unwrap();
+        let link = Link { hash, key };
+        let one = DirNode::load(&store, &link).unwrap();
+        let two = DirNode::load(&store, &link).unwrap();
+        assert_eq!(one, two);
+        assert_eq!(one.entries.len(), 2);
+        assert_ne!(one.entries[0].ino, one.entries[1].ino);
+        assert!(one.entries.iter().all(|e| e.ino > ROOT_ID));
+    }
+
+    #[test]
+    fn duplicate_or_reserved_ids_are_format_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(d.path()).unwrap();
+        let key = KeyBytes::generate().unwrap();
+        for entries in [
+            vec![entry(b"a", 7), entry(b"b", 7)],
+            vec![entry(b"a", 1)],
+            vec![entry(b"a", 0)],
+        ] {
+            let node = DirNode {
+                root_meta: None,
+                links: None,
+                entries,
+            };
+            let hash = node.store(&store, &key).unwrap();
+            let link = Link {
+                hash,
+                key: key.clone(),
+            };
+            let err = DirNode::load(&store, &link).unwrap_err();
+            assert!(matches!(err, BucketError::Format { .. }), "{err}");
+        }
     }
 }

@@ -1,8 +1,6 @@
 //! A node's Ed25519 identity. It signs manifests; its X25519 form opens key
 //! shares addressed to the node.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -101,18 +99,8 @@ impl Identity {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let id = Self::generate()?;
-                let tmp = path.with_extension("tmp");
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(io_err)?;
                 let seed = Zeroizing::new(id.key.to_bytes());
-                f.write_all(seed.as_slice()).map_err(io_err)?;
-                f.sync_all().map_err(io_err)?;
-                std::fs::rename(&tmp, path).map_err(io_err)?;
+                crate::durable::write_atomic(path, seed.as_slice(), 0o600).map_err(io_err)?;
                 Ok(id)
             }
             Err(e) => Err(io_err(e)),

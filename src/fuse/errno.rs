@@ -22,6 +22,11 @@ pub fn errno_of(op: &'static str, e: &BucketError) -> Errno {
         E::NoXattr => Errno::NO_XATTR,
         E::ReadOnly => Errno::EROFS,
         E::QuotaExceeded { .. } => Errno::ENOSPC,
+        E::FileTooLarge => Errno::EFBIG,
+        E::NoSpace(_) => {
+            tracing::warn!(op, error = %e, "the node's disk is full; answering ENOSPC");
+            Errno::ENOSPC
+        }
         E::NotSupported(_) => Errno::EOPNOTSUPP,
         E::Integrity(_)
         | E::BadSignature { .. }
@@ -61,6 +66,8 @@ mod tests {
                 libc::ENOSPC,
             ),
             (BucketError::Integrity("x".into()), libc::EIO),
+            (BucketError::FileTooLarge, libc::EFBIG),
+            (BucketError::NoSpace("disk".into()), libc::ENOSPC),
         ];
         for (e, want) in cases {
             assert_eq!(i32::from(errno_of("test", &e)), want, "{e}");

@@ -217,15 +217,7 @@ impl MountManager {
     fn persist(&self, inner: &Inner, changed: Option<&MountRecord>) -> Result<(), MountError> {
         let all: Vec<&MountRecord> = inner.records.values().collect();
         let bytes = serde_json::to_vec_pretty(&all).expect("records serialize");
-        let tmp = self.records_path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.records_path)
-        };
-        write()
+        crate::durable::write_atomic(&self.records_path, &bytes, 0o600)
             .map_err(|e| MountError::Database(format!("{}: {e}", self.records_path.display())))?;
         if let (Some(tx), Some(r)) = (&self.mirror, changed) {
             let _ = tx.send(r.clone());

@@ -71,6 +71,8 @@ pub struct BlobStore {
     /// that completed the check), so a random reader of a large file does
     /// not redo the check on every read.
     verified: Mutex<BoundedMap<Hash, Arc<Verified>>>,
+    /// Fan-out directories with blobs renamed in since the last [`BlobStore::sync`].
+    unsynced: Mutex<HashSet<PathBuf>>,
 }
 
 /// How many verified outboards are kept: about 3 KiB each for a 1 MiB
@@ -124,6 +126,7 @@ impl BlobStore {
             root: root.to_path_buf(),
             tmp_counter: AtomicU64::new(0),
             verified: Mutex::new(BoundedMap::new(VERIFIED_OUTBOARDS)),
+            unsynced: Mutex::new(HashSet::new()),
         })
     }
 
@@ -273,7 +276,10 @@ impl BlobStore {
         })
     }
 
-    /// Store `bytes` whose hash the caller already computed (it must be `Hash::of(bytes)`).
+    /// Store `bytes` whose hash the caller already computed (it must be
+    /// `Hash::of(bytes)`). The bytes are fsynced before the rename; the
+    /// rename itself is made durable by the next [`BlobStore::sync`], once
+    /// per batch (a commit syncs before it moves HEAD).
     pub fn put_hashed(&self, hash: Hash, bytes: &[u8]) -> Result<(), StoreError> {
         debug_assert_eq!(hash, Hash::of(bytes));
         let dest = self.path_of(&hash);
@@ -281,13 +287,43 @@ impl BlobStore {
             return Ok(());
         }
         let dir = dest.parent().expect("blob path has a parent");
-        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+        crate::durable::create_dir_all(dir).map_err(io_at(dir))?;
         let tmp = self.tmp_path(&hash, "");
-        let mut f = File::create(&tmp).map_err(io_at(&tmp))?;
-        f.write_all(bytes).map_err(io_at(&tmp))?;
-        f.sync_all().map_err(io_at(&tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, &dest).map_err(io_at(&dest))?;
+        let written = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, &dest)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_at(&dest)(e));
+        }
+        self.unsynced
+            .lock()
+            .expect("unsynced dirs lock")
+            .insert(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// Make every blob stored so far durable: fsync the fan-out directories
+    /// they were renamed into (each once, however many blobs it got).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let dirs: Vec<PathBuf> =
+            std::mem::take(&mut *self.unsynced.lock().expect("unsynced dirs lock"))
+                .into_iter()
+                .collect();
+        for (i, dir) in dirs.iter().enumerate() {
+            if let Err(e) = crate::durable::sync_dir(dir) {
+                // Not synced: keep them for the next try.
+                self.unsynced
+                    .lock()
+                    .expect("unsynced dirs lock")
+                    .extend(dirs[i..].iter().cloned());
+                return Err(io_at(dir)(e));
+            }
+        }
         Ok(())
     }
 
@@ -300,6 +336,15 @@ impl BlobStore {
             return Err(corrupt(hash, actual));
         }
         Ok(bytes)
+    }
+
+    /// True when blob `hash` is stored and begins with `prefix` (unverified:
+    /// a cheap filter before a verified read).
+    pub fn starts_with(&self, hash: &Hash, prefix: &[u8]) -> bool {
+        let mut buf = vec![0u8; prefix.len()];
+        File::open(self.path_of(hash))
+            .and_then(|f| f.read_exact_at(&mut buf, 0))
+            .is_ok_and(|()| buf == prefix)
     }
 
     pub fn contains(&self, hash: &Hash) -> bool {
