@@ -24,3 +24,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   }
 fi
 # The package may start a system cluster; our tests run their own private ones.
+# The interop test's C-core gRPC client (Python grpcio).
+if ! python3 -c "import grpc" >/dev/null 2>&1; then
+  echo "installing: grpcio (pip)" >&2
+  python3 -m pip install -q grpcio >/dev/null 2>&1 || python3 -m pip install -q --break-system-packages grpcio >/dev/null
+fi

@@ -8,7 +8,7 @@ use cluster::Cluster;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use jax_csi::crypto::{Kek, SecretKey, WrappedKey};
+use jax_csi::crypto::{unwrap_layered, Kek, SecretKey, WrapContext, WrappedKey};
 use jax_csi::csi::proto::controller_client::ControllerClient;
 use jax_csi::csi::proto::identity_client::IdentityClient;
 use jax_csi::csi::proto::volume_capability::access_mode::Mode;
@@ -198,10 +198,16 @@ async fn create_volume_rules() {
         v.volume_id
     ));
     let wrapped = WrappedKey(hex::decode(hex_key).unwrap());
-    assert_eq!(wrapped.0.len(), 32 + 28);
-    c.kek
-        .unwrap(&wrapped)
-        .expect("KEK opens the volume's secret");
+    assert_eq!(
+        wrapped.0.len(),
+        1 + 32 + 28,
+        "layer tag, secret, tag and nonce"
+    );
+    let ctx = WrapContext::volume(&v.volume_id);
+    unwrap_layered(&c.kek, None, &wrapped, &ctx, &ctx).expect("KEK opens the volume's secret");
+    // Bound to its volume: the record copied under another id does not open.
+    let elsewhere = WrapContext::volume("0123456789abcdef0123456789abcdef");
+    assert!(unwrap_layered(&c.kek, None, &wrapped, &elsewhere, &elsewhere).is_err());
 
     // Tenant key: required when the StorageClass names one; wraps the same secret.
     let mut tenant = create_req("pvc-tenant", 1 << 30);
@@ -227,12 +233,17 @@ async fn create_volume_rules() {
         tv.volume_id
     ));
     let (by_kek, by_tenant) = row.split_once(',').unwrap();
-    let s1 = c
-        .kek
-        .unwrap(&WrappedKey(hex::decode(by_kek).unwrap()))
-        .unwrap();
-    let s2 = Kek::new(tenant_key)
-        .unwrap(&WrappedKey(hex::decode(by_tenant).unwrap()))
+    let ctx = WrapContext::volume(&tv.volume_id);
+    let layered = WrappedKey(hex::decode(by_kek).unwrap());
+    let tenant_kek = Kek::new(tenant_key);
+    // Neither key alone opens a tenant's volume; both do.
+    assert_eq!(
+        unwrap_layered(&c.kek, None, &layered, &ctx, &ctx).unwrap_err(),
+        jax_csi::crypto::UnwrapError::TenantKeyRequired
+    );
+    let s1 = unwrap_layered(&c.kek, Some(&tenant_kek), &layered, &ctx, &ctx).unwrap();
+    let s2 = tenant_kek
+        .unwrap_for(&WrappedKey(hex::decode(by_tenant).unwrap()), &ctx, false)
         .unwrap();
     assert_eq!(s1, s2);
 }
@@ -560,13 +571,35 @@ async fn validate_expand_get_and_capacity() {
     let ok = ctl
         .validate_volume_capabilities(ValidateVolumeCapabilitiesRequest {
             volume_id: v.volume_id.clone(),
-            volume_capabilities: vec![cap(Mode::MultiNodeMultiWriter)],
+            volume_capabilities: vec![cap(Mode::SingleNodeWriter)],
             ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
     assert!(ok.confirmed.is_some());
+    // The volume was made for RWO: RWX is not confirmed.
+    let other_mode = ctl
+        .validate_volume_capabilities(ValidateVolumeCapabilitiesRequest {
+            volume_id: v.volume_id.clone(),
+            volume_capabilities: vec![cap(Mode::MultiNodeMultiWriter)],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        other_mode.confirmed.is_none() && other_mode.message.contains("access mode"),
+        "{other_mode:?}"
+    );
+    // CreateVolume's idempotency compares the access modes too.
+    let mut again = create_req("vol", 1 << 30);
+    again.volume_capabilities = vec![cap(Mode::MultiNodeMultiWriter)];
+    let (k, m) = code(ctl.create_volume(again).await);
+    assert!(
+        k == Code::AlreadyExists && m.contains("access modes"),
+        "{m}"
+    );
     let mut block = cap(Mode::SingleNodeWriter);
     block.access_type = Some(AccessType::Block(BlockVolume {}));
     let no = ctl
@@ -609,9 +642,10 @@ async fn validate_expand_get_and_capacity() {
         .await
         .unwrap()
         .into_inner();
+    // Running mounts learn the new size through NodeExpandVolume.
     assert_eq!(
         (grown.capacity_bytes, grown.node_expansion_required),
-        (3 << 30, false)
+        (3 << 30, true)
     );
     let (k, m) = code(
         ctl.controller_expand_volume(ControllerExpandVolumeRequest {
@@ -635,8 +669,10 @@ async fn validate_expand_get_and_capacity() {
     assert_eq!(k, Code::NotFound);
 
     // A node publishes it, another node's mount failed.
+    // Staged but not published on node-c: not in published_node_ids.
     c.psql(&format!(
-        "INSERT INTO mounts (volume_id, node_id, staging_path, status) VALUES ('{0}', 'node-a', '/s', 'running'); \
+        "INSERT INTO mounts (volume_id, node_id, staging_path, status, published) VALUES ('{0}', 'node-a', '/s', 'running', true); \
+         INSERT INTO mounts (volume_id, node_id, staging_path, status) VALUES ('{0}', 'node-c', '/s', 'running'); \
          INSERT INTO mounts (volume_id, node_id, staging_path, status, message) VALUES ('{0}', 'node-b', '/s', 'error', 'fuse died')",
         v.volume_id
     ));
@@ -660,13 +696,12 @@ async fn validate_expand_get_and_capacity() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        listed.entries[0]
-            .status
-            .as_ref()
-            .unwrap()
-            .published_node_ids,
-        vec!["node-a".to_string()]
+    let listed_status = listed.entries[0].status.as_ref().unwrap();
+    assert_eq!(listed_status.published_node_ids, vec!["node-a".to_string()]);
+    let listed_condition = listed_status.volume_condition.as_ref().unwrap();
+    assert!(
+        listed_condition.abnormal && listed_condition.message.contains("fuse died"),
+        "ListVolumes fills the condition it advertises: {listed_condition:?}"
     );
     assert_eq!(
         code(
@@ -687,14 +722,65 @@ async fn validate_expand_get_and_capacity() {
         Code::InvalidArgument
     );
 
-    c.psql("INSERT INTO nodes (id, capacity_bytes) VALUES ('node-a', 10737418240), ('node-b', 5368709120)");
+    // Each node reports its own free space; a stale node does not count.
+    c.psql(
+        "INSERT INTO nodes (id, capacity_bytes, free_bytes) VALUES ('node-a', 10737418240, 4294967296), \
+         ('node-b', 5368709120, 2147483648); \
+         INSERT INTO nodes (id, capacity_bytes, free_bytes, last_seen) VALUES \
+         ('node-gone', 1099511627776, 1099511627776, now() - interval '1 hour')",
+    );
     let capacity = ctl
         .get_capacity(GetCapacityRequest::default())
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(capacity.available_capacity, (15 << 30) - (3 << 30));
-    assert_eq!(capacity.maximum_volume_size, Some(10 << 30));
+    assert_eq!(capacity.available_capacity, 4 << 30);
+    assert_eq!(capacity.maximum_volume_size, Some(4 << 30));
+
+    // VolumeAttributesClass: the mutable parameters change, others do not.
+    let modify = |params: &[(&str, &str)]| ControllerModifyVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        mutable_parameters: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    ctl.controller_modify_volume(modify(&[("historyRetention", "count=5,age=1d")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.psql(&format!(
+            "SELECT mutable_parameters FROM volumes WHERE id = '{}'",
+            v.volume_id
+        )),
+        r#"{"historyRetention":"count=5,age=1d"}"#
+    );
+    for bad in [
+        &[("chunkSize", "65536")][..],
+        &[("bogus", "1")],
+        &[("historyRetention", "forever")],
+        &[],
+    ] {
+        let (k, m) = code(ctl.controller_modify_volume(modify(bad)).await);
+        assert_eq!(k, Code::InvalidArgument, "{bad:?}: {m}");
+    }
+    let mut missing = modify(&[("historyRetention", "count=1")]);
+    missing.volume_id = "nope".into();
+    assert_eq!(
+        code(ctl.controller_modify_volume(missing).await).0,
+        Code::NotFound
+    );
+    let caps = ctl
+        .controller_get_capabilities(ControllerGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(caps.capabilities.iter().any(|c| matches!(
+        &c.r#type,
+        Some(controller_service_capability::Type::Rpc(r))
+            if r.r#type == controller_service_capability::rpc::Type::ModifyVolume as i32
+    )));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -772,4 +858,43 @@ async fn sockets_and_replicas() {
     .unwrap();
     assert!(first.wait().unwrap().success());
     assert!(!c.socket(0).exists());
+}
+
+/// Clients of the C-core gRPC family (Python grpcio here) send the
+/// percent-encoded socket path as `:authority`; every call must still work,
+/// several on one connection (so the HPACK state is exercised).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_c_core_grpc_client_is_answered() {
+    let mut c = Cluster::start();
+    c.controller(0).await;
+    let socket = c.socket(0);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/interop/grpcio_client.py"
+            ))
+            .arg(&socket)
+            .args([
+                "/csi.v1.Identity/GetPluginInfo",
+                "/csi.v1.Identity/Probe",
+                "/csi.v1.Controller/ListVolumes",
+                "/csi.v1.Identity/GetPluginInfo",
+            ])
+            .output()
+            .expect("python3 runs (scripts/install-deps.sh installs grpcio)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "grpcio client failed:\n{stdout}\n{stderr}"
+    );
+    assert_eq!(stdout.lines().count(), 4, "{stdout}");
+    assert!(
+        stdout.contains("GetPluginInfo ok 'csi.jax.dev'"),
+        "{stdout}"
+    );
 }

@@ -438,7 +438,7 @@ async fn node_requests_get_the_spec_error_codes() {
         e.node
             .node_get_volume_stats(NodeGetVolumeStatsRequest {
                 volume_id: id.clone(),
-                volume_path: "/nowhere".into(),
+                volume_path: e.path("nowhere").display().to_string(),
                 staging_target_path: String::new(),
             })
             .await,
@@ -668,4 +668,361 @@ async fn local_up_with_a_node_serves_a_usable_volume() {
     assert!(child.wait().unwrap().success());
     assert!(!jax_csi::fuse::session::is_mount_point(&staging));
     assert!(!jax_csi::fuse::session::is_mount_point(&target));
+}
+
+/// Whether anything is mounted exactly at `p`.
+fn mounted(p: &Path) -> usize {
+    let want = p.to_string_lossy().to_string();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .count()
+}
+
+fn tmpfs_at(p: &Path) {
+    fs::create_dir_all(p).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        p,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+}
+
+/// Paths must be clean and under the kubelet dir, and a node unmounts only
+/// what it mounted for the volume named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_checked_and_only_our_mounts_are_undone() {
+    let mut e = env().await;
+    let id = e.create("paths", None).await;
+    let outside = std::env::temp_dir().join(format!("jax-outside-{id}"));
+    for bad in [
+        outside.display().to_string(),
+        format!("{}/staging/../../escape", e.c.dir.path().display()),
+        "relative/staging".into(),
+    ] {
+        let mut r = e.stage_req(&id, rwx());
+        r.staging_target_path = bad.clone();
+        let (c, m) = code(e.node.node_stage_volume(r).await);
+        assert_eq!(c, Code::InvalidArgument, "{bad}: {m}");
+    }
+    assert!(!outside.exists(), "nothing is created for a refused path");
+    let mut p = e.publish_req(&id, "pod", false);
+    p.target_path = "/etc/jax-should-not-exist".into();
+    assert_eq!(
+        code(e.node.node_publish_volume(p).await).0,
+        Code::InvalidArgument
+    );
+
+    // Something else mounted where kubelet says our staging path is.
+    let foreign = e.path("staging/foreign");
+    tmpfs_at(&foreign);
+    e.node
+        .node_unstage_volume(NodeUnstageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: foreign.display().to_string(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        mounted(&foreign),
+        1,
+        "a mount that is not ours is left alone"
+    );
+    e.node
+        .node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            target_path: foreign.display().to_string(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(mounted(&foreign), 1);
+    // Another volume's target is not undone by an unpublish naming this one.
+    let other = e.create("paths-other", None).await;
+    let other_target = e.publish(&other, "other-pod").await;
+    e.node
+        .node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            target_path: other_target.display().to_string(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(mounted(&other_target), 1, "another volume's bind stays");
+    fs::write(other_target.join("still"), b"here").unwrap();
+    nix::mount::umount(&foreign).unwrap();
+
+    // Concurrent stages of one volume: each is done or ABORTED, and one
+    // FUSE mount results.
+    let staging = e.path(&format!("staging/{id}"));
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let mut n = e.node.clone();
+        let r = e.stage_req(&id, rwx());
+        calls.push(tokio::spawn(async move { n.node_stage_volume(r).await }));
+    }
+    for c in calls {
+        if let Err(s) = c.await.unwrap() {
+            assert_eq!(s.code(), Code::Aborted, "{s:?}");
+        }
+    }
+    e.node
+        .node_stage_volume(e.stage_req(&id, rwx()))
+        .await
+        .unwrap();
+    assert_eq!(mounted(&staging), 1, "one mount at the staging path");
+}
+
+/// A tenant's volume stages only with the tenant's key, a clone keeps the
+/// tenant, and a Postgres row edited to graft another tree in does not open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_keys_and_record_bindings_protect_volumes() {
+    let mut e = env().await;
+    let key = hex::encode([7u8; 32]);
+    let wrong = hex::encode([9u8; 32]);
+    let secrets = |k: &str| -> std::collections::HashMap<String, String> {
+        [("tenantKey".to_string(), k.to_string())].into()
+    };
+    let mut req = CreateVolumeRequest {
+        name: "tenant".into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: 64 << 20,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![rwx()],
+        parameters: [("tenantKeySecret".to_string(), "team-a".to_string())].into(),
+        secrets: secrets(&key),
+        ..Default::default()
+    };
+    let id = e
+        .ctl
+        .create_volume(req.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let staging = e.path(&format!("staging/{id}"));
+    let (c, m) = code(e.node.node_stage_volume(e.stage_req(&id, rwx())).await);
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+    assert!(m.contains("tenant key"), "{m}");
+    let mut r = e.stage_req(&id, rwx());
+    r.secrets = secrets(&wrong);
+    let (c, m) = code(e.node.node_stage_volume(r).await);
+    assert_eq!(c, Code::PermissionDenied, "{m}");
+    assert!(
+        !m.contains(&wrong) && !m.contains(&key),
+        "no key material in {m}"
+    );
+    assert_eq!(mounted(&staging), 0, "nothing mounted without the key");
+    let mut r = e.stage_req(&id, rwx());
+    r.secrets = secrets(&key);
+    e.node.node_stage_volume(r.clone()).await.unwrap();
+    // A repeat still needs the key.
+    let mut again = r.clone();
+    again.secrets.clear();
+    assert_eq!(
+        code(e.node.node_stage_volume(again).await).0,
+        Code::InvalidArgument
+    );
+    let mut p = e.publish_req(&id, "t", false);
+    p.secrets = secrets(&key);
+    e.node.node_publish_volume(p).await.unwrap();
+    fs::write(e.path("pods/t/vol/secret.txt"), b"tenant data").unwrap();
+    fsync_file(&e.path("pods/t/vol/secret.txt"));
+    e.wait_head_reported(&id);
+
+    // A clone keeps its source's tenant: the key is needed to make it and to stage it.
+    req.name = "tenant-clone".into();
+    req.parameters.clear();
+    req.secrets.clear();
+    req.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(SourceType::Volume(VolumeSource {
+            volume_id: id.clone(),
+        })),
+    });
+    let (c, m) = code(e.ctl.create_volume(req.clone()).await);
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+    req.secrets = secrets(&wrong);
+    assert_eq!(
+        code(e.ctl.create_volume(req.clone()).await).0,
+        Code::PermissionDenied
+    );
+    req.secrets = secrets(&key);
+    let clone = e
+        .ctl
+        .create_volume(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    assert_eq!(
+        code(e.node.node_stage_volume(e.stage_req(&clone, rwx())).await).0,
+        Code::InvalidArgument
+    );
+    let mut r = e.stage_req(&clone, rwx());
+    r.secrets = secrets(&key);
+    e.node.node_stage_volume(r).await.unwrap();
+    let mut p = e.publish_req(&clone, "tc", false);
+    p.secrets = secrets(&key);
+    e.node.node_publish_volume(p).await.unwrap();
+    assert_eq!(
+        fs::read(e.path("pods/tc/vol/secret.txt")).unwrap(),
+        b"tenant data"
+    );
+
+    // Grafting: point a plain volume's clone record at the tenant's tree.
+    let plain = e.create("plain", None).await;
+    let plain_clone = e
+        .create(
+            "plain-clone",
+            Some(SourceType::Volume(VolumeSource {
+                volume_id: plain.clone(),
+            })),
+        )
+        .await;
+    let head = e.c.psql(&format!(
+        "SELECT head FROM bucket_heads WHERE volume_id = '{id}'"
+    ));
+    e.c.psql(&format!(
+        "UPDATE volumes SET source_volume_id = '{id}', source_head = '{head}', \
+         source_wrapped_key = (SELECT wrapped_key FROM volumes WHERE id = '{id}') WHERE id = '{plain_clone}'"
+    ));
+    let (c, m) = code(
+        e.node
+            .node_stage_volume(e.stage_req(&plain_clone, rwx()))
+            .await,
+    );
+    assert_eq!(c, Code::FailedPrecondition, "{m}");
+    assert_eq!(mounted(&e.path(&format!("staging/{plain_clone}"))), 0);
+}
+
+/// Expansion the way the resizer and kubelet drive it: the controller says
+/// node expansion is required, kubelet calls NodeExpandVolume with the
+/// volume path (capacity_range optional), the running mount grows at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expansion_reaches_running_mounts() {
+    let mut e = env().await;
+    let id = e.create("grow", None).await;
+    let target = e.publish(&id, "g").await;
+    let size = |p: &Path| {
+        let s = nix::sys::statvfs::statvfs(p).unwrap();
+        s.blocks() * s.fragment_size()
+    };
+    assert_eq!(size(&target), 64 << 20);
+    let r = e
+        .ctl
+        .controller_expand_volume(ControllerExpandVolumeRequest {
+            volume_id: id.clone(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 256 << 20,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.node_expansion_required);
+    let got = e
+        .node
+        .node_expand_volume(NodeExpandVolumeRequest {
+            volume_id: id.clone(),
+            volume_path: target.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.capacity_bytes, 256 << 20);
+    assert_eq!(size(&target), 256 << 20);
+    // Never shrinks.
+    let got = e
+        .node
+        .node_expand_volume(NodeExpandVolumeRequest {
+            volume_id: id.clone(),
+            volume_path: target.display().to_string(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 1 << 20,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.capacity_bytes, 256 << 20);
+    assert_eq!(size(&target), 256 << 20);
+    // An unknown volume is NOT_FOUND, capacity_range or not.
+    let (c, _) = code(
+        e.node
+            .node_expand_volume(NodeExpandVolumeRequest {
+                volume_id: "00112233445566778899aabbccddeeff".into(),
+                volume_path: target.display().to_string(),
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_eq!(c, Code::NotFound);
+}
+
+/// A deleted volume's bucket and blobs leave the node; the node records
+/// that it collected it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_volumes_are_collected_on_the_node() {
+    let mut e = env().await;
+    let keep = e.create("keep", None).await;
+    let gone = e.create("gone", None).await;
+    for (id, pod) in [(&keep, "k"), (&gone, "g")] {
+        let t = e.publish(id, pod).await;
+        fs::write(t.join("data.bin"), vec![id.as_bytes()[0]; 3 << 20]).unwrap();
+        fsync_file(&t.join("data.bin"));
+    }
+    let store = e.c.node_state("node-a").join("store");
+    let usage = || {
+        jax_csi::store::BlobStore::open(&store)
+            .unwrap()
+            .disk_usage()
+            .unwrap()
+    };
+    let before = usage();
+    e.unpublish(&gone, "g").await;
+    e.ctl
+        .delete_volume(DeleteVolumeRequest {
+            volume_id: gone.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let bucket_dir = e.c.node_state("node-a").join("buckets").join(&gone);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bucket_dir.exists()
+        || e.c.psql(&format!(
+            "SELECT count(*) FROM gc_done WHERE volume_id = '{gone}'"
+        )) != "1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the deleted volume was never collected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its blobs go once they are older than the grace period (2 s here);
+    // the kept volume's data is untouched.
+    while usage() + (3 << 20) > before {
+        assert!(
+            Instant::now() < deadline,
+            "the deleted volume's blobs stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        fs::read(e.path("pods/k/vol/data.bin")).unwrap().len(),
+        3 << 20
+    );
 }

@@ -22,6 +22,7 @@ mod mount;
 mod names;
 mod ops;
 pub mod path;
+mod retention;
 mod tree;
 
 pub use chunks::{ReadBuf, DEFAULT_CHUNK_SIZE};
@@ -33,13 +34,14 @@ pub use mount::{
 };
 pub use names::{validate_name, NAME_MAX};
 pub use ops::{Op, OpRecord, OpsLog};
+pub use retention::Retention;
 pub use tree::Timestamp;
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::crypto::{Identity, Kek, KeyShare, SecretKey, WrappedKey};
+use crate::crypto::{Identity, Kek, KeyShare, SecretKey, WrapContext, WrappedKey};
 use crate::store::{BlobStore, Hash};
 use tree::{DirNode, EntryKind, KeyBytes, Link, Meta};
 
@@ -192,8 +194,11 @@ impl BucketCore {
         Ok(m)
     }
 
-    /// Walk all ancestors of `start` (inclusive), verifying each chain link.
+    /// Walk all ancestors of `start` (inclusive), verifying each chain
+    /// link. History ends where versions were pruned on purpose (they are
+    /// listed in `PRUNED`); any other missing parent breaks the chain.
     pub fn walk(&self, start: Hash) -> Result<Vec<(Hash, Manifest)>> {
+        let pruned = self.pruned()?;
         let mut seen = HashSet::new();
         let mut queue = VecDeque::from([start]);
         let mut out = Vec::new();
@@ -203,21 +208,50 @@ impl BucketCore {
             }
             let m = self.load_manifest(&h)?;
             let mut parents = Vec::new();
+            let mut cut = false;
             for p in m.parents() {
-                let pm = self.load_manifest(&p).map_err(|e| match e {
-                    BucketError::VersionNotFound(_) => BucketError::ChainBroken {
-                        at: h,
-                        reason: format!("parent {p} is missing"),
-                    },
-                    other => other,
-                })?;
-                parents.push(pm);
-                queue.push_back(p);
+                match self.load_manifest(&p) {
+                    Ok(pm) => {
+                        parents.push(pm);
+                        queue.push_back(p);
+                    }
+                    Err(BucketError::VersionNotFound(_)) if pruned.contains(&p) => cut = true,
+                    Err(BucketError::VersionNotFound(_)) => {
+                        return Err(BucketError::ChainBroken {
+                            at: h,
+                            reason: format!("parent {p} is missing"),
+                        })
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            manifest::check_link(h, &m, &parents)?;
+            // A version whose parents were all pruned was checked when it
+            // was written or received; the links that remain are checked now.
+            if !(cut && parents.is_empty()) {
+                manifest::check_link(h, &m, &parents)?;
+            }
             out.push((h, m));
         }
         Ok(out)
+    }
+
+    fn pruned_path(&self) -> PathBuf {
+        self.dir.join("PRUNED")
+    }
+
+    fn roots_path(&self) -> PathBuf {
+        self.dir.join("ROOTS")
+    }
+
+    /// Versions removed on purpose by retention, where history may end.
+    fn pruned(&self) -> Result<HashSet<Hash>> {
+        read_hashes(&self.pruned_path())
+    }
+
+    /// Versions kept apart from the head's history (pinned by snapshots
+    /// and clones after what linked them to the head was pruned).
+    fn roots(&self) -> Result<HashSet<Hash>> {
+        read_hashes(&self.roots_path())
     }
 
     pub fn open_root_key(&self, m: &Manifest) -> Result<KeyBytes> {
@@ -234,6 +268,32 @@ impl BucketCore {
             })?;
         Ok(KeyBytes(arr))
     }
+}
+
+/// A file of hex hashes, one a line (missing = none).
+fn read_hashes(path: &Path) -> Result<HashSet<Hash>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                Hash::from_hex(l.trim()).map_err(|reason| BucketError::Format {
+                    what: "list of versions",
+                    reason,
+                })
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashSet::new()),
+        Err(e) => Err(BucketError::io(path)(e)),
+    }
+}
+
+fn write_hashes(path: &Path, hashes: &HashSet<Hash>) -> Result<()> {
+    let mut sorted: Vec<String> = hashes.iter().map(Hash::to_hex).collect();
+    sorted.sort();
+    let mut text = sorted.join("\n");
+    text.push('\n');
+    write_atomic(path, text.as_bytes())
 }
 
 /// Write a small file atomically and durably (see [`crate::durable`]).
@@ -291,6 +351,23 @@ impl StateDir {
 
     fn bucket_dir(&self, id: &BucketId) -> PathBuf {
         self.root.join("buckets").join(id.to_hex())
+    }
+
+    /// Remember that bucket `id` is a tenant's: `check` is its secret
+    /// wrapped by the tenant's key, which NodeStage must be able to open
+    /// before it mounts the bucket (whether or not Postgres answers).
+    pub fn set_tenant_check(&self, id: &BucketId, check: &WrappedKey) -> Result<()> {
+        write_atomic(&self.bucket_dir(id).join("tenant.wrapped"), &check.0)
+    }
+
+    /// The tenant check of bucket `id`, if it is a tenant's.
+    pub fn tenant_check(&self, id: &BucketId) -> Result<Option<WrappedKey>> {
+        let p = self.bucket_dir(id).join("tenant.wrapped");
+        match std::fs::read(&p) {
+            Ok(b) => Ok(Some(WrappedKey(b))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BucketError::io(&p)(e)),
+        }
     }
 
     /// The buckets held in this state dir.
@@ -398,7 +475,7 @@ impl StateDir {
             return Err(BucketError::BucketExists(id.to_hex()));
         }
         crate::durable::create_dir_all(&dir).map_err(BucketError::io(&dir))?;
-        let wrapped = kek.wrap(&secret)?;
+        let wrapped = kek.wrap_for(&secret, &WrapContext::node_local(&id.to_hex()))?;
         write_atomic(&dir.join("key.wrapped"), &wrapped.0)?;
         Ok(BucketCore {
             id,
@@ -418,7 +495,7 @@ impl StateDir {
         let p = dir.join("key.wrapped");
         let wrapped = WrappedKey(std::fs::read(&p).map_err(BucketError::io(&p))?);
         let secret = kek
-            .unwrap(&wrapped)
+            .unwrap_for(&wrapped, &WrapContext::node_local(&id.to_hex()), true)
             .map_err(|_| BucketError::WrongKey(id.to_hex()))?;
         Ok(Bucket {
             core: Arc::new(BucketCore {
@@ -479,11 +556,34 @@ impl StateDir {
     /// Remove blobs that no retained version of `buckets` references.
     /// Every bucket in this state dir must be passed, or its blobs are lost.
     pub fn gc(&self, buckets: &[&Bucket]) -> Result<crate::store::GcReport> {
+        self.gc_older_than(buckets, std::time::Duration::ZERO)
+    }
+
+    /// [`StateDir::gc`] that spares blobs written in the last `grace`: chunks
+    /// a live mount sealed ahead of its next commit, blobs a sync is
+    /// fetching before their manifest arrives.
+    pub fn gc_older_than(
+        &self,
+        buckets: &[&Bucket],
+        grace: std::time::Duration,
+    ) -> Result<crate::store::GcReport> {
         let mut live = HashSet::new();
         for b in buckets {
             b.collect_live(&mut live)?;
         }
-        Ok(self.store.gc(&live)?)
+        Ok(self.store.gc(&live, grace)?)
+    }
+
+    /// Remove bucket `id` from this node: its HEAD, key and lists. Its
+    /// blobs go at the next [`StateDir::gc`].
+    pub fn remove_bucket(&self, id: &BucketId) -> Result<()> {
+        let dir = self.bucket_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(BucketError::io(&dir)(e)),
+        }
+        crate::durable::sync_dir(&self.root.join("buckets")).map_err(BucketError::io(&dir))
     }
 }
 
@@ -604,6 +704,64 @@ impl Bucket {
         self.visit_blobs(live, false).map(|_| ())
     }
 
+    /// Apply `retention` to the history: versions it does not keep, and
+    /// that `pinned` does not name, are removed (their manifests now, the
+    /// blobs only they used at the next GC). Pinned versions outside the
+    /// head's history stay live as roots. Returns how many were removed.
+    pub fn prune(&self, retention: &Retention, pinned: &HashSet<Hash>) -> Result<usize> {
+        let now = Timestamp::now();
+        let mut versions = self.walk(self.head()?)?;
+        versions.sort_by_key(|(h, m)| std::cmp::Reverse((m.body.height, *h)));
+        let keep: HashSet<Hash> = versions
+            .iter()
+            .enumerate()
+            .filter(|(rank, (h, m))| {
+                pinned.contains(h) || retention.keeps(*rank, m.body.created_at, now)
+            })
+            .map(|(_, (h, _))| *h)
+            .collect();
+        let drop: Vec<Hash> = versions
+            .iter()
+            .map(|(h, _)| *h)
+            .filter(|h| !keep.contains(h))
+            .collect();
+        // Pinned versions that are not in the head's history any more.
+        let mut roots: HashSet<Hash> = self.core.roots()?;
+        roots.retain(|h| pinned.contains(h) && self.core.store.contains(h));
+        for p in pinned {
+            if !keep.contains(p) && self.core.store.contains(p) {
+                roots.insert(*p);
+            }
+        }
+        if drop.is_empty() {
+            write_hashes(&self.core.roots_path(), &roots)?;
+            return Ok(0);
+        }
+        // Record the cut before removing anything, so a crash in between
+        // leaves a history that still verifies.
+        let mut pruned = self.core.pruned()?;
+        pruned.extend(drop.iter().copied());
+        let still_named: HashSet<Hash> = versions
+            .iter()
+            .filter(|(h, _)| keep.contains(h))
+            .flat_map(|(_, m)| m.parents().collect::<Vec<_>>())
+            .chain(roots.iter().flat_map(|r| {
+                self.core
+                    .load_manifest(r)
+                    .map(|m| m.parents().collect::<Vec<_>>())
+                    .unwrap_or_default()
+            }))
+            .collect();
+        pruned.retain(|h| still_named.contains(h));
+        write_hashes(&self.core.pruned_path(), &pruned)?;
+        write_hashes(&self.core.roots_path(), &roots)?;
+        for h in &drop {
+            self.core.store.remove(h)?;
+        }
+        tracing::info!(bucket = %self.id(), removed = drop.len(), kept = keep.len(), "pruned history");
+        Ok(drop.len())
+    }
+
     /// Check every blob of every version: manifests and their chain, directory
     /// nodes, and each chunk's hash and authentication tag.
     pub fn verify(&self) -> Result<VerifyReport> {
@@ -612,7 +770,16 @@ impl Bucket {
 
     fn visit_blobs(&self, seen: &mut HashSet<Hash>, open_chunks: bool) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
-        for (hash, m) in self.walk(self.head()?)? {
+        let mut versions = self.walk(self.head()?)?;
+        for root in self.core.roots()? {
+            if !seen.contains(&root) && self.core.store.contains(&root) {
+                versions.extend(self.walk(root)?);
+            }
+        }
+        for (hash, m) in versions {
+            if seen.contains(&hash) {
+                continue;
+            }
             seen.insert(hash);
             report.versions += 1;
             let root_key = self.core.open_root_key(&m)?;

@@ -321,6 +321,11 @@ impl Mount {
         }
     }
 
+    /// Where this bucket's blobs are stored (for the free space of its disk).
+    pub fn store_dir(&self) -> std::path::PathBuf {
+        self.core.store.root().to_path_buf()
+    }
+
     pub fn chunk_size(&self) -> u64 {
         self.io.chunk_size
     }

@@ -72,6 +72,9 @@ pub fn run(cmd: LocalCommand) -> anyhow::Result<()> {
                 kek: kek.clone(),
                 max_volumes: 256,
                 db_timeout: Duration::from_secs(5),
+                kubelet_dir: None,
+                gc_interval: Duration::from_secs(600),
+                gc_grace: jax_csi::csi::node_gc::GRACE,
             };
             servers.push(tokio::spawn(run_node(cfg, stopped(stop_rx.clone()))));
             wait_ready(&node_socket).await?;

@@ -33,6 +33,19 @@ pub struct NodeArgs {
     /// How long a request waits for a database connection before UNAVAILABLE.
     #[arg(long, default_value_t = 5000)]
     db_timeout_ms: u64,
+    /// Kubelet's root directory: every staging and target path must lie
+    /// under it (the chart sets /var/lib/kubelet). Unset: any clean
+    /// absolute path is accepted.
+    #[arg(long, env = "KUBELET_DIR")]
+    kubelet_dir: Option<PathBuf>,
+    /// Seconds between garbage-collection passes (deleted volumes, history
+    /// retention, unreferenced blobs).
+    #[arg(long, default_value_t = 600)]
+    gc_interval_secs: u64,
+    /// Blobs written less than this many seconds ago are never collected
+    /// (chunks sealed ahead of a commit, blobs a sync is still fetching).
+    #[arg(long, default_value_t = 600)]
+    gc_grace_secs: u64,
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -48,6 +61,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             kek,
             max_volumes: args.max_volumes,
             db_timeout: Duration::from_millis(args.db_timeout_ms),
+            kubelet_dir: args.kubelet_dir,
+            gc_interval: Duration::from_secs(args.gc_interval_secs.max(1)),
+            gc_grace: Duration::from_secs(args.gc_grace_secs),
         },
         shutdown_signal(),
     ))

@@ -12,7 +12,10 @@ mod wrap;
 pub use frames::{FrameLayout, FRAME_LEN};
 pub use identity::{Identity, NodeId, SIGNATURE_LEN};
 pub use secret::{SecretKey, SEAL_OVERHEAD};
-pub use wrap::{Kek, KeyShare, WrappedKey};
+pub use wrap::{
+    is_tenant_wrapped, rewrap_outer, unwrap_layered, wrap_layered, Kek, KeyShare, UnwrapError,
+    WrapContext, WrappedKey,
+};
 
 /// What can go wrong with keys and ciphertexts.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,16 @@
 //! Wrapping a bucket secret: by a key-encryption key (cluster or tenant KEK)
 //! and as X25519 shares addressed to peer identities (ECIES-style: an
 //! ephemeral key agreement, BLAKE3 key derivation, AES-GCM seal).
+//!
+//! Every wrap is bound to what it is for ([`WrapContext`]: the volume, the
+//! clone or snapshot and the head it records), as AES-GCM associated data:
+//! a wrapped key copied into another record (someone who can write to
+//! Postgres grafting one volume's tree into another) does not open there.
+//! A tenant's volume is wrapped twice ([`wrap_layered`]): by the tenant's
+//! KEK inside, the cluster KEK outside, so neither key alone opens it. The
+//! inner layer is bound to the volume the secret belongs to, the outer one
+//! to the record that holds it, so the controller can file a snapshot's
+//! copy of a tenant's key ([`rewrap_outer`]) without the tenant's key.
 
 use std::path::Path;
 
@@ -9,7 +19,155 @@ use zeroize::Zeroizing;
 
 use super::{CryptoError, Identity, NodeId, SecretKey};
 
+/// The associated data of wraps written before contexts existed (node-local
+/// key files only still use it, for buckets made by earlier builds).
 const WRAP_AAD: &[u8] = b"jax-csi kek wrap v1";
+const WRAP_V2: &[u8] = b"jax-csi kek wrap v2\0";
+
+/// What a wrapped key is bound to (authenticated, not secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrapContext(Vec<u8>);
+
+impl WrapContext {
+    fn of(kind: &str, parts: &[&str]) -> Self {
+        let mut v = WRAP_V2.to_vec();
+        for p in std::iter::once(kind).chain(parts.iter().copied()) {
+            v.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            v.extend_from_slice(p.as_bytes());
+        }
+        Self(v)
+    }
+
+    /// A volume's own secret, in its Postgres record.
+    pub fn volume(volume_id: &str) -> Self {
+        Self::of("volume", &[volume_id])
+    }
+
+    /// The source's secret a clone starts from, bound to the clone, the
+    /// source volume and the head it records.
+    pub fn clone_source(clone_id: &str, source_volume_id: &str, source_head: &str) -> Self {
+        Self::of("clone source", &[clone_id, source_volume_id, source_head])
+    }
+
+    /// The source's secret a snapshot keeps, bound to the snapshot, its
+    /// source volume and the head it records.
+    pub fn snapshot(snapshot_id: &str, source_volume_id: &str, head: &str) -> Self {
+        Self::of("snapshot", &[snapshot_id, source_volume_id, head])
+    }
+
+    /// A bucket's secret in a node's own state dir.
+    pub fn node_local(bucket_id: &str) -> Self {
+        Self::of("node local", &[bucket_id])
+    }
+}
+
+/// Why a layered wrap did not open.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UnwrapError {
+    #[error("the key is wrapped by a tenant key, and none was given")]
+    TenantKeyRequired,
+    #[error("the tenant key given does not open the key")]
+    WrongTenantKey,
+    #[error("the cluster key does not open the key (another KEK, or a record that does not belong here)")]
+    WrongClusterKey,
+    #[error("the wrapped key is malformed")]
+    Malformed,
+}
+
+/// Wrap `secret` by `cluster` for the record `outer`, and first by `tenant`
+/// (when given) for the volume `inner` the secret belongs to.
+pub fn wrap_layered(
+    cluster: &Kek,
+    tenant: Option<&Kek>,
+    secret: &SecretKey,
+    inner: &WrapContext,
+    outer: &WrapContext,
+) -> Result<WrappedKey, CryptoError> {
+    let (layer, sealed) = match tenant {
+        None => (1u8, Zeroizing::new(secret.expose().to_vec())),
+        Some(t) => (
+            2u8,
+            Zeroizing::new(t.0.seal_with_aad(secret.expose(), &inner.0)?),
+        ),
+    };
+    seal_outer(cluster, layer, &sealed, outer)
+}
+
+fn seal_outer(
+    cluster: &Kek,
+    layer: u8,
+    inner: &[u8],
+    outer: &WrapContext,
+) -> Result<WrappedKey, CryptoError> {
+    let mut out = vec![layer];
+    out.extend(cluster.0.seal_with_aad(inner, &layered_aad(layer, outer))?);
+    Ok(WrappedKey(out))
+}
+
+fn open_outer(
+    cluster: &Kek,
+    wrapped: &WrappedKey,
+    outer: &WrapContext,
+) -> Result<(u8, Zeroizing<Vec<u8>>), UnwrapError> {
+    let (&layer, sealed) = wrapped.0.split_first().ok_or(UnwrapError::Malformed)?;
+    if !matches!(layer, 1 | 2) {
+        return Err(UnwrapError::Malformed);
+    }
+    let inner = cluster
+        .0
+        .open_with_aad(sealed, &layered_aad(layer, outer))
+        .map_err(|_| UnwrapError::WrongClusterKey)?;
+    Ok((layer, Zeroizing::new(inner)))
+}
+
+/// File a layered key under another record: the outer layer is opened for
+/// `from` and sealed again for `to`; a tenant's inner layer is kept as it
+/// is (so this needs the cluster KEK only).
+pub fn rewrap_outer(
+    cluster: &Kek,
+    wrapped: &WrappedKey,
+    from: &WrapContext,
+    to: &WrapContext,
+) -> Result<WrappedKey, UnwrapError> {
+    let (layer, inner) = open_outer(cluster, wrapped, from)?;
+    seal_outer(cluster, layer, &inner, to).map_err(|_| UnwrapError::Malformed)
+}
+
+fn layered_aad(layer: u8, ctx: &WrapContext) -> Vec<u8> {
+    let mut aad = ctx.0.clone();
+    aad.push(layer);
+    aad
+}
+
+/// Open a [`wrap_layered`] key; a tenant-wrapped one needs `tenant`.
+pub fn unwrap_layered(
+    cluster: &Kek,
+    tenant: Option<&Kek>,
+    wrapped: &WrappedKey,
+    inner: &WrapContext,
+    outer: &WrapContext,
+) -> Result<SecretKey, UnwrapError> {
+    let (layer, sealed) = open_outer(cluster, wrapped, outer)?;
+    let plain = if layer == 2 {
+        let t = tenant.ok_or(UnwrapError::TenantKeyRequired)?;
+        Zeroizing::new(
+            t.0.open_with_aad(&sealed, &inner.0)
+                .map_err(|_| UnwrapError::WrongTenantKey)?,
+        )
+    } else {
+        sealed
+    };
+    let arr: [u8; 32] = plain
+        .as_slice()
+        .try_into()
+        .map_err(|_| UnwrapError::Malformed)?;
+    Ok(SecretKey::from_bytes(arr))
+}
+
+/// True when a [`wrap_layered`] key needs a tenant key to open.
+pub fn is_tenant_wrapped(wrapped: &WrappedKey) -> bool {
+    wrapped.0.first() == Some(&2)
+}
 const SHARE_CONTEXT: &str = "jax-csi key share v1";
 
 /// A key-encryption key. Bucket secrets are stored only wrapped by one.
@@ -72,16 +230,35 @@ impl Kek {
             })
     }
 
-    pub fn wrap(&self, secret: &SecretKey) -> Result<WrappedKey, CryptoError> {
-        Ok(WrappedKey(self.0.seal_with_aad(secret.expose(), WRAP_AAD)?))
+    /// Wrap `secret` for `ctx` (one layer: this KEK).
+    pub fn wrap_for(
+        &self,
+        secret: &SecretKey,
+        ctx: &WrapContext,
+    ) -> Result<WrappedKey, CryptoError> {
+        Ok(WrappedKey(self.0.seal_with_aad(secret.expose(), &ctx.0)?))
     }
 
-    pub fn unwrap(&self, wrapped: &WrappedKey) -> Result<SecretKey, CryptoError> {
-        let bytes = Zeroizing::new(
-            self.0
-                .open_with_aad(&wrapped.0, WRAP_AAD)
-                .map_err(|_| CryptoError::WrongKey)?,
-        );
+    /// Open a [`Kek::wrap_for`] key; `legacy` also accepts the unbound wraps
+    /// of earlier builds (node-local files only).
+    pub fn unwrap_for(
+        &self,
+        wrapped: &WrappedKey,
+        ctx: &WrapContext,
+        legacy: bool,
+    ) -> Result<SecretKey, CryptoError> {
+        let opened = self
+            .0
+            .open_with_aad(&wrapped.0, &ctx.0)
+            .or_else(|e| {
+                if legacy {
+                    self.0.open_with_aad(&wrapped.0, WRAP_AAD)
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|_| CryptoError::WrongKey)?;
+        let bytes = Zeroizing::new(opened);
         let arr: [u8; 32] = bytes
             .as_slice()
             .try_into()
@@ -169,10 +346,83 @@ mod tests {
     fn kek_wrap_and_wrong_kek() {
         let kek = Kek::generate().unwrap();
         let secret = SecretKey::generate().unwrap();
-        let w = kek.wrap(&secret).unwrap();
-        assert_eq!(kek.unwrap(&w).unwrap(), secret);
+        let ctx = WrapContext::volume("v1");
+        let w = kek.wrap_for(&secret, &ctx).unwrap();
+        assert_eq!(kek.unwrap_for(&w, &ctx, false).unwrap(), secret);
         let other = Kek::generate().unwrap();
-        assert!(matches!(other.unwrap(&w), Err(CryptoError::WrongKey)));
+        assert!(matches!(
+            other.unwrap_for(&w, &ctx, false),
+            Err(CryptoError::WrongKey)
+        ));
+        // Bound to its context: another volume's record does not open it.
+        assert!(kek
+            .unwrap_for(&w, &WrapContext::volume("v2"), false)
+            .is_err());
+        // Unbound wraps of earlier builds open only where allowed.
+        let old = WrappedKey(kek.0.seal_with_aad(secret.expose(), WRAP_AAD).unwrap());
+        assert!(kek.unwrap_for(&old, &ctx, false).is_err());
+        assert_eq!(kek.unwrap_for(&old, &ctx, true).unwrap(), secret);
+    }
+
+    /// A tenant's key needs both KEKs and its own context; a plain one the
+    /// cluster KEK alone.
+    #[test]
+    fn layered_wraps_need_every_layer() {
+        let cluster = Kek::generate().unwrap();
+        let tenant = Kek::generate().unwrap();
+        let wrong = Kek::generate().unwrap();
+        let secret = SecretKey::generate().unwrap();
+        let vol = WrapContext::volume("v");
+        let ctx = WrapContext::clone_source("c", "v", "h");
+        let w = wrap_layered(&cluster, Some(&tenant), &secret, &vol, &ctx).unwrap();
+        assert!(is_tenant_wrapped(&w));
+        assert_eq!(
+            unwrap_layered(&cluster, Some(&tenant), &w, &vol, &ctx).unwrap(),
+            secret
+        );
+        let err = |t: Option<&Kek>, c: &Kek, i: &WrapContext, o: &WrapContext| {
+            unwrap_layered(c, t, &w, i, o).unwrap_err()
+        };
+        assert_eq!(
+            err(None, &cluster, &vol, &ctx),
+            UnwrapError::TenantKeyRequired
+        );
+        assert_eq!(
+            err(Some(&wrong), &cluster, &vol, &ctx),
+            UnwrapError::WrongTenantKey
+        );
+        assert_eq!(
+            err(Some(&tenant), &wrong, &vol, &ctx),
+            UnwrapError::WrongClusterKey
+        );
+        let other = WrapContext::clone_source("c", "v", "another head");
+        assert_eq!(
+            err(Some(&tenant), &cluster, &vol, &other),
+            UnwrapError::WrongClusterKey
+        );
+        assert_eq!(
+            err(Some(&tenant), &cluster, &WrapContext::volume("x"), &ctx),
+            UnwrapError::WrongTenantKey
+        );
+        // Refiled under a snapshot without the tenant key; still needs it.
+        let snap = WrapContext::snapshot("s", "v", "h");
+        let filed = rewrap_outer(&cluster, &w, &ctx, &snap).unwrap();
+        assert_eq!(
+            unwrap_layered(&cluster, Some(&tenant), &filed, &vol, &snap).unwrap(),
+            secret
+        );
+        assert!(unwrap_layered(&cluster, None, &filed, &vol, &snap).is_err());
+        assert!(rewrap_outer(&cluster, &w, &snap, &ctx).is_err());
+        let plain = wrap_layered(&cluster, None, &secret, &vol, &ctx).unwrap();
+        assert!(!is_tenant_wrapped(&plain));
+        assert_eq!(
+            unwrap_layered(&cluster, None, &plain, &vol, &ctx).unwrap(),
+            secret
+        );
+        assert_eq!(
+            unwrap_layered(&cluster, Some(&tenant), &plain, &vol, &ctx).unwrap(),
+            secret
+        );
     }
 
     #[test]
@@ -196,7 +446,9 @@ mod tests {
         kek.write_file(&p).unwrap();
         let back = Kek::from_file(&p).unwrap();
         let s = SecretKey::generate().unwrap();
-        assert_eq!(back.unwrap(&kek.wrap(&s).unwrap()).unwrap(), s);
+        let ctx = WrapContext::volume("x");
+        let w = kek.wrap_for(&s, &ctx).unwrap();
+        assert_eq!(back.unwrap_for(&w, &ctx, false).unwrap(), s);
         std::fs::write(&p, "nothex").unwrap();
         assert!(matches!(Kek::from_file(&p), Err(CryptoError::Malformed(_))));
     }

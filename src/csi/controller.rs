@@ -1,28 +1,36 @@
 //! The CSI Controller service: volumes and snapshots as Postgres records.
 //!
 //! Volumes are buckets. The controller creates each bucket's secret and
-//! stores it only wrapped (by the cluster KEK, and by a tenant KEK when the
-//! StorageClass names one); the nodes create the bucket's first version when
-//! they stage it. Snapshots record a head (O(1)); a clone records the tree it
-//! starts from (O(1), no data copied). Every consistency rule lives in
-//! Postgres constraints, so several replicas can serve at once.
+//! stores it only wrapped: by the cluster KEK, and first by the tenant's KEK
+//! when the StorageClass names one (then neither key alone opens it), each
+//! wrap bound to the record it is in. The nodes create the bucket's first
+//! version when they stage it. Snapshots record a head (O(1)); a clone
+//! records the tree it starts from (O(1), no data copied). Every
+//! consistency rule lives in Postgres constraints, so several replicas can
+//! serve at once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::params::{self, capacity_fits, capacity_for, check_capabilities, parse_parameters};
+use super::keys::{tenant_from, unwrap_status, HeadKey};
+use super::params::{
+    self, capacity_fits, capacity_for, check_capabilities, parse_mutable, parse_parameters,
+};
 use super::proto::controller_server::Controller;
 use super::proto::controller_service_capability::{self, rpc};
 use super::proto::volume_content_source::{self, SnapshotSource, VolumeSource};
 use super::proto::*;
 use super::status::{page_size, parse_token, require, require_some, traced};
 use crate::bucket::BucketId;
-use crate::crypto::{Kek, SecretKey};
+use crate::crypto::{is_tenant_wrapped, rewrap_outer, wrap_layered, Kek, SecretKey, WrapContext};
 use crate::db::{Db, NewSnapshot, NewVolume, SnapshotRecord, VolumeRecord};
 
 /// The most entries one List call returns.
 const MAX_PAGE: i64 = 1000;
+/// Nodes heard from within this many seconds count for GetCapacity.
+const FRESH_NODE_SECS: i64 = 120;
 
 pub struct ControllerService {
     db: Db,
@@ -62,7 +70,7 @@ fn volume_of(v: &VolumeRecord) -> Volume {
     }
 }
 
-fn snapshot_of(s: &SnapshotRecord) -> Snapshot {
+pub(super) fn snapshot_of(s: &SnapshotRecord) -> Snapshot {
     Snapshot {
         size_bytes: s.size_bytes,
         snapshot_id: s.id.clone(),
@@ -71,18 +79,39 @@ fn snapshot_of(s: &SnapshotRecord) -> Snapshot {
             seconds: s.created_secs,
             nanos: s.created_nanos,
         }),
-        ready_to_use: true,
-        group_snapshot_id: String::new(),
+        ready_to_use: s.ready,
+        group_snapshot_id: s.group_snapshot_id.clone().unwrap_or_default(),
     }
 }
 
 /// Where a new volume's content comes from.
 struct Source {
     snapshot_id: Option<String>,
-    volume_id: Option<String>,
-    head: Option<String>,
-    wrapped_key: Option<Vec<u8>>,
+    /// The bucket the head belongs to.
+    bucket: String,
+    head: HeadKey,
     size: i64,
+}
+
+/// The volume's condition from its mount states: abnormal while a node
+/// reports an error.
+fn condition_from(states: &[(String, String, Option<String>)]) -> VolumeCondition {
+    let bad: Vec<String> = states
+        .iter()
+        .filter(|(_, status, _)| status == "error")
+        .map(|(node, _, msg)| format!("{node}: {}", msg.as_deref().unwrap_or("mount failed")))
+        .collect();
+    if bad.is_empty() {
+        VolumeCondition {
+            abnormal: false,
+            message: "volume is healthy".into(),
+        }
+    } else {
+        VolumeCondition {
+            abnormal: true,
+            message: format!("mount errors: {}", bad.join("; ")),
+        }
+    }
 }
 
 impl ControllerService {
@@ -97,12 +126,15 @@ impl ControllerService {
                 let snap = self.db.snapshot_by_id(id).await?.ok_or_else(|| {
                     Status::not_found(format!("source snapshot {id} does not exist"))
                 })?;
+                if !snap.ready {
+                    return Err(Status::unavailable(format!(
+                        "source snapshot {id} is not ready yet (its head is not known yet)"
+                    )));
+                }
                 Ok(Some(Source {
-                    snapshot_id: Some(snap.id),
-                    // The bucket whose versions the snapshot's head belongs to.
-                    volume_id: Some(snap.source_volume_id),
-                    head: snap.head,
-                    wrapped_key: Some(snap.wrapped_key),
+                    snapshot_id: Some(snap.id.clone()),
+                    bucket: snap.bucket().to_string(),
+                    head: HeadKey::of_snapshot(&snap),
                     size: snap.size_bytes,
                 }))
             }
@@ -111,12 +143,11 @@ impl ControllerService {
                 let vol = self.db.volume_by_id(id).await?.ok_or_else(|| {
                     Status::not_found(format!("source volume {id} does not exist"))
                 })?;
-                let (head, wrapped_key) = self.current_head(&vol).await?;
+                let head = self.current_head(&vol).await?;
                 Ok(Some(Source {
                     snapshot_id: None,
-                    volume_id: Some(vol.id),
+                    bucket: head.bucket.clone(),
                     head,
-                    wrapped_key: Some(wrapped_key),
                     size: vol.capacity_bytes,
                 }))
             }
@@ -127,41 +158,13 @@ impl ControllerService {
     }
 
     /// A volume's current head and the wrapped key that opens it: the newest
-    /// head a node reported, else (an untouched clone) the tree it started from.
-    async fn current_head(&self, vol: &VolumeRecord) -> Result<(Option<String>, Vec<u8>), Status> {
+    /// head a node reported, else (an untouched clone) the tree it started
+    /// from, else none (never written: empty).
+    async fn current_head(&self, vol: &VolumeRecord) -> Result<HeadKey, Status> {
         if let Some((head, _)) = self.db.latest_head(&vol.id).await? {
-            return Ok((Some(head), vol.wrapped_key.clone()));
+            return Ok(HeadKey::of_volume(vol, Some(head)));
         }
-        match (&vol.source_head, &vol.source_wrapped_key) {
-            (Some(h), Some(k)) => Ok((Some(h.clone()), k.clone())),
-            _ => Ok((None, vol.wrapped_key.clone())),
-        }
-    }
-
-    fn tenant_kek(
-        &self,
-        p: &params::VolumeParams,
-        secrets: &std::collections::HashMap<String, String>,
-    ) -> Result<Option<Kek>, Status> {
-        let Some(secret_name) = &p.tenant_key_secret else {
-            return Ok(None);
-        };
-        let hex_key = secrets.get(params::SECRET_TENANT_KEY).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "secrets: the StorageClass names tenant key secret {secret_name:?} but the request carries no {:?} entry",
-                params::SECRET_TENANT_KEY
-            ))
-        })?;
-        let bytes = hex::decode(hex_key.trim())
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "secrets: {:?} must be 64 hex characters",
-                    params::SECRET_TENANT_KEY
-                ))
-            })?;
-        Ok(Some(Kek::new(SecretKey::from_bytes(bytes))))
+        Ok(HeadKey::of_clone_source(vol).unwrap_or_else(|| HeadKey::of_volume(vol, None)))
     }
 
     /// Same name, compatible request: the existing volume; otherwise ALREADY_EXISTS.
@@ -169,6 +172,7 @@ impl ControllerService {
         existing: &VolumeRecord,
         range: Option<&CapacityRange>,
         p: &params::VolumeParams,
+        modes: &[i32],
         source: &Option<Source>,
     ) -> Result<(), Status> {
         let conflict = |what: &str| {
@@ -183,54 +187,97 @@ impl ControllerService {
         if existing.parameters != p.canonical {
             return Err(conflict("set of parameters"));
         }
-        let (snap, vol) = match source {
-            Some(s) => (s.snapshot_id.as_deref(), s.volume_id.as_deref()),
+        if existing.modes() != modes {
+            return Err(conflict("set of access modes"));
+        }
+        let (snap, bucket) = match source {
+            Some(s) => (s.snapshot_id.as_deref(), Some(s.bucket.as_str())),
             None => (None, None),
         };
         if existing.source_snapshot_id.as_deref() != snap
-            || existing.source_volume_id.as_deref() != vol
+            || (existing.source_volume_id.is_some() || bucket.is_some())
+                && existing.source_volume_id.as_deref() != bucket
         {
             return Err(conflict("content source"));
         }
         Ok(())
     }
 
-    async fn published(
+    /// Record a snapshot of `vol` named `name` (in `group`, if any): its
+    /// current head, or, when a node holds the volume but has not reported
+    /// a head yet, a snapshot that is not ready until one is reported.
+    pub(super) async fn take_snapshot(
         &self,
-        ids: &[String],
-    ) -> Result<std::collections::HashMap<String, Vec<String>>, Status> {
-        let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT volume_id, node_id FROM mounts WHERE volume_id = ANY($1) AND status = 'running' ORDER BY node_id",
-        )
-        .bind(ids)
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(crate::db::DbError::from)?;
-        for (v, n) in rows {
-            out.entry(v).or_default().push(n);
+        vol: &VolumeRecord,
+        name: &str,
+        group: Option<&str>,
+        head: Option<HeadKey>,
+    ) -> Result<SnapshotRecord, Status> {
+        let id = format!("snap-{}", uuid::Uuid::new_v4());
+        let head = match head {
+            Some(h) => h,
+            None => self.current_head(vol).await?,
+        };
+        // Unknown content (held somewhere, no head yet) is not ready.
+        let ready = head.head.is_some() || !self.db.ever_mounted(&vol.id).await?;
+        let to = WrapContext::snapshot(&id, &head.bucket, head.head.as_deref().unwrap_or(""));
+        let wrapped = rewrap_outer(&self.kek, &head.wrapped, &head.outer, &to)
+            .map_err(|e| unwrap_status(&format!("the key of volume {}", vol.id), e))?;
+        let new = NewSnapshot {
+            id,
+            name: name.to_string(),
+            source_volume_id: vol.id.clone(),
+            head: head.head.clone(),
+            wrapped_key: wrapped.0,
+            size_bytes: vol.capacity_bytes,
+            group_snapshot_id: group.map(str::to_string),
+            bucket_id: Some(head.bucket.clone()),
+            ready,
+        };
+        match self.db.insert_snapshot(&new).await? {
+            Some(s) => Ok(s),
+            None => {
+                let existing = self
+                    .db
+                    .snapshot_by_name(name)
+                    .await?
+                    .ok_or_else(|| Status::aborted("snapshot name conflict; retry"))?;
+                if existing.source_volume_id != vol.id {
+                    return Err(Status::already_exists(format!(
+                        "snapshot {name:?} exists for another source volume"
+                    )));
+                }
+                Ok(existing)
+            }
         }
-        Ok(out)
     }
 
-    async fn condition(&self, volume_id: &str) -> Result<VolumeCondition, Status> {
-        let states = self.db.mount_states(volume_id).await?;
-        let bad: Vec<String> = states
-            .iter()
-            .filter(|(_, status, _)| status == "error")
-            .map(|(node, _, msg)| format!("{node}: {}", msg.as_deref().unwrap_or("mount failed")))
-            .collect();
-        Ok(if bad.is_empty() {
-            VolumeCondition {
-                abnormal: false,
-                message: "volume is healthy".into(),
-            }
-        } else {
-            VolumeCondition {
-                abnormal: true,
-                message: format!("mount errors: {}", bad.join("; ")),
-            }
-        })
+    /// A snapshot that was not ready: fill in the head if one is known now.
+    pub(super) async fn refresh_snapshot(
+        &self,
+        snap: SnapshotRecord,
+    ) -> Result<SnapshotRecord, Status> {
+        if snap.ready {
+            return Ok(snap);
+        }
+        let Some(vol) = self.db.volume_by_id(&snap.source_volume_id).await? else {
+            return Ok(snap);
+        };
+        let head = self.current_head(&vol).await?;
+        let Some(h) = head.head.as_deref() else {
+            return Ok(snap);
+        };
+        let to = WrapContext::snapshot(&snap.id, &head.bucket, h);
+        let wrapped = rewrap_outer(&self.kek, &head.wrapped, &head.outer, &to)
+            .map_err(|e| unwrap_status(&format!("the key of volume {}", vol.id), e))?;
+        self.db
+            .fill_snapshot_head(&snap.id, &head.bucket, h, &wrapped.0)
+            .await?;
+        Ok(self.db.snapshot_by_id(&snap.id).await?.unwrap_or(snap))
+    }
+
+    pub(super) fn db(&self) -> &Db {
+        &self.db
     }
 }
 
@@ -251,12 +298,13 @@ impl Controller for ControllerService {
             }
             let modes = check_capabilities(&req.volume_capabilities)?;
             let p = parse_parameters(&req.parameters)?;
+            let mutable = parse_mutable(&req.mutable_parameters)?;
             let capacity = capacity_for(req.capacity_range.as_ref())?;
             let source = self
                 .resolve_source(req.volume_content_source.as_ref())
                 .await?;
             if let Some(existing) = self.db.volume_by_name(name).await? {
-                Self::check_same(&existing, req.capacity_range.as_ref(), &p, &source)?;
+                Self::check_same(&existing, req.capacity_range.as_ref(), &p, &modes, &source)?;
                 return Ok(CreateVolumeResponse {
                     volume: Some(volume_of(&existing)),
                 });
@@ -269,16 +317,48 @@ impl Controller for ControllerService {
                     )));
                 }
             }
-            let tenant = self.tenant_kek(&p, &req.secrets)?;
-            let secret = SecretKey::generate().map_err(|e| Status::internal(e.to_string()))?;
-            let wrap = |k: &Kek| {
-                k.wrap(&secret)
-                    .map(|w| w.0)
-                    .map_err(|e| Status::internal(e.to_string()))
+            let given = tenant_from(&req.secrets)?;
+            let source_is_tenant = source
+                .as_ref()
+                .is_some_and(|s| is_tenant_wrapped(&s.head.wrapped));
+            if let Some(secret_name) = &p.tenant_key_secret {
+                if given.is_none() {
+                    return Err(Status::invalid_argument(format!(
+                        "secrets: the StorageClass names tenant key secret {secret_name:?} but the request carries no {:?} entry",
+                        params::SECRET_TENANT_KEY
+                    )));
+                }
+            }
+            // A clone keeps its source's tenant: the request must carry the
+            // very key the source is protected by.
+            let tenant = if p.tenant_key_secret.is_some() || source_is_tenant {
+                given.as_ref()
+            } else {
+                None
             };
             let id = BucketId::generate()
                 .map_err(|e| Status::internal(e.to_string()))?
                 .to_hex();
+            let (source_head, source_wrapped_key) = match &source {
+                Some(s) => {
+                    s.head
+                        .open(&self.kek, tenant, &format!("the source of volume {name:?}"))?;
+                    let head = s.head.head.clone();
+                    let to = WrapContext::clone_source(&id, &s.bucket, head.as_deref().unwrap_or(""));
+                    let key = rewrap_outer(&self.kek, &s.head.wrapped, &s.head.outer, &to)
+                        .map_err(|e| unwrap_status("the source's key", e))?;
+                    (head, Some(key.0))
+                }
+                None => (None, None),
+            };
+            let secret = SecretKey::generate().map_err(|e| Status::internal(e.to_string()))?;
+            let ctx = WrapContext::volume(&id);
+            let wrapped = wrap_layered(&self.kek, tenant, &secret, &ctx, &ctx)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let tenant_wrapped = tenant
+                .map(|t| t.wrap_for(&secret, &ctx).map(|w| w.0))
+                .transpose()
+                .map_err(|e| Status::internal(e.to_string()))?;
             let new = NewVolume {
                 id,
                 name: name.to_string(),
@@ -286,12 +366,13 @@ impl Controller for ControllerService {
                 parameters: p.canonical.clone(),
                 access_modes: serde_json::to_string(&modes).expect("ints serialize"),
                 chunk_size: p.chunk_size as i32,
-                wrapped_key: wrap(&self.kek)?,
-                tenant_wrapped_key: tenant.as_ref().map(wrap).transpose()?,
+                wrapped_key: wrapped.0,
+                tenant_wrapped_key: tenant_wrapped,
                 source_snapshot_id: source.as_ref().and_then(|s| s.snapshot_id.clone()),
-                source_volume_id: source.as_ref().and_then(|s| s.volume_id.clone()),
-                source_head: source.as_ref().and_then(|s| s.head.clone()),
-                source_wrapped_key: source.as_ref().and_then(|s| s.wrapped_key.clone()),
+                source_volume_id: source.as_ref().map(|s| s.bucket.clone()),
+                source_head,
+                source_wrapped_key,
+                mutable_parameters: mutable,
             };
             let volume = match self.db.insert_volume(&new).await? {
                 Some(v) => v,
@@ -302,7 +383,7 @@ impl Controller for ControllerService {
                         .volume_by_name(name)
                         .await?
                         .ok_or_else(|| Status::aborted("volume name conflict; retry"))?;
-                    Self::check_same(&existing, req.capacity_range.as_ref(), &p, &source)?;
+                    Self::check_same(&existing, req.capacity_range.as_ref(), &p, &modes, &source)?;
                     existing
                 }
             };
@@ -321,7 +402,7 @@ impl Controller for ControllerService {
         traced("DeleteVolume", &req.volume_id.clone(), async move {
             let id = require(&req.volume_id, "volume_id")?;
             if self.db.delete_volume(id).await? {
-                tracing::info!("volume deleted; blobs queued for collection");
+                tracing::info!("volume deleted; blobs queued for collection on the nodes");
             }
             Ok(DeleteVolumeResponse {})
         })
@@ -364,27 +445,40 @@ impl Controller for ControllerService {
                     .volume_by_id(id)
                     .await?
                     .ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))?;
-                if let Err(s) = check_capabilities(&req.volume_capabilities) {
-                    return Ok(ValidateVolumeCapabilitiesResponse {
-                        confirmed: None,
-                        message: s.message().to_string(),
-                    });
+                let unconfirmed = |message: String| ValidateVolumeCapabilitiesResponse {
+                    confirmed: None,
+                    message,
+                };
+                let modes = match check_capabilities(&req.volume_capabilities) {
+                    Ok(m) => m,
+                    Err(s) => return Ok(unconfirmed(s.message().to_string())),
+                };
+                let stored = vol.modes();
+                if let Some(m) = modes.iter().find(|m| !stored.contains(m)) {
+                    return Ok(unconfirmed(format!(
+                        "access mode {m} was not requested when the volume was created (it has {stored:?})"
+                    )));
                 }
                 if !req.parameters.is_empty()
                     && parse_parameters(&req.parameters).map(|p| p.canonical).ok()
                         != Some(vol.parameters)
                 {
-                    return Ok(ValidateVolumeCapabilitiesResponse {
-                        confirmed: None,
-                        message: "parameters differ from the volume's".into(),
-                    });
+                    return Ok(unconfirmed("parameters differ from the volume's".into()));
+                }
+                if !req.mutable_parameters.is_empty() {
+                    let asked = parse_mutable(&req.mutable_parameters)?;
+                    if asked != vol.mutable_parameters {
+                        return Ok(unconfirmed(
+                            "mutable parameters differ from the volume's".into(),
+                        ));
+                    }
                 }
                 Ok(ValidateVolumeCapabilitiesResponse {
                     confirmed: Some(validate_volume_capabilities_response::Confirmed {
                         volume_context: req.volume_context,
                         volume_capabilities: req.volume_capabilities,
                         parameters: req.parameters,
-                        mutable_parameters: Default::default(),
+                        mutable_parameters: req.mutable_parameters,
                     }),
                     message: String::new(),
                 })
@@ -409,14 +503,20 @@ impl Controller for ControllerService {
                 String::new()
             };
             let ids: Vec<String> = rows.iter().map(|v| v.id.clone()).collect();
-            let mut published = self.published(&ids).await?;
+            let mut published = self.db.published_nodes(&ids).await?;
+            let mut states: HashMap<String, Vec<(String, String, Option<String>)>> = HashMap::new();
+            for (v, n, s, m) in self.db.mount_states_of(&ids).await? {
+                states.entry(v).or_default().push((n, s, m));
+            }
             let entries = rows
                 .iter()
                 .map(|v| list_volumes_response::Entry {
                     volume: Some(volume_of(v)),
                     status: Some(list_volumes_response::VolumeStatus {
                         published_node_ids: published.remove(&v.id).unwrap_or_default(),
-                        volume_condition: None,
+                        volume_condition: Some(condition_from(
+                            states.get(&v.id).map(Vec::as_slice).unwrap_or(&[]),
+                        )),
                     }),
                 })
                 .collect();
@@ -447,11 +547,12 @@ impl Controller for ControllerService {
             if !req.parameters.is_empty() {
                 parse_parameters(&req.parameters)?;
             }
-            let (total, largest) = self.db.node_capacity().await?;
-            let used = self.db.provisioned_bytes().await?;
+            // A volume lives whole on each node that holds it: what fits is
+            // the free space of the roomiest node (each node reports its own).
+            let free = self.db.largest_free_space(FRESH_NODE_SECS).await?;
             Ok(GetCapacityResponse {
-                available_capacity: (total - used).max(0),
-                maximum_volume_size: Some(largest.min(params::MAX_CAPACITY)),
+                available_capacity: free,
+                maximum_volume_size: Some(free.min(params::MAX_CAPACITY)),
                 minimum_volume_size: Some(params::MIN_CAPACITY),
             })
         })
@@ -475,6 +576,7 @@ impl Controller for ControllerService {
             T::VolumeCondition,
             T::GetVolume,
             T::SingleNodeMultiWriter,
+            T::ModifyVolume,
         ]
         .into_iter()
         .map(|t| ControllerServiceCapability {
@@ -499,42 +601,21 @@ impl Controller for ControllerService {
             async move {
                 let source = require(&req.source_volume_id, "source_volume_id")?;
                 let name = require(&req.name, "name")?;
-                if let Some(existing) = self.db.snapshot_by_name(name).await? {
-                    if existing.source_volume_id != source {
-                        return Err(Status::already_exists(format!(
-                            "snapshot {name:?} exists for another source volume"
-                        )));
-                    }
-                    return Ok(CreateSnapshotResponse {
-                        snapshot: Some(snapshot_of(&existing)),
-                    });
-                }
-                let vol = self.db.volume_by_id(source).await?.ok_or_else(|| {
-                    Status::not_found(format!("source volume {source} does not exist"))
-                })?;
-                let (head, wrapped_key) = self.current_head(&vol).await?;
-                let new = NewSnapshot {
-                    id: format!("snap-{}", uuid::Uuid::new_v4()),
-                    name: name.to_string(),
-                    source_volume_id: vol.id.clone(),
-                    head,
-                    wrapped_key,
-                    size_bytes: vol.capacity_bytes,
-                };
-                let snap = match self.db.insert_snapshot(&new).await? {
-                    Some(s) => s,
-                    None => {
-                        let existing = self
-                            .db
-                            .snapshot_by_name(name)
-                            .await?
-                            .ok_or_else(|| Status::aborted("snapshot name conflict; retry"))?;
+                let snap = match self.db.snapshot_by_name(name).await? {
+                    Some(existing) => {
                         if existing.source_volume_id != source {
                             return Err(Status::already_exists(format!(
                                 "snapshot {name:?} exists for another source volume"
                             )));
                         }
-                        existing
+                        // The CO asks again until ready_to_use: maybe now.
+                        self.refresh_snapshot(existing).await?
+                    }
+                    None => {
+                        let vol = self.db.volume_by_id(source).await?.ok_or_else(|| {
+                            Status::not_found(format!("source volume {source} does not exist"))
+                        })?;
+                        self.take_snapshot(&vol, name, None, None).await?
                     }
                 };
                 Ok(CreateSnapshotResponse {
@@ -619,9 +700,11 @@ impl Controller for ControllerService {
                 if !self.db.set_volume_capacity(id, capacity).await? {
                     return Err(Status::not_found(format!("volume {id} does not exist")));
                 }
+                // The quota of each running mount is raised by NodeExpandVolume,
+                // which kubelet calls on every node that has it staged.
                 Ok(ControllerExpandVolumeResponse {
                     capacity_bytes: capacity,
-                    node_expansion_required: false,
+                    node_expansion_required: true,
                 })
             },
         )
@@ -641,11 +724,12 @@ impl Controller for ControllerService {
                 .await?
                 .ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))?;
             let published_node_ids = self.db.publishing_nodes(id).await?;
+            let states = self.db.mount_states(id).await?;
             Ok(ControllerGetVolumeResponse {
                 volume: Some(volume_of(&vol)),
                 status: Some(controller_get_volume_response::VolumeStatus {
                     published_node_ids,
-                    volume_condition: Some(self.condition(id).await?),
+                    volume_condition: Some(condition_from(&states)),
                 }),
             })
         })
@@ -654,10 +738,34 @@ impl Controller for ControllerService {
 
     async fn controller_modify_volume(
         &self,
-        _: Request<ControllerModifyVolumeRequest>,
+        request: Request<ControllerModifyVolumeRequest>,
     ) -> Result<Response<ControllerModifyVolumeResponse>, Status> {
-        Err(Status::unimplemented(
-            "volume attributes cannot be modified (MODIFY_VOLUME is not advertised)",
-        ))
+        let req = request.into_inner();
+        traced(
+            "ControllerModifyVolume",
+            &req.volume_id.clone(),
+            async move {
+                let id = require(&req.volume_id, "volume_id")?;
+                if req.mutable_parameters.is_empty() {
+                    return Err(Status::invalid_argument("mutable_parameters is required"));
+                }
+                parse_mutable(&req.mutable_parameters)?;
+                let vol = self
+                    .db
+                    .volume_by_id(id)
+                    .await?
+                    .ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))?;
+                let mut merged: HashMap<String, String> =
+                    serde_json::from_str(&vol.mutable_parameters).unwrap_or_default();
+                merged.extend(req.mutable_parameters);
+                let json = parse_mutable(&merged)?;
+                if !self.db.set_mutable_parameters(id, &json).await? {
+                    return Err(Status::not_found(format!("volume {id} does not exist")));
+                }
+                tracing::info!(parameters = %json, "volume modified; nodes apply it at their next pruning");
+                Ok(ControllerModifyVolumeResponse {})
+            },
+        )
+        .await
     }
 }

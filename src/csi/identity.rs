@@ -52,13 +52,16 @@ impl Identity for IdentityService {
             )),
         }];
         if self.controller {
-            capabilities.push(PluginCapability {
-                r#type: Some(plugin_capability::Type::Service(
-                    plugin_capability::Service {
-                        r#type: service::Type::ControllerService as i32,
-                    },
-                )),
-            });
+            for t in [
+                service::Type::ControllerService,
+                service::Type::GroupControllerService,
+            ] {
+                capabilities.push(PluginCapability {
+                    r#type: Some(plugin_capability::Type::Service(
+                        plugin_capability::Service { r#type: t as i32 },
+                    )),
+                });
+            }
         }
         Ok(Response::new(GetPluginCapabilitiesResponse {
             capabilities,

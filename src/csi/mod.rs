@@ -6,11 +6,18 @@ pub mod proto {
     tonic::include_proto!("csi.v1");
 }
 
+mod authority;
 pub mod controller;
+pub mod group_controller;
 pub mod identity;
+mod keys;
+mod locks;
 pub mod node;
+pub mod node_gc;
 pub mod node_sync;
 pub mod params;
+pub mod paths;
 pub mod run;
 pub mod server;
+mod stage;
 pub mod status;

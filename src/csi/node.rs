@@ -1,26 +1,32 @@
 //! The CSI Node service: stage = FUSE-mount the volume's live bucket at the
 //! staging path (creating or cloning the bucket on first use), publish =
-//! bind it into the pod. The MountManager does the mounting; this file
-//! validates requests, talks to Postgres and maps errors to gRPC codes.
+//! bind it into the pod. The MountManager does the mounting, `stage.rs`
+//! readies the bucket; this file validates requests, talks to Postgres and
+//! maps errors to gRPC codes. Every path is checked (`paths.rs`) and every
+//! volume takes one operation at a time (`locks.rs`) before anything is
+//! created or mounted.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::keys::{tenant_from, HeadKey};
+use super::locks::VolumeLocks;
 use super::params::check_capabilities;
+use super::paths::check_path;
 use super::proto::node_server::Node;
 use super::proto::node_service_capability::{self, rpc};
 use super::proto::volume_capability::access_mode::Mode;
 use super::proto::volume_capability::AccessType;
 use super::proto::*;
+use super::stage::{bucket_status, ensure_bucket, verify_local_tenant};
 use super::status::{require, require_some, traced};
-use crate::bucket::{BucketError, BucketId, BucketOptions};
-use crate::crypto::{Kek, WrappedKey};
-use crate::db::{Db, VolumeRecord};
+use crate::bucket::BucketId;
+use crate::crypto::Kek;
+use crate::db::{Db, DbError};
 use crate::fuse::mount_manager::{MountError, MountManager, MountOptions, Target};
 use crate::fuse::session;
-use crate::store::Hash;
 
 /// Inodes reported as the total in volume stats.
 const MAX_INODES: i64 = 1 << 32;
@@ -31,6 +37,9 @@ pub struct NodeService {
     manager: MountManager,
     db: Db,
     kek: Arc<Kek>,
+    /// Every staging and target path must be under it, when set.
+    kubelet_dir: Option<PathBuf>,
+    locks: VolumeLocks,
 }
 
 impl NodeService {
@@ -40,6 +49,7 @@ impl NodeService {
         manager: MountManager,
         db: Db,
         kek: Arc<Kek>,
+        kubelet_dir: Option<PathBuf>,
     ) -> Self {
         Self {
             node_id,
@@ -47,7 +57,13 @@ impl NodeService {
             manager,
             db,
             kek,
+            kubelet_dir,
+            locks: VolumeLocks::default(),
         }
+    }
+
+    fn path(&self, field: &str, value: &str) -> Result<PathBuf, Status> {
+        check_path(field, value, self.kubelet_dir.as_deref())
     }
 }
 
@@ -60,18 +76,18 @@ fn mount_status(e: MountError) -> Status {
             Status::failed_precondition(e.to_string())
         }
         MountError::AlreadyRunning(_) => Status::already_exists(e.to_string()),
+        MountError::Busy(_) => Status::aborted(e.to_string()),
+        MountError::CommitFailed { ref source, .. } => match source {
+            crate::bucket::BucketError::NoSpace(_)
+            | crate::bucket::BucketError::QuotaExceeded { .. } => {
+                Status::resource_exhausted(e.to_string())
+            }
+            _ => Status::internal(e.to_string()),
+        },
         MountError::LoadFailed { .. }
         | MountError::SpawnFailed { .. }
         | MountError::UnmountFailed { .. }
         | MountError::Database(_) => Status::internal(e.to_string()),
-    }
-}
-
-fn bucket_status(what: &str, e: BucketError) -> Status {
-    if e.is_integrity() {
-        Status::data_loss(format!("{what}: {e}"))
-    } else {
-        Status::internal(format!("{what}: {e}"))
     }
 }
 
@@ -133,65 +149,17 @@ fn volume_id(id: &str) -> Result<BucketId, Status> {
         .map_err(|_| Status::not_found(format!("volume {id} does not exist (not a jax volume id)")))
 }
 
-impl NodeService {
-    /// Make sure the volume's bucket is in this node's state dir: a new
-    /// bucket under the controller's secret, or an O(1) clone of its source.
-    async fn ensure_bucket(&self, vol: &VolumeRecord) -> Result<(), Status> {
-        let id = volume_id(&vol.id)?;
-        let state = self.manager.state().clone();
-        if state.has_bucket(&id) {
-            return Ok(());
-        }
-        let kek = self.kek.clone();
-        let vol = vol.clone();
-        blocking(move || {
-            let secret = kek
-                .unwrap(&WrappedKey(vol.wrapped_key.clone()))
-                .map_err(|_| {
-                    Status::internal("the volume's key does not open with this node's KEK")
-                })?;
-            match (
-                &vol.source_head,
-                &vol.source_volume_id,
-                &vol.source_wrapped_key,
-            ) {
-                (Some(head), Some(src), Some(src_key)) => {
-                    let head: Hash = head
-                        .parse()
-                        .map_err(|_| Status::internal("malformed source head"))?;
-                    let src_id = volume_id(src)?;
-                    let src_secret = kek.unwrap(&WrappedKey(src_key.clone())).map_err(|_| {
-                        Status::internal("the source key does not open with this node's KEK")
-                    })?;
-                    let source = state.bucket_with_secret(&src_id, src_secret);
-                    state
-                        .clone_bucket_with_secret(id, secret, &source, &head, &kek)
-                        .map_err(|e| match e {
-                            BucketError::Store(_) | BucketError::VersionNotFound(_) => {
-                                Status::unavailable(format!(
-                                    "the source version {head} is not on this node yet: {e}"
-                                ))
-                            }
-                            e => bucket_status("cloning the source", e),
-                        })?;
-                }
-                _ => {
-                    let opts = BucketOptions {
-                        quota: Some(vol.capacity_bytes as u64),
-                        chunk_size: vol.chunk_size as u32,
-                        root_mode: 0o777,
-                        ..Default::default()
-                    };
-                    state
-                        .create_bucket_with_secret(id, secret, &kek, &opts)
-                        .map_err(|e| bucket_status("creating the bucket", e))?;
-                }
-            }
-            Ok(())
-        })
-        .await
+/// Detach what is mounted at `path` only if it is volume `id`'s (a leftover
+/// of ours after a crash); anything else mounted there is left alone.
+fn unmount_if_ours(id: &str, path: &Path) -> Result<(), Status> {
+    if session::mount_source(path).as_deref() == Some(session::source_of(id).as_str()) {
+        session::lazy_unmount(path)
+            .map_err(|e| Status::internal(format!("unmounting {}: {e}", path.display())))?;
     }
+    Ok(())
+}
 
+impl NodeService {
     /// Record the live mount's head in Postgres (for snapshots and clones).
     async fn report_head(&self, volume: &str) {
         let Some(live) = self.manager.get_live_mount(volume) else {
@@ -211,6 +179,37 @@ impl NodeService {
             tracing::warn!(volume, error = %e, "could not report the head; will report at the next commit");
         }
     }
+
+    /// A repeat of a stage that is already done: fine when it asks for the
+    /// same path and capability.
+    fn check_already_staged(
+        &self,
+        id: &str,
+        staging: &Path,
+        ask: &MountAsk,
+    ) -> Result<bool, Status> {
+        let Ok(rec) = self.manager.get(id) else {
+            return Ok(false);
+        };
+        if self.manager.get_live_mount(id).is_none() {
+            return Ok(false);
+        }
+        if rec.mount_point != staging {
+            return Err(Status::failed_precondition(format!(
+                "volume {id} is already staged at {} on this node",
+                rec.mount_point.display()
+            )));
+        }
+        if rec.options.read_only != ask.read_only || rec.options.group != ask.group {
+            return Err(Status::already_exists(format!(
+                "volume {id} is staged at {} with another capability (read-only {}, group {:?})",
+                staging.display(),
+                rec.options.read_only,
+                rec.options.group
+            )));
+        }
+        Ok(true)
+    }
 }
 
 #[tonic::async_trait]
@@ -222,34 +221,41 @@ impl Node for NodeService {
         let req = request.into_inner();
         traced("NodeStageVolume", &req.volume_id.clone(), async {
             let id = require(&req.volume_id, "volume_id")?.to_string();
-            let staging = PathBuf::from(require(&req.staging_target_path, "staging_target_path")?);
+            let staging = self.path("staging_target_path", &req.staging_target_path)?;
             let cap = require_some(&req.volume_capability, "volume_capability")?;
             let ask = mount_ask(cap)?;
-            if let Ok(rec) = self.manager.get(&id) {
-                if self.manager.get_live_mount(&id).is_some() {
-                    if rec.mount_point != staging {
-                        return Err(Status::failed_precondition(format!(
-                            "volume {id} is already staged at {} on this node",
-                            rec.mount_point.display()
-                        )));
+            let bucket = volume_id(&id)?;
+            let tenant = tenant_from(&req.secrets)?;
+            let _guard = self.locks.lock(&id)?;
+            let vol = match self.db.volume_by_id(&id).await {
+                Ok(Some(v)) => v,
+                Ok(None) => return Err(Status::not_found(format!("volume {id} does not exist"))),
+                Err(DbError::Unavailable(why)) => {
+                    // Postgres down: a volume already staged here may still be
+                    // confirmed from the node's own records (tenant key included).
+                    if self.check_already_staged(&id, &staging, &ask)? {
+                        verify_local_tenant(self.manager.state(), &bucket, tenant.as_ref())?;
+                        return Ok(NodeStageVolumeResponse {});
                     }
-                    if rec.options.read_only != ask.read_only || rec.options.group != ask.group {
-                        return Err(Status::already_exists(format!(
-                            "volume {id} is staged at {} with another capability (read-only {}, group {:?})",
-                            staging.display(),
-                            rec.options.read_only,
-                            rec.options.group
-                        )));
-                    }
-                    return Ok(NodeStageVolumeResponse {});
+                    return Err(Status::unavailable(format!(
+                        "control-plane database unavailable: {why}"
+                    )));
                 }
+                Err(e) => return Err(e.into()),
+            };
+            // The volume's key must open with what this request carries: a
+            // tenant's volume needs the tenant's key, every time.
+            let secret = HeadKey::of_volume(&vol, None).open(
+                &self.kek,
+                tenant.as_ref(),
+                &format!("volume {id}"),
+            )?;
+            if self.check_already_staged(&id, &staging, &ask)? {
+                return Ok(NodeStageVolumeResponse {});
             }
-            let vol = self
-                .db
-                .volume_by_id(&id)
-                .await?
-                .ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))?;
-            self.ensure_bucket(&vol).await?;
+            let state = self.manager.state().clone();
+            let (kek, v, t) = (self.kek.clone(), vol.clone(), tenant.clone());
+            blocking(move || ensure_bucket(&state, &kek, &v, secret, t.as_ref())).await?;
             let manager = self.manager.clone();
             let options = MountOptions {
                 read_only: ask.read_only,
@@ -293,21 +299,16 @@ impl Node for NodeService {
         let req = request.into_inner();
         traced("NodeUnstageVolume", &req.volume_id.clone(), async {
             let id = require(&req.volume_id, "volume_id")?.to_string();
-            let staging = PathBuf::from(require(&req.staging_target_path, "staging_target_path")?);
+            let staging = self.path("staging_target_path", &req.staging_target_path)?;
+            let _guard = self.locks.lock(&id)?;
             let manager = self.manager.clone();
             blocking(move || {
                 match manager.get(&id) {
                     Ok(rec) if rec.mount_point == staging => {
+                        // A final commit that fails keeps the volume staged.
                         manager.delete(&id).map_err(mount_status)?;
                     }
-                    _ => {
-                        // Not ours (any more): clean a leftover or dead mount.
-                        if session::is_stale(&staging) || session::is_mount_point(&staging) {
-                            session::lazy_unmount(&staging).map_err(|e| {
-                                Status::internal(format!("unmounting {}: {e}", staging.display()))
-                            })?;
-                        }
-                    }
+                    _ => unmount_if_ours(&id, &staging)?,
                 }
                 Ok(())
             })
@@ -324,11 +325,12 @@ impl Node for NodeService {
         let req = request.into_inner();
         traced("NodePublishVolume", &req.volume_id.clone(), async {
             let id = require(&req.volume_id, "volume_id")?.to_string();
-            let target = PathBuf::from(require(&req.target_path, "target_path")?);
-            let staging = PathBuf::from(require(&req.staging_target_path, "staging_target_path")?);
+            let target = self.path("target_path", &req.target_path)?;
+            let staging = self.path("staging_target_path", &req.staging_target_path)?;
             let cap = require_some(&req.volume_capability, "volume_capability")?;
             let ask = mount_ask(cap)?;
             let read_only = req.readonly || ask.read_only;
+            let _guard = self.locks.lock(&id)?;
             let rec = self.manager.get(&id).map_err(|_| {
                 Status::failed_precondition(format!("volume {id} is not staged on this node"))
             })?;
@@ -336,6 +338,12 @@ impl Node for NodeService {
                 return Err(Status::failed_precondition(format!(
                     "volume {id} is not staged at {}",
                     staging.display()
+                )));
+            }
+            if target == staging || target.starts_with(&staging) {
+                return Err(Status::invalid_argument(format!(
+                    "target_path {} lies in the staging path",
+                    target.display()
                 )));
             }
             if let Some((other, t)) = self.manager.volume_of_target(&target) {
@@ -382,10 +390,19 @@ impl Node for NodeService {
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
         traced("NodeUnpublishVolume", &req.volume_id.clone(), async {
-            require(&req.volume_id, "volume_id")?;
-            let target = PathBuf::from(require(&req.target_path, "target_path")?);
+            let id = require(&req.volume_id, "volume_id")?.to_string();
+            let target = self.path("target_path", &req.target_path)?;
+            let _guard = self.locks.lock(&id)?;
             let manager = self.manager.clone();
-            blocking(move || manager.remove_target(&target).map_err(mount_status)).await?;
+            blocking(move || {
+                if !manager.remove_target(&id, &target).map_err(mount_status)? {
+                    // Not a target we recorded: only a leftover bind of this
+                    // very volume is undone; nothing else is touched.
+                    unmount_if_ours(&id, &target)?;
+                }
+                Ok(())
+            })
+            .await?;
             Ok(NodeUnpublishVolumeResponse {})
         })
         .await
@@ -398,7 +415,7 @@ impl Node for NodeService {
         let req = request.into_inner();
         traced("NodeGetVolumeStats", &req.volume_id.clone(), async {
             let id = require(&req.volume_id, "volume_id")?.to_string();
-            let path = PathBuf::from(require(&req.volume_path, "volume_path")?);
+            let path = self.path("volume_path", &req.volume_path)?;
             let rec = self.manager.get(&id).map_err(|_| {
                 Status::not_found(format!("volume {id} is not staged on this node"))
             })?;
@@ -463,28 +480,55 @@ impl Node for NodeService {
         let req = request.into_inner();
         traced("NodeExpandVolume", &req.volume_id.clone(), async {
             let id = require(&req.volume_id, "volume_id")?.to_string();
-            require(&req.volume_path, "volume_path")?;
-            let range = require_some(&req.capacity_range, "capacity_range")?;
-            let bytes = range.required_bytes.max(range.limit_bytes);
-            if bytes <= 0 {
-                return Err(Status::invalid_argument(
-                    "capacity_range: required_bytes or limit_bytes must be positive",
-                ));
-            }
-            let live = self.manager.get_live_mount(&id).ok_or_else(|| {
+            let path = self.path("volume_path", &req.volume_path)?;
+            let rec = self.manager.get(&id).map_err(|_| {
                 Status::not_found(format!("volume {id} is not staged on this node"))
             })?;
-            blocking(move || {
-                live.lock()
-                    .set_quota(Some(bytes as u64))
-                    .map_err(|e| bucket_status("setting the quota", e))?;
-                live.commit_now()
-                    .map_err(|e| bucket_status("committing the quota", e))?;
-                Ok(())
+            if rec.mount_point != path && !rec.targets.iter().any(|t| t.path == path) {
+                return Err(Status::not_found(format!(
+                    "{} is not a path of volume {id}",
+                    path.display()
+                )));
+            }
+            let live = self.manager.get_live_mount(&id).ok_or_else(|| {
+                Status::failed_precondition(format!("volume {id} is staged but not mounted"))
+            })?;
+            // capacity_range is optional: the volume's recorded size is the
+            // one the controller expanded it to.
+            let bytes = match &req.capacity_range {
+                Some(r) if r.required_bytes < 0 || r.limit_bytes < 0 => {
+                    return Err(Status::invalid_argument(
+                        "capacity_range values must not be negative",
+                    ))
+                }
+                Some(r) if r.required_bytes > 0 || r.limit_bytes > 0 => {
+                    r.required_bytes.max(r.limit_bytes)
+                }
+                _ => {
+                    self.db
+                        .volume_by_id(&id)
+                        .await?
+                        .ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))?
+                        .capacity_bytes
+                }
+            };
+            let capacity = blocking(move || {
+                let mut m = live.lock();
+                // Never shrink: a smaller size than the quota changes nothing.
+                let current = m.usage().quota.unwrap_or(0);
+                let new = current.max(bytes as u64);
+                if new != current && !m.is_read_only() {
+                    m.set_quota(Some(new))
+                        .map_err(|e| bucket_status("setting the quota", e))?;
+                    drop(m);
+                    live.commit_now()
+                        .map_err(|e| bucket_status("committing the quota", e))?;
+                }
+                Ok(new as i64)
             })
             .await?;
             Ok(NodeExpandVolumeResponse {
-                capacity_bytes: bytes,
+                capacity_bytes: capacity,
             })
         })
         .await

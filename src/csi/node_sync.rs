@@ -34,8 +34,16 @@ pub async fn mirror_mounts(db: Db, node_id: String, mut rx: mpsc::UnboundedRecei
                 _ => None,
             };
             let path = r.mount_point.to_string_lossy();
+            let published = !r.targets.is_empty();
             if let Err(e) = db
-                .upsert_mount(&volume, &node_id, &path, r.status.as_db(), message)
+                .upsert_mount(
+                    &volume,
+                    &node_id,
+                    &path,
+                    r.status.as_db(),
+                    message,
+                    published,
+                )
                 .await
             {
                 tracing::debug!(volume, error = %e, "mount record not mirrored yet");
@@ -83,16 +91,45 @@ pub async fn report_heads(db: Db, node_id: String, mut events: broadcast::Receiv
     }
 }
 
-/// Register the node (and its schema) once Postgres answers.
-pub async fn register_node(db: Db, node_id: String, max_volumes: i64) {
+/// How often a node tells Postgres it is alive and how much room it has.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// Size and free bytes of the file system holding `dir`.
+pub fn disk_space(dir: &std::path::Path) -> (i64, i64) {
+    match nix::sys::statvfs::statvfs(dir) {
+        Ok(s) => {
+            let frag = s.fragment_size() as i64;
+            (s.blocks() as i64 * frag, s.blocks_available() as i64 * frag)
+        }
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "statvfs of the state dir failed");
+            (0, 0)
+        }
+    }
+}
+
+/// Register the node (and its schema) once Postgres answers, then keep its
+/// record fresh: the heartbeat carries the state dir's real free space,
+/// which GetCapacity reports.
+pub async fn register_node(
+    db: Db,
+    node_id: String,
+    max_volumes: i64,
+    state_dir: std::path::PathBuf,
+) {
+    let mut migrated = false;
     loop {
+        let (size, free) = disk_space(&state_dir);
         let r = async {
-            db.migrate().await?;
-            db.upsert_node(&node_id, max_volumes).await
+            if !migrated {
+                db.migrate().await?;
+                migrated = true;
+            }
+            db.upsert_node(&node_id, max_volumes, size, free).await
         }
         .await;
         match r {
-            Ok(()) => return,
+            Ok(()) => tokio::time::sleep(HEARTBEAT).await,
             Err(e) => {
                 tracing::debug!(error = %e, "node not registered yet");
                 tokio::time::sleep(RETRY).await;

@@ -8,12 +8,19 @@ use tonic::Status;
 use super::proto::volume_capability::access_mode::Mode;
 use super::proto::volume_capability::AccessType;
 use super::proto::{CapacityRange, VolumeCapability};
-use crate::bucket::DEFAULT_CHUNK_SIZE;
+use crate::bucket::{Retention, DEFAULT_CHUNK_SIZE};
 
 /// StorageClass parameter: chunk size in bytes (power of two, 64 KiB – 16 MiB).
 pub const PARAM_CHUNK_SIZE: &str = "chunkSize";
-/// StorageClass parameter: replicas a volume is kept on (default 2).
+/// StorageClass parameter: replicas a volume is kept on. Only 1 is accepted
+/// until background replication exists (a volume is kept, in sync, on
+/// every node that stages it).
 pub const PARAM_REPLICAS: &str = "replicas";
+/// StorageClass or VolumeAttributesClass parameter: how much history a
+/// volume keeps (`count=N,age=D`, see [`Retention`]); mutable.
+pub const PARAM_HISTORY_RETENTION: &str = "historyRetention";
+/// Parameters ControllerModifyVolume may change.
+pub const MUTABLE_PARAMETERS: &[&str] = &[PARAM_HISTORY_RETENTION];
 /// StorageClass parameter: the name of the Secret holding the tenant KEK;
 /// its `tenantKey` entry arrives in the CreateVolume secrets.
 pub const PARAM_TENANT_KEY_SECRET: &str = "tenantKeySecret";
@@ -33,8 +40,8 @@ pub const MAX_CAPACITY: i64 = 1 << 50;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VolumeParams {
     pub chunk_size: u32,
-    pub replicas: u32,
     pub tenant_key_secret: Option<String>,
+    pub history_retention: Option<Retention>,
     /// Everything as given, in canonical order (for idempotency checks).
     pub canonical: String,
 }
@@ -42,8 +49,8 @@ pub struct VolumeParams {
 pub fn parse_parameters(params: &HashMap<String, String>) -> Result<VolumeParams, Status> {
     let bad = |k: &str, why: &str| Status::invalid_argument(format!("parameter {k}: {why}"));
     let mut chunk_size = DEFAULT_CHUNK_SIZE;
-    let mut replicas = 2;
     let mut tenant_key_secret = None;
+    let mut history_retention = None;
     for (k, v) in params {
         match k.as_str() {
             PARAM_CHUNK_SIZE => {
@@ -54,12 +61,15 @@ pub fn parse_parameters(params: &HashMap<String, String>) -> Result<VolumeParams
                 chunk_size = n;
             }
             PARAM_REPLICAS => {
-                replicas = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=16).contains(n))
-                    .ok_or_else(|| bad(k, "must be 1 to 16"))?;
+                if v.trim() != "1" {
+                    return Err(bad(
+                        k,
+                        "only 1 is supported yet: replicas on nodes that do not stage the volume \
+                         are not implemented (every node that stages a volume keeps it in sync)",
+                    ));
+                }
             }
+            PARAM_HISTORY_RETENTION => history_retention = Some(parse_retention(k, v)?),
             PARAM_TENANT_KEY_SECRET => {
                 if v.is_empty() {
                     return Err(bad(k, "must name a Secret"));
@@ -73,10 +83,54 @@ pub fn parse_parameters(params: &HashMap<String, String>) -> Result<VolumeParams
     let sorted: BTreeMap<&String, &String> = params.iter().collect();
     Ok(VolumeParams {
         chunk_size,
-        replicas,
         tenant_key_secret,
+        history_retention,
         canonical: serde_json::to_string(&sorted).expect("string map serializes"),
     })
+}
+
+fn parse_retention(k: &str, v: &str) -> Result<Retention, Status> {
+    v.parse::<Retention>()
+        .map_err(|why| Status::invalid_argument(format!("parameter {k}: {why}")))
+}
+
+/// Mutable parameters (CreateVolume's `mutable_parameters`, or
+/// ControllerModifyVolume's): known mutable keys only, each valid.
+/// Returns them in canonical JSON.
+pub fn parse_mutable(params: &HashMap<String, String>) -> Result<String, Status> {
+    for (k, v) in params {
+        match k.as_str() {
+            PARAM_HISTORY_RETENTION => {
+                parse_retention(k, v)?;
+            }
+            PARAM_CHUNK_SIZE | PARAM_REPLICAS | PARAM_TENANT_KEY_SECRET => {
+                return Err(Status::invalid_argument(format!(
+                    "mutable parameter {k}: it is fixed when the volume is created (mutable: {})",
+                    MUTABLE_PARAMETERS.join(", ")
+                )))
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "mutable parameter {other}: unknown (mutable: {})",
+                    MUTABLE_PARAMETERS.join(", ")
+                )))
+            }
+        }
+    }
+    let sorted: BTreeMap<&String, &String> = params.iter().collect();
+    Ok(serde_json::to_string(&sorted).expect("string map serializes"))
+}
+
+/// A volume's history retention: its mutable parameter, else its
+/// StorageClass parameter, else the default.
+pub fn retention_of(parameters: &str, mutable_parameters: &str) -> Retention {
+    let get = |json: &str| -> Option<Retention> {
+        let map: BTreeMap<String, String> = serde_json::from_str(json).ok()?;
+        map.get(PARAM_HISTORY_RETENTION)?.parse().ok()
+    };
+    get(mutable_parameters)
+        .or_else(|| get(parameters))
+        .unwrap_or_default()
 }
 
 /// The capacity to provision for `range` (default 1 GiB), or OUT_OF_RANGE.
@@ -224,5 +278,28 @@ mod tests {
             .message()
             .contains("bogus"));
         assert!(parse_parameters(&p(&[("csi.storage.k8s.io/pvc/name", "x")])).is_ok());
+        assert!(parse_parameters(&p(&[("replicas", "1")])).is_ok());
+        let why = parse_parameters(&p(&[("replicas", "2")])).unwrap_err();
+        assert!(why.message().contains("only 1"), "{}", why.message());
+        assert!(parse_parameters(&p(&[("historyRetention", "count=5")])).is_ok());
+        assert!(parse_parameters(&p(&[("historyRetention", "lots")])).is_err());
+        assert!(parse_mutable(&p(&[("historyRetention", "age=1d")])).is_ok());
+        for bad in [
+            ("chunkSize", "65536"),
+            ("color", "red"),
+            ("historyRetention", "x"),
+        ] {
+            let e = parse_mutable(&p(&[bad])).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        }
+        assert_eq!(
+            retention_of(
+                r#"{"historyRetention":"count=3"}"#,
+                r#"{"historyRetention":"count=7"}"#
+            )
+            .count,
+            Some(7)
+        );
+        assert_eq!(retention_of("{}", "{}"), Retention::default());
     }
 }

@@ -7,15 +7,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
 use super::controller::ControllerService;
+use super::group_controller::GroupControllerService;
 use super::identity::{IdentityService, ReadyCheck};
 use super::proto::controller_server::ControllerServer;
+use super::proto::group_controller_server::GroupControllerServer;
 use super::proto::identity_server::IdentityServer;
 use crate::crypto::Kek;
 use crate::db::Db;
+use tonic::service::interceptor::InterceptedService;
 
 /// What `jax-csi controller` needs.
 pub struct ControllerConfig {
@@ -49,24 +51,31 @@ pub async fn run_controller(
         })
     };
     let gate = migrated.clone();
-    let controller = ControllerServer::with_interceptor(
-        ControllerService::new(db.clone(), Arc::new(cfg.kek)),
-        move |req: tonic::Request<()>| {
-            if gate.load(Ordering::SeqCst) {
-                Ok(req)
-            } else {
-                Err(tonic::Status::unavailable(
-                    "controller is starting: database schema not ready",
-                ))
-            }
-        },
+    let schema_ready = move |req: tonic::Request<()>| {
+        if gate.load(Ordering::SeqCst) {
+            Ok(req)
+        } else {
+            Err(tonic::Status::unavailable(
+                "controller is starting: database schema not ready",
+            ))
+        }
+    };
+    let service = Arc::new(ControllerService::new(db.clone(), Arc::new(cfg.kek)));
+    let controller = InterceptedService::new(
+        ControllerServer::from_arc(service.clone()),
+        schema_ready.clone(),
+    );
+    let group = InterceptedService::new(
+        GroupControllerServer::new(GroupControllerService::new(service)),
+        schema_ready,
     );
     let listener = super::server::bind_unix(&cfg.socket).await?;
     tracing::info!(socket = %cfg.socket.display(), node = %cfg.node_id, "controller serving");
     let served = Server::builder()
         .add_service(IdentityServer::new(IdentityService::new(true, ready)))
         .add_service(controller)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .add_service(group)
+        .serve_with_incoming_shutdown(super::server::incoming(listener), shutdown)
         .await;
     background.abort();
     let _ = std::fs::remove_file(&cfg.socket);
@@ -103,14 +112,13 @@ async fn background(db: Db, migrated: Arc<AtomicBool>, me: String) {
                         tracing::warn!(replica = %me, "lost the leader lock's connection");
                         break;
                     }
-                    match db.pending_gc().await {
-                        Ok(ids) if !ids.is_empty() => {
-                            tracing::debug!(
-                                volumes = ids.len(),
-                                "volumes awaiting blob collection on the nodes"
-                            )
+                    // Deleted volumes every node has collected are done.
+                    match db.close_collected_gc().await {
+                        Ok(n) if n > 0 => {
+                            tracing::info!(volumes = n, "deleted volumes collected on every node")
                         }
-                        _ => {}
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(error = %e, "gc bookkeeping"),
                     }
                 }
             }
@@ -132,6 +140,12 @@ pub struct NodeConfig {
     /// Reported by NodeGetInfo (0 = no limit).
     pub max_volumes: i64,
     pub db_timeout: Duration,
+    /// Staging and target paths must lie under it, when set.
+    pub kubelet_dir: Option<PathBuf>,
+    /// How often garbage collection and retention run.
+    pub gc_interval: Duration,
+    /// Blobs younger than this are never collected.
+    pub gc_grace: Duration,
 }
 
 /// Serve Identity + Node until `shutdown` resolves, then unmount cleanly.
@@ -173,6 +187,15 @@ pub async fn run_node(
             db.clone(),
             cfg.node_id.clone(),
             cfg.max_volumes,
+            cfg.state_dir.clone(),
+        )),
+        tokio::spawn(super::node_gc::run(
+            db.clone(),
+            cfg.node_id.clone(),
+            manager.clone(),
+            kek.clone(),
+            cfg.gc_interval,
+            cfg.gc_grace,
         )),
     ];
     // Mounts come back from the node-local records, Postgres or not.
@@ -192,12 +215,13 @@ pub async fn run_node(
         manager.clone(),
         db.clone(),
         kek,
+        cfg.kubelet_dir.clone(),
     );
     tracing::info!(socket = %cfg.socket.display(), node = %cfg.node_id, "node serving");
     let served = Server::builder()
         .add_service(IdentityServer::new(IdentityService::new(false, ready)))
         .add_service(super::proto::node_server::NodeServer::new(node))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(super::server::incoming(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(&cfg.socket);
     // Final commits and clean unmounts; auto-mount records bring them back.

@@ -48,6 +48,16 @@ pub async fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// The connections of a bound socket, each behind the `:authority` fixer
+/// (see `authority.rs`), ready for `serve_with_incoming`.
+pub fn incoming(
+    listener: UnixListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<super::authority::FixAuthority<UnixStream>>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::UnixListenerStream::new(listener)
+        .map(|conn| conn.map(super::authority::FixAuthority::new))
+}
+
 /// A gRPC channel over a unix socket, as kubelet and the sidecars use.
 pub async fn connect_unix(path: &Path) -> anyhow::Result<Channel> {
     let path = path.to_path_buf();

@@ -9,7 +9,7 @@
 pub mod embedded;
 mod records;
 
-pub use records::{NewSnapshot, NewVolume, SnapshotRecord, VolumeRecord};
+pub use records::{GroupSnapshotRecord, NewSnapshot, NewVolume, SnapshotRecord, VolumeRecord};
 
 use std::time::Duration;
 

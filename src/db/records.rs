@@ -19,6 +19,15 @@ pub struct VolumeRecord {
     pub source_volume_id: Option<String>,
     pub source_head: Option<String>,
     pub source_wrapped_key: Option<Vec<u8>>,
+    /// Parameters ControllerModifyVolume may change, canonical JSON.
+    pub mutable_parameters: String,
+}
+
+impl VolumeRecord {
+    /// The access modes the volume was created with (CSI enum values).
+    pub fn modes(&self) -> Vec<i32> {
+        serde_json::from_str(&self.access_modes).unwrap_or_default()
+    }
 }
 
 /// A volume to insert (everything but the sequence number).
@@ -36,6 +45,7 @@ pub struct NewVolume {
     pub source_volume_id: Option<String>,
     pub source_head: Option<String>,
     pub source_wrapped_key: Option<Vec<u8>>,
+    pub mutable_parameters: String,
 }
 
 #[derive(Clone, Debug, FromRow, PartialEq, Eq)]
@@ -49,6 +59,26 @@ pub struct SnapshotRecord {
     pub size_bytes: i64,
     pub created_secs: i64,
     pub created_nanos: i32,
+    pub group_snapshot_id: Option<String>,
+    /// The bucket `head` belongs to (`source_volume_id` when `None`).
+    pub bucket_id: Option<String>,
+    /// False while the head to record is not known yet.
+    pub ready: bool,
+}
+
+impl SnapshotRecord {
+    /// The bucket whose version the snapshot records.
+    pub fn bucket(&self) -> &str {
+        self.bucket_id.as_deref().unwrap_or(&self.source_volume_id)
+    }
+}
+
+#[derive(Clone, Debug, FromRow, PartialEq, Eq)]
+pub struct GroupSnapshotRecord {
+    pub id: String,
+    pub name: String,
+    pub created_secs: i64,
+    pub created_nanos: i32,
 }
 
 #[derive(Clone, Debug)]
@@ -59,13 +89,22 @@ pub struct NewSnapshot {
     pub head: Option<String>,
     pub wrapped_key: Vec<u8>,
     pub size_bytes: i64,
+    pub group_snapshot_id: Option<String>,
+    pub bucket_id: Option<String>,
+    pub ready: bool,
 }
 
 const VOLUME_COLUMNS: &str =
     "id, name, seq, capacity_bytes, parameters, access_modes, chunk_size, wrapped_key, \
-     tenant_wrapped_key, source_snapshot_id, source_volume_id, source_head, source_wrapped_key";
+     tenant_wrapped_key, source_snapshot_id, source_volume_id, source_head, source_wrapped_key, \
+     mutable_parameters";
 
 const SNAPSHOT_COLUMNS: &str = "id, name, seq, source_volume_id, head, wrapped_key, size_bytes, \
+     EXTRACT(EPOCH FROM date_trunc('second', created_at))::BIGINT AS created_secs, \
+     (EXTRACT(MICROSECONDS FROM created_at)::BIGINT % 1000000 * 1000)::INT AS created_nanos, \
+     group_snapshot_id, bucket_id, ready";
+
+const GROUP_COLUMNS: &str = "id, name, \
      EXTRACT(EPOCH FROM date_trunc('second', created_at))::BIGINT AS created_secs, \
      (EXTRACT(MICROSECONDS FROM created_at)::BIGINT % 1000000 * 1000)::INT AS created_nanos";
 
@@ -93,8 +132,9 @@ impl Db {
     pub async fn insert_volume(&self, v: &NewVolume) -> DbResult<Option<VolumeRecord>> {
         let sql = format!(
             "INSERT INTO volumes (id, name, capacity_bytes, parameters, access_modes, chunk_size, wrapped_key, \
-             tenant_wrapped_key, source_snapshot_id, source_volume_id, source_head, source_wrapped_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             tenant_wrapped_key, source_snapshot_id, source_volume_id, source_head, source_wrapped_key, \
+             mutable_parameters) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (name) DO NOTHING RETURNING {VOLUME_COLUMNS}"
         );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -110,8 +150,22 @@ impl Db {
             .bind(&v.source_volume_id)
             .bind(&v.source_head)
             .bind(&v.source_wrapped_key)
+            .bind(&v.mutable_parameters)
             .fetch_optional(self.pool())
             .await?)
+    }
+
+    /// Replace a volume's mutable parameters; false if it does not exist.
+    pub async fn set_mutable_parameters(&self, id: &str, json: &str) -> DbResult<bool> {
+        Ok(
+            sqlx::query("UPDATE volumes SET mutable_parameters = $2 WHERE id = $1")
+                .bind(id)
+                .bind(json)
+                .execute(self.pool())
+                .await?
+                .rows_affected()
+                > 0,
+        )
     }
 
     pub async fn volume_by_name(&self, name: &str) -> DbResult<Option<VolumeRecord>> {
@@ -177,13 +231,16 @@ impl Db {
         Ok(sum.unwrap_or(0))
     }
 
-    /// Capacity the registered nodes report, and the largest single node's.
-    pub async fn node_capacity(&self) -> DbResult<(i64, i64)> {
-        let (sum, max): (Option<i64>, Option<i64>) =
-            sqlx::query_as("SELECT SUM(capacity_bytes)::BIGINT, MAX(capacity_bytes) FROM nodes")
-                .fetch_one(self.pool())
-                .await?;
-        Ok((sum.unwrap_or(0), max.unwrap_or(0)))
+    /// Free bytes on the node with the most room, among the nodes heard
+    /// from in the last `fresh` seconds (a volume must fit on one node).
+    pub async fn largest_free_space(&self, fresh_secs: i64) -> DbResult<i64> {
+        let (max,): (Option<i64>,) = sqlx::query_as(
+            "SELECT MAX(free_bytes) FROM nodes WHERE last_seen > now() - make_interval(secs => $1)",
+        )
+        .bind(fresh_secs as f64)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(max.unwrap_or(0))
     }
 
     /// The highest head any node reported for a volume.
@@ -217,27 +274,70 @@ impl Db {
         Ok(())
     }
 
-    /// Register a node (or refresh it): its id, volume limit and last sighting.
-    pub async fn upsert_node(&self, node_id: &str, max_volumes: i64) -> DbResult<()> {
+    /// Register a node or refresh it (the heartbeat): its volume limit,
+    /// the size and free bytes of its state dir's file system, last sighting.
+    pub async fn upsert_node(
+        &self,
+        node_id: &str,
+        max_volumes: i64,
+        capacity_bytes: i64,
+        free_bytes: i64,
+    ) -> DbResult<()> {
         sqlx::query(
-            "INSERT INTO nodes (id, max_volumes) VALUES ($1, $2) \
-             ON CONFLICT (id) DO UPDATE SET max_volumes = EXCLUDED.max_volumes, last_seen = now()",
+            "INSERT INTO nodes (id, max_volumes, capacity_bytes, free_bytes) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO UPDATE SET max_volumes = EXCLUDED.max_volumes, \
+             capacity_bytes = EXCLUDED.capacity_bytes, free_bytes = EXCLUDED.free_bytes, last_seen = now()",
         )
         .bind(node_id)
         .bind(max_volumes)
+        .bind(capacity_bytes)
+        .bind(free_bytes)
         .execute(self.pool())
         .await?;
         Ok(())
     }
 
-    /// Nodes where the volume is mounted and running.
+    /// Nodes where the volume is published to at least one pod.
     pub async fn publishing_nodes(&self, volume_id: &str) -> DbResult<Vec<String>> {
-        let rows: Vec<(String,)> =
-            sqlx::query_as("SELECT node_id FROM mounts WHERE volume_id = $1 AND status = 'running' ORDER BY node_id")
-                .bind(volume_id)
-                .fetch_all(self.pool())
-                .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
+        let ids = [volume_id.to_string()];
+        Ok(self
+            .published_nodes(&ids)
+            .await?
+            .remove(volume_id)
+            .unwrap_or_default())
+    }
+
+    /// For each of `ids`, the nodes where it is published, sorted.
+    pub async fn published_nodes(
+        &self,
+        ids: &[String],
+    ) -> DbResult<std::collections::HashMap<String, Vec<String>>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT volume_id, node_id FROM mounts WHERE volume_id = ANY($1) AND status = 'running' \
+             AND published ORDER BY node_id",
+        )
+        .bind(ids)
+        .fetch_all(self.pool())
+        .await?;
+        let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for (v, n) in rows {
+            out.entry(v).or_default().push(n);
+        }
+        Ok(out)
+    }
+
+    /// Mount states of each of `ids`: (volume, node, status, message).
+    pub async fn mount_states_of(
+        &self,
+        ids: &[String],
+    ) -> DbResult<Vec<(String, String, String, Option<String>)>> {
+        Ok(sqlx::query_as(
+            "SELECT volume_id, node_id, status, message FROM mounts WHERE volume_id = ANY($1) \
+             ORDER BY volume_id, node_id",
+        )
+        .bind(ids)
+        .fetch_all(self.pool())
+        .await?)
     }
 
     /// Mount status rows for a volume: (node, status, message).
@@ -253,6 +353,7 @@ impl Db {
         .await?)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn upsert_mount(
         &self,
         volume_id: &str,
@@ -260,17 +361,21 @@ impl Db {
         staging_path: &str,
         status: &str,
         message: Option<&str>,
+        published: bool,
     ) -> DbResult<()> {
         sqlx::query(
-            "INSERT INTO mounts (volume_id, node_id, staging_path, status, message) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO mounts (volume_id, node_id, staging_path, status, message, published) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (volume_id, node_id) DO UPDATE SET staging_path = EXCLUDED.staging_path, \
-             status = EXCLUDED.status, message = EXCLUDED.message, updated_at = now()",
+             status = EXCLUDED.status, message = EXCLUDED.message, published = EXCLUDED.published, \
+             updated_at = now()",
         )
         .bind(volume_id)
         .bind(node_id)
         .bind(staging_path)
         .bind(status)
         .bind(message)
+        .bind(published)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -278,8 +383,9 @@ impl Db {
 
     pub async fn insert_snapshot(&self, s: &NewSnapshot) -> DbResult<Option<SnapshotRecord>> {
         let sql = format!(
-            "INSERT INTO snapshots (id, name, source_volume_id, head, wrapped_key, size_bytes) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING RETURNING {SNAPSHOT_COLUMNS}"
+            "INSERT INTO snapshots (id, name, source_volume_id, head, wrapped_key, size_bytes, \
+             group_snapshot_id, bucket_id, ready) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name) DO NOTHING RETURNING {SNAPSHOT_COLUMNS}"
         );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(&s.id)
@@ -288,8 +394,175 @@ impl Db {
             .bind(&s.head)
             .bind(&s.wrapped_key)
             .bind(s.size_bytes)
+            .bind(&s.group_snapshot_id)
+            .bind(&s.bucket_id)
+            .bind(s.ready)
             .fetch_optional(self.pool())
             .await?)
+    }
+
+    /// A snapshot taken before its volume's head was known gets one now.
+    pub async fn fill_snapshot_head(
+        &self,
+        id: &str,
+        bucket_id: &str,
+        head: &str,
+        wrapped_key: &[u8],
+    ) -> DbResult<()> {
+        sqlx::query(
+            "UPDATE snapshots SET head = $3, wrapped_key = $4, bucket_id = $2, ready = true \
+             WHERE id = $1 AND NOT ready",
+        )
+        .bind(id)
+        .bind(bucket_id)
+        .bind(head)
+        .bind(wrapped_key)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Whether any node ever recorded a mount of the volume (then its
+    /// content is only known once a head is reported).
+    pub async fn ever_mounted(&self, volume_id: &str) -> DbResult<bool> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM mounts WHERE volume_id = $1")
+            .bind(volume_id)
+            .fetch_one(self.pool())
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Insert a group snapshot unless one with its name exists.
+    pub async fn insert_group_snapshot(
+        &self,
+        id: &str,
+        name: &str,
+    ) -> DbResult<Option<GroupSnapshotRecord>> {
+        let sql = format!(
+            "INSERT INTO group_snapshots (id, name) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING \
+             RETURNING {GROUP_COLUMNS}"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    pub async fn group_snapshot_by_name(
+        &self,
+        name: &str,
+    ) -> DbResult<Option<GroupSnapshotRecord>> {
+        self.find(GROUP_COLUMNS, "group_snapshots", "name", name)
+            .await
+    }
+
+    pub async fn group_snapshot_by_id(&self, id: &str) -> DbResult<Option<GroupSnapshotRecord>> {
+        self.find(GROUP_COLUMNS, "group_snapshots", "id", id).await
+    }
+
+    /// The snapshots of a group, in their volumes' order.
+    pub async fn snapshots_of_group(&self, group_id: &str) -> DbResult<Vec<SnapshotRecord>> {
+        let sql = format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE group_snapshot_id = $1 ORDER BY seq"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(group_id)
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// Delete a group snapshot and its member snapshots.
+    pub async fn delete_group_snapshot(&self, id: &str) -> DbResult<()> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM snapshots WHERE group_snapshot_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM group_snapshots WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The newest reported head of each volume, all read in one statement
+    /// (one point in time for a group snapshot).
+    pub async fn latest_heads(
+        &self,
+        ids: &[String],
+    ) -> DbResult<std::collections::HashMap<String, String>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT ON (volume_id) volume_id, head FROM bucket_heads WHERE volume_id = ANY($1) \
+             ORDER BY volume_id, height DESC, updated_at DESC",
+        )
+        .bind(ids)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Versions of volume `id` that must survive pruning: snapshot heads,
+    /// heads clones start from, and every node's reported head.
+    pub async fn pinned_heads(&self, volume_id: &str) -> DbResult<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT head FROM snapshots WHERE COALESCE(bucket_id, source_volume_id) = $1 AND head IS NOT NULL \
+             UNION SELECT source_head FROM volumes WHERE source_volume_id = $1 AND source_head IS NOT NULL \
+             UNION SELECT head FROM bucket_heads WHERE volume_id = $1",
+        )
+        .bind(volume_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Deleted volumes this node has not collected yet.
+    pub async fn gc_pending_for(&self, node_id: &str) -> DbResult<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT q.volume_id FROM gc_queue q WHERE NOT EXISTS \
+             (SELECT 1 FROM gc_done d WHERE d.volume_id = q.volume_id AND d.node_id = $1) \
+             ORDER BY q.enqueued_at",
+        )
+        .bind(node_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    pub async fn mark_gc_done(&self, volume_id: &str, node_id: &str) -> DbResult<()> {
+        sqlx::query(
+            "INSERT INTO gc_done (volume_id, node_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(volume_id)
+        .bind(node_id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Leader housekeeping: queue entries every registered node collected
+    /// are done; returns how many were closed.
+    pub async fn close_collected_gc(&self) -> DbResult<u64> {
+        Ok(sqlx::query(
+            "UPDATE gc_queue q SET done_at = now() WHERE done_at IS NULL AND NOT EXISTS \
+             (SELECT 1 FROM nodes n WHERE NOT EXISTS \
+              (SELECT 1 FROM gc_done d WHERE d.volume_id = q.volume_id AND d.node_id = n.id))",
+        )
+        .execute(self.pool())
+        .await?
+        .rows_affected())
+    }
+
+    /// Whether any snapshot still records a head of volume `id`.
+    pub async fn has_snapshots(&self, volume_id: &str) -> DbResult<bool> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM snapshots WHERE COALESCE(bucket_id, source_volume_id) = $1",
+        )
+        .bind(volume_id)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(n > 0)
     }
 
     pub async fn snapshot_by_name(&self, name: &str) -> DbResult<Option<SnapshotRecord>> {
@@ -340,16 +613,6 @@ impl Db {
             .fetch_one(&mut *conn)
             .await?;
         Ok(got.then_some(conn))
-    }
-
-    /// Volumes waiting for blob collection.
-    pub async fn pending_gc(&self) -> DbResult<Vec<String>> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT volume_id FROM gc_queue WHERE done_at IS NULL ORDER BY enqueued_at",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
     }
 }
 

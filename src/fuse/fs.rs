@@ -121,14 +121,11 @@ impl JaxFs {
         }
     }
 
-    /// Answer with an entry; the kernel then holds one more reference to
-    /// it (until FORGET), which keeps an unlinked file alive while open.
+    /// Answer with an entry (pinned by [`pinned`] in the same lock that
+    /// found or made it).
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
         match r {
-            Ok(a) => {
-                self.live.lock().pin(a.ino);
-                reply.entry(&self.opts.ttl, &file_attr(&a), Generation(0))
-            }
+            Ok(a) => reply.entry(&self.opts.ttl, &file_attr(&a), Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -171,6 +168,19 @@ impl DirHandles {
 
     fn close(&self, fh: u64) {
         self.open.lock().unwrap().remove(&fh);
+    }
+}
+
+/// `f`, then pin the inode it answers with, under the same lock: the kernel
+/// will hold one more reference to it (until FORGET), which keeps an
+/// unlinked file alive while open, and no unlink can slip in between.
+fn pinned(
+    f: impl FnOnce(&mut Mount) -> crate::bucket::Result<Attr>,
+) -> impl FnOnce(&mut Mount) -> crate::bucket::Result<Attr> {
+    move |m| {
+        let a = f(m)?;
+        m.pin(a.ino);
+        Ok(a)
     }
 }
 
@@ -239,7 +249,7 @@ impl Filesystem for JaxFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = self.with(|m| m.lookup(parent.0, name.as_bytes()));
+        let r = self.with(pinned(|m| m.lookup(parent.0, name.as_bytes())));
         self.entry(reply, r)
     }
 
@@ -304,7 +314,9 @@ impl Filesystem for JaxFs {
             return reply.error(Errno::EPERM);
         }
         let r = self.new_owner(req, parent).and_then(|(uid, gid, _)| {
-            self.change(|m| m.create(parent.0, name.as_bytes(), mode & !umask, uid, gid))
+            self.change(pinned(|m| {
+                m.create(parent.0, name.as_bytes(), mode & !umask, uid, gid)
+            }))
         });
         self.entry(reply, r)
     }
@@ -320,7 +332,9 @@ impl Filesystem for JaxFs {
     ) {
         let r = self.new_owner(req, parent).and_then(|(uid, gid, inherit)| {
             let mode = (mode & !umask) | if inherit { S_ISGID } else { 0 };
-            self.change(|m| m.mkdir(parent.0, name.as_bytes(), mode, uid, gid))
+            self.change(pinned(|m| {
+                m.mkdir(parent.0, name.as_bytes(), mode, uid, gid)
+            }))
         });
         self.entry(reply, r)
     }
@@ -348,7 +362,7 @@ impl Filesystem for JaxFs {
         reply: ReplyEntry,
     ) {
         let r = self.new_owner(req, parent).and_then(|(uid, gid, _)| {
-            self.change(|m| {
+            self.change(pinned(|m| {
                 m.symlink(
                     parent.0,
                     link_name.as_bytes(),
@@ -356,7 +370,7 @@ impl Filesystem for JaxFs {
                     uid,
                     gid,
                 )
-            })
+            }))
         });
         self.entry(reply, r)
     }
@@ -578,12 +592,24 @@ impl Filesystem for JaxFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let usage = self.live.lock().usage();
+        let (usage, store) = {
+            let m = self.live.lock();
+            (m.usage(), m.store_dir())
+        };
         let bs = BLOCK_SIZE as u64;
         let used = usage.used_bytes.div_ceil(bs);
-        // Without a quota, report the node's free space as the ceiling.
-        let total = usage.quota.map(|q| q / bs).unwrap_or(u64::MAX / bs / 2);
-        let free = total.saturating_sub(used);
+        // The quota is the size; without one, the node's disk is the ceiling.
+        let (total, free) = match usage.quota {
+            Some(q) => (q / bs, (q / bs).saturating_sub(used)),
+            None => match nix::sys::statvfs::statvfs(&store) {
+                Ok(s) => {
+                    let frag = s.fragment_size();
+                    let avail = s.blocks_available() * frag / bs;
+                    (used + avail, avail)
+                }
+                Err(_) => (used, 0),
+            },
+        };
         let ffree = MAX_FILES.saturating_sub(usage.entries);
         reply.statfs(
             total, free, free, MAX_FILES, ffree, BLOCK_SIZE, 255, BLOCK_SIZE,
@@ -658,19 +684,18 @@ impl Filesystem for JaxFs {
         reply: ReplyCreate,
     ) {
         let r = self.new_owner(req, parent).and_then(|(uid, gid, _)| {
-            self.change(|m| m.create(parent.0, name.as_bytes(), mode & !umask, uid, gid))
+            self.change(pinned(|m| {
+                m.create(parent.0, name.as_bytes(), mode & !umask, uid, gid)
+            }))
         });
         match r {
-            Ok(a) => {
-                self.live.lock().pin(a.ino);
-                reply.created(
-                    &self.opts.ttl,
-                    &file_attr(&a),
-                    Generation(0),
-                    FileHandle(0),
-                    FopenFlags::FOPEN_KEEP_CACHE,
-                )
-            }
+            Ok(a) => reply.created(
+                &self.opts.ttl,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(e),
         }
     }

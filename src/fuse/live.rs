@@ -1,6 +1,9 @@
 //! A live bucket Mount shared by every FUSE session (and pod) that uses a
 //! volume on this node, with its write-back committer: a new version is
 //! written on fsync and after a short quiet period, never per write call.
+//! A commit that fails (a full disk, an I/O error) leaves the changes
+//! pending: the committer tries again with a growing delay, and a final
+//! commit that fails at shutdown keeps the mount live and says so.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -12,6 +15,9 @@ use crate::bucket::{BucketError, Mount, Saved};
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(500);
 /// Longest a busy writer can keep changes uncommitted.
 pub const MAX_COMMIT_DELAY: Duration = Duration::from_secs(5);
+/// First wait before a failed background commit is tried again (doubling to 30 s).
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Called after every commit (to report the new head, notify peers, …).
 pub type CommitHook = Box<dyn Fn(Saved) + Send + Sync>;
@@ -22,6 +28,8 @@ struct Pending {
     since: Option<Instant>,
     /// When the last change happened.
     last: Option<Instant>,
+    /// After a failed commit: when to try again, and the wait after that.
+    retry: Option<(Instant, Duration)>,
     stop: bool,
 }
 
@@ -60,6 +68,15 @@ impl LiveMount {
         }
     }
 
+    fn spawn_committer(&self) {
+        let worker = self.shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("jax-committer".into())
+            .spawn(move || committer(worker))
+            .expect("spawning the committer thread");
+        *self.committer.lock().unwrap() = Some(handle);
+    }
+
     /// Lock the Mount for one operation.
     pub fn lock(&self) -> MutexGuard<'_, Mount> {
         self.shared
@@ -91,30 +108,47 @@ impl LiveMount {
         commit(&self.shared)
     }
 
-    /// Stop the committer after a final commit. Idempotent.
+    /// Stop the committer after a final commit. Idempotent. When the final
+    /// commit fails, the committer is started again and the error returned:
+    /// the mount stays live with its changes, so nothing is dropped.
     pub fn shutdown(&self) -> Result<(), BucketError> {
         {
             let mut p = self.shared.pending.lock().unwrap();
             p.stop = true;
             self.shared.wake.notify_all();
         }
-        if let Some(h) = self.committer.lock().unwrap().take() {
+        let running = self.committer.lock().unwrap().take();
+        let was_running = running.is_some();
+        if let Some(h) = running {
             let _ = h.join();
         }
         if self.lock().is_read_only() {
             return Ok(());
         }
-        commit(&self.shared).map(|_| ())
+        match commit(&self.shared) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.shared.pending.lock().unwrap().stop = false;
+                if was_running {
+                    self.spawn_committer();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether changes wait to be committed (none after a successful commit).
+    pub fn has_pending_changes(&self) -> bool {
+        self.lock().has_unsaved_changes()
     }
 }
 
 fn commit(shared: &Shared) -> Result<Saved, BucketError> {
-    {
+    let taken = {
         let mut p = shared.pending.lock().unwrap();
-        p.since = None;
-        p.last = None;
-    }
-    let (saved, changed) = {
+        (p.since.take(), p.last.take())
+    };
+    let result = {
         let mut m = shared
             .mount
             .lock()
@@ -123,8 +157,24 @@ fn commit(shared: &Shared) -> Result<Saved, BucketError> {
             return Ok(m.base());
         }
         let before = m.base();
-        let saved = m.save()?;
-        (saved, saved != before)
+        m.save().map(|saved| (saved, saved != before))
+    };
+    let (saved, changed) = match result {
+        Ok(r) => {
+            shared.pending.lock().unwrap().retry = None;
+            r
+        }
+        Err(e) => {
+            // The changes are still in the Mount: keep them pending so the
+            // committer tries again, later and later while it keeps failing.
+            let mut p = shared.pending.lock().unwrap();
+            let now = Instant::now();
+            p.since = p.since.or(taken.0).or(Some(now));
+            p.last = p.last.or(taken.1).or(Some(now));
+            let wait = p.retry.map_or(RETRY_FIRST, |(_, w)| (w * 2).min(RETRY_MAX));
+            p.retry = Some((now + wait, wait));
+            return Err(e);
+        }
     };
     if changed {
         if let Some(hook) = shared.on_commit.lock().unwrap().as_ref() {
@@ -145,7 +195,10 @@ fn committer(shared: Arc<Shared>) {
             p = shared.wake.wait(p).unwrap();
             continue;
         };
-        let due = (last + shared.debounce).min(since + MAX_COMMIT_DELAY);
+        let mut due = (last + shared.debounce).min(since + MAX_COMMIT_DELAY);
+        if let Some((at, _)) = p.retry {
+            due = due.max(at);
+        }
         let now = Instant::now();
         if now < due {
             p = shared.wake.wait_timeout(p, due - now).unwrap().0;
@@ -153,7 +206,7 @@ fn committer(shared: Arc<Shared>) {
         }
         drop(p);
         if let Err(e) = commit(&shared) {
-            tracing::error!(error = %e, "background commit failed; will retry on the next change");
+            tracing::error!(error = %e, "background commit failed; the changes stay pending and it will be retried");
         }
         p = shared.pending.lock().unwrap();
     }

@@ -123,6 +123,15 @@ pub enum MountError {
     MountPointNotADirectory(PathBuf),
     #[error("volume {0} is already mounted")]
     AlreadyRunning(String),
+    #[error("volume {0} is being mounted or unmounted by another request")]
+    Busy(String),
+    /// The final commit failed: the volume stays mounted with its changes.
+    #[error("volume {volume}: the final commit failed, so it stays mounted with its changes (retry once the cause is fixed): {source}")]
+    CommitFailed {
+        volume: String,
+        #[source]
+        source: BucketError,
+    },
     #[error("loading bucket {volume}: {source}")]
     LoadFailed {
         volume: String,
@@ -154,6 +163,8 @@ struct Running {
 struct Inner {
     records: BTreeMap<String, MountRecord>,
     running: BTreeMap<String, Running>,
+    /// Volumes a start or stop is working on (outside the lock).
+    busy: std::collections::BTreeSet<String>,
 }
 
 /// Owns every mount of this node.
@@ -198,6 +209,7 @@ impl MountManager {
             inner: Arc::new(Mutex::new(Inner {
                 records,
                 running: BTreeMap::new(),
+                busy: Default::default(),
             })),
             events: broadcast::channel(256).0,
             mirror,
@@ -250,6 +262,9 @@ impl MountManager {
         let mut inner = self.lock();
         if inner.running.contains_key(volume_id) {
             return Err(MountError::AlreadyRunning(volume_id.into()));
+        }
+        if inner.busy.contains(volume_id) {
+            return Err(MountError::Busy(volume_id.into()));
         }
         let targets = inner
             .records
@@ -323,6 +338,8 @@ impl MountManager {
     /// Mount the volume's live bucket at its mount point. Running only once
     /// the kernel answers on it; a stale mount there is detached first.
     pub fn start(&self, volume_id: &str) -> Result<MountRecord, MountError> {
+        // Checked and reserved in one lock scope: a second start of the same
+        // volume is refused while this one mounts outside the lock.
         let rec = {
             let mut inner = self.lock();
             let rec = inner
@@ -333,10 +350,15 @@ impl MountManager {
             if inner.running.contains_key(volume_id) {
                 return Err(MountError::AlreadyRunning(volume_id.into()));
             }
+            if !inner.busy.insert(volume_id.to_string()) {
+                return Err(MountError::Busy(volume_id.into()));
+            }
             self.set_status(&mut inner, volume_id, MountStatus::Starting);
             rec
         };
-        match self.start_inner(&rec) {
+        let started = self.start_inner(&rec);
+        self.lock().busy.remove(volume_id);
+        match started {
             Ok(running) => {
                 let mut inner = self.lock();
                 inner.running.insert(volume_id.into(), running);
@@ -393,7 +415,7 @@ impl MountManager {
         });
         live.set_commit_hook(hook);
         let opts = SessionOptions {
-            fs_name: format!("jax:{}", rec.volume_id),
+            fs_name: session::source_of(&rec.volume_id),
             read_only: rec.options.read_only,
             fs: FsOptions {
                 ttl: Duration::from_millis(rec.options.cache_ttl_ms),
@@ -413,20 +435,29 @@ impl MountManager {
         Ok(Running { live, session })
     }
 
-    /// Unmount (after a final commit). Stopping a stopped mount is fine.
+    /// Unmount after a final commit. Stopping a stopped mount is fine.
     /// Pod bind mounts are detached first (they would keep the FUSE
     /// connection alive) but stay in the record, so a restart re-binds them.
+    /// When the final commit fails, nothing is unmounted: the targets are
+    /// bound again, the mount keeps running with its changes (the committer
+    /// retries) and [`MountError::CommitFailed`] says why.
     pub fn stop(&self, volume_id: &str) -> Result<(), MountError> {
-        let (running, targets) = {
+        let (live, targets, mount_point) = {
             let mut inner = self.lock();
             let Some(rec) = inner.records.get(volume_id) else {
                 return Err(MountError::MountNotFound(volume_id.into()));
             };
-            let targets = rec.targets.clone();
-            (inner.running.remove(volume_id), targets)
+            let (targets, mount_point) = (rec.targets.clone(), rec.mount_point.clone());
+            let Some(live) = inner.running.get(volume_id).map(|r| r.live.clone()) else {
+                return Ok(());
+            };
+            if !inner.busy.insert(volume_id.to_string()) {
+                return Err(MountError::Busy(volume_id.into()));
+            }
+            (live, targets, mount_point)
         };
-        let Some(Running { live, session }) = running else {
-            return Ok(());
+        let release = |this: &Self| {
+            this.lock().busy.remove(volume_id);
         };
         for t in &targets {
             if session::is_mount_point(&t.path) {
@@ -435,15 +466,29 @@ impl MountManager {
                 }
             }
         }
+        if let Err(source) = live.shutdown() {
+            for t in &targets {
+                if let Err(e) = bind_target(&mount_point, t) {
+                    tracing::error!(volume = volume_id, target = %t.path.display(), error = %e, "re-binding a pod target after a failed commit");
+                }
+            }
+            release(self);
+            tracing::error!(volume = volume_id, error = %source, "final commit failed; the volume stays mounted");
+            return Err(MountError::CommitFailed {
+                volume: volume_id.into(),
+                source,
+            });
+        }
+        let Some(Running { session, .. }) = self.lock().running.remove(volume_id) else {
+            release(self);
+            return Ok(());
+        };
         let path = session.path().to_path_buf();
-        let commit = live.shutdown();
         let unmounted = session.unmount();
         {
             let mut inner = self.lock();
+            inner.busy.remove(volume_id);
             self.set_status(&mut inner, volume_id, MountStatus::Stopped);
-        }
-        if let Err(e) = commit {
-            tracing::error!(volume = volume_id, error = %e, "final commit failed");
         }
         if let Err(source) = unmounted {
             // The kernel may still hold it (busy); detach so it goes when idle.
@@ -566,26 +611,29 @@ impl MountManager {
         Ok(())
     }
 
-    /// Unmount a pod path (safe when it is gone or dead) and forget it.
-    pub fn remove_target(&self, target: &Path) -> Result<(), MountError> {
+    /// Unmount pod path `target` of `volume_id` (safe when it is gone or
+    /// dead) and forget it. Only a path recorded as this volume's target is
+    /// touched; returns false (and does nothing) for any other.
+    pub fn remove_target(&self, volume_id: &str, target: &Path) -> Result<bool, MountError> {
+        let ours = self
+            .lock()
+            .records
+            .get(volume_id)
+            .is_some_and(|r| r.targets.iter().any(|t| t.path == target));
+        if !ours {
+            return Ok(false);
+        }
         unbind(target).map_err(|source| MountError::UnmountFailed {
             path: target.to_path_buf(),
             source,
         })?;
         let mut inner = self.lock();
-        let changed: Vec<MountRecord> = inner
-            .records
-            .values_mut()
-            .filter(|r| r.targets.iter().any(|t| t.path == target))
-            .map(|r| {
-                r.targets.retain(|t| t.path != target);
-                r.clone()
-            })
-            .collect();
-        for r in changed {
+        if let Some(r) = inner.records.get_mut(volume_id) {
+            r.targets.retain(|t| t.path != target);
+            let r = r.clone();
             self.persist(&inner, Some(&r))?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Which volume's mount has `target` as a pod path, if any.

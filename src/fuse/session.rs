@@ -200,13 +200,30 @@ pub fn is_stale(path: &Path) -> bool {
 
 /// True when something is mounted exactly at `path` (per /proc/self/mountinfo).
 pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
+    mount_source(path).is_some()
+}
+
+/// The source of the topmost mount exactly at `path` (`jax:<volume>` for
+/// ours and binds of ours), per /proc/self/mountinfo.
+pub fn mount_source(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.to_string_lossy();
     info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| unescape_mount_path(mp) == want)
+        .rev()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|mp| unescape_mount_path(mp) == want)
+        })
+        .find_map(|l| {
+            let (_, after) = l.split_once(" - ")?;
+            after.split(' ').nth(1).map(unescape_mount_path)
+        })
+}
+
+/// The mount source of volume `volume_id`'s FUSE mounts and their binds.
+pub fn source_of(volume_id: &str) -> String {
+    format!("jax:{volume_id}")
 }
 
 /// /proc/self/mountinfo escapes space, tab, newline and backslash as octal.

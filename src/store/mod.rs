@@ -388,15 +388,28 @@ impl BlobStore {
         Ok(out)
     }
 
-    /// Remove every blob not in `live`.
-    pub fn gc(&self, live: &HashSet<Hash>) -> Result<GcReport, StoreError> {
+    /// Remove every blob not in `live`, but those written in the last `grace`.
+    pub fn gc(
+        &self,
+        live: &HashSet<Hash>,
+        grace: std::time::Duration,
+    ) -> Result<GcReport, StoreError> {
         let mut report = GcReport::default();
+        let cutoff = std::time::SystemTime::now() - grace;
         for h in self.list()? {
             if live.contains(&h) {
                 report.kept += 1;
                 continue;
             }
             let p = self.path_of(&h);
+            let young = !grace.is_zero()
+                && std::fs::metadata(&p)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t > cutoff);
+            if young {
+                report.kept += 1;
+                continue;
+            }
             report.bytes_freed += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
             self.remove(&h)?;
             report.removed += 1;
@@ -605,7 +618,7 @@ mod tests {
         );
         std::fs::remove_file(s.path_of(&h)).unwrap();
         assert!(s.outboard_path(&h).exists());
-        s.gc(&HashSet::new()).unwrap();
+        s.gc(&HashSet::new(), std::time::Duration::ZERO).unwrap();
         assert!(!s.outboard_path(&h).exists());
         assert_eq!(s.disk_usage().unwrap(), 0);
     }
@@ -616,8 +629,19 @@ mod tests {
         let s = BlobStore::open(dir.path()).unwrap();
         let a = s.put(b"a").unwrap();
         let b = s.put(b"b").unwrap();
-        let report = s.gc(&[a].into_iter().collect()).unwrap();
+        let report = s
+            .gc(&[a].into_iter().collect(), std::time::Duration::ZERO)
+            .unwrap();
         assert_eq!((report.removed, report.kept), (1, 1));
+        let c = s.put(b"c").unwrap();
+        let report = s
+            .gc(
+                &[a].into_iter().collect(),
+                std::time::Duration::from_secs(60),
+            )
+            .unwrap();
+        assert!(s.contains(&c), "a blob younger than the grace stays");
+        assert_eq!((report.removed, report.kept), (0, 2));
         assert!(s.contains(&a) && !s.contains(&b));
     }
 }

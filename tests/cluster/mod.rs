@@ -100,7 +100,16 @@ impl Cluster {
             .arg(self.node_state(id))
             .args(["--database-url", &self.url(), "--kek-file"])
             .arg(self.dir.path().join("kek"))
-            .args(["--db-timeout-ms", "2000"])
+            .args([
+                "--db-timeout-ms",
+                "2000",
+                "--gc-interval-secs",
+                "1",
+                "--gc-grace-secs",
+                "2",
+            ])
+            .arg("--kubelet-dir")
+            .arg(self.dir.path())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

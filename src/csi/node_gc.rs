@@ -1,0 +1,126 @@
+//! The node's garbage collection: deleted volumes' buckets leave this node,
+//! old versions go by each volume's `historyRetention` (snapshots, clone
+//! sources and reported heads pinned), and the blobs nothing retained uses
+//! any more are removed. It needs Postgres to know what is deleted and
+//! pinned; without it, nothing is pruned and nothing is removed.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::bucket::{Bucket, BucketId, StateDir};
+use crate::crypto::Kek;
+use crate::db::Db;
+use crate::fuse::MountManager;
+use crate::store::{GcReport, Hash};
+
+/// Blobs younger than this are never collected by default: chunks a live
+/// mount sealed before its next commit, blobs a sync stored before their
+/// manifest.
+pub const GRACE: Duration = Duration::from_secs(600);
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcPass {
+    pub buckets_removed: usize,
+    pub versions_pruned: usize,
+    pub blobs: GcReport,
+}
+
+/// Run a pass every `interval` until the task is dropped.
+pub async fn run(
+    db: Db,
+    node_id: String,
+    manager: MountManager,
+    kek: std::sync::Arc<Kek>,
+    interval: Duration,
+    grace: Duration,
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        match pass(&db, &node_id, &manager, &kek, grace).await {
+            Ok(p) if p != GcPass::default() => tracing::info!(
+                buckets_removed = p.buckets_removed,
+                versions_pruned = p.versions_pruned,
+                blobs_removed = p.blobs.removed,
+                bytes_freed = p.blobs.bytes_freed,
+                "garbage collection"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "garbage collection skipped"),
+        }
+    }
+}
+
+/// One pass: deleted volumes, retention, then blobs (older than `grace`).
+pub async fn pass(
+    db: &Db,
+    node_id: &str,
+    manager: &MountManager,
+    kek: &std::sync::Arc<Kek>,
+    grace: Duration,
+) -> anyhow::Result<GcPass> {
+    let state = manager.state().clone();
+    let mut out = GcPass::default();
+    for vid in db.gc_pending_for(node_id).await? {
+        let Ok(id) = BucketId::from_hex(&vid) else {
+            db.mark_gc_done(&vid, node_id).await?;
+            continue;
+        };
+        if manager.get(&vid).is_ok() {
+            continue; // still staged here: collected once unstaged
+        }
+        if state.has_bucket(&id) {
+            if db.has_snapshots(&vid).await? {
+                continue; // its snapshots still need their versions
+            }
+            state.remove_bucket(&id)?;
+            out.buckets_removed += 1;
+        }
+        db.mark_gc_done(&vid, node_id).await?;
+    }
+    // Retention needs each volume's policy and pins from Postgres.
+    let mut plans = Vec::new();
+    for id in state.list_buckets()? {
+        let vid = id.to_hex();
+        let Some(vol) = db.volume_by_id(&vid).await? else {
+            plans.push((id, None));
+            continue;
+        };
+        let retention = super::params::retention_of(&vol.parameters, &vol.mutable_parameters);
+        let pinned: HashSet<Hash> = db
+            .pinned_heads(&vid)
+            .await?
+            .iter()
+            .filter_map(|h| h.parse().ok())
+            .collect();
+        plans.push((id, Some((retention, pinned))));
+    }
+    let kek = kek.clone();
+    let (pruned, blobs) =
+        tokio::task::spawn_blocking(move || collect(&state, &kek, plans, grace)).await??;
+    out.versions_pruned = pruned;
+    out.blobs = blobs;
+    Ok(out)
+}
+
+type Plan = (BucketId, Option<(crate::bucket::Retention, HashSet<Hash>)>);
+
+fn collect(
+    state: &StateDir,
+    kek: &Kek,
+    plans: Vec<Plan>,
+    grace: Duration,
+) -> anyhow::Result<(usize, GcReport)> {
+    let mut buckets: Vec<Bucket> = Vec::new();
+    let mut pruned = 0;
+    for (id, plan) in plans {
+        // Every bucket must open, or blobs it uses could be taken for garbage.
+        let b = state.open_bucket(&id, kek)?;
+        if let Some((retention, pinned)) = plan {
+            pruned += b.prune(&retention, &pinned)?;
+        }
+        buckets.push(b);
+    }
+    let refs: Vec<&Bucket> = buckets.iter().collect();
+    Ok((pruned, state.gc_older_than(&refs, grace)?))
+}
