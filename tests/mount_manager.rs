@@ -288,3 +288,141 @@ fn synced_heads_merge_into_the_live_mount_and_invalidate_caches() {
     );
     m.stop_all();
 }
+
+/// A state dir on a small tmpfs of its own, filled up on demand.
+struct Full {
+    s: Setup,
+    state_dir: PathBuf,
+}
+
+impl Full {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        fs::create_dir(&state_dir).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &state_dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=16m"),
+        )
+        .unwrap();
+        let state = Arc::new(StateDir::open(&state_dir).unwrap());
+        let kek = Arc::new(Kek::generate().unwrap());
+        let id = BucketId::generate().unwrap();
+        state
+            .create_bucket(id, &kek, &BucketOptions::default())
+            .unwrap();
+        fs::create_dir(dir.path().join("mnt")).unwrap();
+        Self {
+            s: Setup {
+                dir,
+                state,
+                kek,
+                volume: id.to_hex(),
+            },
+            state_dir,
+        }
+    }
+
+    /// Take every free byte of the state dir's file system.
+    fn fill(&self) {
+        let mut f = fs::File::create(self.state_dir.join("filler")).unwrap();
+        let block = vec![0u8; 1 << 16];
+        use std::io::Write;
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+
+    fn free(&self) {
+        fs::remove_file(self.state_dir.join("filler")).unwrap();
+    }
+}
+
+impl Drop for Full {
+    fn drop(&mut self) {
+        let _ = jax_csi::fuse::session::lazy_unmount(&self.s.mnt());
+        let _ = nix::mount::umount2(&self.state_dir, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A disk that fills up: the writer gets ENOSPC (not EIO), a final commit
+/// that cannot be written fails the stop and keeps the mount with its
+/// changes, a failed background commit is retried, and once there is room
+/// again every acknowledged byte is committed.
+#[test]
+fn a_full_disk_loses_nothing_and_says_so() {
+    let f = Full::new();
+    let s = &f.s;
+    let m = s.manager();
+    m.create_mount(&s.volume, &s.mnt(), MountOptions::default())
+        .unwrap();
+    m.start(&s.volume).unwrap();
+    fs::write(s.mnt().join("committed.txt"), b"safe").unwrap();
+    fs::File::open(s.mnt().join("committed.txt"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    f.fill();
+    // Less than a chunk: it stays in memory, so the write itself succeeds...
+    fs::write(
+        s.mnt().join("pending.txt"),
+        b"written while the disk was full",
+    )
+    .unwrap();
+    // ...but fsync (a commit) has nowhere to go: ENOSPC, not EIO.
+    let err = fs::File::open(s.mnt().join("pending.txt"))
+        .unwrap()
+        .sync_all()
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    // A long writer meets it once its chunks in flight come back unsealed.
+    let big = vec![1u8; 12 << 20];
+    let err = fs::write(s.mnt().join("big.bin"), &big).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    fs::remove_file(s.mnt().join("big.bin")).unwrap();
+    // The final commit fails: the stop fails, the mount stays.
+    match m.stop(&s.volume) {
+        Err(MountError::CommitFailed { source, .. }) => {
+            assert!(
+                matches!(source, jax_csi::bucket::BucketError::NoSpace(_)),
+                "{source}"
+            )
+        }
+        other => panic!("expected CommitFailed, got {other:?}"),
+    }
+    assert!(m.get_live_mount(&s.volume).is_some());
+    assert_eq!(
+        fs::read(s.mnt().join("pending.txt")).unwrap(),
+        b"written while the disk was full"
+    );
+    assert_eq!(fs::read(s.mnt().join("committed.txt")).unwrap(), b"safe");
+    let live = m.get_live_mount(&s.volume).unwrap();
+    assert!(live.has_pending_changes());
+    // Room again: the committer retries on its own, without a new write.
+    f.free();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while live.has_pending_changes() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failed commit was never retried"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    m.stop(&s.volume).unwrap();
+    let bucket = s
+        .state
+        .open_bucket(&BucketId::from_hex(&s.volume).unwrap(), &s.kek)
+        .unwrap();
+    let mut head = bucket.mount().unwrap();
+    assert_eq!(
+        path::read_file(&mut head, "/pending.txt").unwrap(),
+        b"written while the disk was full"
+    );
+    assert_eq!(
+        path::read_file(&mut head, "/committed.txt").unwrap(),
+        b"safe"
+    );
+    bucket.verify().unwrap();
+}

@@ -281,14 +281,22 @@ const MAX_PENDING_SEALS: usize = 8;
 /// Chunks a sequential reader loads ahead of where it reads.
 const READ_AHEAD_CHUNKS: u64 = 8;
 
-/// Cores this process may use, asked once: `available_parallelism` reads
-/// cgroup files under /proc on every call, far too slow for a per-read path.
+/// Threads that seal and open chunks: the cores this process may use, or
+/// `JAX_WORKER_THREADS` when set (to cap a node's CPU, or to measure one
+/// core). Asked once: `available_parallelism` reads cgroup files under /proc
+/// on every call, far too slow for a per-read path.
 fn cores() -> usize {
     static CORES: OnceLock<usize> = OnceLock::new();
     *CORES.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        std::env::var("JAX_WORKER_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            })
     })
 }
 
@@ -344,6 +352,10 @@ pub struct FileData {
     /// The chunk the last small read was in: a second small read of the
     /// same chunk loads (and caches) all of it instead of its frames.
     last_partial_chunk: Option<u64>,
+    /// A chunk failed to be stored (a full disk): until a flush succeeds,
+    /// writes try one first and fail as it does, so the writer keeps
+    /// seeing the error and memory does not fill with unstorable chunks.
+    store_failed: bool,
 }
 
 fn chunk_count(size: u64, cs: u64) -> usize {
@@ -381,6 +393,7 @@ impl FileData {
             pending: BTreeMap::new(),
             last_read_end: 0,
             last_partial_chunk: None,
+            store_failed: false,
         })
     }
 
@@ -403,6 +416,7 @@ impl FileData {
             pending: BTreeMap::new(),
             last_read_end: 0,
             last_partial_chunk: None,
+            store_failed: false,
         })
     }
 
@@ -639,6 +653,9 @@ impl FileData {
         if data.is_empty() {
             return Ok(());
         }
+        if self.store_failed {
+            self.flush(io, false)?;
+        }
         let cs = io.chunk_size;
         let end = offset + data.len() as u64;
         if end > MAX_FILE_SIZE {
@@ -732,7 +749,18 @@ impl FileData {
                 }
             }
         }
-        first_err.map_or(Ok(()), Err)
+        match first_err {
+            Some(e) => {
+                self.store_failed = true;
+                Err(e)
+            }
+            None => {
+                if self.dirty.is_empty() && self.pending.is_empty() {
+                    self.store_failed = false;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Seal and store this file's dirty chunks, several at once.

@@ -725,14 +725,13 @@ impl Bucket {
             .map(|(h, _)| *h)
             .filter(|h| !keep.contains(h))
             .collect();
-        // Pinned versions that are not in the head's history any more.
-        let mut roots: HashSet<Hash> = self.core.roots()?;
-        roots.retain(|h| pinned.contains(h) && self.core.store.contains(h));
-        for p in pinned {
-            if !keep.contains(p) && self.core.store.contains(p) {
-                roots.insert(*p);
-            }
-        }
+        // Pinned versions are roots of their own: once what links them to
+        // the head is pruned, the head's history no longer reaches them.
+        let roots: HashSet<Hash> = pinned
+            .iter()
+            .filter(|h| self.core.store.contains(h))
+            .copied()
+            .collect();
         if drop.is_empty() {
             write_hashes(&self.core.roots_path(), &roots)?;
             return Ok(0);
