@@ -9,3 +9,4 @@ pub mod db;
 pub mod durable;
 pub mod fuse;
 pub mod store;
+pub mod sync;

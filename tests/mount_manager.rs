@@ -262,7 +262,9 @@ fn synced_heads_merge_into_the_live_mount_and_invalidate_caches() {
     assert_eq!(fs::read(s.mnt().join("local.txt")).unwrap(), b"mine");
     let ev = loop {
         match events.try_recv().unwrap() {
-            SyncEvent::MountInvalidated { volume_id, head } => break (volume_id, head),
+            SyncEvent::MountInvalidated {
+                volume_id, head, ..
+            } => break (volume_id, head),
             SyncEvent::Committed { .. } => continue,
         }
     };

@@ -32,6 +32,7 @@ pub struct ChunkIo {
     pub store: Arc<BlobStore>,
     pub chunk_size: u64,
     shared: Arc<Shared>,
+    remote: Option<Arc<dyn RemoteBlobs>>,
 }
 
 type Loaded = std::result::Result<Arc<Vec<u8>>, String>;
@@ -99,9 +100,54 @@ pub(crate) fn open_chunk(
         .map_err(|_| undecryptable(hash))
 }
 
+/// Fetches a blob the local store lacks from a peer: set on the mount of a
+/// bucket whose chunks are still arriving (a volume just moved to this
+/// node), so a read of a chunk not here yet waits for it instead of failing.
+pub trait RemoteBlobs: Send + Sync {
+    /// Put blob `hash` (verified) into the local store; an error when no
+    /// peer that holds it answered.
+    fn fetch(&self, hash: &Hash) -> std::result::Result<(), String>;
+}
+
+/// Where chunk blobs come from: the local store, then the peers.
+#[derive(Clone)]
+struct Source {
+    store: Arc<BlobStore>,
+    remote: Option<Arc<dyn RemoteBlobs>>,
+}
+
+impl Source {
+    /// Run `f` on the store; when the blob is not here, fetch it and again.
+    fn with_fetch<T>(
+        &self,
+        hash: &Hash,
+        f: impl Fn(&BlobStore) -> std::result::Result<T, crate::store::StoreError>,
+    ) -> Result<T> {
+        match f(&self.store) {
+            Err(crate::store::StoreError::NotFound(_)) if self.remote.is_some() => {
+                let remote = self.remote.as_ref().expect("checked");
+                remote.fetch(hash).map_err(|why| {
+                    BucketError::Unavailable(format!("chunk {hash} is not on this node yet: {why}"))
+                })?;
+                Ok(f(&self.store)?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    fn get(&self, hash: &Hash) -> Result<Vec<u8>> {
+        self.with_fetch(hash, |s| s.get(hash))
+    }
+
+    fn reader(&self, hash: &Hash) -> Result<crate::store::BlobReader> {
+        self.with_fetch(hash, |s| s.reader(hash))
+    }
+}
+
 /// Load, verify and decrypt one chunk (in place), without the cache.
-fn load_uncached(store: &BlobStore, key: &SecretKey, hash: &Hash) -> Result<Vec<u8>> {
-    let mut buf = store.get(hash)?;
+fn load_uncached(src: &Source, key: &SecretKey, hash: &Hash) -> Result<Vec<u8>> {
+    let store = &*src.store;
+    let mut buf = src.get(hash)?;
     open_chunk(store, key, hash, &mut buf)?;
     Ok(buf)
 }
@@ -109,16 +155,16 @@ fn load_uncached(store: &BlobStore, key: &SecretKey, hash: &Hash) -> Result<Vec<
 /// Plaintext bytes `range` of one chunk (clamped to its length), reading,
 /// verifying and decrypting only the 16 KiB frames they lie in.
 fn load_range(
-    store: &BlobStore,
+    src: &Source,
     key: &SecretKey,
     hash: &Hash,
     range: std::ops::Range<usize>,
 ) -> Result<Vec<u8>> {
-    let blob = store.reader(hash)?;
+    let blob = src.reader(hash)?;
     let whole = || -> Result<Vec<u8>> {
         // Not a framed chunk (or not ours): open it whole, which also
         // reads chunks sealed before framing, or reports the failure.
-        let plain = load_uncached(store, key, hash)?;
+        let plain = load_uncached(src, key, hash)?;
         Ok(plain[range.start.min(plain.len())..range.end.min(plain.len())].to_vec())
     };
     let Some(shift_at) = FrameLayout::shift_at(blob.len()) else {
@@ -154,6 +200,19 @@ impl ChunkIo {
                 cache: Mutex::new(ChunkCache::new(CACHE_CHUNKS)),
                 inflight: Mutex::new(HashMap::new()),
             }),
+            remote: None,
+        }
+    }
+
+    /// Fetch chunks this node lacks from `remote` (see [`RemoteBlobs`]).
+    pub fn set_remote(&mut self, remote: Arc<dyn RemoteBlobs>) {
+        self.remote = Some(remote);
+    }
+
+    fn source(&self) -> Source {
+        Source {
+            store: self.store.clone(),
+            remote: self.remote.clone(),
         }
     }
 
@@ -171,7 +230,7 @@ impl ChunkIo {
         if let Some(cell) = pending {
             return cell.wait().clone().map_err(BucketError::Integrity);
         }
-        let plain = Arc::new(load_uncached(&self.store, key, hash)?);
+        let plain = Arc::new(load_uncached(&self.source(), key, hash)?);
         self.shared.cache().insert(*hash, plain.clone());
         Ok(plain)
     }
@@ -200,9 +259,9 @@ impl ChunkIo {
             inflight.insert(hash, cell.clone());
             cell
         };
-        let (store, shared, key) = (self.store.clone(), self.shared.clone(), key.clone());
+        let (src, shared, key) = (self.source(), self.shared.clone(), key.clone());
         let job: Job = Box::new(move || {
-            let loaded = load_uncached(&store, &key, &hash).map(Arc::new);
+            let loaded = load_uncached(&src, &key, &hash).map(Arc::new);
             if let Ok(data) = &loaded {
                 shared.cache().insert(hash, data.clone());
             }
@@ -591,7 +650,7 @@ impl FileData {
         {
             if let Some(h) = self.chunks.get(first) {
                 if !io.cached_or_loading(&h) {
-                    let mut data = load_range(&io.store, &key, &h, in_chunk.clone())?;
+                    let mut data = load_range(&io.source(), &key, &h, in_chunk.clone())?;
                     // Bytes past the chunk's stored length read as zeros.
                     data.resize(in_chunk.len(), 0);
                     return Ok(ReadBuf::Owned(data));

@@ -32,6 +32,9 @@ pub enum BucketError {
     QuotaExceeded { quota: u64, needed: u64 },
     #[error("file too large")]
     FileTooLarge,
+    /// Data this node does not hold yet and no peer could send.
+    #[error("not available yet: {0}")]
+    Unavailable(String),
     /// The node's disk (or the file system under the state dir) is full.
     #[error("no space left on the node's disk: {0}")]
     NoSpace(String),

@@ -179,7 +179,17 @@ impl Mount {
         // Two heads with the same tree (each side merged the other already):
         // both replicas settle on the higher head instead of merging again,
         // so concurrent merges converge instead of answering each other.
-        let same_tree = root_hash == local_root.hash && root_hash == remote_root.hash;
+        let members = |m: &crate::bucket::Manifest| {
+            m.body
+                .shares
+                .iter()
+                .map(|s| s.recipient)
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        let local_manifest = core.load_manifest(&local_base)?;
+        let same_tree = root_hash == local_root.hash
+            && root_hash == remote_root.hash
+            && members(&local_manifest) == members(&remote);
         let remote_wins = (remote.body.height, *incoming) > (self.base().height, local_base);
         if fast_forward || (same_tree && remote_wins && !self.has_unsaved_changes()) {
             self.reset_to(*incoming)?;
@@ -189,6 +199,8 @@ impl Mount {
         } else if same_tree && !self.has_unsaved_changes() {
             report.version = Some(local_base);
         } else {
+            // Members of either side stay members of the merge.
+            self.adopt_shares(&remote.body.shares);
             let cs = self.chunk_size();
             let (used, entries) = totals(
                 &core,

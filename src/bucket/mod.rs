@@ -22,18 +22,21 @@ mod mount;
 mod names;
 mod ops;
 pub mod path;
+mod replica;
 mod retention;
 mod tree;
 
-pub use chunks::{ReadBuf, DEFAULT_CHUNK_SIZE};
+pub use chunks::{ReadBuf, RemoteBlobs, DEFAULT_CHUNK_SIZE};
 pub use error::{BucketError, Result};
 pub use manifest::{BucketId, Manifest, ManifestBody};
 pub use merge::{Conflict, ConflictFile, LastWriterWins, MergeReport, Resolution, Resolver};
 pub use mount::{
-    Attr, DirEntry, FileKind, Ino, Mount, RenameFlags, Saved, SetAttr, Usage, XattrFlags, ROOT_INO,
+    Attr, CachedView, DirEntry, FileKind, Ino, Invalidations, Mount, RenameFlags, Saved, SetAttr,
+    Usage, XattrFlags, ROOT_INO,
 };
 pub use names::{validate_name, NAME_MAX};
 pub use ops::{Op, OpRecord, OpsLog};
+pub use replica::{DirContents, DirRef, ProofKey};
 pub use retention::Retention;
 pub use tree::Timestamp;
 
@@ -358,6 +361,38 @@ impl StateDir {
     /// before it mounts the bucket (whether or not Postgres answers).
     pub fn set_tenant_check(&self, id: &BucketId, check: &WrappedKey) -> Result<()> {
         write_atomic(&self.bucket_dir(id).join("tenant.wrapped"), &check.0)
+    }
+
+    /// Remember that bucket `id` is a clone of `source`, whose secret is
+    /// `secret`: chunks of the source's tree it reads but does not hold
+    /// are fetched from the source's peers with that secret.
+    pub fn set_source(
+        &self,
+        id: &BucketId,
+        source: &BucketId,
+        secret: &SecretKey,
+        kek: &Kek,
+    ) -> Result<()> {
+        let dir = self.bucket_dir(id);
+        let wrapped = kek.wrap_for(secret, &WrapContext::node_local(&source.to_hex()))?;
+        write_atomic(&dir.join("source.wrapped"), &wrapped.0)?;
+        write_atomic(&dir.join("SOURCE"), source.to_hex().as_bytes())
+    }
+
+    /// The bucket `id` was cloned from, and its secret, if it is a clone.
+    pub fn source_of(&self, id: &BucketId, kek: &Kek) -> Result<Option<(BucketId, SecretKey)>> {
+        let dir = self.bucket_dir(id);
+        let src = match std::fs::read_to_string(dir.join("SOURCE")) {
+            Ok(s) => BucketId::from_hex(s.trim())?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(BucketError::io(&dir)(e)),
+        };
+        let p = dir.join("source.wrapped");
+        let wrapped = WrappedKey(std::fs::read(&p).map_err(BucketError::io(&p))?);
+        let secret = kek
+            .unwrap_for(&wrapped, &WrapContext::node_local(&src.to_hex()), false)
+            .map_err(|_| BucketError::WrongKey(src.to_hex()))?;
+        Ok(Some((src, secret)))
     }
 
     /// The tenant check of bucket `id`, if it is a tenant's.

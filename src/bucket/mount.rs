@@ -100,6 +100,22 @@ pub struct Usage {
     pub entries: u64,
 }
 
+/// A snapshot of what the kernel may cache (see [`Mount::cached_view`]).
+#[derive(Clone, Debug, Default)]
+pub struct CachedView {
+    attrs: HashMap<Ino, (u64, Timestamp, Timestamp, u32, u32, u32)>,
+    names: HashMap<Ino, BTreeMap<Vec<u8>, Ino>>,
+}
+
+/// What to tell the kernel after the tree changed under it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Invalidations {
+    /// Inodes whose attributes or pages are stale.
+    pub inodes: Vec<Ino>,
+    /// `(directory, name)` entries that are stale.
+    pub entries: Vec<(Ino, Vec<u8>)>,
+}
+
 /// A saved version: its manifest address and height.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Saved {
@@ -803,6 +819,88 @@ impl Mount {
         Ok(())
     }
 
+    /// Take in the shares of another version (a merged head): every member
+    /// of either side stays a member.
+    pub(crate) fn adopt_shares(&mut self, shares: &[KeyShare]) {
+        for s in shares {
+            if !self.shares.iter().any(|m| m.recipient == s.recipient) {
+                self.shares.push(s.clone());
+                self.changed = true;
+            }
+        }
+    }
+
+    /// A read-only mount follows a newer head of its bucket (a sync).
+    pub fn follow(&mut self, head: &Hash) -> Result<()> {
+        if !self.read_only {
+            return Err(BucketError::InvalidArgument(
+                "only a read-only mount follows a head; a writable one merges".into(),
+            ));
+        }
+        self.reset_to(*head)
+    }
+
+    /// What the kernel may have cached of this mount: each loaded inode's
+    /// attributes and each loaded directory's names. Compared with the tree
+    /// after a sync ([`Mount::changed_since`]) to know what to invalidate.
+    pub fn cached_view(&self) -> CachedView {
+        let mut attrs = HashMap::new();
+        let mut names = HashMap::new();
+        for (ino, n) in &self.inodes {
+            let size = match &n.body {
+                Body::File(f) => f.size,
+                Body::Symlink(t) => t.len() as u64,
+                Body::Dir(d) => {
+                    if let Some(c) = &d.children {
+                        names.insert(*ino, c.clone());
+                    }
+                    0
+                }
+            };
+            attrs.insert(
+                *ino,
+                (
+                    size,
+                    n.meta.mtime,
+                    n.meta.ctime,
+                    n.meta.mode,
+                    n.meta.uid,
+                    n.meta.gid,
+                ),
+            );
+        }
+        CachedView { attrs, names }
+    }
+
+    /// What changed since `before`: inodes whose attributes or content
+    /// changed or that are gone, and names added, removed or retargeted
+    /// in directories that were loaded.
+    pub fn changed_since(&self, before: &CachedView) -> Invalidations {
+        let now = self.cached_view();
+        let mut out = Invalidations::default();
+        for (ino, a) in &before.attrs {
+            if now.attrs.get(ino) != Some(a) {
+                out.inodes.push(*ino);
+            }
+        }
+        for (dir, old) in &before.names {
+            let new = now.names.get(dir);
+            for (name, ino) in old {
+                if new.and_then(|n| n.get(name)) != Some(ino) {
+                    out.entries.push((*dir, name.clone()));
+                }
+            }
+            if let Some(new) = new {
+                for name in new.keys().filter(|n| !old.contains_key(*n)) {
+                    out.entries.push((*dir, name.clone()));
+                }
+            }
+        }
+        out.inodes.sort_unstable();
+        out.entries.sort();
+        out
+    }
+
     /// The identities that hold a share of the bucket secret.
     pub fn members(&self) -> Vec<NodeId> {
         self.shares.iter().map(|s| s.recipient).collect()
@@ -848,6 +946,12 @@ impl Mount {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Fetch chunks this node lacks from peers while it reads (a bucket
+    /// still being completed after it moved here).
+    pub fn set_remote(&mut self, remote: Arc<dyn super::chunks::RemoteBlobs>) {
+        self.io.set_remote(remote);
     }
 
     /// Change how many decrypted chunks the read cache holds (0 = off).

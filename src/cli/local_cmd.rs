@@ -75,6 +75,9 @@ pub fn run(cmd: LocalCommand) -> anyhow::Result<()> {
                 kubelet_dir: None,
                 gc_interval: Duration::from_secs(600),
                 gc_grace: jax_csi::csi::node_gc::GRACE,
+                sync_listen: "127.0.0.1:0".parse().expect("an address"),
+                advertise_ip: None,
+                anti_entropy: Duration::from_secs(5),
             };
             servers.push(tokio::spawn(run_node(cfg, stopped(stop_rx.clone()))));
             wait_ready(&node_socket).await?;

@@ -46,6 +46,16 @@ pub struct NodeArgs {
     /// (chunks sealed ahead of a commit, blobs a sync is still fetching).
     #[arg(long, default_value_t = 600)]
     gc_grace_secs: u64,
+    /// UDP address of the peer-to-peer sync endpoint.
+    #[arg(long, env = "JAX_SYNC_LISTEN", default_value = "0.0.0.0:9810")]
+    listen: std::net::SocketAddr,
+    /// The IP peers dial (the pod's or host's IP); default: the listen IP,
+    /// or 127.0.0.1 when that is unspecified.
+    #[arg(long, env = "JAX_ADVERTISE_IP")]
+    advertise_ip: Option<std::net::IpAddr>,
+    /// Seconds between comparisons of heads with every peer (anti-entropy).
+    #[arg(long, default_value_t = 5)]
+    anti_entropy_secs: u64,
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -64,6 +74,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             kubelet_dir: args.kubelet_dir,
             gc_interval: Duration::from_secs(args.gc_interval_secs.max(1)),
             gc_grace: Duration::from_secs(args.gc_grace_secs),
+            sync_listen: args.listen,
+            advertise_ip: args.advertise_ip,
+            anti_entropy: Duration::from_secs(args.anti_entropy_secs.max(1)),
         },
         shutdown_signal(),
     ))

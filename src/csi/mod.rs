@@ -14,6 +14,7 @@ mod keys;
 mod locks;
 pub mod node;
 pub mod node_gc;
+pub mod node_peers;
 pub mod node_sync;
 pub mod params;
 pub mod paths;

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::keys::{tenant_from, HeadKey};
 use super::locks::VolumeLocks;
+use super::node_peers::peers_of;
 use super::params::check_capabilities;
 use super::paths::check_path;
 use super::proto::node_server::Node;
@@ -24,7 +25,7 @@ use super::stage::{bucket_status, ensure_bucket, verify_local_tenant};
 use super::status::{require, require_some, traced};
 use crate::bucket::BucketId;
 use crate::crypto::Kek;
-use crate::db::{Db, DbError};
+use crate::db::{Db, DbError, VolumeRecord};
 use crate::fuse::mount_manager::{MountError, MountManager, MountOptions, Target};
 use crate::fuse::session;
 
@@ -40,6 +41,7 @@ pub struct NodeService {
     /// Every staging and target path must be under it, when set.
     kubelet_dir: Option<PathBuf>,
     locks: VolumeLocks,
+    sync: crate::sync::SyncEngine,
 }
 
 impl NodeService {
@@ -50,6 +52,7 @@ impl NodeService {
         db: Db,
         kek: Arc<Kek>,
         kubelet_dir: Option<PathBuf>,
+        sync: crate::sync::SyncEngine,
     ) -> Self {
         Self {
             node_id,
@@ -59,6 +62,7 @@ impl NodeService {
             kek,
             kubelet_dir,
             locks: VolumeLocks::default(),
+            sync,
         }
     }
 
@@ -160,6 +164,74 @@ fn unmount_if_ours(id: &str, path: &Path) -> Result<(), Status> {
 }
 
 impl NodeService {
+    /// Bring what staging `vol` needs onto this node: a bucket other nodes
+    /// hold is fetched from them (tree now, chunks on demand and in the
+    /// background) — never a fresh empty version while any node reported a
+    /// head; a clone's source version is fetched if it is not here.
+    async fn prepare_bucket(
+        &self,
+        vol: &VolumeRecord,
+        secret: &crate::crypto::SecretKey,
+        tenant: Option<&Kek>,
+    ) -> Result<(), Status> {
+        let id = volume_id(&vol.id)?;
+        let state = self.manager.state().clone();
+        if state.has_bucket(&id) {
+            return Ok(());
+        }
+        if self.db.latest_head(&vol.id).await?.is_some() {
+            let peers = peers_of(&self.db, &vol.id, &self.node_id).await?;
+            self.sync
+                .fetch_bucket(id, secret.clone(), peers)
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!(
+                        "volume {} is held by other nodes and none that holds it answered: {e}",
+                        vol.id
+                    ))
+                })?;
+            let sync = self.sync.clone();
+            tokio::spawn(async move {
+                match sync.complete(id).await {
+                    Ok(n) => {
+                        tracing::info!(bucket = %id, chunks = n, "bucket complete on this node")
+                    }
+                    Err(e) => {
+                        tracing::warn!(bucket = %id, error = %e, "bucket not complete yet; reads fetch what they need")
+                    }
+                }
+            });
+            return Ok(());
+        }
+        if let Some(src) = HeadKey::of_clone_source(vol) {
+            let head: crate::store::Hash = src
+                .head
+                .as_deref()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|_| Status::internal("malformed source head in the volume record"))?;
+            if !state.store().contains(&head) {
+                let src_secret = src.open(
+                    &self.kek,
+                    tenant,
+                    &format!("the source of volume {}", vol.id),
+                )?;
+                let src_id = volume_id(&src.bucket)?;
+                let peers = peers_of(&self.db, &src.bucket, &self.node_id).await?;
+                self.sync
+                    .fetch_foreign_version(src_id, src_secret, head, peers)
+                    .await
+                    .map_err(|e| {
+                        Status::unavailable(format!(
+                            "the version volume {} starts from is on no node that answered: {e}",
+                            vol.id
+                        ))
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Record the live mount's head in Postgres (for snapshots and clones).
     async fn report_head(&self, volume: &str) {
         let Some(live) = self.manager.get_live_mount(volume) else {
@@ -253,6 +325,7 @@ impl Node for NodeService {
             if self.check_already_staged(&id, &staging, &ask)? {
                 return Ok(NodeStageVolumeResponse {});
             }
+            self.prepare_bucket(&vol, &secret, tenant.as_ref()).await?;
             let state = self.manager.state().clone();
             let (kek, v, t) = (self.kek.clone(), vol.clone(), tenant.clone());
             blocking(move || ensure_bucket(&state, &kek, &v, secret, t.as_ref())).await?;

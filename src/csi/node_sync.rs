@@ -65,6 +65,11 @@ pub async fn report_heads(db: Db, node_id: String, mut events: broadcast::Receiv
                 volume_id,
                 head,
                 height,
+            })
+            | Ok(SyncEvent::MountInvalidated {
+                volume_id,
+                head,
+                height,
             }) => {
                 for _ in 0..5 {
                     match db
@@ -79,7 +84,6 @@ pub async fn report_heads(db: Db, node_id: String, mut events: broadcast::Receiv
                     }
                 }
             }
-            Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(
                     missed = n,
@@ -116,6 +120,7 @@ pub async fn register_node(
     node_id: String,
     max_volumes: i64,
     state_dir: std::path::PathBuf,
+    sync: Option<crate::db::NodeSync>,
 ) {
     let mut migrated = false;
     loop {
@@ -125,7 +130,8 @@ pub async fn register_node(
                 db.migrate().await?;
                 migrated = true;
             }
-            db.upsert_node(&node_id, max_volumes, size, free).await
+            db.upsert_node(&node_id, max_volumes, size, free, sync.as_ref())
+                .await
         }
         .await;
         match r {

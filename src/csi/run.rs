@@ -146,6 +146,35 @@ pub struct NodeConfig {
     pub gc_interval: Duration,
     /// Blobs younger than this are never collected.
     pub gc_grace: Duration,
+    /// The sync endpoint's UDP address.
+    pub sync_listen: std::net::SocketAddr,
+    /// The IP peers dial (the pod's or host's); default: the listen IP,
+    /// or 127.0.0.1 when that is unspecified.
+    pub advertise_ip: Option<std::net::IpAddr>,
+    /// How often heads are compared with every peer.
+    pub anti_entropy: Duration,
+}
+
+/// The `ip:port` addresses to register for a sync endpoint bound to `bound`.
+pub fn sync_addresses(
+    bound: &[std::net::SocketAddr],
+    advertise: Option<std::net::IpAddr>,
+) -> Vec<String> {
+    let mut out: Vec<String> = bound
+        .iter()
+        .filter(|a| a.is_ipv4())
+        .map(|a| {
+            let ip = match advertise {
+                Some(ip) => ip,
+                None if a.ip().is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+                None => a.ip(),
+            };
+            std::net::SocketAddr::new(ip, a.port()).to_string()
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Serve Identity + Node until `shutdown` resolves, then unmount cleanly.
@@ -167,11 +196,42 @@ pub async fn run_node(
     let kek = Arc::new(cfg.kek);
     let (mirror_tx, mirror_rx) = tokio::sync::mpsc::unbounded_channel();
     let manager = MountManager::new(
-        state,
+        state.clone(),
         kek.clone(),
         cfg.state_dir.join("mounts.json"),
         Some(mirror_tx),
     )?;
+    let sync = crate::sync::SyncEngine::start(
+        &crate::sync::SyncConfig {
+            listen: cfg.sync_listen,
+            anti_entropy: cfg.anti_entropy,
+        },
+        state.identity(),
+        state.clone(),
+        kek.clone(),
+    )
+    .await?;
+    sync.set_replicas(Arc::new(super::node_peers::MountReplicas(manager.clone())));
+    {
+        let db = db.clone();
+        sync.set_registry_check(Arc::new(move |node| {
+            let db = db.clone();
+            Box::pin(async move {
+                db.registered_endpoints()
+                    .await
+                    .is_ok_and(|all| all.contains(&node.to_hex()))
+            })
+        }));
+    }
+    {
+        let s = sync.clone();
+        manager.set_remote_provider(Arc::new(move |b| s.remote_for(*b)));
+    }
+    let registration = crate::db::NodeSync {
+        endpoint_id: state.identity().node_id().to_hex(),
+        addresses: sync_addresses(&sync.local_addrs(), cfg.advertise_ip),
+    };
+    tracing::info!(addresses = ?registration.addresses, "sync endpoint registered as");
     let mut tasks = vec![
         tokio::spawn(super::node_sync::mirror_mounts(
             db.clone(),
@@ -188,6 +248,18 @@ pub async fn run_node(
             cfg.node_id.clone(),
             cfg.max_volumes,
             cfg.state_dir.clone(),
+            Some(registration),
+        )),
+        tokio::spawn(super::node_peers::refresh_peers(
+            db.clone(),
+            cfg.node_id.clone(),
+            sync.clone(),
+            manager.clone(),
+            Duration::from_secs(2),
+        )),
+        tokio::spawn(super::node_peers::announce_commits(
+            sync.clone(),
+            manager.subscribe_sync_events(),
         )),
         tokio::spawn(super::node_gc::run(
             db.clone(),
@@ -216,6 +288,7 @@ pub async fn run_node(
         db.clone(),
         kek,
         cfg.kubelet_dir.clone(),
+        sync.clone(),
     );
     tracing::info!(socket = %cfg.socket.display(), node = %cfg.node_id, "node serving");
     let served = Server::builder()
@@ -229,6 +302,7 @@ pub async fn run_node(
     for t in tasks.drain(..) {
         t.abort();
     }
+    sync.shutdown().await;
     db.pool().close().await;
     served?;
     tracing::info!("node stopped");

@@ -46,7 +46,8 @@ pub fn ensure_bucket(
                     .map_err(|_| Status::internal("malformed source head in the volume record"))?;
                 let src_secret =
                     src.open(kek, tenant, &format!("the source of volume {}", vol.id))?;
-                let source = state.bucket_with_secret(&parse_id(&src.bucket)?, src_secret);
+                let src_id = parse_id(&src.bucket)?;
+                let source = state.bucket_with_secret(&src_id, src_secret.clone());
                 state
                     .clone_bucket_with_secret(id, secret.clone(), &source, &head, kek)
                     .map_err(|e| match e {
@@ -57,6 +58,10 @@ pub fn ensure_bucket(
                         }
                         e => bucket_status("cloning the source", e),
                     })?;
+                // Chunks of the source's tree not here come from its peers.
+                state
+                    .set_source(&id, &src_id, &src_secret, kek)
+                    .map_err(|e| bucket_status("recording the clone's source", e))?;
             }
             None => {
                 let opts = BucketOptions {

@@ -9,7 +9,10 @@
 pub mod embedded;
 mod records;
 
-pub use records::{GroupSnapshotRecord, NewSnapshot, NewVolume, SnapshotRecord, VolumeRecord};
+pub use records::{
+    GroupSnapshotRecord, NewSnapshot, NewVolume, NodeSync, NodeSyncRow, SnapshotRecord,
+    VolumeRecord,
+};
 
 use std::time::Duration;
 

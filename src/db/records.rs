@@ -73,6 +73,25 @@ impl SnapshotRecord {
     }
 }
 
+/// A node's sync endpoint, as it registers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSync {
+    /// Hex of the node's identity (its iroh endpoint id).
+    pub endpoint_id: String,
+    /// `ip:port` addresses peers dial.
+    pub addresses: Vec<String>,
+}
+
+/// A peer holding a volume, from [`Db::sync_peers`].
+#[derive(Clone, Debug, FromRow, PartialEq, Eq)]
+pub struct NodeSyncRow {
+    pub node_id: String,
+    pub endpoint_id: String,
+    /// JSON list of `ip:port`.
+    pub addresses: String,
+    pub height: Option<i64>,
+}
+
 #[derive(Clone, Debug, FromRow, PartialEq, Eq)]
 pub struct GroupSnapshotRecord {
     pub id: String,
@@ -282,19 +301,53 @@ impl Db {
         max_volumes: i64,
         capacity_bytes: i64,
         free_bytes: i64,
+        sync: Option<&NodeSync>,
     ) -> DbResult<()> {
         sqlx::query(
-            "INSERT INTO nodes (id, max_volumes, capacity_bytes, free_bytes) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO nodes (id, max_volumes, capacity_bytes, free_bytes, endpoint_id, addresses) \
+             VALUES ($1, $2, $3, $4, $5, COALESCE($6, '[]')) \
              ON CONFLICT (id) DO UPDATE SET max_volumes = EXCLUDED.max_volumes, \
-             capacity_bytes = EXCLUDED.capacity_bytes, free_bytes = EXCLUDED.free_bytes, last_seen = now()",
+             capacity_bytes = EXCLUDED.capacity_bytes, free_bytes = EXCLUDED.free_bytes, \
+             endpoint_id = COALESCE(EXCLUDED.endpoint_id, nodes.endpoint_id), \
+             addresses = CASE WHEN $6 IS NULL THEN nodes.addresses ELSE EXCLUDED.addresses END, \
+             last_seen = now()",
         )
         .bind(node_id)
         .bind(max_volumes)
         .bind(capacity_bytes)
         .bind(free_bytes)
+        .bind(sync.map(|s| s.endpoint_id.as_str()))
+        .bind(sync.map(|s| serde_json::to_string(&s.addresses).expect("strings serialize")))
         .execute(self.pool())
         .await?;
         Ok(())
+    }
+
+    /// The sync endpoint ids of every registered node.
+    pub async fn registered_endpoints(&self) -> DbResult<Vec<String>> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT endpoint_id FROM nodes WHERE endpoint_id IS NOT NULL")
+                .fetch_all(self.pool())
+                .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// The nodes other than `me` that hold volume `volume_id` (a reported
+    /// head or a mount record), freshest head first, with their sync
+    /// endpoint and addresses.
+    pub async fn sync_peers(&self, volume_id: &str, me: &str) -> DbResult<Vec<NodeSyncRow>> {
+        Ok(sqlx::query_as(
+            "SELECT n.id AS node_id, n.endpoint_id AS endpoint_id, n.addresses AS addresses, \
+                    h.height AS height \
+             FROM nodes n LEFT JOIN bucket_heads h ON h.node_id = n.id AND h.volume_id = $1 \
+             WHERE n.id <> $2 AND n.endpoint_id IS NOT NULL AND (h.volume_id IS NOT NULL OR EXISTS \
+                (SELECT 1 FROM mounts m WHERE m.node_id = n.id AND m.volume_id = $1)) \
+             ORDER BY h.height DESC NULLS LAST, n.id",
+        )
+        .bind(volume_id)
+        .bind(me)
+        .fetch_all(self.pool())
+        .await?)
     }
 
     /// Nodes where the volume is published to at least one pod.

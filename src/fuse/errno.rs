@@ -23,6 +23,10 @@ pub fn errno_of(op: &'static str, e: &BucketError) -> Errno {
         E::ReadOnly => Errno::EROFS,
         E::QuotaExceeded { .. } => Errno::ENOSPC,
         E::FileTooLarge => Errno::EFBIG,
+        E::Unavailable(_) => {
+            tracing::warn!(op, error = %e, "data not on this node yet and no peer answered; answering EIO");
+            Errno::EIO
+        }
         E::NoSpace(_) => {
             tracing::warn!(op, error = %e, "the node's disk is full; answering ENOSPC");
             Errno::ENOSPC

@@ -102,7 +102,11 @@ pub struct MountUpdate {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SyncEvent {
     /// A remote head was merged into the live mount; caches were dropped.
-    MountInvalidated { volume_id: String, head: Hash },
+    MountInvalidated {
+        volume_id: String,
+        head: Hash,
+        height: u64,
+    },
     /// A new local version was committed.
     Committed {
         volume_id: String,
@@ -177,7 +181,12 @@ pub struct MountManager {
     events: broadcast::Sender<SyncEvent>,
     mirror: Option<mpsc::UnboundedSender<MountRecord>>,
     debounce: Duration,
+    remote: Arc<Mutex<Option<RemoteProvider>>>,
 }
+
+/// Gives a mount of a bucket the fetcher of chunks this node lacks.
+pub type RemoteProvider =
+    Arc<dyn Fn(&BucketId) -> Arc<dyn crate::bucket::RemoteBlobs> + Send + Sync>;
 
 impl MountManager {
     /// Load the node-local records from `records_path` (missing = none).
@@ -214,11 +223,21 @@ impl MountManager {
             events: broadcast::channel(256).0,
             mirror,
             debounce: DEFAULT_DEBOUNCE,
+            remote: Arc::new(Mutex::new(None)),
         })
     }
 
     pub fn state(&self) -> &Arc<StateDir> {
         &self.state
+    }
+
+    pub fn kek(&self) -> &Kek {
+        &self.kek
+    }
+
+    /// Where mounts fetch chunks this node lacks (the sync engine).
+    pub fn set_remote_provider(&self, provider: RemoteProvider) {
+        *self.remote.lock().unwrap() = Some(provider);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -398,6 +417,9 @@ impl MountManager {
         }
         .map_err(load)?;
         mount.set_cache_chunks(rec.options.cache_chunks);
+        if let Some(provider) = self.remote.lock().unwrap().as_ref() {
+            mount.set_remote(provider(&id));
+        }
         if let Some(group) = rec.options.group {
             if !rec.options.read_only {
                 apply_group(&mut mount, group).map_err(load)?;
@@ -551,47 +573,121 @@ impl MountManager {
 
     /// A newer head of `volume_id` arrived in the local store (sync). Merge it
     /// into the live mount (a fast-forward when nothing is pending locally,
-    /// conflict copies otherwise), drop the kernel's caches, and broadcast.
+    /// conflict copies otherwise), tell the kernel what changed, and broadcast.
     pub fn on_bucket_synced(&self, volume_id: &str, head: &Hash) -> Result<(), MountError> {
-        let inner = self.lock();
-        let Some(r) = inner.running.get(volume_id) else {
-            return Ok(());
+        self.apply_remote_head(volume_id, head).map(|_| ())
+    }
+
+    /// Bring volume `volume_id`'s replica on this node to the verified head
+    /// `head` (in the local store): the live mount merges it (read-only
+    /// ones follow it), a bucket not mounted is merged on disk. Returns the
+    /// local head after, when it is not `head` (a merge, for the peers).
+    pub fn apply_remote_head(
+        &self,
+        volume_id: &str,
+        head: &Hash,
+    ) -> Result<Option<Hash>, MountError> {
+        let load = |source| MountError::LoadFailed {
+            volume: volume_id.into(),
+            source,
         };
-        let (live, notifier) = (r.live.clone(), r.session.notifier().clone());
-        drop(inner);
-        if live.lock().is_read_only() {
-            return Ok(());
+        let (running, busy) = {
+            let inner = self.lock();
+            let r = inner
+                .running
+                .get(volume_id)
+                .map(|r| (r.live.clone(), r.session.notifier().clone()));
+            (r, inner.busy.contains(volume_id))
+        };
+        if busy {
+            return Err(MountError::Busy(volume_id.into()));
         }
-        let report = live
-            .lock()
-            .merge_from(head, &ConflictFile)
-            .map_err(|source| MountError::LoadFailed {
-                volume: volume_id.into(),
-                source,
-            })?;
-        // Drop every cached name and page under the root: the tree may have
-        // been renumbered, and the kernel must look everything up again.
-        let names: Vec<Vec<u8>> = live
-            .lock()
-            .readdir(crate::bucket::ROOT_INO)
-            .map(|v| v.into_iter().map(|e| e.name).collect())
+        let (version, conflicts) = match &running {
+            Some((live, notifier)) if !live.lock().is_read_only() => {
+                let mut m = live.lock();
+                let before = m.cached_view();
+                let report = m.merge_from(head, &ConflictFile).map_err(load)?;
+                let stale = m.changed_since(&before);
+                drop(m);
+                invalidate(notifier, &stale);
+                (report.version.unwrap_or(*head), report.conflicts.len())
+            }
+            _ => {
+                // Not mounted, or mounted read-only: merge into the bucket on
+                // disk, then let a read-only mount follow.
+                let id = parse_volume(volume_id)?;
+                let bucket = self.state.open_bucket(&id, &self.kek).map_err(load)?;
+                let mut m = bucket.mount().map_err(load)?;
+                let report = m.merge_from(head, &ConflictFile).map_err(load)?;
+                let version = report.version.unwrap_or(*head);
+                if let Some((live, notifier)) = &running {
+                    let mut m = live.lock();
+                    let before = m.cached_view();
+                    m.follow(&version).map_err(load)?;
+                    let stale = m.changed_since(&before);
+                    drop(m);
+                    invalidate(notifier, &stale);
+                }
+                (version, report.conflicts.len())
+            }
+        };
+        if conflicts > 0 {
+            tracing::warn!(
+                volume = volume_id,
+                conflicts,
+                "concurrent edits merged; the losing versions are kept as conflict copies"
+            );
+        }
+        tracing::info!(volume = volume_id, incoming = %head, now = %version, "applied a synced head");
+        let height = self
+            .state
+            .open_bucket(&parse_volume(volume_id)?, &self.kek)
+            .and_then(|b| b.manifest(&version))
+            .map(|m| m.body.height)
             .unwrap_or_default();
-        let root = fuser::INodeNo(crate::bucket::ROOT_INO);
-        for n in names {
-            use std::os::unix::ffi::OsStrExt;
-            let _ = notifier.inval_entry(root, std::ffi::OsStr::from_bytes(&n));
-        }
-        let _ = notifier.inval_inode(root, 0, 0);
-        tracing::info!(
-            volume = volume_id,
-            conflicts = report.conflicts.len(),
-            "merged a synced head"
-        );
         let _ = self.events.send(SyncEvent::MountInvalidated {
             volume_id: volume_id.into(),
-            head: report.version.unwrap_or(*head),
+            head: version,
+            height,
         });
-        Ok(())
+        Ok((version != *head).then_some(version))
+    }
+
+    /// Share volume `volume_id`'s bucket with `node` (a peer that proved it
+    /// holds the secret) in a new version; returns that version.
+    pub fn grant_member(
+        &self,
+        volume_id: &str,
+        node: &crate::crypto::NodeId,
+    ) -> Result<Hash, MountError> {
+        let load = |source| MountError::LoadFailed {
+            volume: volume_id.into(),
+            source,
+        };
+        let running = self.get_live_mount(volume_id);
+        match running {
+            Some(live) if !live.lock().is_read_only() => {
+                live.lock().grant(node).map_err(load)?;
+                let saved = live.commit_now().map_err(load)?;
+                Ok(saved.hash)
+            }
+            other => {
+                let id = parse_volume(volume_id)?;
+                let bucket = self.state.open_bucket(&id, &self.kek).map_err(load)?;
+                let mut m = bucket.mount().map_err(load)?;
+                m.grant(node).map_err(load)?;
+                let saved = m.save().map_err(load)?;
+                if let Some(live) = other {
+                    live.lock().follow(&saved.hash).map_err(load)?;
+                }
+                let _ = self.events.send(SyncEvent::Committed {
+                    volume_id: volume_id.into(),
+                    head: saved.hash,
+                    height: saved.height,
+                });
+                Ok(saved.hash)
+            }
+        }
     }
 
     /// Bind the staged volume into a pod path and remember it for restarts.
@@ -644,6 +740,19 @@ impl MountManager {
                 .find(|t| t.path == target)
                 .map(|t| (r.volume_id.clone(), t.clone()))
         })
+    }
+}
+
+/// Tell the kernel what a sync changed: stale pages and attributes of
+/// changed files, stale names in loaded directories. Sent without the
+/// Mount's lock (the kernel may call back in).
+fn invalidate(notifier: &fuser::Notifier, stale: &crate::bucket::Invalidations) {
+    use std::os::unix::ffi::OsStrExt;
+    for ino in &stale.inodes {
+        let _ = notifier.inval_inode(fuser::INodeNo(*ino), 0, 0);
+    }
+    for (dir, name) in &stale.entries {
+        let _ = notifier.inval_entry(fuser::INodeNo(*dir), std::ffi::OsStr::from_bytes(name));
     }
 }
 

@@ -108,6 +108,7 @@ impl Cluster {
                 "--gc-grace-secs",
                 "2",
             ])
+            .args(["--listen", "127.0.0.1:0", "--anti-entropy-secs", "1"])
             .arg("--kubelet-dir")
             .arg(self.dir.path())
             .env("RUST_LOG", "info")

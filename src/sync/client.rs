@@ -1,0 +1,576 @@
+//! Asking peers: connections, requests, and the fetching built on them
+//! (blobs verified before they are stored, manifest chains, trees, whole
+//! new buckets, pulls of announced heads, and the anti-entropy pass).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iroh::endpoint::{Connection, RecvStream};
+
+use super::proto::{BlobFrame, Proof, Request, Response, ALPN, MAX_BLOB};
+use super::wire::{read_bytes, read_msg, write_msg};
+use super::{Inner, Peer, SyncError};
+use crate::bucket::{Bucket, BucketId, DirRef, ProofKey};
+use crate::crypto::{NodeId, SecretKey};
+use crate::store::{slices, Hash};
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one request may take before the peer counts as unreachable.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Hashes per GetBlobs request, and requests in flight at once.
+const BATCH: usize = 64;
+const IN_FLIGHT: usize = 4;
+/// Manifests fetched behind a head before history is cut on this node.
+const MAX_CHAIN: usize = 64;
+
+fn peer_err(peer: &NodeId, why: impl std::fmt::Display) -> SyncError {
+    SyncError::Peer {
+        peer: peer.to_hex()[..16].to_string(),
+        why: why.to_string(),
+    }
+}
+
+/// A connection to `peer`, reused while it lives.
+async fn connection(inner: &Inner, peer: &NodeId) -> Result<Connection, SyncError> {
+    if let Some(c) = inner.conns.lock().await.get(peer) {
+        if c.close_reason().is_none() {
+            return Ok(c.clone());
+        }
+    }
+    let addr = inner
+        .addr_of(peer)
+        .ok_or_else(|| peer_err(peer, "no address known"))?;
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, inner.endpoint.connect(addr, ALPN))
+        .await
+        .map_err(|_| peer_err(peer, "connection timed out"))?
+        .map_err(|e| peer_err(peer, e))?;
+    inner.conns.lock().await.insert(*peer, conn.clone());
+    Ok(conn)
+}
+
+/// Send `req` on a new stream; the answer's stream.
+async fn request(inner: &Inner, peer: &NodeId, req: &Request) -> Result<RecvStream, SyncError> {
+    let conn = connection(inner, peer).await?;
+    let (mut send, recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => {
+            inner.conns.lock().await.remove(peer);
+            return Err(peer_err(peer, e));
+        }
+    };
+    write_msg(&mut send, req)
+        .await
+        .map_err(|e| peer_err(peer, e))?;
+    send.finish().map_err(|e| peer_err(peer, e))?;
+    Ok(recv)
+}
+
+/// A request with one message as its answer.
+async fn ask(inner: &Inner, peer: &NodeId, req: &Request) -> Result<Response, SyncError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let mut recv = request(inner, peer, req).await?;
+        read_msg::<Response>(&mut recv)
+            .await
+            .map_err(|e| peer_err(peer, e))?
+            .ok_or_else(|| peer_err(peer, "no answer"))
+    })
+    .await
+    .map_err(|_| peer_err(peer, "request timed out"))?
+}
+
+fn refused(peer: &NodeId, r: Response) -> SyncError {
+    match r {
+        Response::Refused { reason } => peer_err(peer, format!("refused: {reason}")),
+        other => peer_err(peer, format!("unexpected answer {other:?}")),
+    }
+}
+
+pub async fn announce(
+    inner: &Inner,
+    peer: &Peer,
+    bucket: BucketId,
+    proof: Proof,
+    head: Hash,
+) -> Result<(), SyncError> {
+    match ask(
+        inner,
+        &peer.node,
+        &Request::Announce {
+            bucket,
+            proof,
+            head,
+        },
+    )
+    .await?
+    {
+        Response::Noted => Ok(()),
+        other => Err(refused(&peer.node, other)),
+    }
+}
+
+/// Announce `head` of `bucket` to all its peers.
+pub async fn announce_all(inner: &Arc<Inner>, bucket: BucketId, head: Hash) {
+    let Ok(b) = inner.open(&bucket) else { return };
+    let key = b.proof_key();
+    let sends = inner.peers_of(&bucket).into_iter().map(|p| {
+        let proof = key.proof(&bucket, &inner.me.0, &p.node.0);
+        async move {
+            match announce(inner, &p, bucket, proof, head).await {
+                Ok(()) => {
+                    inner.stats.announcements_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::debug!(peer = %p.node, %bucket, error = %e, "announcement not delivered"),
+            }
+        }
+    });
+    futures::future::join_all(sends).await;
+}
+
+/// Ask `peer` for blobs of `bucket`; store each one that verifies. Returns
+/// the hashes it did not send (missing there).
+async fn get_blobs_from(
+    inner: &Inner,
+    peer: &NodeId,
+    bucket: BucketId,
+    proof: Proof,
+    hashes: &[Hash],
+) -> Result<Vec<Hash>, SyncError> {
+    let fut = async {
+        let mut recv = request(
+            inner,
+            peer,
+            &Request::GetBlobs {
+                bucket,
+                proof,
+                hashes: hashes.to_vec(),
+            },
+        )
+        .await?;
+        match read_msg::<Response>(&mut recv)
+            .await
+            .map_err(|e| peer_err(peer, e))?
+        {
+            Some(Response::Noted) => {}
+            Some(other) => return Err(refused(peer, other)),
+            None => return Err(peer_err(peer, "no answer")),
+        }
+        let wanted: HashSet<Hash> = hashes.iter().copied().collect();
+        let mut missing = Vec::new();
+        let mut got = 0;
+        while got + missing.len() < hashes.len() {
+            match read_msg::<BlobFrame>(&mut recv)
+                .await
+                .map_err(|e| peer_err(peer, e))?
+            {
+                None => break,
+                Some(BlobFrame::Missing { hash }) => missing.push(hash),
+                Some(BlobFrame::Blob { hash, len }) => {
+                    if len as usize > MAX_BLOB || !wanted.contains(&hash) {
+                        return Err(peer_err(
+                            peer,
+                            "sent a blob that was not asked for or too large",
+                        ));
+                    }
+                    let bytes = read_bytes(&mut recv, len as usize)
+                        .await
+                        .map_err(|e| peer_err(peer, e))?;
+                    let store = inner.state.store().clone();
+                    // Verify before storing: the bytes must hash to the address.
+                    let stored = tokio::task::spawn_blocking(move || {
+                        let (actual, cvs) = slices::hash_with_outboard(&bytes);
+                        if actual != hash {
+                            return Err(format!(
+                                "blob {hash} arrived with bytes hashing to {actual}"
+                            ));
+                        }
+                        store
+                            .put_with_outboard(hash, &bytes, &cvs)
+                            .map_err(|e| e.to_string())?;
+                        Ok(bytes.len())
+                    })
+                    .await
+                    .map_err(|e| peer_err(peer, e))?;
+                    match stored {
+                        Ok(n) => {
+                            inner.stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
+                            inner
+                                .stats
+                                .bytes_fetched
+                                .fetch_add(n as u64, Ordering::Relaxed);
+                            got += 1;
+                        }
+                        Err(why) => {
+                            tracing::error!(%peer, %bucket, why, "a peer sent a blob that fails its address; dropping the connection");
+                            inner.conns.lock().await.remove(peer);
+                            return Err(peer_err(peer, why));
+                        }
+                    }
+                }
+            }
+        }
+        // Anything not answered counts as missing there.
+        let answered: HashSet<Hash> = missing.iter().copied().collect();
+        for h in hashes {
+            if !answered.contains(h) && !inner.state.store().contains(h) {
+                missing.push(*h);
+            }
+        }
+        missing.sort();
+        missing.dedup();
+        Ok(missing)
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, fut)
+        .await
+        .map_err(|_| peer_err(peer, "request timed out"))?
+}
+
+/// The proof key of `bucket`: from the local bucket, or from `secret`.
+fn proof_key(
+    inner: &Inner,
+    bucket: &BucketId,
+    secret: Option<&SecretKey>,
+) -> Result<ProofKey, SyncError> {
+    match secret {
+        Some(s) => Ok(ProofKey::of(s)),
+        None => Ok(inner.open(bucket)?.proof_key()),
+    }
+}
+
+/// Fetch `hashes` of `bucket` from its peers (those one lacks from the
+/// next), several batches at once. Returns what no peer had.
+pub async fn fetch_blobs(
+    inner: &Inner,
+    bucket: BucketId,
+    hashes: &[Hash],
+    _chunks: bool,
+) -> Result<Vec<Hash>, SyncError> {
+    fetch_blobs_with(inner, bucket, hashes, None).await
+}
+
+pub async fn fetch_blobs_with(
+    inner: &Inner,
+    bucket: BucketId,
+    hashes: &[Hash],
+    secret: Option<&SecretKey>,
+) -> Result<Vec<Hash>, SyncError> {
+    let todo: Vec<Hash> = {
+        let store = inner.state.store();
+        let mut seen = HashSet::new();
+        hashes
+            .iter()
+            .filter(|h| seen.insert(**h) && !store.contains(h))
+            .copied()
+            .collect()
+    };
+    if todo.is_empty() {
+        return Ok(Vec::new());
+    }
+    let key = proof_key(inner, &bucket, secret)?;
+    let peers = inner.peers_of(&bucket);
+    if peers.is_empty() {
+        return Err(SyncError::NoPeer(bucket));
+    }
+    let batches: Vec<Vec<Hash>> = todo.chunks(BATCH).map(|c| c.to_vec()).collect();
+    let key = &key;
+    let peers = &peers;
+    let results = futures::stream::iter(batches.into_iter().enumerate().map(|(i, batch)| async move {
+        let mut left = batch;
+        // Spread batches over the peers; each falls back to the others.
+        for k in 0..peers.len() {
+            let p = &peers[(i + k) % peers.len()];
+            let proof = key.proof(&bucket, &inner.me.0, &p.node.0);
+            match get_blobs_from(inner, &p.node, bucket, proof, &left).await {
+                Ok(missing) => left = missing,
+                Err(e) => tracing::debug!(peer = %p.node, %bucket, error = %e, "blob fetch from a peer failed"),
+            }
+            if left.is_empty() {
+                break;
+            }
+        }
+        left
+    }))
+    .buffer_unordered(IN_FLIGHT)
+    .collect::<Vec<Vec<Hash>>>()
+    .await;
+    Ok(results.into_iter().flatten().collect())
+}
+
+use futures::StreamExt;
+
+/// Fetch `head`'s manifest chain down to versions this node has (at most
+/// `max_chain` deep), every directory of its tree not known to be complete
+/// here, and, with `with_chunks`, the chunks those directories name.
+/// Returns the parents where the chain was cut.
+async fn fetch_version(
+    inner: &Inner,
+    b: &Bucket,
+    head: Hash,
+    max_chain: usize,
+    with_chunks: bool,
+    secret: Option<&SecretKey>,
+) -> Result<Vec<Hash>, SyncError> {
+    let bucket = b.id();
+    let store = inner.state.store().clone();
+    let err = |source| SyncError::Bucket { bucket, source };
+    // The manifest chain.
+    let mut want = vec![head];
+    let mut cut = Vec::new();
+    let mut depth = 0;
+    while !want.is_empty() {
+        let missing = fetch_blobs_with(inner, bucket, &want, secret).await?;
+        if !missing.is_empty() {
+            return Err(SyncError::NoPeer(bucket));
+        }
+        let mut next = Vec::new();
+        for h in &want {
+            // Signature, bucket and author are checked here; the links when
+            // the head is applied.
+            let m = b.manifest(h).map_err(err)?;
+            next.extend(m.parents().filter(|p| !store.contains(p)));
+        }
+        next.sort();
+        next.dedup();
+        depth += 1;
+        if depth >= max_chain {
+            cut = next;
+            break;
+        }
+        want = next;
+    }
+    // The tree, one level of directories at a time.
+    let m = b.manifest(&head).map_err(err)?;
+    let mut level: Vec<DirRef> = vec![b.root_dir(&m).map_err(err)?];
+    let mut chunks = Vec::new();
+    while !level.is_empty() {
+        let need: Vec<Hash> = level
+            .iter()
+            .map(DirRef::hash)
+            .filter(|h| !store.contains(h))
+            .collect();
+        if !need.is_empty()
+            && !fetch_blobs_with(inner, bucket, &need, secret)
+                .await?
+                .is_empty()
+        {
+            return Err(SyncError::NoPeer(bucket));
+        }
+        let mut next = Vec::new();
+        for d in &level {
+            let c = b.dir_contents(d).map_err(err)?;
+            next.extend(c.dirs);
+            chunks.extend(c.chunks.into_iter().filter(|h| !store.contains(h)));
+        }
+        level = next;
+    }
+    if with_chunks && !chunks.is_empty() {
+        let left = fetch_blobs_with(inner, bucket, &chunks, secret).await?;
+        if !left.is_empty() {
+            tracing::warn!(%bucket, missing = left.len(), "some chunks are on no reachable peer yet; reads will fetch them");
+        }
+    }
+    Ok(cut)
+}
+
+/// Pull `head` of a bucket this node holds, then apply it.
+pub async fn pull(
+    inner: &Arc<Inner>,
+    bucket: BucketId,
+    head: Hash,
+    from: Option<NodeId>,
+) -> Result<(), SyncError> {
+    let lock = inner.pull_lock(&bucket);
+    let _one = lock.lock().await;
+    let b = inner.open(&bucket)?;
+    if b.head().ok() == Some(head) {
+        return Ok(());
+    }
+    if let Some(p) = from {
+        // The announcer may be missing from the list the control plane gave.
+        let mut peers = inner.peers_of(&bucket);
+        if !peers.iter().any(|x| x.node == p) {
+            peers.push(Peer {
+                node: p,
+                addrs: Vec::new(),
+            });
+            inner.peers.lock().unwrap().insert(bucket, peers);
+        }
+    }
+    let cut = fetch_version(inner, &b, head, MAX_CHAIN, true, None).await?;
+    if !cut.is_empty() {
+        b.note_cut(&cut)
+            .map_err(|source| SyncError::Bucket { bucket, source })?;
+    }
+    let Some(replicas) = inner.replicas.get().cloned() else {
+        return Ok(());
+    };
+    let applied = tokio::task::spawn_blocking(move || replicas.apply_head(&bucket, &head))
+        .await
+        .map_err(|e| SyncError::Peer {
+            peer: "local".into(),
+            why: e.to_string(),
+        })?;
+    match applied {
+        Ok(merged) => {
+            inner.stats.heads_applied.fetch_add(1, Ordering::Relaxed);
+            if let Some(new) = merged {
+                // A merge of ours: every replica must hear of it.
+                announce_all(inner, bucket, new).await;
+            }
+            Ok(())
+        }
+        Err(why) => Err(SyncError::Peer {
+            peer: "local".into(),
+            why: format!("applying {head}: {why}"),
+        }),
+    }
+}
+
+/// Fetch a bucket new to this node (see `SyncEngine::fetch_bucket`): the
+/// first peer in the list (the control plane lists the freshest first) that
+/// answers makes this node a member, and its head comes over.
+pub async fn fetch_new_bucket(
+    inner: &Arc<Inner>,
+    bucket: BucketId,
+    secret: SecretKey,
+) -> Result<Hash, SyncError> {
+    let key = ProofKey::of(&secret);
+    let handle = inner.state.bucket_with_secret(&bucket, secret.clone());
+    for p in inner.peers_of(&bucket) {
+        let proof = key.proof(&bucket, &inner.me.0, &p.node.0);
+        let head = match ask(inner, &p.node, &Request::Enroll { bucket, proof }).await {
+            Ok(Response::Enrolled { head }) => head,
+            Ok(other) => {
+                tracing::warn!(peer = %p.node, %bucket, answer = ?other, "peer did not enroll this node");
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(peer = %p.node, %bucket, error = %e, "peer unreachable");
+                continue;
+            }
+        };
+        // Only this peer has the head that shares the bucket with us yet.
+        let others = inner.peers_of(&bucket);
+        let mut first = vec![p.clone()];
+        first.extend(others.iter().filter(|o| o.node != p.node).cloned());
+        inner.peers.lock().unwrap().insert(bucket, first);
+        match fetch_version(inner, &handle, head, 1, false, Some(&secret)).await {
+            Ok(_) => {
+                tracing::info!(%bucket, %head, peer = %p.node, "fetched a bucket new to this node");
+                inner
+                    .state
+                    .import_bucket(bucket, secret, &inner.kek, &head)
+                    .map_err(|source| SyncError::Bucket { bucket, source })?;
+                return Ok(head);
+            }
+            Err(e) => {
+                tracing::warn!(peer = %p.node, %bucket, error = %e, "fetching the bucket's tree failed")
+            }
+        }
+    }
+    Err(SyncError::NoPeer(bucket))
+}
+
+/// Fetch a version of a bucket this node does not hold (a clone's source).
+pub async fn fetch_foreign(
+    inner: &Arc<Inner>,
+    bucket: BucketId,
+    secret: SecretKey,
+    head: Hash,
+) -> Result<(), SyncError> {
+    let handle = inner.state.bucket_with_secret(&bucket, secret.clone());
+    fetch_version(inner, &handle, head, 1, false, Some(&secret))
+        .await
+        .map(|_| ())
+}
+
+/// Fetch every chunk of the head's tree this node lacks.
+pub async fn complete(inner: &Inner, bucket: BucketId) -> Result<usize, SyncError> {
+    let b = inner.open(&bucket)?;
+    let err = |source| SyncError::Bucket { bucket, source };
+    let head = b.head().map_err(err)?;
+    let m = b.manifest(&head).map_err(err)?;
+    let store = inner.state.store().clone();
+    let mut level = vec![b.root_dir(&m).map_err(err)?];
+    let mut chunks = Vec::new();
+    while !level.is_empty() {
+        let need: Vec<Hash> = level
+            .iter()
+            .map(DirRef::hash)
+            .filter(|h| !store.contains(h))
+            .collect();
+        fetch_blobs(inner, bucket, &need, false).await?;
+        let mut next = Vec::new();
+        for d in &level {
+            let c = b.dir_contents(d).map_err(err)?;
+            next.extend(c.dirs);
+            chunks.extend(c.chunks.into_iter().filter(|h| !store.contains(h)));
+        }
+        level = next;
+    }
+    let total = chunks.len();
+    let left = fetch_blobs(inner, bucket, &chunks, true).await?;
+    if !left.is_empty() {
+        return Err(SyncError::NoPeer(bucket));
+    }
+    Ok(total)
+}
+
+/// Ask every peer for its heads of the buckets shared with it; pull those
+/// that differ from ours (what an announcement missed).
+pub async fn compare_heads(inner: &Arc<Inner>) {
+    let Ok(buckets) = inner.state.list_buckets() else {
+        return;
+    };
+    let mut per_peer: HashMap<NodeId, Vec<(BucketId, Proof)>> = HashMap::new();
+    let mut local: HashMap<BucketId, Hash> = HashMap::new();
+    for id in buckets {
+        let peers = inner.peers_of(&id);
+        if peers.is_empty() {
+            continue;
+        }
+        let Ok(b) = inner.open(&id) else { continue };
+        if let Ok(h) = b.head() {
+            local.insert(id, h);
+        }
+        let key = b.proof_key();
+        for p in peers {
+            per_peer
+                .entry(p.node)
+                .or_default()
+                .push((id, key.proof(&id, &inner.me.0, &p.node.0)));
+        }
+    }
+    let asks = per_peer.into_iter().map(|(peer, buckets)| {
+        let local = &local;
+        async move {
+            let answer = ask(inner, &peer, &Request::Heads { buckets }).await;
+            let Ok(Response::Heads(heads)) = answer else {
+                return;
+            };
+            for (bucket, head) in heads {
+                let Some(head) = head else { continue };
+                if local.get(&bucket) == Some(&head) || is_known_ancestor(inner, &bucket, &head) {
+                    continue;
+                }
+                if let Err(e) = pull(inner, bucket, head, Some(peer)).await {
+                    tracing::debug!(%bucket, %peer, error = %e, "anti-entropy pull failed");
+                }
+            }
+        }
+    });
+    futures::future::join_all(asks).await;
+}
+
+/// Whether `head` is in this node's history of `bucket` already.
+fn is_known_ancestor(inner: &Inner, bucket: &BucketId, head: &Hash) -> bool {
+    if !inner.state.store().contains(head) {
+        return false;
+    }
+    let Ok(b) = inner.open(bucket) else {
+        return false;
+    };
+    b.has_in_history(head).unwrap_or(false)
+}

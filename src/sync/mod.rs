@@ -1,0 +1,440 @@
+//! Peer-to-peer sync of buckets between nodes, over iroh (QUIC).
+//!
+//! Each node runs one endpoint keyed by its own Ed25519 identity, so a
+//! peer's endpoint id *is* its node id, the one manifests are signed with
+//! and key shares are sealed to. Relays, public address lookup and port
+//! mapping are off: peers are dialled at the addresses the control plane
+//! lists (`set_peers`), and only nodes it lists as registered
+//! (`set_registered`) are answered.
+//!
+//! What moves: a node that commits announces its head to the bucket's
+//! peers; a peer that hears of a head it lacks pulls it — the manifest
+//! chain (down to a version it has), the directory nodes that changed, and
+//! the chunks they name — verifying every blob's BLAKE3 address before
+//! storing it and every manifest's signature and chain before the head is
+//! used, then hands it to [`Replicas::apply_head`] (a fast-forward or a
+//! merge) and announces the merge it made, if any. A periodic comparison
+//! of heads (anti-entropy) catches what an announcement missed. A bucket
+//! new to a node is fetched whole ([`SyncEngine::fetch_bucket`]): its tree
+//! first, its chunks on demand and in the background.
+//!
+//! Authorization: every request proves the requester holds the bucket's
+//! secret (a keyed hash over bucket, requester and responder, unforgeable
+//! and useless to replay elsewhere), which is enough to read its blobs;
+//! announcements are taken only from members (holders of a share at the
+//! responder's head), and a node that proves the secret becomes one by
+//! asking (`Enroll`): the responder commits a version that shares the
+//! bucket with it. Versions written by non-members fail the chain check
+//! wherever they arrive.
+//!
+//! The sync layer knows buckets and the store, not FUSE, gRPC or Postgres:
+//! the CSI layer wires the MountManager in as [`Replicas`] and keeps the
+//! peer lists current from Postgres.
+
+mod client;
+pub mod proto;
+mod server;
+mod wire;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use iroh::endpoint::Connection;
+use iroh::protocol::Router;
+use iroh::{Endpoint, EndpointAddr, RelayMode};
+
+use crate::bucket::{Bucket, BucketId, StateDir};
+use crate::crypto::{Identity, Kek, NodeId, SecretKey};
+use crate::store::Hash;
+
+/// Why a sync operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("binding the sync endpoint on {addr}: {why}")]
+    Bind { addr: SocketAddr, why: String },
+    #[error("no peer that holds bucket {0} answered")]
+    NoPeer(BucketId),
+    #[error("peer {peer}: {why}")]
+    Peer { peer: String, why: String },
+    #[error("bucket {bucket}: {source}")]
+    Bucket {
+        bucket: BucketId,
+        #[source]
+        source: crate::bucket::BucketError,
+    },
+}
+
+/// A peer: its node id and the addresses it listens on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub node: NodeId,
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// What the node does with what sync brings. Implemented by the node's
+/// mount owner (live mounts merge; buckets not mounted are updated on disk).
+/// Both run on blocking threads.
+pub trait Replicas: Send + Sync + 'static {
+    /// A verified head of `bucket` is in the local store: bring the local
+    /// replica to it (fast-forward or merge). Returns the local head after,
+    /// when it differs from `head` (a merge to announce).
+    fn apply_head(&self, bucket: &BucketId, head: &Hash) -> Result<Option<Hash>, String>;
+    /// Share `bucket` with `node` (a new version) and return the head that does.
+    fn grant(&self, bucket: &BucketId, node: &NodeId) -> Result<Hash, String>;
+}
+
+/// Asks the control plane whether a node is registered now.
+pub type RegistryCheck =
+    Arc<dyn Fn(NodeId) -> futures::future::BoxFuture<'static, bool> + Send + Sync>;
+
+/// Counters for metrics and tests.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    pub blobs_fetched: AtomicU64,
+    pub bytes_fetched: AtomicU64,
+    pub blobs_served: AtomicU64,
+    pub bytes_served: AtomicU64,
+    pub announcements_sent: AtomicU64,
+    pub announcements_received: AtomicU64,
+    pub refused: AtomicU64,
+    pub heads_applied: AtomicU64,
+}
+
+/// How a node's sync endpoint is set up.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    /// Where to listen (UDP).
+    pub listen: SocketAddr,
+    /// How often heads are compared with every peer.
+    pub anti_entropy: Duration,
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    state: Arc<StateDir>,
+    kek: Arc<Kek>,
+    me: NodeId,
+    /// Peers per bucket, as the control plane last listed them.
+    peers: Mutex<HashMap<BucketId, Vec<Peer>>>,
+    /// Every node the control plane lists as registered (None: not known yet).
+    registered: Mutex<Option<HashSet<NodeId>>>,
+    /// Where each peer was last reached or listed.
+    addrs: Mutex<HashMap<NodeId, Vec<SocketAddr>>>,
+    replicas: OnceLock<Arc<dyn Replicas>>,
+    /// Asked when a node is not in `registered` (it may have just registered).
+    registry: OnceLock<RegistryCheck>,
+    conns: tokio::sync::Mutex<HashMap<NodeId, Connection>>,
+    /// One pull per bucket at a time.
+    pulls: Mutex<HashMap<BucketId, Arc<tokio::sync::Mutex<()>>>>,
+    stats: SyncStats,
+    rt: tokio::runtime::Handle,
+}
+
+/// This node's sync endpoint and what it knows of its peers.
+#[derive(Clone)]
+pub struct SyncEngine {
+    inner: Arc<Inner>,
+    _router: Arc<Router>,
+}
+
+impl std::fmt::Debug for SyncEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncEngine")
+            .field("me", &self.inner.me)
+            .finish()
+    }
+}
+
+impl SyncEngine {
+    /// Bind the endpoint (relays, address lookup and port mapping off) and
+    /// start answering peers. Must run inside a tokio runtime.
+    pub async fn start(
+        cfg: &SyncConfig,
+        identity: &Identity,
+        state: Arc<StateDir>,
+        kek: Arc<Kek>,
+    ) -> Result<Self, SyncError> {
+        let key = iroh::SecretKey::from_bytes(&identity.seed_bytes());
+        let endpoint = Endpoint::builder(iroh::endpoint::presets::Minimal)
+            .secret_key(key)
+            .relay_mode(RelayMode::Disabled)
+            .clear_address_lookup()
+            .portmapper_config(iroh::endpoint::PortmapperConfig::Disabled)
+            .net_report_config(iroh::endpoint::NetReportConfig::minimal())
+            .alpns(vec![proto::ALPN.to_vec()])
+            .bind_addr(cfg.listen)
+            .map_err(|e| SyncError::Bind {
+                addr: cfg.listen,
+                why: e.to_string(),
+            })?
+            .bind()
+            .await
+            .map_err(|e| SyncError::Bind {
+                addr: cfg.listen,
+                why: e.to_string(),
+            })?;
+        let inner = Arc::new(Inner {
+            endpoint: endpoint.clone(),
+            state,
+            kek,
+            me: identity.node_id(),
+            peers: Mutex::new(HashMap::new()),
+            registered: Mutex::new(None),
+            addrs: Mutex::new(HashMap::new()),
+            replicas: OnceLock::new(),
+            registry: OnceLock::new(),
+            conns: tokio::sync::Mutex::new(HashMap::new()),
+            pulls: Mutex::new(HashMap::new()),
+            stats: SyncStats::default(),
+            rt: tokio::runtime::Handle::current(),
+        });
+        let router = Router::builder(endpoint)
+            .accept(proto::ALPN, server::Handler::new(inner.clone()))
+            .spawn();
+        let engine = Self {
+            inner,
+            _router: Arc::new(router),
+        };
+        tokio::spawn(engine.clone().anti_entropy(cfg.anti_entropy));
+        tracing::info!(addrs = ?engine.local_addrs(), node = %engine.inner.me, "sync endpoint listening");
+        Ok(engine)
+    }
+
+    /// The addresses this endpoint is bound to.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.endpoint.bound_sockets()
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.me
+    }
+
+    pub fn stats(&self) -> &SyncStats {
+        &self.inner.stats
+    }
+
+    /// What to do with pulled heads and enrollment requests.
+    pub fn set_replicas(&self, replicas: Arc<dyn Replicas>) {
+        let _ = self.inner.replicas.set(replicas);
+    }
+
+    /// The peers that hold `bucket` (this node left out).
+    pub fn set_peers(&self, bucket: BucketId, peers: Vec<Peer>) {
+        let peers: Vec<Peer> = peers
+            .into_iter()
+            .filter(|p| p.node != self.inner.me)
+            .collect();
+        {
+            let mut addrs = self.inner.addrs.lock().unwrap();
+            for p in &peers {
+                if !p.addrs.is_empty() {
+                    addrs.insert(p.node, p.addrs.clone());
+                }
+            }
+        }
+        self.inner.peers.lock().unwrap().insert(bucket, peers);
+    }
+
+    /// Every node the control plane knows: only they are answered.
+    pub fn set_registered(&self, nodes: HashSet<NodeId>) {
+        *self.inner.registered.lock().unwrap() = Some(nodes);
+    }
+
+    /// How to ask about a node missing from the last registered list.
+    pub fn set_registry_check(&self, check: RegistryCheck) {
+        let _ = self.inner.registry.set(check);
+    }
+
+    pub fn peers_of(&self, bucket: &BucketId) -> Vec<Peer> {
+        self.inner.peers_of(bucket)
+    }
+
+    /// Tell the bucket's peers about a new local head (best effort: a peer
+    /// that misses it catches up by anti-entropy).
+    pub async fn announce(&self, bucket: BucketId, head: Hash) {
+        client::announce_all(&self.inner, bucket, head).await
+    }
+
+    /// Fetch bucket `bucket`, new to this node, from its peers: the newest
+    /// head any of them has (and `hint`, the newest the control plane
+    /// knows), after enrolling this node as a member. Its manifest and
+    /// whole tree are here when this returns; chunks follow on demand and
+    /// in the background. Returns the head imported.
+    pub async fn fetch_bucket(
+        &self,
+        bucket: BucketId,
+        secret: SecretKey,
+        peers: Vec<Peer>,
+    ) -> Result<Hash, SyncError> {
+        self.set_peers(bucket, peers);
+        client::fetch_new_bucket(&self.inner, bucket, secret).await
+    }
+
+    /// Fetch version `head` of `bucket` (manifest and tree, not chunks) into
+    /// the store without making the bucket this node's: what cloning from a
+    /// snapshot or volume whose source this node does not hold needs.
+    pub async fn fetch_foreign_version(
+        &self,
+        bucket: BucketId,
+        secret: SecretKey,
+        head: Hash,
+        peers: Vec<Peer>,
+    ) -> Result<(), SyncError> {
+        self.set_peers(bucket, peers);
+        client::fetch_foreign(&self.inner, bucket, secret, head).await
+    }
+
+    /// Fetch every chunk of `bucket`'s head this node lacks (after a first
+    /// stage; reads fetch what they need sooner).
+    pub async fn complete(&self, bucket: BucketId) -> Result<usize, SyncError> {
+        client::complete(&self.inner, bucket).await
+    }
+
+    /// A blob fetcher for mounts of `bucket` (reads of chunks not here yet).
+    pub fn remote_for(&self, bucket: BucketId) -> Arc<dyn crate::bucket::RemoteBlobs> {
+        Arc::new(Remote {
+            inner: self.inner.clone(),
+            bucket,
+        })
+    }
+
+    /// Pull `head` of `bucket` now (what an announcement or anti-entropy does).
+    pub async fn pull(&self, bucket: BucketId, head: Hash) -> Result<(), SyncError> {
+        client::pull(&self.inner, bucket, head, None).await
+    }
+
+    /// Compare heads with every peer now.
+    pub async fn compare_heads(&self) {
+        client::compare_heads(&self.inner).await
+    }
+
+    async fn anti_entropy(self, every: Duration) {
+        // A first pass soon after start catches up on what happened while
+        // this node was away.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        loop {
+            client::compare_heads(&self.inner).await;
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Close the endpoint (peers see the connections end).
+    pub async fn shutdown(&self) {
+        let _ = self._router.shutdown().await;
+        self.inner.endpoint.close().await;
+    }
+}
+
+impl Inner {
+    fn peers_of(&self, bucket: &BucketId) -> Vec<Peer> {
+        self.peers
+            .lock()
+            .unwrap()
+            .get(bucket)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn open(&self, bucket: &BucketId) -> Result<Bucket, SyncError> {
+        self.state
+            .open_bucket(bucket, &self.kek)
+            .map_err(|source| SyncError::Bucket {
+                bucket: *bucket,
+                source,
+            })
+    }
+
+    async fn is_registered(&self, node: &NodeId) -> bool {
+        let known = self
+            .registered
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|r| r.contains(node));
+        if known {
+            return true;
+        }
+        let Some(check) = self.registry.get().cloned() else {
+            return false;
+        };
+        if check(*node).await {
+            if let Some(r) = self.registered.lock().unwrap().as_mut() {
+                r.insert(*node);
+            }
+            return true;
+        }
+        false
+    }
+
+    fn addr_of(&self, node: &NodeId) -> Option<EndpointAddr> {
+        let id = iroh::PublicKey::from_bytes(&node.0).ok()?;
+        let mut addr = EndpointAddr::new(id);
+        for a in self
+            .addrs
+            .lock()
+            .unwrap()
+            .get(node)
+            .cloned()
+            .unwrap_or_default()
+        {
+            addr = addr.with_ip_addr(a);
+        }
+        Some(addr)
+    }
+
+    fn pull_lock(&self, bucket: &BucketId) -> Arc<tokio::sync::Mutex<()>> {
+        self.pulls
+            .lock()
+            .unwrap()
+            .entry(*bucket)
+            .or_default()
+            .clone()
+    }
+}
+
+/// Fetches single blobs for a mount, from the FUSE threads (not async).
+struct Remote {
+    inner: Arc<Inner>,
+    bucket: BucketId,
+}
+
+impl crate::bucket::RemoteBlobs for Remote {
+    fn fetch(&self, hash: &Hash) -> Result<(), String> {
+        let (inner, bucket, hash) = (self.inner.clone(), self.bucket, *hash);
+        // A clone reads chunks of its source's tree: those come from the
+        // source's peers, asked with the source's secret.
+        let source = self
+            .inner
+            .state
+            .source_of(&bucket, &self.inner.kek)
+            .ok()
+            .flatten();
+        let fetch = async move {
+            let missing = client::fetch_blobs(&inner, bucket, &[hash], true)
+                .await
+                .unwrap_or_else(|_| vec![hash]);
+            match source {
+                Some((src, secret)) if !missing.is_empty() => {
+                    client::fetch_blobs_with(&inner, src, &missing, Some(&secret)).await
+                }
+                _ => Ok(missing),
+            }
+        };
+        let got = if tokio::runtime::Handle::try_current().is_ok() {
+            // Inside the runtime (a blocking task): wait on another thread.
+            let rt = self.inner.rt.clone();
+            std::thread::scope(|s| s.spawn(|| rt.block_on(fetch)).join())
+                .map_err(|_| "fetch thread panicked".to_string())?
+        } else {
+            self.inner.rt.block_on(fetch)
+        };
+        match got {
+            Ok(missing) if missing.is_empty() => Ok(()),
+            Ok(_) => Err("no peer has it".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The sync protocol's messages: one request per bi-directional QUIC stream,
+//! a postcard enum with a length prefix and a hard size cap. The requester
+//! finishes its send side after the request; the responder answers with one
+//! message, except for blobs, which stream back as a sequence of frames.
+//! An incompatible change bumps the ALPN's version suffix.
+
+use serde::{Deserialize, Serialize};
+
+use crate::bucket::BucketId;
+use crate::store::Hash;
+
+/// The protocol's ALPN: `/jax-csi/sync/<version>`.
+pub const ALPN: &[u8] = b"/jax-csi/sync/1";
+/// The largest request or response message (not counting blob frames).
+pub const MAX_MESSAGE: usize = 1 << 20;
+/// The largest blob a peer may send (a 16 MiB chunk, sealed, with room).
+pub const MAX_BLOB: usize = (16 << 20) + (1 << 20);
+/// Blobs one request may ask for.
+pub const MAX_BLOBS_PER_REQUEST: usize = 4096;
+/// Buckets one heads request may ask about.
+pub const MAX_BUCKETS_PER_REQUEST: usize = 4096;
+
+/// Proof that the requester holds the bucket secret: a keyed hash over the
+/// bucket, the requester and the responder (see `bucket::ProofKey`).
+pub type Proof = [u8; 32];
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// What are your heads of these buckets? (anti-entropy)
+    Heads { buckets: Vec<(BucketId, Proof)> },
+    /// My head of `bucket` is now `head` (after a commit or a merge).
+    Announce {
+        bucket: BucketId,
+        proof: Proof,
+        head: Hash,
+    },
+    /// Send these blobs of `bucket` (manifests, directory nodes, chunks).
+    GetBlobs {
+        bucket: BucketId,
+        proof: Proof,
+        hashes: Vec<Hash>,
+    },
+    /// Make me a member of `bucket` (a share of its secret in a new head),
+    /// so the versions I write are accepted.
+    Enroll { bucket: BucketId, proof: Proof },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// For each bucket asked about: the head here, if this node has it.
+    Heads(Vec<(BucketId, Option<Hash>)>),
+    /// The announcement was taken in.
+    Noted,
+    /// The requester is a member at this head.
+    Enrolled { head: Hash },
+    /// Refused: not a registered node, a wrong proof, a bucket not here.
+    Refused { reason: String },
+}
+
+/// What precedes each blob in a [`Request::GetBlobs`] answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobFrame {
+    /// The blob follows: `len` bytes.
+    Blob { hash: Hash, len: u32 },
+    /// Not on this node.
+    Missing { hash: Hash },
+}
+
+/// Encode with a 4-byte length prefix.
+pub fn frame<T: Serialize>(msg: &T) -> Vec<u8> {
+    let body = postcard::to_stdvec(msg).expect("protocol messages serialize");
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Why a message could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("message of {0} bytes is over the limit")]
+    TooLarge(usize),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("stream: {0}")]
+    Stream(String),
+}
+
+/// Decode a message body (after its length prefix).
+pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, WireError> {
+    postcard::from_bytes(body).map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_junk_is_refused() {
+        let r = Request::Announce {
+            bucket: BucketId([3; 16]),
+            proof: [1; 32],
+            head: Hash([2; 32]),
+        };
+        let f = frame(&r);
+        assert_eq!(
+            u32::from_le_bytes(f[..4].try_into().unwrap()) as usize,
+            f.len() - 4
+        );
+        assert_eq!(decode::<Request>(&f[4..]).unwrap(), r);
+        assert!(decode::<Request>(&[0xff, 0xff, 0xff]).is_err());
+        assert!(decode::<Request>(&[]).is_err());
+    }
+}
