@@ -975,7 +975,11 @@ async fn expansion_reaches_running_mounts() {
 /// that it collected it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_volumes_are_collected_on_the_node() {
-    let mut e = env().await;
+    let mut c = Cluster::start();
+    c.gc_grace = "2";
+    let ctl = ControllerClient::new(c.controller(0).await);
+    let node = NodeClient::new(c.node("node-a").await);
+    let mut e = Env { c, ctl, node };
     let keep = e.create("keep", None).await;
     let gone = e.create("gone", None).await;
     for (id, pod) in [(&keep, "k"), (&gone, "g")] {

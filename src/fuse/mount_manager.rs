@@ -789,11 +789,21 @@ fn apply_group(mount: &mut crate::bucket::Mount, group: u32) -> crate::bucket::R
 /// Bind-mount `source` at `t.path` (read-only if asked). Idempotent.
 pub fn bind_target(source: &Path, t: &Target) -> std::io::Result<()> {
     use nix::mount::{mount, MsFlags};
-    if session::is_stale(&t.path) {
-        session::lazy_unmount(&t.path)?;
-    }
+    use std::os::unix::fs::MetadataExt;
     if session::is_mount_point(&t.path) {
-        return Ok(());
+        // Already bound to this very mount: nothing to do. Anything else
+        // there (a bind of a mount whose daemon died, answering or not)
+        // is detached and bound again.
+        let same = match (std::fs::metadata(&t.path), std::fs::metadata(source)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev(),
+            _ => false,
+        };
+        if same {
+            return Ok(());
+        }
+        session::lazy_unmount(&t.path)?;
+    } else if session::is_stale(&t.path) {
+        session::lazy_unmount(&t.path)?;
     }
     std::fs::create_dir_all(&t.path)?;
     mount(

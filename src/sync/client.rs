@@ -18,8 +18,10 @@ use crate::store::{slices, Hash};
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long one request may take before the peer counts as unreachable.
+/// How long a blob request may take before the peer counts as unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a small request (heads, announce, enroll) may take.
+const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Hashes per GetBlobs request, and requests in flight at once.
 const BATCH: usize = 64;
 const IN_FLIGHT: usize = 4;
@@ -43,10 +45,19 @@ async fn connection(inner: &Inner, peer: &NodeId) -> Result<Connection, SyncErro
     let addr = inner
         .addr_of(peer)
         .ok_or_else(|| peer_err(peer, "no address known"))?;
-    let conn = tokio::time::timeout(CONNECT_TIMEOUT, inner.endpoint.connect(addr, ALPN))
-        .await
-        .map_err(|_| peer_err(peer, "connection timed out"))?
-        .map_err(|e| peer_err(peer, e))?;
+    let conn = match tokio::time::timeout(CONNECT_TIMEOUT, inner.endpoint.connect(addr, ALPN)).await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            inner.mark_down(peer);
+            return Err(peer_err(peer, e));
+        }
+        Err(_) => {
+            inner.mark_down(peer);
+            return Err(peer_err(peer, "connection timed out"));
+        }
+    };
+    inner.mark_up(peer);
     inner.conns.lock().await.insert(*peer, conn.clone());
     Ok(conn)
 }
@@ -70,7 +81,7 @@ async fn request(inner: &Inner, peer: &NodeId, req: &Request) -> Result<RecvStre
 
 /// A request with one message as its answer.
 async fn ask(inner: &Inner, peer: &NodeId, req: &Request) -> Result<Response, SyncError> {
-    tokio::time::timeout(REQUEST_TIMEOUT, async {
+    tokio::time::timeout(ASK_TIMEOUT, async {
         let mut recv = request(inner, peer, req).await?;
         read_msg::<Response>(&mut recv)
             .await
@@ -79,6 +90,15 @@ async fn ask(inner: &Inner, peer: &NodeId, req: &Request) -> Result<Response, Sy
     })
     .await
     .map_err(|_| peer_err(peer, "request timed out"))?
+}
+
+#[cfg(test)]
+pub async fn ask_for_tests(
+    inner: &Inner,
+    peer: &Peer,
+    req: &Request,
+) -> Result<Response, SyncError> {
+    ask(inner, &peer.node, req).await
 }
 
 fn refused(peer: &NodeId, r: Response) -> SyncError {

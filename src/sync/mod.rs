@@ -34,6 +34,8 @@
 mod client;
 pub mod proto;
 mod server;
+#[cfg(test)]
+mod tests;
 mod wire;
 
 use std::collections::{HashMap, HashSet};
@@ -127,6 +129,8 @@ struct Inner {
     /// Asked when a node is not in `registered` (it may have just registered).
     registry: OnceLock<RegistryCheck>,
     conns: tokio::sync::Mutex<HashMap<NodeId, Connection>>,
+    /// Peers that failed to answer lately, and when: asked last for a while.
+    down: Mutex<HashMap<NodeId, std::time::Instant>>,
     /// One pull per bucket at a time.
     pulls: Mutex<HashMap<BucketId, Arc<tokio::sync::Mutex<()>>>>,
     stats: SyncStats,
@@ -165,6 +169,18 @@ impl SyncEngine {
             .portmapper_config(iroh::endpoint::PortmapperConfig::Disabled)
             .net_report_config(iroh::endpoint::NetReportConfig::minimal())
             .alpns(vec![proto::ALPN.to_vec()])
+            // A peer that died is noticed within seconds, not at the QUIC
+            // default, so requests move on to the others.
+            .transport_config(
+                iroh::endpoint::QuicTransportConfig::builder()
+                    .keep_alive_interval(Duration::from_secs(2))
+                    .max_idle_timeout(Some(
+                        Duration::from_secs(8)
+                            .try_into()
+                            .expect("8 s is a valid idle timeout"),
+                    ))
+                    .build(),
+            )
             .bind_addr(cfg.listen)
             .map_err(|e| SyncError::Bind {
                 addr: cfg.listen,
@@ -188,6 +204,7 @@ impl SyncEngine {
             registry: OnceLock::new(),
             conns: tokio::sync::Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
+            down: Mutex::new(HashMap::new()),
             stats: SyncStats::default(),
             rt: tokio::runtime::Handle::current(),
         });
@@ -329,13 +346,33 @@ impl SyncEngine {
 }
 
 impl Inner {
+    /// The bucket's peers, those that failed lately last.
     fn peers_of(&self, bucket: &BucketId) -> Vec<Peer> {
-        self.peers
+        let mut peers = self
+            .peers
             .lock()
             .unwrap()
             .get(bucket)
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let down = self.down.lock().unwrap();
+        let recent = |p: &Peer| {
+            down.get(&p.node)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(30))
+        };
+        peers.sort_by_key(|p| recent(p));
+        peers
+    }
+
+    fn mark_down(&self, node: &NodeId) {
+        self.down
+            .lock()
+            .unwrap()
+            .insert(*node, std::time::Instant::now());
+    }
+
+    fn mark_up(&self, node: &NodeId) {
+        self.down.lock().unwrap().remove(node);
     }
 
     fn open(&self, bucket: &BucketId) -> Result<Bucket, SyncError> {

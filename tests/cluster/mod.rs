@@ -18,6 +18,8 @@ pub struct Cluster {
     pub kek: Kek,
     pub controllers: Vec<Child>,
     pub nodes: Vec<(String, Child)>,
+    /// `--gc-grace-secs` of the nodes started from now on.
+    pub gc_grace: &'static str,
 }
 
 impl Cluster {
@@ -32,6 +34,7 @@ impl Cluster {
             kek,
             controllers: vec![],
             nodes: vec![],
+            gc_grace: "300",
         }
     }
 
@@ -88,13 +91,24 @@ impl Cluster {
 
     /// Start (or restart) node plugin `id`; returns once it answers Probe.
     pub async fn node(&mut self, id: &str) -> Channel {
+        self.node_with(id, "127.0.0.1:0", |_| {}).await
+    }
+
+    /// [`Cluster::node`] with its sync endpoint on `listen`, and `setup`
+    /// applied to the command (to run it in a network namespace).
+    pub async fn node_with(
+        &mut self,
+        id: &str,
+        listen: &str,
+        setup: impl FnOnce(&mut Command),
+    ) -> Channel {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.node_log(id))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_jax-csi"))
-            .args(["node", "--endpoint"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_jax-csi"));
+        cmd.args(["node", "--endpoint"])
             .arg(format!("unix://{}", self.node_socket(id).display()))
             .args(["--node-id", id, "--state-dir"])
             .arg(self.node_state(id))
@@ -106,16 +120,19 @@ impl Cluster {
                 "--gc-interval-secs",
                 "1",
                 "--gc-grace-secs",
-                "2",
+                self.gc_grace,
             ])
-            .args(["--listen", "127.0.0.1:0", "--anti-entropy-secs", "1"])
+            .args(["--listen", listen, "--anti-entropy-secs", "1"])
             .arg("--kubelet-dir")
             .arg(self.dir.path())
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("JAX_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawning jax-csi node");
+            .stderr(log);
+        setup(&mut cmd);
+        let child = cmd.spawn().expect("spawning jax-csi node");
         self.nodes.push((id.to_string(), child));
         wait_ready(&self.node_socket(id)).await
     }

@@ -1,0 +1,307 @@
+//! The sync protocol against peers that misbehave: in-process endpoints on
+//! loopback, no Postgres, buckets applied on disk.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::proto::{Request, Response};
+use super::*;
+use crate::bucket::{path, BucketOptions, ConflictFile, Manifest};
+
+/// Heads applied to buckets on disk (what a node without mounts does).
+struct OnDisk {
+    state: Arc<StateDir>,
+    kek: Arc<Kek>,
+}
+
+impl Replicas for OnDisk {
+    fn apply_head(&self, bucket: &BucketId, head: &Hash) -> Result<Option<Hash>, String> {
+        let b = self
+            .state
+            .open_bucket(bucket, &self.kek)
+            .map_err(|e| e.to_string())?;
+        let mut m = b.mount().map_err(|e| e.to_string())?;
+        let r = m
+            .merge_from(head, &ConflictFile)
+            .map_err(|e| e.to_string())?;
+        let v = r.version.unwrap_or(*head);
+        Ok((v != *head).then_some(v))
+    }
+
+    fn grant(&self, bucket: &BucketId, node: &NodeId) -> Result<Hash, String> {
+        let b = self
+            .state
+            .open_bucket(bucket, &self.kek)
+            .map_err(|e| e.to_string())?;
+        let mut m = b.mount().map_err(|e| e.to_string())?;
+        m.grant(node).map_err(|e| e.to_string())?;
+        Ok(m.save().map_err(|e| e.to_string())?.hash)
+    }
+}
+
+struct Node {
+    _dir: tempfile::TempDir,
+    state: Arc<StateDir>,
+    engine: SyncEngine,
+}
+
+async fn node(kek: &Arc<Kek>) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let state = Arc::new(StateDir::open(dir.path()).unwrap());
+    let cfg = SyncConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        anti_entropy: Duration::from_secs(3600),
+    };
+    let engine = SyncEngine::start(&cfg, state.identity(), state.clone(), kek.clone())
+        .await
+        .unwrap();
+    engine.set_replicas(Arc::new(OnDisk {
+        state: state.clone(),
+        kek: kek.clone(),
+    }));
+    Node {
+        _dir: dir,
+        state,
+        engine,
+    }
+}
+
+fn peer(n: &Node) -> Peer {
+    Peer {
+        node: n.engine.node_id(),
+        addrs: n
+            .engine
+            .local_addrs()
+            .into_iter()
+            .filter(|a| a.is_ipv4())
+            .collect(),
+    }
+}
+
+fn register(nodes: &[&Node]) {
+    let all: HashSet<NodeId> = nodes.iter().map(|n| n.engine.node_id()).collect();
+    for n in nodes {
+        n.engine.set_registered(all.clone());
+    }
+}
+
+/// A bucket on `a` with one file, and `b` holding it too (fetched).
+async fn shared(a: &Node, b: &Node, kek: &Kek) -> (BucketId, SecretKey) {
+    let id = BucketId::generate().unwrap();
+    let secret = SecretKey::generate().unwrap();
+    let bucket = a
+        .state
+        .create_bucket_with_secret(id, secret.clone(), kek, &BucketOptions::default())
+        .unwrap();
+    let mut m = bucket.mount().unwrap();
+    path::write_file(&mut m, "/f.txt", b"original").unwrap();
+    m.save().unwrap();
+    b.engine.set_peers(id, vec![peer(a)]);
+    a.engine.set_peers(id, vec![peer(b)]);
+    b.engine
+        .fetch_bucket(id, secret.clone(), vec![peer(a)])
+        .await
+        .unwrap();
+    (id, secret)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetched_bucket_reads_the_same_and_writes_flow_back() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b) = (node(&kek).await, node(&kek).await);
+    register(&[&a, &b]);
+    let (id, _) = shared(&a, &b, &kek).await;
+    let bb = b.state.open_bucket(&id, &kek).unwrap();
+    assert_eq!(b.engine.complete(id).await.unwrap(), 1);
+    let mut m = bb.mount().unwrap();
+    assert_eq!(path::read_file(&mut m, "/f.txt").unwrap(), b"original");
+    // b is a member now: its version is taken by a.
+    path::write_file(&mut m, "/g.txt", b"from b").unwrap();
+    let v = m.save().unwrap();
+    b.engine.announce(id, v.hash).await;
+    let ab = a.state.open_bucket(&id, &kek).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ab.head().unwrap() != v.hash {
+        assert!(
+            Instant::now() < deadline,
+            "the announced head never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut m = ab.mount().unwrap();
+    assert_eq!(path::read_file(&mut m, "/g.txt").unwrap(), b"from b");
+}
+
+/// A node the control plane does not list is not answered at all; a
+/// registered node with a wrong proof is refused; neither learns anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_and_wrong_proofs_get_nothing() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b) = (node(&kek).await, node(&kek).await);
+    register(&[&a, &b]);
+    let (id, _) = shared(&a, &b, &kek).await;
+    let stranger = node(&kek).await;
+    stranger
+        .engine
+        .set_registered(HashSet::from([a.engine.node_id()]));
+    // The stranger even holds the secret (the same KEK): not registered, not answered.
+    let head = a.state.open_bucket(&id, &kek).unwrap().head().unwrap();
+    let refused_before = a.engine.stats().refused.load(Ordering::Relaxed);
+    stranger.engine.set_peers(id, vec![peer(&a)]);
+    let got = stranger
+        .engine
+        .fetch_foreign_version(id, SecretKey::generate().unwrap(), head, vec![peer(&a)])
+        .await;
+    assert!(got.is_err());
+    assert!(!stranger.state.store().contains(&head));
+    assert!(a.engine.stats().refused.load(Ordering::Relaxed) > refused_before);
+    // A registered node that does not hold the secret: refused.
+    let c = node(&kek).await;
+    register(&[&a, &b, &c]);
+    let wrong = SecretKey::generate().unwrap();
+    let got = c.engine.fetch_bucket(id, wrong, vec![peer(&a)]).await;
+    assert!(matches!(got, Err(SyncError::NoPeer(_))), "{got:?}");
+    assert!(!c.state.has_bucket(&id));
+    assert!(!c.state.store().contains(&head));
+}
+
+/// A peer that sends bytes that do not hash to what was asked: nothing is
+/// stored, the fetch fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_blob_in_transit_is_never_stored() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b) = (node(&kek).await, node(&kek).await);
+    register(&[&a, &b]);
+    let (id, _) = shared(&a, &b, &kek).await;
+    // A liar: serves the right frames with wrong bytes.
+    let liar = LiarPeer::start(&b).await;
+    let want = Hash::of(b"what b asks for");
+    b.engine.set_peers(id, vec![liar.peer.clone()]);
+    let missing = client::fetch_blobs(&b.engine.inner, id, &[want], false)
+        .await
+        .unwrap();
+    assert_eq!(missing, vec![want], "the lie is not taken");
+    assert!(!b.state.store().contains(&want));
+}
+
+/// Announcements: an old head (replayed) changes nothing; a head whose
+/// manifest does not verify is never installed; a node that is not a
+/// member is not heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_and_forged_announcements_change_nothing() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b) = (node(&kek).await, node(&kek).await);
+    register(&[&a, &b]);
+    let (id, _) = shared(&a, &b, &kek).await;
+    let ab = a.state.open_bucket(&id, &kek).unwrap();
+    let bb = b.state.open_bucket(&id, &kek).unwrap();
+    // Bring a to b's head (the enrollment) so both agree.
+    b.engine.announce(id, bb.head().unwrap()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ab.head().unwrap() != bb.head().unwrap() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = ab.head().unwrap();
+    let old = ab.history().unwrap().last().unwrap().hash;
+    // Replay of an ancestor.
+    b.engine.announce(id, old).await;
+    // A forgery: b's manifest with a changed body and the old signature.
+    let good = bb.manifest(&bb.head().unwrap()).unwrap();
+    let mut body = good.body.clone();
+    body.used_bytes += 1;
+    let forged = Manifest {
+        body,
+        signature: good.signature,
+    };
+    let fh = b.state.store().put(&forged.to_bytes().unwrap()).unwrap();
+    b.engine.announce(id, fh).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ab.head().unwrap(), before, "nothing changed");
+    ab.verify().unwrap();
+    // A registered node holding the secret but no share: its announcement
+    // is refused, its version never becomes a's.
+    let c = node(&kek).await;
+    register(&[&a, &b, &c]);
+    c.engine.set_peers(id, vec![peer(&a)]);
+    let refused = a.engine.stats().refused.load(Ordering::Relaxed);
+    let req = Request::Announce {
+        bucket: id,
+        proof: ab
+            .proof_key()
+            .proof(&id, &c.engine.node_id().0, &a.engine.node_id().0),
+        head: before,
+    };
+    let answer = client::ask_for_tests(&c.engine.inner, &peer(&a), &req).await;
+    assert!(matches!(answer, Ok(Response::Refused { .. })), "{answer:?}");
+    assert!(a.engine.stats().refused.load(Ordering::Relaxed) > refused);
+}
+
+/// A minimal peer that answers every GetBlobs with bytes that do not match.
+struct LiarPeer {
+    peer: Peer,
+    _router: iroh::protocol::Router,
+}
+
+#[derive(Debug)]
+struct Liar;
+
+impl iroh::protocol::ProtocolHandler for Liar {
+    async fn accept(&self, conn: Connection) -> Result<(), iroh::protocol::AcceptError> {
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let Ok(Some(Request::GetBlobs { hashes, .. })) =
+                wire::read_msg::<Request>(&mut recv).await
+            else {
+                continue;
+            };
+            let _ = wire::write_msg(&mut send, &Response::Noted).await;
+            for h in hashes {
+                let lie = b"not what you asked for".to_vec();
+                let _ = wire::write_msg(
+                    &mut send,
+                    &proto::BlobFrame::Blob {
+                        hash: h,
+                        len: lie.len() as u32,
+                    },
+                )
+                .await;
+                let _ = send.write_all(&lie).await;
+            }
+            let _ = send.finish();
+            let _ = send.stopped().await;
+        }
+        Ok(())
+    }
+}
+
+impl LiarPeer {
+    async fn start(_victim: &Node) -> Self {
+        let ep = Endpoint::builder(iroh::endpoint::presets::Minimal)
+            .relay_mode(RelayMode::Disabled)
+            .clear_address_lookup()
+            .portmapper_config(iroh::endpoint::PortmapperConfig::Disabled)
+            .alpns(vec![proto::ALPN.to_vec()])
+            .bind_addr("127.0.0.1:0".parse::<SocketAddr>().unwrap())
+            .unwrap()
+            .bind()
+            .await
+            .unwrap();
+        let peer = Peer {
+            node: NodeId(*ep.id().as_bytes()),
+            addrs: ep
+                .bound_sockets()
+                .into_iter()
+                .filter(|a| a.is_ipv4())
+                .collect(),
+        };
+        let router = iroh::protocol::Router::builder(ep)
+            .accept(proto::ALPN, Liar)
+            .spawn();
+        Self {
+            peer,
+            _router: router,
+        }
+    }
+}

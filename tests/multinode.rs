@@ -1,0 +1,404 @@
+//! Several node plugins, each in its own network namespace with its own
+//! address, sharing one throwaway Postgres (over its unix socket): volumes
+//! move between nodes and are written on several at once, links are cut
+//! and healed, nodes are killed, strangers knock. Only these namespaces and
+//! loopback carry traffic.
+
+mod cluster;
+mod netns;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cluster::Cluster;
+use jax_csi::csi::proto::controller_client::ControllerClient;
+use jax_csi::csi::proto::node_client::NodeClient;
+use jax_csi::csi::proto::volume_capability::access_mode::Mode;
+use jax_csi::csi::proto::volume_capability::{AccessMode, AccessType, MountVolume};
+use jax_csi::csi::proto::volume_content_source::{SnapshotSource, Type as SourceType};
+use jax_csi::csi::proto::*;
+use netns::Net;
+use tonic::transport::Channel;
+
+const SYNC_PORT: u16 = 9810;
+
+fn rwx() -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode {
+            mode: Mode::MultiNodeMultiWriter as i32,
+        }),
+    }
+}
+
+struct Nodes {
+    c: Cluster,
+    net: Net,
+    ctl: ControllerClient<Channel>,
+    clients: Vec<NodeClient<Channel>>,
+}
+
+fn name(i: usize) -> String {
+    format!("node-{i}")
+}
+
+impl Nodes {
+    async fn start(n: usize) -> Self {
+        let mut c = Cluster::start();
+        let net = Net::new(n);
+        let ctl = ControllerClient::new(c.controller(0).await);
+        let mut nodes = Self {
+            c,
+            net,
+            ctl,
+            clients: Vec::new(),
+        };
+        for i in 0..n {
+            let ch = nodes.spawn(i).await;
+            nodes.clients.push(NodeClient::new(ch));
+        }
+        nodes
+    }
+
+    /// Start (or restart) node `i` in its namespace.
+    async fn spawn(&mut self, i: usize) -> Channel {
+        let listen = format!("{}:{SYNC_PORT}", self.net.addr(i));
+        let net = &self.net;
+        let (c, id) = (&mut self.c, name(i));
+        c.node_with(&id, &listen, |cmd| net.enter(i, cmd)).await
+    }
+
+    async fn restart(&mut self, i: usize) {
+        let ch = self.spawn(i).await;
+        self.clients[i] = NodeClient::new(ch);
+    }
+
+    fn kill(&mut self, i: usize) {
+        self.c.kill_node(&name(i));
+    }
+
+    async fn create(&mut self, name: &str, source: Option<SourceType>) -> String {
+        self.ctl
+            .create_volume(CreateVolumeRequest {
+                name: name.into(),
+                volume_capabilities: vec![rwx()],
+                capacity_range: Some(CapacityRange {
+                    required_bytes: 1 << 30,
+                    limit_bytes: 0,
+                }),
+                volume_content_source: source.map(|t| VolumeContentSource { r#type: Some(t) }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id
+    }
+
+    fn staging(&self, i: usize, id: &str) -> PathBuf {
+        self.c.dir.path().join(format!("{}/staging/{id}", name(i)))
+    }
+
+    fn target(&self, i: usize, id: &str) -> PathBuf {
+        self.c.dir.path().join(format!("{}/pods/p/{id}", name(i)))
+    }
+
+    async fn stage(&mut self, i: usize, id: &str) -> Result<(), tonic::Status> {
+        let req = NodeStageVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: self.staging(i, id).display().to_string(),
+            volume_capability: Some(rwx()),
+            ..Default::default()
+        };
+        self.clients[i].node_stage_volume(req).await.map(|_| ())
+    }
+
+    async fn publish(&mut self, i: usize, id: &str) -> PathBuf {
+        self.stage(i, id).await.unwrap();
+        let req = NodePublishVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: self.staging(i, id).display().to_string(),
+            target_path: self.target(i, id).display().to_string(),
+            volume_capability: Some(rwx()),
+            ..Default::default()
+        };
+        self.clients[i].node_publish_volume(req).await.unwrap();
+        self.target(i, id)
+    }
+
+    async fn unpublish(&mut self, i: usize, id: &str) {
+        let t = self.target(i, id).display().to_string();
+        let s = self.staging(i, id).display().to_string();
+        self.clients[i]
+            .node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: id.into(),
+                target_path: t,
+            })
+            .await
+            .unwrap();
+        self.clients[i]
+            .node_unstage_volume(NodeUnstageVolumeRequest {
+                volume_id: id.into(),
+                staging_target_path: s,
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Wait until Postgres knows node `i`'s head of `id`.
+    fn wait_reported(&self, i: usize, id: &str) {
+        let head_file = self
+            .c
+            .node_state(&name(i))
+            .join("buckets")
+            .join(id)
+            .join("HEAD");
+        wait_for(&format!("{}'s head in Postgres", name(i)), || {
+            let local = fs::read_to_string(&head_file).unwrap_or_default();
+            let reported = self.c.psql(&format!(
+                "SELECT head FROM bucket_heads WHERE volume_id = '{id}' AND node_id = '{}'",
+                name(i)
+            ));
+            !local.is_empty() && local.trim() == reported
+        });
+    }
+
+    fn log(&self, i: usize) -> String {
+        fs::read_to_string(self.c.node_log(&name(i))).unwrap_or_default()
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for i in 0..self.clients.len() {
+                eprintln!("----- log of {} -----\n{}", name(i), self.log(i));
+            }
+        }
+    }
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn fsync(p: &Path) {
+    fs::File::open(p).unwrap().sync_all().unwrap();
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 7) as u8)
+        .collect()
+}
+
+/// All paths and contents under `dir`.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            if p.is_dir() {
+                stack.push(p);
+                out.push((rel + "/", Vec::new()));
+            } else {
+                out.push((rel, fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A pod moves: written and fsynced on node 0, unstaged there, staged on
+/// node 1, which never held the volume: every byte is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_moves_and_takes_every_byte_with_it() {
+    let mut n = Nodes::start(2).await;
+    let id = n.create("moving", None).await;
+    let a = n.publish(0, &id).await;
+    let big = pattern(64 << 20, 1);
+    fs::write(a.join("data.bin"), &big).unwrap();
+    fs::create_dir_all(a.join("dir/sub")).unwrap();
+    fs::write(a.join("dir/sub/small.txt"), b"small").unwrap();
+    fsync(&a.join("data.bin"));
+    fsync(&a.join("dir/sub/small.txt"));
+    n.unpublish(0, &id).await;
+    n.wait_reported(0, &id);
+    let b = n.publish(1, &id).await;
+    assert_eq!(fs::read(b.join("dir/sub/small.txt")).unwrap(), b"small");
+    assert!(
+        fs::read(b.join("data.bin")).unwrap() == big,
+        "64 MiB arrive intact"
+    );
+}
+
+/// RWX across nodes: writes, deletes and renames go both ways, `ls` shows
+/// them, and a file held open on one node reads the other's new content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_is_one_across_nodes() {
+    let mut n = Nodes::start(2).await;
+    let id = n.create("shared", None).await;
+    let a = n.publish(0, &id).await;
+    fs::write(a.join("notes.txt"), b"version 1").unwrap();
+    fsync(&a.join("notes.txt"));
+    n.wait_reported(0, &id);
+    let b = n.publish(1, &id).await;
+    assert_eq!(fs::read(b.join("notes.txt")).unwrap(), b"version 1");
+    let mut held = fs::File::open(b.join("notes.txt")).unwrap();
+    fs::write(b.join("from-b.txt"), b"written on b").unwrap();
+    fsync(&b.join("from-b.txt"));
+    wait_for("b's file on a", || {
+        fs::read(a.join("from-b.txt")).ok().as_deref() == Some(&b"written on b"[..])
+    });
+    fs::write(a.join("notes.txt"), b"version 2, longer").unwrap();
+    fsync(&a.join("notes.txt"));
+    wait_for("a's change through b's open file", || {
+        let mut s = String::new();
+        held.seek(SeekFrom::Start(0)).unwrap();
+        held.read_to_string(&mut s).is_ok() && s == "version 2, longer"
+    });
+    fs::rename(a.join("from-b.txt"), a.join("renamed.txt")).unwrap();
+    fs::remove_file(a.join("notes.txt")).unwrap();
+    fs::File::open(&a).unwrap().sync_all().unwrap();
+    wait_for("the rename and delete on b", || {
+        let names: Vec<String> = fs::read_dir(&b)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names == vec!["renamed.txt".to_string()]
+    });
+    assert_eq!(tree(&a), tree(&b));
+}
+
+/// Both nodes edit one file while their link is cut; once it heals they
+/// converge on the same tree, one side's version under a conflict name,
+/// no byte lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_during_a_partition_converge_with_a_conflict_copy() {
+    let mut n = Nodes::start(2).await;
+    let id = n.create("split", None).await;
+    let a = n.publish(0, &id).await;
+    fs::write(a.join("doc.txt"), b"base").unwrap();
+    fsync(&a.join("doc.txt"));
+    n.wait_reported(0, &id);
+    let b = n.publish(1, &id).await;
+    assert_eq!(fs::read(b.join("doc.txt")).unwrap(), b"base");
+    n.net.cut(1);
+    fs::write(a.join("doc.txt"), b"edited on a").unwrap();
+    fsync(&a.join("doc.txt"));
+    fs::write(b.join("doc.txt"), b"edited on b").unwrap();
+    fs::write(b.join("only-b.txt"), b"b alone").unwrap();
+    fsync(&b.join("doc.txt"));
+    fsync(&b.join("only-b.txt"));
+    n.net.heal(1);
+    wait_for("both sides converged", || {
+        let (ta, tb) = (tree(&a), tree(&b));
+        ta == tb && ta.len() == 3
+    });
+    let t = tree(&a);
+    let contents: Vec<&[u8]> = t.iter().map(|(_, c)| c.as_slice()).collect();
+    assert!(contents.contains(&&b"edited on a"[..]), "{t:?}");
+    assert!(contents.contains(&&b"edited on b"[..]), "{t:?}");
+    assert!(
+        t.iter().any(|(p, _)| p.starts_with("doc@")),
+        "a conflict copy: {t:?}"
+    );
+    assert!(t.iter().any(|(p, c)| p == "only-b.txt" && c == b"b alone"));
+}
+
+/// A node killed while it fetches a volume comes back and converges;
+/// with Postgres down, nodes go on syncing with the peers they know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_converges_and_postgres_is_not_needed_to_sync() {
+    let mut n = Nodes::start(2).await;
+    let id = n.create("killed", None).await;
+    let a = n.publish(0, &id).await;
+    let big = pattern(96 << 20, 7);
+    fs::write(a.join("big.bin"), &big).unwrap();
+    fsync(&a.join("big.bin"));
+    n.wait_reported(0, &id);
+    let b = n.publish(1, &id).await;
+    // Its chunks are arriving in the background: kill it now.
+    n.kill(1);
+    n.restart(1).await;
+    // The restarted node remounts from its records and completes on demand.
+    wait_for("b's remount", || b.join("big.bin").exists());
+    assert!(fs::read(b.join("big.bin")).unwrap() == big);
+    // Postgres goes away; both nodes keep the peers they knew.
+    n.c.pg.take().unwrap().stop().unwrap();
+    fs::write(a.join("while-pg-down.txt"), b"still syncing").unwrap();
+    fsync(&a.join("while-pg-down.txt"));
+    wait_for("a write on a reaching b without Postgres", || {
+        fs::read(b.join("while-pg-down.txt")).ok().as_deref() == Some(&b"still syncing"[..])
+    });
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(b.join("while-pg-down.txt"))
+        .unwrap();
+    f.write_all(b" both ways").unwrap();
+    f.sync_all().unwrap();
+    wait_for("b's append on a", || {
+        fs::read(a.join("while-pg-down.txt")).ok().as_deref()
+            == Some(&b"still syncing both ways"[..])
+    });
+}
+
+/// A snapshot taken while the node that wrote it is offline is complete
+/// once any node that holds it answers: a third node restores it from the
+/// second. A node that no holder answers for fails with UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_restore_from_any_holder() {
+    let mut n = Nodes::start(3).await;
+    let id = n.create("snapped", None).await;
+    let a = n.publish(0, &id).await;
+    fs::write(a.join("keep.txt"), b"in the snapshot").unwrap();
+    fsync(&a.join("keep.txt"));
+    n.wait_reported(0, &id);
+    let b = n.publish(1, &id).await;
+    assert_eq!(fs::read(b.join("keep.txt")).unwrap(), b"in the snapshot");
+    n.wait_reported(1, &id);
+    n.kill(0);
+    let snap = n
+        .ctl
+        .create_snapshot(CreateSnapshotRequest {
+            source_volume_id: id.clone(),
+            name: "while-a-is-down".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert!(snap.ready_to_use);
+    let restored = n
+        .create(
+            "restored",
+            Some(SourceType::Snapshot(SnapshotSource {
+                snapshot_id: snap.snapshot_id.clone(),
+            })),
+        )
+        .await;
+    let c = n.publish(2, &restored).await;
+    assert_eq!(fs::read(c.join("keep.txt")).unwrap(), b"in the snapshot");
+    // With every holder of a volume gone, staging it elsewhere is UNAVAILABLE.
+    n.kill(1);
+    let err = n.stage(2, &id).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("none that holds it answered"),
+        "{}",
+        err.message()
+    );
+}
