@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The main job: build jax-csi, start a local cluster (embedded Postgres, a
-# controller and a node plugin), and use a volume the way Kubernetes would:
-# create, stage and publish it into a "pod" directory, write to it with
-# ordinary tools, snapshot it, restore the snapshot as a new volume, and show
-# that nothing but ciphertext reached the node's disk.
+# controller and two node plugins that sync peer to peer), and use a volume
+# the way Kubernetes would: create it, stage and publish it on both nodes,
+# write on one and see it on the other (both ways), move a pod's volume to
+# a node that never held it, snapshot it, restore the snapshot as a new
+# volume, and show that nothing but ciphertext reached the nodes' disks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -21,21 +22,43 @@ mkdir -p "$state"
 # `postgres` user and must be able to enter it.
 chmod 755 "$state"
 state="$(cd "$state" && pwd)"
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+secs() { local d=$(($(now_ms) - $1)); printf '%d.%02d' $((d / 1000)) $((d % 1000 / 10)); }
+t0=$(now_ms)
+declare -a summary=()
+note() { summary+=("$(printf '%-52s %8s s' "$1" "$(secs "$2")")"); }
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+# Wait (up to 20 s) until `$@` succeeds; prints how long it took.
+until_true() {
+  local start
+  start=$(now_ms)
+  for _ in $(seq 2000); do
+    if "$@" 2>/dev/null; then
+      echo "   (after $(secs "$start") s)"
+      return 0
+    fi
+    sleep 0.01
+  done
+  echo "timed out waiting for: $*" >&2
+  return 1
+}
 
 say "the bucket engine on its own"
 "$bin" demo --state-dir "$state/engine" | tail -n 12
 
-say "jax-csi local up --state-dir $state/cluster --nodes 1"
+say "jax-csi local up --state-dir $state/cluster --nodes 2"
 ready="$state/ready.json"
-"$bin" local up --state-dir "$state/cluster" --nodes 1 >"$ready" 2>"$state/cluster.log" &
+: >"$ready"
+"$bin" local up --state-dir "$state/cluster" --nodes 2 >"$ready" 2>"$state/cluster.log" &
 cluster=$!
 cleanup() {
   kill -TERM "$cluster" 2>/dev/null || true
   wait "$cluster" 2>/dev/null || true
 }
 trap cleanup EXIT
+t=$(now_ms)
 for _ in $(seq 600); do
   [ -s "$ready" ] && break
   kill -0 "$cluster" 2>/dev/null || { cat "$state/cluster.log" >&2; exit 1; }
@@ -43,57 +66,107 @@ for _ in $(seq 600); do
 done
 [ -s "$ready" ] || { echo "local up did not print its ready line" >&2; exit 1; }
 cat "$ready"
+note "cluster up (Postgres, controller, 2 nodes)" "$t"
 ctl="$state/cluster/controller.sock"
-node="$state/cluster/node-0.sock"
+node0="$state/cluster/node-0.sock"
+node1="$state/cluster/node-1.sock"
 csi() { "$bin" csi --endpoint "$1" "${@:2}"; }
 field() { sed -n "s/.*\"$1\":\"\\([^\"]*\\)\".*/\\1/p"; }
+kubelet="$state/kubelet"
 
-say "CreateVolume (64 MiB, RWX) through the controller"
-vol=$(csi "$ctl" create-volume demo-data --size $((64 << 20)) | tee /dev/stderr | field volume_id)
+say "CreateVolume (512 MiB, RWX) through the controller"
+vol=$(csi "$ctl" create-volume demo-data --size $((512 << 20)) | tee /dev/stderr | field volume_id)
 
 say "NodeStageVolume + NodePublishVolume on node-0"
-stage="$state/kubelet/plugins/csi.jax.dev/$vol/globalmount"
-pod="$state/kubelet/pods/demo-pod/volumes/data"
-csi "$node" stage "$vol" "$stage"
-csi "$node" publish "$vol" "$stage" "$pod"
+stage0="$kubelet/node-0/plugins/csi.jax.dev/$vol/globalmount"
+pod0="$kubelet/node-0/pods/writer/volumes/data"
+csi "$node0" stage "$vol" "$stage0"
+csi "$node0" publish "$vol" "$stage0" "$pod0"
 
-say "the pod writes with ordinary tools"
-echo "hello from the pod" >"$pod/hello.txt"
-mkdir -p "$pod/reports/2026"
-seq 1 100000 >"$pod/reports/2026/numbers.txt"
-cp "$bin" "$pod/a-binary"
-sync "$pod/hello.txt"
-ls -lR "$pod" | head -n 20
-echo "sha256 of the binary in the volume: $(sha256sum <"$pod/a-binary" | cut -c1-16)…"
-echo "sha256 of the original:             $(sha256sum <"$bin" | cut -c1-16)…"
-csi "$node" stats "$vol" "$pod"
+say "the pod on node-0 writes with ordinary tools"
+echo "hello from the pod on node-0" >"$pod0/hello.txt"
+mkdir -p "$pod0/reports/2026"
+seq 1 100000 >"$pod0/reports/2026/numbers.txt"
+cp "$bin" "$pod0/a-binary"
+sync "$pod0/hello.txt" "$pod0/reports/2026/numbers.txt" "$pod0/a-binary"
+ls -lR "$pod0" | head -n 12
+csi "$node0" stats "$vol" "$pod0"
+
+say "the same volume published on node-1 (RWX: one volume, two nodes)"
+stage1="$kubelet/node-1/plugins/csi.jax.dev/$vol/globalmount"
+pod1="$kubelet/node-1/pods/reader/volumes/data"
+t=$(now_ms)
+# node-1 finds node-0 through Postgres once node-0 reported its head.
+until_true csi "$node1" stage "$vol" "$stage1" >/dev/null
+csi "$node1" publish "$vol" "$stage1" "$pod1"
+note "first stage on node-1 (fetched from node-0)" "$t"
+echo "node-1 reads: $(cat "$pod1/hello.txt")"
+echo "sha256 of the binary on node-1: $(sha256sum <"$pod1/a-binary" | cut -c1-16)…"
+echo "sha256 of the original:         $(sha256sum <"$bin" | cut -c1-16)…"
+cmp "$bin" "$pod1/a-binary"
+
+say "a write on node-1 appears on node-0, and back"
+t=$(now_ms)
+echo "written on node-1" >"$pod1/from-node-1.txt"
+sync "$pod1/from-node-1.txt"
+until_true grep -qx "written on node-1" "$pod0/from-node-1.txt"
+note "write + fsync on node-1 seen on node-0" "$t"
+t=$(now_ms)
+echo "changed on node-0" >"$pod0/hello.txt"
+sync "$pod0/hello.txt"
+until_true grep -qx "changed on node-0" "$pod1/hello.txt"
+note "write + fsync on node-0 seen on node-1" "$t"
+rm "$pod0/a-binary"
+sync "$pod0"
+until_true test ! -e "$pod1/a-binary"
+echo "node-1 after node-0 deleted a-binary: $(ls "$pod1" | tr '\n' ' ')"
 
 say "snapshot, keep writing, restore the snapshot as a new volume"
-sync "$pod/reports/2026/numbers.txt" # fsync: commit a version now
-sleep 1 # the node reports the committed head to Postgres asynchronously
+sleep 1 # both nodes report their heads to Postgres asynchronously
 snap=$(csi "$ctl" create-snapshot demo-snap --volume "$vol" | tee /dev/stderr | field snapshot_id)
-echo "written after the snapshot" >"$pod/hello.txt"
-clone=$(csi "$ctl" create-volume demo-restore --size $((64 << 20)) --from-snapshot "$snap" | tee /dev/stderr | field volume_id)
-cstage="$state/kubelet/plugins/csi.jax.dev/$clone/globalmount"
-cpod="$state/kubelet/pods/restore-pod/volumes/data"
-csi "$node" stage "$clone" "$cstage"
-csi "$node" publish "$clone" "$cstage" "$cpod"
-echo "source volume says:   $(cat "$pod/hello.txt")"
+echo "written after the snapshot" >"$pod0/hello.txt"
+sync "$pod0/hello.txt"
+clone=$(csi "$ctl" create-volume demo-restore --size $((512 << 20)) --from-snapshot "$snap" | tee /dev/stderr | field volume_id)
+cstage="$kubelet/node-1/plugins/csi.jax.dev/$clone/globalmount"
+cpod="$kubelet/node-1/pods/restore/volumes/data"
+t=$(now_ms)
+csi "$node1" stage "$clone" "$cstage"
+csi "$node1" publish "$clone" "$cstage" "$cpod"
+note "restore of the snapshot staged on node-1 (O(1))" "$t"
+echo "source volume says:   $(cat "$pod0/hello.txt")"
 echo "restored volume says: $(cat "$cpod/hello.txt")"
+grep -qx "changed on node-0" "$cpod/hello.txt"
 
-say "what the node stored: ciphertext only"
-store="$state/cluster/nodes/node-0/store"
-echo "$(find "$store" -type f | wc -l) blobs, $(du -sh "$store" | cut -f1)"
-if grep -rqa "hello from the pod" "$store"; then
-  echo "plaintext found in the blob store!" >&2
-  exit 1
-fi
-echo "no plaintext of hello.txt anywhere in $store"
+say "the pod on node-0 moves to node-1: unpublish + unstage on node-0"
+csi "$node0" unpublish "$vol" "$pod0"
+csi "$node0" unstage "$vol" "$stage0"
+echo "node-1 still has every byte: $(wc -l <"$pod1/reports/2026/numbers.txt") lines in numbers.txt"
+
+say "what the nodes stored: ciphertext only"
+for n in node-0 node-1; do
+  store="$state/cluster/nodes/$n/store"
+  echo "$n: $(find "$store" -type f | wc -l) blobs, $(du -sh "$store" | cut -f1)"
+  if grep -rqa "hello from the pod" "$store"; then
+    echo "plaintext found in $n's blob store!" >&2
+    exit 1
+  fi
+done
+echo "no plaintext of hello.txt anywhere in the nodes' stores"
 
 say "unpublish and unstage (kubelet's teardown)"
-csi "$node" unpublish "$clone" "$cpod"
-csi "$node" unstage "$clone" "$cstage"
-csi "$node" unpublish "$vol" "$pod"
-csi "$node" unstage "$vol" "$stage"
+csi "$node1" unpublish "$clone" "$cpod"
+csi "$node1" unstage "$clone" "$cstage"
+csi "$node1" unpublish "$vol" "$pod1"
+csi "$node1" unstage "$vol" "$stage1"
 csi "$ctl" list-volumes
-say "done: state kept in $state"
+cleanup
+trap - EXIT
+if grep -q " $state/" /proc/self/mounts; then
+  echo "mounts left behind:" >&2
+  grep " $state/" /proc/self/mounts >&2
+  exit 1
+fi
+note "whole demo" "$t0"
+say "summary"
+printf '%s\n' "${summary[@]}"
+echo "nothing left mounted; state kept in $state"

@@ -64,6 +64,8 @@ pub fn run(cmd: LocalCommand) -> anyhow::Result<()> {
         for i in 0..nodes {
             let id = format!("node-{i}");
             let node_socket = state_dir.join(format!("{id}.sock"));
+            // A port of its own on loopback for each node's sync endpoint.
+            let sync_addr = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
             let cfg = NodeConfig {
                 socket: node_socket.clone(),
                 node_id: id.clone(),
@@ -75,7 +77,7 @@ pub fn run(cmd: LocalCommand) -> anyhow::Result<()> {
                 kubelet_dir: None,
                 gc_interval: Duration::from_secs(600),
                 gc_grace: jax_csi::csi::node_gc::GRACE,
-                sync_listen: "127.0.0.1:0".parse().expect("an address"),
+                sync_listen: sync_addr,
                 advertise_ip: None,
                 anti_entropy: Duration::from_secs(5),
             };
@@ -84,6 +86,7 @@ pub fn run(cmd: LocalCommand) -> anyhow::Result<()> {
             node_list.push(serde_json::json!({
                 "id": id,
                 "endpoint": format!("unix://{}", node_socket.display()),
+                "sync": sync_addr.to_string(),
             }));
         }
         let line = serde_json::json!({
