@@ -8,5 +8,6 @@ pub mod csi;
 pub mod db;
 pub mod durable;
 pub mod fuse;
+pub mod netns;
 pub mod store;
 pub mod sync;

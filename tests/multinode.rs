@@ -5,7 +5,6 @@
 //! loopback carry traffic.
 
 mod cluster;
-mod netns;
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -19,7 +18,7 @@ use jax_csi::csi::proto::volume_capability::access_mode::Mode;
 use jax_csi::csi::proto::volume_capability::{AccessMode, AccessType, MountVolume};
 use jax_csi::csi::proto::volume_content_source::{SnapshotSource, Type as SourceType};
 use jax_csi::csi::proto::*;
-use netns::Net;
+use jax_csi::netns::Net;
 use tonic::transport::Channel;
 
 const SYNC_PORT: u16 = 9810;

@@ -53,6 +53,24 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// Node-to-node sync against syncthing between the same two network namespaces (root, `--release`).
+    Sync {
+        /// Where the nodes' stores and syncthing's folders live.
+        #[arg(long, default_value = "/dev/shm")]
+        dir: PathBuf,
+        /// Size of the large file in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: usize,
+        /// Small-file phases: how many 4 KiB files each (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        files: Vec<usize>,
+        /// Small writes timed from fsync on A until B reads them.
+        #[arg(long, default_value_t = 50)]
+        latency_samples: usize,
+        /// Run only these (comma-separated: jax-csi, syncthing).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// CSI controller RPC latency against a `SELECT 1` round trip to the same Postgres.
     Controller {
         /// Where to put Postgres's data directory.
@@ -104,6 +122,19 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             files,
             random_reads,
             chunk_size,
+            only,
+        }),
+        BenchCommand::Sync {
+            dir,
+            size_mib,
+            files,
+            latency_samples,
+            only,
+        } => super::bench_sync::bench_sync(super::bench_sync::SyncBench {
+            dir,
+            size_mib,
+            files,
+            latency_samples,
             only,
         }),
         BenchCommand::Controller {

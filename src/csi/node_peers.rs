@@ -78,13 +78,16 @@ async fn refresh_once(
     engine: &SyncEngine,
     manager: &MountManager,
 ) -> Result<(), crate::db::DbError> {
-    let registered: HashSet<NodeId> = db
-        .registered_endpoints()
+    let nodes: Vec<Peer> = db
+        .registered_nodes()
         .await?
         .iter()
-        .filter_map(|e| NodeId::from_hex(e).ok())
+        .filter_map(peer_of)
         .collect();
-    engine.set_registered(registered);
+    for p in &nodes {
+        engine.set_addresses(p.node, p.addrs.clone());
+    }
+    engine.set_registered(nodes.iter().map(|p| p.node).collect::<HashSet<NodeId>>());
     let state = manager.state();
     let mut buckets: Vec<BucketId> = state.list_buckets().unwrap_or_default();
     // A clone's source, for the chunks the clone reads from its tree.

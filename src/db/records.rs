@@ -325,11 +325,22 @@ impl Db {
 
     /// The sync endpoint ids of every registered node.
     pub async fn registered_endpoints(&self) -> DbResult<Vec<String>> {
-        let rows: Vec<(String,)> =
-            sqlx::query_as("SELECT endpoint_id FROM nodes WHERE endpoint_id IS NOT NULL")
-                .fetch_all(self.pool())
-                .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
+        Ok(self
+            .registered_nodes()
+            .await?
+            .into_iter()
+            .map(|r| r.endpoint_id)
+            .collect())
+    }
+
+    /// Every registered node's sync endpoint and addresses.
+    pub async fn registered_nodes(&self) -> DbResult<Vec<NodeSyncRow>> {
+        Ok(sqlx::query_as(
+            "SELECT id AS node_id, endpoint_id, addresses, NULL::BIGINT AS height FROM nodes \
+             WHERE endpoint_id IS NOT NULL ORDER BY id",
+        )
+        .fetch_all(self.pool())
+        .await?)
     }
 
     /// The nodes other than `me` that hold volume `volume_id` (a reported

@@ -418,7 +418,16 @@ pub async fn pull(
             inner.peers.lock().unwrap().insert(bucket, peers);
         }
     }
+    let started = std::time::Instant::now();
+    let fetched_before = inner.stats.bytes_fetched.load(Ordering::Relaxed);
     let cut = fetch_version(inner, &b, head, MAX_CHAIN, true, None).await?;
+    tracing::info!(
+        %bucket,
+        %head,
+        ms = started.elapsed().as_millis() as u64,
+        bytes = inner.stats.bytes_fetched.load(Ordering::Relaxed) - fetched_before,
+        "pulled a head"
+    );
     if !cut.is_empty() {
         b.note_cut(&cut)
             .map_err(|source| SyncError::Bucket { bucket, source })?;

@@ -129,6 +129,8 @@ struct Inner {
     /// Asked when a node is not in `registered` (it may have just registered).
     registry: OnceLock<RegistryCheck>,
     conns: tokio::sync::Mutex<HashMap<NodeId, Connection>>,
+    /// Peers of each bucket learnt from the protocol (not the control plane).
+    learnt: Mutex<HashMap<BucketId, HashSet<NodeId>>>,
     /// Peers that failed to answer lately, and when: asked last for a while.
     down: Mutex<HashMap<NodeId, std::time::Instant>>,
     /// One pull per bucket at a time.
@@ -173,6 +175,13 @@ impl SyncEngine {
             // default, so requests move on to the others.
             .transport_config(
                 iroh::endpoint::QuicTransportConfig::builder()
+                    // Jumbo frames where the network has them (a datacenter
+                    // network often does): far fewer packets per chunk.
+                    .mtu_discovery_config(Some({
+                        let mut m = iroh::endpoint::MtuDiscoveryConfig::default();
+                        m.upper_bound(8952);
+                        m
+                    }))
                     .keep_alive_interval(Duration::from_secs(2))
                     .max_idle_timeout(Some(
                         Duration::from_secs(8)
@@ -205,6 +214,7 @@ impl SyncEngine {
             conns: tokio::sync::Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
+            learnt: Mutex::new(HashMap::new()),
             stats: SyncStats::default(),
             rt: tokio::runtime::Handle::current(),
         });
@@ -252,12 +262,34 @@ impl SyncEngine {
                 }
             }
         }
-        self.inner.peers.lock().unwrap().insert(bucket, peers);
+        // Peers learnt from the protocol itself (they enrolled or announced)
+        // stay, ahead of the control plane noticing them.
+        let mut all = self.inner.peers.lock().unwrap();
+        let learnt: Vec<Peer> = all
+            .get(&bucket)
+            .map(|old| {
+                old.iter()
+                    .filter(|o| self.inner.learnt(&bucket, &o.node))
+                    .filter(|o| !peers.iter().any(|p| p.node == o.node))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut merged = peers;
+        merged.extend(learnt);
+        all.insert(bucket, merged);
     }
 
     /// Every node the control plane knows: only they are answered.
     pub fn set_registered(&self, nodes: HashSet<NodeId>) {
         *self.inner.registered.lock().unwrap() = Some(nodes);
+    }
+
+    /// Where `node` listens (from the control plane's registry).
+    pub fn set_addresses(&self, node: NodeId, addrs: Vec<SocketAddr>) {
+        if !addrs.is_empty() {
+            self.inner.addrs.lock().unwrap().insert(node, addrs);
+        }
     }
 
     /// How to ask about a node missing from the last registered list.
@@ -362,6 +394,36 @@ impl Inner {
         };
         peers.sort_by_key(|p| recent(p));
         peers
+    }
+
+    /// `node` holds `bucket` too (it enrolled, or announced to us): it is
+    /// told of our heads from now on, before the control plane lists it.
+    fn add_peer(&self, bucket: &BucketId, node: &NodeId) {
+        if *node == self.me {
+            return;
+        }
+        self.learnt
+            .lock()
+            .unwrap()
+            .entry(*bucket)
+            .or_default()
+            .insert(*node);
+        let mut peers = self.peers.lock().unwrap();
+        let list = peers.entry(*bucket).or_default();
+        if !list.iter().any(|p| p.node == *node) {
+            list.push(Peer {
+                node: *node,
+                addrs: Vec::new(),
+            });
+        }
+    }
+
+    fn learnt(&self, bucket: &BucketId, node: &NodeId) -> bool {
+        self.learnt
+            .lock()
+            .unwrap()
+            .get(bucket)
+            .is_some_and(|s| s.contains(node))
     }
 
     fn mark_down(&self, node: &NodeId) {

@@ -135,6 +135,7 @@ async fn serve(
                         .stats
                         .announcements_received
                         .fetch_add(1, Ordering::Relaxed);
+                    inner.add_peer(&bucket, &peer);
                     let pulled = inner.clone();
                     tokio::spawn(async move {
                         if let Err(e) = super::client::pull(&pulled, bucket, head, Some(peer)).await
@@ -162,13 +163,20 @@ async fn serve(
                 write_msg(&mut send, &Response::Noted)
                     .await
                     .map_err(|e| e.to_string())?;
-                for h in hashes.iter().take(MAX_BLOBS_PER_REQUEST) {
-                    // Every blob served is checked against its address first.
-                    let store = inner.state.store().clone();
-                    let hh = *h;
-                    let blob = tokio::task::spawn_blocking(move || store.get(&hh))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                // Blobs are read (and checked against their addresses) a
+                // little ahead of the sending, on a blocking thread.
+                let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+                let store = inner.state.store().clone();
+                let wanted: Vec<_> = hashes.into_iter().take(MAX_BLOBS_PER_REQUEST).collect();
+                tokio::task::spawn_blocking(move || {
+                    for h in wanted {
+                        if tx.blocking_send((h, store.get(&h))).is_err() {
+                            return;
+                        }
+                    }
+                });
+                while let Some((h, blob)) = rx.recv().await {
+                    let h = &h;
                     match blob {
                         Ok(bytes) => {
                             let f = BlobFrame::Blob {
@@ -205,6 +213,7 @@ async fn serve(
                         match granted {
                             Ok(head) => {
                                 tracing::info!(%bucket, %peer, %head, "enrolled a peer as a member");
+                                inner.add_peer(&bucket, &peer);
                                 let inner = inner.clone();
                                 tokio::spawn(async move {
                                     super::client::announce_all(&inner, bucket, head).await

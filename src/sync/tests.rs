@@ -305,3 +305,100 @@ impl LiarPeer {
         }
     }
 }
+
+/// Not a test of behaviour: how fast blobs move between two in-process
+/// endpoints on loopback (run with --ignored --nocapture).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn blob_throughput_on_loopback() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b) = (node(&kek).await, node(&kek).await);
+    register(&[&a, &b]);
+    let (id, _) = shared(&a, &b, &kek).await;
+    let mut hashes = Vec::new();
+    for i in 0..256u64 {
+        let blob = crate::store::slices::hash_with_outboard(&vec![i as u8; 1 << 20]);
+        a.state
+            .store()
+            .put_hashed(blob.0, &vec![i as u8; 1 << 20])
+            .unwrap();
+        hashes.push(blob.0);
+    }
+    let start = Instant::now();
+    let missing = client::fetch_blobs(&b.engine.inner, id, &hashes, true)
+        .await
+        .unwrap();
+    let t = start.elapsed();
+    assert!(missing.is_empty());
+    eprintln!("256 MiB in {t:?}: {:.0} MiB/s", 256.0 / t.as_secs_f64());
+}
+
+#[derive(Debug)]
+struct Sink;
+
+impl iroh::protocol::ProtocolHandler for Sink {
+    async fn accept(&self, conn: Connection) -> Result<(), iroh::protocol::AcceptError> {
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let mut total = 0u64;
+            let mut buf = vec![0u8; 1 << 20];
+            while let Ok(Some(n)) = recv.read(&mut buf).await {
+                total += n as u64;
+            }
+            let _ = send.write_all(&total.to_le_bytes()).await;
+            let _ = send.finish();
+            let _ = send.stopped().await;
+        }
+        Ok(())
+    }
+}
+
+/// Raw QUIC throughput between two endpoints on loopback (--ignored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn raw_quic_throughput_on_loopback() {
+    let bind = || async {
+        Endpoint::builder(iroh::endpoint::presets::Minimal)
+            .relay_mode(RelayMode::Disabled)
+            .clear_address_lookup()
+            .portmapper_config(iroh::endpoint::PortmapperConfig::Disabled)
+            .alpns(vec![b"sink".to_vec()])
+            .bind_addr("127.0.0.1:0".parse::<SocketAddr>().unwrap())
+            .unwrap()
+            .bind()
+            .await
+            .unwrap()
+    };
+    let server = bind().await;
+    let addr = EndpointAddr::new(server.id()).with_ip_addr(server.bound_sockets()[0]);
+    let _router = iroh::protocol::Router::builder(server)
+        .accept(b"sink", Sink)
+        .spawn();
+    let client = bind().await;
+    let conn = client.connect(addr, b"sink").await.unwrap();
+    for streams in [1usize, 4] {
+        let chunk = vec![7u8; 1 << 20];
+        let start = Instant::now();
+        let per = 256 / streams;
+        let tasks: Vec<_> = (0..streams)
+            .map(|_| {
+                let (conn, chunk) = (conn.clone(), chunk.clone());
+                tokio::spawn(async move {
+                    let (mut s, mut r) = conn.open_bi().await.unwrap();
+                    for _ in 0..per {
+                        s.write_all(&chunk).await.unwrap();
+                    }
+                    s.finish().unwrap();
+                    r.read_to_end(64).await.unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let t = start.elapsed();
+        eprintln!(
+            "{streams} streams: 256 MiB in {t:?}: {:.0} MiB/s",
+            256.0 / t.as_secs_f64()
+        );
+    }
+}

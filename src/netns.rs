@@ -1,8 +1,7 @@
-//! Private networks for multi-node tests: a "switch" namespace holding a
-//! bridge, and one namespace per node joined to it by a veth pair, each
-//! with its own address. Traffic never leaves these namespaces. Links can
-//! be cut and healed. Everything is removed on drop.
-#![allow(dead_code)]
+//! Private networks for multi-node tests and benchmarks (root only): a
+//! "switch" namespace holding a bridge, and one namespace per node joined to
+//! it by a veth pair, each with its own address. Traffic never leaves these
+//! namespaces. Links can be cut and healed. Everything is removed on drop.
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
@@ -23,11 +22,17 @@ pub struct Net {
     tag: String,
     switch: String,
     nodes: Vec<String>,
+    mtu: u32,
 }
 
 impl Net {
-    /// A network for `n` nodes, addresses 10.231.<k>.1 .. n.
+    /// A network for `n` nodes, addresses 10.231.7.1 .. n, MTU 1500.
     pub fn new(n: usize) -> Self {
+        Self::with_mtu(n, 1500)
+    }
+
+    /// [`Net::new`] with links of `mtu` bytes.
+    pub fn with_mtu(n: usize, mtu: u32) -> Self {
         // Short, unique per test process and test (interface names are
         // limited to 15 bytes).
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -41,6 +46,7 @@ impl Net {
             tag,
             switch,
             nodes: Vec::new(),
+            mtu,
         };
         for i in 0..n {
             net.add_node(i);
@@ -49,6 +55,7 @@ impl Net {
     }
 
     fn add_node(&mut self, i: usize) {
+        let mtu = self.mtu.to_string();
         let ns = format!("jx{}n{i}", self.tag);
         let (inside, outside) = (format!("jx{}i{i}", self.tag), format!("jx{}o{i}", self.tag));
         ip(&["netns", "add", &ns]);
@@ -57,10 +64,12 @@ impl Net {
         ]);
         ip(&["link", "set", &inside, "netns", &ns]);
         ip(&["link", "set", &outside, "netns", &self.switch]);
+        ip(&["-n", &self.switch, "link", "set", &outside, "mtu", &mtu]);
         ip(&["-n", &self.switch, "link", "set", &outside, "master", "br0"]);
         ip(&["-n", &self.switch, "link", "set", &outside, "up"]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
         ip(&["-n", &ns, "link", "set", &inside, "name", "eth0"]);
+        ip(&["-n", &ns, "link", "set", "eth0", "mtu", &mtu]);
         let addr = format!("{}/24", self.addr(i));
         ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
         ip(&["-n", &ns, "link", "set", "eth0", "up"]);
@@ -89,8 +98,16 @@ impl Net {
         ip(&["-n", &self.switch, "link", "set", &outside, "up"]);
     }
 
+    /// `ip netns exec` into node `i`'s namespace (for tools that need no
+    /// view of our mounts, such as curl).
+    pub fn exec(&self, i: usize, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.nodes[i], program]);
+        c
+    }
+
     /// Make `cmd` run in node `i`'s network namespace (only the network:
-    /// its mounts stay visible to the test).
+    /// its mounts stay visible to the caller).
     pub fn enter(&self, i: usize, cmd: &mut Command) {
         use std::os::unix::process::CommandExt;
         let path = format!("/var/run/netns/{}", self.nodes[i]);
