@@ -29,3 +29,16 @@ if ! python3 -c "import grpc" >/dev/null 2>&1; then
   echo "installing: grpcio (pip)" >&2
   python3 -m pip install -q grpcio >/dev/null 2>&1 || python3 -m pip install -q --break-system-packages grpcio >/dev/null
 fi
+# The multi-node tests put node plugins in network namespaces (iproute2);
+# `jax-csi bench sync` compares with syncthing.
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v syncthing >/dev/null 2>&1 || missing+=(syncthing)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 || {
+    $SUDO apt-get update -q >/dev/null
+    $SUDO apt-get install -y -q "${missing[@]}" >/dev/null
+  }
+fi
