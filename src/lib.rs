@@ -8,6 +8,8 @@ pub mod csi;
 pub mod db;
 pub mod durable;
 pub mod fuse;
+pub mod metrics;
 pub mod netns;
+pub mod progress;
 pub mod store;
 pub mod sync;

@@ -7,7 +7,7 @@ use clap::Parser;
 fn main() -> anyhow::Result<()> {
     tune_allocator();
     let args = cli::Cli::parse();
-    cli::init_tracing();
+    cli::init_tracing(args.log_format);
     cli::run(args)
 }
 

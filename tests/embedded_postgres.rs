@@ -40,26 +40,50 @@ fn restart_on_the_same_dir_keeps_data() {
     assert!(!alive(pid), "drop must stop the server");
 }
 
-/// As root the server runs as `postgres`; a data directory under a parent it
-/// cannot enter is refused up front with a message naming that parent.
+/// As root the server runs as `postgres`; a directory under a parent it
+/// cannot enter gets its data in a directory of its own, recorded in
+/// `LOCATION` and found again by the next start.
 #[test]
-fn an_unreachable_state_dir_is_a_clear_error() {
+fn an_unreachable_state_dir_keeps_its_data_elsewhere() {
     use std::os::unix::fs::PermissionsExt;
     if !nix::unistd::Uid::effective().is_root() {
-        return; // Without root the server runs as us: nothing to check.
+        return; // Without root the server runs as us: nothing to relocate.
     }
     let parent = tempfile::tempdir().unwrap();
     std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let started = EmbeddedPostgres::start(
-        &parent.path().join("state").join("postgres"),
-        EmbeddedPostgresOptions { fsync: false },
-    );
-    let Err(err) = started else {
-        panic!("the postgres user cannot enter a 0700 root-owned directory");
-    };
-    let msg = err.to_string();
+    let dir = parent.path().join("state").join("postgres");
+    let opts = EmbeddedPostgresOptions { fsync: false };
+    let pg = EmbeddedPostgres::start(&dir, opts.clone()).expect("a 0700 parent is no obstacle");
     assert!(
-        msg.contains(&parent.path().display().to_string()) && msg.contains("chmod o+x"),
-        "{msg}"
+        !pg.data_dir().starts_with(parent.path()),
+        "{} is not reachable by postgres",
+        pg.data_dir().display()
     );
+    let recorded = std::fs::read_to_string(dir.join("LOCATION")).unwrap();
+    assert_eq!(
+        Some(std::path::Path::new(recorded.trim())),
+        pg.data_dir().parent()
+    );
+    pg.psql(
+        "jax",
+        "CREATE TABLE kept (v int); INSERT INTO kept VALUES (9)",
+    )
+    .unwrap();
+    pg.stop().unwrap();
+    let pg = EmbeddedPostgres::start(&dir, opts).unwrap();
+    assert_eq!(pg.psql("jax", "SELECT v FROM kept").unwrap().trim(), "9");
+    let data = pg.data_dir().to_path_buf();
+    pg.stop_and_remove_data().unwrap();
+    assert!(!data.exists());
+}
+
+/// One handle owns a data directory at a time.
+#[test]
+fn a_second_start_on_the_same_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EmbeddedPostgresOptions { fsync: false };
+    let pg = EmbeddedPostgres::start(dir.path(), opts.clone()).unwrap();
+    let err = EmbeddedPostgres::start(dir.path(), opts).expect_err("the lock is held");
+    assert!(err.to_string().contains("already runs"), "{err}");
+    pg.stop().unwrap();
 }

@@ -12,6 +12,7 @@
 //! buckets/<id>/key.wrapped     the bucket secret wrapped by the KEK
 //! ```
 
+pub mod browse;
 mod chunk_map;
 mod chunks;
 mod codec;
@@ -717,20 +718,8 @@ impl Bucket {
 
     /// Make `version`'s tree the content of a new head version.
     pub fn restore(&self, version: &Hash) -> Result<Saved> {
-        let old = self.core.load_manifest(version)?;
-        let root_key = self.core.open_root_key(&old)?;
         let mut mount = self.mount()?;
-        mount.replace_tree(
-            Link {
-                hash: old.body.root,
-                key: root_key,
-            },
-            old.body.used_bytes,
-            old.body.entries,
-        )?;
-        mount.log(Op::Restore {
-            version: version.to_hex(),
-        });
+        mount.restore_version(version)?;
         mount.commit(None)
     }
 

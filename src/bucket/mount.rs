@@ -116,11 +116,12 @@ pub struct Invalidations {
     pub entries: Vec<(Ino, Vec<u8>)>,
 }
 
-/// A saved version: its manifest address and height.
+/// A saved version: its manifest address, height and the bytes it uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Saved {
     pub hash: Hash,
     pub height: u64,
+    pub used_bytes: u64,
 }
 
 enum Body {
@@ -308,6 +309,7 @@ impl Mount {
         Saved {
             hash: self.base_hash,
             height: self.base.body.height,
+            used_bytes: self.base.body.used_bytes,
         }
     }
 
@@ -1013,6 +1015,28 @@ impl Mount {
             _ => unreachable!("root is a directory"),
         };
         Ok(Link { hash, key })
+    }
+
+    /// Make `version`'s tree this mount's content (unsaved until the next
+    /// save, which records it as a restore). Members stay as they are.
+    pub fn restore_version(&mut self, version: &Hash) -> Result<()> {
+        if self.read_only {
+            return Err(BucketError::ReadOnly);
+        }
+        let old = self.core.load_manifest(version)?;
+        let key = self.core.open_root_key(&old)?;
+        self.replace_tree(
+            Link {
+                hash: old.body.root,
+                key,
+            },
+            old.body.used_bytes,
+            old.body.entries,
+        )?;
+        self.log(Op::Restore {
+            version: version.to_hex(),
+        });
+        Ok(())
     }
 
     /// Replace the tree by the one at `root` (a merge result) with the given totals.

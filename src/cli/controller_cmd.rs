@@ -26,6 +26,9 @@ pub struct ControllerArgs {
     /// How long a request waits for a database connection before UNAVAILABLE.
     #[arg(long, default_value_t = 5000)]
     db_timeout_ms: u64,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (e.g. 0.0.0.0:9808); off when unset.
+    #[arg(long, env = "JAX_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
@@ -38,6 +41,10 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| "controller".into())
     });
     let rt = tokio::runtime::Runtime::new()?;
+    if let Some(addr) = args.metrics_addr {
+        let _in_runtime = rt.enter();
+        jax_csi::metrics::serve(addr)?;
+    }
     rt.block_on(run_controller(
         ControllerConfig {
             socket,

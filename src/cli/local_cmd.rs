@@ -1,131 +1,272 @@
-//! `jax-csi local up`: a whole cluster's control plane on one machine, with
-//! an embedded Postgres, for the demo, the tests and trying jax-csi out.
+//! `jax-csi local up|down`: a whole cluster on one machine (an embedded
+//! Postgres, a controller and node plugins, each its own supervised
+//! process) for the demo, the tests and trying jax-csi out.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
 use jax_csi::crypto::Kek;
-use jax_csi::csi::run::{run_controller, run_node, ControllerConfig, NodeConfig};
 use jax_csi::csi::server::shutdown_signal;
 use jax_csi::db::embedded::{EmbeddedPostgres, EmbeddedPostgresOptions};
+use nix::fcntl::{Flock, FlockArg};
+
+use super::local_layout::{clean_leftovers, Layout, Pids, Ports};
+use super::local_supervisor::{ChildSpec, Supervisor};
 
 #[derive(Subcommand, Debug)]
 pub enum LocalCommand {
-    /// Start Postgres, a controller and N node plugins; print one JSON line when ready; run until SIGINT/SIGTERM.
+    /// Start Postgres, a controller and N node plugins as supervised
+    /// processes; print one JSON line when all are ready; run until
+    /// SIGINT/SIGTERM, then stop them all (no mount, process or socket left).
     Up {
-        /// State directory (Postgres data, KEK, sockets, node state); reused across runs.
+        /// State directory (Postgres data, KEK, sockets, logs, node state);
+        /// reused across runs: the volumes and their data are kept.
         #[arg(long)]
         state_dir: PathBuf,
-        /// Node plugins to start (each with its own state dir, socket and id `node-<i>`).
-        #[arg(long, default_value_t = 0)]
+        /// Node plugins to start (ids `node-0`, `node-1`, …).
+        #[arg(long, default_value_t = 2)]
         nodes: usize,
+    },
+    /// Stop a running `local up` on this state dir, or clean up after one
+    /// that was killed (its processes, mounts, sockets and Postgres).
+    Down {
+        #[arg(long)]
+        state_dir: PathBuf,
     },
 }
 
 pub fn run(cmd: LocalCommand) -> anyhow::Result<()> {
-    let LocalCommand::Up { state_dir, nodes } = cmd;
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("creating {}", state_dir.display()))?;
-    let state_dir = state_dir.canonicalize()?;
-    let kek_path = state_dir.join("kek.hex");
-    if !kek_path.exists() {
-        Kek::generate()?.write_file(&kek_path)?;
+    match cmd {
+        LocalCommand::Up { state_dir, nodes } => up(&state_dir, nodes),
+        LocalCommand::Down { state_dir } => down(&state_dir),
     }
-    let kek = Kek::from_file(&kek_path)?;
-    let pg = EmbeddedPostgres::start(
-        &state_dir.join("postgres"),
-        EmbeddedPostgresOptions { fsync: true },
-    )
-    .context("starting the embedded Postgres")?;
-    let socket = state_dir.join("controller.sock");
-    let rt = tokio::runtime::Runtime::new()?;
+}
+
+/// The state dir's lock, or an error naming the `local up` that holds it.
+fn lock(layout: &Layout) -> Result<Flock<std::fs::File>, Option<i32>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(layout.lock_file())
+        .map_err(|_| None)?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| Pids::load(layout).map(|p| p.supervisor))
+}
+
+fn up(state_dir: &Path, nodes: usize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let layout = Layout::new(state_dir)?;
+    let _lock = lock(&layout).map_err(|holder| match holder {
+        Some(pid) => anyhow::anyhow!(
+            "`local up` (pid {pid}) already runs on {}; stop it first (`jax-csi local down --state-dir {}`)",
+            layout.root().display(),
+            layout.root().display()
+        ),
+        None => anyhow::anyhow!("cannot lock {}", layout.lock_file().display()),
+    })?;
+    let cleaned = clean_leftovers(&layout);
+    if !cleaned.is_empty() {
+        tracing::warn!(
+            ?cleaned,
+            "cleaned up after an earlier run that did not stop cleanly"
+        );
+    }
+    if !layout.kek().exists() {
+        Kek::generate()?.write_file(&layout.kek())?;
+    }
+    Kek::from_file(&layout.kek()).context("reading the local KEK")?;
+    let pg = EmbeddedPostgres::start(&layout.postgres(), EmbeddedPostgresOptions { fsync: true })
+        .context("starting the embedded Postgres")?;
+    let node_ids: Vec<String> = (0..nodes).map(|i| format!("node-{i}")).collect();
+    let ports = Ports::load_or_choose(&layout, &node_ids)?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(async {
-        // One signal stops everything: controller and nodes watch this channel.
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            let _ = stop_tx.send(true);
-        });
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let cfg = ControllerConfig {
-            socket: socket.clone(),
-            database_url: pg.database_url(),
-            kek: kek.clone(),
-            node_id: "local-controller".into(),
-            db_timeout: Duration::from_secs(5),
-        };
-        let mut servers = vec![tokio::spawn(run_controller(cfg, stopped(stop_rx.clone())))];
-        wait_ready(&socket).await?;
-        let mut node_list = Vec::new();
-        for i in 0..nodes {
-            let id = format!("node-{i}");
-            let node_socket = state_dir.join(format!("{id}.sock"));
-            // A port of its own on loopback for each node's sync endpoint.
-            let sync_addr = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
-            let cfg = NodeConfig {
-                socket: node_socket.clone(),
-                node_id: id.clone(),
-                state_dir: state_dir.join("nodes").join(&id),
-                database_url: pg.database_url(),
-                kek: kek.clone(),
-                max_volumes: 256,
-                db_timeout: Duration::from_secs(5),
-                kubelet_dir: None,
-                gc_interval: Duration::from_secs(600),
-                gc_grace: jax_csi::csi::node_gc::GRACE,
-                sync_listen: sync_addr,
-                advertise_ip: None,
-                anti_entropy: Duration::from_secs(5),
-            };
-            servers.push(tokio::spawn(run_node(cfg, stopped(stop_rx.clone()))));
-            wait_ready(&node_socket).await?;
-            node_list.push(serde_json::json!({
-                "id": id,
-                "endpoint": format!("unix://{}", node_socket.display()),
-                "sync": sync_addr.to_string(),
-            }));
-        }
-        let line = serde_json::json!({
-            "controller": format!("unix://{}", socket.display()),
-            "database_url": pg.database_url(),
-            "kek_file": kek_path.display().to_string(),
-            "nodes": node_list,
-        });
-        println!("{line}");
-        let mut first_error = None;
-        for s in servers {
-            if let Err(e) = s.await.context("server task")? {
-                first_error.get_or_insert(e);
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        let mut supervisor = Supervisor::new(layout.clone())?;
+        let started = async {
+            supervisor
+                .start(controller_spec(&layout, &pg, ports.controller_metrics))
+                .await?;
+            for id in &node_ids {
+                supervisor
+                    .start(node_spec(&layout, &pg, id, ports.nodes[id]))
+                    .await?;
             }
+            anyhow::Ok(())
+        };
+        let outcome = tokio::select! {
+            r = started => r,
+            _ = shutdown.as_mut() => Err(anyhow::anyhow!("interrupted while starting")),
+        };
+        if outcome.is_ok() {
+            println!("{}", ready_line(&layout, &pg, &ports, &node_ids));
+            supervisor.supervise(shutdown.as_mut()).await;
         }
-        first_error.map_or(Ok(()), Err)
+        supervisor.stop_all().await;
+        outcome
     });
     drop(rt);
+    let left = clean_leftovers(&layout);
+    if !left.mounts.is_empty() {
+        tracing::warn!(mounts = ?left.mounts, "detached mounts the nodes left behind");
+    }
     pg.stop().context("stopping the embedded Postgres")?;
     result
 }
 
-pub(super) async fn wait_ready(
-    socket: &std::path::Path,
-) -> anyhow::Result<tonic::transport::Channel> {
-    use jax_csi::csi::proto::identity_client::IdentityClient;
-    use jax_csi::csi::proto::ProbeRequest;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(ch) = jax_csi::csi::server::connect_unix(socket).await {
-            let mut client = IdentityClient::new(ch.clone());
-            if let Ok(r) = client.probe(ProbeRequest {}).await {
-                if r.into_inner().ready == Some(true) {
-                    return Ok(ch);
+fn controller_spec(layout: &Layout, pg: &EmbeddedPostgres, metrics: u16) -> ChildSpec {
+    let socket = layout.controller_socket();
+    let args: Vec<OsString> = vec![
+        "controller".into(),
+        format!("--endpoint=unix://{}", socket.display()).into(),
+        format!("--database-url={}", pg.database_url()).into(),
+        format!("--kek-file={}", layout.kek().display()).into(),
+        "--node-id=local-controller".into(),
+        format!("--metrics-addr=127.0.0.1:{metrics}").into(),
+    ];
+    ChildSpec {
+        name: "controller".into(),
+        args,
+        socket,
+    }
+}
+
+fn node_spec(
+    layout: &Layout,
+    pg: &EmbeddedPostgres,
+    id: &str,
+    ports: super::local_layout::NodePorts,
+) -> ChildSpec {
+    let socket = layout.node_socket(id);
+    let args: Vec<OsString> = vec![
+        "node".into(),
+        format!("--endpoint=unix://{}", socket.display()).into(),
+        format!("--node-id={id}").into(),
+        format!("--state-dir={}", layout.node_state(id).display()).into(),
+        format!("--database-url={}", pg.database_url()).into(),
+        format!("--kek-file={}", layout.kek().display()).into(),
+        format!("--kubelet-dir={}", layout.kubelet().display()).into(),
+        format!("--listen=127.0.0.1:{}", ports.sync).into(),
+        format!("--metrics-addr=127.0.0.1:{}", ports.metrics).into(),
+    ];
+    ChildSpec {
+        name: id.to_string(),
+        args,
+        socket,
+    }
+}
+
+/// The one line `local up` prints when everything answers.
+fn ready_line(
+    layout: &Layout,
+    pg: &EmbeddedPostgres,
+    ports: &Ports,
+    node_ids: &[String],
+) -> serde_json::Value {
+    let nodes: Vec<serde_json::Value> = node_ids
+        .iter()
+        .map(|id| {
+            let p = ports.nodes[id];
+            serde_json::json!({
+                "id": id,
+                "endpoint": format!("unix://{}", layout.node_socket(id).display()),
+                "state_dir": layout.node_state(id).display().to_string(),
+                "sync": format!("127.0.0.1:{}", p.sync),
+                "metrics": format!("http://127.0.0.1:{}/metrics", p.metrics),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "pid": std::process::id(),
+        "controller": format!("unix://{}", layout.controller_socket().display()),
+        "controller_metrics": format!("http://127.0.0.1:{}/metrics", ports.controller_metrics),
+        "database_url": pg.database_url(),
+        "kek_file": layout.kek().display().to_string(),
+        "kubelet_dir": layout.kubelet().display().to_string(),
+        "logs": layout.logs().display().to_string(),
+        "nodes": nodes,
+    })
+}
+
+fn down(state_dir: &Path) -> anyhow::Result<()> {
+    let layout = Layout::new(state_dir)?;
+    if !layout.lock_file().exists() {
+        anyhow::bail!(
+            "{} is not a `jax-csi local` state directory (no local.lock)",
+            layout.root().display()
+        );
+    }
+    let held = match lock(&layout) {
+        Ok(held) => held,
+        Err(Some(pid)) => {
+            // A live `local up`: it stops its children and Postgres itself.
+            println!("stopping `local up` (pid {pid})");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = std::time::Instant::now() + Duration::from_secs(90);
+            loop {
+                if let Ok(held) = lock(&layout) {
+                    break held;
                 }
+                if std::time::Instant::now() > deadline {
+                    anyhow::bail!("`local up` (pid {pid}) did not stop within 90 s");
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
         }
+        Err(None) => anyhow::bail!("cannot lock {}", layout.lock_file().display()),
+    };
+    let cleaned = clean_leftovers(&layout);
+    for p in &cleaned.processes {
+        println!("stopped {p}");
+    }
+    for m in &cleaned.mounts {
+        println!("detached {}", m.display());
+    }
+    for s in &cleaned.sockets {
+        println!("removed {}", s.display());
+    }
+    if let Some(pid) = EmbeddedPostgres::stop_leftover(&layout.postgres())
+        .context("stopping the embedded Postgres")?
+    {
+        println!("stopped Postgres (pid {pid})");
+    }
+    drop(held);
+    println!("{} is down", layout.root().display());
+    Ok(())
+}
+
+/// One Probe: true if the socket answers ready.
+pub(super) async fn probe_ready(socket: &Path) -> bool {
+    use jax_csi::csi::proto::identity_client::IdentityClient;
+    use jax_csi::csi::proto::ProbeRequest;
+    let Ok(ch) = jax_csi::csi::server::connect_unix(socket).await else {
+        return false;
+    };
+    let mut client = IdentityClient::new(ch);
+    matches!(client.probe(ProbeRequest {}).await, Ok(r) if r.get_ref().ready == Some(true))
+}
+
+/// Wait up to 60 s for a socket to answer ready; the channel to it.
+pub(super) async fn wait_ready(socket: &Path) -> anyhow::Result<tonic::transport::Channel> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if probe_ready(socket).await {
+            return jax_csi::csi::server::connect_unix(socket).await;
+        }
         if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("controller did not become ready within 60 s");
+            anyhow::bail!("{} did not become ready within 60 s", socket.display());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

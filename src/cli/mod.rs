@@ -9,7 +9,12 @@ mod controller_cmd;
 mod csi_cmd;
 mod demo;
 mod local_cmd;
+mod local_layout;
+mod local_supervisor;
 mod node_cmd;
+mod operator_cmd;
+mod operator_db;
+mod output;
 
 use std::path::PathBuf;
 
@@ -22,8 +27,18 @@ use clap::{Parser, Subcommand};
     about = "CSI driver for end-to-end encrypted, peer-to-peer replicated buckets"
 )]
 pub struct Cli {
+    /// Log lines as human-readable text or as JSON objects (one per line).
+    /// The level comes from `RUST_LOG` (default `info`).
+    #[arg(long, global = true, env = "JAX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -45,8 +60,25 @@ enum Command {
     Controller(controller_cmd::ControllerArgs),
     /// A small CSI client: one RPC per command, as kubelet and the sidecars make them.
     Csi(csi_cmd::CsiArgs),
-    /// The CSI node plugin (Identity + Node services, FUSE mounts) on a unix socket.
-    Node(node_cmd::NodeArgs),
+    /// The CSI node plugin (Identity + Node services, FUSE mounts) on a
+    /// unix socket; `node list` shows the registered nodes.
+    Node(node_cmd::NodeCli),
+    /// Volumes: list and show their records; browse, read, see the history
+    /// of and restore their contents through a node.
+    Volume {
+        #[command(subcommand)]
+        command: operator_cmd::VolumeCommand,
+    },
+    /// Snapshots recorded by the controller.
+    Snapshot {
+        #[command(subcommand)]
+        command: operator_cmd::SnapshotCommand,
+    },
+    /// Mount records of the nodes.
+    Mount {
+        #[command(subcommand)]
+        command: operator_cmd::MountCommand,
+    },
     /// A local cluster on one machine (embedded Postgres, controller, nodes).
     Local {
         #[command(subcommand)]
@@ -68,14 +100,19 @@ enum KekCommand {
     },
 }
 
-/// Log to stderr; `RUST_LOG` overrides the default `info` level.
-pub fn init_tracing() {
+/// Log to stderr, as text (coloured on a terminal) or JSON; `RUST_LOG`
+/// overrides the default `info` level.
+pub fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser::mnt=error"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -97,5 +134,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(args) => node_cmd::run(args),
         Command::Csi(args) => csi_cmd::run(args),
         Command::Local { command } => local_cmd::run(command),
+        Command::Volume { command } => operator_cmd::run_volume(command),
+        Command::Snapshot { command } => operator_cmd::run_snapshot(command),
+        Command::Mount { command } => operator_cmd::run_mount(command),
     }
 }

@@ -10,29 +10,44 @@ use jax_csi::crypto::Kek;
 use jax_csi::csi::run::{run_node, NodeConfig};
 use jax_csi::csi::server::{parse_endpoint, shutdown_signal};
 
+/// `jax-csi node …`: the plugin itself (no subcommand), or `node list`.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct NodeCli {
+    #[command(subcommand)]
+    command: Option<super::operator_cmd::NodeCommand>,
+    #[command(flatten)]
+    serve: NodeArgs,
+}
+
+// The required flags are `Option`s so that `node list` parses without them;
+// clap still requires them when the plugin runs.
 #[derive(Args, Debug)]
 pub struct NodeArgs {
     /// Where to serve: `unix:///path/csi.sock` or a bare path.
-    #[arg(long, env = "CSI_ENDPOINT")]
-    endpoint: String,
+    #[arg(long, env = "CSI_ENDPOINT", required = true)]
+    endpoint: Option<String>,
     /// This node's id (the Kubernetes node name).
-    #[arg(long, env = "NODE_ID")]
-    node_id: String,
+    #[arg(long, env = "NODE_ID", required = true)]
+    node_id: Option<String>,
     /// The node's blob store, buckets and mount records.
-    #[arg(long, env = "JAX_STATE_DIR")]
-    state_dir: PathBuf,
+    #[arg(long, env = "JAX_STATE_DIR", required = true)]
+    state_dir: Option<PathBuf>,
     /// Postgres URL for the control-plane records.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
+    #[arg(long, env = "DATABASE_URL", required = true)]
+    database_url: Option<String>,
     /// The cluster key-encryption key (32 bytes or 64 hex characters).
-    #[arg(long, env = "JAX_KEK_FILE")]
-    kek_file: PathBuf,
+    #[arg(long, env = "JAX_KEK_FILE", required = true)]
+    kek_file: Option<PathBuf>,
     /// Volumes this node accepts (NodeGetInfo); 0 = no limit.
     #[arg(long, default_value_t = 256)]
     max_volumes: i64,
     /// How long a request waits for a database connection before UNAVAILABLE.
     #[arg(long, default_value_t = 5000)]
     db_timeout_ms: u64,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (e.g. 0.0.0.0:9808); off when unset.
+    #[arg(long, env = "JAX_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Kubelet's root directory: every staging and target path must lie
     /// under it (the chart sets /var/lib/kubelet). Unset: any clean
     /// absolute path is accepted.
@@ -58,16 +73,25 @@ pub struct NodeArgs {
     anti_entropy_secs: u64,
 }
 
-pub fn run(args: NodeArgs) -> anyhow::Result<()> {
-    let socket = parse_endpoint(&args.endpoint)?;
-    let kek = Kek::from_file(&args.kek_file).context("reading the KEK file")?;
+pub fn run(cli: NodeCli) -> anyhow::Result<()> {
+    if let Some(cmd) = cli.command {
+        return super::operator_cmd::run_node(cmd);
+    }
+    let args = cli.serve;
+    let required = "clap requires it when no subcommand is given";
+    let socket = parse_endpoint(&args.endpoint.expect(required))?;
+    let kek = Kek::from_file(&args.kek_file.expect(required)).context("reading the KEK file")?;
     let rt = tokio::runtime::Runtime::new()?;
+    if let Some(addr) = args.metrics_addr {
+        let _in_runtime = rt.enter();
+        jax_csi::metrics::serve(addr)?;
+    }
     rt.block_on(run_node(
         NodeConfig {
             socket,
-            node_id: args.node_id,
-            state_dir: args.state_dir,
-            database_url: args.database_url,
+            node_id: args.node_id.expect(required),
+            state_dir: args.state_dir.expect(required),
+            database_url: args.database_url.expect(required),
             kek,
             max_volumes: args.max_volumes,
             db_timeout: Duration::from_millis(args.db_timeout_ms),

@@ -93,25 +93,10 @@ struct Source {
     size: i64,
 }
 
-/// The volume's condition from its mount states: abnormal while a node
-/// reports an error.
+/// The volume's condition from its mount states.
 fn condition_from(states: &[(String, String, Option<String>)]) -> VolumeCondition {
-    let bad: Vec<String> = states
-        .iter()
-        .filter(|(_, status, _)| status == "error")
-        .map(|(node, _, msg)| format!("{node}: {}", msg.as_deref().unwrap_or("mount failed")))
-        .collect();
-    if bad.is_empty() {
-        VolumeCondition {
-            abnormal: false,
-            message: "volume is healthy".into(),
-        }
-    } else {
-        VolumeCondition {
-            abnormal: true,
-            message: format!("mount errors: {}", bad.join("; ")),
-        }
-    }
+    let (abnormal, message) = crate::db::operator::volume_condition(states);
+    VolumeCondition { abnormal, message }
 }
 
 impl ControllerService {

@@ -6,6 +6,13 @@ pub mod proto {
     tonic::include_proto!("csi.v1");
 }
 
+/// The node's operator service (`proto/admin/admin.proto`).
+#[allow(clippy::all, missing_docs)]
+pub mod admin_proto {
+    tonic::include_proto!("jaxcsi.admin.v1");
+}
+
+pub mod admin;
 mod authority;
 pub mod controller;
 pub mod group_controller;

@@ -245,6 +245,7 @@ impl NodeService {
                 &self.node_id,
                 &saved.hash.to_string(),
                 saved.height as i64,
+                Some(saved.used_bytes as i64),
             )
             .await
         {

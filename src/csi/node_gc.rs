@@ -38,13 +38,16 @@ pub async fn run(
     loop {
         tokio::time::sleep(interval).await;
         match pass(&db, &node_id, &manager, &kek, grace).await {
-            Ok(p) if p != GcPass::default() => tracing::info!(
-                buckets_removed = p.buckets_removed,
-                versions_pruned = p.versions_pruned,
-                blobs_removed = p.blobs.removed,
-                bytes_freed = p.blobs.bytes_freed,
-                "garbage collection"
-            ),
+            Ok(p) if p != GcPass::default() => {
+                crate::metrics::gc_reclaimed(p.blobs.removed, p.blobs.bytes_freed);
+                tracing::info!(
+                    buckets_removed = p.buckets_removed,
+                    versions_pruned = p.versions_pruned,
+                    blobs_removed = p.blobs.removed,
+                    bytes_freed = p.blobs.bytes_freed,
+                    "garbage collection"
+                )
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "garbage collection skipped"),
         }

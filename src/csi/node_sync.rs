@@ -65,15 +65,23 @@ pub async fn report_heads(db: Db, node_id: String, mut events: broadcast::Receiv
                 volume_id,
                 head,
                 height,
+                used_bytes,
             })
             | Ok(SyncEvent::MountInvalidated {
                 volume_id,
                 head,
                 height,
+                used_bytes,
             }) => {
                 for _ in 0..5 {
                     match db
-                        .report_head(&volume_id, &node_id, &head.to_string(), height as i64)
+                        .report_head(
+                            &volume_id,
+                            &node_id,
+                            &head.to_string(),
+                            height as i64,
+                            Some(used_bytes as i64),
+                        )
                         .await
                     {
                         Ok(()) => break,

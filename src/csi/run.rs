@@ -281,6 +281,7 @@ pub async fn run_node(
 
     let listener = super::server::bind_unix(&cfg.socket).await?;
     let ready: ReadyCheck = Arc::new(|| Box::pin(async { true }));
+    let admin = Arc::new(super::admin::AdminService::new(manager.clone()));
     let node = super::node::NodeService::new(
         cfg.node_id.clone(),
         cfg.max_volumes,
@@ -294,6 +295,7 @@ pub async fn run_node(
     let served = Server::builder()
         .add_service(IdentityServer::new(IdentityService::new(false, ready)))
         .add_service(super::proto::node_server::NodeServer::new(node))
+        .add_service(super::admin_proto::admin_server::AdminServer::new(admin))
         .serve_with_incoming_shutdown(super::server::incoming(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(&cfg.socket);

@@ -69,7 +69,10 @@ pub async fn traced<T>(
     async move {
         let start = std::time::Instant::now();
         let r = f.await;
-        let ms = start.elapsed().as_secs_f64() * 1e3;
+        let elapsed = start.elapsed();
+        let code = r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        crate::metrics::csi_request(method, code, elapsed);
+        let ms = elapsed.as_secs_f64() * 1e3;
         match &r {
             Ok(_) => tracing::info!(outcome = "ok", ms, "request"),
             Err(s) => tracing::warn!(outcome = ?s.code(), message = s.message(), ms, "request"),

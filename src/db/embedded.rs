@@ -3,9 +3,15 @@
 //!
 //! `initdb` refuses to run as root, so when we are root the data and socket
 //! directories are handed to the `postgres` system user and the server runs
-//! as that user. The server listens only on a unix socket in a short
-//! directory (socket paths are limited to 108 bytes). Dropping the handle
-//! stops the server (fast shutdown, then SIGKILL after a deadline).
+//! as that user. When that user cannot reach the requested directory (a
+//! state dir under `/root` or a 0700 `mktemp -d`), the data lives in a
+//! directory of its own under [`RELOCATION_BASE`] instead, recorded in the
+//! requested directory's `LOCATION` file so later runs find it. The server
+//! listens only on a unix socket in a short directory (socket paths are
+//! limited to 108 bytes). One handle at a time owns a data directory (an
+//! exclusive lock); a server left running by a killed owner is stopped
+//! before a new one starts. Dropping the handle stops the server (fast
+//! shutdown, then SIGKILL after a deadline).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -13,12 +19,20 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::unistd::{chown, Gid, Uid, User};
 
 /// How long a cluster may take to start or stop before we give up.
 const DEADLINE: Duration = Duration::from_secs(30);
 /// The database created in every cluster.
 pub const DATABASE: &str = "jax";
+/// Where root keeps data directories the `postgres` user could not reach
+/// where they were asked for (overridable with `JAX_PG_RELOCATE_DIR`).
+pub const RELOCATION_BASE: &str = "/var/lib/jax-csi-local";
+/// The file in the requested directory naming a relocated data directory.
+const LOCATION_FILE: &str = "LOCATION";
+/// The lock file in the requested directory, held by the handle that owns the cluster.
+const LOCK_FILE: &str = "embedded.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedPgError {
@@ -44,6 +58,12 @@ pub enum EmbeddedPgError {
     StopTimeout(Duration),
     #[error("the `postgres` user cannot enter {path} (mode {mode:o}, owner uid {owner}): pick a state directory it can reach, or allow it with `chmod o+x {path}`")]
     Unreachable { path: String, mode: u32, owner: u32 },
+    #[error("another process already runs the embedded Postgres in {0} (its lock file is held)")]
+    InUse(String),
+    #[error(
+        "{path} names the data directory {target}, which is not an embedded Postgres directory"
+    )]
+    BadLocation { path: String, target: String },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EmbeddedPgError {
@@ -92,6 +112,100 @@ fn check_reachable(dir: &Path, uid: Uid, gid: Gid) -> Result<(), EmbeddedPgError
     Ok(())
 }
 
+/// Where the data of a cluster asked for in `dir` lives: `dir` itself, or,
+/// when the server's user cannot reach `dir`, a directory of its own under
+/// the relocation base (recorded in `dir/LOCATION`, reused by later runs).
+fn data_parent(dir: &Path, run_as: Option<(Uid, Gid)>) -> Result<PathBuf, EmbeddedPgError> {
+    let location = dir.join(LOCATION_FILE);
+    if let Some(target) = read_location(dir)? {
+        std::fs::create_dir_all(&target).map_err(io(format!("creating {}", target.display())))?;
+        return Ok(target);
+    }
+    let Some((uid, gid)) = run_as else {
+        return Ok(dir.to_path_buf());
+    };
+    let Err(unreachable) = check_reachable(dir, uid, gid) else {
+        return Ok(dir.to_path_buf());
+    };
+    let base = relocation_base();
+    create_dir_mode(&base, 0o755)?;
+    let canonical = dir
+        .canonicalize()
+        .map_err(io(format!("resolving {}", dir.display())))?;
+    let name = blake3::hash(canonical.as_os_str().as_encoded_bytes()).to_hex();
+    let target = base.join(&name.as_str()[..24]);
+    // No LOCATION file means no earlier run recorded this directory: what is
+    // there belonged to a state dir since deleted and recreated (with a
+    // new KEK, so its records could not be opened anyway).
+    if target.exists() {
+        std::fs::remove_dir_all(&target)
+            .map_err(io(format!("removing the stale {}", target.display())))?;
+    }
+    create_dir_mode(&target, 0o700)?;
+    if check_reachable(&target, uid, gid).is_err() {
+        return Err(unreachable);
+    }
+    crate::durable::write_atomic(
+        &location,
+        format!("{}\n", target.display()).as_bytes(),
+        0o644,
+    )
+    .map_err(io(format!("writing {}", location.display())))?;
+    tracing::info!(
+        requested = %dir.display(),
+        data = %target.display(),
+        "the postgres user cannot reach the state dir; its Postgres data lives elsewhere"
+    );
+    Ok(target)
+}
+
+/// The relocated data directory recorded in `dir/LOCATION`, if any.
+fn read_location(dir: &Path) -> Result<Option<PathBuf>, EmbeddedPgError> {
+    let location = dir.join(LOCATION_FILE);
+    let Ok(text) = std::fs::read_to_string(&location) else {
+        return Ok(None);
+    };
+    let target = PathBuf::from(text.trim());
+    if !target.is_absolute() || !target.starts_with(relocation_base()) {
+        return Err(EmbeddedPgError::BadLocation {
+            path: location.display().to_string(),
+            target: target.display().to_string(),
+        });
+    }
+    Ok(Some(target))
+}
+
+/// Who runs the server: as root, the `postgres` system user (uid, gid and
+/// name); otherwise ourselves.
+fn server_user() -> Result<(Option<(Uid, Gid)>, String), EmbeddedPgError> {
+    if Uid::effective().is_root() {
+        let user = User::from_name("postgres")
+            .ok()
+            .flatten()
+            .ok_or(EmbeddedPgError::NoPostgresUser)?;
+        return Ok((Some((user.uid, user.gid)), "postgres".into()));
+    }
+    let name = User::from_uid(Uid::effective())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "postgres".into());
+    Ok((None, name))
+}
+
+fn relocation_base() -> PathBuf {
+    std::env::var_os("JAX_PG_RELOCATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(RELOCATION_BASE))
+}
+
+fn create_dir_mode(dir: &Path, mode: u32) -> Result<(), EmbeddedPgError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(io(format!("chmod {}", dir.display())))
+}
+
 /// The directory with `initdb`, `pg_ctl` and `postgres`: `JAX_PG_BIN`, or the
 /// newest `/usr/lib/postgresql/<version>/bin`.
 pub fn find_pg_bin_dir() -> Option<PathBuf> {
@@ -123,6 +237,8 @@ pub struct EmbeddedPostgres {
     run_as: Option<(Uid, Gid)>,
     /// Temp dirs removed after stopping (the whole cluster, for `start_temp`).
     _temp: Vec<tempfile::TempDir>,
+    /// Held while this handle owns the data directory.
+    _lock: Option<Flock<std::fs::File>>,
     stopped: bool,
 }
 
@@ -147,31 +263,16 @@ impl EmbeddedPostgres {
     }
 
     /// Start a cluster whose data lives under `dir/pgdata` (created if
-    /// missing; an initialised cluster there is reused with its data).
+    /// missing; an initialised cluster there is reused with its data), or
+    /// in its relocated directory when the server's user cannot reach `dir`.
     pub fn start(dir: &Path, opts: EmbeddedPostgresOptions) -> Result<Self, EmbeddedPgError> {
         let bin = find_pg_bin_dir().ok_or(EmbeddedPgError::NoBinaries)?;
-        let run_as = if Uid::effective().is_root() {
-            let user = User::from_name("postgres")
-                .ok()
-                .flatten()
-                .ok_or(EmbeddedPgError::NoPostgresUser)?;
-            Some((user.uid, user.gid))
-        } else {
-            None
-        };
-        let user = match run_as {
-            Some(_) => "postgres".to_string(),
-            None => User::from_uid(Uid::effective())
-                .ok()
-                .flatten()
-                .map(|u| u.name)
-                .unwrap_or_else(|| "postgres".into()),
-        };
+        let (run_as, user) = server_user()?;
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        if let Some((uid, gid)) = run_as {
-            check_reachable(dir, uid, gid)?;
-        }
-        let data_dir = dir.join("pgdata");
+        // The lock in the requested dir also covers choosing a relocation.
+        let lock = lock_dir(dir)?;
+        let parent = data_parent(dir, run_as)?;
+        let data_dir = parent.join("pgdata");
         // A short socket dir: unix socket paths are limited to 108 bytes.
         let socket_tmp = tempfile::Builder::new()
             .prefix("jaxpg-sock-")
@@ -186,13 +287,15 @@ impl EmbeddedPostgres {
             user,
             run_as,
             _temp: vec![socket_tmp],
+            _lock: Some(lock),
             stopped: true,
         };
-        pg.hand_over(dir)?;
+        pg.hand_over(&parent)?;
         pg.hand_over(&pg.socket_dir.clone())?;
         if !pg.data_dir.join("PG_VERSION").exists() {
             pg.initdb()?;
         }
+        pg.stop_orphan()?;
         let mut last_err = None;
         for _ in 0..5 {
             pg.port = pick_port();
@@ -206,6 +309,71 @@ impl EmbeddedPostgres {
             }
         }
         Err(last_err.expect("at least one attempt"))
+    }
+
+    /// A server still running on our data directory was left by an owner
+    /// that died without stopping it (we hold the lock, so no live handle
+    /// owns it): stop it, and remove the socket directory it was using.
+    fn stop_orphan(&self) -> Result<(), EmbeddedPgError> {
+        let pid_file = self.data_dir.join("postmaster.pid");
+        let Ok(text) = std::fs::read_to_string(&pid_file) else {
+            return Ok(());
+        };
+        let mut lines = text.lines();
+        let pid: Option<i32> = lines.next().and_then(|l| l.trim().parse().ok());
+        let old_socket_dir = lines.nth(3).map(|l| PathBuf::from(l.trim()));
+        match pid {
+            Some(pid) if process_alive(pid) && is_postgres(pid) => {
+                tracing::warn!(
+                    pid,
+                    data = %self.data_dir.display(),
+                    "stopping a Postgres left running by an earlier run that was killed"
+                );
+                self.stop_server(Some(pid))?;
+            }
+            // A stale file naming a dead (or recycled) pid: the server
+            // would refuse to start while a live process holds that pid.
+            _ => {
+                let _ = std::fs::remove_file(&pid_file);
+            }
+        }
+        if let Some(old) = old_socket_dir {
+            let is_ours = old
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("jaxpg-sock-"));
+            if is_ours && old.parent() == Some(Path::new("/tmp")) && old != self.socket_dir {
+                let _ = std::fs::remove_dir_all(&old);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop a server a killed owner left running on the cluster asked for in
+    /// `dir` (for `local down`); its pid, if there was one. Refused while a
+    /// live handle owns the cluster.
+    pub fn stop_leftover(dir: &Path) -> Result<Option<i32>, EmbeddedPgError> {
+        if !dir.exists() {
+            return Ok(None);
+        }
+        let bin = find_pg_bin_dir().ok_or(EmbeddedPgError::NoBinaries)?;
+        let (run_as, user) = server_user()?;
+        let lock = lock_dir(dir)?;
+        let parent = read_location(dir)?.unwrap_or_else(|| dir.to_path_buf());
+        let pg = Self {
+            bin,
+            data_dir: parent.join("pgdata"),
+            socket_dir: PathBuf::new(),
+            port: 0,
+            user,
+            run_as,
+            _temp: Vec::new(),
+            _lock: Some(lock),
+            stopped: true,
+        };
+        let running = pg.pid().filter(|&p| process_alive(p) && is_postgres(p));
+        pg.stop_orphan()?;
+        Ok(running)
     }
 
     /// Give a directory to the server's user when we run as root.
@@ -390,12 +558,28 @@ impl EmbeddedPostgres {
         self.shutdown()
     }
 
+    /// Stop the server and delete its data (and any relocated directory).
+    pub fn stop_and_remove_data(mut self) -> Result<(), EmbeddedPgError> {
+        self.shutdown()?;
+        let parent = self.data_dir.parent().map(Path::to_path_buf);
+        std::fs::remove_dir_all(&self.data_dir)
+            .map_err(io(format!("removing {}", self.data_dir.display())))?;
+        if let Some(parent) = parent.filter(|p| p.starts_with(relocation_base())) {
+            let _ = std::fs::remove_dir_all(parent);
+        }
+        Ok(())
+    }
+
     fn shutdown(&mut self) -> Result<(), EmbeddedPgError> {
         if self.stopped {
             return Ok(());
         }
         self.stopped = true;
-        let pid = self.pid();
+        self.stop_server(self.pid())
+    }
+
+    /// `pg_ctl stop -m fast`, then SIGKILL to `pid` if that did not work.
+    fn stop_server(&self, pid: Option<i32>) -> Result<(), EmbeddedPgError> {
         let mut c = self.command("pg_ctl");
         c.arg("-D")
             .arg(&self.data_dir)
@@ -418,6 +602,27 @@ impl EmbeddedPostgres {
         }
         Err(EmbeddedPgError::StopTimeout(DEADLINE))
     }
+}
+
+/// Take the data directory's lock, or say who holds it.
+fn lock_dir(parent: &Path) -> Result<Flock<std::fs::File>, EmbeddedPgError> {
+    let path = parent.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(format!("opening {}", path.display())))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| EmbeddedPgError::InUse(parent.display().to_string()))
+}
+
+/// True if `pid` runs a `postgres` binary (not a recycled pid).
+fn is_postgres(pid: i32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n == "postgres"))
+        .unwrap_or(false)
 }
 
 /// True if `pid` is running. A zombie (exited, not yet reaped by whatever

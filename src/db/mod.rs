@@ -7,6 +7,7 @@
 //! concurrent controller replicas consistent.
 
 pub mod embedded;
+pub mod operator;
 mod records;
 
 pub use records::{

@@ -279,15 +279,18 @@ impl Db {
         node_id: &str,
         head: &str,
         height: i64,
+        used_bytes: Option<i64>,
     ) -> DbResult<()> {
         sqlx::query(
-            "INSERT INTO bucket_heads (volume_id, node_id, head, height) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (volume_id, node_id) DO UPDATE SET head = EXCLUDED.head, height = EXCLUDED.height, updated_at = now()",
+            "INSERT INTO bucket_heads (volume_id, node_id, head, height, used_bytes) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (volume_id, node_id) DO UPDATE SET head = EXCLUDED.head, height = EXCLUDED.height, \
+             used_bytes = COALESCE(EXCLUDED.used_bytes, bucket_heads.used_bytes), updated_at = now()",
         )
         .bind(volume_id)
         .bind(node_id)
         .bind(head)
         .bind(height)
+        .bind(used_bytes)
         .execute(self.pool())
         .await?;
         Ok(())

@@ -249,11 +249,13 @@ impl Filesystem for JaxFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _op = crate::metrics::FuseOp::start("lookup");
         let r = self.with(pinned(|m| m.lookup(parent.0, name.as_bytes())));
         self.entry(reply, r)
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _op = crate::metrics::FuseOp::start("getattr");
         match self.with(|m| m.getattr(ino.0)) {
             Ok(a) => reply.attr(&self.opts.ttl, &file_attr(&a)),
             Err(e) => reply.error(e),
@@ -278,6 +280,7 @@ impl Filesystem for JaxFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _op = crate::metrics::FuseOp::start("setattr");
         let set = SetAttr {
             mode,
             uid,
@@ -293,6 +296,7 @@ impl Filesystem for JaxFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _op = crate::metrics::FuseOp::start("readlink");
         match self.with(|m| m.readlink(ino.0)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
@@ -309,6 +313,7 @@ impl Filesystem for JaxFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _op = crate::metrics::FuseOp::start("mknod");
         // Buckets hold regular files, directories and symlinks only.
         if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
             return reply.error(Errno::EPERM);
@@ -330,6 +335,7 @@ impl Filesystem for JaxFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _op = crate::metrics::FuseOp::start("mkdir");
         let r = self.new_owner(req, parent).and_then(|(uid, gid, inherit)| {
             let mode = (mode & !umask) | if inherit { S_ISGID } else { 0 };
             self.change(pinned(|m| {
@@ -340,6 +346,7 @@ impl Filesystem for JaxFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = crate::metrics::FuseOp::start("unlink");
         match self.change(|m| m.unlink(parent.0, name.as_bytes())) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -347,6 +354,7 @@ impl Filesystem for JaxFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = crate::metrics::FuseOp::start("rmdir");
         match self.change(|m| m.rmdir(parent.0, name.as_bytes())) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -361,6 +369,7 @@ impl Filesystem for JaxFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _op = crate::metrics::FuseOp::start("symlink");
         let r = self.new_owner(req, parent).and_then(|(uid, gid, _)| {
             self.change(pinned(|m| {
                 m.symlink(
@@ -385,6 +394,7 @@ impl Filesystem for JaxFs {
         flags: FuseRenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _op = crate::metrics::FuseOp::start("rename");
         if flags.contains(FuseRenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
         }
@@ -415,11 +425,13 @@ impl Filesystem for JaxFs {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _op = crate::metrics::FuseOp::start("link");
         // link(2): EPERM when the file system does not support hard links.
         reply.error(Errno::EPERM)
     }
 
     fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _op = crate::metrics::FuseOp::start("open");
         // Files need no per-open state, so ENOSYS turns on the kernel's
         // zero-message opens: no OPEN and no RELEASE round trip per file from
         // now on, and the page cache is kept across opens (remote changes
@@ -438,9 +450,13 @@ impl Filesystem for JaxFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _op = crate::metrics::FuseOp::start("read");
         // The reply is written from the cached chunk itself when it can be.
         match self.with(|m| m.read_buf(ino.0, offset, size)) {
-            Ok(data) => reply.data(data.as_slice()),
+            Ok(data) => {
+                crate::metrics::fuse_read(data.as_slice().len());
+                reply.data(data.as_slice())
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -457,8 +473,12 @@ impl Filesystem for JaxFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _op = crate::metrics::FuseOp::start("write");
         match self.change(|m| m.write(ino.0, offset, data)) {
-            Ok(n) => reply.written(n),
+            Ok(n) => {
+                crate::metrics::fuse_written(n as usize);
+                reply.written(n)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -471,6 +491,7 @@ impl Filesystem for JaxFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _op = crate::metrics::FuseOp::start("flush");
         // close(2) does not promise durability (the committer writes soon),
         // so there is nothing to do: ENOSYS tells the kernel to stop sending
         // FLUSH on every close.
@@ -485,10 +506,12 @@ impl Filesystem for JaxFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = crate::metrics::FuseOp::start("fsync");
         self.commit("fsync", reply)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _op = crate::metrics::FuseOp::start("opendir");
         match self.listing(ino) {
             Ok(listing) => {
                 let fh = self.dirs.open(listing);
@@ -506,6 +529,7 @@ impl Filesystem for JaxFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _op = crate::metrics::FuseOp::start("readdir");
         let listing = match self.listing_for(ino, fh, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(e),
@@ -531,6 +555,7 @@ impl Filesystem for JaxFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _op = crate::metrics::FuseOp::start("readdirplus");
         let listing = match self.listing_for(ino, fh, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(e),
@@ -576,6 +601,7 @@ impl Filesystem for JaxFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _op = crate::metrics::FuseOp::start("releasedir");
         self.dirs.close(fh.0);
         reply.ok()
     }
@@ -588,10 +614,12 @@ impl Filesystem for JaxFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = crate::metrics::FuseOp::start("fsyncdir");
         self.commit("fsyncdir", reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _op = crate::metrics::FuseOp::start("statfs");
         let (usage, store) = {
             let m = self.live.lock();
             (m.usage(), m.store_dir())
@@ -626,6 +654,7 @@ impl Filesystem for JaxFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _op = crate::metrics::FuseOp::start("setxattr");
         let flags = XattrFlags {
             create: flags & libc::XATTR_CREATE != 0,
             replace: flags & libc::XATTR_REPLACE != 0,
@@ -637,6 +666,7 @@ impl Filesystem for JaxFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _op = crate::metrics::FuseOp::start("getxattr");
         match self.with(|m| m.getxattr(ino.0, name.as_bytes())) {
             Ok(v) => reply_xattr(reply, size, &v),
             Err(e) => reply.error(e),
@@ -644,6 +674,7 @@ impl Filesystem for JaxFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _op = crate::metrics::FuseOp::start("listxattr");
         match self.with(|m| m.listxattr(ino.0)) {
             Ok(names) => {
                 let mut buf = Vec::new();
@@ -658,6 +689,7 @@ impl Filesystem for JaxFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = crate::metrics::FuseOp::start("removexattr");
         match self.change(|m| m.removexattr(ino.0, name.as_bytes())) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -665,6 +697,7 @@ impl Filesystem for JaxFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _op = crate::metrics::FuseOp::start("access");
         // With default_permissions the kernel checks mode bits itself; this
         // only answers whether the inode exists.
         match self.with(|m| m.kind_mode_gid(ino.0)) {
@@ -683,6 +716,7 @@ impl Filesystem for JaxFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let _op = crate::metrics::FuseOp::start("create");
         let r = self.new_owner(req, parent).and_then(|(uid, gid, _)| {
             self.change(pinned(|m| {
                 m.create(parent.0, name.as_bytes(), mode & !umask, uid, gid)

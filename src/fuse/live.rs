@@ -162,9 +162,13 @@ fn commit(shared: &Shared) -> Result<Saved, BucketError> {
     let (saved, changed) = match result {
         Ok(r) => {
             shared.pending.lock().unwrap().retry = None;
+            if r.1 {
+                crate::metrics::commit(true);
+            }
             r
         }
         Err(e) => {
+            crate::metrics::commit(false);
             // The changes are still in the Mount: keep them pending so the
             // committer tries again, later and later while it keeps failing.
             let mut p = shared.pending.lock().unwrap();

@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::live::{CommitHook, LiveMount, DEFAULT_DEBOUNCE};
 use super::session::{self, FuseSession, SessionOptions};
 use super::FsOptions;
-use crate::bucket::{BucketError, BucketId, ConflictFile, StateDir};
+use crate::bucket::{BucketError, BucketId, ConflictFile, Saved, StateDir};
 use crate::crypto::Kek;
 use crate::store::Hash;
 
@@ -106,12 +106,14 @@ pub enum SyncEvent {
         volume_id: String,
         head: Hash,
         height: u64,
+        used_bytes: u64,
     },
     /// A new local version was committed.
     Committed {
         volume_id: String,
         head: Hash,
         height: u64,
+        used_bytes: u64,
     },
 }
 
@@ -253,6 +255,7 @@ impl MountManager {
         if let (Some(tx), Some(r)) = (&self.mirror, changed) {
             let _ = tx.send(r.clone());
         }
+        report_mounts(inner);
         Ok(())
     }
 
@@ -433,6 +436,7 @@ impl MountManager {
                 volume_id: volume.clone(),
                 head: saved.hash,
                 height: saved.height,
+                used_bytes: saved.used_bytes,
             });
         });
         live.set_commit_hook(hook);
@@ -632,6 +636,7 @@ impl MountManager {
             }
         };
         if conflicts > 0 {
+            crate::metrics::conflicts_resolved(conflicts);
             tracing::warn!(
                 volume = volume_id,
                 conflicts,
@@ -639,18 +644,107 @@ impl MountManager {
             );
         }
         tracing::info!(volume = volume_id, incoming = %head, now = %version, "applied a synced head");
-        let height = self
+        let (height, used_bytes) = self
             .state
             .open_bucket(&parse_volume(volume_id)?, &self.kek)
             .and_then(|b| b.manifest(&version))
-            .map(|m| m.body.height)
+            .map(|m| (m.body.height, m.body.used_bytes))
             .unwrap_or_default();
         let _ = self.events.send(SyncEvent::MountInvalidated {
             volume_id: volume_id.into(),
             head: version,
             height,
+            used_bytes,
         });
         Ok((version != *head).then_some(version))
+    }
+
+    /// Volume `volume_id`'s bucket on this node, with chunks it lacks
+    /// fetched from peers (for the admin service's reads of old versions).
+    pub fn open_bucket(&self, volume_id: &str) -> Result<crate::bucket::Bucket, MountError> {
+        let id = parse_volume(volume_id)?;
+        if !self.state.has_bucket(&id) {
+            return Err(MountError::BucketNotFound(volume_id.into()));
+        }
+        self.state
+            .open_bucket(&id, &self.kek)
+            .map_err(|source| MountError::LoadFailed {
+                volume: volume_id.into(),
+                source,
+            })
+    }
+
+    /// A read-only view of `version` whose missing chunks come from peers.
+    pub fn open_version(
+        &self,
+        volume_id: &str,
+        version: &Hash,
+    ) -> Result<crate::bucket::Mount, MountError> {
+        let bucket = self.open_bucket(volume_id)?;
+        let mut m = bucket
+            .open_version(version)
+            .map_err(|source| MountError::LoadFailed {
+                volume: volume_id.into(),
+                source,
+            })?;
+        if let Some(provider) = self.remote.lock().unwrap().as_ref() {
+            m.set_remote(provider(&parse_volume(volume_id)?));
+        }
+        Ok(m)
+    }
+
+    /// Make `version` the content of a new head of volume `volume_id`: in
+    /// the live mount when it runs (its unsaved changes are committed first,
+    /// so they stay in the history, and the kernel is told what changed),
+    /// on disk otherwise. Peers hear of the new head like of any commit.
+    pub fn restore(&self, volume_id: &str, version: &Hash) -> Result<Saved, MountError> {
+        let load = |source| MountError::LoadFailed {
+            volume: volume_id.into(),
+            source,
+        };
+        let (running, busy) = {
+            let inner = self.lock();
+            let r = inner
+                .running
+                .get(volume_id)
+                .map(|r| (r.live.clone(), r.session.notifier().clone()));
+            (r, inner.busy.contains(volume_id))
+        };
+        if busy {
+            return Err(MountError::Busy(volume_id.into()));
+        }
+        match running {
+            Some((live, notifier)) if !live.lock().is_read_only() => {
+                live.commit_now().map_err(load)?;
+                let mut m = live.lock();
+                let before = m.cached_view();
+                m.restore_version(version).map_err(load)?;
+                let stale = m.changed_since(&before);
+                drop(m);
+                invalidate(&notifier, &stale);
+                // The commit hook reports and announces the new head.
+                live.commit_now().map_err(load)
+            }
+            running => {
+                let bucket = self.open_bucket(volume_id)?;
+                let saved = bucket.restore(version).map_err(load)?;
+                if let Some((live, notifier)) = running {
+                    let mut m = live.lock();
+                    let before = m.cached_view();
+                    m.follow(&saved.hash).map_err(load)?;
+                    let stale = m.changed_since(&before);
+                    drop(m);
+                    invalidate(&notifier, &stale);
+                }
+                let _ = self.events.send(SyncEvent::Committed {
+                    volume_id: volume_id.into(),
+                    head: saved.hash,
+                    height: saved.height,
+                    used_bytes: saved.used_bytes,
+                });
+                Ok(saved)
+            }
+        }
     }
 
     /// Share volume `volume_id`'s bucket with `node` (a peer that proved it
@@ -684,6 +778,7 @@ impl MountManager {
                     volume_id: volume_id.into(),
                     head: saved.hash,
                     height: saved.height,
+                    used_bytes: saved.used_bytes,
                 });
                 Ok(saved.hash)
             }
@@ -839,4 +934,21 @@ pub fn unbind(target: &Path) -> std::io::Result<()> {
         // Kubelet may own the directory; leaving it is harmless.
         Err(_) => Ok(()),
     }
+}
+
+/// The mounts gauge: how many records are in each status.
+fn report_mounts(inner: &Inner) {
+    let mut counts = [
+        ("stopped", 0),
+        ("starting", 0),
+        ("running", 0),
+        ("error", 0),
+    ];
+    for r in inner.records.values() {
+        let status = r.status.as_db();
+        if let Some(c) = counts.iter_mut().find(|(s, _)| *s == status) {
+            c.1 += 1;
+        }
+    }
+    crate::metrics::mounts(&counts);
 }

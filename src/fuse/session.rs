@@ -221,6 +221,18 @@ pub fn mount_source(path: &Path) -> Option<String> {
         })
 }
 
+/// Every mount point strictly below `root` (per /proc/self/mountinfo).
+pub fn mounts_under(root: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4).map(unescape_mount_path))
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.starts_with(root) && p != root)
+        .collect()
+}
+
 /// The mount source of volume `volume_id`'s FUSE mounts and their binds.
 pub fn source_of(volume_id: &str) -> String {
     format!("jax:{volume_id}")

@@ -215,6 +215,7 @@ async fn get_blobs_from(
                     .map_err(|e| peer_err(peer, e))?;
                     match stored {
                         Ok(n) => {
+                            crate::metrics::blob_fetched(n);
                             inner.stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
                             inner
                                 .stats
@@ -294,9 +295,13 @@ pub async fn fetch_blobs_with(
         return Err(SyncError::NoPeer(bucket));
     }
     let batches: Vec<Vec<Hash>> = todo.chunks(BATCH).map(|c| c.to_vec()).collect();
+    let progress =
+        crate::progress::Progress::new("fetching blobs", bucket.to_string(), todo.len() as u64);
+    let progress = &progress;
     let key = &key;
     let peers = &peers;
     let results = futures::stream::iter(batches.into_iter().enumerate().map(|(i, batch)| async move {
+        let asked = batch.len() as u64;
         let mut left = batch;
         // Spread batches over the peers; each falls back to the others.
         for k in 0..peers.len() {
@@ -310,11 +315,13 @@ pub async fn fetch_blobs_with(
                 break;
             }
         }
+        progress.advance(asked - left.len() as u64);
         left
     }))
     .buffer_unordered(IN_FLIGHT)
     .collect::<Vec<Vec<Hash>>>()
     .await;
+    progress.finish();
     Ok(results.into_iter().flatten().collect())
 }
 
@@ -441,6 +448,7 @@ pub async fn pull(
             peer: "local".into(),
             why: e.to_string(),
         })?;
+    crate::metrics::sync_pull(bucket.to_string(), applied.is_ok(), started.elapsed());
     match applied {
         Ok(merged) => {
             inner.stats.heads_applied.fetch_add(1, Ordering::Relaxed);

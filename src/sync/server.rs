@@ -185,6 +185,7 @@ async fn serve(
                             };
                             write_msg(&mut send, &f).await.map_err(|e| e.to_string())?;
                             send.write_all(&bytes).await.map_err(|e| e.to_string())?;
+                            crate::metrics::blob_served(bytes.len());
                             inner.stats.blobs_served.fetch_add(1, Ordering::Relaxed);
                             inner
                                 .stats

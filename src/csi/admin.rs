@@ -1,0 +1,293 @@
+//! The node's operator service (`jaxcsi.admin.v1.Admin`) on the node's CSI
+//! socket: a volume's files and history as this node holds them, and
+//! restores through the live mount (so the kernel, the committer and the
+//! peers see a restore like any other change). Whoever can reach this
+//! socket can already publish the volume; nothing here widens that.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::admin_proto::admin_server::Admin;
+use super::admin_proto::*;
+use super::status::{require, traced};
+use crate::bucket::browse::{kind_name, list_dir, VersionSpec};
+use crate::bucket::{path, BucketError, Mount, VersionInfo};
+use crate::fuse::{MountError, MountManager};
+
+/// Pieces of a streamed file (one chunk each at most).
+const READ_PIECE: u64 = 1 << 20;
+
+pub struct AdminService {
+    manager: MountManager,
+}
+
+impl AdminService {
+    pub fn new(manager: MountManager) -> Self {
+        Self { manager }
+    }
+}
+
+fn bucket_status(e: BucketError) -> Status {
+    match e {
+        BucketError::NotFound => Status::not_found("no such file or directory"),
+        BucketError::InvalidArgument(m) => Status::invalid_argument(m),
+        BucketError::NotADirectory => Status::invalid_argument("not a directory"),
+        BucketError::IsADirectory => Status::invalid_argument("is a directory"),
+        BucketError::ReadOnly => {
+            Status::failed_precondition("the volume is mounted read-only here")
+        }
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn mount_status(e: MountError) -> Status {
+    match e {
+        MountError::BucketNotFound(v) => {
+            Status::not_found(format!("volume {v} has no replica on this node"))
+        }
+        MountError::Busy(_) => Status::aborted(e.to_string()),
+        MountError::LoadFailed { source, .. } => bucket_status(source),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn version_message(v: &VersionInfo) -> Version {
+    Version {
+        hash: v.hash.to_string(),
+        height: v.height,
+        previous: v.previous.map(|h| h.to_string()).unwrap_or_default(),
+        merged: v.merged.map(|h| h.to_string()).unwrap_or_default(),
+        author: v.author.to_hex(),
+        created_unix_seconds: v.created_at.secs,
+        used_bytes: v.used_bytes,
+        entries: v.entries,
+    }
+}
+
+fn spec_of(select: &Option<VersionSelector>) -> Result<VersionSpec, Status> {
+    let (version, at) = select
+        .as_ref()
+        .map_or(("", None), |s| (s.version.as_str(), s.at_unix_seconds));
+    VersionSpec::parse(version, at).map_err(bucket_status)
+}
+
+/// How a request reads: the live mount (the head with unsaved changes) or
+/// a private view of one version.
+enum View {
+    Live(crate::fuse::LiveMount),
+    Version(Box<Mount>),
+}
+
+impl View {
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&mut Mount) -> crate::bucket::Result<T>,
+    ) -> Result<T, Status> {
+        match self {
+            View::Live(live) => f(&mut live.lock()),
+            View::Version(m) => f(m),
+        }
+        .map_err(bucket_status)
+    }
+}
+
+impl AdminService {
+    /// Resolve the selector against this node's history of the volume.
+    fn view(&self, volume: &str, spec: VersionSpec) -> Result<(View, String), Status> {
+        let bucket = self.manager.open_bucket(volume).map_err(mount_status)?;
+        if spec == VersionSpec::Head {
+            if let Some(live) = self.manager.get_live_mount(volume) {
+                let base = live.lock().base().hash.to_string();
+                return Ok((View::Live(live), base));
+            }
+            let head = bucket.head().map_err(bucket_status)?;
+            let m = self
+                .manager
+                .open_version(volume, &head)
+                .map_err(mount_status)?;
+            return Ok((View::Version(Box::new(m)), head.to_string()));
+        }
+        let history = bucket.history().map_err(bucket_status)?;
+        let picked = spec
+            .pick(&history)
+            .map_err(bucket_status)?
+            .expect("not the head");
+        let m = self
+            .manager
+            .open_version(volume, &picked.hash)
+            .map_err(mount_status)?;
+        Ok((View::Version(Box::new(m)), picked.hash.to_string()))
+    }
+
+    fn history_of(&self, volume: &str) -> Result<Vec<VersionInfo>, Status> {
+        self.manager
+            .open_bucket(volume)
+            .map_err(mount_status)?
+            .history()
+            .map_err(bucket_status)
+    }
+}
+
+/// Run blocking bucket work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+}
+
+type FileStream = Pin<Box<dyn Stream<Item = Result<FileData, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Admin for Arc<AdminService> {
+    async fn list_dir(
+        &self,
+        request: Request<ListDirRequest>,
+    ) -> Result<Response<ListDirResponse>, Status> {
+        let req = request.into_inner();
+        let this = self.clone();
+        traced("AdminListDir", &req.volume_id.clone(), async move {
+            require(&req.volume_id, "volume_id")?;
+            let spec = spec_of(&req.select)?;
+            blocking(move || {
+                let (mut view, version) = this.view(&req.volume_id, spec)?;
+                let listed = view.with(|m| list_dir(m, &req.path))?;
+                Ok(ListDirResponse {
+                    entries: listed
+                        .into_iter()
+                        .map(|e| DirEntry {
+                            name: e.name,
+                            kind: kind_name(e.kind).into(),
+                            mode: e.mode,
+                            size: e.size,
+                            mtime_unix_seconds: e.mtime_secs,
+                        })
+                        .collect(),
+                    version,
+                })
+            })
+            .await
+        })
+        .await
+    }
+
+    type ReadFileStream = FileStream;
+
+    async fn read_file(
+        &self,
+        request: Request<ReadFileRequest>,
+    ) -> Result<Response<Self::ReadFileStream>, Status> {
+        let req = request.into_inner();
+        let this = self.clone();
+        let volume = req.volume_id.clone();
+        traced("AdminReadFile", &volume, async move {
+            require(&req.volume_id, "volume_id")?;
+            require(&req.path, "path")?;
+            let spec = spec_of(&req.select)?;
+            let (view, ino, size) = blocking(move || {
+                let (mut view, _) = this.view(&req.volume_id, spec)?;
+                let (ino, size) = view.with(|m| {
+                    let ino = path::resolve(m, &req.path)?;
+                    let a = m.getattr(ino)?;
+                    if a.kind != crate::bucket::FileKind::File {
+                        return Err(BucketError::InvalidArgument(format!(
+                            "{} is not a regular file",
+                            req.path
+                        )));
+                    }
+                    Ok((ino, a.size))
+                })?;
+                Ok((view, ino, size))
+            })
+            .await?;
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            // One piece at a time under the lock, so pods are not held up.
+            tokio::task::spawn_blocking(move || {
+                let mut view = view;
+                let mut off = 0;
+                while off < size {
+                    let piece = view.with(|m| m.read(ino, off, READ_PIECE.min(size - off) as u32));
+                    let done = match &piece {
+                        Ok(p) => p.is_empty(),
+                        Err(_) => true,
+                    };
+                    off += piece.as_ref().map_or(0, |p| p.len() as u64);
+                    if tx
+                        .blocking_send(piece.map(|data| FileData { data }))
+                        .is_err()
+                        || done
+                    {
+                        break;
+                    }
+                }
+            });
+            let stream: FileStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+            Ok(stream)
+        })
+        .await
+    }
+
+    async fn history(
+        &self,
+        request: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
+        let req = request.into_inner();
+        let this = self.clone();
+        traced("AdminHistory", &req.volume_id.clone(), async move {
+            require(&req.volume_id, "volume_id")?;
+            blocking(move || {
+                let versions = this.history_of(&req.volume_id)?;
+                Ok(HistoryResponse {
+                    versions: versions.iter().map(version_message).collect(),
+                })
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn restore(
+        &self,
+        request: Request<RestoreRequest>,
+    ) -> Result<Response<RestoreResponse>, Status> {
+        let req = request.into_inner();
+        let this = self.clone();
+        traced("AdminRestore", &req.volume_id.clone(), async move {
+            require(&req.volume_id, "volume_id")?;
+            let spec = spec_of(&req.select)?;
+            if spec == VersionSpec::Head {
+                return Err(Status::invalid_argument(
+                    "restore needs a version (hash or height) or a time",
+                ));
+            }
+            blocking(move || {
+                let history = this.history_of(&req.volume_id)?;
+                let picked = spec
+                    .pick(&history)
+                    .map_err(bucket_status)?
+                    .expect("not the head")
+                    .clone();
+                let saved = this
+                    .manager
+                    .restore(&req.volume_id, &picked.hash)
+                    .map_err(mount_status)?;
+                tracing::info!(volume = %req.volume_id, from = %picked.hash, head = %saved.hash, "restored a version");
+                let head = this
+                    .history_of(&req.volume_id)?
+                    .into_iter()
+                    .find(|v| v.hash == saved.hash)
+                    .ok_or_else(|| Status::internal("the restored head is not in the history"))?;
+                Ok(RestoreResponse {
+                    restored: Some(version_message(&picked)),
+                    head: Some(version_message(&head)),
+                })
+            })
+            .await
+        })
+        .await
+    }
+}

@@ -1,0 +1,734 @@
+//! `jax-csi local` as a user runs it: the binary, its supervised child
+//! processes and embedded Postgres; a state dir under a 0700 parent; a
+//! SIGKILL and the restart after it; `local down`; the operator CLI against
+//! the running cluster (table and JSON); `/metrics` scraped and parsed
+//! after known traffic; JSON logs.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jax_csi::csi::proto::controller_client::ControllerClient;
+use jax_csi::csi::proto::node_client::NodeClient;
+use jax_csi::csi::proto::volume_capability::access_mode::Mode;
+use jax_csi::csi::proto::volume_capability::{AccessMode, AccessType, MountVolume};
+use jax_csi::csi::proto::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tonic::transport::Channel;
+
+const BIN: &str = env!("CARGO_BIN_EXE_jax-csi");
+
+fn rwx() -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode {
+            mode: Mode::MultiNodeMultiWriter as i32,
+        }),
+    }
+}
+
+/// Poll `f` until it holds or `secs` pass.
+fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    jax_csi::db::embedded::process_alive(pid)
+}
+
+/// A running `jax-csi local up`.
+struct Local {
+    state: PathBuf,
+    child: Option<Child>,
+    ready: serde_json::Value,
+}
+
+impl Local {
+    fn up(state: &Path, nodes: usize) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["local", "up", "--nodes", &nodes.to_string(), "--state-dir"])
+            .arg(state)
+            .stdout(Stdio::piped())
+            .stderr(
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(state.with_extension("log"))
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready = serde_json::from_str(&line).unwrap_or_else(|_| {
+            let log = fs::read_to_string(state.with_extension("log")).unwrap_or_default();
+            panic!("local up printed no ready line; its log:\n{log}")
+        });
+        Self {
+            state: state.to_path_buf(),
+            child: Some(child),
+            ready,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    fn endpoint(&self, v: &serde_json::Value) -> PathBuf {
+        jax_csi::csi::server::parse_endpoint(v.as_str().unwrap()).unwrap()
+    }
+
+    fn node_endpoint(&self, i: usize) -> String {
+        self.ready["nodes"][i]["endpoint"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn database_url(&self) -> String {
+        self.ready["database_url"].as_str().unwrap().to_string()
+    }
+
+    async fn controller(&self) -> ControllerClient<Channel> {
+        let socket = self.endpoint(&self.ready["controller"]);
+        ControllerClient::new(jax_csi::csi::server::connect_unix(&socket).await.unwrap())
+    }
+
+    async fn node(&self, i: usize) -> NodeClient<Channel> {
+        let socket = self.endpoint(&self.ready["nodes"][i]["endpoint"]);
+        NodeClient::new(jax_csi::csi::server::connect_unix(&socket).await.unwrap())
+    }
+
+    fn kubelet(&self) -> PathBuf {
+        PathBuf::from(self.ready["kubelet_dir"].as_str().unwrap())
+    }
+
+    /// The children's pids from the pids file.
+    fn children(&self) -> HashMap<String, i32> {
+        let pids: serde_json::Value =
+            serde_json::from_slice(&fs::read(self.state.join("local.pids")).unwrap()).unwrap();
+        pids["children"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_i64().unwrap() as i32))
+            .collect()
+    }
+
+    /// SIGTERM and wait: a clean stop exits 0.
+    fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "local up exited with {status}");
+    }
+
+    /// SIGKILL (the OOM killer, a closed terminal) and reap.
+    fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The postmaster's pid of a state dir's embedded Postgres (wherever its data lives).
+fn postmaster_pid(state: &Path) -> Option<i32> {
+    let pg = state.join("postgres");
+    let parent = match fs::read_to_string(pg.join("LOCATION")) {
+        Ok(p) => PathBuf::from(p.trim()),
+        Err(_) => pg,
+    };
+    fs::read_to_string(parent.join("pgdata/postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+async fn create_volume(ctl: &mut ControllerClient<Channel>, name: &str) -> String {
+    ctl.create_volume(CreateVolumeRequest {
+        name: name.into(),
+        volume_capabilities: vec![rwx()],
+        capacity_range: Some(CapacityRange {
+            required_bytes: 64 << 20,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .volume
+    .unwrap()
+    .volume_id
+}
+
+async fn volume_names(ctl: &mut ControllerClient<Channel>) -> Vec<String> {
+    ctl.list_volumes(ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|e| e.volume.unwrap().volume_id)
+        .collect()
+}
+
+/// Stage and publish `id` on node `i`; returns the pod's target path.
+async fn publish(local: &Local, i: usize, id: &str, pod: &str) -> PathBuf {
+    let mut node = local.node(i).await;
+    let staging = local
+        .kubelet()
+        .join(format!("plugins/jax/{id}/globalmount"));
+    let target = local.kubelet().join(format!("pods/{pod}/volumes/data"));
+    node.node_stage_volume(NodeStageVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(rwx()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    node.node_publish_volume(NodePublishVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(rwx()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    target
+}
+
+fn write_synced(path: &Path, data: &[u8]) {
+    let mut f = fs::File::create(path).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// A state dir under a parent only root can enter (as `mktemp -d` or
+/// `/root` make): `local up` works there, and after a SIGKILL leaves its
+/// Postgres orphaned, the next `local up` finds it, stops it and comes back
+/// with the volumes; a clean stop leaves no process, mount or socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_up_under_a_private_parent_survives_a_sigkill() {
+    let parent = tempfile::tempdir().unwrap();
+    fs::set_permissions(parent.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    let state = parent.path().join("jax");
+    let local = Local::up(&state, 1);
+    let mut ctl = local.controller().await;
+    let id = create_volume(&mut ctl, "kept").await;
+    let target = publish(&local, 0, &id, "p").await;
+    write_synced(&target.join("f"), b"before the kill");
+    let children = local.children();
+    let postmaster = postmaster_pid(&state).expect("postgres runs");
+    local.kill();
+
+    // The children are told (parent-death signal) and stop on their own;
+    // Postgres is not our child and stays behind.
+    for (name, pid) in &children {
+        eventually(
+            60,
+            &format!("{name} stops after its supervisor died"),
+            || !alive(*pid),
+        );
+    }
+    assert!(
+        alive(postmaster),
+        "an orphaned Postgres is what we must cope with"
+    );
+
+    let local = Local::up(&state, 1);
+    assert!(!alive(postmaster), "the orphan was stopped");
+    let mut ctl = local.controller().await;
+    assert!(
+        volume_names(&mut ctl).await.contains(&id),
+        "the volume is kept"
+    );
+    // The node brought its mount back from its records.
+    let target = local.kubelet().join("pods/p/volumes/data");
+    eventually(30, "the pod's target serves the file again", || {
+        fs::read(target.join("f")).ok().as_deref() == Some(&b"before the kill"[..])
+    });
+    let postmaster = postmaster_pid(&state).unwrap();
+    let children = local.children();
+    local.stop();
+    assert!(!alive(postmaster), "a clean stop stops Postgres");
+    for (name, pid) in children {
+        assert!(!alive(pid), "{name} still runs");
+    }
+    assert!(
+        jax_csi::fuse::session::mounts_under(&state).is_empty(),
+        "mounts left: {:?}",
+        jax_csi::fuse::session::mounts_under(&state)
+    );
+    let sockets: Vec<_> = fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "sock"))
+        .collect();
+    assert!(sockets.is_empty(), "sockets left: {sockets:?}");
+    if let Ok(location) = fs::read_to_string(state.join("postgres/LOCATION")) {
+        let _ = fs::remove_dir_all(location.trim());
+    }
+}
+
+/// A child that dies is restarted; `local down` cleans up after a killed
+/// supervisor, and stops a running one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_are_restarted_and_local_down_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("jax");
+    let local = Local::up(&state, 1);
+    let node_pid = local.children()["node-0"];
+    kill(Pid::from_raw(node_pid), Signal::SIGKILL).unwrap();
+    eventually(30, "node-0 restarted with a new pid", || {
+        local
+            .children()
+            .get("node-0")
+            .is_some_and(|p| *p != node_pid && alive(*p))
+    });
+    let socket = PathBuf::from(local.node_endpoint(0).trim_start_matches("unix://"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = async {
+            let ch = jax_csi::csi::server::connect_unix(&socket).await.ok()?;
+            let mut c = jax_csi::csi::proto::identity_client::IdentityClient::new(ch);
+            c.probe(ProbeRequest {}).await.ok()?.into_inner().ready
+        };
+        if probe.await == Some(true) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = fs::read_to_string(state.with_extension("log")).unwrap();
+    assert!(log.contains("exited; restarting"), "{log}");
+
+    // Killed: `local down` stops what it left.
+    let postmaster = postmaster_pid(&state).unwrap();
+    let children = local.children();
+    local.kill();
+    let out = Command::new(BIN)
+        .args(["local", "down", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("stopped Postgres (pid {postmaster})")),
+        "{text}"
+    );
+    assert!(!alive(postmaster));
+    for (name, pid) in children {
+        assert!(!alive(pid), "{name} still runs");
+    }
+
+    // Running: `local down` asks it to stop, and it does.
+    let local = Local::up(&state, 0);
+    let supervisor = local.pid();
+    let out = Command::new(BIN)
+        .args(["local", "down", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains(&format!("stopping `local up` (pid {supervisor})")));
+    let mut local = local;
+    let status = local.child.take().unwrap().wait().unwrap();
+    assert!(status.success(), "{status}");
+
+    // Not a local state dir: a clear error.
+    let out = Command::new(BIN)
+        .args(["local", "down", "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a `jax-csi local` state directory"));
+}
+
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn cli_json(args: &[&str]) -> serde_json::Value {
+    let (ok, out, err) = cli(args);
+    assert!(ok, "{args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}"))
+}
+
+/// The operator CLI reads what the services wrote, and restores through the
+/// node; `/metrics` counts the traffic that was made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_cli_and_metrics_against_a_local_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("jax");
+    let local = Local::up(&state, 1);
+    let url = local.database_url();
+    let node = local.node_endpoint(0);
+    let mut ctl = local.controller().await;
+    let id = create_volume(&mut ctl, "ops").await;
+    // One refused request, to see its code counted.
+    let refused = ctl
+        .create_volume(CreateVolumeRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let target = publish(&local, 0, &id, "ops").await;
+    write_synced(&target.join("notes.txt"), b"first");
+    fs::create_dir(target.join("dir")).unwrap();
+    write_synced(&target.join("notes.txt"), b"second, longer");
+    let mut f = fs::File::open(target.join("notes.txt")).unwrap();
+    let mut read_back = Vec::new();
+    f.read_to_end(&mut read_back).unwrap();
+    assert_eq!(read_back, b"second, longer");
+
+    // Records, from Postgres.
+    eventually(30, "node-0 reports its head", || {
+        let v = cli_json(&["volume", "list", "-o", "json", "--database-url", &url]);
+        v.as_array().unwrap().iter().any(|x| {
+            x["id"] == id.as_str()
+                && x["replicas"][0]["node_id"] == "node-0"
+                && !x["head"].is_null()
+        })
+    });
+    let (ok, table, _) = cli(&["volume", "list", "--database-url", &url]);
+    assert!(
+        ok && table.starts_with("ID ") && table.contains(&id) && table.contains("64.0 MiB"),
+        "{table}"
+    );
+    let shown = cli_json(&["volume", "show", &id, "-o", "json", "--database-url", &url]);
+    assert_eq!(shown["name"], "ops");
+    assert_eq!(shown["abnormal"], false);
+    let nodes = cli_json(&["node", "list", "-o", "json", "--database-url", &url]);
+    let n0 = &nodes.as_array().unwrap()[0];
+    assert_eq!(n0["id"], "node-0");
+    assert_eq!(n0["volumes_held"], 1);
+    assert!(n0["addresses"].as_str().unwrap().contains("127.0.0.1:"));
+    let mounts = cli_json(&["mount", "list", "-o", "json", "--database-url", &url]);
+    assert_eq!(mounts[0]["status"], "running");
+    assert_eq!(mounts[0]["published"], true);
+    let snaps = cli_json(&["snapshot", "list", "-o", "json", "--database-url", &url]);
+    assert_eq!(snaps.as_array().unwrap().len(), 0);
+
+    // Contents, history and restore, through the node.
+    let listing = cli_json(&[
+        "volume",
+        "ls",
+        &id,
+        "/",
+        "-o",
+        "json",
+        "--node-endpoint",
+        &node,
+    ]);
+    let names: Vec<&str> = listing["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["dir", "notes.txt"]);
+    let (ok, cat, _) = cli(&["volume", "cat", &id, "/notes.txt", "--node-endpoint", &node]);
+    assert!(ok);
+    assert_eq!(cat, "second, longer");
+    let history = cli_json(&[
+        "volume",
+        "history",
+        &id,
+        "-o",
+        "json",
+        "--node-endpoint",
+        &node,
+    ]);
+    let history = history.as_array().unwrap();
+    assert!(history.len() >= 3, "{history:?}");
+    // The version that first had notes.txt = "first".
+    let first = history
+        .iter()
+        .rev()
+        .find(|v| {
+            let h = v["hash"].as_str().unwrap();
+            cli(&[
+                "volume",
+                "cat",
+                &id,
+                "/notes.txt",
+                "--version",
+                h,
+                "--node-endpoint",
+                &node,
+            ])
+            .1 == "first"
+        })
+        .expect("a version with the first content");
+    let height = first["height"].as_u64().unwrap().to_string();
+    let restored = cli_json(&[
+        "volume",
+        "restore",
+        &id,
+        "--version",
+        &height,
+        "-o",
+        "json",
+        "--node-endpoint",
+        &node,
+    ]);
+    assert_eq!(restored["restored"]["hash"], first["hash"]);
+    assert_eq!(
+        fs::read(target.join("notes.txt")).unwrap(),
+        b"first",
+        "the pod sees the restore"
+    );
+    // By time: the newest version at or after "now" is the restored head.
+    let at = format!(
+        "@{}",
+        restored["head"]["created_unix_seconds"].as_i64().unwrap()
+    );
+    let (ok, cat, err) = cli(&[
+        "volume",
+        "cat",
+        &id,
+        "/notes.txt",
+        "--at",
+        &at,
+        "--node-endpoint",
+        &node,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(cat, "first");
+
+    // Clear errors.
+    let (ok, _, err) = cli(&["volume", "show", "feedface", "--database-url", &url]);
+    assert!(!ok && err.contains("no volume feedface"), "{err}");
+    let (ok, _, err) = cli(&[
+        "volume",
+        "ls",
+        "0123456789abcdef0123456789abcdef",
+        "--node-endpoint",
+        &node,
+    ]);
+    assert!(!ok && err.contains("NOT_FOUND"), "{err}");
+    let (ok, _, err) = cli(&[
+        "volume",
+        "list",
+        "--database-url",
+        "postgres://jax:secret@127.0.0.1:1/jax",
+    ]);
+    assert!(
+        !ok && err.contains("does not answer") && !err.contains("secret"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(&[
+        "volume",
+        "history",
+        &id,
+        "--node-endpoint",
+        "unix:///nonexistent.sock",
+    ]);
+    assert!(!ok && err.contains("no node plugin answers"), "{err}");
+
+    // Metrics: counters that match the traffic above.
+    let node_metrics = scrape(local.ready["nodes"][0]["metrics"].as_str().unwrap());
+    assert_eq!(
+        counter(
+            &node_metrics,
+            "jax_csi_csi_requests_total",
+            &[("method", "NodeStageVolume"), ("code", "OK")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &node_metrics,
+            "jax_csi_csi_requests_total",
+            &[("method", "NodePublishVolume"), ("code", "OK")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &node_metrics,
+            "jax_csi_csi_requests_total",
+            &[("method", "AdminRestore"), ("code", "OK")]
+        ),
+        1.0
+    );
+    assert!(counter(&node_metrics, "jax_csi_fuse_written_bytes_total", &[]) >= 19.0);
+    assert!(counter(&node_metrics, "jax_csi_fuse_read_bytes_total", &[]) >= 14.0);
+    assert!(counter(&node_metrics, "jax_csi_fuse_ops_total", &[("op", "write")]) >= 2.0);
+    assert!(counter(&node_metrics, "jax_csi_commits_total", &[("result", "ok")]) >= 3.0);
+    assert_eq!(
+        counter(&node_metrics, "jax_csi_mounts", &[("status", "running")]),
+        1.0
+    );
+    assert!(
+        histogram_count(
+            &node_metrics,
+            "jax_csi_fuse_op_duration_seconds",
+            &[("op", "write")]
+        ) >= 2
+    );
+    let ctl_metrics = scrape(local.ready["controller_metrics"].as_str().unwrap());
+    assert_eq!(
+        counter(
+            &ctl_metrics,
+            "jax_csi_csi_requests_total",
+            &[("method", "CreateVolume"), ("code", "OK")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &ctl_metrics,
+            "jax_csi_csi_requests_total",
+            &[("method", "CreateVolume"), ("code", "INVALID_ARGUMENT")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        histogram_count(
+            &ctl_metrics,
+            "jax_csi_csi_request_duration_seconds",
+            &[("method", "CreateVolume")]
+        ),
+        2
+    );
+    local.stop();
+}
+
+/// GET an `http://127.0.0.1:port/metrics` URL and parse the exposition.
+fn scrape(url: &str) -> prometheus_parse::Scrape {
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "{head}"
+    );
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap()
+}
+
+fn matching<'s>(
+    scrape: &'s prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Vec<&'s prometheus_parse::Sample> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .collect()
+}
+
+/// A counter's or gauge's value (0 when absent).
+fn counter(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    matching(scrape, name, labels)
+        .iter()
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            other => panic!("{name} is not a counter: {other:?}"),
+        })
+        .sum()
+}
+
+/// How many observations a histogram has.
+fn histogram_count(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> u64 {
+    matching(scrape, name, labels)
+        .iter()
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(buckets) => {
+                buckets.iter().map(|b| b.count).fold(0.0, f64::max) as u64
+            }
+            other => panic!("{name} is not a histogram: {other:?}"),
+        })
+        .sum()
+}
+
+/// `--log-format json`: every log line is a JSON object with a level and message.
+#[test]
+fn json_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let kek = dir.path().join("kek");
+    assert!(cli(&["kek", "generate", "--out", kek.to_str().unwrap()]).0);
+    let socket = dir.path().join("c.sock");
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "controller", "--endpoint"])
+        .arg(&socket)
+        .args([
+            "--database-url",
+            "postgres://nobody@127.0.0.1:1/none",
+            "--kek-file",
+        ])
+        .arg(&kek)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(30, "the controller serves", || socket.exists());
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    child.wait().unwrap();
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(err.contains("controller serving"), "{err}");
+}
