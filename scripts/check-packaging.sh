@@ -323,13 +323,10 @@ sc = one(docs, "StorageClass")
 if sc.get("allowVolumeExpansion") is not True or sc.get("reclaimPolicy") != "Delete" or sc.get("volumeBindingMode") != "Immediate":
     err("default.yaml: StorageClass settings")
 if sc.get("parameters", {}).get("chunkSize") != "1048576": err("default.yaml: chunkSize parameter")
-keeper = one(docs, "DaemonSet", "-fd-keeper")
-if keeper.get("spec", {}).get("updateStrategy", {}).get("type") != "OnDelete": err("default.yaml: fd-keeper not OnDelete")
-kargs = containers(keeper)["fd-keeper"]["args"] if keeper else []
-if kargs[:2] != ["fd-keeper", "--socket=/var/lib/jax-csi/handover.sock"]: err(f"default.yaml: fd-keeper args {kargs}")
-if pod(keeper).get("automountServiceAccountToken") is not False: err("default.yaml: fd-keeper has an API token")
+# The fd-keeper is off by default (the driver's side of the handover is not in this release).
+if [d for d in by_kind(docs, "DaemonSet") if d["metadata"]["name"].endswith("-fd-keeper")]: err("default.yaml: fd-keeper rendered by default")
 node = one(docs, "DaemonSet", "-node")
-if "--handover-socket=/var/lib/jax-csi/handover.sock" not in containers(node)["jax-csi"]["args"]: err("default.yaml: node lacks --handover-socket")
+if [a for a in containers(node)["jax-csi"]["args"] if a.startswith("--handover-socket")]: err("default.yaml: node given --handover-socket by default")
 if pod(node).get("hostNetwork"): err("default.yaml: hostNetwork on by default")
 
 # all-options.yaml
@@ -343,6 +340,13 @@ vac = one(docs, "VolumeAttributesClass")
 if vac.get("apiVersion") != "storage.k8s.io/v1beta1" or vac.get("driverName") != "csi.jax.dev": err("all-options.yaml: VolumeAttributesClass")
 ctl = containers(one(docs, "Deployment", "-controller"))
 if "csi-external-health-monitor-controller" not in ctl: err("all-options.yaml: no health monitor")
+keeper = one(docs, "DaemonSet", "-fd-keeper")
+if keeper.get("spec", {}).get("updateStrategy", {}).get("type") != "OnDelete": err("all-options.yaml: fd-keeper not OnDelete")
+kargs = containers(keeper)["fd-keeper"]["args"] if keeper else []
+if not kargs or kargs[0] != "fd-keeper" or not kargs[1].startswith("--socket="): err(f"all-options.yaml: fd-keeper args {kargs}")
+if pod(keeper).get("automountServiceAccountToken") is not False: err("all-options.yaml: fd-keeper has an API token")
+anode = one(docs, "DaemonSet", "-node")
+if kargs and ("--handover-socket=" + kargs[1].split("=", 1)[1]) not in containers(anode)["jax-csi"]["args"]: err("all-options.yaml: node lacks the keeper's --handover-socket")
 if "--feature-gates=CSIVolumeGroupSnapshot=true" not in ctl["csi-snapshotter"]["args"]: err("all-options.yaml: group snapshots gate")
 node = one(docs, "DaemonSet", "-node")
 if not pod(node).get("hostNetwork") or pod(node).get("dnsPolicy") != "ClusterFirstWithHostNet": err("all-options.yaml: hostNetwork/dnsPolicy")

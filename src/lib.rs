@@ -8,6 +8,7 @@ pub mod csi;
 pub mod db;
 pub mod durable;
 pub mod fuse;
+pub mod k8s;
 pub mod metrics;
 pub mod netns;
 pub mod progress;

@@ -26,6 +26,7 @@ pub const CONFLICTS: &str = "jax_csi_sync_conflicts_resolved_total";
 pub const MOUNTS: &str = "jax_csi_mounts";
 pub const GC_RECLAIMED_BYTES: &str = "jax_csi_gc_reclaimed_bytes_total";
 pub const GC_BLOBS_REMOVED: &str = "jax_csi_gc_blobs_removed_total";
+pub const ORPHANS: &str = "jax_csi_orphans_total";
 
 /// Latency buckets (seconds): 50 µs to 30 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -95,6 +96,10 @@ fn describe() {
         "Bytes freed by garbage collection"
     );
     describe_counter!(GC_BLOBS_REMOVED, "Blobs removed by garbage collection");
+    describe_counter!(
+        ORPHANS,
+        "Orphans found (volume without PV, target whose pod is gone) and removed, by kind and action"
+    );
 }
 
 /// One CSI request finished.
@@ -195,4 +200,15 @@ pub fn mounts(by_status: &[(&'static str, usize)]) {
 pub fn gc_reclaimed(blobs: usize, bytes: u64) {
     counter!(GC_BLOBS_REMOVED).increment(blobs as u64);
     counter!(GC_RECLAIMED_BYTES).increment(bytes);
+}
+
+/// The controller's sweep marked and deleted volumes without a PersistentVolume.
+pub fn orphans_found(marked: usize, deleted: usize) {
+    counter!(ORPHANS, "kind" => "volume", "action" => "found").increment(marked as u64);
+    counter!(ORPHANS, "kind" => "volume", "action" => "removed").increment(deleted as u64);
+}
+
+/// A node removed a pod target whose pod is gone.
+pub fn orphan_target_removed() {
+    counter!(ORPHANS, "kind" => "target", "action" => "removed").increment(1);
 }

@@ -42,6 +42,7 @@ pub fn bench_controller(dir: &Path, volumes: usize, list_volumes: usize) -> anyh
             kek: Kek::generate()?,
             node_id: "bench-controller".into(),
             db_timeout: Duration::from_secs(10),
+            orphans: None,
         };
         let server = tokio::spawn(run_controller(cfg, async {
             let _ = stop_rx.await;

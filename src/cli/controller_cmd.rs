@@ -29,6 +29,18 @@ pub struct ControllerArgs {
     /// Serve Prometheus metrics at `http://ADDR/metrics` (e.g. 0.0.0.0:9808); off when unset.
     #[arg(long, env = "JAX_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// The Kubernetes API: `auto` (in-cluster when run in a pod, none
+    /// otherwise), `off`, or a URL. With it the leader sweeps volumes that
+    /// no PersistentVolume names.
+    #[arg(long, env = "JAX_KUBERNETES", default_value = "auto")]
+    kubernetes: jax_csi::k8s::ApiTarget,
+    /// Seconds a volume may go without a PersistentVolume before the
+    /// orphan sweep deletes it.
+    #[arg(long, default_value_t = 3600)]
+    orphan_grace_secs: u64,
+    /// Seconds between orphan sweeps.
+    #[arg(long, default_value_t = 300)]
+    orphan_scan_secs: u64,
 }
 
 pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
@@ -41,6 +53,16 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| "controller".into())
     });
     let rt = tokio::runtime::Runtime::new()?;
+    let orphans = {
+        let _in_runtime = rt.enter();
+        jax_csi::k8s::client(&args.kubernetes)
+            .context("connecting to the Kubernetes API")?
+            .map(|client| jax_csi::csi::run::OrphanSweep {
+                client,
+                grace: Duration::from_secs(args.orphan_grace_secs),
+                every: Duration::from_secs(args.orphan_scan_secs.max(1)),
+            })
+    };
     if let Some(addr) = args.metrics_addr {
         let _in_runtime = rt.enter();
         jax_csi::metrics::serve(addr)?;
@@ -52,6 +74,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
             kek,
             node_id,
             db_timeout: Duration::from_millis(args.db_timeout_ms),
+            orphans,
         },
         shutdown_signal(),
     ))

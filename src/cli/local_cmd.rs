@@ -131,6 +131,7 @@ fn controller_spec(layout: &Layout, pg: &EmbeddedPostgres, metrics: u16) -> Chil
         format!("--database-url={}", pg.database_url()).into(),
         format!("--kek-file={}", layout.kek().display()).into(),
         "--node-id=local-controller".into(),
+        "--kubernetes=off".into(),
         format!("--metrics-addr=127.0.0.1:{metrics}").into(),
     ];
     ChildSpec {
@@ -155,6 +156,7 @@ fn node_spec(
         format!("--database-url={}", pg.database_url()).into(),
         format!("--kek-file={}", layout.kek().display()).into(),
         format!("--kubelet-dir={}", layout.kubelet().display()).into(),
+        "--kubernetes=off".into(),
         format!("--listen=127.0.0.1:{}", ports.sync).into(),
         format!("--metrics-addr=127.0.0.1:{}", ports.metrics).into(),
     ];

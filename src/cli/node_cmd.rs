@@ -71,6 +71,17 @@ pub struct NodeArgs {
     /// Seconds between comparisons of heads with every peer (anti-entropy).
     #[arg(long, default_value_t = 5)]
     anti_entropy_secs: u64,
+    /// The Kubernetes API: `auto` (in-cluster when run in a pod, none
+    /// otherwise), `off`, or a URL. With it the node records its labels,
+    /// posts Events on claims and pods, and removes targets whose pod is gone.
+    #[arg(long, env = "JAX_KUBERNETES", default_value = "auto")]
+    kubernetes: jax_csi::k8s::ApiTarget,
+    /// Seconds a target's pod must be gone before the target is removed.
+    #[arg(long, default_value_t = 300)]
+    orphan_grace_secs: u64,
+    /// Seconds between checks of the targets' pods.
+    #[arg(long, default_value_t = 60)]
+    orphan_scan_secs: u64,
 }
 
 pub fn run(cli: NodeCli) -> anyhow::Result<()> {
@@ -82,6 +93,16 @@ pub fn run(cli: NodeCli) -> anyhow::Result<()> {
     let socket = parse_endpoint(&args.endpoint.expect(required))?;
     let kek = Kek::from_file(&args.kek_file.expect(required)).context("reading the KEK file")?;
     let rt = tokio::runtime::Runtime::new()?;
+    let k8s = {
+        let _in_runtime = rt.enter();
+        jax_csi::k8s::client(&args.kubernetes)
+            .context("connecting to the Kubernetes API")?
+            .map(|client| jax_csi::csi::node_k8s::NodeK8s {
+                client,
+                orphan_grace: Duration::from_secs(args.orphan_grace_secs),
+                orphan_every: Duration::from_secs(args.orphan_scan_secs.max(1)),
+            })
+    };
     if let Some(addr) = args.metrics_addr {
         let _in_runtime = rt.enter();
         jax_csi::metrics::serve(addr)?;
@@ -101,6 +122,7 @@ pub fn run(cli: NodeCli) -> anyhow::Result<()> {
             sync_listen: args.listen,
             advertise_ip: args.advertise_ip,
             anti_entropy: Duration::from_secs(args.anti_entropy_secs.max(1)),
+            k8s,
         },
         shutdown_signal(),
     ))

@@ -66,6 +66,11 @@ impl NodeService {
         }
     }
 
+    /// The per-volume locks, for background work that changes mounts.
+    pub fn locks(&self) -> VolumeLocks {
+        self.locks.clone()
+    }
+
     fn path(&self, field: &str, value: &str) -> Result<PathBuf, Status> {
         check_path(field, value, self.kubelet_dir.as_deref())
     }
@@ -93,6 +98,17 @@ fn mount_status(e: MountError) -> Status {
         | MountError::UnmountFailed { .. }
         | MountError::Database(_) => Status::internal(e.to_string()),
     }
+}
+
+/// The pod kubelet publishes for (`podInfoOnMount: true` puts it in the
+/// volume context); `None` when it is not there.
+fn pod_of(context: &std::collections::HashMap<String, String>) -> Option<crate::fuse::PodRef> {
+    let get = |k: &str| context.get(&format!("csi.storage.k8s.io/{k}")).cloned();
+    Some(crate::fuse::PodRef {
+        namespace: get("pod.namespace")?,
+        name: get("pod.name")?,
+        uid: get("pod.uid").unwrap_or_default(),
+    })
 }
 
 /// Run blocking mount work off the async threads.
@@ -436,6 +452,7 @@ impl Node for NodeService {
                 }
                 return Ok(NodePublishVolumeResponse {});
             }
+            let pod = pod_of(&req.volume_context);
             let manager = self.manager.clone();
             let flags = ask.flags;
             blocking(move || {
@@ -445,6 +462,7 @@ impl Node for NodeService {
                         Target {
                             path: target.clone(),
                             read_only,
+                            pod,
                         },
                     )
                     .map_err(mount_status)?;

@@ -28,6 +28,19 @@ pub struct ControllerConfig {
     pub node_id: String,
     /// How long a request may wait for a database connection.
     pub db_timeout: Duration,
+    /// The leader's sweep of volumes no PersistentVolume names (with a
+    /// Kubernetes API server only).
+    pub orphans: Option<OrphanSweep>,
+}
+
+/// How the controller leader looks for orphaned volumes.
+#[derive(Clone)]
+pub struct OrphanSweep {
+    pub client: kube::Client,
+    /// How long a volume may go without a PersistentVolume before it is deleted.
+    pub grace: Duration,
+    /// How often to look.
+    pub every: Duration,
 }
 
 /// Serve Identity + Controller until `shutdown` resolves.
@@ -41,6 +54,7 @@ pub async fn run_controller(
         db.clone(),
         migrated.clone(),
         cfg.node_id.clone(),
+        cfg.orphans.clone(),
     ));
 
     let ready: ReadyCheck = {
@@ -88,7 +102,10 @@ pub async fn run_controller(
 /// Run migrations (retrying while Postgres is down), then take part in the
 /// leader election: one replica holds a Postgres advisory lock and does the
 /// background work; the others keep serving requests.
-async fn background(db: Db, migrated: Arc<AtomicBool>, me: String) {
+async fn background(db: Db, migrated: Arc<AtomicBool>, me: String, orphans: Option<OrphanSweep>) {
+    let tick = orphans.as_ref().map_or(Duration::from_secs(5), |o| {
+        o.every.min(Duration::from_secs(5))
+    });
     let mut delay = Duration::from_millis(200);
     loop {
         match db.migrate().await {
@@ -106,8 +123,9 @@ async fn background(db: Db, migrated: Arc<AtomicBool>, me: String) {
         match db.try_lead().await {
             Ok(Some(mut conn)) => {
                 tracing::info!(replica = %me, "became the controller leader");
+                let mut last_sweep: Option<tokio::time::Instant> = None;
                 loop {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    tokio::time::sleep(tick).await;
                     if sqlx::query("SELECT 1").execute(&mut *conn).await.is_err() {
                         tracing::warn!(replica = %me, "lost the leader lock's connection");
                         break;
@@ -119,6 +137,25 @@ async fn background(db: Db, migrated: Arc<AtomicBool>, me: String) {
                         }
                         Ok(_) => {}
                         Err(e) => tracing::debug!(error = %e, "gc bookkeeping"),
+                    }
+                    if let Some(o) = &orphans {
+                        if last_sweep.is_none_or(|t| t.elapsed() >= o.every) {
+                            last_sweep = Some(tokio::time::Instant::now());
+                            match crate::k8s::orphans::sweep_volumes(&o.client, &db, o.grace).await
+                            {
+                                Ok(s) if !s.deleted.is_empty() || !s.marked.is_empty() => {
+                                    crate::metrics::orphans_found(s.marked.len(), s.deleted.len());
+                                    tracing::info!(
+                                        marked = s.marked.len(),
+                                        cleared = s.cleared,
+                                        deleted = s.deleted.len(),
+                                        "orphan sweep"
+                                    );
+                                }
+                                Ok(_) => {}
+                                Err(e) => tracing::warn!(error = %e, "orphan sweep skipped"),
+                            }
+                        }
                     }
                 }
             }
@@ -153,6 +190,8 @@ pub struct NodeConfig {
     pub advertise_ip: Option<std::net::IpAddr>,
     /// How often heads are compared with every peer.
     pub anti_entropy: Duration,
+    /// Kubernetes: node labels, Events, orphaned targets (with an API server only).
+    pub k8s: Option<super::node_k8s::NodeK8s>,
 }
 
 /// The `ip:port` addresses to register for a sync endpoint bound to `bound`.
@@ -291,6 +330,31 @@ pub async fn run_node(
         cfg.kubelet_dir.clone(),
         sync.clone(),
     );
+    if let Some(k) = &cfg.k8s {
+        let recorder = Arc::new(crate::k8s::events::Recorder::new(
+            k.client.clone(),
+            "jax-csi-node",
+            &cfg.node_id,
+        ));
+        tasks.push(tokio::spawn(super::node_k8s::label_node(
+            k.client.clone(),
+            db.clone(),
+            cfg.node_id.clone(),
+        )));
+        tasks.push(tokio::spawn(super::node_k8s::post_events(
+            recorder,
+            db.clone(),
+            manager.clone(),
+            manager.subscribe_notices(),
+        )));
+        tasks.push(tokio::spawn(super::node_k8s::sweep_targets(
+            k.client.clone(),
+            manager.clone(),
+            node.locks(),
+            k.orphan_grace,
+            k.orphan_every,
+        )));
+    }
     tracing::info!(socket = %cfg.socket.display(), node = %cfg.node_id, "node serving");
     let served = Server::builder()
         .add_service(IdentityServer::new(IdentityService::new(false, ready)))

@@ -7,6 +7,7 @@
 //! concurrent controller replicas consistent.
 
 pub mod embedded;
+mod k8s_records;
 pub mod operator;
 mod records;
 

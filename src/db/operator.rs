@@ -48,6 +48,8 @@ pub struct NodeView {
     /// Versions behind the newest head any node reported, summed over the
     /// volumes it holds (0: in sync with every peer).
     pub versions_behind: i64,
+    /// The node's Kubernetes labels, JSON (`{}` outside Kubernetes).
+    pub labels: String,
 }
 
 /// A mount record of one node.
@@ -125,7 +127,8 @@ impl Db {
             "SELECT n.id, n.endpoint_id, n.addresses, n.max_volumes, n.capacity_bytes, n.free_bytes, \
                     {} AS last_seen_secs, \
                     COUNT(h.volume_id) AS volumes_held, \
-                    COALESCE(SUM(best.height - h.height), 0)::BIGINT AS versions_behind \
+                    COALESCE(SUM(best.height - h.height), 0)::BIGINT AS versions_behind, \
+                    n.labels \
              FROM nodes n \
              LEFT JOIN bucket_heads h ON h.node_id = n.id AND h.volume_id IN (SELECT id FROM volumes) \
              LEFT JOIN (SELECT volume_id, MAX(height) AS height FROM bucket_heads GROUP BY volume_id) best \

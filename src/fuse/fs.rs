@@ -98,7 +98,13 @@ impl JaxFs {
     /// Run `f` on the locked Mount.
     fn with<T>(&self, f: impl FnOnce(&mut Mount) -> crate::bucket::Result<T>) -> Result<T, Errno> {
         let mut m = self.live.lock();
-        f(&mut m).map_err(|e| errno_of("fuse", &e))
+        f(&mut m).map_err(|e| {
+            if matches!(e, crate::bucket::BucketError::QuotaExceeded { .. }) {
+                drop(m);
+                self.live.quota_reached();
+            }
+            errno_of("fuse", &e)
+        })
     }
 
     /// Run a mutating `f`, and tell the committer on success.

@@ -21,6 +21,10 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Called after every commit (to report the new head, notify peers, …).
 pub type CommitHook = Box<dyn Fn(Saved) + Send + Sync>;
+/// Called when a write is refused because the volume is full.
+pub type QuotaHook = Box<dyn Fn() + Send + Sync>;
+/// A full volume is reported at most this often.
+const QUOTA_NOTICE_EVERY: Duration = Duration::from_secs(300);
 
 #[derive(Default)]
 struct Pending {
@@ -38,6 +42,8 @@ struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
     on_commit: Mutex<Option<CommitHook>>,
+    /// The hook, and when it last ran.
+    on_quota: Mutex<(Option<QuotaHook>, Option<Instant>)>,
     debounce: Duration,
 }
 
@@ -55,6 +61,7 @@ impl LiveMount {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
             on_commit: Mutex::new(None),
+            on_quota: Mutex::new((None, None)),
             debounce,
         });
         let worker = shared.clone();
@@ -88,6 +95,23 @@ impl LiveMount {
     /// Set the hook run after each commit.
     pub fn set_commit_hook(&self, hook: CommitHook) {
         *self.shared.on_commit.lock().unwrap() = Some(hook);
+    }
+
+    /// Set the hook run when writes fail because the volume is full.
+    pub fn set_quota_hook(&self, hook: QuotaHook) {
+        self.shared.on_quota.lock().unwrap().0 = Some(hook);
+    }
+
+    /// A write failed on the quota: tell the hook (rate-limited).
+    pub fn quota_reached(&self) {
+        let mut q = self.shared.on_quota.lock().unwrap();
+        if q.1.is_some_and(|t| t.elapsed() < QUOTA_NOTICE_EVERY) {
+            return;
+        }
+        q.1 = Some(Instant::now());
+        if let Some(hook) = &q.0 {
+            hook();
+        }
     }
 
     /// Note a change: the committer writes a version once writes pause.

@@ -10,5 +10,7 @@ pub mod session;
 
 pub use fs::{FsOptions, JaxFs};
 pub use live::LiveMount;
-pub use mount_manager::{MountError, MountManager, MountOptions, MountRecord, MountStatus, Target};
+pub use mount_manager::{
+    MountError, MountManager, MountOptions, MountRecord, MountStatus, Notice, PodRef, Target,
+};
 pub use session::{mount, FuseSession, SessionOptions};

@@ -76,6 +76,18 @@ impl Default for MountOptions {
 pub struct Target {
     pub path: PathBuf,
     pub read_only: bool,
+    /// The pod it was published for (kubelet passes it: `podInfoOnMount`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+}
+
+/// A pod, as NodePublishVolume's volume context names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub uid: String,
 }
 
 /// A mount record, as kept on disk and in Postgres.
@@ -96,6 +108,24 @@ pub struct MountUpdate {
     pub auto_mount: Option<bool>,
     pub cache_chunks: Option<usize>,
     pub cache_ttl_ms: Option<u64>,
+}
+
+/// What users should hear of (the node turns these into Kubernetes Events
+/// on the claim and its pods).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// Concurrent edits from another node were kept as conflict copies.
+    ConflictsResolved { volume_id: String, copies: usize },
+    /// A volume's mount came back after the node plugin restarted.
+    MountRecovered { volume_id: String },
+    /// A write failed: the volume is full.
+    QuotaReached { volume_id: String },
+    /// A pod's target was unmounted because its pod no longer exists.
+    TargetRemoved {
+        volume_id: String,
+        path: PathBuf,
+        pod: Option<PodRef>,
+    },
 }
 
 /// What subscribers of [`MountManager::subscribe_sync_events`] hear.
@@ -181,6 +211,7 @@ pub struct MountManager {
     records_path: PathBuf,
     inner: Arc<Mutex<Inner>>,
     events: broadcast::Sender<SyncEvent>,
+    notices: broadcast::Sender<Notice>,
     mirror: Option<mpsc::UnboundedSender<MountRecord>>,
     debounce: Duration,
     remote: Arc<Mutex<Option<RemoteProvider>>>,
@@ -223,6 +254,7 @@ impl MountManager {
                 busy: Default::default(),
             })),
             events: broadcast::channel(256).0,
+            notices: broadcast::channel(64).0,
             mirror,
             debounce: DEFAULT_DEBOUNCE,
             remote: Arc::new(Mutex::new(None)),
@@ -440,6 +472,13 @@ impl MountManager {
             });
         });
         live.set_commit_hook(hook);
+        let notices = self.notices.clone();
+        let volume = rec.volume_id.clone();
+        live.set_quota_hook(Box::new(move || {
+            let _ = notices.send(Notice::QuotaReached {
+                volume_id: volume.clone(),
+            });
+        }));
         let opts = SessionOptions {
             fs_name: session::source_of(&rec.volume_id),
             read_only: rec.options.read_only,
@@ -549,6 +588,9 @@ impl MountManager {
                 failed.push((rec.volume_id.clone(), e));
                 continue;
             }
+            let _ = self.notices.send(Notice::MountRecovered {
+                volume_id: rec.volume_id.clone(),
+            });
             for t in &rec.targets {
                 if let Err(e) = bind_target(&rec.mount_point, t) {
                     tracing::error!(volume = %rec.volume_id, target = %t.path.display(), error = %e, "re-binding a pod target failed");
@@ -569,6 +611,16 @@ impl MountManager {
             r.options.cache_chunks,
             Duration::from_millis(r.options.cache_ttl_ms),
         ))
+    }
+
+    /// What users should hear of: conflicts, recovered mounts, full volumes.
+    pub fn subscribe_notices(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    /// Tell subscribers of [`Self::subscribe_notices`] something.
+    pub fn notify(&self, notice: Notice) {
+        let _ = self.notices.send(notice);
     }
 
     pub fn subscribe_sync_events(&self) -> broadcast::Receiver<SyncEvent> {
@@ -637,6 +689,10 @@ impl MountManager {
         };
         if conflicts > 0 {
             crate::metrics::conflicts_resolved(conflicts);
+            let _ = self.notices.send(Notice::ConflictsResolved {
+                volume_id: volume_id.into(),
+                copies: conflicts,
+            });
             tracing::warn!(
                 volume = volume_id,
                 conflicts,

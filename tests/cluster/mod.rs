@@ -53,7 +53,18 @@ impl Cluster {
         wait_ready(&self.socket(n)).await
     }
 
+    /// [`Cluster::controller`] with extra arguments.
+    pub async fn controller_with(&mut self, n: usize, extra: &[&str]) -> Channel {
+        let child = self.spawn_with(n, extra);
+        self.controllers.push(child);
+        wait_ready(&self.socket(n)).await
+    }
+
     pub fn spawn(&self, n: usize) -> Child {
+        self.spawn_with(n, &[])
+    }
+
+    pub fn spawn_with(&self, n: usize, extra: &[&str]) -> Child {
         Command::new(env!("CARGO_BIN_EXE_jax-csi"))
             .args(["controller", "--endpoint"])
             .arg(format!("unix://{}", self.socket(n).display()))
@@ -65,6 +76,7 @@ impl Cluster {
                 "--db-timeout-ms",
                 "1000",
             ])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.log(n)).unwrap())
