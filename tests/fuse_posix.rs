@@ -9,7 +9,7 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -451,7 +451,42 @@ impl Rng {
     }
 }
 
+/// The type letter of what is at `p` (`ls -l` style), if anything.
+fn kind_at(p: &Path) -> Option<char> {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = fs::symlink_metadata(p).ok()?.file_type();
+    Some(if ft.is_dir() {
+        'd'
+    } else if ft.is_fifo() {
+        'p'
+    } else if ft.is_socket() {
+        's'
+    } else if ft.is_char_device() {
+        'c'
+    } else if ft.is_block_device() {
+        'b'
+    } else if ft.is_symlink() {
+        'l'
+    } else {
+        '-'
+    })
+}
+
+/// Open `p` without blocking on a FIFO (a writer with no reader gets ENXIO,
+/// a reader sees end of file), as both sides of the comparison must.
+fn open_nonblocking(p: &Path, write: bool, create: bool) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .create(create)
+        .truncate(create)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(p)
+}
+
 /// Apply one random operation under `root`; returns a comparable outcome.
+/// Device nodes are never opened (our mount is nodev, the reference may
+/// not be): an open-based operation on one reports only that it is one.
 fn random_op(root: &Path, op: u64, a: &str, b: &str, n: u64) -> String {
     let pa = root.join(a);
     let pb = root.join(b);
@@ -462,29 +497,45 @@ fn random_op(root: &Path, op: u64, a: &str, b: &str, n: u64) -> String {
             None => format!("error {:?}", e.kind()),
         },
     };
+    if matches!(op, 0 | 1 | 6 | 7) && matches!(kind_at(&pa), Some('c' | 'b')) {
+        return "device".into();
+    }
     outcome(match op {
-        0 => fs::write(&pa, pattern(n as usize, n as u8)).map(|_| String::new()),
-        1 => fs::read(&pa)
+        0 => open_nonblocking(&pa, true, true)
+            .and_then(|mut f| f.write_all(&pattern(n as usize, n as u8)))
+            .map(|_| String::new()),
+        1 => open_nonblocking(&pa, false, false)
+            .and_then(|mut f| {
+                let mut d = Vec::new();
+                f.read_to_end(&mut d)?;
+                Ok(d)
+            })
             .map(|d| format!("{} {:x}", d.len(), d.iter().map(|b| *b as u64).sum::<u64>())),
         2 => fs::create_dir(&pa).map(|_| String::new()),
         3 => fs::remove_file(&pa).map(|_| String::new()),
         4 => fs::remove_dir(&pa).map(|_| String::new()),
         5 => fs::rename(&pa, &pb).map(|_| String::new()),
-        6 => OpenOptions::new()
-            .write(true)
-            .open(&pa)
+        6 => open_nonblocking(&pa, true, false)
             .and_then(|f| f.set_len(n))
             .map(|_| String::new()),
-        7 => OpenOptions::new()
-            .write(true)
-            .open(&pa)
+        7 => open_nonblocking(&pa, true, false)
             .and_then(|mut f| {
                 f.seek(SeekFrom::Start(n))?;
                 f.write_all(b"patch")
             })
             .map(|_| String::new()),
-        8 => fs::metadata(&pa)
-            .map(|m| format!("{} {}", m.is_dir(), if m.is_dir() { 0 } else { m.len() })),
+        8 => fs::symlink_metadata(&pa).map(|m| {
+            let kind = kind_at(&pa).unwrap_or('?');
+            let len = if kind == '-' { m.len() } else { 0 };
+            format!("{kind} {len} {:o} {}", m.mode() & 0o7777, m.rdev())
+        }),
+        10 => mknod(&pa, libc::S_IFIFO | 0o640, 0)
+            .map(|_| String::new())
+            .map_err(std::io::Error::from_raw_os_error),
+        11 => std::os::unix::net::UnixListener::bind(&pa).map(|_| String::new()),
+        12 => mknod(&pa, libc::S_IFCHR | 0o600, libc::makedev(240, n as u32 % 4))
+            .map(|_| String::new())
+            .map_err(std::io::Error::from_raw_os_error),
         _ => fs::read_dir(&pa).map(|d| {
             let mut v: Vec<_> = d
                 .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -495,6 +546,8 @@ fn random_op(root: &Path, op: u64, a: &str, b: &str, n: u64) -> String {
     })
 }
 
+/// Every path under `root` with its content (files), or its kind, mode
+/// and device number (special files); directories as `None`.
 fn tree_of(root: &Path) -> Vec<(String, Option<Vec<u8>>)> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -507,11 +560,17 @@ fn tree_of(root: &Path) -> Vec<(String, Option<Vec<u8>>)> {
                 .unwrap()
                 .to_string_lossy()
                 .into_owned();
-            if e.file_type().unwrap().is_dir() {
-                out.push((rel, None));
-                stack.push(e.path());
-            } else {
-                out.push((rel, Some(fs::read(e.path()).unwrap())));
+            match kind_at(&e.path()) {
+                Some('d') => {
+                    out.push((rel, None));
+                    stack.push(e.path());
+                }
+                Some('-') => out.push((rel, Some(fs::read(e.path()).unwrap()))),
+                kind => {
+                    let m = fs::symlink_metadata(e.path()).unwrap();
+                    let desc = format!("{kind:?} {:o} {}", m.mode() & 0o7777, m.rdev());
+                    out.push((rel, Some(desc.into_bytes())));
+                }
             }
         }
     }
@@ -536,19 +595,28 @@ fn random_operations_match_a_plain_directory() {
         "a", "b", "d1", "d1/a", "d1/b", "d2", "d2/x", "d1/d3", "d1/d3/y",
     ];
     let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let mut succeeded = std::collections::BTreeSet::new();
     for step in 0..600 {
-        let op = rng.below(10);
+        let op = rng.below(13);
         let a = names[rng.below(names.len() as u64) as usize];
         let b = names[rng.below(names.len() as u64) as usize];
         let n = rng.below(12_000);
         let ours = random_op(&t.mnt, op, a, b, n);
         let theirs = random_op(reference.path(), op, a, b, n);
         assert_eq!(ours, theirs, "step {step}: op {op} {a} {b} {n}");
+        if ours.starts_with("ok") {
+            succeeded.insert(op);
+        }
         if step % 150 == 149 {
             t.remount(false);
         }
     }
     assert_eq!(tree_of(&t.mnt), tree_of(reference.path()));
+    assert_eq!(
+        succeeded.len(),
+        13,
+        "every kind of operation succeeded at least once: {succeeded:?}"
+    );
 }
 
 #[test]
@@ -617,4 +685,141 @@ fn an_open_file_survives_unlink_until_closed() {
         .map(|(p, _)| p)
         .collect();
     assert_eq!(names, ["/tmp.bin"]);
+}
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+/// mknod(2) at `p`; the errno on failure.
+fn mknod(p: &Path, mode: libc::mode_t, dev: libc::dev_t) -> Result<(), i32> {
+    let c = cstr(p);
+    if unsafe { libc::mknod(c.as_ptr(), mode, dev) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    }
+}
+
+/// FIFOs pipe through the kernel, unix sockets bind and connect on a path
+/// in the volume, device nodes keep their numbers, and all of them persist
+/// as what they are across a remount.
+#[test]
+fn fifos_sockets_and_device_nodes() {
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let mut t = mount_bucket(BucketOptions::default());
+    fs::set_permissions(t.p(""), fs::Permissions::from_mode(0o777)).unwrap();
+
+    // A FIFO: a writer thread and a reader meet in the kernel's pipe.
+    mknod(&t.p("pipe"), libc::S_IFIFO | 0o644, 0).unwrap();
+    let path = t.p("pipe");
+    let writer = std::thread::spawn(move || {
+        let mut f = OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all(b"through the pipe").unwrap();
+    });
+    let mut got = String::new();
+    File::open(t.p("pipe"))
+        .unwrap()
+        .read_to_string(&mut got)
+        .unwrap();
+    writer.join().unwrap();
+    assert_eq!(got, "through the pipe");
+    // Non-blocking opens behave as on any FIFO: a writer with no reader
+    // gets ENXIO.
+    let nonblock_write = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(t.p("pipe"));
+    assert_eq!(errno(nonblock_write), libc::ENXIO);
+    // truncate(2) of anything but a regular file is EINVAL.
+    let c = cstr(&t.p("pipe"));
+    assert_eq!(unsafe { libc::truncate(c.as_ptr(), 0) }, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EINVAL)
+    );
+
+    // A unix socket bound in the volume, as a server sharing it with a sidecar.
+    let listener = UnixListener::bind(t.p("server.sock")).unwrap();
+    let sock_path = t.p("server.sock");
+    let client = std::thread::spawn(move || {
+        let mut s = UnixStream::connect(sock_path).unwrap();
+        s.write_all(b"ping").unwrap();
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).unwrap();
+        back
+    });
+    let (mut conn, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 4];
+    conn.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    conn.write_all(b"pong").unwrap();
+    assert_eq!(&client.join().unwrap(), b"pong");
+    drop(listener);
+    assert_eq!(errno(File::open(t.p("server.sock"))), libc::ENXIO);
+
+    // Device nodes: root may make them (metadata only); the mount is
+    // nodev, so opening one is refused and never reaches a device.
+    let dev = libc::makedev(240, 7);
+    mknod(&t.p("chr"), libc::S_IFCHR | 0o600, dev).unwrap();
+    mknod(&t.p("blk"), libc::S_IFBLK | 0o600, libc::makedev(241, 3)).unwrap();
+    assert_eq!(errno(File::open(t.p("chr"))), libc::EACCES);
+    // An unprivileged user makes FIFOs and sockets but no devices.
+    let (ok, err) = as_user(&t.mnt, "mkfifo user-pipe");
+    assert!(ok, "{err}");
+    let (ok, err) = as_user(&t.mnt, "mknod user-chr c 240 8");
+    assert!(!ok && err.contains("Operation not permitted"), "{err}");
+    // chmod, chown and rename work on every kind.
+    fs::set_permissions(t.p("pipe"), fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(t.p("chr"), Some(7), Some(8)).unwrap();
+    fs::rename(t.p("blk"), t.p("blk2")).unwrap();
+
+    let check = |t: &Mounted| {
+        let md = fs::symlink_metadata(t.p("pipe")).unwrap();
+        assert!(md.file_type().is_fifo());
+        assert_eq!(md.mode() & 0o7777, 0o600);
+        assert!(fs::symlink_metadata(t.p("server.sock"))
+            .unwrap()
+            .file_type()
+            .is_socket());
+        let chr = fs::symlink_metadata(t.p("chr")).unwrap();
+        assert!(chr.file_type().is_char_device());
+        assert_eq!((chr.rdev(), chr.uid(), chr.gid()), (dev, 7, 8));
+        let blk = fs::symlink_metadata(t.p("blk2")).unwrap();
+        assert!(blk.file_type().is_block_device());
+        assert_eq!(blk.rdev(), libc::makedev(241, 3));
+        assert_eq!(fs::symlink_metadata(t.p("user-pipe")).unwrap().uid(), 4242);
+        let mut kinds: Vec<String> = fs::read_dir(t.p(""))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let ft = e.file_type().unwrap();
+                let k = if ft.is_fifo() {
+                    "p"
+                } else if ft.is_socket() {
+                    "s"
+                } else if ft.is_char_device() {
+                    "c"
+                } else if ft.is_block_device() {
+                    "b"
+                } else {
+                    "?"
+                };
+                format!("{k}{}", e.file_name().to_string_lossy())
+            })
+            .collect();
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            ["bblk2", "cchr", "ppipe", "puser-pipe", "sserver.sock"]
+        );
+    };
+    check(&t);
+    t.remount(false);
+    check(&t);
+    // Unlinking removes the node; the pipe's name can be reused by a file.
+    fs::remove_file(t.p("pipe")).unwrap();
+    fs::write(t.p("pipe"), b"now a file").unwrap();
+    assert_eq!(fs::read(t.p("pipe")).unwrap(), b"now a file");
 }

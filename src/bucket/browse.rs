@@ -115,13 +115,9 @@ pub fn list_dir(m: &mut Mount, path: &str) -> Result<Vec<Listed>> {
     Ok(out)
 }
 
-/// The kind's name in listings ("file", "dir", "symlink").
+/// The kind's name in listings ("file", "dir", "symlink", "fifo", ...).
 pub fn kind_name(kind: FileKind) -> &'static str {
-    match kind {
-        FileKind::File => "file",
-        FileKind::Dir => "dir",
-        FileKind::Symlink => "symlink",
-    }
+    kind.name()
 }
 
 #[cfg(test)]

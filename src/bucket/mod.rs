@@ -39,7 +39,7 @@ pub use names::{validate_name, NAME_MAX};
 pub use ops::{Op, OpRecord, OpsLog};
 pub use replica::{DirContents, DirRef, ProofKey};
 pub use retention::Retention;
-pub use tree::Timestamp;
+pub use tree::{SpecialKind, Timestamp};
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};

@@ -21,7 +21,9 @@ use super::error::{BucketError, Result};
 use super::manifest::{Manifest, ManifestBody};
 use super::names::validate_name;
 use super::ops::{Op, OpsLog};
-use super::tree::{fresh_ino, DirNode, Entry, EntryKind, KeyBytes, Link, Meta, Timestamp};
+use super::tree::{
+    fresh_ino, DirNode, Entry, EntryKind, KeyBytes, Link, Meta, SpecialKind, Timestamp,
+};
 use super::BucketCore;
 use crate::crypto::{KeyShare, NodeId};
 use crate::store::Hash;
@@ -41,6 +43,49 @@ pub enum FileKind {
     File,
     Dir,
     Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl FileKind {
+    /// The kind's name in listings ("file", "dir", "fifo", ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            FileKind::File => "file",
+            FileKind::Dir => "dir",
+            FileKind::Symlink => "symlink",
+            FileKind::Fifo => "fifo",
+            FileKind::Socket => "socket",
+            FileKind::CharDevice => "char-device",
+            FileKind::BlockDevice => "block-device",
+        }
+    }
+
+    /// The type letter `ls -l` shows.
+    pub fn ls_char(self) -> char {
+        match self {
+            FileKind::File => '-',
+            FileKind::Dir => 'd',
+            FileKind::Symlink => 'l',
+            FileKind::Fifo => 'p',
+            FileKind::Socket => 's',
+            FileKind::CharDevice => 'c',
+            FileKind::BlockDevice => 'b',
+        }
+    }
+}
+
+impl From<SpecialKind> for FileKind {
+    fn from(k: SpecialKind) -> Self {
+        match k {
+            SpecialKind::Fifo => FileKind::Fifo,
+            SpecialKind::Socket => FileKind::Socket,
+            SpecialKind::CharDevice => FileKind::CharDevice,
+            SpecialKind::BlockDevice => FileKind::BlockDevice,
+        }
+    }
 }
 
 /// What `stat` shows of an inode.
@@ -54,6 +99,8 @@ pub struct Attr {
     pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Device number of a character or block device node (else 0).
+    pub rdev: u64,
     pub atime: SystemTime,
     pub mtime: SystemTime,
     pub ctime: SystemTime,
@@ -128,6 +175,12 @@ enum Body {
     File(FileData),
     Dir(DirData),
     Symlink(Vec<u8>),
+    /// A FIFO, socket or device node: metadata only, the kernel serves
+    /// opens of it (pipes, sockets) or refuses them (`nodev`).
+    Special {
+        kind: SpecialKind,
+        rdev: u64,
+    },
 }
 
 struct DirData {
@@ -155,6 +208,7 @@ impl Inode {
             Body::File(_) => FileKind::File,
             Body::Dir(_) => FileKind::Dir,
             Body::Symlink(_) => FileKind::Symlink,
+            Body::Special { kind, .. } => kind.into(),
         }
     }
 }
@@ -360,9 +414,14 @@ impl Mount {
         let cs = self.io.chunk_size;
         // A file or symlink has its one name, or none once it is an orphan.
         let links = u32::from(!self.orphans.contains(&ino));
+        let mut rdev = 0;
         let (size, nlink, bytes) = match &inode.body {
             Body::File(f) => (f.size, links, f.allocated(cs)),
             Body::Symlink(t) => (t.len() as u64, links, 0),
+            Body::Special { rdev: r, .. } => {
+                rdev = *r;
+                (0, links, 0)
+            }
             Body::Dir(d) => {
                 debug_assert_eq!(
                     d.subdirs as usize,
@@ -387,6 +446,7 @@ impl Mount {
             nlink,
             uid: inode.meta.uid,
             gid: inode.meta.gid,
+            rdev,
             atime: inode.meta.atime.into(),
             mtime: inode.meta.mtime.into(),
             ctime: inode.meta.ctime.into(),
@@ -440,7 +500,9 @@ impl Mount {
         {
             Body::File(f) => f.read_buf(io, offset, len as u64),
             Body::Dir(_) => Err(BucketError::IsADirectory),
-            Body::Symlink(_) => Err(BucketError::InvalidArgument("read of a symlink".into())),
+            Body::Symlink(_) | Body::Special { .. } => Err(BucketError::InvalidArgument(
+                "read of a symlink or special file".into(),
+            )),
         }
     }
 
@@ -538,6 +600,35 @@ impl Mount {
             Body::Symlink(target.to_vec()),
         )?;
         self.log(Op::Symlink {
+            path: self.path_of(ino),
+        });
+        self.getattr(ino)
+    }
+
+    /// Create a FIFO, socket or device node (what mknod(2) and a unix
+    /// socket's bind(2) make). `mode` holds permission bits only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mknod(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        kind: SpecialKind,
+        mode: u32,
+        rdev: u64,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        let rdev = match kind {
+            SpecialKind::CharDevice | SpecialKind::BlockDevice => rdev,
+            SpecialKind::Fifo | SpecialKind::Socket => 0,
+        };
+        let ino = self.add_entry(
+            parent,
+            name,
+            Meta::new(mode, uid, gid, self.writer()),
+            Body::Special { kind, rdev },
+        )?;
+        self.log(Op::Mknod {
             path: self.path_of(ino),
         });
         self.getattr(ino)
@@ -656,8 +747,10 @@ impl Mount {
             let current = match &self.inode(ino)?.body {
                 Body::File(f) => f.size,
                 Body::Dir(_) => return Err(BucketError::IsADirectory),
-                Body::Symlink(_) => {
-                    return Err(BucketError::InvalidArgument("truncate of a symlink".into()))
+                Body::Symlink(_) | Body::Special { .. } => {
+                    return Err(BucketError::InvalidArgument(
+                        "truncate of a symlink or special file".into(),
+                    ))
                 }
             };
             if size > super::chunks::MAX_FILE_SIZE {
@@ -725,8 +818,10 @@ impl Mount {
         let (before, after) = match &self.inode(ino)?.body {
             Body::File(f) => (f.allocated(cs), f.allocated_after_write(cs, offset, len)),
             Body::Dir(_) => return Err(BucketError::IsADirectory),
-            Body::Symlink(_) => {
-                return Err(BucketError::InvalidArgument("write to a symlink".into()))
+            Body::Symlink(_) | Body::Special { .. } => {
+                return Err(BucketError::InvalidArgument(
+                    "write to a symlink or special file".into(),
+                ))
             }
         };
         self.reserve(before, after)?;
@@ -852,6 +947,7 @@ impl Mount {
             let size = match &n.body {
                 Body::File(f) => f.size,
                 Body::Symlink(t) => t.len() as u64,
+                Body::Special { rdev, .. } => *rdev,
                 Body::Dir(d) => {
                     if let Some(c) = &d.children {
                         names.insert(*ino, c.clone());
@@ -1208,10 +1304,11 @@ impl Mount {
                     subdirs: 0,
                 }),
                 EntryKind::Symlink(t) => Body::Symlink(t),
-                EntryKind::Special { .. } | EntryKind::Shared => {
+                EntryKind::Special { kind, rdev } => Body::Special { kind, rdev },
+                EntryKind::Shared => {
                     return Err(BucketError::Format {
                         what: "directory node",
-                        reason: "special files and hard links need a newer jax-csi".into(),
+                        reason: "hard links need a newer jax-csi".into(),
                     })
                 }
             };
@@ -1455,6 +1552,10 @@ impl Mount {
             let kind = match &self.inodes[&child].body {
                 Body::File(f) => EntryKind::File(f.to_node()),
                 Body::Symlink(t) => EntryKind::Symlink(t.clone()),
+                Body::Special { kind, rdev } => EntryKind::Special {
+                    kind: *kind,
+                    rdev: *rdev,
+                },
                 Body::Dir(d) => {
                     let key = d.key.clone();
                     let hash = self.persist_dir(child)?;

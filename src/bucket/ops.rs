@@ -11,18 +11,52 @@ use super::tree::Timestamp;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Create { path: String },
-    Mkdir { path: String },
-    Symlink { path: String },
-    Write { path: String, offset: u64, len: u64 },
-    Truncate { path: String, size: u64 },
-    SetAttr { path: String },
-    SetXattr { path: String, name: String },
-    RemoveXattr { path: String, name: String },
-    Unlink { path: String },
-    Rmdir { path: String },
-    Rename { from: String, to: String },
-    Restore { version: String },
+    Create {
+        path: String,
+    },
+    Mkdir {
+        path: String,
+    },
+    Symlink {
+        path: String,
+    },
+    /// A FIFO, socket or device node.
+    Mknod {
+        path: String,
+    },
+    Write {
+        path: String,
+        offset: u64,
+        len: u64,
+    },
+    Truncate {
+        path: String,
+        size: u64,
+    },
+    SetAttr {
+        path: String,
+    },
+    SetXattr {
+        path: String,
+        name: String,
+    },
+    RemoveXattr {
+        path: String,
+        name: String,
+    },
+    Unlink {
+        path: String,
+    },
+    Rmdir {
+        path: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    Restore {
+        version: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

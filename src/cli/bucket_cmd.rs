@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use jax_csi::bucket::{path, BucketId, BucketOptions, FileKind, StateDir};
+use jax_csi::bucket::{path, BucketId, BucketOptions, StateDir};
 use jax_csi::crypto::Kek;
 use jax_csi::store::Hash;
 
@@ -98,11 +98,7 @@ pub fn run(args: BucketArgs) -> anyhow::Result<()> {
             let dir = path::resolve(&mut m, &p).with_context(|| format!("{p} in bucket {id}"))?;
             for e in m.readdir(dir)? {
                 let a = m.getattr(e.ino)?;
-                let kind = match a.kind {
-                    FileKind::Dir => 'd',
-                    FileKind::File => '-',
-                    FileKind::Symlink => 'l',
-                };
+                let kind = a.kind.ls_char();
                 writeln!(
                     out,
                     "{kind}{:o} {:>12} {}",

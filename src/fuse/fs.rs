@@ -20,7 +20,9 @@ use fuser::{
 
 use super::errno::errno_of;
 use super::live::LiveMount;
-use crate::bucket::{Attr, DirEntry, FileKind, Mount, RenameFlags, SetAttr, Timestamp, XattrFlags};
+use crate::bucket::{
+    Attr, DirEntry, FileKind, Mount, RenameFlags, SetAttr, SpecialKind, Timestamp, XattrFlags,
+};
 
 /// Largest write the kernel sends in one request: whole 1 MiB chunks.
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -195,6 +197,10 @@ fn file_type(kind: FileKind) -> FileType {
         FileKind::File => FileType::RegularFile,
         FileKind::Dir => FileType::Directory,
         FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -212,7 +218,8 @@ fn file_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        // The kernel's dev_t as mknod handed it over (a 32-bit encoding).
+        rdev: a.rdev as u32,
         blksize: BLOCK_SIZE,
         flags: 0,
     }
@@ -316,17 +323,31 @@ impl Filesystem for JaxFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
         let _op = crate::metrics::FuseOp::start("mknod");
-        // Buckets hold regular files, directories and symlinks only.
-        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            return reply.error(Errno::EPERM);
-        }
+        let kind = match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => None,
+            libc::S_IFIFO => Some(SpecialKind::Fifo),
+            libc::S_IFSOCK => Some(SpecialKind::Socket),
+            libc::S_IFCHR => Some(SpecialKind::CharDevice),
+            libc::S_IFBLK => Some(SpecialKind::BlockDevice),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let perm = mode & !umask & 0o7777;
         let r = self.new_owner(req, parent).and_then(|(uid, gid, _)| {
-            self.change(pinned(|m| {
-                m.create(parent.0, name.as_bytes(), mode & !umask, uid, gid)
+            self.change(pinned(|m| match kind {
+                None => m.create(parent.0, name.as_bytes(), perm, uid, gid),
+                Some(kind) => m.mknod(
+                    parent.0,
+                    name.as_bytes(),
+                    kind,
+                    perm,
+                    u64::from(rdev),
+                    uid,
+                    gid,
+                ),
             }))
         });
         self.entry(reply, r)
