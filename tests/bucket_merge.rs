@@ -24,6 +24,7 @@ enum Edit {
     Delete { file: usize },
     Rename { from: usize, to: usize },
     RemoveDir { dir: usize },
+    Link { from: usize, to: usize },
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
@@ -34,6 +35,7 @@ fn edit() -> impl Strategy<Value = Edit> {
         2 => f.clone().prop_map(|file| Edit::Delete { file }),
         1 => (f.clone(), f.clone()).prop_map(|(from, to)| Edit::Rename { from, to }),
         1 => (0usize..3).prop_map(|dir| Edit::RemoveDir { dir }),
+        2 => (f.clone(), f.clone()).prop_map(|(from, to)| Edit::Link { from, to }),
     ]
 }
 
@@ -60,6 +62,13 @@ fn apply(m: &mut Mount, e: &Edit) {
             };
             let dn = FILES[to].rsplit('/').next().unwrap().as_bytes();
             let _ = m.rename(sp, sn, dp, dn, RenameFlags::default());
+        }
+        Edit::Link { from, to } => {
+            let (Ok(src), Ok(dp)) = (path::resolve(m, FILES[from]), dir_of(m, FILES[to])) else {
+                return;
+            };
+            let dn = FILES[to].rsplit('/').next().unwrap().as_bytes();
+            let _ = m.link(src, dp, dn);
         }
         Edit::RemoveDir { dir } => {
             let d = ["/d/f", "/e", "/d"][dir];

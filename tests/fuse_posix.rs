@@ -189,7 +189,8 @@ fn errno_semantics() {
     let long = "n".repeat(256);
     assert_eq!(errno(fs::write(t.p(&long), b"z")), libc::ENAMETOOLONG);
     fs::write(t.p(&"n".repeat(255)), b"ok").unwrap();
-    assert_eq!(errno(fs::hard_link(t.p("file"), t.p("hard"))), libc::EPERM);
+    assert_eq!(errno(fs::hard_link(t.p("dir"), t.p("hard"))), libc::EPERM);
+    assert_eq!(errno(fs::hard_link(t.p("file"), t.p("dir"))), libc::EEXIST);
     // rename(2) of a directory over a non-empty directory, and into itself.
     fs::create_dir(t.p("other")).unwrap();
     fs::write(t.p("other/f"), b"").unwrap();
@@ -527,8 +528,10 @@ fn random_op(root: &Path, op: u64, a: &str, b: &str, n: u64) -> String {
         8 => fs::symlink_metadata(&pa).map(|m| {
             let kind = kind_at(&pa).unwrap_or('?');
             let len = if kind == '-' { m.len() } else { 0 };
-            format!("{kind} {len} {:o} {}", m.mode() & 0o7777, m.rdev())
+            let nlink = if kind == 'd' { 0 } else { m.nlink() };
+            format!("{kind} {len} {:o} {} {nlink}", m.mode() & 0o7777, m.rdev())
         }),
+        13 => fs::hard_link(&pa, &pb).map(|_| String::new()),
         10 => mknod(&pa, libc::S_IFIFO | 0o640, 0)
             .map(|_| String::new())
             .map_err(std::io::Error::from_raw_os_error),
@@ -597,7 +600,7 @@ fn random_operations_match_a_plain_directory() {
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let mut succeeded = std::collections::BTreeSet::new();
     for step in 0..600 {
-        let op = rng.below(13);
+        let op = rng.below(14);
         let a = names[rng.below(names.len() as u64) as usize];
         let b = names[rng.below(names.len() as u64) as usize];
         let n = rng.below(12_000);
@@ -614,7 +617,7 @@ fn random_operations_match_a_plain_directory() {
     assert_eq!(tree_of(&t.mnt), tree_of(reference.path()));
     assert_eq!(
         succeeded.len(),
-        13,
+        14,
         "every kind of operation succeeded at least once: {succeeded:?}"
     );
 }
@@ -822,4 +825,58 @@ fn fifos_sockets_and_device_nodes() {
     fs::remove_file(t.p("pipe")).unwrap();
     fs::write(t.p("pipe"), b"now a file").unwrap();
     assert_eq!(fs::read(t.p("pipe")).unwrap(), b"now a file");
+}
+
+/// Hard links: `ln` gives a file a second name; both show one inode with
+/// nlink 2, a write through one reads through the other, removing one name
+/// leaves the other, and all of it persists across a remount.
+#[test]
+fn hard_links() {
+    let mut t = mount_bucket(BucketOptions::default());
+    fs::set_permissions(t.p(""), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::create_dir(t.p("d")).unwrap();
+    fs::write(t.p("orig"), b"first").unwrap();
+    fs::hard_link(t.p("orig"), t.p("d/second")).unwrap();
+    let (a, b) = (
+        fs::metadata(t.p("orig")).unwrap(),
+        fs::metadata(t.p("d/second")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+    OpenOptions::new()
+        .append(true)
+        .open(t.p("d/second"))
+        .unwrap()
+        .write_all(b" and more")
+        .unwrap();
+    assert_eq!(fs::read(t.p("orig")).unwrap(), b"first and more");
+    fs::set_permissions(t.p("orig"), fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(fs::metadata(t.p("d/second")).unwrap().mode() & 0o777, 0o640);
+    // A third name made by an unprivileged user of their own file.
+    let (ok, err) = as_user(&t.mnt, "echo mine > own && ln own own2 && stat -c %h own2");
+    assert!(ok, "{err}");
+    assert_eq!(fs::metadata(t.p("own")).unwrap().nlink(), 2);
+    fs::hard_link(t.p("orig"), t.p("third")).unwrap();
+    fs::remove_file(t.p("orig")).unwrap();
+    assert_eq!(fs::metadata(t.p("third")).unwrap().nlink(), 2);
+    // Renaming over another file replaces it; renaming one name over
+    // another of the same file does nothing (rename(2)).
+    fs::write(t.p("victim"), b"gone").unwrap();
+    fs::rename(t.p("third"), t.p("victim")).unwrap();
+    fs::rename(t.p("victim"), t.p("d/second")).unwrap();
+    assert!(t.p("victim").exists(), "same-file rename keeps both names");
+    File::open(t.p("victim")).unwrap().sync_all().unwrap();
+    t.remount(false);
+    let (a, b) = (
+        fs::metadata(t.p("d/second")).unwrap(),
+        fs::metadata(t.p("victim")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink(), b.nlink()), (b.ino(), 2, 2));
+    assert_eq!(fs::read(t.p("victim")).unwrap(), b"first and more");
+    assert_eq!(a.mode() & 0o777, 0o640);
+    // The last name goes: the file is gone.
+    fs::remove_file(t.p("victim")).unwrap();
+    assert_eq!(fs::metadata(t.p("d/second")).unwrap().nlink(), 1);
+    fs::remove_file(t.p("d/second")).unwrap();
+    fs::remove_dir(t.p("d")).unwrap();
+    t.fixture.bucket.verify().unwrap();
 }

@@ -85,6 +85,11 @@ async fn a_volume_is_one_across_two_nodes() {
     let big: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     fs::write(on_a.join("big.bin"), &big).unwrap();
     fs::write(on_a.join("hello.txt"), b"from a").unwrap();
+    // A hard link and a FIFO travel too (the link table is a node of its own).
+    fs::hard_link(on_a.join("hello.txt"), on_a.join("also-hello.txt")).unwrap();
+    let fifo =
+        std::ffi::CString::new(on_a.join("pipe").into_os_string().into_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     fsync(&on_a.join("big.bin"));
     fsync(&on_a.join("hello.txt"));
     // Wait until Postgres knows A's head (B looks for holders there).
@@ -96,6 +101,19 @@ async fn a_volume_is_one_across_two_nodes() {
     let on_b = publish(&c, &mut b, "b", &id).await;
     assert_eq!(fs::read(on_b.join("hello.txt")).unwrap(), b"from a");
     assert_eq!(fs::read(on_b.join("big.bin")).unwrap(), big);
+    {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let linked = fs::metadata(on_b.join("also-hello.txt")).unwrap();
+        assert_eq!(linked.nlink(), 2);
+        assert_eq!(
+            linked.ino(),
+            fs::metadata(on_b.join("hello.txt")).unwrap().ino()
+        );
+        assert!(fs::symlink_metadata(on_b.join("pipe"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
+    }
     // B writes: A sees it, and A's writes reach B.
     fs::write(on_b.join("from-b.txt"), b"hello from b").unwrap();
     fsync(&on_b.join("from-b.txt"));
@@ -107,6 +125,10 @@ async fn a_volume_is_one_across_two_nodes() {
     wait_for("A's change on B", || {
         fs::read(on_b.join("hello.txt")).ok().as_deref() == Some(b"changed on a")
     });
+    assert_eq!(
+        fs::read(on_b.join("also-hello.txt")).unwrap(),
+        b"changed on a"
+    );
     fs::remove_file(on_a.join("big.bin")).unwrap();
     fs::File::open(&on_a).unwrap().sync_all().unwrap();
     wait_for("the delete on B", || !on_b.join("big.bin").exists());

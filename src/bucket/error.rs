@@ -38,6 +38,8 @@ pub enum BucketError {
     /// The node's disk (or the file system under the state dir) is full.
     #[error("no space left on the node's disk: {0}")]
     NoSpace(String),
+    #[error("operation not permitted: {0}")]
+    NotPermitted(&'static str),
     #[error("not supported: {0}")]
     NotSupported(&'static str),
     #[error("unknown inode {0}")]

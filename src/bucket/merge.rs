@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::error::{BucketError, Result};
+use super::links;
 use super::mount::Mount;
 use super::tree::{derived_ino, DirNode, Entry, EntryKind, KeyBytes, Link, Meta, Timestamp};
 use super::BucketCore;
@@ -172,6 +173,7 @@ impl Mount {
             local_node.root_meta.as_ref(),
             remote_node.root_meta.as_ref(),
         );
+        ctx.merge_link_tables(base_node.as_ref(), &local_node, &remote_node, &mut merged)?;
         let mut report = ctx.report;
 
         let root_hash = merged.store(&core.store, &root_key)?;
@@ -240,7 +242,16 @@ fn totals(core: &BucketCore, root: &Link, cs: u64) -> Result<(u64, u64)> {
     let mut entries = 0;
     let mut stack = vec![root.clone()];
     while let Some(link) = stack.pop() {
-        for e in DirNode::load(&core.store, &link)?.entries {
+        let node = DirNode::load(&core.store, &link)?;
+        if let Some(table) = &node.links {
+            // Hard-linked files: their bytes count once, their names below.
+            for e in DirNode::load(&core.store, table)?.entries {
+                if let EntryKind::File(f) = e.kind {
+                    used += super::chunks::allocated(&f, cs);
+                }
+            }
+        }
+        for e in node.entries {
             entries += 1;
             match e.kind {
                 EntryKind::File(f) => used += super::chunks::allocated(&f, cs),
@@ -287,7 +298,14 @@ fn min_key(a: &KeyBytes, b: &KeyBytes) -> KeyBytes {
 }
 
 fn digest(entry: &Entry) -> Hash {
-    let bytes = postcard::to_stdvec(&(&entry.kind, &entry.meta)).unwrap_or_default();
+    // A hard link's entry is only its file's id: that is its content.
+    // (Other entries hash as before, so replicas of older versions agree.)
+    let bytes = if matches!(entry.kind, EntryKind::Shared) {
+        postcard::to_stdvec(&(&entry.kind, &entry.meta, entry.ino))
+    } else {
+        postcard::to_stdvec(&(&entry.kind, &entry.meta))
+    }
+    .unwrap_or_default();
     Hash::of(&bytes)
 }
 
@@ -348,6 +366,107 @@ fn join(dir: &str, name: &[u8]) -> String {
 }
 
 impl MergeCtx<'_> {
+    /// Merge the two sides' link tables into the merged root `merged`, and
+    /// count each shared file's names in the merged tree again. A file
+    /// one side changed while the other removed its last name is kept at
+    /// the root as `unlinked@<id>`.
+    fn merge_link_tables(
+        &mut self,
+        base: Option<&DirNode>,
+        local: &DirNode,
+        remote: &DirNode,
+        merged: &mut DirNode,
+    ) -> Result<()> {
+        if local.links.is_none() && remote.links.is_none() {
+            return Ok(());
+        }
+        let load = |n: Option<&DirNode>| -> Result<BTreeMap<u64, Entry>> {
+            match n.and_then(|n| n.links.as_ref()) {
+                Some(l) => Ok(links::by_ino(DirNode::load(self.store, l)?)),
+                None => Ok(BTreeMap::new()),
+            }
+        };
+        let base_table = load(base)?;
+        let resolver = self.resolver;
+        let resolve = |a: &Entry, b: &Entry| resolver.resolve(&side(a), &side(b));
+        let links::TableMerge {
+            entries: table,
+            conflicts,
+            losers,
+        } = links::merge_tables(
+            &base_table,
+            &load(Some(local))?,
+            &load(Some(remote))?,
+            &resolve,
+        );
+        for (id, kind) in conflicts {
+            self.report.conflicts.push(Conflict {
+                path: format!("<hard-linked file {id:016x}>"),
+                kept_as: None,
+                kind,
+            });
+        }
+        // A losing edit of a hard-linked file is kept as a file of its own.
+        for (id, loser) in losers {
+            let name = format!("conflict@{id:016x}@{}", digest(&loser).short()).into_bytes();
+            if merged.entries.iter().any(|e| e.name == name) {
+                continue;
+            }
+            if let Some(c) = self
+                .report
+                .conflicts
+                .iter_mut()
+                .find(|c| c.path.contains(&format!("{id:016x}")))
+            {
+                c.kept_as = Some(join("", &name));
+            }
+            let ino = derived_ino(&[b"link table conflict copy", &name]);
+            let (meta, _) = links::split_nlink(loser.meta);
+            merged.entries.push(Entry {
+                name,
+                ino,
+                meta,
+                kind: loser.kind,
+            });
+        }
+        let counts = links::count_names(self.store, merged)?;
+        let mut kept = BTreeMap::new();
+        for (id, entry) in table {
+            let names = counts.get(&id).copied().unwrap_or(0);
+            if names > 0 {
+                let meta = links::with_nlink(&entry.meta, names);
+                kept.insert(id, Entry { meta, ..entry });
+                continue;
+            }
+            let unchanged = base_table.get(&id).is_some_and(|b| {
+                links::split_nlink(b.meta.clone()).0 == entry.meta && b.kind == entry.kind
+            });
+            let name = format!("unlinked@{id:016x}").into_bytes();
+            if unchanged || merged.entries.iter().any(|e| e.name == name) {
+                continue;
+            }
+            self.report.conflicts.push(Conflict {
+                path: format!("<hard-linked file {id:016x}>"),
+                kept_as: Some(join("", &name)),
+                kind: ConflictKind::ChangedVsDeleted,
+            });
+            merged.entries.push(Entry { name, ..entry });
+        }
+        merged.entries.sort_by(|a, b| a.name.cmp(&b.name));
+        merged.links = if kept.is_empty() {
+            None
+        } else {
+            let key = match (&local.links, &remote.links) {
+                (Some(l), Some(r)) => min_key(&l.key, &r.key),
+                (Some(k), None) | (None, Some(k)) => k.key.clone(),
+                (None, None) => unreachable!("checked above"),
+            };
+            let hash = links::to_node(kept.into_values()).store(self.store, &key)?;
+            Some(Link { hash, key })
+        };
+        Ok(())
+    }
+
     fn merge_dirs(
         &mut self,
         path: &str,
@@ -404,8 +523,13 @@ impl MergeCtx<'_> {
             {
                 c.kept_as = Some(join(path, &copy));
             }
-            // The copy is a file of its own: a number both replicas derive alike.
-            let ino = derived_ino(&[b"conflict copy", path.as_bytes(), &copy, &digest(&entry).0]);
+            // The copy is a file of its own: a number both replicas derive
+            // alike (a hard link's copy is one more name of its file).
+            let ino = if matches!(entry.kind, EntryKind::Shared) {
+                entry.ino
+            } else {
+                derived_ino(&[b"conflict copy", path.as_bytes(), &copy, &digest(&entry).0])
+            };
             out.insert(
                 copy.clone(),
                 Entry {
@@ -449,12 +573,19 @@ impl MergeCtx<'_> {
                         self.merge_dir_entry(&full, base_dir, b, le, Some(ll), re, Some(rl))?;
                     Ok(Some(entry))
                 }
-                (lk, rk) if lk == rk => {
-                    // Same content, different metadata.
+                // Two names of different hard-linked files are different
+                // content, whatever the (empty) entries say.
+                (lk, rk) if lk == rk && (le.ino == re.ino || !matches!(lk, EntryKind::Shared)) => {
+                    // Same content, different metadata (or id): both
+                    // replicas pick the same.
                     self.report.conflicts.push(record(ConflictKind::Metadata));
                     let meta = merge_meta(b.map(|e| &e.meta), Some(&le.meta), Some(&re.meta))
                         .expect("both present");
-                    Ok(Some(Entry { meta, ..le.clone() }))
+                    Ok(Some(Entry {
+                        meta,
+                        ino: le.ino.min(re.ino),
+                        ..le.clone()
+                    }))
                 }
                 _ => {
                     let (winner, loser) = if le.kind.is_dir() != re.kind.is_dir() {

@@ -17,6 +17,7 @@ mod chunk_map;
 mod chunks;
 mod codec;
 mod error;
+mod links;
 mod manifest;
 mod merge;
 mod mount;
@@ -815,7 +816,10 @@ impl Bucket {
                     continue;
                 }
                 report.directories += 1;
-                for e in DirNode::load(&self.core.store, &link)?.entries {
+                let node = DirNode::load(&self.core.store, &link)?;
+                // The root's link table holds files like a directory does.
+                stack.extend(node.links);
+                for e in node.entries {
                     match e.kind {
                         EntryKind::File(f) => {
                             let key = f.key.key();

@@ -18,6 +18,7 @@ use std::time::SystemTime;
 
 use super::chunks::{ChunkIo, FileData, ReadBuf, SealedChunk};
 use super::error::{BucketError, Result};
+use super::links;
 use super::manifest::{Manifest, ManifestBody};
 use super::names::validate_name;
 use super::ops::{Op, OpsLog};
@@ -194,12 +195,23 @@ struct DirData {
 }
 
 struct Inode {
+    /// The entry's directory and name; for a file with several names, one
+    /// of them (the others are in `shared`).
     parent: Ino,
     name: Vec<u8>,
     meta: Meta,
     body: Body,
     /// For directories: the sealed node must be rewritten on save.
     dirty: bool,
+    /// Set for a file with several names (kept in the link table).
+    shared: Option<SharedNames>,
+}
+
+/// A hard-linked file's name count and the names of it loaded so far
+/// (names in directories not yet looked into are counted, not listed).
+struct SharedNames {
+    nlink: u32,
+    names: Vec<(Ino, Vec<u8>)>,
 }
 
 impl Inode {
@@ -239,6 +251,14 @@ pub struct Mount {
     orphans: HashSet<Ino>,
     /// Bytes held by orphans: not in any version, but on the quota.
     orphan_bytes: u64,
+    /// The link table (files with several names) by inode id, as last
+    /// loaded or saved; entries of loaded shared inodes are refreshed from
+    /// them when the table is written.
+    link_table: BTreeMap<Ino, Entry>,
+    /// Where the table was loaded from or last written.
+    links_stored: Option<Link>,
+    /// The table must be rewritten on save.
+    links_dirty: bool,
 }
 
 impl std::fmt::Debug for Mount {
@@ -278,6 +298,9 @@ impl Mount {
             pins: HashMap::new(),
             orphans: HashSet::new(),
             orphan_bytes: 0,
+            link_table: BTreeMap::new(),
+            links_stored: None,
+            links_dirty: false,
         };
         mount.install_root(root_link)?;
         Ok(mount)
@@ -290,6 +313,13 @@ impl Mount {
             what: "root directory node",
             reason: "missing root metadata".into(),
         })?;
+        let table = match &node.links {
+            Some(l) => links::by_ino(DirNode::load(&self.core.store, l)?),
+            None => BTreeMap::new(),
+        };
+        let old_table = std::mem::replace(&mut self.link_table, table);
+        let old_links = std::mem::replace(&mut self.links_stored, node.links.clone());
+        let old_links_dirty = std::mem::replace(&mut self.links_dirty, false);
         let mut old = std::mem::take(&mut self.inodes);
         // Directories the kernel may have looked into: loaded again below,
         // so the numbers it holds under them keep answering.
@@ -319,6 +349,7 @@ impl Mount {
                     subdirs: 0,
                 }),
                 dirty: false,
+                shared: None,
             },
         );
         if let Err(e) = self.fill_children(ROOT_INO, node) {
@@ -326,6 +357,9 @@ impl Mount {
             self.inodes.remove(&ROOT_INO);
             old.extend(self.inodes.drain());
             self.inodes = old;
+            self.link_table = old_table;
+            self.links_stored = old_links;
+            self.links_dirty = old_links_dirty;
             return Err(e);
         }
         let mut queue = vec![ROOT_INO];
@@ -412,8 +446,13 @@ impl Mount {
     pub fn getattr(&mut self, ino: Ino) -> Result<Attr> {
         let inode = self.inode(ino)?;
         let cs = self.io.chunk_size;
-        // A file or symlink has its one name, or none once it is an orphan.
-        let links = u32::from(!self.orphans.contains(&ino));
+        // A file has its names (one unless hard-linked), or none once it
+        // is an orphan.
+        let links = if self.orphans.contains(&ino) {
+            0
+        } else {
+            inode.shared.as_ref().map_or(1, |s| s.nlink)
+        };
         let mut rdev = 0;
         let (size, nlink, bytes) = match &inode.body {
             Body::File(f) => (f.size, links, f.allocated(cs)),
@@ -634,11 +673,118 @@ impl Mount {
         self.getattr(ino)
     }
 
-    /// Hard links need an inode shared by two directory entries, which the
-    /// tree format does not have yet.
-    pub fn link(&mut self, _ino: Ino, _new_parent: Ino, _new_name: &[u8]) -> Result<Attr> {
+    /// Give `ino` another name, `new_name` in `new_parent` (link(2)). The
+    /// file moves into the link table the first time it gets a second name.
+    pub fn link(&mut self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
         self.check_writable()?;
-        Err(BucketError::NotSupported("hard links"))
+        validate_name(new_name)?;
+        let inode = self.inode(ino)?;
+        if inode.kind() == FileKind::Dir {
+            return Err(BucketError::NotPermitted("hard links to directories"));
+        }
+        if self.orphans.contains(&ino) {
+            return Err(BucketError::NotFound);
+        }
+        if self.child(new_parent, new_name)?.is_some() {
+            return Err(BucketError::Exists);
+        }
+        if self.inodes[&ino].shared.is_none() {
+            // Its entry becomes a name of the table's file.
+            let inode = self.inodes.get_mut(&ino).expect("checked above");
+            inode.shared = Some(SharedNames {
+                nlink: 1,
+                names: vec![(inode.parent, inode.name.clone())],
+            });
+            let parent = inode.parent;
+            self.link_table.insert(
+                ino,
+                Entry {
+                    name: links::table_name(ino),
+                    ino,
+                    meta: inode.meta.clone(),
+                    kind: EntryKind::Shared,
+                },
+            );
+            self.mark_dirty(parent);
+        }
+        self.set_child(new_parent, new_name, ino);
+        let writer = self.writer();
+        let inode = self.inodes.get_mut(&ino).expect("checked above");
+        let shared = inode.shared.as_mut().expect("made shared above");
+        shared.nlink += 1;
+        shared.names.push((new_parent, new_name.to_vec()));
+        inode.meta.ctime = Timestamp::now();
+        inode.meta.writer = writer;
+        self.entries += 1;
+        self.touch_dir(new_parent);
+        self.links_changed();
+        let from = self.path_of(ino);
+        let to = format!(
+            "{}/{}",
+            self.path_of(new_parent).trim_end_matches('/'),
+            String::from_utf8_lossy(new_name)
+        );
+        self.log(Op::Link { from, to });
+        self.getattr(ino)
+    }
+
+    /// Remove the name `name` of `ino` from `dir`: one name of a hard-linked
+    /// file goes and the others stay; otherwise the inode goes (or becomes
+    /// an orphan while pinned).
+    fn remove_name(&mut self, dir: Ino, name: &[u8], ino: Ino) {
+        self.detach(dir, name);
+        let many = self.inodes[&ino]
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.nlink > 1);
+        if !many {
+            self.drop_subtree(ino);
+            return;
+        }
+        let writer = self.writer();
+        let inode = self.inodes.get_mut(&ino).expect("present");
+        let shared = inode.shared.as_mut().expect("checked above");
+        shared.nlink -= 1;
+        shared.names.retain(|(d, n)| !(*d == dir && n == name));
+        if inode.parent == dir && inode.name == name {
+            // Show it under a name it still has (if one is loaded; else the
+            // old one stays for logs until another is looked up).
+            if let Some((d, n)) = shared.names.first() {
+                inode.parent = *d;
+                inode.name = n.clone();
+            }
+        }
+        inode.meta.ctime = Timestamp::now();
+        inode.meta.writer = writer;
+        self.entries = self.entries.saturating_sub(1);
+        self.links_changed();
+    }
+
+    /// The name `(dir, name)` of `ino` is now `(new_dir, new_name)`.
+    fn move_name(&mut self, ino: Ino, dir: Ino, name: &[u8], new_dir: Ino, new_name: &[u8]) {
+        self.reparent(ino, new_dir, new_name);
+        let is_shared = self.inodes.get(&ino).is_some_and(|n| n.shared.is_some());
+        if is_shared {
+            let shared = self
+                .inodes
+                .get_mut(&ino)
+                .and_then(|n| n.shared.as_mut())
+                .expect("checked above");
+            for (d, n) in shared.names.iter_mut() {
+                if *d == dir && n == name {
+                    *d = new_dir;
+                    *n = new_name.to_vec();
+                }
+            }
+            self.links_changed();
+        }
+    }
+
+    /// A hard-linked file changed: the table is rewritten on save.
+    fn links_changed(&mut self) {
+        self.links_dirty = true;
+        self.changed = true;
+        self.mark_dirty(ROOT_INO);
     }
 
     pub fn unlink(&mut self, parent: Ino, name: &[u8]) -> Result<()> {
@@ -649,8 +795,7 @@ impl Mount {
             return Err(BucketError::IsADirectory);
         }
         let path = self.path_of(ino);
-        self.detach(parent, name);
-        self.drop_subtree(ino);
+        self.remove_name(parent, name, ino);
         self.touch_dir(parent);
         self.log(Op::Unlink { path });
         Ok(())
@@ -701,6 +846,10 @@ impl Mount {
         let from = self.path_of(src);
         if flags.exchange {
             let dst = dst.ok_or(BucketError::NotFound)?;
+            if dst == src {
+                // Two names of one hard-linked file: nothing to swap.
+                return Ok(());
+            }
             if self.inodes[&dst].kind() == FileKind::Dir && self.is_ancestor(dst, parent) {
                 return Err(BucketError::InvalidArgument(
                     "cannot move a directory into itself".into(),
@@ -708,8 +857,8 @@ impl Mount {
             }
             self.set_child(parent, name, dst);
             self.set_child(new_parent, new_name, src);
-            self.reparent(dst, parent, name);
-            self.reparent(src, new_parent, new_name);
+            self.move_name(dst, new_parent, new_name, parent, name);
+            self.move_name(src, parent, name, new_parent, new_name);
         } else {
             if let Some(dst) = dst {
                 if dst == src {
@@ -727,12 +876,11 @@ impl Mount {
                     }
                     _ => {}
                 }
-                self.detach(new_parent, new_name);
-                self.drop_subtree(dst);
+                self.remove_name(new_parent, new_name, dst);
             }
             self.detach(parent, name);
             self.set_child(new_parent, new_name, src);
-            self.reparent(src, new_parent, new_name);
+            self.move_name(src, parent, name, new_parent, new_name);
         }
         self.touch_dir(parent);
         self.touch_dir(new_parent);
@@ -1294,6 +1442,7 @@ impl Mount {
             .count() as u32;
         let cs = self.io.chunk_size;
         let mut bodies = Vec::with_capacity(node.entries.len());
+        let mut shared_names = Vec::new();
         for entry in node.entries {
             let body = match entry.kind {
                 EntryKind::File(f) => Body::File(FileData::from_node(&f, cs)?),
@@ -1306,24 +1455,24 @@ impl Mount {
                 EntryKind::Symlink(t) => Body::Symlink(t),
                 EntryKind::Special { kind, rdev } => Body::Special { kind, rdev },
                 EntryKind::Shared => {
-                    return Err(BucketError::Format {
-                        what: "directory node",
-                        reason: "hard links need a newer jax-csi".into(),
-                    })
+                    shared_names.push((entry.name, entry.ino));
+                    continue;
                 }
             };
             bodies.push((entry.name, entry.ino, entry.meta, body));
         }
         for (name, id, meta, body) in bodies {
             let mut child = id;
-            if self.inodes.contains_key(&child) {
+            // A regular entry with a hard-linked file's id (a merge kept an
+            // edit made before the file got its second name) is another file.
+            if self.inodes.contains_key(&child) || self.link_table.contains_key(&child) {
                 child = super::tree::derived_ino(&[
                     b"dup",
                     &ino.to_le_bytes(),
                     &name,
                     &id.to_le_bytes(),
                 ]);
-                while self.inodes.contains_key(&child) {
+                while self.inodes.contains_key(&child) || self.link_table.contains_key(&child) {
                     child = fresh_ino()?;
                 }
                 tracing::debug!(bucket = %self.core.id, id, child, "inode id taken here; numbering the entry apart");
@@ -1337,8 +1486,14 @@ impl Mount {
                     meta,
                     body,
                     dirty: false,
+                    shared: None,
                 },
             );
+        }
+        for (name, id) in shared_names {
+            if self.add_shared_name(ino, &name, id)? {
+                children.insert(name, id);
+            }
         }
         if let Some(Inode {
             body: Body::Dir(d), ..
@@ -1348,6 +1503,60 @@ impl Mount {
             d.subdirs = subdirs;
         }
         Ok(())
+    }
+
+    /// A name of hard-linked file `id` found in directory `dir`: the file's
+    /// inode is made from the link table when this is the first of its
+    /// names loaded. False (and a log line) when the name cannot be one.
+    fn add_shared_name(&mut self, dir: Ino, name: &[u8], id: Ino) -> Result<bool> {
+        if let Some(inode) = self.inodes.get_mut(&id) {
+            return Ok(match &mut inode.shared {
+                Some(s) if !self.orphans.contains(&id) => {
+                    if !s.names.iter().any(|(d, n)| *d == dir && n == name) {
+                        s.names.push((dir, name.to_vec()));
+                    }
+                    true
+                }
+                _ => {
+                    tracing::warn!(bucket = %self.core.id, id, "a hard link's id is taken by another file here; the name is hidden");
+                    false
+                }
+            });
+        }
+        let Some(entry) = self.link_table.get(&id) else {
+            tracing::warn!(bucket = %self.core.id, id, "a hard link names a file the link table lacks; the name is hidden");
+            return Ok(false);
+        };
+        let (meta, nlink) = links::split_nlink(entry.meta.clone());
+        let body = match &entry.kind {
+            EntryKind::File(f) => Body::File(FileData::from_node(f, self.io.chunk_size)?),
+            EntryKind::Symlink(t) => Body::Symlink(t.clone()),
+            EntryKind::Special { kind, rdev } => Body::Special {
+                kind: *kind,
+                rdev: *rdev,
+            },
+            EntryKind::Dir(_) | EntryKind::Shared => {
+                return Err(BucketError::Format {
+                    what: "link table",
+                    reason: format!("entry {id} is not a file"),
+                })
+            }
+        };
+        self.inodes.insert(
+            id,
+            Inode {
+                parent: dir,
+                name: name.to_vec(),
+                meta,
+                body,
+                dirty: false,
+                shared: Some(SharedNames {
+                    nlink,
+                    names: vec![(dir, name.to_vec())],
+                }),
+            },
+        );
+        Ok(true)
     }
 
     fn child(&mut self, parent: Ino, name: &[u8]) -> Result<Option<Ino>> {
@@ -1372,6 +1581,7 @@ impl Mount {
                 meta,
                 body,
                 dirty: false,
+                shared: None,
             },
         );
         self.set_child(parent, name, ino);
@@ -1446,6 +1656,9 @@ impl Mount {
     fn drop_subtree(&mut self, ino: Ino) {
         let mut stack = vec![ino];
         while let Some(i) = stack.pop() {
+            if self.link_table.remove(&i).is_some() {
+                self.links_changed();
+            }
             let keep = self.pins.contains_key(&i)
                 && self
                     .inodes
@@ -1505,6 +1718,11 @@ impl Mount {
         if self.orphans.contains(&ino) {
             return;
         }
+        if self.inodes.get(&ino).is_some_and(|n| n.shared.is_some()) {
+            // Its content and metadata live in the link table.
+            self.links_changed();
+            return;
+        }
         let parent = self.inodes.get(&ino).map(|n| n.parent).unwrap_or(ROOT_INO);
         if ino == ROOT_INO || self.inodes[&ino].kind() == FileKind::Dir {
             self.mark_dirty(ino);
@@ -1530,6 +1748,53 @@ impl Mount {
         }
     }
 
+    /// Seal the link table if it changed (refreshing the entries of loaded
+    /// shared files); its link, or `None` when no file has several names.
+    fn persist_links(&mut self) -> Result<Option<Link>> {
+        if !self.links_dirty {
+            return Ok(self.links_stored.clone());
+        }
+        let ids: Vec<Ino> = self.link_table.keys().copied().collect();
+        for id in ids {
+            let Some(inode) = self.inodes.get(&id) else {
+                continue;
+            };
+            let Some(shared) = &inode.shared else {
+                continue;
+            };
+            let kind = match &inode.body {
+                Body::File(f) => EntryKind::File(f.to_node()),
+                Body::Symlink(t) => EntryKind::Symlink(t.clone()),
+                Body::Special { kind, rdev } => EntryKind::Special {
+                    kind: *kind,
+                    rdev: *rdev,
+                },
+                Body::Dir(_) => unreachable!("directories have one name"),
+            };
+            let entry = Entry {
+                name: links::table_name(id),
+                ino: id,
+                meta: links::with_nlink(&inode.meta, shared.nlink),
+                kind,
+            };
+            self.link_table.insert(id, entry);
+        }
+        let stored = if self.link_table.is_empty() {
+            None
+        } else {
+            let node = links::to_node(self.link_table.values().cloned());
+            let key = match &self.links_stored {
+                Some(l) => l.key.clone(),
+                None => KeyBytes::generate()?,
+            };
+            let hash = node.store(&self.core.store, &key)?;
+            Some(Link { hash, key })
+        };
+        self.links_stored = stored.clone();
+        self.links_dirty = false;
+        Ok(stored)
+    }
+
     /// Seal directory `ino` (and dirty directories below it); returns its address.
     fn persist_dir(&mut self, ino: Ino) -> Result<Hash> {
         {
@@ -1549,6 +1814,15 @@ impl Mount {
             .collect();
         let mut entries = Vec::with_capacity(children.len());
         for (name, child) in children {
+            if self.inodes[&child].shared.is_some() {
+                entries.push(Entry {
+                    name,
+                    ino: child,
+                    meta: links::name_meta(),
+                    kind: EntryKind::Shared,
+                });
+                continue;
+            }
             let kind = match &self.inodes[&child].body {
                 Body::File(f) => EntryKind::File(f.to_node()),
                 Body::Symlink(t) => EntryKind::Symlink(t.clone()),
@@ -1569,10 +1843,15 @@ impl Mount {
                 kind,
             });
         }
+        let links = if ino == ROOT_INO {
+            self.persist_links()?
+        } else {
+            None
+        };
         let inode = &self.inodes[&ino];
         let node = DirNode {
             root_meta: (ino == ROOT_INO).then(|| inode.meta.clone()),
-            links: None,
+            links,
             entries,
         };
         let key = match &inode.body {
@@ -1752,5 +2031,77 @@ mod tests {
         m.unpin(a, 1);
         assert!(m.getattr(a).is_err());
         assert_eq!(m.usage().used_bytes, 0);
+    }
+
+    /// Hard links: one file, several names; nlink counts them, data and
+    /// metadata are shared, removing one name leaves the others, and all of
+    /// it survives a save and a reopen (names loaded lazily, in any order).
+    #[test]
+    fn hard_links_share_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = bucket(dir.path(), 4096);
+        let mut m = b.mount().unwrap();
+        let d = m.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+        let f = m.create(ROOT_INO, b"a", 0o644, 0, 0).unwrap().ino;
+        m.write(f, 0, b"shared bytes").unwrap();
+        assert!(matches!(
+            m.link(d, ROOT_INO, b"dirlink"),
+            Err(BucketError::NotPermitted(_))
+        ));
+        m.link(f, d, b"a").unwrap();
+        assert!(matches!(
+            m.link(f, ROOT_INO, b"a"),
+            Err(BucketError::Exists)
+        ));
+        let a = m.link(f, ROOT_INO, b"c").unwrap();
+        assert_eq!((a.ino, a.nlink), (f, 3));
+        assert_eq!(m.usage().entries, 4, "d and three names");
+        m.write(f, 0, b"SHARED").unwrap();
+        let via_d = m.lookup(d, b"a").unwrap().ino;
+        assert_eq!(m.read(via_d, 0, 64).unwrap(), b"SHARED bytes");
+        m.setattr(
+            f,
+            SetAttr {
+                mode: Some(0o600),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        m.unlink(ROOT_INO, b"a").unwrap();
+        assert_eq!(m.getattr(f).unwrap().nlink, 2);
+        // Renaming one name over another name of the same file does nothing.
+        m.rename(ROOT_INO, b"c", d, b"a", RenameFlags::default())
+            .unwrap();
+        assert_eq!(m.getattr(f).unwrap().nlink, 2);
+        let used = m.usage().used_bytes;
+        let saved = m.save().unwrap();
+        assert_eq!(saved.used_bytes, used);
+
+        // A fresh mount: load the subdirectory's name first.
+        let mut again = b.open_version(&saved.hash).unwrap();
+        let d2 = again.lookup(ROOT_INO, b"d").unwrap().ino;
+        let via_d = again.lookup(d2, b"a").unwrap();
+        assert_eq!((via_d.ino, via_d.nlink, via_d.mode), (f, 2, 0o600));
+        assert_eq!(again.lookup(ROOT_INO, b"c").unwrap().ino, f);
+        assert_eq!(again.read(f, 0, 64).unwrap(), b"SHARED bytes");
+        assert_eq!(again.usage().used_bytes, used);
+        b.verify().unwrap();
+
+        // Removing every name removes the file and its table entry.
+        let mut m = b.mount().unwrap();
+        let d = m.lookup(ROOT_INO, b"d").unwrap().ino;
+        m.unlink(ROOT_INO, b"c").unwrap();
+        assert_eq!(m.getattr(f).unwrap().nlink, 1);
+        m.unlink(d, b"a").unwrap();
+        assert!(m.getattr(f).is_err());
+        let saved = m.save().unwrap();
+        assert_eq!(saved.used_bytes, 0);
+        let mut last = b.open_version(&saved.hash).unwrap();
+        assert!(last
+            .readdir(ROOT_INO)
+            .unwrap()
+            .iter()
+            .all(|e| e.name != b"c"));
+        assert!(last.link_table.is_empty());
     }
 }

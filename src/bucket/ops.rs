@@ -57,6 +57,11 @@ pub enum Op {
     Restore {
         version: String,
     },
+    /// A new name for an existing file (a hard link).
+    Link {
+        from: String,
+        to: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -70,6 +70,10 @@ impl Bucket {
     pub fn dir_contents(&self, dir: &DirRef) -> Result<DirContents> {
         let node = DirNode::load(&self.core.store, &dir.0)?;
         let mut out = DirContents::default();
+        // The root's link table is a node like a directory's.
+        if let Some(l) = node.links {
+            out.dirs.push(DirRef(l));
+        }
         for e in node.entries {
             match e.kind {
                 EntryKind::Dir(l) => out.dirs.push(DirRef(l)),

@@ -32,6 +32,7 @@ pub fn errno_of(op: &'static str, e: &BucketError) -> Errno {
             Errno::ENOSPC
         }
         E::NotSupported(_) => Errno::EOPNOTSUPP,
+        E::NotPermitted(_) => Errno::EPERM,
         E::Integrity(_)
         | E::BadSignature { .. }
         | E::ChainBroken { .. }

@@ -447,14 +447,14 @@ impl Filesystem for JaxFs {
     fn link(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
         let _op = crate::metrics::FuseOp::start("link");
-        // link(2): EPERM when the file system does not support hard links.
-        reply.error(Errno::EPERM)
+        let r = self.change(pinned(|m| m.link(ino.0, newparent.0, newname.as_bytes())));
+        self.entry(reply, r)
     }
 
     fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
