@@ -880,3 +880,139 @@ fn hard_links() {
     fs::remove_dir(t.p("d")).unwrap();
     t.fixture.bucket.verify().unwrap();
 }
+
+/// utimensat(2) at `p` with the two timespecs given.
+fn utimens(p: &Path, atime: libc::timespec, mtime: libc::timespec) -> Result<(), i32> {
+    let c = cstr(p);
+    let times = [atime, mtime];
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    }
+}
+
+fn ts(sec: i64, nsec: i64) -> libc::timespec {
+    libc::timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    }
+}
+
+/// The rules around the data path: times to the nanosecond with
+/// UTIME_NOW/UTIME_OMIT, set-id bits cleared by chown and by another
+/// user's write, the sticky directory, open flags, renames between kinds,
+/// and EFBIG (not ENOSPC) for an enormous length.
+#[test]
+fn times_set_id_bits_sticky_directories_and_open_flags() {
+    let t = mount_bucket(BucketOptions {
+        quota: Some(16 << 20),
+        ..Default::default()
+    });
+    fs::set_permissions(t.p(""), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::write(t.p("f"), b"data").unwrap();
+
+    // Nanosecond times; UTIME_OMIT leaves one alone, UTIME_NOW sets now.
+    utimens(
+        &t.p("f"),
+        ts(1_000_000_000, 123_456_789),
+        ts(1_500_000_000, 987_654_321),
+    )
+    .unwrap();
+    let md = fs::metadata(t.p("f")).unwrap();
+    assert_eq!((md.atime(), md.atime_nsec()), (1_000_000_000, 123_456_789));
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_500_000_000, 987_654_321));
+    utimens(&t.p("f"), ts(0, libc::UTIME_OMIT), ts(0, libc::UTIME_NOW)).unwrap();
+    let md = fs::metadata(t.p("f")).unwrap();
+    assert_eq!((md.atime(), md.atime_nsec()), (1_000_000_000, 123_456_789));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (md.mtime() - now).abs() < 60,
+        "UTIME_NOW set mtime {}",
+        md.mtime()
+    );
+    // Another user may not set times they did not own...
+    let (ok, err) = as_user(&t.mnt, "touch -d 2001-01-01 f");
+    assert!(!ok && err.contains("cannot touch"), "{err}");
+    assert_eq!(fs::metadata(t.p("f")).unwrap().atime(), 1_000_000_000);
+
+    // chown clears set-user-id and set-group-id (group-executable) bits.
+    fs::write(t.p("suid"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(t.p("suid"), fs::Permissions::from_mode(0o6755)).unwrap();
+    std::os::unix::fs::chown(t.p("suid"), Some(4242), None).unwrap();
+    assert_eq!(fs::metadata(t.p("suid")).unwrap().mode() & 0o7777, 0o755);
+    // A write by someone else clears set-user-id too.
+    fs::write(t.p("shared-suid"), b"x").unwrap();
+    fs::set_permissions(t.p("shared-suid"), fs::Permissions::from_mode(0o4777)).unwrap();
+    let (ok, err) = as_user(&t.mnt, "echo more >> shared-suid");
+    assert!(ok, "{err}");
+    assert_eq!(
+        fs::metadata(t.p("shared-suid")).unwrap().mode() & 0o7777,
+        0o777
+    );
+
+    // A sticky directory: users remove only their own entries.
+    fs::create_dir(t.p("tmp")).unwrap();
+    fs::set_permissions(t.p("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::write(t.p("tmp/theirs"), b"").unwrap();
+    std::os::unix::fs::chown(t.p("tmp/theirs"), Some(4343), Some(4343)).unwrap();
+    let (ok, err) = as_user(&t.mnt, "rm -f tmp/theirs");
+    assert!(!ok && err.contains("Operation not permitted"), "{err}");
+    let (ok, err) = as_user(
+        &t.mnt,
+        "echo x > tmp/mine && mv tmp/mine tmp/mine2 && rm tmp/mine2",
+    );
+    assert!(ok, "{err}");
+    assert!(t.p("tmp/theirs").exists());
+
+    // Open flags.
+    std::os::unix::fs::symlink("f", t.p("sym")).unwrap();
+    let excl = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(t.p("f"));
+    assert_eq!(errno(excl), libc::EEXIST);
+    let nofollow = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(t.p("sym"));
+    assert_eq!(errno(nofollow), libc::ELOOP);
+    let directory = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(t.p("f"));
+    assert_eq!(errno(directory), libc::ENOTDIR);
+    assert!(OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(t.p("tmp"))
+        .is_ok());
+
+    // Renames between kinds: a non-directory over a directory is EISDIR,
+    // the other way ENOTDIR; a FIFO, a symlink and a file replace each other.
+    mknod(&t.p("fifo"), libc::S_IFIFO | 0o644, 0).unwrap();
+    assert_eq!(errno(fs::rename(t.p("fifo"), t.p("tmp"))), libc::EISDIR);
+    fs::create_dir(t.p("empty")).unwrap();
+    assert_eq!(errno(fs::rename(t.p("empty"), t.p("fifo"))), libc::ENOTDIR);
+    fs::rename(t.p("fifo"), t.p("sym")).unwrap();
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fs::symlink_metadata(t.p("sym"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    fs::rename(t.p("f"), t.p("sym")).unwrap();
+    assert_eq!(fs::read(t.p("sym")).unwrap(), b"data");
+
+    // An enormous length: EFBIG past the largest file; a sparse terabyte
+    // is fine under a 16 MiB quota (holes cost nothing).
+    let f = OpenOptions::new().write(true).open(t.p("sym")).unwrap();
+    assert_eq!(
+        f.set_len(1 << 60).unwrap_err().raw_os_error(),
+        Some(libc::EFBIG)
+    );
+    f.set_len(1 << 40).unwrap();
+    assert_eq!(fs::metadata(t.p("sym")).unwrap().len(), 1 << 40);
+}
