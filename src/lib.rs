@@ -1,6 +1,7 @@
 //! jax-csi: a Kubernetes CSI driver for end-to-end encrypted buckets that
 //! nodes keep in sync peer to peer. See ARCHITECTURE.md for the layers.
 
+pub mod alloc;
 pub mod bucket;
 mod cache;
 pub mod crypto;

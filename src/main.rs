@@ -2,6 +2,10 @@
 
 mod cli;
 
+/// Huge blocks (FUSE receive buffers) as their own lazily backed mappings.
+#[global_allocator]
+static ALLOCATOR: jax_csi::alloc::LargeBlocksMapped = jax_csi::alloc::LargeBlocksMapped;
+
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {

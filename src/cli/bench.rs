@@ -52,6 +52,10 @@ pub enum BenchCommand {
         /// Run only these file systems (comma-separated: jax-csi, gocryptfs, bindfs, tmpfs).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Idle cost: volumes mounted at once (as a node stages them) to
+        /// measure memory, threads and descriptors per volume (0 = skip).
+        #[arg(long, default_value_t = 200)]
+        idle_volumes: usize,
     },
     /// Node-to-node sync against syncthing between the same two network namespaces (root, `--release`).
     Sync {
@@ -116,6 +120,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             random_reads,
             chunk_size,
             only,
+            idle_volumes,
         } => super::bench_fuse::bench_fuse(super::bench_fuse::FuseBench {
             dir,
             size_mib,
@@ -123,6 +128,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             random_reads,
             chunk_size,
             only,
+            idle_volumes,
         }),
         BenchCommand::Sync {
             dir,

@@ -31,6 +31,8 @@ pub struct FuseBench {
     pub chunk_size: u32,
     /// File systems to run (all when empty).
     pub only: Vec<String>,
+    /// Volumes mounted at once for the idle-cost table (0 = skip).
+    pub idle_volumes: usize,
 }
 
 /// One file system under test, and how to take it down.
@@ -101,7 +103,82 @@ pub fn bench_fuse(b: FuseBench) -> anyhow::Result<()> {
         ));
     }
     print!("{}", table(&b, &rows));
+    if b.idle_volumes > 0 {
+        let cost = idle_cost(work.path(), &b)?;
+        print!("{cost}");
+    }
     Ok(())
+}
+
+/// This process's resident memory (bytes), threads and open descriptors.
+fn process_usage() -> anyhow::Result<(u64, u64, u64)> {
+    let status = fs::read_to_string("/proc/self/status")?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("{name} in /proc/self/status"))?;
+        let n = line
+            .split_whitespace()
+            .nth(1)
+            .context("a number")?
+            .parse()?;
+        Ok(n)
+    };
+    let fds = fs::read_dir("/proc/self/fd")?.count() as u64;
+    Ok((field("VmRSS:")? * 1024, field("Threads:")?, fds))
+}
+
+/// Mount `idle_volumes` buckets the way a node stages volumes (one live
+/// mount and FUSE session each), touch each once (a stat and a small file,
+/// as a pod's start does), and report what each idle volume costs.
+fn idle_cost(work: &Path, b: &FuseBench) -> anyhow::Result<String> {
+    let base = work.join("idle");
+    let state = StateDir::open(&base.join("state"))?;
+    let kek = Kek::generate()?;
+    let (rss0, threads0, fds0) = process_usage()?;
+    let mut mounted = Vec::with_capacity(b.idle_volumes);
+    let started = Instant::now();
+    for i in 0..b.idle_volumes {
+        let bucket = state.create_bucket(
+            BucketId::generate()?,
+            &kek,
+            &BucketOptions {
+                root_mode: 0o777,
+                chunk_size: b.chunk_size,
+                ..Default::default()
+            },
+        )?;
+        let live = LiveMount::new(bucket.mount()?, fuse::live::DEFAULT_DEBOUNCE);
+        let mnt = base.join(format!("mnt-{i}"));
+        fs::create_dir_all(&mnt)?;
+        let session = fuse::mount(live.clone(), &mnt, &fuse::node_session_options("jax:idle"))
+            .with_context(|| format!("mounting idle volume {i}"))?;
+        fs::write(mnt.join("ready"), b"ok")?;
+        File::open(mnt.join("ready"))?.sync_all()?;
+        mounted.push((session, live));
+    }
+    let took = started.elapsed();
+    let (rss1, threads1, fds1) = process_usage()?;
+    let n = b.idle_volumes as f64;
+    for (session, live) in mounted {
+        session.unmount()?;
+        live.shutdown()?;
+    }
+    Ok(format!(
+        "idle cost of {} staged volumes (mounted in {:.2} s): RSS {:.1} -> {:.1} MiB ({:.2} MiB per volume), threads {} -> {} ({:.1} per volume), fds {} -> {} ({:.1} per volume)\n",
+        b.idle_volumes,
+        took.as_secs_f64(),
+        rss0 as f64 / MIB as f64,
+        rss1 as f64 / MIB as f64,
+        (rss1.saturating_sub(rss0)) as f64 / MIB as f64 / n,
+        threads0,
+        threads1,
+        (threads1.saturating_sub(threads0)) as f64 / n,
+        fds0,
+        fds1,
+        (fds1.saturating_sub(fds0)) as f64 / n,
+    ))
 }
 
 fn drop_caches() -> bool {

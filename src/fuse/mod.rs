@@ -13,4 +13,4 @@ pub use live::LiveMount;
 pub use mount_manager::{
     MountError, MountManager, MountOptions, MountRecord, MountStatus, Notice, PodRef, Target,
 };
-pub use session::{mount, FuseSession, SessionOptions};
+pub use session::{mount, node_session_options, FuseSession, SessionOptions};

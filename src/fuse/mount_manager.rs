@@ -485,7 +485,7 @@ impl MountManager {
             fs: FsOptions {
                 ttl: Duration::from_millis(rec.options.cache_ttl_ms),
             },
-            threads: 2,
+            threads: session::NODE_FUSE_THREADS,
         };
         let session = match session::mount(live.clone(), path, &opts) {
             Ok(s) => s,

@@ -23,6 +23,20 @@ pub struct SessionOptions {
     pub threads: usize,
 }
 
+/// Threads reading each volume's /dev/fuse on a node.
+pub const NODE_FUSE_THREADS: usize = 2;
+
+/// The options a node mounts a writable volume with (what benchmarks of
+/// the node's mounts use too).
+pub fn node_session_options(fs_name: &str) -> SessionOptions {
+    SessionOptions {
+        fs_name: fs_name.into(),
+        read_only: false,
+        fs: FsOptions::default(),
+        threads: NODE_FUSE_THREADS,
+    }
+}
+
 /// A mounted FUSE session; unmounts on [`FuseSession::unmount`] or drop.
 pub struct FuseSession {
     path: PathBuf,
