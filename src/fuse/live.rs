@@ -5,9 +5,10 @@
 //! pending: the committer tries again with a growing delay, and a final
 //! commit that fails at shutdown keeps the mount live and says so.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use super::committers::{self, Committable};
 
 use crate::bucket::{BucketError, Mount, Saved};
 
@@ -38,50 +39,39 @@ struct Pending {
 }
 
 struct Shared {
+    /// This mount's place in the shared committer pool.
+    id: u64,
     mount: Mutex<Mount>,
     pending: Mutex<Pending>,
-    wake: Condvar,
     on_commit: Mutex<Option<CommitHook>>,
     /// The hook, and when it last ran.
     on_quota: Mutex<(Option<QuotaHook>, Option<Instant>)>,
     debounce: Duration,
 }
 
-/// A bucket Mount behind a lock, with a background committer.
+/// A bucket Mount behind a lock, committed in the background by the
+/// process's shared committer pool.
 #[derive(Clone)]
 pub struct LiveMount {
     shared: Arc<Shared>,
-    committer: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl LiveMount {
     pub fn new(mount: Mount, debounce: Duration) -> Self {
         let shared = Arc::new(Shared {
+            id: committers::next_id(),
             mount: Mutex::new(mount),
             pending: Mutex::new(Pending::default()),
-            wake: Condvar::new(),
             on_commit: Mutex::new(None),
             on_quota: Mutex::new((None, None)),
             debounce,
         });
-        let worker = shared.clone();
-        let handle = std::thread::Builder::new()
-            .name("jax-committer".into())
-            .spawn(move || committer(worker))
-            .expect("spawning the committer thread");
-        Self {
-            shared,
-            committer: Arc::new(Mutex::new(Some(handle))),
-        }
+        Self { shared }
     }
 
-    fn spawn_committer(&self) {
-        let worker = self.shared.clone();
-        let handle = std::thread::Builder::new()
-            .name("jax-committer".into())
-            .spawn(move || committer(worker))
-            .expect("spawning the committer thread");
-        *self.committer.lock().unwrap() = Some(handle);
+    /// Have the committer pool look at this mount at `at`.
+    fn schedule(&self, at: Instant) {
+        committers::schedule(self.shared.id, committers::weak_of(&self.shared), at);
     }
 
     /// Lock the Mount for one operation.
@@ -119,11 +109,13 @@ impl LiveMount {
         let now = Instant::now();
         let mut p = self.shared.pending.lock().unwrap();
         p.last = Some(now);
-        // Wake the committer only on the first change: while changes are
-        // pending it wakes at its deadline and sees `last` moved on.
-        if p.since.is_none() {
+        // Queue the mount only on the first change: while changes are
+        // pending the committer looks at its deadline and sees `last`
+        // moved on.
+        if p.since.is_none() && !p.stop {
             p.since = Some(now);
-            self.shared.wake.notify_one();
+            drop(p);
+            self.schedule(now + self.shared.debounce);
         }
     }
 
@@ -136,26 +128,17 @@ impl LiveMount {
     /// commit fails, the committer is started again and the error returned:
     /// the mount stays live with its changes, so nothing is dropped.
     pub fn shutdown(&self) -> Result<(), BucketError> {
-        {
-            let mut p = self.shared.pending.lock().unwrap();
-            p.stop = true;
-            self.shared.wake.notify_all();
-        }
-        let running = self.committer.lock().unwrap().take();
-        let was_running = running.is_some();
-        if let Some(h) = running {
-            let _ = h.join();
-        }
+        self.shared.pending.lock().unwrap().stop = true;
+        committers::forget(self.shared.id);
         if self.lock().is_read_only() {
             return Ok(());
         }
         match commit(&self.shared) {
             Ok(_) => Ok(()),
             Err(e) => {
+                // Keep committing in the background until it succeeds.
                 self.shared.pending.lock().unwrap().stop = false;
-                if was_running {
-                    self.spawn_committer();
-                }
+                self.schedule(Instant::now() + RETRY_FIRST);
                 Err(e)
             }
         }
@@ -212,30 +195,32 @@ fn commit(shared: &Shared) -> Result<Saved, BucketError> {
     Ok(saved)
 }
 
-/// Wait for changes, then for a quiet period (or the maximum delay), then commit.
-fn committer(shared: Arc<Shared>) {
-    let mut p = shared.pending.lock().unwrap();
-    loop {
-        if p.stop {
-            return;
-        }
-        let (Some(since), Some(last)) = (p.since, p.last) else {
-            p = shared.wake.wait(p).unwrap();
-            continue;
+impl Committable for Shared {
+    /// Commit once writes paused for the debounce (or the maximum delay
+    /// passed), not before a failed commit's retry time.
+    fn step(&self) -> Option<Instant> {
+        let due = |p: &Pending| -> Option<Instant> {
+            if p.stop {
+                return None;
+            }
+            let (since, last) = (p.since?, p.last?);
+            let mut due = (last + self.debounce).min(since + MAX_COMMIT_DELAY);
+            if let Some((at, _)) = p.retry {
+                due = due.max(at);
+            }
+            Some(due)
         };
-        let mut due = (last + shared.debounce).min(since + MAX_COMMIT_DELAY);
-        if let Some((at, _)) = p.retry {
-            due = due.max(at);
+        {
+            let p = self.pending.lock().unwrap();
+            match due(&p) {
+                None => return None,
+                Some(at) if at > Instant::now() => return Some(at),
+                Some(_) => {}
+            }
         }
-        let now = Instant::now();
-        if now < due {
-            p = shared.wake.wait_timeout(p, due - now).unwrap().0;
-            continue;
-        }
-        drop(p);
-        if let Err(e) = commit(&shared) {
+        if let Err(e) = commit(self) {
             tracing::error!(error = %e, "background commit failed; the changes stay pending and it will be retried");
         }
-        p = shared.pending.lock().unwrap();
+        due(&self.pending.lock().unwrap())
     }
 }

@@ -2,6 +2,7 @@
 //! write-back committer, kernel sessions, and the MountManager that owns one
 //! live Mount per volume on this node.
 
+mod committers;
 pub mod errno;
 pub mod fs;
 pub mod live;
