@@ -28,6 +28,7 @@ const CACHE_CHUNKS: usize = 32;
 /// Shared access to the blob store with a small cache of decrypted chunks
 /// and a read-ahead that loads the next chunks of a sequential reader on
 /// background threads.
+#[derive(Clone)]
 pub struct ChunkIo {
     pub store: Arc<BlobStore>,
     pub chunk_size: u64,
@@ -417,6 +418,89 @@ pub struct FileData {
     store_failed: bool,
 }
 
+/// What a read of stored chunks needs (see [`FileData::read_plan`]).
+pub enum ReadPlan {
+    /// The bytes, read already.
+    Ready(ReadBuf),
+    /// A small range of one chunk: only the frames it covers.
+    Frames {
+        key: SecretKey,
+        hash: Hash,
+        range: std::ops::Range<usize>,
+    },
+    /// Whole chunks (cached, loaded in parallel), then the range of them.
+    Chunks {
+        key: SecretKey,
+        offset: u64,
+        end: u64,
+        wanted: Vec<(u64, Hash)>,
+    },
+}
+
+impl ReadPlan {
+    /// Load, verify and decrypt what the plan names.
+    pub fn run(self, io: &ChunkIo) -> Result<ReadBuf> {
+        match self {
+            ReadPlan::Frames { key, hash, range } => {
+                let len = range.len();
+                let mut data = load_range(&io.source(), &key, &hash, range)?;
+                // Bytes past the chunk's stored length read as zeros.
+                data.resize(len, 0);
+                Ok(ReadBuf::Owned(data))
+            }
+            other => other.assemble(io, &BTreeMap::new()),
+        }
+    }
+
+    /// The bytes of a `Chunks` plan, with `dirty` buffers taking the place
+    /// of stored chunks.
+    fn assemble(self, io: &ChunkIo, dirty: &BTreeMap<u64, Vec<u8>>) -> Result<ReadBuf> {
+        let (key, offset, end, wanted) = match self {
+            ReadPlan::Ready(buf) => return Ok(buf),
+            ReadPlan::Frames { .. } => return self.run(io),
+            ReadPlan::Chunks {
+                key,
+                offset,
+                end,
+                wanted,
+            } => (key, offset, end, wanted),
+        };
+        let cs = io.chunk_size;
+        let first = offset / cs;
+        let last = (end - 1) / cs;
+        let in_chunk = (offset - first * cs) as usize..(end - first * cs) as usize;
+        let loaded: Vec<(u64, Result<Arc<Vec<u8>>>)> =
+            par_map(wanted, |(i, h)| (i, io.load(&key, &h)));
+        let mut fetched = HashMap::new();
+        for (i, r) in loaded {
+            fetched.insert(i, r?);
+        }
+        if first == last && !dirty.contains_key(&first) {
+            if let Some(chunk) = fetched.get(&first) {
+                if in_chunk.end <= chunk.len() {
+                    return Ok(ReadBuf::Shared(chunk.clone(), in_chunk));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for i in first..=last {
+            let chunk_start = i * cs;
+            let from = offset.max(chunk_start) - chunk_start;
+            let to = end.min(chunk_start + cs) - chunk_start;
+            let data: &[u8] = match dirty.get(&i) {
+                Some(buf) => buf,
+                None => fetched.get(&i).map(|a| a.as_slice()).unwrap_or(&[]),
+            };
+            // Bytes past a chunk's stored length (holes, extended files) read as zeros.
+            let have_to = (to as usize).min(data.len());
+            let have_from = (from as usize).min(have_to);
+            out.extend_from_slice(&data[have_from..have_to]);
+            out.resize(out.len() + (to - from) as usize - (have_to - have_from), 0);
+        }
+        Ok(ReadBuf::Owned(out))
+    }
+}
+
 fn chunk_count(size: u64, cs: u64) -> usize {
     size.div_ceil(cs) as usize
 }
@@ -608,8 +692,17 @@ impl FileData {
     /// inside one stored chunk comes back as a view of the cached chunk,
     /// without a copy.
     pub fn read_buf(&mut self, io: &ChunkIo, offset: u64, len: u64) -> Result<ReadBuf> {
+        self.read_plan(io, offset, len)?.run(io)
+    }
+
+    /// Decide what a read needs (and note the reader's pattern) without
+    /// loading anything: a range that touches unsaved data is read here,
+    /// at once; one of stored chunks only becomes a plan that
+    /// [`ReadPlan::run`] carries out without the file, so the caller can
+    /// release the mount while chunks are read and decrypted.
+    pub fn read_plan(&mut self, io: &ChunkIo, offset: u64, len: u64) -> Result<ReadPlan> {
         if offset >= self.size || len == 0 {
-            return Ok(ReadBuf::Owned(Vec::new()));
+            return Ok(ReadPlan::Ready(ReadBuf::Owned(Vec::new())));
         }
         let cs = io.chunk_size;
         let end = (offset + len).min(self.size);
@@ -650,10 +743,11 @@ impl FileData {
         {
             if let Some(h) = self.chunks.get(first) {
                 if !io.cached_or_loading(&h) {
-                    let mut data = load_range(&io.source(), &key, &h, in_chunk.clone())?;
-                    // Bytes past the chunk's stored length read as zeros.
-                    data.resize(in_chunk.len(), 0);
-                    return Ok(ReadBuf::Owned(data));
+                    return Ok(ReadPlan::Frames {
+                        key,
+                        hash: h,
+                        range: in_chunk,
+                    });
                 }
             }
         }
@@ -662,35 +756,17 @@ impl FileData {
             .filter(|i| !self.dirty.contains_key(i))
             .filter_map(|i| self.chunks.get(i).map(|h| (i, h)))
             .collect();
-        let loaded: Vec<(u64, Result<Arc<Vec<u8>>>)> =
-            par_map(wanted, |(i, h)| (i, io.load(&key, &h)));
-        let mut fetched = HashMap::new();
-        for (i, r) in loaded {
-            fetched.insert(i, r?);
+        let plan = ReadPlan::Chunks {
+            key,
+            offset,
+            end,
+            wanted,
+        };
+        if (first..=last).any(|i| self.dirty.contains_key(&i)) {
+            // Unsaved bytes are read under the caller's lock, as they are.
+            return Ok(ReadPlan::Ready(plan.assemble(io, &self.dirty)?));
         }
-        if first == last {
-            if let Some(chunk) = fetched.get(&first) {
-                if in_chunk.end <= chunk.len() {
-                    return Ok(ReadBuf::Shared(chunk.clone(), in_chunk));
-                }
-            }
-        }
-        let mut out = Vec::with_capacity((end - offset) as usize);
-        for i in first..=last {
-            let chunk_start = i * cs;
-            let from = offset.max(chunk_start) - chunk_start;
-            let to = end.min(chunk_start + cs) - chunk_start;
-            let data: &[u8] = match self.dirty.get(&i) {
-                Some(buf) => buf,
-                None => fetched.get(&i).map(|a| a.as_slice()).unwrap_or(&[]),
-            };
-            // Bytes past a chunk's stored length (holes, extended files) read as zeros.
-            let have_to = (to as usize).min(data.len());
-            let have_from = (from as usize).min(have_to);
-            out.extend_from_slice(&data[have_from..have_to]);
-            out.resize(out.len() + (to - from) as usize - (have_to - have_from), 0);
-        }
-        Ok(ReadBuf::Owned(out))
+        Ok(plan)
     }
 
     /// A mutable buffer for chunk `i`, loading its stored bytes unless `overwrite_all`.

@@ -28,7 +28,7 @@ mod replica;
 mod retention;
 mod tree;
 
-pub use chunks::{ReadBuf, RemoteBlobs, DEFAULT_CHUNK_SIZE};
+pub use chunks::{ReadBuf, ReadPlan, RemoteBlobs, DEFAULT_CHUNK_SIZE};
 pub use error::{BucketError, Result};
 pub use manifest::{BucketId, Manifest, ManifestBody};
 pub use merge::{Conflict, ConflictFile, LastWriterWins, MergeReport, Resolution, Resolver};
@@ -669,6 +669,13 @@ impl std::fmt::Debug for Bucket {
 }
 
 impl Bucket {
+    /// The unwrapped bucket secret, for audits that check it never leaks
+    /// (tests grep logs, databases and disks for it). Nothing else needs it.
+    #[doc(hidden)]
+    pub fn secret_for_audit(&self) -> [u8; 32] {
+        *self.core.secret.expose()
+    }
+
     pub fn id(&self) -> BucketId {
         self.core.id
     }

@@ -528,6 +528,30 @@ impl Mount {
         self.read_buf(ino, offset, len).map(ReadBuf::into_vec)
     }
 
+    /// What reading `len` bytes at `offset` of `ino` needs, and the chunk
+    /// reader to run it with: [`ReadPlan::run`] loads and decrypts without
+    /// the mount, so other operations on the mount go on meanwhile.
+    pub fn read_plan(
+        &mut self,
+        ino: Ino,
+        offset: u64,
+        len: u32,
+    ) -> Result<(super::chunks::ReadPlan, ChunkIo)> {
+        let io = &self.io;
+        match &mut self
+            .inodes
+            .get_mut(&ino)
+            .ok_or(BucketError::UnknownInode(ino))?
+            .body
+        {
+            Body::File(f) => Ok((f.read_plan(io, offset, len as u64)?, io.clone())),
+            Body::Dir(_) => Err(BucketError::IsADirectory),
+            Body::Symlink(_) | Body::Special { .. } => Err(BucketError::InvalidArgument(
+                "read of a symlink or special file".into(),
+            )),
+        }
+    }
+
     /// [`Mount::read`] without copying a range that lies in one cached chunk.
     pub fn read_buf(&mut self, ino: Ino, offset: u64, len: u32) -> Result<ReadBuf> {
         let io = &self.io;

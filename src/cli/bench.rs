@@ -52,10 +52,24 @@ pub enum BenchCommand {
         /// Run only these file systems (comma-separated: jax-csi, gocryptfs, bindfs, tmpfs).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Random mixed operations on a 4 MiB file (reads, writes,
+        /// truncates, mmap reads and writes).
+        #[arg(long, default_value_t = 100_000)]
+        mixed_ops: usize,
         /// Idle cost: volumes mounted at once (as a node stages them) to
         /// measure memory, threads and descriptors per volume (0 = skip).
         #[arg(long, default_value_t = 200)]
         idle_volumes: usize,
+    },
+    /// The random mixed workload of `bench fuse` on one file, run in a
+    /// process of its own (a process that maps files of a FUSE mount it
+    /// serves itself can deadlock on its own address space). Prints seconds.
+    #[command(hide = true)]
+    MixedOps {
+        #[arg(long)]
+        path: PathBuf,
+        #[arg(long)]
+        ops: usize,
     },
     /// Node-to-node sync against syncthing between the same two network namespaces (root, `--release`).
     Sync {
@@ -91,6 +105,11 @@ pub enum BenchCommand {
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
+        BenchCommand::MixedOps { path, ops } => {
+            let took = super::bench_fuse::mixed_ops(&path, ops)?;
+            println!("{}", took.as_secs_f64());
+            Ok(())
+        }
         BenchCommand::Bucket {
             dir,
             size_mib,
@@ -120,8 +139,10 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             random_reads,
             chunk_size,
             only,
+            mixed_ops,
             idle_volumes,
         } => super::bench_fuse::bench_fuse(super::bench_fuse::FuseBench {
+            mixed_ops,
             dir,
             size_mib,
             files,

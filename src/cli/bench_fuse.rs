@@ -31,6 +31,8 @@ pub struct FuseBench {
     pub chunk_size: u32,
     /// File systems to run (all when empty).
     pub only: Vec<String>,
+    /// Random mixed operations on a 4 MiB file.
+    pub mixed_ops: usize,
     /// Volumes mounted at once for the idle-cost table (0 = skip).
     pub idle_volumes: usize,
 }
@@ -49,6 +51,10 @@ type Setup = fn(&Path, &FuseBench) -> anyhow::Result<Target>;
 struct Results {
     seq_write: f64,
     seq_read: f64,
+    /// Two readers of different files at once, combined.
+    two_readers: f64,
+    /// The random mixed workload.
+    mixed: Duration,
     rand_big: (Duration, Duration),
     rand_small: (Duration, Duration),
     create: Duration,
@@ -181,6 +187,119 @@ fn idle_cost(work: &Path, b: &FuseBench) -> anyhow::Result<String> {
     ))
 }
 
+/// The random mixed workload: on a 4 MiB file, `n` operations drawn at
+/// random: reads and writes of 1-64 KiB, truncates between 1 and 4 MiB,
+/// and reads and writes through a shared mapping (page faults and
+/// write-back through the file system). Returns the time taken.
+pub fn mixed_ops(path: &Path, n: usize) -> anyhow::Result<Duration> {
+    const SIZE: u64 = 4 << 20;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    f.write_all_at(&vec![7u8; SIZE as usize], 0)?;
+    f.sync_all()?;
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut size = SIZE;
+    let mut buf = vec![0u8; 64 << 10];
+    let t = Instant::now();
+    for _ in 0..n {
+        let op = next() % 10;
+        let len = (1024 + next() % (63 << 10)) as usize;
+        let off = next() % SIZE;
+        match op {
+            0..=3 => {
+                let _ = f.read_at(&mut buf[..len], off)?;
+            }
+            4..=5 => f.write_all_at(&buf[..len], off)?,
+            6 => {
+                size = (1 << 20) + next() % (SIZE - (1 << 20));
+                f.set_len(size)?;
+            }
+            _ => {
+                // One page through a shared mapping of the whole file.
+                let page = (next() % (size / 4096)) * 4096;
+                mapped_touch(&f, size, page, op >= 8)?;
+            }
+        }
+    }
+    let took = t.elapsed();
+    drop(f);
+    fs::remove_file(path)?;
+    Ok(took)
+}
+
+/// [`mixed_ops`] in a child process: this process serves our FUSE mount,
+/// and a munmap here that waits for write-back through the mount, while a
+/// serving thread faults in a page of its buffer, would deadlock on the
+/// address-space lock.
+fn mixed_ops_in_child(path: &Path, n: usize) -> anyhow::Result<Duration> {
+    let out = Command::new(std::env::current_exe()?)
+        .args(["bench", "mixed-ops", "--ops", &n.to_string(), "--path"])
+        .arg(path)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running the mixed workload")?;
+    anyhow::ensure!(out.status.success(), "mixed workload: {}", out.status);
+    let secs: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("the mixed workload's time")?;
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Map `f` (`size` bytes, shared), read or write the page at `page`, unmap.
+fn mapped_touch(f: &File, size: u64, page: u64, write: bool) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a fresh shared mapping of our own open file, used only
+    // within its length and unmapped before returning.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            size as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        anyhow::ensure!(
+            p != libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        let at = p.cast::<u8>().add(page as usize);
+        if write {
+            at.write_volatile(at.read_volatile().wrapping_add(1));
+        } else {
+            let _ = at.read_volatile();
+        }
+        libc::munmap(p, size as usize);
+    }
+    Ok(())
+}
+
+/// Read a whole file in 1 MiB blocks; the bytes read.
+fn read_all(p: &Path) -> anyhow::Result<usize> {
+    let mut f = File::open(p)?;
+    let mut buf = vec![0u8; MIB];
+    let mut total = 0;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n;
+    }
+}
+
 fn drop_caches() -> bool {
     // Best effort: sync, then drop clean pages, dentries and inodes.
     nix::unistd::sync();
@@ -225,7 +344,29 @@ fn run_workloads(root: &Path, b: &FuseBench, block: &[u8]) -> anyhow::Result<Res
     drop_caches();
     r.rand_big = random_reads(&big, size as u64, b.random_reads, 0x9E37_79B9_7F4A_7C15)?;
     r.rand_small = random_reads(&small, MIB as u64, b.random_reads, 0x9E37_79B9_7F4A_7C15)?;
+    r.mixed = mixed_ops_in_child(&root.join("mixed.bin"), b.mixed_ops)?;
+    // Two readers of two files at once (cold), against one reader above.
+    let big2 = root.join("big2.bin");
+    {
+        let mut f = File::create(&big2)?;
+        for _ in 0..b.size_mib {
+            f.write_all(block)?;
+        }
+        f.sync_all()?;
+    }
+    drop_caches();
+    let t = Instant::now();
+    let (one, two) = std::thread::scope(|s| {
+        let a = s.spawn(|| read_all(&big));
+        let b = s.spawn(|| read_all(&big2));
+        (a.join(), b.join())
+    });
+    let total = one.map_err(|_| anyhow::anyhow!("reader panicked"))??
+        + two.map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    anyhow::ensure!(total == 2 * size, "read {total} of {} bytes", 2 * size);
+    r.two_readers = gib_per_s(total, t.elapsed());
     fs::remove_file(&big)?;
+    fs::remove_file(&big2)?;
     fs::remove_file(&small)?;
 
     // Small files: create, read, list with stat (ls -lR), remove.
@@ -433,9 +574,11 @@ fn table(b: &FuseBench, rows: &[(&str, Option<Results>)]) -> String {
     );
     /// (row label, value, higher is better)
     type Metric = (&'static str, fn(&Results) -> f64, bool);
-    let metrics: [Metric; 10] = [
+    let metrics: [Metric; 13] = [
         ("seq write (GiB/s)", |r| r.seq_write, true),
         ("seq read (GiB/s)", |r| r.seq_read, true),
+        ("2 readers (GiB/s, sum)", |r| r.two_readers, true),
+        ("2 readers / 1 reader", |r| r.two_readers / r.seq_read, true),
         ("4K rand big p50 (µs)", |r| us(r.rand_big.0), false),
         ("4K rand big p99 (µs)", |r| us(r.rand_big.1), false),
         ("4K rand 1MiB p50 (µs)", |r| us(r.rand_small.0), false),
@@ -444,6 +587,7 @@ fn table(b: &FuseBench, rows: &[(&str, Option<Results>)]) -> String {
         ("small read (s)", |r| r.read.as_secs_f64(), false),
         ("small ls -lR (s)", |r| r.list.as_secs_f64(), false),
         ("small remove (s)", |r| r.remove.as_secs_f64(), false),
+        ("mixed ops on 4 MiB (s)", |r| r.mixed.as_secs_f64(), false),
     ];
     for (name, f, higher_better) in metrics {
         let cell = |r: &Option<Results>| match r {

@@ -478,8 +478,14 @@ impl Filesystem for JaxFs {
         reply: ReplyData,
     ) {
         let _op = crate::metrics::FuseOp::start("read");
-        // The reply is written from the cached chunk itself when it can be.
-        match self.with(|m| m.read_buf(ino.0, offset, size)) {
+        // The mount is held only to plan the read: chunks are loaded and
+        // decrypted after it is released, so readers of one volume overlap
+        // (and a writer does not wait for them). The reply is written from
+        // the cached chunk itself when it can be.
+        let read = self
+            .with(|m| m.read_plan(ino.0, offset, size))
+            .and_then(|(plan, io)| plan.run(&io).map_err(|e| errno_of("fuse", &e)));
+        match read {
             Ok(data) => {
                 crate::metrics::fuse_read(data.as_slice().len());
                 reply.data(data.as_slice())
