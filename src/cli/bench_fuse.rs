@@ -146,16 +146,7 @@ fn idle_cost(work: &Path, b: &FuseBench) -> anyhow::Result<String> {
     let mut mounted = Vec::with_capacity(b.idle_volumes);
     let started = Instant::now();
     for i in 0..b.idle_volumes {
-        let bucket = state.create_bucket(
-            BucketId::generate()?,
-            &kek,
-            &BucketOptions {
-                root_mode: 0o777,
-                chunk_size: b.chunk_size,
-                ..Default::default()
-            },
-        )?;
-        let live = LiveMount::new(bucket.mount()?, fuse::live::DEFAULT_DEBOUNCE);
+        let live = bench_live_mount(&state, &kek, b)?;
         let mnt = base.join(format!("mnt-{i}"));
         fs::create_dir_all(&mnt)?;
         let session = fuse::mount(live.clone(), &mnt, &fuse::node_session_options("jax:idle"))
@@ -452,19 +443,27 @@ fn setup_plain(base: &Path, _: &FuseBench) -> anyhow::Result<Target> {
     })
 }
 
-fn setup_jax(base: &Path, b: &FuseBench) -> anyhow::Result<Target> {
-    let state = StateDir::open(&base.join("state"))?;
-    let kek = Kek::generate()?;
+/// A new world-writable bucket with the bench's chunk size, live-mounted.
+fn bench_live_mount(state: &StateDir, kek: &Kek, b: &FuseBench) -> anyhow::Result<LiveMount> {
     let bucket = state.create_bucket(
         BucketId::generate()?,
-        &kek,
+        kek,
         &BucketOptions {
             root_mode: 0o777,
             chunk_size: b.chunk_size,
             ..Default::default()
         },
     )?;
-    let live = LiveMount::new(bucket.mount()?, fuse::live::DEFAULT_DEBOUNCE);
+    Ok(LiveMount::new(
+        bucket.mount()?,
+        fuse::live::DEFAULT_DEBOUNCE,
+    ))
+}
+
+fn setup_jax(base: &Path, b: &FuseBench) -> anyhow::Result<Target> {
+    let state = StateDir::open(&base.join("state"))?;
+    let kek = Kek::generate()?;
+    let live = bench_live_mount(&state, &kek, b)?;
     let mnt = base.join("mnt");
     fs::create_dir(&mnt)?;
     let opts = SessionOptions {
