@@ -277,6 +277,16 @@ fn mapped_touch(f: &File, size: u64, page: u64, write: bool) -> anyhow::Result<(
     Ok(())
 }
 
+/// Write `blocks` copies of `block` to a new file at `p`, then fsync it.
+fn write_blocks(p: &Path, blocks: usize, block: &[u8]) -> anyhow::Result<()> {
+    let mut f = File::create(p)?;
+    for _ in 0..blocks {
+        f.write_all(block)?;
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
 /// Read a whole file in 1 MiB blocks; the bytes read.
 fn read_all(p: &Path) -> anyhow::Result<usize> {
     let mut f = File::open(p)?;
@@ -303,30 +313,13 @@ fn run_workloads(root: &Path, b: &FuseBench, block: &[u8]) -> anyhow::Result<Res
     // Sequential write, 1 MiB blocks, with the closing fsync.
     let big = root.join("big.bin");
     let t = Instant::now();
-    {
-        let mut f = File::create(&big)?;
-        for _ in 0..b.size_mib {
-            f.write_all(block)?;
-        }
-        f.sync_all()?;
-    }
+    write_blocks(&big, b.size_mib, block)?;
     r.seq_write = gib_per_s(size, t.elapsed());
     drop_caches();
     // Sequential read, 1 MiB blocks.
     let t = Instant::now();
-    {
-        let mut f = File::open(&big)?;
-        let mut buf = vec![0u8; MIB];
-        let mut total = 0;
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            total += n;
-        }
-        anyhow::ensure!(total == size, "read {total} of {size} bytes");
-    }
+    let total = read_all(&big)?;
+    anyhow::ensure!(total == size, "read {total} of {size} bytes");
     r.seq_read = gib_per_s(size, t.elapsed());
     // Random 4 KiB reads: the big file, then a 1 MiB file.
     let small = root.join("small.bin");
@@ -338,13 +331,7 @@ fn run_workloads(root: &Path, b: &FuseBench, block: &[u8]) -> anyhow::Result<Res
     r.mixed = mixed_ops_in_child(&root.join("mixed.bin"), b.mixed_ops)?;
     // Two readers of two files at once (cold), against one reader above.
     let big2 = root.join("big2.bin");
-    {
-        let mut f = File::create(&big2)?;
-        for _ in 0..b.size_mib {
-            f.write_all(block)?;
-        }
-        f.sync_all()?;
-    }
+    write_blocks(&big2, b.size_mib, block)?;
     drop_caches();
     let t = Instant::now();
     let (one, two) = std::thread::scope(|s| {

@@ -177,11 +177,16 @@ fn short(hash: &Option<String>) -> String {
         .map_or_else(|| "-".into(), |h| h.chars().take(12).collect())
 }
 
-pub fn run_volume(cmd: VolumeCommand) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// Run one operator command's async work on a current-thread runtime.
+fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
-    rt.block_on(volume(cmd))
+        .build()?
+        .block_on(work)
+}
+
+pub fn run_volume(cmd: VolumeCommand) -> anyhow::Result<()> {
+    block_on(volume(cmd))
 }
 
 async fn volume(cmd: VolumeCommand) -> anyhow::Result<()> {
@@ -503,10 +508,7 @@ impl From<&jax_csi::db::SnapshotRecord> for SnapshotRow {
 
 pub fn run_snapshot(cmd: SnapshotCommand) -> anyhow::Result<()> {
     let SnapshotCommand::List { volume, db: args } = cmd;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
+    block_on(async {
         let db = args.connect().await?;
         let snaps = db
             .list_snapshots(None, volume.as_deref(), 0, i64::MAX)
@@ -533,10 +535,7 @@ pub fn run_snapshot(cmd: SnapshotCommand) -> anyhow::Result<()> {
 
 pub fn run_node(cmd: NodeCommand) -> anyhow::Result<()> {
     let NodeCommand::List { db: args } = cmd;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
+    block_on(async {
         let db = args.connect().await?;
         let nodes = db.node_views().await.context("listing nodes")?;
         emit(args.output, &nodes, |nodes| {
@@ -572,10 +571,7 @@ pub fn run_node(cmd: NodeCommand) -> anyhow::Result<()> {
 
 pub fn run_mount(cmd: MountCommand) -> anyhow::Result<()> {
     let MountCommand::List { node, db: args } = cmd;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
+    block_on(async {
         let db = args.connect().await?;
         let mounts = db
             .mount_views(node.as_deref())

@@ -634,6 +634,22 @@ impl MountManager {
         self.apply_remote_head(volume_id, head).map(|_| ())
     }
 
+    /// The live mount of `volume_id` and its kernel notifier, if it runs;
+    /// `Busy` while a stage or unstage of it is under way.
+    fn running_unless_busy(
+        &self,
+        volume_id: &str,
+    ) -> Result<Option<(LiveMount, fuser::Notifier)>, MountError> {
+        let inner = self.lock();
+        if inner.busy.contains(volume_id) {
+            return Err(MountError::Busy(volume_id.into()));
+        }
+        Ok(inner
+            .running
+            .get(volume_id)
+            .map(|r| (r.live.clone(), r.session.notifier().clone())))
+    }
+
     /// Bring volume `volume_id`'s replica on this node to the verified head
     /// `head` (in the local store): the live mount merges it (read-only
     /// ones follow it), a bucket not mounted is merged on disk. Returns the
@@ -647,17 +663,7 @@ impl MountManager {
             volume: volume_id.into(),
             source,
         };
-        let (running, busy) = {
-            let inner = self.lock();
-            let r = inner
-                .running
-                .get(volume_id)
-                .map(|r| (r.live.clone(), r.session.notifier().clone()));
-            (r, inner.busy.contains(volume_id))
-        };
-        if busy {
-            return Err(MountError::Busy(volume_id.into()));
-        }
+        let running = self.running_unless_busy(volume_id)?;
         let (version, conflicts) = match &running {
             Some((live, notifier)) if !live.lock().is_read_only() => {
                 let mut m = live.lock();
@@ -758,17 +764,7 @@ impl MountManager {
             volume: volume_id.into(),
             source,
         };
-        let (running, busy) = {
-            let inner = self.lock();
-            let r = inner
-                .running
-                .get(volume_id)
-                .map(|r| (r.live.clone(), r.session.notifier().clone()));
-            (r, inner.busy.contains(volume_id))
-        };
-        if busy {
-            return Err(MountError::Busy(volume_id.into()));
-        }
+        let running = self.running_unless_busy(volume_id)?;
         match running {
             Some((live, notifier)) if !live.lock().is_read_only() => {
                 live.commit_now().map_err(load)?;
