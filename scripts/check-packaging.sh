@@ -323,10 +323,13 @@ sc = one(docs, "StorageClass")
 if sc.get("allowVolumeExpansion") is not True or sc.get("reclaimPolicy") != "Delete" or sc.get("volumeBindingMode") != "Immediate":
     err("default.yaml: StorageClass settings")
 if sc.get("parameters", {}).get("chunkSize") != "1048576": err("default.yaml: chunkSize parameter")
-# The fd-keeper is off by default (the driver's side of the handover is not in this release).
-if [d for d in by_kind(docs, "DaemonSet") if d["metadata"]["name"].endswith("-fd-keeper")]: err("default.yaml: fd-keeper rendered by default")
+# The fd-keeper is on by default, and the node plugin is told its socket.
+dkeeper = [d for d in by_kind(docs, "DaemonSet") if d["metadata"]["name"].endswith("-fd-keeper")]
+if not dkeeper: err("default.yaml: no fd-keeper by default")
 node = one(docs, "DaemonSet", "-node")
-if [a for a in containers(node)["jax-csi"]["args"] if a.startswith("--handover-socket")]: err("default.yaml: node given --handover-socket by default")
+if dkeeper:
+    ksock = containers(dkeeper[0])["fd-keeper"]["args"][1].split("=", 1)[1]
+    if ("--handover-socket=" + ksock) not in containers(node)["jax-csi"]["args"]: err("default.yaml: node lacks the keeper's --handover-socket")
 if pod(node).get("hostNetwork"): err("default.yaml: hostNetwork on by default")
 
 # all-options.yaml

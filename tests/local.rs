@@ -4,6 +4,8 @@
 //! the running cluster (table and JSON); `/metrics` scraped and parsed
 //! after known traffic; JSON logs.
 
+mod cluster;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, Read, Write};
@@ -379,6 +381,81 @@ async fn children_are_restarted_and_local_down_cleans_up() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a `jax-csi local` state directory"));
+}
+
+/// `local upgrade` replaces a node plugin process under a working pod:
+/// the pod sees a pause and no error, its mount is the same one, and
+/// nothing calls NodeStage or NodePublish again. Then a SIGKILL of the new
+/// process: the supervisor restarts it, the kept mount answers again, and
+/// at most the request in flight failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_upgrade_and_a_node_crash_keep_the_pods_mount() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("jax");
+    let local = Local::up(&state, 1);
+    let mut ctl = local.controller().await;
+    let id = create_volume(&mut ctl, "upgraded").await;
+    let target = publish(&local, 0, &id, "pod-u").await;
+    write_synced(&target.join("before"), b"written before\n");
+    let dev = fs::metadata(&target).unwrap().dev();
+    let pod = cluster::pod::Pod::start(target.clone());
+    pod.wait_more(30);
+
+    let old = local.children()["node-0"];
+    let from = Instant::now();
+    let line = cli_json(&[
+        "local",
+        "upgrade",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--node",
+        "node-0",
+    ]);
+    assert_eq!(line["old_pid"].as_i64(), Some(old as i64), "{line}");
+    assert_ne!(line["new_pid"].as_i64(), Some(old as i64), "{line}");
+    assert_eq!(line["mounts_kept"].as_u64(), Some(1), "{line}");
+    assert!(!alive(old));
+    pod.wait_more(30);
+    assert_eq!(fs::metadata(&target).unwrap().dev(), dev, "the same mount");
+
+    let crashed = local.children()["node-0"];
+    let crash_from = Instant::now();
+    kill(Pid::from_raw(crashed), Signal::SIGKILL).unwrap();
+    eventually(30, "node-0 restarted after the SIGKILL", || {
+        local
+            .children()
+            .get("node-0")
+            .is_some_and(|p| *p != crashed && alive(*p))
+    });
+    pod.wait_more(30);
+    let ops = pod.finish();
+    let node_log = fs::read_to_string(state.join("logs/node-0.log")).unwrap();
+    let (up_errors, up_pause) = cluster::pod::window(&ops, from, crash_from);
+    assert!(
+        up_errors.is_empty(),
+        "the upgrade cost errors: {up_errors:?}; node log:\n{node_log}"
+    );
+    let (crash_errors, crash_pause) = cluster::pod::window(&ops, crash_from, Instant::now());
+    assert!(
+        crash_errors.len() <= 1,
+        "a crash may fail only the request in flight: {crash_errors:?}"
+    );
+    assert_eq!(fs::metadata(&target).unwrap().dev(), dev, "the same mount");
+    println!(
+        "local upgrade: {line}; longest pod operation {up_pause:?}; after SIGKILL: longest {crash_pause:?}, errors {}",
+        crash_errors.len()
+    );
+    assert_eq!(
+        node_log.matches("mount resumed from the fd-keeper").count(),
+        2,
+        "{node_log}"
+    );
+    local.stop();
+    assert!(
+        jax_csi::fuse::session::mounts_under(&state).is_empty(),
+        "a clean stop unmounts"
+    );
 }
 
 fn cli(args: &[&str]) -> (bool, String, String) {

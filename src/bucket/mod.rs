@@ -33,8 +33,8 @@ pub use error::{BucketError, Result};
 pub use manifest::{BucketId, Manifest, ManifestBody};
 pub use merge::{Conflict, ConflictFile, LastWriterWins, MergeReport, Resolution, Resolver};
 pub use mount::{
-    Attr, CachedView, DirEntry, FileKind, Ino, Invalidations, Mount, RenameFlags, Saved, SetAttr,
-    Usage, XattrFlags, ROOT_INO,
+    Attr, CachedView, DirEntry, FileKind, Ino, Invalidations, KernelRef, Mount, RenameFlags, Saved,
+    SetAttr, Usage, XattrFlags, ROOT_INO,
 };
 pub use names::{validate_name, NAME_MAX};
 pub use ops::{Op, OpRecord, OpsLog};

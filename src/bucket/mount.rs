@@ -32,6 +32,14 @@ use crate::store::Hash;
 pub type Ino = u64;
 /// The root directory's inode number (as FUSE expects).
 pub const ROOT_INO: Ino = 1;
+
+/// A reference the kernel holds on an inode, and the names leading to it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KernelRef {
+    pub ino: Ino,
+    pub count: u64,
+    pub path: Vec<Vec<u8>>,
+}
 /// A file's dirty bytes past this are flushed to the store without waiting for a save.
 const DIRTY_FILE_LIMIT: u64 = 64 << 20;
 /// Longest symlink target, as Linux's PATH_MAX.
@@ -1394,6 +1402,80 @@ impl Mount {
                 }
             }
         }
+    }
+
+    /// The references the kernel holds (lookup counts), each with the names
+    /// leading to its inode from the root: what a successor process needs
+    /// to answer for the same inode numbers (see `fuse::handover`). Orphans
+    /// (unlinked, still open) have no path and are left out.
+    pub fn kernel_refs(&self) -> Vec<KernelRef> {
+        let mut refs = Vec::new();
+        for (&ino, &count) in &self.pins {
+            if self.orphans.contains(&ino) {
+                continue;
+            }
+            if let Some(path) = self.name_path(ino) {
+                refs.push(KernelRef { ino, count, path });
+            }
+        }
+        refs
+    }
+
+    /// Take over references a predecessor held: each path is looked up
+    /// (loading the directories on it) and pinned when it still leads to
+    /// the same inode. Returns how many were taken over.
+    pub fn adopt_kernel_refs(&mut self, refs: &[KernelRef]) -> usize {
+        let mut adopted = 0;
+        for r in refs {
+            let mut ino = ROOT_INO;
+            let mut found = true;
+            for name in &r.path {
+                match self.lookup(ino, name) {
+                    Ok(a) => ino = a.ino,
+                    Err(_) => {
+                        found = false;
+                        break;
+                    }
+                }
+            }
+            if found && ino == r.ino {
+                *self.pins.entry(ino).or_default() += r.count;
+                adopted += 1;
+            }
+        }
+        adopted
+    }
+
+    /// Load every directory (and so every inode) of the tree: after a
+    /// crash the kernel may name any inode it was given before, with no
+    /// path to find it by. Costs one read of each directory node.
+    pub fn load_all(&mut self) -> Result<usize> {
+        let mut pending = vec![ROOT_INO];
+        while let Some(dir) = pending.pop() {
+            let children: Vec<Ino> = self.children(dir)?.values().copied().collect();
+            for child in children {
+                if matches!(self.inodes.get(&child).map(|n| &n.body), Some(Body::Dir(_))) {
+                    pending.push(child);
+                }
+            }
+        }
+        Ok(self.inodes.len())
+    }
+
+    /// The names from the root to `ino`, if it is in the tree.
+    fn name_path(&self, ino: Ino) -> Option<Vec<Vec<u8>>> {
+        let mut names = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT_INO {
+            let n = self.inodes.get(&cur)?;
+            names.push(n.name.clone());
+            cur = n.parent;
+            if names.len() > 4096 {
+                return None;
+            }
+        }
+        names.reverse();
+        Some(names)
     }
 
     // ----- internals --------------------------------------------------------

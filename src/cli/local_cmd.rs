@@ -1,6 +1,7 @@
-//! `jax-csi local up|down`: a whole cluster on one machine (an embedded
-//! Postgres, a controller and node plugins, each its own supervised
-//! process) for the demo, the tests and trying jax-csi out.
+//! `jax-csi local up|down|upgrade`: a whole cluster on one machine (an
+//! embedded Postgres, a controller, node plugins and their fd-keepers, each
+//! its own supervised process) for the demo, the tests and trying jax-csi
+//! out; `upgrade` replaces a node plugin the way a DaemonSet update does.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use jax_csi::db::embedded::{EmbeddedPostgres, EmbeddedPostgresOptions};
 use nix::fcntl::{Flock, FlockArg};
 
 use super::local_layout::{clean_leftovers, Layout, Pids, Ports};
-use super::local_supervisor::{ChildSpec, Supervisor};
+use super::local_supervisor::{ChildKind, ChildSpec, Supervisor};
 
 #[derive(Subcommand, Debug)]
 pub enum LocalCommand {
@@ -36,12 +37,25 @@ pub enum LocalCommand {
         #[arg(long)]
         state_dir: PathBuf,
     },
+    /// Replace one node plugin process of a running `local up` (by the
+    /// `jax-csi` binary at the same path, so a rebuilt one takes over) the
+    /// way a DaemonSet update does: SIGTERM hands its mounts to its
+    /// fd-keeper, the new process resumes them. Pods see a pause, no
+    /// error. Prints one JSON line with the timings.
+    Upgrade {
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The node to replace (`node-0`, …).
+        #[arg(long)]
+        node: String,
+    },
 }
 
 pub fn run(cmd: LocalCommand) -> anyhow::Result<()> {
     match cmd {
         LocalCommand::Up { state_dir, nodes } => up(&state_dir, nodes),
         LocalCommand::Down { state_dir } => down(&state_dir),
+        LocalCommand::Upgrade { state_dir, node } => upgrade(&state_dir, &node),
     }
 }
 
@@ -97,6 +111,7 @@ fn up(state_dir: &Path, nodes: usize) -> anyhow::Result<()> {
                 .start(controller_spec(&layout, &pg, ports.controller_metrics))
                 .await?;
             for id in &node_ids {
+                supervisor.start(keeper_spec(&layout, id)).await?;
                 supervisor
                     .start(node_spec(&layout, &pg, id, ports.nodes[id]))
                     .await?;
@@ -138,6 +153,21 @@ fn controller_spec(layout: &Layout, pg: &EmbeddedPostgres, metrics: u16) -> Chil
         name: "controller".into(),
         args,
         socket,
+        kind: ChildKind::Csi,
+    }
+}
+
+/// The fd-keeper of node `id`: started before it, stopped after it.
+fn keeper_spec(layout: &Layout, id: &str) -> ChildSpec {
+    let socket = layout.keeper_socket(id);
+    ChildSpec {
+        name: format!("{id}-fd-keeper"),
+        args: vec![
+            "fd-keeper".into(),
+            format!("--socket={}", socket.display()).into(),
+        ],
+        socket,
+        kind: ChildKind::FdKeeper,
     }
 }
 
@@ -159,11 +189,13 @@ fn node_spec(
         "--kubernetes=off".into(),
         format!("--listen=127.0.0.1:{}", ports.sync).into(),
         format!("--metrics-addr=127.0.0.1:{}", ports.metrics).into(),
+        format!("--handover-socket={}", layout.keeper_socket(id).display()).into(),
     ];
     ChildSpec {
         name: id.to_string(),
         args,
         socket,
+        kind: ChildKind::Csi,
     }
 }
 
@@ -182,6 +214,7 @@ fn ready_line(
                 "id": id,
                 "endpoint": format!("unix://{}", layout.node_socket(id).display()),
                 "state_dir": layout.node_state(id).display().to_string(),
+                "fd_keeper": layout.keeper_socket(id).display().to_string(),
                 "sync": format!("127.0.0.1:{}", p.sync),
                 "metrics": format!("http://127.0.0.1:{}/metrics", p.metrics),
             })
@@ -246,6 +279,80 @@ fn down(state_dir: &Path) -> anyhow::Result<()> {
     }
     drop(held);
     println!("{} is down", layout.root().display());
+    Ok(())
+}
+
+/// `local upgrade`: SIGTERM the node (it hands its mounts over), let the
+/// supervisor start it again at once, and wait until the new process
+/// answers Probe.
+fn upgrade(state_dir: &Path, node: &str) -> anyhow::Result<()> {
+    let layout = Layout::new(state_dir)?;
+    if lock(&layout).is_ok() {
+        anyhow::bail!(
+            "no `local up` runs on {}; start it first",
+            layout.root().display()
+        );
+    }
+    let pids = Pids::load(&layout).context("reading the pids of `local up`")?;
+    let old = *pids.children.get(node).ok_or_else(|| {
+        anyhow::anyhow!(
+            "`local up` on {} runs no node {node} (it runs {:?})",
+            layout.root().display(),
+            pids.children.keys().collect::<Vec<_>>()
+        )
+    })?;
+    let keeper = jax_csi::fuse::keeper::KeeperClient::new(layout.keeper_socket(node));
+    let held = keeper
+        .list()
+        .with_context(|| format!("asking {node}'s fd-keeper which mounts it holds"))?
+        .len();
+    std::fs::write(layout.upgrade_marker(node), b"")
+        .with_context(|| format!("writing {}", layout.upgrade_marker(node).display()))?;
+    let started = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .with_context(|| format!("signalling {node} (pid {old})"))?;
+    while jax_csi::db::embedded::process_alive(old) {
+        if started.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!("{node} (pid {old}) did not stop within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let exited = started.elapsed();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let new = rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let new = Pids::load(&layout)
+                .and_then(|p| p.children.get(node).copied())
+                .filter(|&p| p != old);
+            if let Some(new) = new {
+                if probe_ready(&layout.node_socket(node)).await {
+                    return Ok(new);
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "the new {node} did not answer within 60 s; see {}",
+                    layout.log(node).display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })?;
+    let line = serde_json::json!({
+        "node": node,
+        "old_pid": old,
+        "new_pid": new,
+        "mounts_kept": held,
+        "old_exited_ms": exited.as_millis() as u64,
+        "new_ready_ms": started.elapsed().as_millis() as u64,
+    });
+    println!("{line}");
     Ok(())
 }
 

@@ -41,6 +41,14 @@ impl Layout {
     pub fn node_socket(&self, node: &str) -> PathBuf {
         self.root.join(format!("{node}.sock"))
     }
+    /// The fd-keeper that holds node `node`'s FUSE connections.
+    pub fn keeper_socket(&self, node: &str) -> PathBuf {
+        self.root.join(format!("{node}-fd-keeper.sock"))
+    }
+    /// Left by `local upgrade`: the supervisor restarts `node` at once.
+    pub fn upgrade_marker(&self, node: &str) -> PathBuf {
+        self.root.join(format!("{node}.upgrade"))
+    }
     pub fn node_state(&self, node: &str) -> PathBuf {
         self.root.join("nodes").join(node)
     }
@@ -171,10 +179,11 @@ pub fn runs_in(pid: i32, root: &Path) -> bool {
     cmdline.windows(root.len()).any(|w| w == root)
 }
 
-/// SIGTERM, then SIGKILL after `grace`; returns once `pid` is gone.
+/// SIGINT (a node plugin then unmounts rather than handing its mounts
+/// over), then SIGKILL after `grace`; returns once `pid` is gone.
 pub fn terminate(pid: i32, grace: Duration) {
     let pid_t = Pid::from_raw(pid);
-    let _ = kill(pid_t, Signal::SIGTERM);
+    let _ = kill(pid_t, Signal::SIGINT);
     let deadline = Instant::now() + grace;
     while jax_csi::db::embedded::process_alive(pid) {
         if Instant::now() > deadline {

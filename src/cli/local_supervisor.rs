@@ -1,7 +1,10 @@
 //! Runs the local cluster's controller and node plugins as child processes,
 //! the way Kubernetes runs them: each its own `jax-csi` process with its
 //! own socket and log file, restarted (with backoff) when it dies, and
-//! stopped with SIGTERM (then SIGKILL) when the supervisor stops.
+//! stopped with SIGINT (then SIGKILL) when the supervisor stops: a node
+//! plugin then unmounts, where SIGTERM (an upgrade, `local upgrade`) would
+//! hand its mounts over to its fd-keeper. A node whose upgrade marker is
+//! set is started again at once.
 //!
 //! Runs on a current-thread runtime: children are spawned from the main
 //! thread, so their parent-death signal (sent when the spawning *thread*
@@ -30,8 +33,18 @@ pub struct ChildSpec {
     /// `controller` or the node id: names the log file and log lines.
     pub name: String,
     pub args: Vec<OsString>,
-    /// The CSI socket it serves (probed for readiness).
+    /// The socket it serves (probed for readiness).
     pub socket: PathBuf,
+    pub kind: ChildKind,
+}
+
+/// What a child serves on its socket, which says how to probe it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildKind {
+    /// CSI Identity: ready when Probe says so.
+    Csi,
+    /// An fd-keeper: ready when it answers a `list`.
+    FdKeeper,
 }
 
 struct Supervised {
@@ -97,7 +110,7 @@ impl Supervisor {
         // allocates or takes locks between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGTERM) != 0 {
+                if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGINT) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 // The supervisor died before the signal was armed.
@@ -117,7 +130,7 @@ impl Supervisor {
     async fn wait_ready(&mut self, i: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if super::local_cmd::probe_ready(&self.children[i].spec.socket).await {
+            if probe(&self.children[i].spec).await {
                 return Ok(());
             }
             let name = self.children[i].spec.name.clone();
@@ -162,14 +175,19 @@ impl Supervisor {
             if s.started.elapsed() >= HEALTHY_RUN {
                 s.recent_restarts = 0;
             }
-            let backoff =
-                (Duration::from_millis(500) * 2u32.pow(s.recent_restarts.min(5))).min(MAX_BACKOFF);
+            let upgrade = std::fs::remove_file(self.layout.upgrade_marker(&s.spec.name)).is_ok();
+            let backoff = if upgrade {
+                Duration::ZERO
+            } else {
+                (Duration::from_millis(500) * 2u32.pow(s.recent_restarts.min(5))).min(MAX_BACKOFF)
+            };
             let status = status.map_or_else(|e| e.to_string(), |st| st.to_string());
             tracing::warn!(
                 process = %s.spec.name,
                 %status,
                 restarts = s.restarts,
                 backoff_ms = backoff.as_millis() as u64,
+                upgrade,
                 "exited; restarting"
             );
             tokio::select! {
@@ -182,7 +200,9 @@ impl Supervisor {
                     let s = &mut self.children[i];
                     s.child = Some(child);
                     s.started = Instant::now();
-                    s.recent_restarts += 1;
+                    if !upgrade {
+                        s.recent_restarts += 1;
+                    }
                     s.restarts += 1;
                     self.save_pids();
                 }
@@ -191,8 +211,9 @@ impl Supervisor {
         }
     }
 
-    /// SIGTERM every child (nodes first, the controller last), wait for each
-    /// for up to [`STOP_GRACE`], SIGKILL what is left.
+    /// SIGINT every child (in the reverse of their start: each node before
+    /// its fd-keeper, the controller last), wait for each for up to
+    /// [`STOP_GRACE`], SIGKILL what is left.
     pub async fn stop_all(&mut self) {
         for s in self.children.iter_mut().rev() {
             let Some(mut child) = s.child.take() else {
@@ -201,7 +222,7 @@ impl Supervisor {
             if let Some(pid) = child.id() {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGTERM,
+                    nix::sys::signal::Signal::SIGINT,
                 );
             }
             match tokio::time::timeout(STOP_GRACE, child.wait()).await {
@@ -237,6 +258,16 @@ impl Supervisor {
         if let Err(e) = self.pids().save(&self.layout) {
             tracing::warn!(error = %e, "could not record the children's pids");
         }
+    }
+}
+
+/// One readiness probe of a child.
+async fn probe(spec: &ChildSpec) -> bool {
+    match spec.kind {
+        ChildKind::Csi => super::local_cmd::probe_ready(&spec.socket).await,
+        ChildKind::FdKeeper => jax_csi::fuse::keeper::KeeperClient::new(&spec.socket)
+            .list()
+            .is_ok(),
     }
 }
 

@@ -18,6 +18,7 @@ mod output;
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -63,6 +64,15 @@ enum Command {
     /// The CSI node plugin (Identity + Node services, FUSE mounts) on a
     /// unix socket; `node list` shows the registered nodes.
     Node(node_cmd::NodeCli),
+    /// Hold a clone of every mount's FUSE connection for the node plugins
+    /// on this host, so their mounts outlive a plugin's upgrade or crash
+    /// (`jax-csi node --handover-socket`). Stopping it ends mounts whose
+    /// plugin is not running.
+    FdKeeper {
+        /// The unix socket to serve (mode 0600).
+        #[arg(long, env = "JAX_HANDOVER_SOCKET")]
+        socket: PathBuf,
+    },
     /// Volumes: list and show their records; browse, read, see the history
     /// of and restore their contents through a node.
     Volume {
@@ -133,6 +143,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Controller(args) => controller_cmd::run(args),
         Command::Node(args) => node_cmd::run(args),
         Command::Csi(args) => csi_cmd::run(args),
+        Command::FdKeeper { socket } => jax_csi::fuse::keeper::serve(&socket)
+            .with_context(|| format!("serving the fd-keeper on {}", socket.display())),
         Command::Local { command } => local_cmd::run(command),
         Command::Volume { command } => operator_cmd::run_volume(command),
         Command::Snapshot { command } => operator_cmd::run_snapshot(command),

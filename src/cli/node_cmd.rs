@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use jax_csi::crypto::Kek;
-use jax_csi::csi::run::{run_node, NodeConfig};
-use jax_csi::csi::server::{parse_endpoint, shutdown_signal};
+use jax_csi::csi::run::{node_stop_signal, run_node, NodeConfig};
+use jax_csi::csi::server::parse_endpoint;
 
 /// `jax-csi node …`: the plugin itself (no subcommand), or `node list`.
 #[derive(Args, Debug)]
@@ -82,6 +82,12 @@ pub struct NodeArgs {
     /// Seconds between checks of the targets' pods.
     #[arg(long, default_value_t = 60)]
     orphan_scan_secs: u64,
+    /// The socket of a `jax-csi fd-keeper`: it holds every mount's FUSE
+    /// connection, so pods keep their mounts (a pause, no error) when this
+    /// process is upgraded (SIGTERM hands the mounts over) or crashes. Unset:
+    /// SIGTERM unmounts, and a crash leaves mounts dead until restart.
+    #[arg(long, env = "JAX_HANDOVER_SOCKET")]
+    handover_socket: Option<PathBuf>,
 }
 
 pub fn run(cli: NodeCli) -> anyhow::Result<()> {
@@ -123,7 +129,8 @@ pub fn run(cli: NodeCli) -> anyhow::Result<()> {
             advertise_ip: args.advertise_ip,
             anti_entropy: Duration::from_secs(args.anti_entropy_secs.max(1)),
             k8s,
+            handover_socket: args.handover_socket,
         },
-        shutdown_signal(),
+        node_stop_signal(),
     ))
 }

@@ -190,6 +190,9 @@ pub struct NodeConfig {
     pub advertise_ip: Option<std::net::IpAddr>,
     /// How often heads are compared with every peer.
     pub anti_entropy: Duration,
+    /// The fd-keeper's socket: mounts survive this process (upgrades,
+    /// crashes) while it runs. None: mounts end with the process.
+    pub handover_socket: Option<PathBuf>,
     /// Kubernetes: node labels, Events, orphaned targets (with an API server only).
     pub k8s: Option<super::node_k8s::NodeK8s>,
 }
@@ -216,10 +219,39 @@ pub fn sync_addresses(
     out
 }
 
-/// Serve Identity + Node until `shutdown` resolves, then unmount cleanly.
+/// How a node plugin ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeStop {
+    /// Final commits and clean unmounts (SIGINT, or no fd-keeper).
+    Unmount,
+    /// Leave every mount in place for a successor (SIGTERM with an
+    /// fd-keeper: what Kubernetes sends when it replaces the pod).
+    HandOver,
+}
+
+/// SIGTERM hands the mounts over (when an fd-keeper is configured); SIGINT
+/// always unmounts.
+pub async fn node_stop_signal() -> NodeStop {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {
+            tracing::info!("SIGTERM: stopping; mounts are handed over if an fd-keeper holds them");
+            NodeStop::HandOver
+        }
+        _ = int.recv() => {
+            tracing::info!("SIGINT: stopping and unmounting");
+            NodeStop::Unmount
+        }
+    }
+}
+
+/// Serve Identity + Node until `shutdown` resolves, then unmount cleanly or
+/// hand the mounts over, as it says.
 pub async fn run_node(
     cfg: NodeConfig,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: impl Future<Output = NodeStop> + Send,
 ) -> anyhow::Result<()> {
     use crate::bucket::StateDir;
     use crate::fuse::MountManager;
@@ -309,7 +341,20 @@ pub async fn run_node(
             cfg.gc_grace,
         )),
     ];
-    // Mounts come back from the node-local records, Postgres or not.
+    // Mounts kept alive by the fd-keeper are served again first; the
+    // others come back from the node-local records, Postgres or not.
+    if let Some(socket) = &cfg.handover_socket {
+        manager.set_keeper(crate::fuse::keeper::KeeperClient::new(socket));
+        let m = manager.clone();
+        let resumed = tokio::task::spawn_blocking(move || m.resume_kept()).await?;
+        if !resumed.resumed.is_empty() || !resumed.failed.is_empty() {
+            tracing::info!(
+                resumed = resumed.resumed.len(),
+                failed = resumed.failed.len(),
+                "mounts taken over from the fd-keeper"
+            );
+        }
+    }
     let failed = {
         let m = manager.clone();
         tokio::task::spawn_blocking(move || m.start_auto()).await?
@@ -356,6 +401,14 @@ pub async fn run_node(
         )));
     }
     tracing::info!(socket = %cfg.socket.display(), node = %cfg.node_id, "node serving");
+    let stop = Arc::new(std::sync::Mutex::new(NodeStop::Unmount));
+    let shutdown = {
+        let stop = stop.clone();
+        async move {
+            let how = shutdown.await;
+            *stop.lock().unwrap() = how;
+        }
+    };
     let served = Server::builder()
         .add_service(IdentityServer::new(IdentityService::new(false, ready)))
         .add_service(super::proto::node_server::NodeServer::new(node))
@@ -363,8 +416,18 @@ pub async fn run_node(
         .serve_with_incoming_shutdown(super::server::incoming(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(&cfg.socket);
-    // Final commits and clean unmounts; auto-mount records bring them back.
-    tokio::task::spawn_blocking(move || manager.stop_all()).await?;
+    let how = *stop.lock().unwrap();
+    if how == NodeStop::HandOver && cfg.handover_socket.is_some() {
+        // Final commits; the mounts stay for the successor to resume.
+        let handed = tokio::task::spawn_blocking(move || manager.hand_over_all()).await?;
+        tracing::info!(
+            volumes = handed.len(),
+            "mounts handed over to the next node plugin"
+        );
+    } else {
+        // Final commits and clean unmounts; auto-mount records bring them back.
+        tokio::task::spawn_blocking(move || manager.stop_all()).await?;
+    }
     for t in tasks.drain(..) {
         t.abort();
     }

@@ -151,10 +151,23 @@ impl JaxFs {
 }
 
 /// Open directory handles and the listing each one reads from.
-#[derive(Default)]
 struct DirHandles {
     next: AtomicU64,
     open: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+}
+
+impl Default for DirHandles {
+    /// Numbers start at a random point: after a handover the kernel still
+    /// holds its predecessor's handles, which must not name new listings
+    /// (an unknown handle just reads a fresh listing).
+    fn default() -> Self {
+        let mut seed = [0u8; 8];
+        let _ = getrandom::fill(&mut seed);
+        Self {
+            next: AtomicU64::new(u64::from_le_bytes(seed) >> 2),
+            open: Mutex::default(),
+        }
+    }
 }
 
 impl DirHandles {

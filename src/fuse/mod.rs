@@ -1,10 +1,13 @@
 //! The FUSE layer: `JaxFs` (a thin adapter over a live bucket Mount), the
-//! write-back committer, kernel sessions, and the MountManager that owns one
-//! live Mount per volume on this node.
+//! write-back committer, kernel sessions, the fd-keeper that keeps their
+//! connections alive across node plugin restarts, and the MountManager that
+//! owns one live Mount per volume on this node.
 
 mod committers;
 pub mod errno;
 pub mod fs;
+pub mod handover;
+pub mod keeper;
 pub mod live;
 pub mod mount_manager;
 pub mod session;

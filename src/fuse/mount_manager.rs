@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
+use super::keeper::KeeperClient;
 use super::live::{CommitHook, LiveMount, DEFAULT_DEBOUNCE};
 use super::session::{self, FuseSession, SessionOptions};
 use super::FsOptions;
@@ -191,16 +192,16 @@ pub enum MountError {
 }
 
 /// A running volume: its live Mount and kernel session.
-struct Running {
-    live: LiveMount,
-    session: FuseSession,
+pub(super) struct Running {
+    pub(super) live: LiveMount,
+    pub(super) session: FuseSession,
 }
 
-struct Inner {
-    records: BTreeMap<String, MountRecord>,
-    running: BTreeMap<String, Running>,
+pub(super) struct Inner {
+    pub(super) records: BTreeMap<String, MountRecord>,
+    pub(super) running: BTreeMap<String, Running>,
     /// Volumes a start or stop is working on (outside the lock).
-    busy: std::collections::BTreeSet<String>,
+    pub(super) busy: std::collections::BTreeSet<String>,
 }
 
 /// Owns every mount of this node.
@@ -215,6 +216,9 @@ pub struct MountManager {
     mirror: Option<mpsc::UnboundedSender<MountRecord>>,
     debounce: Duration,
     remote: Arc<Mutex<Option<RemoteProvider>>>,
+    /// Holds a clone of each session's descriptor, so mounts outlive this
+    /// process (see `fuse::keeper` and `fuse::handover`).
+    pub(super) keeper: Arc<Mutex<Option<KeeperClient>>>,
 }
 
 /// Gives a mount of a bucket the fetcher of chunks this node lacks.
@@ -258,6 +262,7 @@ impl MountManager {
             mirror,
             debounce: DEFAULT_DEBOUNCE,
             remote: Arc::new(Mutex::new(None)),
+            keeper: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -274,7 +279,7 @@ impl MountManager {
         *self.remote.lock().unwrap() = Some(provider);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -291,7 +296,7 @@ impl MountManager {
         Ok(())
     }
 
-    fn set_status(&self, inner: &mut Inner, volume: &str, status: MountStatus) {
+    pub(super) fn set_status(&self, inner: &mut Inner, volume: &str, status: MountStatus) {
         if let Some(r) = inner.records.get_mut(volume) {
             r.status = status;
             let r = r.clone();
@@ -430,7 +435,6 @@ impl MountManager {
     }
 
     fn start_inner(&self, rec: &MountRecord) -> Result<Running, MountError> {
-        let id = parse_volume(&rec.volume_id)?;
         let path = &rec.mount_point;
         if session::is_stale(path) || session::is_mount_point(path) {
             tracing::warn!(path = %path.display(), "detaching a stale mount before mounting");
@@ -440,6 +444,29 @@ impl MountManager {
             })?;
         }
         check_mount_point(path)?;
+        let live = self.open_live(rec, |_| Ok(()))?;
+        let session = match session::mount(live.clone(), path, &session_options(rec)) {
+            Ok(s) => s,
+            Err(source) => {
+                let _ = live.shutdown();
+                return Err(MountError::SpawnFailed {
+                    path: path.clone(),
+                    source,
+                });
+            }
+        };
+        self.keep_connection(&rec.volume_id, &session);
+        Ok(Running { live, session })
+    }
+
+    /// The live Mount of a record's volume at its head, with the node's
+    /// hooks; `prepare` runs on the Mount before it goes live.
+    pub(super) fn open_live(
+        &self,
+        rec: &MountRecord,
+        prepare: impl FnOnce(&mut crate::bucket::Mount) -> crate::bucket::Result<()>,
+    ) -> Result<LiveMount, MountError> {
+        let id = parse_volume(&rec.volume_id)?;
         let load = |source| MountError::LoadFailed {
             volume: rec.volume_id.clone(),
             source,
@@ -460,6 +487,7 @@ impl MountManager {
                 apply_group(&mut mount, group).map_err(load)?;
             }
         }
+        prepare(&mut mount).map_err(load)?;
         let live = LiveMount::new(mount, self.debounce);
         let events = self.events.clone();
         let volume = rec.volume_id.clone();
@@ -479,25 +507,7 @@ impl MountManager {
                 volume_id: volume.clone(),
             });
         }));
-        let opts = SessionOptions {
-            fs_name: session::source_of(&rec.volume_id),
-            read_only: rec.options.read_only,
-            fs: FsOptions {
-                ttl: Duration::from_millis(rec.options.cache_ttl_ms),
-            },
-            threads: session::NODE_FUSE_THREADS,
-        };
-        let session = match session::mount(live.clone(), path, &opts) {
-            Ok(s) => s,
-            Err(source) => {
-                let _ = live.shutdown();
-                return Err(MountError::SpawnFailed {
-                    path: path.clone(),
-                    source,
-                });
-            }
-        };
-        Ok(Running { live, session })
+        Ok(live)
     }
 
     /// Unmount after a final commit. Stopping a stopped mount is fine.
@@ -548,6 +558,7 @@ impl MountManager {
             release(self);
             return Ok(());
         };
+        self.release_connection(volume_id);
         let path = session.path().to_path_buf();
         let unmounted = session.unmount();
         {
@@ -900,6 +911,18 @@ fn invalidate(notifier: &fuser::Notifier, stale: &crate::bucket::Invalidations) 
     }
     for (dir, name) in &stale.entries {
         let _ = notifier.inval_entry(fuser::INodeNo(*dir), std::ffi::OsStr::from_bytes(name));
+    }
+}
+
+/// How a record's volume is served by FUSE.
+pub(super) fn session_options(rec: &MountRecord) -> SessionOptions {
+    SessionOptions {
+        fs_name: session::source_of(&rec.volume_id),
+        read_only: rec.options.read_only,
+        fs: FsOptions {
+            ttl: Duration::from_millis(rec.options.cache_ttl_ms),
+        },
+        threads: session::NODE_FUSE_THREADS,
     }
 }
 

@@ -3,11 +3,14 @@
 //! unmounts, including of stale mounts whose daemon died.
 
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fuser::{BackgroundSession, Config, MountOption, Notifier, Session, SessionACL};
+use fuser::{
+    BackgroundSession, Config, MountOption, Notifier, Session, SessionACL, SessionStopper,
+};
 
 use super::fs::{FsOptions, JaxFs};
 use super::live::LiveMount;
@@ -44,7 +47,16 @@ pub struct FuseSession {
     notifier: Notifier,
     /// The kernel's FUSE connection number (minor of st_dev), for aborting.
     connection: u32,
+    /// Ends the session's readers without unmounting (a handover).
+    stopper: SessionStopper,
+    /// The descriptor the session reads (valid while `background` runs),
+    /// for the clone an fd-keeper holds.
+    device: RawFd,
 }
+
+/// Wakes the session's readers out of read(2) when a handover stops them;
+/// nothing else in the node uses it.
+const HANDOVER_WAKE_SIGNAL: libc::c_int = libc::SIGUSR2;
 
 impl std::fmt::Debug for FuseSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,29 +79,101 @@ pub fn mount(live: LiveMount, path: &Path, opts: &SessionOptions) -> io::Result<
     if opts.read_only {
         options.push(MountOption::RO);
     }
-    let mut config = Config::default();
+    let mut config = session_config(opts);
     config.mount_options = options;
-    // Pods run as any user; the kernel still applies default_permissions.
-    config.acl = SessionACL::All;
-    config.n_threads = Some(opts.threads.max(1));
     let before = std::fs::metadata(path)?.dev();
     let session = Session::new(JaxFs::new(live, opts.fs.clone()), path, &config)?;
-    let notifier = session.notifier();
-    let background = session.spawn()?;
-    let mut s = FuseSession {
-        path: path.to_path_buf(),
-        background: Some(background),
-        notifier,
-        connection: 0,
-    };
+    let mut s = FuseSession::spawn(session, path, 0)?;
     s.connection = wait_answering(path, before, Duration::from_secs(10))?;
     raise_readahead(s.connection);
     Ok(s)
 }
 
+/// Go on serving a mounted, initialized connection at `path` from a kept
+/// descriptor of it (a predecessor's, see `fuse::keeper`): the session reads
+/// from a clone of `kept`, so the keeper's descriptor is never read and
+/// requests this process has read die with it alone if it crashes.
+pub fn resume(
+    live: LiveMount,
+    kept: OwnedFd,
+    path: &Path,
+    connection: u32,
+    opts: &SessionOptions,
+) -> io::Result<FuseSession> {
+    let serving = fuser::clone_fuse_device(kept.as_fd())?;
+    drop(kept);
+    let session = Session::resume_from_fd(
+        JaxFs::new(live, opts.fs.clone()),
+        serving,
+        SessionACL::All,
+        session_config(opts),
+    );
+    let s = FuseSession::spawn(session, path, connection)?;
+    match std::fs::metadata(path) {
+        Ok(m) if libc::minor(m.dev()) == connection => Ok(s),
+        Ok(_) => Err(io::Error::other(format!(
+            "{} is no longer FUSE connection {connection}",
+            path.display()
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
+/// Session settings shared by fresh and resumed sessions.
+fn session_config(opts: &SessionOptions) -> Config {
+    let mut config = Config::default();
+    // Pods run as any user; the kernel still applies default_permissions.
+    config.acl = SessionACL::All;
+    config.n_threads = Some(opts.threads.max(1));
+    config
+}
+
 impl FuseSession {
+    fn spawn(session: Session<JaxFs>, path: &Path, connection: u32) -> io::Result<Self> {
+        let notifier = session.notifier();
+        let stopper = session.stopper();
+        let device = session.as_fd().as_raw_fd();
+        let background = session.spawn()?;
+        Ok(FuseSession {
+            path: path.to_path_buf(),
+            background: Some(background),
+            notifier,
+            connection,
+            stopper,
+            device,
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The kernel's number for this FUSE connection.
+    pub fn connection(&self) -> u32 {
+        self.connection
+    }
+
+    /// A new descriptor on this session's connection, for an fd-keeper.
+    pub fn clone_device(&self) -> io::Result<OwnedFd> {
+        if self.background.is_none() {
+            return Err(io::Error::other("the session has ended"));
+        }
+        // SAFETY: the session's reader threads own this descriptor and
+        // keep it open while `background` runs (checked above).
+        let device = unsafe { BorrowedFd::borrow_raw(self.device) };
+        fuser::clone_fuse_device(device)
+    }
+
+    /// Stop serving without unmounting, for a successor to resume from a
+    /// kept descriptor: every request read so far is answered, none other
+    /// is read, the Mount's final commit runs (`JaxFs::destroy`), and the
+    /// mount stays in place. Requests from then on wait in the kernel.
+    pub fn hand_over(mut self) -> io::Result<()> {
+        let Some(bg) = self.background.take() else {
+            return Ok(());
+        };
+        self.stopper.stop(HANDOVER_WAKE_SIGNAL)?;
+        bg.join_leaving_mounted()
     }
 
     /// Sends cache invalidations to the kernel (after a remote change).

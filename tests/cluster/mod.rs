@@ -2,6 +2,9 @@
 //! `jax-csi` binary as controller replicas and node plugins on unix sockets.
 #![allow(dead_code)]
 
+pub mod csi;
+pub mod pod;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,6 +21,8 @@ pub struct Cluster {
     pub kek: Kek,
     pub controllers: Vec<Child>,
     pub nodes: Vec<(String, Child)>,
+    /// fd-keepers (stopped after the nodes).
+    pub keepers: Vec<Child>,
     /// `--gc-grace-secs` of the nodes started from now on.
     pub gc_grace: &'static str,
 }
@@ -34,6 +39,7 @@ impl Cluster {
             kek,
             controllers: vec![],
             nodes: vec![],
+            keepers: vec![],
             gc_grace: "300",
         }
     }
@@ -164,6 +170,26 @@ impl Cluster {
         terminate(&mut child)
     }
 
+    /// Start a `jax-csi fd-keeper`; returns its socket once it answers.
+    pub fn fd_keeper(&mut self) -> PathBuf {
+        let socket = self.dir.path().join("fd-keeper.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_jax-csi"))
+            .args(["fd-keeper", "--socket"])
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("fd-keeper.log")).unwrap())
+            .spawn()
+            .expect("spawning jax-csi fd-keeper");
+        self.keepers.push(child);
+        let client = jax_csi::fuse::keeper::KeeperClient::new(&socket);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client.list().is_err() {
+            assert!(Instant::now() < deadline, "the fd-keeper never answered");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        socket
+    }
+
     pub fn psql(&self, sql: &str) -> String {
         self.pg
             .as_ref()
@@ -176,19 +202,25 @@ impl Cluster {
 }
 
 fn terminate(c: &mut Child) -> std::process::ExitStatus {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(c.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
+    signal_and_wait(c, nix::sys::signal::Signal::SIGTERM)
+}
+
+pub fn signal_and_wait(c: &mut Child, sig: nix::sys::signal::Signal) -> std::process::ExitStatus {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
     c.wait().unwrap()
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // SIGINT: a node always unmounts (SIGTERM would hand its mounts to
+        // an fd-keeper, if the test runs one).
         for (_, c) in &mut self.nodes {
-            terminate(c);
+            signal_and_wait(c, nix::sys::signal::Signal::SIGINT);
         }
         for c in &mut self.controllers {
+            terminate(c);
+        }
+        for c in &mut self.keepers {
             terminate(c);
         }
     }
