@@ -35,6 +35,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
+        crate::crash_point::hit("durable-temp-written");
         std::fs::rename(&tmp, path)?;
         sync_dir(parent(path))
     })();

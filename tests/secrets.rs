@@ -253,6 +253,21 @@ async fn no_secret_reaches_postgres_logs_errors_metrics_or_disk() {
         haystacks.push((f.display().to_string(), fs::read(&f).unwrap_or_default()));
     }
     assert!(errors.len() >= 4, "{errors:#?}");
+    // Core dumps: the processes holding keys cannot write one.
+    let pids = c
+        .controllers
+        .iter()
+        .map(|p| p.id())
+        .chain(c.nodes.iter().map(|(_, p)| p.id()));
+    for pid in pids {
+        let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let core = limits
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .unwrap();
+        let fields: Vec<&str> = core.split_whitespace().collect();
+        assert_eq!(&fields[4..6], ["0", "0"], "pid {pid} may dump core: {core}");
+    }
     let mut needles = forms("cluster KEK", &KEK);
     needles.extend(forms("tenant key", &TENANT));
     needles.extend(forms("bucket secret", &bucket_secret));

@@ -1212,6 +1212,7 @@ impl Mount {
         for (ino, i, buf, r) in self.io.seal_many(jobs) {
             by_file.entry(ino).or_default().push((i, buf, r));
         }
+        crate::crash_point::hit("chunks-sealed");
         for (ino, results) in by_file {
             if let Some(Inode {
                 body: Body::File(f),
@@ -1252,6 +1253,7 @@ impl Mount {
     pub(crate) fn commit(&mut self, merged: Option<(Hash, u64)>) -> Result<Saved> {
         self.flush_data()?;
         let root_hash = self.persist_dir(ROOT_INO)?;
+        crate::crash_point::hit("tree-written");
         let root_key = match &self.inodes[&ROOT_INO].body {
             Body::Dir(d) => d.key.clone(),
             _ => unreachable!("root is a directory"),
@@ -1274,7 +1276,9 @@ impl Mount {
         };
         let manifest = Manifest::sign(body, &self.core.identity)?;
         let hash = manifest.store(&self.core.store)?;
+        crate::crash_point::hit("manifest-written");
         self.core.write_head(&hash)?;
+        crate::crash_point::hit("head-moved");
         tracing::debug!(bucket = %self.core.id, version = %hash, height, "saved version");
         self.base = manifest;
         self.base_hash = hash;

@@ -57,49 +57,107 @@ pub async fn mirror_mounts(db: Db, node_id: String, mut rx: mpsc::UnboundedRecei
     }
 }
 
-/// Report every committed head to `bucket_heads` (snapshots read it).
+/// A head to report: (head, height, used bytes).
+type PendingHead = (crate::store::Hash, u64, u64);
+
+/// Report every committed head to `bucket_heads` (snapshots read it). The
+/// latest head of each volume waits until Postgres takes it, however long
+/// it is down (an outage must not leave a stale head behind).
 pub async fn report_heads(db: Db, node_id: String, mut events: broadcast::Receiver<SyncEvent>) {
+    let mut pending: BTreeMap<String, PendingHead> = BTreeMap::new();
+    let mut closed = false;
     loop {
-        match events.recv().await {
-            Ok(SyncEvent::Committed {
-                volume_id,
-                head,
-                height,
-                used_bytes,
-            })
-            | Ok(SyncEvent::MountInvalidated {
-                volume_id,
-                head,
-                height,
-                used_bytes,
-            }) => {
-                for _ in 0..5 {
-                    match db
-                        .report_head(
-                            &volume_id,
-                            &node_id,
-                            &head.to_string(),
-                            height as i64,
-                            Some(used_bytes as i64),
-                        )
-                        .await
-                    {
-                        Ok(()) => break,
-                        Err(e) => {
-                            tracing::debug!(volume = %volume_id, error = %e, "head not reported yet");
-                            tokio::time::sleep(RETRY).await;
+        if pending.is_empty() {
+            if closed {
+                return;
+            }
+            closed = !take_event(events.recv().await, &mut pending);
+        }
+        loop {
+            match events.try_recv() {
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Err(broadcast::error::TryRecvError::Closed) => {
+                    closed = true;
+                    break;
+                }
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "head reporter lagged; later commits will report"
+                    );
+                }
+                Ok(e) => {
+                    take_event(Ok(e), &mut pending);
+                }
+            }
+        }
+        let mut failed = false;
+        for (volume, (head, height, used)) in std::mem::take(&mut pending) {
+            let reported = db
+                .report_head(
+                    &volume,
+                    &node_id,
+                    &head.to_string(),
+                    height as i64,
+                    Some(used as i64),
+                )
+                .await;
+            if let Err(e) = reported {
+                tracing::debug!(volume, error = %e, "head not reported yet");
+                pending.entry(volume).or_insert((head, height, used));
+                failed = true;
+            }
+        }
+        if failed && closed {
+            tokio::time::sleep(RETRY).await;
+        } else if failed {
+            // Newer heads replace the waiting ones meanwhile.
+            let retry = tokio::time::sleep(RETRY);
+            tokio::pin!(retry);
+            loop {
+                tokio::select! {
+                    _ = &mut retry => break,
+                    e = events.recv() => {
+                        if !take_event(e, &mut pending) {
+                            closed = true;
+                            break;
                         }
                     }
                 }
             }
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(
-                    missed = n,
-                    "head reporter lagged; later commits will report"
-                );
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+/// Note a head event in `pending` (latest wins); false once the channel closed.
+fn take_event(
+    e: Result<SyncEvent, broadcast::error::RecvError>,
+    pending: &mut BTreeMap<String, PendingHead>,
+) -> bool {
+    match e {
+        Ok(SyncEvent::Committed {
+            volume_id,
+            head,
+            height,
+            used_bytes,
+        })
+        | Ok(SyncEvent::MountInvalidated {
+            volume_id,
+            head,
+            height,
+            used_bytes,
+        }) => {
+            pending.insert(volume_id, (head, height, used_bytes));
+            true
+        }
+        Err(broadcast::error::RecvError::Lagged(n)) => {
+            tracing::warn!(
+                missed = n,
+                "head reporter lagged; later commits will report"
+            );
+            true
+        }
+        Err(broadcast::error::RecvError::Closed) => false,
     }
 }
 

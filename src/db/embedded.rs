@@ -553,6 +553,22 @@ impl EmbeddedPostgres {
             .ok()
     }
 
+    /// Stop the server but keep the handle, its data and its address: an
+    /// outage, which [`EmbeddedPostgres::resume`] ends at the same URL.
+    pub fn pause(&mut self) -> Result<(), EmbeddedPgError> {
+        self.shutdown()
+    }
+
+    /// Start a paused server again, on the same port and socket dir.
+    pub fn resume(&mut self, opts: EmbeddedPostgresOptions) -> Result<(), EmbeddedPgError> {
+        if !self.stopped {
+            return Ok(());
+        }
+        self.launch(&opts)?;
+        self.stopped = false;
+        Ok(())
+    }
+
     /// Stop the server and report any failure.
     pub fn stop(mut self) -> Result<(), EmbeddedPgError> {
         self.shutdown()

@@ -294,12 +294,14 @@ impl BlobStore {
             f.write_all(bytes)?;
             f.sync_all()?;
             drop(f);
+            crate::crash_point::hit("blob-written");
             std::fs::rename(&tmp, &dest)
         })();
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             return Err(io_at(&dest)(e));
         }
+        crate::crash_point::hit("blob-renamed");
         self.unsynced
             .lock()
             .expect("unsynced dirs lock")

@@ -1,0 +1,62 @@
+//! Named points on the commit path where a test can make the process die as
+//! a crash would: `JAX_CSI_CRASH_AT=<point>` (or `<point>:<n>` for its n-th
+//! hit) makes the process SIGKILL itself there. Nothing is flushed and no
+//! destructor runs. Unset (always, outside tests) each point costs one
+//! load of an initialised `OnceLock`. `tests/crash_points.rs` stops a commit at
+//! every point and checks what survives.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// The environment variable that arms a point.
+pub const ENV: &str = "JAX_CSI_CRASH_AT";
+
+/// Every point, in the order a commit passes them.
+pub const POINTS: &[&str] = &[
+    // A file's dirty chunks were sealed and stored (blobs not yet in a tree).
+    "chunks-sealed",
+    // A blob's temp file is written and fsynced, not yet renamed into place.
+    "blob-written",
+    // A blob is renamed into place; its directory is not yet fsynced.
+    "blob-renamed",
+    // The tree's nodes are stored; no manifest names them yet.
+    "tree-written",
+    // The signed manifest is stored; HEAD still names the previous version.
+    "manifest-written",
+    // A small file's temp copy (HEAD's among them) is fsynced, not yet renamed.
+    "durable-temp-written",
+    // HEAD names the new version; nothing after the commit has run.
+    "head-moved",
+];
+
+fn armed() -> Option<&'static (String, u64)> {
+    static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| {
+            let spec = std::env::var(ENV).ok()?;
+            let (name, nth) = match spec.split_once(':') {
+                Some((name, n)) => (name.to_string(), n.parse().ok()?),
+                None => (spec, 1),
+            };
+            Some((name, nth))
+        })
+        .as_ref()
+}
+
+/// Die here if this point is armed and this is its chosen hit.
+pub fn hit(point: &'static str) {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let Some((name, nth)) = armed() else {
+        return;
+    };
+    if name != point {
+        return;
+    }
+    if HITS.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
+        eprintln!("crash point {point}: killing this process");
+        // SAFETY: kill of our own pid; it does not return.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! A commit stopped at each of its steps (the process SIGKILLs itself at a
+//! named crash point, see `src/crash_point.rs`) loses nothing acknowledged:
+//! after the crash, every version that was saved before is there byte for
+//! byte, the version chain and every blob verify, the interrupted version is
+//! there whole or not at all (whole exactly when HEAD had moved), and the
+//! bucket takes the next commit.
+
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use jax_csi::crash_point::{ENV, POINTS};
+
+const BIN: &str = env!("CARGO_BIN_EXE_jax-csi");
+
+fn bucket(state: &Path, args: &[&str], stdin: &[u8], crash_at: Option<&str>) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("bucket")
+        .arg("--state-dir")
+        .arg(state.join("node"))
+        .arg("--kek-file")
+        .arg(state.join("kek"))
+        .args(args)
+        .env_remove(ENV)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(point) = crash_at {
+        cmd.env(ENV, point);
+    }
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: Output, what: &str) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A file of `len` bytes unlike any other (several chunks, a partial last one).
+fn content(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+#[test]
+fn a_commit_killed_at_any_step_loses_nothing_acknowledged() {
+    let mut covered = Vec::new();
+    for point in POINTS {
+        let dir = tempfile::tempdir().unwrap();
+        jax_csi::crypto::Kek::generate()
+            .unwrap()
+            .write_file(&dir.path().join("kek"))
+            .unwrap();
+        let id = ok(
+            bucket(dir.path(), &["create", "--chunk-size", "65536"], b"", None),
+            "create",
+        );
+        let id = String::from_utf8(id).unwrap();
+        let id = id.trim();
+        let first = content(1, 200_000);
+        ok(
+            bucket(dir.path(), &["put", id, "/first"], &first, None),
+            "put /first",
+        );
+
+        // The commit of /second dies at `point`.
+        let second = content(2, 300_000);
+        let out = bucket(dir.path(), &["put", id, "/second"], &second, Some(point));
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "the commit never reached crash point {point}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        ok(
+            bucket(dir.path(), &["verify", id], b"", None),
+            "verify after the crash",
+        );
+        let got = bucket(dir.path(), &["cat", id, "/first"], b"", None);
+        assert_eq!(ok(got, "cat /first"), first, "{point}: /first changed");
+        let after_head = POINTS.iter().position(|p| p == point)
+            >= POINTS.iter().position(|p| *p == "head-moved");
+        let got = bucket(dir.path(), &["cat", id, "/second"], b"", None);
+        if after_head {
+            assert_eq!(
+                ok(got, "cat /second"),
+                second,
+                "{point}: HEAD moved, so /second is whole"
+            );
+        } else {
+            assert!(
+                !got.status.success(),
+                "{point}: HEAD had not moved, yet /second is there"
+            );
+        }
+
+        // The bucket goes on: the next commit works and verifies.
+        let third = content(3, 70_000);
+        ok(
+            bucket(dir.path(), &["put", id, "/third"], &third, None),
+            "put /third",
+        );
+        ok(
+            bucket(dir.path(), &["verify", id], b"", None),
+            "verify after the next commit",
+        );
+        let got = bucket(dir.path(), &["cat", id, "/third"], b"", None);
+        assert_eq!(ok(got, "cat /third"), third);
+        covered.push(*point);
+    }
+    println!(
+        "crash points covered: {} ({})",
+        covered.len(),
+        covered.join(", ")
+    );
+}
