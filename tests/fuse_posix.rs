@@ -32,7 +32,6 @@ fn options(read_only: bool) -> SessionOptions {
         fs_name: "jax:test".into(),
         read_only,
         fs: FsOptions::default(),
-        threads: 2,
     }
 }
 

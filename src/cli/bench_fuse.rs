@@ -457,10 +457,6 @@ fn setup_jax(base: &Path, b: &FuseBench) -> anyhow::Result<Target> {
         fs_name: "jax:bench".into(),
         read_only: false,
         fs: FsOptions::default(),
-        threads: std::env::var("JAX_FUSE_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2),
     };
     let session: FuseSession = fuse::mount(live.clone(), &mnt, &opts)?;
     Ok(Target {

@@ -10,6 +10,7 @@ pub mod handover;
 pub mod keeper;
 pub mod live;
 pub mod mount_manager;
+pub mod reactor;
 pub mod session;
 
 pub use fs::{FsOptions, JaxFs};

@@ -922,7 +922,6 @@ pub(super) fn session_options(rec: &MountRecord) -> SessionOptions {
         fs: FsOptions {
             ttl: Duration::from_millis(rec.options.cache_ttl_ms),
         },
-        threads: session::NODE_FUSE_THREADS,
     }
 }
 

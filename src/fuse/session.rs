@@ -3,17 +3,16 @@
 //! unmounts, including of stale mounts whose daemon died.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fuser::{
-    BackgroundSession, Config, MountOption, Notifier, Session, SessionACL, SessionStopper,
-};
+use fuser::{Config, MountOption, Notifier, Session, SessionACL};
 
 use super::fs::{FsOptions, JaxFs};
 use super::live::LiveMount;
+use super::reactor::{Reactor, Served};
 
 /// How one FUSE session is mounted.
 #[derive(Clone, Debug)]
@@ -22,12 +21,7 @@ pub struct SessionOptions {
     pub fs_name: String,
     pub read_only: bool,
     pub fs: FsOptions,
-    /// Threads reading requests from /dev/fuse.
-    pub threads: usize,
 }
-
-/// Threads reading each volume's /dev/fuse on a node.
-pub const NODE_FUSE_THREADS: usize = 2;
 
 /// The options a node mounts a writable volume with (what benchmarks of
 /// the node's mounts use too).
@@ -36,27 +30,18 @@ pub fn node_session_options(fs_name: &str) -> SessionOptions {
         fs_name: fs_name.into(),
         read_only: false,
         fs: FsOptions::default(),
-        threads: NODE_FUSE_THREADS,
     }
 }
 
-/// A mounted FUSE session; unmounts on [`FuseSession::unmount`] or drop.
+/// A mounted FUSE session, served by the node's [`Reactor`]; unmounts on
+/// [`FuseSession::unmount`] or drop.
 pub struct FuseSession {
     path: PathBuf,
-    background: Option<BackgroundSession>,
+    served: Option<Served>,
     notifier: Notifier,
     /// The kernel's FUSE connection number (minor of st_dev), for aborting.
     connection: u32,
-    /// Ends the session's readers without unmounting (a handover).
-    stopper: SessionStopper,
-    /// The descriptor the session reads (valid while `background` runs),
-    /// for the clone an fd-keeper holds.
-    device: RawFd,
 }
-
-/// Wakes the session's readers out of read(2) when a handover stops them;
-/// nothing else in the node uses it.
-const HANDOVER_WAKE_SIGNAL: libc::c_int = libc::SIGUSR2;
 
 impl std::fmt::Debug for FuseSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,7 +64,7 @@ pub fn mount(live: LiveMount, path: &Path, opts: &SessionOptions) -> io::Result<
     if opts.read_only {
         options.push(MountOption::RO);
     }
-    let mut config = session_config(opts);
+    let mut config = session_config();
     config.mount_options = options;
     let before = std::fs::metadata(path)?.dev();
     let session = Session::new(JaxFs::new(live, opts.fs.clone()), path, &config)?;
@@ -106,7 +91,7 @@ pub fn resume(
         JaxFs::new(live, opts.fs.clone()),
         serving,
         SessionACL::All,
-        session_config(opts),
+        session_config(),
     );
     let s = FuseSession::spawn(session, path, connection)?;
     match std::fs::metadata(path) {
@@ -119,28 +104,24 @@ pub fn resume(
     }
 }
 
-/// Session settings shared by fresh and resumed sessions.
-fn session_config(opts: &SessionOptions) -> Config {
+/// Session settings shared by fresh and resumed sessions (the reactor's
+/// workers read the requests, so fuser's own thread settings are unused).
+fn session_config() -> Config {
     let mut config = Config::default();
     // Pods run as any user; the kernel still applies default_permissions.
     config.acl = SessionACL::All;
-    config.n_threads = Some(opts.threads.max(1));
     config
 }
 
 impl FuseSession {
     fn spawn(session: Session<JaxFs>, path: &Path, connection: u32) -> io::Result<Self> {
         let notifier = session.notifier();
-        let stopper = session.stopper();
-        let device = session.as_fd().as_raw_fd();
-        let background = session.spawn()?;
+        let served = Reactor::global().serve(session.into_dispatcher()?)?;
         Ok(FuseSession {
             path: path.to_path_buf(),
-            background: Some(background),
+            served: Some(served),
             notifier,
             connection,
-            stopper,
-            device,
         })
     }
 
@@ -155,12 +136,12 @@ impl FuseSession {
 
     /// A new descriptor on this session's connection, for an fd-keeper.
     pub fn clone_device(&self) -> io::Result<OwnedFd> {
-        if self.background.is_none() {
+        let Some(served) = &self.served else {
             return Err(io::Error::other("the session has ended"));
-        }
-        // SAFETY: the session's reader threads own this descriptor and
-        // keep it open while `background` runs (checked above).
-        let device = unsafe { BorrowedFd::borrow_raw(self.device) };
+        };
+        // SAFETY: the served session owns this descriptor and keeps it open
+        // while it is served (it is, checked above; `self` is borrowed).
+        let device = unsafe { BorrowedFd::borrow_raw(served.raw_fd()) };
         fuser::clone_fuse_device(device)
     }
 
@@ -169,11 +150,13 @@ impl FuseSession {
     /// is read, the Mount's final commit runs (`JaxFs::destroy`), and the
     /// mount stays in place. Requests from then on wait in the kernel.
     pub fn hand_over(mut self) -> io::Result<()> {
-        let Some(bg) = self.background.take() else {
+        let Some(served) = self.served.take() else {
             return Ok(());
         };
-        self.stopper.stop(HANDOVER_WAKE_SIGNAL)?;
-        bg.join_leaving_mounted()
+        let dispatcher = Reactor::global().stop(served);
+        dispatcher.forget_mount();
+        dispatcher.destroy();
+        Ok(())
     }
 
     /// Sends cache invalidations to the kernel (after a remote change).
@@ -189,7 +172,7 @@ impl FuseSession {
     }
 
     fn finish(&mut self) -> io::Result<()> {
-        let Some(bg) = self.background.take() else {
+        let Some(served) = self.served.take() else {
             return Ok(());
         };
         match nix::mount::umount(&self.path) {
@@ -200,36 +183,28 @@ impl FuseSession {
             }
             Err(e) => return Err(e.into()),
         }
-        if !wait_finished(&bg, UNMOUNT_GRACE) {
+        if !served.wait_ended(UNMOUNT_GRACE) {
             tracing::warn!(path = %self.path.display(), connection = self.connection, "FUSE connection still in use after unmount; aborting it");
             abort_connection(self.connection)?;
-            if !wait_finished(&bg, UNMOUNT_GRACE) {
+            if !served.wait_ended(UNMOUNT_GRACE) {
+                // Not served any more either way: the kernel fails its requests.
+                Reactor::global().stop(served).forget_mount();
                 return Err(io::Error::other(
                     "the FUSE session did not end after an abort",
                 ));
             }
         }
-        // Already unmounted above; only the thread is left to collect.
-        match bg.guard.join() {
-            Ok(r) => r,
-            Err(_) => Err(io::Error::other("the FUSE session thread panicked")),
-        }
+        // The session's end: the Mount's final commit (`JaxFs::destroy`);
+        // fuser must not unmount again (the path may be mounted anew by then).
+        let dispatcher = Reactor::global().stop(served);
+        dispatcher.forget_mount();
+        dispatcher.destroy();
+        Ok(())
     }
 }
 
 /// How long an unmounted session may take to see the kernel let go.
 const UNMOUNT_GRACE: Duration = Duration::from_secs(5);
-
-fn wait_finished(bg: &BackgroundSession, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !bg.guard.is_finished() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    true
-}
 
 /// Abort a FUSE connection through fusectl (mounting fusectl if needed).
 fn abort_connection(connection: u32) -> io::Result<()> {

@@ -27,7 +27,7 @@ impl Channel {
     }
 
     /// Receives data up to the capacity of the given buffer (can block).
-    fn receive(&self, buffer: &mut [u8]) -> nix::Result<usize> {
+    pub(crate) fn receive(&self, buffer: &mut [u8]) -> nix::Result<usize> {
         nix::unistd::read(&self.0, buffer)
     }
 
@@ -41,23 +41,6 @@ impl Channel {
         loop {
             match self.receive(buffer) {
                 Ok(size) => return Ok(size),
-                Err(Errno::ENOENT | Errno::EINTR | Errno::EAGAIN) => continue,
-                Err(err) => return Err(err),
-            }
-        }
-    }
-
-    /// Like [`Self::receive_retrying`], but gives up with EINTR when
-    /// `stop()` says so after an interruption.
-    pub(crate) fn receive_retrying_unless(
-        &self,
-        buffer: &mut [u8],
-        stop: impl Fn() -> bool,
-    ) -> nix::Result<usize> {
-        loop {
-            match self.receive(buffer) {
-                Ok(size) => return Ok(size),
-                Err(Errno::EINTR) if stop() => return Err(Errno::EINTR),
                 Err(Errno::ENOENT | Errno::EINTR | Errno::EAGAIN) => continue,
                 Err(err) => return Err(err),
             }

@@ -78,7 +78,9 @@ pub use crate::session::BackgroundSession;
 use crate::session::MAX_WRITE_SIZE;
 pub use crate::session::Session;
 pub use crate::session::SessionACL;
-pub use crate::session::SessionStopper;
+pub use crate::read_buf::RequestBuffer;
+pub use crate::session::Processed;
+pub use crate::session::SessionDispatcher;
 pub use crate::session::SessionUnmounter;
 #[cfg(target_os = "linux")]
 pub use crate::session::clone_fuse_device;

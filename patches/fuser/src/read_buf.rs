@@ -37,3 +37,26 @@ impl FuseReadBuf {
         }
     }
 }
+
+/// A buffer one request is read into, for [`crate::SessionDispatcher::process_one`]:
+/// large enough for the biggest write the kernel may send, and aligned.
+/// Its pages are only touched as far as requests fill it.
+#[derive(Debug)]
+pub struct RequestBuffer(FuseReadBuf);
+
+impl RequestBuffer {
+    /// A new, empty buffer.
+    pub fn new() -> Self {
+        Self(FuseReadBuf::new())
+    }
+
+    pub(crate) fn as_mut(&mut self) -> &mut [u8] {
+        self.0.as_mut()
+    }
+}
+
+impl Default for RequestBuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -139,9 +139,6 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
-    /// Lets [`SessionStopper::stop`] end the event loops without
-    /// unmounting or closing the connection.
-    stop: Arc<StopState>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -189,7 +186,6 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
-            stop: Arc::default(),
         };
 
         session.handshake()?;
@@ -218,7 +214,6 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
-            stop: Arc::default(),
         };
 
         session.handshake()?;
@@ -252,17 +247,38 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
-            stop: Arc::default(),
         }
     }
 
-    /// A handle that ends this session's event loops after the requests
-    /// they have read are answered, leaving the filesystem mounted and the
-    /// connection open (see [`SessionStopper::stop`]).
-    pub fn stopper(&self) -> SessionStopper {
-        SessionStopper {
-            state: self.stop.clone(),
-        }
+    /// Serve this session from threads the caller owns instead of
+    /// [`Session::run`]'s own: the caller waits for the descriptor to be
+    /// readable (epoll over many sessions, say) and calls
+    /// [`SessionDispatcher::process_one`] from any of its threads, so many
+    /// sessions can share a few threads. The descriptor is made non-blocking.
+    pub fn into_dispatcher(self) -> io::Result<SessionDispatcher<FS>> {
+        let Session {
+            filesystem,
+            ch,
+            mount,
+            allowed,
+            session_owner,
+            proto_version: _,
+            config: _,
+        } = self;
+        nix::fcntl::fcntl(
+            &ch,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+        Ok(SessionDispatcher {
+            event_loop: SessionEventLoop {
+                thread_name: "dispatcher".to_string(),
+                ch,
+                filesystem: Arc::new(filesystem),
+                allowed,
+                session_owner,
+            },
+            mount,
+        })
     }
 
     /// Run the session loop in a background thread. If the returned handle is dropped,
@@ -296,7 +312,6 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
-            stop,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -343,7 +358,6 @@ impl<FS: Filesystem> Session<FS> {
                 ch,
                 allowed,
                 session_owner,
-                stop: stop.clone(),
             };
             threads.push(
                 thread::Builder::new()
@@ -564,7 +578,6 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) filesystem: Arc<FilesystemHolder<FS>>,
     pub(crate) allowed: SessionACL,
     pub(crate) session_owner: Uid,
-    pub(crate) stop: Arc<StopState>,
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
@@ -573,17 +586,10 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
         // it is reused immediately after dispatching to conserve memory and allocations.
         let mut buf = FuseReadBuf::new();
         let buf = buf.as_mut();
-        let reader = self.stop.register();
         loop {
-            // A stop was asked for: every request read so far is answered.
-            if !self.stop.begin_read(&reader) {
-                return Ok(());
-            }
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
-            let received = self.ch.receive_retrying_unless(buf, || self.stop.requested());
-            self.stop.end_read(&reader);
-            match received {
+            match self.ch.receive_retrying(buf) {
                 Ok(size) => match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
                     // Dispatch request
                     Some(req) => {
@@ -603,122 +609,8 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                     }
                 },
                 Err(nix::errno::Errno::ENODEV) => return Ok(()),
-                // Interrupted for a stop: checked at the top of the loop.
-                Err(nix::errno::Errno::EINTR) => continue,
                 Err(err) => return Err(err.into()),
             }
-        }
-    }
-}
-
-/// The readers of a session and whether a stop was asked for.
-#[derive(Debug, Default)]
-pub(crate) struct StopState {
-    inner: Mutex<StopInner>,
-}
-
-#[derive(Debug, Default)]
-struct StopInner {
-    requested: bool,
-    next_reader: usize,
-    /// Reader id -> (thread id, blocked in read on /dev/fuse).
-    readers: std::collections::BTreeMap<usize, (libc::pid_t, bool)>,
-}
-
-impl StopState {
-    /// Adds the calling thread as a reader; it is removed when the guard drops.
-    fn register(&self) -> ReaderGuard<'_> {
-        let mut inner = self.inner.lock();
-        let id = inner.next_reader;
-        inner.next_reader += 1;
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() };
-        let _ = inner.readers.insert(id, (tid, false));
-        ReaderGuard { state: self, id }
-    }
-
-    fn requested(&self) -> bool {
-        self.inner.lock().requested
-    }
-
-    /// Marks the reader as about to block in read; false if it must stop.
-    fn begin_read(&self, reader: &ReaderGuard<'_>) -> bool {
-        let mut inner = self.inner.lock();
-        if inner.requested {
-            return false;
-        }
-        if let Some(r) = inner.readers.get_mut(&reader.id) {
-            r.1 = true;
-        }
-        true
-    }
-
-    fn end_read(&self, reader: &ReaderGuard<'_>) {
-        if let Some(r) = self.inner.lock().readers.get_mut(&reader.id) {
-            r.1 = false;
-        }
-    }
-}
-
-/// Removes its reader from the [`StopState`] when the event loop ends.
-struct ReaderGuard<'a> {
-    state: &'a StopState,
-    id: usize,
-}
-
-impl Drop for ReaderGuard<'_> {
-    fn drop(&mut self) {
-        let _ = self.state.inner.lock().readers.remove(&self.id);
-    }
-}
-
-/// Ends a session's event loops without unmounting (see [`Session::stopper`]).
-#[derive(Debug, Clone)]
-pub struct SessionStopper {
-    state: Arc<StopState>,
-}
-
-impl SessionStopper {
-    /// Stop reading requests: each event loop answers the request it is
-    /// handling, reads no other and returns, so no request is left read and
-    /// unanswered. Requests the kernel queues from then on wait for another
-    /// reader of the connection, such as a session resumed from it with
-    /// [`Session::resume_from_fd`]. Readers blocked in read are woken with
-    /// `signal`, for which a handler that does nothing is installed (without
-    /// SA_RESTART); it is only sent to threads blocked reading /dev/fuse.
-    /// Returns once every event loop has ended.
-    pub fn stop(&self, signal: libc::c_int) -> io::Result<()> {
-        extern "C" fn wake(_: libc::c_int) {}
-        // SAFETY: a zeroed sigaction with a handler that does nothing.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = wake as extern "C" fn(libc::c_int) as usize;
-            libc::sigemptyset(&mut action.sa_mask);
-            if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        self.state.inner.lock().requested = true;
-        loop {
-            {
-                let inner = self.state.inner.lock();
-                if inner.readers.is_empty() {
-                    return Ok(());
-                }
-                // Under the lock: a reader marked as reading is in (or about
-                // to enter) read, and cannot leave it for a syscall of the
-                // filesystem until it takes the lock to clear the mark.
-                for (tid, reading) in inner.readers.values() {
-                    if *reading {
-                        // SAFETY: tgkill on a thread of this process that is alive
-                        // (it removes itself under this lock before it exits).
-                        unsafe {
-                            libc::syscall(libc::SYS_tgkill, libc::getpid(), *tid, signal);
-                        }
-                    }
-                }
-            }
-            thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 }
@@ -748,16 +640,6 @@ impl BackgroundSession {
         Notifier::new(self.sender.clone())
     }
 
-    /// Join the filesystem thread (ended by a [`SessionStopper`]) and leave
-    /// the filesystem mounted: dropping the session would unmount it. The
-    /// descriptor kept for unmounting stays open until the process exits.
-    pub fn join_leaving_mounted(mut self) -> io::Result<()> {
-        if let Some(mount) = self.mount.take() {
-            std::mem::forget(mount);
-        }
-        self.join()
-    }
-
     /// Join the filesystem thread.
     pub fn join(self) -> io::Result<()> {
         self.guard
@@ -768,6 +650,87 @@ impl BackgroundSession {
                     "filesystem background thread panicked",
                 )
             })?
+    }
+}
+
+/// What one [`SessionDispatcher::process_one`] call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Processed {
+    /// A request was read and answered.
+    Request,
+    /// No request was waiting (or the one waiting was interrupted).
+    Idle,
+    /// The connection ended (unmounted or aborted): nothing more will come.
+    Ended,
+}
+
+/// A session served from the caller's threads (see [`Session::into_dispatcher`]).
+pub struct SessionDispatcher<FS: Filesystem> {
+    event_loop: SessionEventLoop<FS>,
+    /// Unmounts on drop, as a session does.
+    mount: UmountOnDrop,
+}
+
+impl<FS: Filesystem> SessionDispatcher<FS> {
+    /// Read one request, if one is waiting, and answer it in this thread.
+    /// Several threads may call it at once: each read takes a different
+    /// request.
+    pub fn process_one(&self, buf: &mut crate::RequestBuffer) -> io::Result<Processed> {
+        let buf = buf.as_mut();
+        let ch = &self.event_loop.ch;
+        match ch.receive(buf) {
+            Ok(size) => match RequestWithSender::new(ch.sender(), &buf[..size]) {
+                Some(req) => {
+                    if let Ok(Operation::Destroy(_)) = req.request.operation() {
+                        req.reply::<ReplyEmpty>().ok();
+                        return Ok(Processed::Ended);
+                    }
+                    req.dispatch(&self.event_loop);
+                    Ok(Processed::Request)
+                }
+                None => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "Invalid request",
+                )),
+            },
+            Err(nix::errno::Errno::ENOENT | nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {
+                Ok(Processed::Idle)
+            }
+            Err(nix::errno::Errno::ENODEV) => Ok(Processed::Ended),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Returns an object that can be used to send notifications to the kernel
+    pub fn notifier(&self) -> Notifier {
+        Notifier::new(self.event_loop.ch.sender())
+    }
+
+    /// Do not unmount when dropped: the caller unmounted it already, or
+    /// leaves it mounted for another process to serve.
+    pub fn forget_mount(&self) {
+        if let Some(mount) = self.mount.mount.lock().take() {
+            mount.disarm();
+        }
+    }
+
+    /// Call `Filesystem::destroy` (the session is over) and drop the session.
+    pub fn destroy(mut self) {
+        if let Some(holder) = Arc::get_mut(&mut self.event_loop.filesystem) {
+            holder.destroy();
+        }
+    }
+}
+
+impl<FS: Filesystem> std::fmt::Debug for SessionDispatcher<FS> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionDispatcher").finish_non_exhaustive()
+    }
+}
+
+impl<FS: Filesystem> AsFd for SessionDispatcher<FS> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.event_loop.ch.as_fd()
     }
 }
 

@@ -143,6 +143,11 @@ impl Mount {
         }
     }
 
+    /// Drop this handle without unmounting (jax-csi patch).
+    pub(crate) fn disarm(mut self) {
+        let _ = self.mount_impl.take();
+    }
+
     pub(crate) fn umount(mut self) -> io::Result<()> {
         match self.mount_impl.take() {
             Some(mut mount) => {

@@ -1,0 +1,197 @@
+//! One small set of threads serves the FUSE sessions of every volume on the
+//! node: each session's /dev/fuse descriptor is non-blocking and registered
+//! (level-triggered) with one epoll; a worker woken for it reads and answers
+//! requests until none is waiting. A staged volume so costs no thread and
+//! no receive buffer of its own, and any worker may serve any volume (two
+//! requests of one volume run on two workers at once).
+//!
+//! Stopping a session ([`Reactor::stop`]) removes it from the epoll and
+//! waits until no worker is inside it: every request read from it has been
+//! answered, and none other will be read (what a handover needs).
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
+
+use fuser::{Processed, RequestBuffer, SessionDispatcher};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+
+use super::fs::JaxFs;
+
+/// Requests a worker answers for one session before it looks at the others.
+const BATCH: usize = 16;
+
+/// Worker threads: enough that a slow request (an fsync, a chunk fetched
+/// from a peer) on one volume does not hold up the others, and at least two
+/// per core so reads of one volume decrypt in parallel.
+pub fn worker_count() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (2 * cores).max(4)
+}
+
+/// The node's FUSE reactor.
+pub struct Reactor {
+    epoll: Epoll,
+    sessions: Mutex<HashMap<u64, Arc<Registration>>>,
+    next: AtomicU64,
+}
+
+/// One session served by the reactor.
+struct Registration {
+    dispatcher: SessionDispatcher<JaxFs>,
+    /// Workers inside `dispatcher` right now.
+    busy: AtomicUsize,
+    /// Set by [`Reactor::stop`]: no worker may enter any more.
+    removed: AtomicBool,
+    /// The connection ended (unmounted or aborted).
+    ended: Mutex<bool>,
+    ended_cv: Condvar,
+}
+
+/// The owner's handle on a served session.
+pub struct Served {
+    token: u64,
+    registration: Arc<Registration>,
+}
+
+impl Served {
+    /// The descriptor the session reads (open while it is served).
+    pub fn raw_fd(&self) -> RawFd {
+        self.registration.dispatcher.as_fd().as_raw_fd()
+    }
+
+    /// Wait up to `timeout` for the connection to end; true if it did.
+    pub fn wait_ended(&self, timeout: Duration) -> bool {
+        let ended = self.registration.ended.lock().unwrap();
+        let (ended, _) = self
+            .registration
+            .ended_cv
+            .wait_timeout_while(ended, timeout, |e| !*e)
+            .unwrap();
+        *ended
+    }
+}
+
+impl Reactor {
+    /// The process's reactor; its workers start on first use.
+    pub fn global() -> &'static Reactor {
+        static REACTOR: OnceLock<&'static Reactor> = OnceLock::new();
+        REACTOR.get_or_init(|| {
+            let reactor: &'static Reactor = Box::leak(Box::new(Reactor {
+                epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+                    .expect("creating the FUSE reactor's epoll"),
+                sessions: Mutex::new(HashMap::new()),
+                next: AtomicU64::new(1),
+            }));
+            for i in 0..worker_count() {
+                std::thread::Builder::new()
+                    .name(format!("fuse-{i}"))
+                    .spawn(move || reactor.work())
+                    .expect("spawning a FUSE worker");
+            }
+            reactor
+        })
+    }
+
+    /// Serve `dispatcher` from now on.
+    pub fn serve(&self, dispatcher: SessionDispatcher<JaxFs>) -> std::io::Result<Served> {
+        let token = self.next.fetch_add(1, Ordering::Relaxed);
+        let registration = Arc::new(Registration {
+            dispatcher,
+            busy: AtomicUsize::new(0),
+            removed: AtomicBool::new(false),
+            ended: Mutex::new(false),
+            ended_cv: Condvar::new(),
+        });
+        self.sessions
+            .lock()
+            .unwrap()
+            .insert(token, registration.clone());
+        let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
+        if let Err(e) = self.epoll.add(registration.dispatcher.as_fd(), event) {
+            self.sessions.lock().unwrap().remove(&token);
+            return Err(e.into());
+        }
+        Ok(Served {
+            token,
+            registration,
+        })
+    }
+
+    /// Stop serving: returns once no worker is inside the session, with the
+    /// session back (to destroy, or to leave mounted for a successor).
+    pub fn stop(&self, served: Served) -> SessionDispatcher<JaxFs> {
+        let Served {
+            token,
+            registration,
+        } = served;
+        registration.removed.store(true, Ordering::SeqCst);
+        // ENOENT when a worker already removed an ended session.
+        let _ = self.epoll.delete(registration.dispatcher.as_fd());
+        self.sessions.lock().unwrap().remove(&token);
+        let mut registration = registration;
+        loop {
+            match Arc::try_unwrap(registration) {
+                Ok(r) if r.busy.load(Ordering::SeqCst) == 0 => return r.dispatcher,
+                Ok(_) => unreachable!("a worker inside holds a reference"),
+                Err(still_shared) => {
+                    registration = still_shared;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
+    fn work(&self) {
+        let mut buf = RequestBuffer::new();
+        let mut events = [EpollEvent::empty(); 32];
+        loop {
+            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "FUSE reactor: epoll_wait failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            for ev in &events[..n] {
+                let token = ev.data();
+                let Some(r) = self.sessions.lock().unwrap().get(&token).cloned() else {
+                    continue;
+                };
+                r.busy.fetch_add(1, Ordering::SeqCst);
+                if !r.removed.load(Ordering::SeqCst) {
+                    self.serve_some(token, &r, &mut buf);
+                }
+                r.busy.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Answer up to [`BATCH`] requests of one session; after a full batch
+    /// epoll (level-triggered) reports it again.
+    fn serve_some(&self, token: u64, r: &Registration, buf: &mut RequestBuffer) {
+        for _ in 0..BATCH {
+            match r.dispatcher.process_one(buf) {
+                Ok(Processed::Request) => {}
+                Ok(Processed::Idle) => return,
+                Ok(Processed::Ended) => return self.ended(r),
+                Err(e) => {
+                    tracing::error!(token, error = %e, "FUSE session failed; it is no longer served");
+                    return self.ended(r);
+                }
+            }
+        }
+    }
+
+    /// The connection ended: stop watching it (an ended /dev/fuse polls as
+    /// an error forever) and tell the owner.
+    fn ended(&self, r: &Registration) {
+        let _ = self.epoll.delete(r.dispatcher.as_fd());
+        *r.ended.lock().unwrap() = true;
+        r.ended_cv.notify_all();
+    }
+}
