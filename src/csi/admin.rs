@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::admin_proto::admin_server::Admin;
 use super::admin_proto::*;
-use super::status::{require, traced};
+use super::status::{require, require_id, traced, MAX_ID};
 use crate::bucket::browse::{kind_name, list_dir, VersionSpec};
 use crate::bucket::{path, BucketError, Mount, VersionInfo};
 use crate::fuse::{MountError, MountManager};
@@ -34,6 +34,9 @@ fn bucket_status(e: BucketError) -> Status {
     match e {
         BucketError::NotFound => Status::not_found("no such file or directory"),
         BucketError::InvalidArgument(m) => Status::invalid_argument(m),
+        e @ (BucketError::InvalidName(_) | BucketError::NameTooLong) => {
+            Status::invalid_argument(format!("path: {e}"))
+        }
         BucketError::NotADirectory => Status::invalid_argument("not a directory"),
         BucketError::IsADirectory => Status::invalid_argument("is a directory"),
         BucketError::ReadOnly => {
@@ -71,6 +74,11 @@ fn spec_of(select: &Option<VersionSelector>) -> Result<VersionSpec, Status> {
     let (version, at) = select
         .as_ref()
         .map_or(("", None), |s| (s.version.as_str(), s.at_unix_seconds));
+    if version.len() > MAX_ID {
+        return Err(Status::invalid_argument(format!(
+            "select.version: longer than {MAX_ID} bytes (a height or a 64-hex manifest hash)"
+        )));
+    }
     VersionSpec::parse(version, at).map_err(bucket_status)
 }
 
@@ -151,7 +159,7 @@ impl Admin for Arc<AdminService> {
         let req = request.into_inner();
         let this = self.clone();
         traced("AdminListDir", &req.volume_id.clone(), async move {
-            require(&req.volume_id, "volume_id")?;
+            require_id(&req.volume_id, "volume_id")?;
             let spec = spec_of(&req.select)?;
             blocking(move || {
                 let (mut view, version) = this.view(&req.volume_id, spec)?;
@@ -185,7 +193,7 @@ impl Admin for Arc<AdminService> {
         let this = self.clone();
         let volume = req.volume_id.clone();
         traced("AdminReadFile", &volume, async move {
-            require(&req.volume_id, "volume_id")?;
+            require_id(&req.volume_id, "volume_id")?;
             require(&req.path, "path")?;
             let spec = spec_of(&req.select)?;
             let (view, ino, size) = blocking(move || {
@@ -238,7 +246,7 @@ impl Admin for Arc<AdminService> {
         let req = request.into_inner();
         let this = self.clone();
         traced("AdminHistory", &req.volume_id.clone(), async move {
-            require(&req.volume_id, "volume_id")?;
+            require_id(&req.volume_id, "volume_id")?;
             blocking(move || {
                 let versions = this.history_of(&req.volume_id)?;
                 Ok(HistoryResponse {
@@ -257,7 +265,7 @@ impl Admin for Arc<AdminService> {
         let req = request.into_inner();
         let this = self.clone();
         traced("AdminRestore", &req.volume_id.clone(), async move {
-            require(&req.volume_id, "volume_id")?;
+            require_id(&req.volume_id, "volume_id")?;
             let spec = spec_of(&req.select)?;
             if spec == VersionSpec::Head {
                 return Err(Status::invalid_argument(

@@ -22,7 +22,7 @@ use super::proto::controller_server::Controller;
 use super::proto::controller_service_capability::{self, rpc};
 use super::proto::volume_content_source::{self, SnapshotSource, VolumeSource};
 use super::proto::*;
-use super::status::{page_size, parse_token, require, require_some, traced};
+use super::status::{page_size, parse_token, require_id, require_some, traced};
 use crate::bucket::BucketId;
 use crate::crypto::{is_tenant_wrapped, rewrap_outer, wrap_layered, Kek, SecretKey, WrapContext};
 use crate::db::{Db, NewSnapshot, NewVolume, SnapshotRecord, VolumeRecord};
@@ -107,7 +107,7 @@ impl ControllerService {
         let Some(src) = src else { return Ok(None) };
         match &src.r#type {
             Some(volume_content_source::Type::Snapshot(s)) => {
-                let id = require(&s.snapshot_id, "volume_content_source.snapshot.snapshot_id")?;
+                let id = require_id(&s.snapshot_id, "volume_content_source.snapshot.snapshot_id")?;
                 let snap = self.db.snapshot_by_id(id).await?.ok_or_else(|| {
                     Status::not_found(format!("source snapshot {id} does not exist"))
                 })?;
@@ -124,7 +124,7 @@ impl ControllerService {
                 }))
             }
             Some(volume_content_source::Type::Volume(v)) => {
-                let id = require(&v.volume_id, "volume_content_source.volume.volume_id")?;
+                let id = require_id(&v.volume_id, "volume_content_source.volume.volume_id")?;
                 let vol = self.db.volume_by_id(id).await?.ok_or_else(|| {
                     Status::not_found(format!("source volume {id} does not exist"))
                 })?;
@@ -274,13 +274,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<CreateVolumeResponse>, Status> {
         let req = request.into_inner();
         traced("CreateVolume", &req.name.clone(), async move {
-            let name = require(&req.name, "name")?;
-            if name
-                .chars()
-                .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
-            {
-                return Err(Status::invalid_argument("name contains control characters"));
-            }
+            let name = require_id(&req.name, "name")?;
             let modes = check_capabilities(&req.volume_capabilities)?;
             let p = parse_parameters(&req.parameters)?;
             let mutable = parse_mutable(&req.mutable_parameters)?;
@@ -385,7 +379,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<DeleteVolumeResponse>, Status> {
         let req = request.into_inner();
         traced("DeleteVolume", &req.volume_id.clone(), async move {
-            let id = require(&req.volume_id, "volume_id")?;
+            let id = require_id(&req.volume_id, "volume_id")?;
             if self.db.delete_volume(id).await? {
                 tracing::info!("volume deleted; blobs queued for collection on the nodes");
             }
@@ -421,7 +415,7 @@ impl Controller for ControllerService {
             "ValidateVolumeCapabilities",
             &req.volume_id.clone(),
             async move {
-                let id = require(&req.volume_id, "volume_id")?;
+                let id = require_id(&req.volume_id, "volume_id")?;
                 if req.volume_capabilities.is_empty() {
                     return Err(Status::invalid_argument("volume_capabilities is required"));
                 }
@@ -584,8 +578,9 @@ impl Controller for ControllerService {
             "CreateSnapshot",
             &req.source_volume_id.clone(),
             async move {
-                let source = require(&req.source_volume_id, "source_volume_id")?;
-                let name = require(&req.name, "name")?;
+                let source = require_id(&req.source_volume_id, "source_volume_id")?;
+                let name = require_id(&req.name, "name")?;
+                params::check_no_parameters(&req.parameters)?;
                 let snap = match self.db.snapshot_by_name(name).await? {
                     Some(existing) => {
                         if existing.source_volume_id != source {
@@ -617,7 +612,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<DeleteSnapshotResponse>, Status> {
         let req = request.into_inner();
         traced("DeleteSnapshot", "", async move {
-            let id = require(&req.snapshot_id, "snapshot_id")?;
+            let id = require_id(&req.snapshot_id, "snapshot_id")?;
             self.db.delete_snapshot(id).await?;
             Ok(DeleteSnapshotResponse {})
         })
@@ -632,9 +627,13 @@ impl Controller for ControllerService {
         traced("ListSnapshots", &req.source_volume_id.clone(), async move {
             let after = parse_token(&req.starting_token)?;
             let limit = page_size(req.max_entries, MAX_PAGE)?;
-            let id = (!req.snapshot_id.is_empty()).then_some(req.snapshot_id.as_str());
-            let source =
-                (!req.source_volume_id.is_empty()).then_some(req.source_volume_id.as_str());
+            // Filters are optional; one given must be a valid id.
+            let id = (!req.snapshot_id.is_empty())
+                .then(|| require_id(&req.snapshot_id, "snapshot_id"))
+                .transpose()?;
+            let source = (!req.source_volume_id.is_empty())
+                .then(|| require_id(&req.source_volume_id, "source_volume_id"))
+                .transpose()?;
             let mut rows = self.db.list_snapshots(id, source, after, limit + 1).await?;
             let next_token = if rows.len() as i64 > limit {
                 rows.truncate(limit as usize);
@@ -664,7 +663,7 @@ impl Controller for ControllerService {
             "ControllerExpandVolume",
             &req.volume_id.clone(),
             async move {
-                let id = require(&req.volume_id, "volume_id")?;
+                let id = require_id(&req.volume_id, "volume_id")?;
                 let range = require_some(&req.capacity_range, "capacity_range")?;
                 if let Some(cap) = &req.volume_capability {
                     params::check_capability(cap)?;
@@ -702,7 +701,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<ControllerGetVolumeResponse>, Status> {
         let req = request.into_inner();
         traced("ControllerGetVolume", &req.volume_id.clone(), async move {
-            let id = require(&req.volume_id, "volume_id")?;
+            let id = require_id(&req.volume_id, "volume_id")?;
             let vol = self
                 .db
                 .volume_by_id(id)
@@ -730,7 +729,7 @@ impl Controller for ControllerService {
             "ControllerModifyVolume",
             &req.volume_id.clone(),
             async move {
-                let id = require(&req.volume_id, "volume_id")?;
+                let id = require_id(&req.volume_id, "volume_id")?;
                 if req.mutable_parameters.is_empty() {
                     return Err(Status::invalid_argument("mutable_parameters is required"));
                 }

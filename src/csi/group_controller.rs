@@ -9,10 +9,11 @@ use tonic::{Request, Response, Status};
 
 use super::controller::{snapshot_of, ControllerService};
 use super::keys::HeadKey;
+use super::params::check_no_parameters;
 use super::proto::group_controller_server::GroupController;
 use super::proto::group_controller_service_capability::{self, rpc};
 use super::proto::*;
-use super::status::{require, traced};
+use super::status::{require_id, traced};
 use crate::db::GroupSnapshotRecord;
 
 pub struct GroupControllerService {
@@ -64,10 +65,14 @@ impl GroupController for GroupControllerService {
     ) -> Result<Response<CreateVolumeGroupSnapshotResponse>, Status> {
         let req = request.into_inner();
         traced("CreateVolumeGroupSnapshot", &req.name.clone(), async move {
-            let name = require(&req.name, "name")?;
+            let name = require_id(&req.name, "name")?;
             if req.source_volume_ids.is_empty() {
                 return Err(Status::invalid_argument("source_volume_ids is required"));
             }
+            for id in &req.source_volume_ids {
+                require_id(id, "source_volume_ids")?;
+            }
+            check_no_parameters(&req.parameters)?;
             let mut ids = req.source_volume_ids.clone();
             ids.sort();
             ids.dedup();
@@ -130,7 +135,7 @@ impl GroupController for GroupControllerService {
     ) -> Result<Response<DeleteVolumeGroupSnapshotResponse>, Status> {
         let req = request.into_inner();
         traced("DeleteVolumeGroupSnapshot", "", async move {
-            let id = require(&req.group_snapshot_id, "group_snapshot_id")?;
+            let id = require_id(&req.group_snapshot_id, "group_snapshot_id")?;
             let db = self.controller.db();
             if db.group_snapshot_by_id(id).await?.is_some() {
                 let members: Vec<String> = db
@@ -157,7 +162,7 @@ impl GroupController for GroupControllerService {
     ) -> Result<Response<GetVolumeGroupSnapshotResponse>, Status> {
         let req = request.into_inner();
         traced("GetVolumeGroupSnapshot", "", async move {
-            let id = require(&req.group_snapshot_id, "group_snapshot_id")?;
+            let id = require_id(&req.group_snapshot_id, "group_snapshot_id")?;
             let g = self
                 .controller
                 .db()

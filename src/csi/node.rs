@@ -14,15 +14,15 @@ use tonic::{Request, Response, Status};
 use super::keys::{tenant_from, HeadKey};
 use super::locks::VolumeLocks;
 use super::node_peers::peers_of;
-use super::params::check_capabilities;
-use super::paths::check_path;
+use super::params::{self, check_capabilities, check_range};
+use super::paths::{check_apart, check_directory_or_absent, check_path};
 use super::proto::node_server::Node;
 use super::proto::node_service_capability::{self, rpc};
 use super::proto::volume_capability::access_mode::Mode;
 use super::proto::volume_capability::AccessType;
 use super::proto::*;
 use super::stage::{bucket_status, ensure_bucket, verify_local_tenant};
-use super::status::{require, require_some, traced};
+use super::status::{require_id, require_some, shown, traced};
 use crate::bucket::BucketId;
 use crate::crypto::Kek;
 use crate::db::{Db, DbError, VolumeRecord};
@@ -71,8 +71,67 @@ impl NodeService {
         self.locks.clone()
     }
 
+    /// A path kubelet sent: clean, under the kubelet dir, through no
+    /// symlink, and clear of this node's own state dir.
     fn path(&self, field: &str, value: &str) -> Result<PathBuf, Status> {
-        check_path(field, value, self.kubelet_dir.as_deref())
+        let path = check_path(field, value, self.kubelet_dir.as_deref())?;
+        check_apart(
+            field,
+            &path,
+            self.manager.state().root(),
+            "the node's state directory",
+        )?;
+        Ok(path)
+    }
+
+    /// The recorded path (a staging path or a target) of any volume that
+    /// `path` equals, lies in or contains, other than `skip`; a mount at
+    /// `path` would stack on it or cover it.
+    fn overlap(&self, path: &Path, skip: Option<(&str, &Path)>) -> Option<(String, PathBuf)> {
+        self.manager.list().into_iter().find_map(|rec| {
+            std::iter::once(rec.mount_point.clone())
+                .chain(rec.targets.iter().map(|t| t.path.clone()))
+                .filter(|p| skip != Some((rec.volume_id.as_str(), p.as_path())))
+                .find(|p| path.starts_with(p) || p.starts_with(path))
+                .map(|p| (rec.volume_id.clone(), p))
+        })
+    }
+
+    /// FAILED_PRECONDITION when `path` (field `field`) overlaps another
+    /// recorded path, or something that is not volume `id` is mounted there.
+    fn check_free(
+        &self,
+        field: &str,
+        id: &str,
+        path: &Path,
+        skip: Option<(&str, &Path)>,
+    ) -> Result<(), Status> {
+        if let Some((other, p)) = self.overlap(path, skip) {
+            return Err(Status::failed_precondition(format!(
+                "{field} {} overlaps {} of volume {other} on this node",
+                path.display(),
+                p.display()
+            )));
+        }
+        match session::mount_source(path) {
+            Some(src) if src != session::source_of(id) => {
+                Err(Status::failed_precondition(format!(
+                    "{field} {}: something else is mounted there ({})",
+                    path.display(),
+                    shown(&src)
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `path` is a staging path or target any volume recorded here;
+    /// such a path is never undone as a leftover of another request.
+    fn recorded(&self, path: &Path) -> bool {
+        self.manager
+            .list()
+            .iter()
+            .any(|r| r.mount_point == path || r.targets.iter().any(|t| t.path == path))
     }
 }
 
@@ -142,8 +201,8 @@ fn mount_ask(cap: &VolumeCapability) -> Result<MountAsk, Status> {
     } else {
         Some(m.volume_mount_group.parse::<u32>().map_err(|_| {
             Status::invalid_argument(format!(
-                "volume_capability.mount.volume_mount_group {:?} is not a numeric group id",
-                m.volume_mount_group
+                "volume_capability.mount.volume_mount_group {} is not a numeric group id",
+                shown(&m.volume_mount_group)
             ))
         })?)
     };
@@ -153,7 +212,8 @@ fn mount_ask(cap: &VolumeCapability) -> Result<MountAsk, Status> {
             "ro" | "rw" | "noexec" | "nosuid" | "nodev" | "noatime" | "relatime" | "defaults"
         ) {
             return Err(Status::invalid_argument(format!(
-                "volume_capability.mount.mount_flags: {f:?} is not supported (ro, rw, noexec, nosuid, nodev, noatime, relatime)"
+                "volume_capability.mount.mount_flags: {} is not supported (ro, rw, noexec, nosuid, nodev, noatime, relatime)",
+                shown(f)
             )));
         }
     }
@@ -309,13 +369,21 @@ impl Node for NodeService {
     ) -> Result<Response<NodeStageVolumeResponse>, Status> {
         let req = request.into_inner();
         traced("NodeStageVolume", &req.volume_id.clone(), async {
-            let id = require(&req.volume_id, "volume_id")?.to_string();
+            let id = require_id(&req.volume_id, "volume_id")?.to_string();
             let staging = self.path("staging_target_path", &req.staging_target_path)?;
             let cap = require_some(&req.volume_capability, "volume_capability")?;
             let ask = mount_ask(cap)?;
             let bucket = volume_id(&id)?;
             let tenant = tenant_from(&req.secrets)?;
+            check_directory_or_absent("staging_target_path", &staging)?;
             let _guard = self.locks.lock(&id)?;
+            let own = self.manager.get(&id).ok().map(|r| r.mount_point);
+            self.check_free(
+                "staging_target_path",
+                &id,
+                &staging,
+                own.as_deref().map(|p| (id.as_str(), p)),
+            )?;
             let vol = match self.db.volume_by_id(&id).await {
                 Ok(Some(v)) => v,
                 Ok(None) => return Err(Status::not_found(format!("volume {id} does not exist"))),
@@ -388,9 +456,10 @@ impl Node for NodeService {
     ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
         let req = request.into_inner();
         traced("NodeUnstageVolume", &req.volume_id.clone(), async {
-            let id = require(&req.volume_id, "volume_id")?.to_string();
+            let id = require_id(&req.volume_id, "volume_id")?.to_string();
             let staging = self.path("staging_target_path", &req.staging_target_path)?;
             let _guard = self.locks.lock(&id)?;
+            let recorded = self.recorded(&staging);
             let manager = self.manager.clone();
             blocking(move || {
                 match manager.get(&id) {
@@ -398,6 +467,7 @@ impl Node for NodeService {
                         // A final commit that fails keeps the volume staged.
                         manager.delete(&id).map_err(mount_status)?;
                     }
+                    _ if recorded => {}
                     _ => unmount_if_ours(&id, &staging)?,
                 }
                 Ok(())
@@ -414,12 +484,19 @@ impl Node for NodeService {
     ) -> Result<Response<NodePublishVolumeResponse>, Status> {
         let req = request.into_inner();
         traced("NodePublishVolume", &req.volume_id.clone(), async {
-            let id = require(&req.volume_id, "volume_id")?.to_string();
+            let id = require_id(&req.volume_id, "volume_id")?.to_string();
             let target = self.path("target_path", &req.target_path)?;
+            if req.staging_target_path.is_empty() {
+                // The spec's code: we have STAGE_UNSTAGE_VOLUME.
+                return Err(Status::failed_precondition(
+                    "staging_target_path is required (this node stages volumes)",
+                ));
+            }
             let staging = self.path("staging_target_path", &req.staging_target_path)?;
             let cap = require_some(&req.volume_capability, "volume_capability")?;
             let ask = mount_ask(cap)?;
             let read_only = req.readonly || ask.read_only;
+            volume_id(&id)?;
             let _guard = self.locks.lock(&id)?;
             let rec = self.manager.get(&id).map_err(|_| {
                 Status::failed_precondition(format!("volume {id} is not staged on this node"))
@@ -433,6 +510,12 @@ impl Node for NodeService {
             if target == staging || target.starts_with(&staging) {
                 return Err(Status::invalid_argument(format!(
                     "target_path {} lies in the staging path",
+                    target.display()
+                )));
+            }
+            if staging.starts_with(&target) {
+                return Err(Status::invalid_argument(format!(
+                    "target_path {} contains the staging path",
                     target.display()
                 )));
             }
@@ -452,6 +535,8 @@ impl Node for NodeService {
                 }
                 return Ok(NodePublishVolumeResponse {});
             }
+            check_directory_or_absent("target_path", &target)?;
+            self.check_free("target_path", &id, &target, None)?;
             let pod = pod_of(&req.volume_context);
             let manager = self.manager.clone();
             let flags = ask.flags;
@@ -482,12 +567,13 @@ impl Node for NodeService {
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
         traced("NodeUnpublishVolume", &req.volume_id.clone(), async {
-            let id = require(&req.volume_id, "volume_id")?.to_string();
+            let id = require_id(&req.volume_id, "volume_id")?.to_string();
             let target = self.path("target_path", &req.target_path)?;
             let _guard = self.locks.lock(&id)?;
+            let recorded = self.recorded(&target);
             let manager = self.manager.clone();
             blocking(move || {
-                if !manager.remove_target(&id, &target).map_err(mount_status)? {
+                if !manager.remove_target(&id, &target).map_err(mount_status)? && !recorded {
                     // Not a target we recorded: only a leftover bind of this
                     // very volume is undone; nothing else is touched.
                     unmount_if_ours(&id, &target)?;
@@ -506,7 +592,7 @@ impl Node for NodeService {
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let req = request.into_inner();
         traced("NodeGetVolumeStats", &req.volume_id.clone(), async {
-            let id = require(&req.volume_id, "volume_id")?.to_string();
+            let id = require_id(&req.volume_id, "volume_id")?.to_string();
             let path = self.path("volume_path", &req.volume_path)?;
             let rec = self.manager.get(&id).map_err(|_| {
                 Status::not_found(format!("volume {id} is not staged on this node"))
@@ -571,8 +657,21 @@ impl Node for NodeService {
     ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
         let req = request.into_inner();
         traced("NodeExpandVolume", &req.volume_id.clone(), async {
-            let id = require(&req.volume_id, "volume_id")?.to_string();
+            let id = require_id(&req.volume_id, "volume_id")?.to_string();
             let path = self.path("volume_path", &req.volume_path)?;
+            if let Some(cap) = &req.volume_capability {
+                params::check_capability(cap)?;
+            }
+            if let Some(r) = &req.capacity_range {
+                check_range(r)?;
+                if r.required_bytes.max(r.limit_bytes) > params::MAX_CAPACITY {
+                    return Err(Status::out_of_range(format!(
+                        "capacity_range: {} bytes is above the largest volume ({} bytes)",
+                        r.required_bytes.max(r.limit_bytes),
+                        params::MAX_CAPACITY
+                    )));
+                }
+            }
             let rec = self.manager.get(&id).map_err(|_| {
                 Status::not_found(format!("volume {id} is not staged on this node"))
             })?;
@@ -588,11 +687,6 @@ impl Node for NodeService {
             // capacity_range is optional: the volume's recorded size is the
             // one the controller expanded it to.
             let bytes = match &req.capacity_range {
-                Some(r) if r.required_bytes < 0 || r.limit_bytes < 0 => {
-                    return Err(Status::invalid_argument(
-                        "capacity_range values must not be negative",
-                    ))
-                }
                 Some(r) if r.required_bytes > 0 || r.limit_bytes > 0 => {
                     r.required_bytes.max(r.limit_bytes)
                 }

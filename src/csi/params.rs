@@ -8,6 +8,7 @@ use tonic::Status;
 use super::proto::volume_capability::access_mode::Mode;
 use super::proto::volume_capability::AccessType;
 use super::proto::{CapacityRange, VolumeCapability};
+use super::status::shown;
 use crate::bucket::{Retention, DEFAULT_CHUNK_SIZE};
 
 /// StorageClass parameter: chunk size in bytes (power of two, 64 KiB – 16 MiB).
@@ -47,7 +48,8 @@ pub struct VolumeParams {
 }
 
 pub fn parse_parameters(params: &HashMap<String, String>) -> Result<VolumeParams, Status> {
-    let bad = |k: &str, why: &str| Status::invalid_argument(format!("parameter {k}: {why}"));
+    let bad =
+        |k: &str, why: &str| Status::invalid_argument(format!("parameter {}: {why}", shown(k)));
     let mut chunk_size = DEFAULT_CHUNK_SIZE;
     let mut tenant_key_secret = None;
     let mut history_retention = None;
@@ -89,6 +91,18 @@ pub fn parse_parameters(params: &HashMap<String, String>) -> Result<VolumeParams
     })
 }
 
+/// Parameters of a request that takes none of ours (CreateSnapshot,
+/// CreateVolumeGroupSnapshot): only the sidecars' own keys pass.
+pub fn check_no_parameters(params: &HashMap<String, String>) -> Result<(), Status> {
+    match params.keys().find(|k| !k.starts_with(SIDECAR_PREFIX)) {
+        Some(k) => Err(Status::invalid_argument(format!(
+            "parameter {}: unknown parameter (this request takes none)",
+            shown(k)
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn parse_retention(k: &str, v: &str) -> Result<Retention, Status> {
     v.parse::<Retention>()
         .map_err(|why| Status::invalid_argument(format!("parameter {k}: {why}")))
@@ -111,7 +125,8 @@ pub fn parse_mutable(params: &HashMap<String, String>) -> Result<String, Status>
             }
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "mutable parameter {other}: unknown (mutable: {})",
+                    "mutable parameter {}: unknown (mutable: {})",
+                    shown(other),
                     MUTABLE_PARAMETERS.join(", ")
                 )))
             }
@@ -133,11 +148,9 @@ pub fn retention_of(parameters: &str, mutable_parameters: &str) -> Retention {
         .unwrap_or_default()
 }
 
-/// The capacity to provision for `range` (default 1 GiB), or OUT_OF_RANGE.
-pub fn capacity_for(range: Option<&CapacityRange>) -> Result<i64, Status> {
-    let Some(r) = range else {
-        return Ok(DEFAULT_CAPACITY);
-    };
+/// A capacity range that is well-formed: no negative value
+/// (INVALID_ARGUMENT), required no more than the limit (OUT_OF_RANGE).
+pub fn check_range(r: &CapacityRange) -> Result<(), Status> {
     if r.required_bytes < 0 || r.limit_bytes < 0 {
         return Err(Status::invalid_argument(
             "capacity_range values must not be negative",
@@ -149,6 +162,15 @@ pub fn capacity_for(range: Option<&CapacityRange>) -> Result<i64, Status> {
             r.required_bytes, r.limit_bytes
         )));
     }
+    Ok(())
+}
+
+/// The capacity to provision for `range` (default 1 GiB), or OUT_OF_RANGE.
+pub fn capacity_for(range: Option<&CapacityRange>) -> Result<i64, Status> {
+    let Some(r) = range else {
+        return Ok(DEFAULT_CAPACITY);
+    };
+    check_range(r)?;
     let want = if r.required_bytes > 0 {
         r.required_bytes
     } else if r.limit_bytes > 0 {

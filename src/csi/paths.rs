@@ -2,17 +2,21 @@
 //! created or mounted. A path must be absolute, clean (no `.`, `..` or empty
 //! components), of a sane length, and under `--kubelet-dir` when it is set,
 //! so a request cannot make the plugin mount over an arbitrary host path.
+//! Below the kubelet dir no existing component may be a symbolic link (the
+//! kernel would follow it out), and the node's own state dir is off limits.
 
 use std::path::{Component, Path, PathBuf};
 
 use tonic::Status;
+
+use super::status::shown;
 
 /// Longest path accepted, as Linux's PATH_MAX.
 const PATH_MAX: usize = 4096;
 
 /// Check `value` (request field `field`) and return it as a path.
 pub fn check_path(field: &str, value: &str, kubelet_dir: Option<&Path>) -> Result<PathBuf, Status> {
-    let bad = |why: &str| Status::invalid_argument(format!("{field} {value:?}: {why}"));
+    let bad = |why: &str| Status::invalid_argument(format!("{field} {}: {why}", shown(value)));
     if value.is_empty() {
         return Err(Status::invalid_argument(format!("{field} is required")));
     }
@@ -46,8 +50,54 @@ pub fn check_path(field: &str, value: &str, kubelet_dir: Option<&Path>) -> Resul
                 root.display()
             )));
         }
+        if let Some(link) = symlink_below(root, &path) {
+            return Err(bad(&format!(
+                "{} is a symbolic link (paths under the kubelet directory must not go through one)",
+                link.display()
+            )));
+        }
     }
     Ok(path)
+}
+
+/// The first existing component of `path` below `root` that is a symbolic
+/// link, if any (components that do not exist yet cannot be one).
+fn symlink_below(root: &Path, path: &Path) -> Option<PathBuf> {
+    let mut at = root.to_path_buf();
+    for c in path.strip_prefix(root).ok()?.components() {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => return Some(at),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// Refuse `path` (request field `field`) when it is `protected` (`what`),
+/// lies inside it or contains it: a mount there would cover it.
+pub fn check_apart(field: &str, path: &Path, protected: &Path, what: &str) -> Result<(), Status> {
+    if path.starts_with(protected) || protected.starts_with(path) {
+        return Err(Status::invalid_argument(format!(
+            "{field} {}: overlaps {what} {}",
+            path.display(),
+            protected.display()
+        )));
+    }
+    Ok(())
+}
+
+/// FAILED_PRECONDITION when `path` exists and is not a directory, or a
+/// component of it is not one (nothing could be mounted there).
+pub fn check_directory_or_absent(field: &str, path: &Path) -> Result<(), Status> {
+    let not_dir =
+        || Status::failed_precondition(format!("{field} {}: not a directory", path.display()));
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_dir() => Err(not_dir()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(not_dir()),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -76,5 +126,28 @@ mod tests {
         }
         assert!(check_path("x", &format!("/{}", "a".repeat(5000)), None).is_err());
         assert!(check_path("x", "/anywhere/at/all", None).is_ok());
+        let long = check_path("x", &format!("/{}", "a".repeat(1 << 20)), None).unwrap_err();
+        assert!(long.message().len() < 200, "a huge path is not echoed");
+    }
+
+    #[test]
+    fn symlinks_below_the_kubelet_dir_and_the_state_dir_are_refused() {
+        let k = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(out.path(), k.path().join("out")).unwrap();
+        std::fs::create_dir(k.path().join("pods")).unwrap();
+        let root = Some(k.path());
+        let at = |rel: &str| k.path().join(rel).display().to_string();
+        assert!(check_path("t", &at("pods/x/y"), root).is_ok());
+        for bad in ["out", "out/x", "out/x/y"] {
+            let e = check_path("target_path", &at(bad), root).unwrap_err();
+            assert!(e.message().contains("symbolic link"), "{bad}: {e:?}");
+        }
+        let state = k.path().join("state");
+        for bad in ["state", "state/x"] {
+            assert!(check_apart("t", &k.path().join(bad), &state, "the state dir").is_err());
+        }
+        assert!(check_apart("t", k.path(), &state, "the state dir").is_err());
+        assert!(check_apart("t", &k.path().join("pods"), &state, "the state dir").is_ok());
     }
 }

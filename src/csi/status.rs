@@ -16,6 +16,42 @@ pub fn require<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
     }
 }
 
+/// The CSI spec's size limit for a string field (names and ids).
+pub const MAX_ID: usize = 128;
+
+/// A required name or id: INVALID_ARGUMENT naming the field when it is
+/// empty, longer than the spec's 128 bytes, or holds a control character
+/// other than tab, newline or carriage return (a NUL cannot be stored).
+pub fn require_id<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
+    let value = require(value, field)?;
+    if value.len() > MAX_ID {
+        return Err(Status::invalid_argument(format!(
+            "{field} {}: longer than {MAX_ID} bytes",
+            shown(value)
+        )));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return Err(Status::invalid_argument(format!(
+            "{field} {}: contains control characters",
+            shown(value)
+        )));
+    }
+    Ok(value)
+}
+
+/// `value` as a message shows it: quoted, and cut after 64 characters
+/// (with its length), so a huge input never becomes a huge error.
+pub fn shown(value: &str) -> String {
+    const KEEP: usize = 64;
+    match value.char_indices().nth(KEEP) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+    }
+}
+
 /// A required message field: INVALID_ARGUMENT naming it when absent.
 pub fn require_some<'a, T>(value: &'a Option<T>, field: &str) -> Result<&'a T, Status> {
     value
@@ -45,7 +81,8 @@ pub fn parse_token(token: &str) -> Result<i64, Status> {
         .filter(|v| *v >= 0)
         .ok_or_else(|| {
             Status::aborted(format!(
-                "starting_token {token:?} is not a token this plugin issued"
+                "starting_token {} is not a token this plugin issued",
+                shown(token)
             ))
         })
 }
@@ -65,6 +102,11 @@ pub async fn traced<T>(
     volume: &str,
     f: impl Future<Output = Result<T, Status>>,
 ) -> Result<Response<T>, Status> {
+    let volume = if volume.len() > MAX_ID {
+        shown(volume)
+    } else {
+        volume.to_string()
+    };
     let span = tracing::info_span!("csi", method, volume = %volume);
     async move {
         let start = std::time::Instant::now();
