@@ -139,12 +139,12 @@ impl ChunkMap {
     /// Whether the runs are in the one canonical form (what a stored node
     /// must hold: sorted, non-empty, neither overlapping nor touching).
     pub fn is_canonical(&self) -> bool {
-        self.runs.iter().all(|r| !r.hashes.is_empty())
+        // Every run's end must fit a u64 (a decoded map may say anything),
+        // checked before `Run::end` is used on it.
+        self.runs
+            .iter()
+            .all(|r| !r.hashes.is_empty() && r.start.checked_add(r.hashes.len() as u64).is_some())
             && self.runs.windows(2).all(|w| w[0].end() < w[1].start)
-            && self
-                .runs
-                .last()
-                .is_none_or(|r| r.start.checked_add(r.hashes.len() as u64).is_some())
     }
 }
 

@@ -97,7 +97,7 @@ pub struct Manifest {
     pub signature: [u8; SIGNATURE_LEN],
 }
 
-fn signing_input(body_bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn signing_input(body_bytes: &[u8]) -> Vec<u8> {
     let mut msg = Vec::with_capacity(SIGNING_CONTEXT.len() + body_bytes.len());
     msg.extend_from_slice(SIGNING_CONTEXT);
     msg.extend_from_slice(body_bytes);
@@ -220,12 +220,13 @@ pub fn check_link(child_hash: Hash, child: &Manifest, parents: &[Manifest]) -> R
             child.body.author
         )));
     }
-    let expected = parents.iter().map(|p| p.body.height).max().unwrap_or(0) + 1;
-    if child.body.height != expected {
+    let parent_height = parents.iter().map(|p| p.body.height).max().unwrap_or(0);
+    // A parent at the largest height (any signer may write one) has no
+    // valid child: an error, not an overflow.
+    if parent_height.checked_add(1) != Some(child.body.height) {
         return Err(broken(format!(
-            "height {} does not follow parent height {}",
+            "height {} does not follow parent height {parent_height}",
             child.body.height,
-            expected - 1
         )));
     }
     Ok(())

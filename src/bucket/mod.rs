@@ -28,6 +28,18 @@ mod replica;
 mod retention;
 mod tree;
 
+/// Decoders private to this module, for `crate::fuzzing` (which feeds them
+/// arbitrary bytes).
+pub(crate) mod decoders {
+    pub(crate) use super::chunk_map::ChunkMap;
+    pub(crate) use super::chunks::{allocated, ChunkIo, FileData};
+    pub(crate) use super::codec::{encode, Tag, DIR_VERSION};
+    pub(crate) use super::links::split_nlink;
+    pub(crate) use super::manifest::{check_link, signing_input, MAGIC};
+    pub(crate) use super::tree::{DirNode, Entry, EntryKind, FileNode, KeyBytes, Link, Meta};
+    pub(crate) use super::{read_hashes, write_hashes};
+}
+
 pub use chunks::{ReadBuf, ReadPlan, RemoteBlobs, DEFAULT_CHUNK_SIZE};
 pub use error::{BucketError, Result};
 pub use manifest::{BucketId, Manifest, ManifestBody};
@@ -276,7 +288,7 @@ impl BucketCore {
 }
 
 /// A file of hex hashes, one a line (missing = none).
-fn read_hashes(path: &Path) -> Result<HashSet<Hash>> {
+pub(crate) fn read_hashes(path: &Path) -> Result<HashSet<Hash>> {
     match std::fs::read_to_string(path) {
         Ok(text) => text
             .lines()
@@ -293,7 +305,7 @@ fn read_hashes(path: &Path) -> Result<HashSet<Hash>> {
     }
 }
 
-fn write_hashes(path: &Path, hashes: &HashSet<Hash>) -> Result<()> {
+pub(crate) fn write_hashes(path: &Path, hashes: &HashSet<Hash>) -> Result<()> {
     let mut sorted: Vec<String> = hashes.iter().map(Hash::to_hex).collect();
     sorted.sort();
     let mut text = sorted.join("\n");

@@ -79,13 +79,20 @@ impl From<SystemTime> for Timestamp {
 }
 
 impl From<Timestamp> for SystemTime {
+    /// Total, since a decoded node may carry any value: nanoseconds past a
+    /// second count as 999,999,999, and a time no `SystemTime` holds
+    /// becomes the epoch (rather than an overflow panic in getattr).
     fn from(t: Timestamp) -> Self {
-        if t.secs >= 0 {
-            UNIX_EPOCH + std::time::Duration::new(t.secs as u64, t.nanos)
+        let secs = std::time::Duration::from_secs(t.secs.unsigned_abs());
+        let nanos = std::time::Duration::from_nanos(t.nanos.min(999_999_999).into());
+        let whole = if t.secs >= 0 {
+            UNIX_EPOCH.checked_add(secs)
         } else {
-            UNIX_EPOCH - std::time::Duration::from_secs((-t.secs) as u64)
-                + std::time::Duration::from_nanos(t.nanos as u64)
-        }
+            UNIX_EPOCH.checked_sub(secs)
+        };
+        whole
+            .and_then(|w| w.checked_add(nanos))
+            .unwrap_or(UNIX_EPOCH)
     }
 }
 

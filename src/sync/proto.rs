@@ -86,6 +86,16 @@ pub enum WireError {
     Stream(String),
 }
 
+/// The body length a message's 4-byte prefix announces, refused past
+/// [`MAX_MESSAGE`] before anything is allocated for it.
+pub fn body_len(prefix: [u8; 4]) -> Result<usize, WireError> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > MAX_MESSAGE {
+        return Err(WireError::TooLarge(len));
+    }
+    Ok(len)
+}
+
 /// Decode a message body (after its length prefix).
 pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, WireError> {
     postcard::from_bytes(body).map_err(|e| WireError::Malformed(e.to_string()))

@@ -3,7 +3,7 @@
 use iroh::endpoint::{RecvStream, SendStream};
 use serde::{Deserialize, Serialize};
 
-use super::proto::{frame, WireError, MAX_MESSAGE};
+use super::proto::{frame, WireError};
 
 /// Write one length-prefixed message.
 pub async fn write_msg<T: Serialize>(send: &mut SendStream, msg: &T) -> Result<(), WireError> {
@@ -12,7 +12,8 @@ pub async fn write_msg<T: Serialize>(send: &mut SendStream, msg: &T) -> Result<(
         .map_err(|e| WireError::Stream(e.to_string()))
 }
 
-/// Read one length-prefixed message of at most [`MAX_MESSAGE`] bytes;
+/// Read one length-prefixed message of at most
+/// [`MAX_MESSAGE`](super::proto::MAX_MESSAGE) bytes;
 /// `None` when the stream ended cleanly before it.
 pub async fn read_msg<T: for<'de> Deserialize<'de>>(
     recv: &mut RecvStream,
@@ -23,10 +24,7 @@ pub async fn read_msg<T: for<'de> Deserialize<'de>>(
         Err(iroh::endpoint::ReadExactError::FinishedEarly(0)) => return Ok(None),
         Err(e) => return Err(WireError::Stream(e.to_string())),
     }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_MESSAGE {
-        return Err(WireError::TooLarge(len));
-    }
+    let len = super::proto::body_len(len)?;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body)
         .await
