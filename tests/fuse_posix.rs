@@ -378,6 +378,45 @@ fn permissions_follow_mode_bits_and_set_group_id_directories() {
     // Root creating in the setgid dir still gets the directory's group.
     fs::write(t.p("shared/by-root"), b"").unwrap();
     assert_eq!(fs::metadata(t.p("shared/by-root")).unwrap().gid(), 4242);
+
+    // Supplementary groups count: group 5151 may read a 0640 file and
+    // write in a 0770 directory of that group; the same user without the
+    // group may not.
+    fs::write(t.p("team-file"), b"for the team").unwrap();
+    std::os::unix::fs::chown(t.p("team-file"), Some(0), Some(5151)).unwrap();
+    fs::set_permissions(t.p("team-file"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::create_dir(t.p("team")).unwrap();
+    std::os::unix::fs::chown(t.p("team"), Some(0), Some(5151)).unwrap();
+    fs::set_permissions(t.p("team"), fs::Permissions::from_mode(0o770)).unwrap();
+    let script = "cat team-file && echo hi > team/new";
+    let (ok, err) = as_user_with_groups(&t.mnt, script, "5151");
+    assert!(ok, "a member of group 5151 by a supplementary group: {err}");
+    assert_eq!(fs::read(t.p("team/new")).unwrap(), b"hi\n");
+    let (ok, err) = as_user_with_groups(&t.mnt, "cat team-file", "6161");
+    assert!(!ok && err.contains("Permission denied"), "{err}");
+    let (ok, err) = as_user_with_groups(&t.mnt, "ls team", "6161");
+    assert!(!ok && err.contains("Permission denied"), "{err}");
+}
+
+/// Run `sh -c script` as uid/gid 4343 with supplementary `groups` (comma
+/// separated) in `dir`; returns (success, stderr).
+fn as_user_with_groups(dir: &Path, script: &str, groups: &str) -> (bool, String) {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=4343",
+            "--regid=4343",
+            &format!("--groups={groups}"),
+            "sh",
+            "-c",
+        ])
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]

@@ -601,6 +601,14 @@ impl EmbeddedPostgres {
             .arg(&self.data_dir)
             .args(["-m", "fast", "-w", "-t", "20", "stop"]);
         if self.run(c, "pg_ctl stop").is_ok() {
+            // pg_ctl returns once the pid file is gone, a moment before the
+            // postmaster has exited: "stopped" means the process is gone.
+            if let Some(pid) = pid {
+                let start = Instant::now();
+                while process_alive(pid) && start.elapsed() < Duration::from_secs(10) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
             return Ok(());
         }
         if let Some(pid) = pid {
