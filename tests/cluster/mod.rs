@@ -223,6 +223,13 @@ impl Drop for Cluster {
         for c in &mut self.keepers {
             terminate(c);
         }
+        // Nodes a test killed leave their mounts behind: detach them, so
+        // the temp dir goes and the host's mount table stays clean.
+        let mut left = jax_csi::fuse::session::mounts_under(self.dir.path());
+        left.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for m in left {
+            let _ = jax_csi::fuse::session::lazy_unmount(&m);
+        }
     }
 }
 
