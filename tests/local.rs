@@ -14,25 +14,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cluster::csi;
 use jax_csi::csi::proto::controller_client::ControllerClient;
 use jax_csi::csi::proto::node_client::NodeClient;
-use jax_csi::csi::proto::volume_capability::access_mode::Mode;
-use jax_csi::csi::proto::volume_capability::{AccessMode, AccessType, MountVolume};
 use jax_csi::csi::proto::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_jax-csi");
-
-fn rwx() -> VolumeCapability {
-    VolumeCapability {
-        access_type: Some(AccessType::Mount(MountVolume::default())),
-        access_mode: Some(AccessMode {
-            mode: Mode::MultiNodeMultiWriter as i32,
-        }),
-    }
-}
 
 /// Poll `f` until it holds or `secs` pass.
 fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
@@ -170,24 +160,6 @@ fn postmaster_pid(state: &Path) -> Option<i32> {
         .ok()
 }
 
-async fn create_volume(ctl: &mut ControllerClient<Channel>, name: &str) -> String {
-    ctl.create_volume(CreateVolumeRequest {
-        name: name.into(),
-        volume_capabilities: vec![rwx()],
-        capacity_range: Some(CapacityRange {
-            required_bytes: 64 << 20,
-            limit_bytes: 0,
-        }),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .volume
-    .unwrap()
-    .volume_id
-}
-
 async fn volume_names(ctl: &mut ControllerClient<Channel>) -> Vec<String> {
     ctl.list_volumes(ListVolumesRequest::default())
         .await
@@ -209,7 +181,7 @@ async fn publish(local: &Local, i: usize, id: &str, pod: &str) -> PathBuf {
     node.node_stage_volume(NodeStageVolumeRequest {
         volume_id: id.into(),
         staging_target_path: staging.display().to_string(),
-        volume_capability: Some(rwx()),
+        volume_capability: Some(csi::rwx()),
         ..Default::default()
     })
     .await
@@ -218,18 +190,12 @@ async fn publish(local: &Local, i: usize, id: &str, pod: &str) -> PathBuf {
         volume_id: id.into(),
         staging_target_path: staging.display().to_string(),
         target_path: target.display().to_string(),
-        volume_capability: Some(rwx()),
+        volume_capability: Some(csi::rwx()),
         ..Default::default()
     })
     .await
     .unwrap();
     target
-}
-
-fn write_synced(path: &Path, data: &[u8]) {
-    let mut f = fs::File::create(path).unwrap();
-    f.write_all(data).unwrap();
-    f.sync_all().unwrap();
 }
 
 /// A state dir under a parent only root can enter (as `mktemp -d` or
@@ -243,9 +209,9 @@ async fn local_up_under_a_private_parent_survives_a_sigkill() {
     let state = parent.path().join("jax");
     let local = Local::up(&state, 1);
     let mut ctl = local.controller().await;
-    let id = create_volume(&mut ctl, "kept").await;
+    let id = csi::create_volume(&mut ctl, "kept", 64 << 20).await;
     let target = publish(&local, 0, &id, "p").await;
-    write_synced(&target.join("f"), b"before the kill");
+    cluster::write_synced(&target.join("f"), b"before the kill").unwrap();
     let children = local.children();
     let postmaster = postmaster_pid(&state).expect("postgres runs");
     local.kill();
@@ -395,9 +361,9 @@ async fn local_upgrade_and_a_node_crash_keep_the_pods_mount() {
     let state = dir.path().join("jax");
     let local = Local::up(&state, 1);
     let mut ctl = local.controller().await;
-    let id = create_volume(&mut ctl, "upgraded").await;
+    let id = csi::create_volume(&mut ctl, "upgraded", 64 << 20).await;
     let target = publish(&local, 0, &id, "pod-u").await;
-    write_synced(&target.join("before"), b"written before\n");
+    cluster::write_synced(&target.join("before"), b"written before\n").unwrap();
     let dev = fs::metadata(&target).unwrap().dev();
     let pod = cluster::pod::Pod::start(target.clone());
     pod.wait_more(30);
@@ -483,7 +449,7 @@ async fn operator_cli_and_metrics_against_a_local_cluster() {
     let url = local.database_url();
     let node = local.node_endpoint(0);
     let mut ctl = local.controller().await;
-    let id = create_volume(&mut ctl, "ops").await;
+    let id = csi::create_volume(&mut ctl, "ops", 64 << 20).await;
     // One refused request, to see its code counted.
     let refused = ctl
         .create_volume(CreateVolumeRequest::default())
@@ -491,9 +457,9 @@ async fn operator_cli_and_metrics_against_a_local_cluster() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     let target = publish(&local, 0, &id, "ops").await;
-    write_synced(&target.join("notes.txt"), b"first");
+    cluster::write_synced(&target.join("notes.txt"), b"first").unwrap();
     fs::create_dir(target.join("dir")).unwrap();
-    write_synced(&target.join("notes.txt"), b"second, longer");
+    cluster::write_synced(&target.join("notes.txt"), b"second, longer").unwrap();
     let mut f = fs::File::open(target.join("notes.txt")).unwrap();
     let mut read_back = Vec::new();
     f.read_to_end(&mut read_back).unwrap();

@@ -8,10 +8,9 @@
 
 mod cluster;
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
-use cluster::{csi, Cluster};
+use cluster::{csi, write_synced, Cluster};
 use jax_csi::csi::proto::controller_client::ControllerClient;
 use jax_csi::csi::proto::identity_client::IdentityClient;
 use jax_csi::csi::proto::node_client::NodeClient;
@@ -33,13 +32,6 @@ fn create_req(name: &str) -> CreateVolumeRequest {
         volume_capabilities: vec![csi::rwx()],
         ..Default::default()
     }
-}
-
-/// Write `name` with `data` and fsync it.
-fn write_synced(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(data)?;
-    f.sync_all()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -314,11 +314,8 @@ fn upgrade(state_dir: &Path, node: &str) -> anyhow::Result<()> {
         nix::sys::signal::Signal::SIGTERM,
     )
     .with_context(|| format!("signalling {node} (pid {old})"))?;
-    while jax_csi::db::embedded::process_alive(old) {
-        if started.elapsed() > Duration::from_secs(60) {
-            anyhow::bail!("{node} (pid {old}) did not stop within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    if !jax_csi::db::embedded::wait_exited(old, Duration::from_secs(60)) {
+        anyhow::bail!("{node} (pid {old}) did not stop within 60 s");
     }
     let exited = started.elapsed();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -73,22 +73,18 @@ pub async fn report_heads(db: Db, node_id: String, mut events: broadcast::Receiv
             }
             closed = !take_event(events.recv().await, &mut pending);
         }
+        // Whatever else is waiting (latest wins).
         loop {
-            match events.try_recv() {
-                Err(broadcast::error::TryRecvError::Empty) => break,
-                Err(broadcast::error::TryRecvError::Closed) => {
-                    closed = true;
-                    break;
-                }
-                Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    tracing::warn!(
-                        missed = n,
-                        "head reporter lagged; later commits will report"
-                    );
-                }
-                Ok(e) => {
-                    take_event(Ok(e), &mut pending);
-                }
+            use broadcast::error::{RecvError, TryRecvError};
+            let e = match events.try_recv() {
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                Ok(e) => Ok(e),
+            };
+            if !take_event(e, &mut pending) {
+                closed = true;
+                break;
             }
         }
         let mut failed = false;

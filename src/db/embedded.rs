@@ -604,10 +604,7 @@ impl EmbeddedPostgres {
             // pg_ctl returns once the pid file is gone, a moment before the
             // postmaster has exited: "stopped" means the process is gone.
             if let Some(pid) = pid {
-                let start = Instant::now();
-                while process_alive(pid) && start.elapsed() < Duration::from_secs(10) {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                wait_exited(pid, Duration::from_secs(10));
             }
             return Ok(());
         }
@@ -616,12 +613,8 @@ impl EmbeddedPostgres {
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if !process_alive(pid) {
-                    return Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if wait_exited(pid, Duration::from_secs(10)) {
+                return Ok(());
             }
         }
         Err(EmbeddedPgError::StopTimeout(DEADLINE))
@@ -660,6 +653,18 @@ pub fn process_alive(pid: i32) -> bool {
             .unwrap_or(false),
         Err(_) => false,
     }
+}
+
+/// Wait up to `timeout` for process `pid` to exit; true if it did.
+pub fn wait_exited(pid: i32, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while process_alive(pid) {
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
 }
 
 impl Drop for EmbeddedPostgres {

@@ -152,15 +152,7 @@ impl MountManager {
             }
             Ok(())
         })?;
-        {
-            let mut inner = self.lock();
-            if inner.running.contains_key(volume) {
-                return Err(MountError::AlreadyRunning(volume.into()));
-            }
-            if !inner.busy.insert(volume.to_string()) {
-                return Err(MountError::Busy(volume.into()));
-            }
-        }
+        self.lock().reserve_stopped(volume)?;
         let resumed = session::resume(
             live.clone(),
             fd,
@@ -257,7 +249,7 @@ impl MountManager {
         let connection = session.connection();
         let path = session.path().to_path_buf();
         // Readers stop; the session's end runs the final commit.
-        let stopped = session.hand_over();
+        session.hand_over();
         let refs = live.lock().kernel_refs();
         let committed = live.shutdown();
         let state = HandoverState {
@@ -268,10 +260,6 @@ impl MountManager {
         };
         let written = write_state(&self.handover_dir(), &state);
         self.lock().busy.remove(volume);
-        stopped.map_err(|source| MountError::SpawnFailed {
-            path: path.clone(),
-            source,
-        })?;
         committed.map_err(|source| MountError::CommitFailed {
             volume: volume.into(),
             source,

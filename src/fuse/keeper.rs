@@ -309,12 +309,7 @@ fn listen(path: &Path) -> std::io::Result<OwnedFd> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let fd = socket::socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let fd = seqpacket()?;
     socket::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
     // Only root (the node plugin) may hand over or take descriptors.
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
@@ -322,13 +317,18 @@ fn listen(path: &Path) -> std::io::Result<OwnedFd> {
     Ok(fd)
 }
 
-fn connect(path: &Path) -> std::io::Result<OwnedFd> {
-    let fd = socket::socket(
+/// A new unix SOCK_SEQPACKET socket (the protocol's transport).
+fn seqpacket() -> std::io::Result<OwnedFd> {
+    Ok(socket::socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
         SockFlag::SOCK_CLOEXEC,
         None,
-    )?;
+    )?)
+}
+
+fn connect(path: &Path) -> std::io::Result<OwnedFd> {
+    let fd = seqpacket()?;
     socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
     set_timeouts(fd.as_fd())?;
     Ok(fd)

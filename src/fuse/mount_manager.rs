@@ -204,6 +204,20 @@ pub(super) struct Inner {
     pub(super) busy: std::collections::BTreeSet<String>,
 }
 
+impl Inner {
+    /// Reserve a volume that is not running for a start (fresh or resumed):
+    /// a second start is refused while the first works outside the lock.
+    pub(super) fn reserve_stopped(&mut self, volume: &str) -> Result<(), MountError> {
+        if self.running.contains_key(volume) {
+            return Err(MountError::AlreadyRunning(volume.into()));
+        }
+        if !self.busy.insert(volume.to_string()) {
+            return Err(MountError::Busy(volume.into()));
+        }
+        Ok(())
+    }
+}
+
 /// Owns every mount of this node.
 #[derive(Clone)]
 pub struct MountManager {
@@ -406,12 +420,7 @@ impl MountManager {
                 .get(volume_id)
                 .cloned()
                 .ok_or_else(|| MountError::MountNotFound(volume_id.into()))?;
-            if inner.running.contains_key(volume_id) {
-                return Err(MountError::AlreadyRunning(volume_id.into()));
-            }
-            if !inner.busy.insert(volume_id.to_string()) {
-                return Err(MountError::Busy(volume_id.into()));
-            }
+            inner.reserve_stopped(volume_id)?;
             self.set_status(&mut inner, volume_id, MountStatus::Starting);
             rec
         };

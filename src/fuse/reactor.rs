@@ -6,12 +6,13 @@
 //! requests of one volume run on two workers at once).
 //!
 //! Stopping a session ([`Reactor::stop`]) removes it from the epoll and
-//! waits until no worker is inside it: every request read from it has been
-//! answered, and none other will be read (what a handover needs).
+//! waits until no worker holds it (a worker holds its registration while
+//! inside it): every request read from it has been answered, and none
+//! other will be read (what a handover needs).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -41,9 +42,8 @@ pub struct Reactor {
 /// One session served by the reactor.
 struct Registration {
     dispatcher: SessionDispatcher<JaxFs>,
-    /// Workers inside `dispatcher` right now.
-    busy: AtomicUsize,
-    /// Set by [`Reactor::stop`]: no worker may enter any more.
+    /// Set by [`Reactor::stop`]: a worker that still got hold of it does
+    /// not start another batch.
     removed: AtomicBool,
     /// The connection ended (unmounted or aborted).
     ended: Mutex<bool>,
@@ -100,7 +100,6 @@ impl Reactor {
         let token = self.next.fetch_add(1, Ordering::Relaxed);
         let registration = Arc::new(Registration {
             dispatcher,
-            busy: AtomicUsize::new(0),
             removed: AtomicBool::new(false),
             ended: Mutex::new(false),
             ended_cv: Condvar::new(),
@@ -131,11 +130,12 @@ impl Reactor {
         // ENOENT when a worker already removed an ended session.
         let _ = self.epoll.delete(registration.dispatcher.as_fd());
         self.sessions.lock().unwrap().remove(&token);
+        // Out of the map, no worker can take a new reference; the last
+        // one a worker holds goes when it leaves the session.
         let mut registration = registration;
         loop {
             match Arc::try_unwrap(registration) {
-                Ok(r) if r.busy.load(Ordering::SeqCst) == 0 => return r.dispatcher,
-                Ok(_) => unreachable!("a worker inside holds a reference"),
+                Ok(r) => return r.dispatcher,
                 Err(still_shared) => {
                     registration = still_shared;
                     std::thread::sleep(Duration::from_millis(1));
@@ -162,11 +162,9 @@ impl Reactor {
                 let Some(r) = self.sessions.lock().unwrap().get(&token).cloned() else {
                     continue;
                 };
-                r.busy.fetch_add(1, Ordering::SeqCst);
                 if !r.removed.load(Ordering::SeqCst) {
                     self.serve_some(token, &r, &mut buf);
                 }
-                r.busy.fetch_sub(1, Ordering::SeqCst);
             }
         }
     }

@@ -149,14 +149,10 @@ impl FuseSession {
     /// kept descriptor: every request read so far is answered, none other
     /// is read, the Mount's final commit runs (`JaxFs::destroy`), and the
     /// mount stays in place. Requests from then on wait in the kernel.
-    pub fn hand_over(mut self) -> io::Result<()> {
-        let Some(served) = self.served.take() else {
-            return Ok(());
-        };
-        let dispatcher = Reactor::global().stop(served);
-        dispatcher.forget_mount();
-        dispatcher.destroy();
-        Ok(())
+    pub fn hand_over(mut self) {
+        if let Some(served) = self.served.take() {
+            stop_serving(served).destroy();
+        }
     }
 
     /// Sends cache invalidations to the kernel (after a remote change).
@@ -188,19 +184,25 @@ impl FuseSession {
             abort_connection(self.connection)?;
             if !served.wait_ended(UNMOUNT_GRACE) {
                 // Not served any more either way: the kernel fails its requests.
-                Reactor::global().stop(served).forget_mount();
+                stop_serving(served);
                 return Err(io::Error::other(
                     "the FUSE session did not end after an abort",
                 ));
             }
         }
-        // The session's end: the Mount's final commit (`JaxFs::destroy`);
-        // fuser must not unmount again (the path may be mounted anew by then).
-        let dispatcher = Reactor::global().stop(served);
-        dispatcher.forget_mount();
-        dispatcher.destroy();
+        // The session's end: the Mount's final commit (`JaxFs::destroy`).
+        stop_serving(served).destroy();
         Ok(())
     }
+}
+
+/// Take a session off the reactor. This module unmounts (or leaves
+/// mounted) itself, so fuser must never unmount again on drop: the path
+/// may be mounted anew by then.
+fn stop_serving(served: Served) -> fuser::SessionDispatcher<JaxFs> {
+    let dispatcher = Reactor::global().stop(served);
+    dispatcher.forget_mount();
+    dispatcher
 }
 
 /// How long an unmounted session may take to see the kernel let go.

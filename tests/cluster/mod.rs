@@ -233,6 +233,15 @@ impl Drop for Cluster {
     }
 }
 
+/// Write `path` with `data` and fsync it (what a pod does before it
+/// counts a write as kept).
+pub fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
 /// Connect to `socket` once the plugin there answers Probe with ready.
 pub async fn wait_ready(socket: &Path) -> Channel {
     let deadline = Instant::now() + Duration::from_secs(30);
