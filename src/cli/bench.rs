@@ -60,6 +60,11 @@ pub enum BenchCommand {
         /// measure memory, threads and descriptors per volume (0 = skip).
         #[arg(long, default_value_t = 200)]
         idle_volumes: usize,
+        /// Run only these workloads (comma-separated: seq, random, mixed,
+        /// readers, small; all by default). `random` and `readers` write the
+        /// sequential file first.
+        #[arg(long, value_delimiter = ',')]
+        workloads: Vec<String>,
     },
     /// The random mixed workload of `bench fuse` on one file, run in a
     /// process of its own (a process that maps files of a FUSE mount it
@@ -141,7 +146,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             only,
             mixed_ops,
             idle_volumes,
+            workloads,
         } => super::bench_fuse::bench_fuse(super::bench_fuse::FuseBench {
+            workloads,
             mixed_ops,
             dir,
             size_mib,

@@ -35,7 +35,25 @@ pub struct FuseBench {
     pub mixed_ops: usize,
     /// Volumes mounted at once for the idle-cost table (0 = skip).
     pub idle_volumes: usize,
+    /// Workloads to run (all when empty): see [`WORKLOADS`].
+    pub workloads: Vec<String>,
 }
+
+/// The workload groups `--workloads` picks from.
+pub const WORKLOADS: [&str; 5] = ["seq", "random", "mixed", "readers", "small"];
+
+impl FuseBench {
+    fn runs(&self, workload: &str) -> bool {
+        self.workloads.is_empty() || self.workloads.iter().any(|w| w == workload)
+    }
+}
+
+/// Size of each of the two files the cached-readers workload reads: both
+/// fit in a mount's decrypted-chunk cache (32 chunks by default) with 1 MiB
+/// chunks, so what is measured is serving cached data, not decryption.
+const CACHED_FILE_MIB: usize = 12;
+/// Passes over each file in the cached-readers workload.
+const CACHED_PASSES: usize = 8;
 
 /// One file system under test, and how to take it down.
 struct Target {
@@ -51,8 +69,16 @@ type Setup = fn(&Path, &FuseBench) -> anyhow::Result<Target>;
 struct Results {
     seq_write: f64,
     seq_read: f64,
-    /// Two readers of different files at once, combined.
+    /// Two readers of different files at once, combined (cold).
     two_readers: f64,
+    /// One reader of a file whose chunks the file system has cached (the
+    /// kernel's page cache dropped before each pass).
+    cached_one: f64,
+    /// Two readers of two such files at once, combined.
+    cached_two: f64,
+    /// CPU this process used per second of the one cached reader: for
+    /// jax-csi that is the reader and the file system together.
+    cached_one_cores: f64,
     /// The random mixed workload.
     mixed: Duration,
     rand_big: (Duration, Duration),
@@ -84,6 +110,16 @@ pub fn bench_fuse(b: FuseBench) -> anyhow::Result<()> {
     ];
     if let Some(unknown) = b.only.iter().find(|o| !setups.iter().any(|(n, _)| n == o)) {
         bail!("--only: unknown file system {unknown:?} (jax-csi, gocryptfs, bindfs, tmpfs)");
+    }
+    if let Some(unknown) = b
+        .workloads
+        .iter()
+        .find(|w| !WORKLOADS.contains(&w.as_str()))
+    {
+        bail!(
+            "--workloads: unknown workload {unknown:?} ({})",
+            WORKLOADS.join(", ")
+        );
     }
     let mut rows: Vec<(&str, Option<Results>)> = Vec::new();
     for (name, setup) in setups {
@@ -310,44 +346,134 @@ fn drop_caches() -> bool {
 fn run_workloads(root: &Path, b: &FuseBench, block: &[u8]) -> anyhow::Result<Results> {
     let mut r = Results::default();
     let size = b.size_mib * MIB;
-    // Sequential write, 1 MiB blocks, with the closing fsync.
     let big = root.join("big.bin");
-    let t = Instant::now();
-    write_blocks(&big, b.size_mib, block)?;
-    r.seq_write = gib_per_s(size, t.elapsed());
-    drop_caches();
-    // Sequential read, 1 MiB blocks.
-    let t = Instant::now();
-    let total = read_all(&big)?;
-    anyhow::ensure!(total == size, "read {total} of {size} bytes");
-    r.seq_read = gib_per_s(size, t.elapsed());
-    // Random 4 KiB reads: the big file, then a 1 MiB file.
-    let small = root.join("small.bin");
-    fs::write(&small, block)?;
-    File::open(&small)?.sync_all()?;
-    drop_caches();
-    r.rand_big = random_reads(&big, size as u64, b.random_reads, 0x9E37_79B9_7F4A_7C15)?;
-    r.rand_small = random_reads(&small, MIB as u64, b.random_reads, 0x9E37_79B9_7F4A_7C15)?;
-    r.mixed = mixed_ops_in_child(&root.join("mixed.bin"), b.mixed_ops)?;
-    // Two readers of two files at once (cold), against one reader above.
-    let big2 = root.join("big2.bin");
-    write_blocks(&big2, b.size_mib, block)?;
-    drop_caches();
-    let t = Instant::now();
-    let (one, two) = std::thread::scope(|s| {
-        let a = s.spawn(|| read_all(&big));
-        let b = s.spawn(|| read_all(&big2));
-        (a.join(), b.join())
-    });
-    let total = one.map_err(|_| anyhow::anyhow!("reader panicked"))??
-        + two.map_err(|_| anyhow::anyhow!("reader panicked"))??;
-    anyhow::ensure!(total == 2 * size, "read {total} of {} bytes", 2 * size);
-    r.two_readers = gib_per_s(total, t.elapsed());
-    fs::remove_file(&big)?;
-    fs::remove_file(&big2)?;
-    fs::remove_file(&small)?;
+    if b.runs("seq") || b.runs("random") || b.runs("readers") {
+        // Sequential write, 1 MiB blocks, with the closing fsync.
+        let t = Instant::now();
+        write_blocks(&big, b.size_mib, block)?;
+        r.seq_write = gib_per_s(size, t.elapsed());
+        drop_caches();
+        // Sequential read, 1 MiB blocks.
+        let t = Instant::now();
+        let total = read_all(&big)?;
+        anyhow::ensure!(total == size, "read {total} of {size} bytes");
+        r.seq_read = gib_per_s(size, t.elapsed());
+    }
+    if b.runs("random") {
+        // Random 4 KiB reads: the big file, then a 1 MiB file.
+        let small = root.join("small.bin");
+        fs::write(&small, block)?;
+        File::open(&small)?.sync_all()?;
+        drop_caches();
+        r.rand_big = random_reads(&big, size as u64, b.random_reads, 0x9E37_79B9_7F4A_7C15)?;
+        r.rand_small = random_reads(&small, MIB as u64, b.random_reads, 0x9E37_79B9_7F4A_7C15)?;
+        fs::remove_file(&small)?;
+    }
+    if b.runs("mixed") {
+        r.mixed = mixed_ops_in_child(&root.join("mixed.bin"), b.mixed_ops)?;
+    }
+    if b.runs("readers") {
+        // Two readers of two files at once (cold), against one reader above.
+        let big2 = root.join("big2.bin");
+        write_blocks(&big2, b.size_mib, block)?;
+        drop_caches();
+        let t = Instant::now();
+        let total = read_both(&big, &big2, 1, false)?;
+        anyhow::ensure!(total == 2 * size, "read {total} of {} bytes", 2 * size);
+        r.two_readers = gib_per_s(total, t.elapsed());
+        fs::remove_file(&big2)?;
+        (r.cached_one, r.cached_two, r.cached_one_cores) = cached_readers(root, block)?;
+    }
+    if big.exists() {
+        fs::remove_file(&big)?;
+    }
+    if b.runs("small") {
+        small_files(root, b, block, &mut r)?;
+    }
+    Ok(r)
+}
 
-    // Small files: create, read, list with stat (ls -lR), remove.
+/// Read `a` and `b` at once, `passes` times each; the bytes read. With
+/// `uncache`, each pass first drops the file's pages from the page cache,
+/// so every pass goes through the file system.
+fn read_both(a: &Path, b: &Path, passes: usize, uncache: bool) -> anyhow::Result<usize> {
+    let reader = |p: &Path| -> anyhow::Result<usize> {
+        let mut total = 0;
+        for _ in 0..passes {
+            if uncache {
+                forget_pages(p)?;
+            }
+            total += read_all(p)?;
+        }
+        Ok(total)
+    };
+    let (one, two) = std::thread::scope(|s| {
+        let x = s.spawn(|| reader(a));
+        let y = s.spawn(|| reader(b));
+        (x.join(), y.join())
+    });
+    Ok(one.map_err(|_| anyhow::anyhow!("reader panicked"))??
+        + two.map_err(|_| anyhow::anyhow!("reader panicked"))??)
+}
+
+/// Drop one file's clean pages from the kernel's page cache.
+fn forget_pages(p: &Path) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(p)?;
+    // SAFETY: an advisory call on a descriptor we own.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    anyhow::ensure!(
+        rc == 0,
+        "posix_fadvise: {}",
+        std::io::Error::from_raw_os_error(rc)
+    );
+    Ok(())
+}
+
+/// Readers of files the file system has cached: two small files are read
+/// once, then one reader alone and two readers at once each read their file
+/// [`CACHED_PASSES`] times with the page cache dropped before every pass.
+/// Returns (one reader, two readers combined) in GiB/s, and the cores this
+/// process kept busy for the one reader.
+fn cached_readers(root: &Path, block: &[u8]) -> anyhow::Result<(f64, f64, f64)> {
+    let (a, b) = (root.join("cached-a.bin"), root.join("cached-b.bin"));
+    write_blocks(&a, CACHED_FILE_MIB, block)?;
+    write_blocks(&b, CACHED_FILE_MIB, block)?;
+    read_all(&a)?;
+    read_all(&b)?;
+    let size = CACHED_FILE_MIB * MIB;
+    let cpu = cpu_time();
+    let t = Instant::now();
+    let mut one = 0;
+    for _ in 0..CACHED_PASSES {
+        forget_pages(&a)?;
+        one += read_all(&a)?;
+    }
+    anyhow::ensure!(one == CACHED_PASSES * size, "read {one} bytes");
+    let cores = (cpu_time() - cpu).as_secs_f64() / t.elapsed().as_secs_f64();
+    let one = gib_per_s(one, t.elapsed());
+    let t = Instant::now();
+    let two = read_both(&a, &b, CACHED_PASSES, true)?;
+    anyhow::ensure!(two == 2 * CACHED_PASSES * size, "read {two} bytes");
+    let two = gib_per_s(two, t.elapsed());
+    fs::remove_file(&a)?;
+    fs::remove_file(&b)?;
+    Ok((one, two, cores))
+}
+
+/// User and system CPU time this process has used, all threads.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// Small files: create, read, list with stat (ls -lR), remove.
+fn small_files(root: &Path, b: &FuseBench, block: &[u8], r: &mut Results) -> anyhow::Result<()> {
     let dir = root.join("small");
     fs::create_dir(&dir)?;
     let t = Instant::now();
@@ -391,7 +517,7 @@ fn run_workloads(root: &Path, b: &FuseBench, block: &[u8]) -> anyhow::Result<Res
     let t = Instant::now();
     fs::remove_dir_all(&dir)?;
     r.remove = t.elapsed();
-    Ok(r)
+    Ok(())
 }
 
 fn random_reads(
@@ -554,24 +680,91 @@ fn table(b: &FuseBench, rows: &[(&str, Option<Results>)]) -> String {
         "{:<28} {:>12} {:>12} {:>12} {:>12} {:>9} {:>9}\n",
         "workload", "jax-csi", "gocryptfs", "bindfs", "tmpfs", "vs gocr", "vs bind"
     );
-    /// (row label, value, higher is better)
-    type Metric = (&'static str, fn(&Results) -> f64, bool);
-    let metrics: [Metric; 13] = [
-        ("seq write (GiB/s)", |r| r.seq_write, true),
-        ("seq read (GiB/s)", |r| r.seq_read, true),
-        ("2 readers (GiB/s, sum)", |r| r.two_readers, true),
-        ("2 readers / 1 reader", |r| r.two_readers / r.seq_read, true),
-        ("4K rand big p50 (µs)", |r| us(r.rand_big.0), false),
-        ("4K rand big p99 (µs)", |r| us(r.rand_big.1), false),
-        ("4K rand 1MiB p50 (µs)", |r| us(r.rand_small.0), false),
-        ("4K rand 1MiB p99 (µs)", |r| us(r.rand_small.1), false),
-        ("small create+sync (s)", |r| r.create.as_secs_f64(), false),
-        ("small read (s)", |r| r.read.as_secs_f64(), false),
-        ("small ls -lR (s)", |r| r.list.as_secs_f64(), false),
-        ("small remove (s)", |r| r.remove.as_secs_f64(), false),
-        ("mixed ops on 4 MiB (s)", |r| r.mixed.as_secs_f64(), false),
+    /// (row label, workload, value, higher is better)
+    type Metric = (&'static str, &'static str, fn(&Results) -> f64, bool);
+    let metrics: [Metric; 17] = [
+        ("seq write (GiB/s)", "seq", |r| r.seq_write, true),
+        ("seq read (GiB/s)", "seq", |r| r.seq_read, true),
+        (
+            "2 readers cold (GiB/s, sum)",
+            "readers",
+            |r| r.two_readers,
+            true,
+        ),
+        (
+            "2 readers / 1 reader, cold",
+            "readers",
+            |r| r.two_readers / r.seq_read,
+            true,
+        ),
+        ("cached 1 reader (GiB/s)", "readers", |r| r.cached_one, true),
+        (
+            "cached 2 readers (GiB/s)",
+            "readers",
+            |r| r.cached_two,
+            true,
+        ),
+        (
+            "cached 2 readers / 1",
+            "readers",
+            |r| r.cached_two / r.cached_one,
+            true,
+        ),
+        (
+            "cores busy, cached 1 reader",
+            "readers",
+            |r| r.cached_one_cores,
+            false,
+        ),
+        (
+            "4K rand big p50 (µs)",
+            "random",
+            |r| us(r.rand_big.0),
+            false,
+        ),
+        (
+            "4K rand big p99 (µs)",
+            "random",
+            |r| us(r.rand_big.1),
+            false,
+        ),
+        (
+            "4K rand 1MiB p50 (µs)",
+            "random",
+            |r| us(r.rand_small.0),
+            false,
+        ),
+        (
+            "4K rand 1MiB p99 (µs)",
+            "random",
+            |r| us(r.rand_small.1),
+            false,
+        ),
+        (
+            "small create+sync (s)",
+            "small",
+            |r| r.create.as_secs_f64(),
+            false,
+        ),
+        ("small read (s)", "small", |r| r.read.as_secs_f64(), false),
+        ("small ls -lR (s)", "small", |r| r.list.as_secs_f64(), false),
+        (
+            "small remove (s)",
+            "small",
+            |r| r.remove.as_secs_f64(),
+            false,
+        ),
+        (
+            "mixed ops on 4 MiB (s)",
+            "mixed",
+            |r| r.mixed.as_secs_f64(),
+            false,
+        ),
     ];
-    for (name, f, higher_better) in metrics {
+    for (name, workload, f, higher_better) in metrics {
+        if !b.runs(workload) {
+            continue;
+        }
         let cell = |r: &Option<Results>| match r {
             Some(r) => format!("{:.3}", f(r)),
             None => "n/a".into(),

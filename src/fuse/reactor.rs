@@ -1,9 +1,12 @@
 //! One small set of threads serves the FUSE sessions of every volume on the
 //! node: each session's /dev/fuse descriptor is non-blocking and registered
-//! (level-triggered) with one epoll; a worker woken for it reads and answers
-//! requests until none is waiting. A staged volume so costs no thread and
-//! no receive buffer of its own, and any worker may serve any volume (two
-//! requests of one volume run on two workers at once).
+//! one-shot with one epoll. The worker woken for it reads one request,
+//! re-arms the registration (so another worker is woken if a second request
+//! is already waiting) and answers it. Exactly one worker is woken per
+//! request: a level-triggered registration woke a second one for every
+//! request, only for it to find nothing to read. A staged volume so costs
+//! no thread and no receive buffer of its own, and any worker may serve any
+//! volume (two requests of one volume run on two workers at once).
 //!
 //! Stopping a session ([`Reactor::stop`]) removes it from the epoll and
 //! waits until no worker holds it (a worker holds its registration while
@@ -14,15 +17,17 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuser::{Processed, RequestBuffer, SessionDispatcher};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
 use super::fs::JaxFs;
 
-/// Requests a worker answers for one session before it looks at the others.
-const BATCH: usize = 16;
+/// How long a worker that answered a request polls for the next one
+/// before it sleeps. Bounded, and only one worker spins, so an idle node
+/// spends nothing and a busy one at most this much per burst.
+const SPIN: Duration = Duration::from_micros(100);
 
 /// Worker threads: enough that a slow request (an fsync, a chunk fetched
 /// from a peer) on one volume does not hold up the others, and at least two
@@ -37,6 +42,8 @@ pub struct Reactor {
     epoll: Epoll,
     sessions: Mutex<HashMap<u64, Arc<Registration>>>,
     next: AtomicU64,
+    /// A worker is polling for the next request instead of sleeping.
+    spinning: AtomicBool,
 }
 
 /// One session served by the reactor.
@@ -84,6 +91,7 @@ impl Reactor {
                     .expect("creating the FUSE reactor's epoll"),
                 sessions: Mutex::new(HashMap::new()),
                 next: AtomicU64::new(1),
+                spinning: AtomicBool::new(false),
             }));
             for i in 0..worker_count() {
                 std::thread::Builder::new()
@@ -108,8 +116,10 @@ impl Reactor {
             .lock()
             .unwrap()
             .insert(token, registration.clone());
-        let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
-        if let Err(e) = self.epoll.add(registration.dispatcher.as_fd(), event) {
+        if let Err(e) = self
+            .epoll
+            .add(registration.dispatcher.as_fd(), armed(token))
+        {
             self.sessions.lock().unwrap().remove(&token);
             return Err(e.into());
         }
@@ -146,9 +156,17 @@ impl Reactor {
 
     fn work(&self) {
         let mut buf = RequestBuffer::new();
-        let mut events = [EpollEvent::empty(); 32];
+        // One event at a time: the sessions ready at once go to different
+        // workers, not one after another to the first one woken.
+        let mut events = [EpollEvent::empty(); 1];
+        // While set, this worker is the reactor's spinner, until then.
+        let mut spin_until: Option<Instant> = None;
         loop {
-            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+            let timeout = match spin_until {
+                Some(_) => EpollTimeout::ZERO,
+                None => EpollTimeout::NONE,
+            };
+            let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
@@ -157,6 +175,14 @@ impl Reactor {
                     continue;
                 }
             };
+            if n == 0 {
+                if spin_until.is_some_and(|t| Instant::now() >= t) {
+                    spin_until = None;
+                    self.spinning.store(false, Ordering::Release);
+                }
+                std::hint::spin_loop();
+                continue;
+            }
             for ev in &events[..n] {
                 let token = ev.data();
                 let Some(r) = self.sessions.lock().unwrap().get(&token).cloned() else {
@@ -166,21 +192,28 @@ impl Reactor {
                     self.serve_some(token, &r, &mut buf);
                 }
             }
+            // Having answered a request, look for the next one for a moment
+            // before sleeping (one worker at a time): a program that waits
+            // for each answer asks again within microseconds, and waking a
+            // sleeping worker, on a VM whose idle vCPU halted, costs tens.
+            if spin_until.is_some() || !self.spinning.swap(true, Ordering::AcqRel) {
+                spin_until = Some(Instant::now() + SPIN);
+            }
         }
     }
 
-    /// Answer up to [`BATCH`] requests of one session; after a full batch
-    /// epoll (level-triggered) reports it again.
+    /// Read one request of a session, re-arm its registration, answer it.
     fn serve_some(&self, token: u64, r: &Registration, buf: &mut RequestBuffer) {
-        for _ in 0..BATCH {
-            match r.dispatcher.process_one(buf) {
-                Ok(Processed::Request) => {}
-                Ok(Processed::Idle) => return,
-                Ok(Processed::Ended) => return self.ended(r),
-                Err(e) => {
-                    tracing::error!(token, error = %e, "FUSE session failed; it is no longer served");
-                    return self.ended(r);
-                }
+        // ENOENT once the session was stopped or ended: it stays out.
+        let rearm = || {
+            let _ = self.epoll.modify(r.dispatcher.as_fd(), &mut armed(token));
+        };
+        match r.dispatcher.process_one_with(buf, rearm) {
+            Ok(Processed::Request | Processed::Idle) => {}
+            Ok(Processed::Ended) => self.ended(r),
+            Err(e) => {
+                tracing::error!(token, error = %e, "FUSE session failed; it is no longer served");
+                self.ended(r)
             }
         }
     }
@@ -192,4 +225,10 @@ impl Reactor {
         *r.ended.lock().unwrap() = true;
         r.ended_cv.notify_all();
     }
+}
+
+/// A session's registration: readable, reported to one worker, then off
+/// until that worker re-arms it.
+fn armed(token: u64) -> EpollEvent {
+    EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, token)
 }

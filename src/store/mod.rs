@@ -71,6 +71,11 @@ pub struct BlobStore {
     /// that completed the check), so a random reader of a large file does
     /// not redo the check on every read.
     verified: Mutex<BoundedMap<Hash, Arc<Verified>>>,
+    /// Blobs recently opened for partial reads, kept open: a random reader
+    /// of a large file then costs one pread per read, not an open and a
+    /// close as well. Blobs never change, so a kept descriptor reads what
+    /// a fresh open would (a removed blob is dropped from here).
+    open_files: Mutex<BoundedMap<Hash, Arc<File>>>,
     /// Fan-out directories with blobs renamed in since the last [`BlobStore::sync`].
     unsynced: Mutex<HashSet<PathBuf>>,
 }
@@ -78,6 +83,8 @@ pub struct BlobStore {
 /// How many verified outboards are kept: about 3 KiB each for a 1 MiB
 /// chunk, so 2048 cover random reads over 2 GiB for ~6 MiB of memory.
 const VERIFIED_OUTBOARDS: usize = 2048;
+/// Blob descriptors kept open per store (one store per node).
+const OPEN_BLOBS: usize = 64;
 
 /// A blob's trusted slice CVs and the bytes after its last full slice.
 #[derive(Debug)]
@@ -126,6 +133,7 @@ impl BlobStore {
             root: root.to_path_buf(),
             tmp_counter: AtomicU64::new(0),
             verified: Mutex::new(BoundedMap::new(VERIFIED_OUTBOARDS)),
+            open_files: Mutex::new(BoundedMap::new(OPEN_BLOBS)),
             unsynced: Mutex::new(HashSet::new()),
         })
     }
@@ -230,7 +238,7 @@ impl BlobStore {
     /// is read whole and verified now (rebuilding a missing outboard).
     pub fn reader(&self, hash: &Hash) -> Result<BlobReader, StoreError> {
         let path = self.path_of(hash);
-        let file = File::open(&path).map_err(read_error(hash, &path))?;
+        let file = self.open_blob(hash, &path)?;
         let known = self
             .verified
             .lock()
@@ -353,13 +361,38 @@ impl BlobStore {
         self.path_of(hash).exists()
     }
 
-    /// Remove one blob; removing a missing blob is not an error.
-    pub fn remove(&self, hash: &Hash) -> Result<(), StoreError> {
-        let _ = std::fs::remove_file(self.outboard_path(hash));
+    /// Blob `hash` opened for reading, kept open for the next reader.
+    fn open_blob(&self, hash: &Hash, path: &Path) -> Result<Arc<File>, StoreError> {
+        let kept = self.open_files.lock().expect("open blobs lock").get(hash);
+        if let Some(file) = kept {
+            return Ok(file);
+        }
+        let file = Arc::new(File::open(path).map_err(read_error(hash, path))?);
+        self.open_files
+            .lock()
+            .expect("open blobs lock")
+            .insert(*hash, file.clone());
+        Ok(file)
+    }
+
+    /// Forget what was learnt of blob `hash`: its checked outboard and its
+    /// kept descriptor (it was removed, or failed a check and may be
+    /// replaced by a good copy).
+    fn forget(&self, hash: &Hash) {
         self.verified
             .lock()
             .expect("verified outboards lock")
             .remove(hash);
+        self.open_files
+            .lock()
+            .expect("open blobs lock")
+            .remove(hash);
+    }
+
+    /// Remove one blob; removing a missing blob is not an error.
+    pub fn remove(&self, hash: &Hash) -> Result<(), StoreError> {
+        let _ = std::fs::remove_file(self.outboard_path(hash));
+        self.forget(hash);
         let p = self.path_of(hash);
         match std::fs::remove_file(&p) {
             Ok(()) => Ok(()),
@@ -456,7 +489,10 @@ pub struct BlobReader {
 
 enum Source {
     /// The file, the trusted CVs of its full slices and the bytes after them.
-    Sliced { file: File, verified: Arc<Verified> },
+    Sliced {
+        file: Arc<File>,
+        verified: Arc<Verified>,
+    },
     /// The whole blob, already verified.
     Whole(Vec<u8>),
 }
@@ -479,27 +515,31 @@ impl BlobReader {
             Source::Sliced { file, verified } => (file, &verified.cvs, &verified.tail),
         };
         let mut out = Vec::with_capacity(range.len());
-        let mut slice = vec![0u8; slices::SLICE_LEN];
-        for j in slices::slices_for(&range, cvs.len()) {
-            let start = j * slices::SLICE_LEN;
-            match file.read_exact_at(&mut slice, start as u64) {
-                Ok(()) => {}
-                // The blob got shorter than when it was checked: corrupt.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    tracing::error!(blob = %self.hash, slice = j, "blob is shorter than its checked length");
-                    return Err(StoreError::CorruptSlice {
-                        hash: self.hash,
-                        slice: j,
-                    });
-                }
-                Err(source) => {
-                    return Err(StoreError::Io {
-                        path: PathBuf::from(format!("blob {}", self.hash)),
-                        source,
-                    })
-                }
+        // The slices the range lies in, read with one pread, then checked
+        // one by one.
+        let span = slices::slices_for(&range, cvs.len());
+        let base = span.start * slices::SLICE_LEN;
+        let mut slices_read = vec![0u8; span.len() * slices::SLICE_LEN];
+        match file.read_exact_at(&mut slices_read, base as u64) {
+            Ok(()) => {}
+            // The blob got shorter than when it was checked: corrupt.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                tracing::error!(blob = %self.hash, slice = span.start, "blob is shorter than its checked length");
+                return Err(StoreError::CorruptSlice {
+                    hash: self.hash,
+                    slice: span.start,
+                });
             }
-            if slices::slice_cv(j, &slice) != cvs[j] {
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: PathBuf::from(format!("blob {}", self.hash)),
+                    source,
+                })
+            }
+        }
+        for (j, slice) in span.zip(slices_read.chunks_exact(slices::SLICE_LEN)) {
+            let start = j * slices::SLICE_LEN;
+            if slices::slice_cv(j, slice) != cvs[j] {
                 tracing::error!(blob = %self.hash, slice = j, "blob slice failed its integrity check");
                 return Err(StoreError::CorruptSlice {
                     hash: self.hash,
@@ -605,6 +645,8 @@ mod tests {
         // Removing the blob removes its outboard.
         s.remove(&h).unwrap();
         assert!(!s.outboard_path(&h).exists());
+        // ... and the descriptor kept for it: it reads as missing.
+        assert!(matches!(s.reader(&h), Err(StoreError::NotFound(_))));
     }
 
     #[test]

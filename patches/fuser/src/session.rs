@@ -676,9 +676,23 @@ impl<FS: Filesystem> SessionDispatcher<FS> {
     /// Several threads may call it at once: each read takes a different
     /// request.
     pub fn process_one(&self, buf: &mut crate::RequestBuffer) -> io::Result<Processed> {
+        self.process_one_with(buf, || {})
+    }
+
+    /// [`SessionDispatcher::process_one`], calling `on_read` once a request
+    /// has been read and before it is answered (or when none was waiting),
+    /// so the caller can let another thread read the next request while
+    /// this one is served (a one-shot epoll registration is re-armed there).
+    pub fn process_one_with(
+        &self,
+        buf: &mut crate::RequestBuffer,
+        on_read: impl FnOnce(),
+    ) -> io::Result<Processed> {
         let buf = buf.as_mut();
         let ch = &self.event_loop.ch;
-        match ch.receive(buf) {
+        let received = ch.receive(buf);
+        on_read();
+        match received {
             Ok(size) => match RequestWithSender::new(ch.sender(), &buf[..size]) {
                 Some(req) => {
                     if let Ok(Operation::Destroy(_)) = req.request.operation() {
