@@ -79,6 +79,9 @@ struct Results {
     /// CPU this process used per second of the one cached reader: for
     /// jax-csi that is the reader and the file system together.
     cached_one_cores: f64,
+    /// The one cached reader beside a writer of another file: GiB/s, and
+    /// its longest read call.
+    cached_with_writer: (f64, Duration),
     /// The random mixed workload.
     mixed: Duration,
     rand_big: (Duration, Duration),
@@ -382,7 +385,9 @@ fn run_workloads(root: &Path, b: &FuseBench, block: &[u8]) -> anyhow::Result<Res
         anyhow::ensure!(total == 2 * size, "read {total} of {} bytes", 2 * size);
         r.two_readers = gib_per_s(total, t.elapsed());
         fs::remove_file(&big2)?;
-        (r.cached_one, r.cached_two, r.cached_one_cores) = cached_readers(root, block)?;
+        let c = cached_readers(root, block)?;
+        (r.cached_one, r.cached_two, r.cached_one_cores) = (c.one, c.two, c.cores);
+        r.cached_with_writer = c.with_writer;
     }
     if big.exists() {
         fs::remove_file(&big)?;
@@ -433,9 +438,8 @@ fn forget_pages(p: &Path) -> anyhow::Result<()> {
 /// Readers of files the file system has cached: two small files are read
 /// once, then one reader alone and two readers at once each read their file
 /// [`CACHED_PASSES`] times with the page cache dropped before every pass.
-/// Returns (one reader, two readers combined) in GiB/s, and the cores this
-/// process kept busy for the one reader.
-fn cached_readers(root: &Path, block: &[u8]) -> anyhow::Result<(f64, f64, f64)> {
+/// Then one reader again, beside a writer of another file.
+fn cached_readers(root: &Path, block: &[u8]) -> anyhow::Result<CachedReaders> {
     let (a, b) = (root.join("cached-a.bin"), root.join("cached-b.bin"));
     write_blocks(&a, CACHED_FILE_MIB, block)?;
     write_blocks(&b, CACHED_FILE_MIB, block)?;
@@ -456,9 +460,69 @@ fn cached_readers(root: &Path, block: &[u8]) -> anyhow::Result<(f64, f64, f64)> 
     let two = read_both(&a, &b, CACHED_PASSES, true)?;
     anyhow::ensure!(two == 2 * CACHED_PASSES * size, "read {two} bytes");
     let two = gib_per_s(two, t.elapsed());
+    let with_writer = read_beside_a_writer(root, &a, block)?;
     fs::remove_file(&a)?;
     fs::remove_file(&b)?;
-    Ok((one, two, cores))
+    Ok(CachedReaders {
+        one,
+        two,
+        cores,
+        with_writer,
+    })
+}
+
+/// The cached reader of [`cached_readers`] while another thread writes a
+/// different file of the same file system in 1 MiB blocks: (GiB/s, the
+/// longest single read call).
+fn read_beside_a_writer(root: &Path, a: &Path, block: &[u8]) -> anyhow::Result<(f64, Duration)> {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let written = root.join("writer.bin");
+    let (read, writer) = std::thread::scope(|s| {
+        let writer = s.spawn(|| -> anyhow::Result<()> {
+            let mut f = File::create(&written)?;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all(block)?;
+            }
+            f.sync_all()?;
+            Ok(())
+        });
+        let read = (|| -> anyhow::Result<(f64, Duration)> {
+            let t = Instant::now();
+            let (mut total, mut longest) = (0, Duration::ZERO);
+            let mut buf = vec![0u8; MIB];
+            for _ in 0..CACHED_PASSES {
+                forget_pages(a)?;
+                let mut f = File::open(a)?;
+                loop {
+                    let call = Instant::now();
+                    let n = f.read(&mut buf)?;
+                    longest = longest.max(call.elapsed());
+                    if n == 0 {
+                        break;
+                    }
+                    total += n;
+                }
+            }
+            Ok((gib_per_s(total, t.elapsed()), longest))
+        })();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (read, writer.join())
+    });
+    writer.map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    fs::remove_file(&written)?;
+    read
+}
+
+/// What [`cached_readers`] measured.
+struct CachedReaders {
+    /// One reader, GiB/s.
+    one: f64,
+    /// Two readers at once, combined GiB/s.
+    two: f64,
+    /// Cores this process kept busy for the one reader.
+    cores: f64,
+    /// One reader beside a writer of another file: GiB/s, longest read call.
+    with_writer: (f64, Duration),
 }
 
 /// User and system CPU time this process has used, all threads.
@@ -682,7 +746,7 @@ fn table(b: &FuseBench, rows: &[(&str, Option<Results>)]) -> String {
     );
     /// (row label, workload, value, higher is better)
     type Metric = (&'static str, &'static str, fn(&Results) -> f64, bool);
-    let metrics: [Metric; 17] = [
+    let metrics: [Metric; 19] = [
         ("seq write (GiB/s)", "seq", |r| r.seq_write, true),
         ("seq read (GiB/s)", "seq", |r| r.seq_read, true),
         (
@@ -714,6 +778,18 @@ fn table(b: &FuseBench, rows: &[(&str, Option<Results>)]) -> String {
             "cores busy, cached 1 reader",
             "readers",
             |r| r.cached_one_cores,
+            false,
+        ),
+        (
+            "cached reader + writer / alone",
+            "readers",
+            |r| r.cached_with_writer.0 / r.cached_one,
+            true,
+        ),
+        (
+            "  its longest read (ms)",
+            "readers",
+            |r| r.cached_with_writer.1.as_secs_f64() * 1e3,
             false,
         ),
         (
