@@ -328,16 +328,39 @@ fn write_blocks(p: &Path, blocks: usize, block: &[u8]) -> anyhow::Result<()> {
 
 /// Read a whole file in 1 MiB blocks; the bytes read.
 fn read_all(p: &Path) -> anyhow::Result<usize> {
+    Ok(read_timed(p)?.0)
+}
+
+/// [`read_all`], and the longest single read call.
+fn read_timed(p: &Path) -> anyhow::Result<(usize, Duration)> {
     let mut f = File::open(p)?;
     let mut buf = vec![0u8; MIB];
-    let mut total = 0;
+    let (mut total, mut longest) = (0, Duration::ZERO);
     loop {
+        let call = Instant::now();
         let n = f.read(&mut buf)?;
+        longest = longest.max(call.elapsed());
         if n == 0 {
-            return Ok(total);
+            return Ok((total, longest));
         }
         total += n;
     }
+}
+
+/// `passes` whole reads of `p`, each first dropping the file's pages from
+/// the page cache when `uncache` (so every pass goes through the file
+/// system): the bytes read and the longest single read call.
+fn read_passes(p: &Path, passes: usize, uncache: bool) -> anyhow::Result<(usize, Duration)> {
+    let (mut total, mut longest) = (0, Duration::ZERO);
+    for _ in 0..passes {
+        if uncache {
+            forget_pages(p)?;
+        }
+        let (n, call) = read_timed(p)?;
+        total += n;
+        longest = longest.max(call);
+    }
+    Ok((total, longest))
 }
 
 fn drop_caches() -> bool {
@@ -398,27 +421,15 @@ fn run_workloads(root: &Path, b: &FuseBench, block: &[u8]) -> anyhow::Result<Res
     Ok(r)
 }
 
-/// Read `a` and `b` at once, `passes` times each; the bytes read. With
-/// `uncache`, each pass first drops the file's pages from the page cache,
-/// so every pass goes through the file system.
+/// [`read_passes`] of `a` and of `b` at once; the bytes read.
 fn read_both(a: &Path, b: &Path, passes: usize, uncache: bool) -> anyhow::Result<usize> {
-    let reader = |p: &Path| -> anyhow::Result<usize> {
-        let mut total = 0;
-        for _ in 0..passes {
-            if uncache {
-                forget_pages(p)?;
-            }
-            total += read_all(p)?;
-        }
-        Ok(total)
-    };
     let (one, two) = std::thread::scope(|s| {
-        let x = s.spawn(|| reader(a));
-        let y = s.spawn(|| reader(b));
+        let x = s.spawn(|| read_passes(a, passes, uncache));
+        let y = s.spawn(|| read_passes(b, passes, uncache));
         (x.join(), y.join())
     });
-    Ok(one.map_err(|_| anyhow::anyhow!("reader panicked"))??
-        + two.map_err(|_| anyhow::anyhow!("reader panicked"))??)
+    Ok(one.map_err(|_| anyhow::anyhow!("reader panicked"))??.0
+        + two.map_err(|_| anyhow::anyhow!("reader panicked"))??.0)
 }
 
 /// Drop one file's clean pages from the kernel's page cache.
@@ -448,11 +459,7 @@ fn cached_readers(root: &Path, block: &[u8]) -> anyhow::Result<CachedReaders> {
     let size = CACHED_FILE_MIB * MIB;
     let cpu = cpu_time();
     let t = Instant::now();
-    let mut one = 0;
-    for _ in 0..CACHED_PASSES {
-        forget_pages(&a)?;
-        one += read_all(&a)?;
-    }
+    let (one, _) = read_passes(&a, CACHED_PASSES, true)?;
     anyhow::ensure!(one == CACHED_PASSES * size, "read {one} bytes");
     let cores = (cpu_time() - cpu).as_secs_f64() / t.elapsed().as_secs_f64();
     let one = gib_per_s(one, t.elapsed());
@@ -486,25 +493,9 @@ fn read_beside_a_writer(root: &Path, a: &Path, block: &[u8]) -> anyhow::Result<(
             f.sync_all()?;
             Ok(())
         });
-        let read = (|| -> anyhow::Result<(f64, Duration)> {
-            let t = Instant::now();
-            let (mut total, mut longest) = (0, Duration::ZERO);
-            let mut buf = vec![0u8; MIB];
-            for _ in 0..CACHED_PASSES {
-                forget_pages(a)?;
-                let mut f = File::open(a)?;
-                loop {
-                    let call = Instant::now();
-                    let n = f.read(&mut buf)?;
-                    longest = longest.max(call.elapsed());
-                    if n == 0 {
-                        break;
-                    }
-                    total += n;
-                }
-            }
-            Ok((gib_per_s(total, t.elapsed()), longest))
-        })();
+        let t = Instant::now();
+        let read = read_passes(a, CACHED_PASSES, true)
+            .map(|(total, longest)| (gib_per_s(total, t.elapsed()), longest));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (read, writer.join())
     });
@@ -744,103 +735,74 @@ fn table(b: &FuseBench, rows: &[(&str, Option<Results>)]) -> String {
         "{:<28} {:>12} {:>12} {:>12} {:>12} {:>9} {:>9}\n",
         "workload", "jax-csi", "gocryptfs", "bindfs", "tmpfs", "vs gocr", "vs bind"
     );
-    /// (row label, workload, value, higher is better)
-    type Metric = (&'static str, &'static str, fn(&Results) -> f64, bool);
-    let metrics: [Metric; 19] = [
-        ("seq write (GiB/s)", "seq", |r| r.seq_write, true),
-        ("seq read (GiB/s)", "seq", |r| r.seq_read, true),
+    /// (row label, value, higher is better)
+    type Metric = (&'static str, fn(&Results) -> f64, bool);
+    // Each workload's rows.
+    let workloads: [(&str, &[Metric]); 5] = [
         (
-            "2 readers cold (GiB/s, sum)",
-            "readers",
-            |r| r.two_readers,
-            true,
+            "seq",
+            &[
+                ("seq write (GiB/s)", |r| r.seq_write, true),
+                ("seq read (GiB/s)", |r| r.seq_read, true),
+            ],
         ),
         (
-            "2 readers / 1 reader, cold",
             "readers",
-            |r| r.two_readers / r.seq_read,
-            true,
-        ),
-        ("cached 1 reader (GiB/s)", "readers", |r| r.cached_one, true),
-        (
-            "cached 2 readers (GiB/s)",
-            "readers",
-            |r| r.cached_two,
-            true,
-        ),
-        (
-            "cached 2 readers / 1",
-            "readers",
-            |r| r.cached_two / r.cached_one,
-            true,
-        ),
-        (
-            "cores busy, cached 1 reader",
-            "readers",
-            |r| r.cached_one_cores,
-            false,
-        ),
-        (
-            "cached reader + writer / alone",
-            "readers",
-            |r| r.cached_with_writer.0 / r.cached_one,
-            true,
+            &[
+                ("2 readers cold (GiB/s, sum)", |r| r.two_readers, true),
+                (
+                    "2 readers / 1 reader, cold",
+                    |r| r.two_readers / r.seq_read,
+                    true,
+                ),
+                ("cached 1 reader (GiB/s)", |r| r.cached_one, true),
+                ("cached 2 readers (GiB/s)", |r| r.cached_two, true),
+                (
+                    "cached 2 readers / 1",
+                    |r| r.cached_two / r.cached_one,
+                    true,
+                ),
+                ("cores busy, cached 1 reader", |r| r.cached_one_cores, false),
+                (
+                    "cached reader + writer / alone",
+                    |r| r.cached_with_writer.0 / r.cached_one,
+                    true,
+                ),
+                (
+                    "  its longest read (ms)",
+                    |r| r.cached_with_writer.1.as_secs_f64() * 1e3,
+                    false,
+                ),
+            ],
         ),
         (
-            "  its longest read (ms)",
-            "readers",
-            |r| r.cached_with_writer.1.as_secs_f64() * 1e3,
-            false,
-        ),
-        (
-            "4K rand big p50 (µs)",
             "random",
-            |r| us(r.rand_big.0),
-            false,
+            &[
+                ("4K rand big p50 (µs)", |r| us(r.rand_big.0), false),
+                ("4K rand big p99 (µs)", |r| us(r.rand_big.1), false),
+                ("4K rand 1MiB p50 (µs)", |r| us(r.rand_small.0), false),
+                ("4K rand 1MiB p99 (µs)", |r| us(r.rand_small.1), false),
+            ],
         ),
         (
-            "4K rand big p99 (µs)",
-            "random",
-            |r| us(r.rand_big.1),
-            false,
-        ),
-        (
-            "4K rand 1MiB p50 (µs)",
-            "random",
-            |r| us(r.rand_small.0),
-            false,
-        ),
-        (
-            "4K rand 1MiB p99 (µs)",
-            "random",
-            |r| us(r.rand_small.1),
-            false,
-        ),
-        (
-            "small create+sync (s)",
             "small",
-            |r| r.create.as_secs_f64(),
-            false,
-        ),
-        ("small read (s)", "small", |r| r.read.as_secs_f64(), false),
-        ("small ls -lR (s)", "small", |r| r.list.as_secs_f64(), false),
-        (
-            "small remove (s)",
-            "small",
-            |r| r.remove.as_secs_f64(),
-            false,
+            &[
+                ("small create+sync (s)", |r| r.create.as_secs_f64(), false),
+                ("small read (s)", |r| r.read.as_secs_f64(), false),
+                ("small ls -lR (s)", |r| r.list.as_secs_f64(), false),
+                ("small remove (s)", |r| r.remove.as_secs_f64(), false),
+            ],
         ),
         (
-            "mixed ops on 4 MiB (s)",
             "mixed",
-            |r| r.mixed.as_secs_f64(),
-            false,
+            &[("mixed ops on 4 MiB (s)", |r| r.mixed.as_secs_f64(), false)],
         ),
     ];
-    for (name, workload, f, higher_better) in metrics {
-        if !b.runs(workload) {
-            continue;
-        }
+    let metrics = workloads
+        .iter()
+        .filter(|(w, _)| b.runs(w))
+        .flat_map(|(_, rows)| rows.iter().copied());
+    for (name, f, higher_better) in metrics {
         let cell = |r: &Option<Results>| match r {
             Some(r) => format!("{:.3}", f(r)),
             None => "n/a".into(),
