@@ -13,16 +13,18 @@ pub const ENV: &str = "JAX_CSI_CRASH_AT";
 
 /// Every point, in the order a commit passes them.
 pub const POINTS: &[&str] = &[
-    // A file's dirty chunks were sealed and stored (blobs not yet in a tree).
+    // A file's dirty chunks were sealed and stored (blobs not yet in a tree,
+    // nor durable: they wait in temp files for the commit's sync).
     "chunks-sealed",
-    // A blob's temp file is written and fsynced, not yet renamed into place.
-    "blob-written",
-    // A blob is renamed into place; its directory is not yet fsynced.
-    "blob-renamed",
     // The tree's nodes are stored; no manifest names them yet.
     "tree-written",
     // The signed manifest is stored; HEAD still names the previous version.
     "manifest-written",
+    // The commit's sync fdatasynced every waiting blob; none is renamed yet.
+    "blob-written",
+    // The waiting blobs are renamed into place; their directories are not
+    // yet fsynced.
+    "blob-renamed",
     // A small file's temp copy (HEAD's among them) is fsynced, not yet renamed.
     "durable-temp-written",
     // HEAD names the new version; nothing after the commit has run.

@@ -967,6 +967,8 @@ mod tests {
         let mut other = FileData::empty().unwrap();
         other.size = f.size;
         other.chunks = f.chunks.clone();
+        // A second store sees only blobs made durable.
+        io.store.sync().unwrap();
         let fresh = self::io(d.path(), 1 << 20);
         match other.read_buf(&fresh, 200_000, 4096) {
             Err(e) => assert!(e.is_integrity(), "{e}"),
@@ -1010,6 +1012,7 @@ mod tests {
         let mut f = FileData::empty().unwrap();
         f.write(&writer, 0, &vec![5u8; 20 * cs as usize]).unwrap();
         f.flush(&writer, false).unwrap();
+        writer.store.sync().unwrap();
         let io = io(d.path(), cs as u32);
         let ahead = |f: &FileData, i: u64| io.cached_or_loading(&f.chunks.get(i).unwrap());
         // A random reader: a read far away, then one near it.
