@@ -316,6 +316,14 @@ pub async fn fetch_blobs_with(
             }
         }
         progress.advance(asked - left.len() as u64);
+        // Fetched blobs cost the network: make each batch durable now, so a
+        // node killed while it completes a volume keeps what it got.
+        let store = inner.state.store().clone();
+        match tokio::task::spawn_blocking(move || store.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(%bucket, error = %e, "fetched blobs not yet durable"),
+            Err(e) => tracing::warn!(%bucket, error = %e, "syncing fetched blobs failed"),
+        }
         left
     }))
     .buffer_unordered(IN_FLIGHT)
