@@ -286,7 +286,7 @@ impl ChunkIo {
 
     /// A buffer for one chunk with room to be sealed in place.
     fn chunk_buffer(&self) -> Vec<u8> {
-        Vec::with_capacity(FrameLayout::for_plain(self.chunk_size as usize).sealed_len())
+        super::buffers::take(FrameLayout::for_plain(self.chunk_size as usize).sealed_len())
     }
 }
 
@@ -335,8 +335,42 @@ fn worker_pool() -> &'static Mutex<mpsc::Sender<Job>> {
     })
 }
 
-/// Chunks of one file that may be sealing in the background at once (bounds memory).
+/// Chunks of one file a writer lets seal in the background before it waits
+/// (outside the Mount: see [`SealsInFlight::wait_for_room`]).
 const MAX_PENDING_SEALS: usize = 8;
+/// Seals of one file (running or done, not yet recorded) past which a write
+/// waits inside the Mount: the bound on memory for callers that never wait
+/// outside it, and for many writers of one file at once.
+const MAX_UNRECORDED_SEALS: usize = 2 * MAX_PENDING_SEALS;
+
+/// How many of one file's chunks the workers are sealing now, so a writer
+/// can wait for room after it let go of the Mount, instead of holding
+/// every other reader and writer of the volume while a seal runs.
+#[derive(Default)]
+pub struct SealsInFlight {
+    running: Mutex<usize>,
+    finished: std::sync::Condvar,
+}
+
+impl SealsInFlight {
+    fn started(&self) {
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    }
+
+    fn finished(&self) {
+        let mut n = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        self.finished.notify_all();
+    }
+
+    /// Wait until fewer than [`MAX_PENDING_SEALS`] seals run.
+    pub fn wait_for_room(&self) {
+        let mut n = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        while *n >= MAX_PENDING_SEALS {
+            n = self.finished.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
 
 /// Chunks a sequential reader loads ahead of where it reads.
 const READ_AHEAD_CHUNKS: u64 = 8;
@@ -407,6 +441,8 @@ pub struct FileData {
     dirty: BTreeMap<u64, Vec<u8>>,
     /// Full chunks being sealed in the background, by index.
     pending: BTreeMap<u64, mpsc::Receiver<Sealed>>,
+    /// How many of `pending` still run.
+    seals: Arc<SealsInFlight>,
     /// Where the last read ended, to recognise a sequential reader.
     last_read_end: u64,
     /// Reads in a row that continued near where the one before ended.
@@ -536,6 +572,7 @@ impl FileData {
             data_chunks: 0,
             dirty: BTreeMap::new(),
             pending: BTreeMap::new(),
+            seals: Arc::default(),
             last_read_end: 0,
             streak: 0,
             last_partial_chunk: None,
@@ -560,6 +597,7 @@ impl FileData {
             data_chunks: node.chunks.len(),
             dirty: BTreeMap::new(),
             pending: BTreeMap::new(),
+            seals: Arc::default(),
             last_read_end: 0,
             streak: 0,
             last_partial_chunk: None,
@@ -638,6 +676,11 @@ impl FileData {
         stored + dirty + pending
     }
 
+    /// This file's background seals, for a writer to wait on.
+    pub fn seals_in_flight(&self) -> Arc<SealsInFlight> {
+        self.seals.clone()
+    }
+
     pub fn dirty_bytes(&self) -> u64 {
         self.dirty.values().map(|b| b.len() as u64).sum()
     }
@@ -648,7 +691,8 @@ impl FileData {
 
     /// Hand full chunk `i` to the seal workers.
     fn submit(&mut self, io: &ChunkIo, i: u64) -> Result<()> {
-        while self.pending.len() >= MAX_PENDING_SEALS {
+        self.record_finished_seals()?;
+        while self.pending.len() >= MAX_UNRECORDED_SEALS {
             let oldest = *self.pending.keys().next().expect("non-empty");
             self.wait_pending(oldest)?;
         }
@@ -656,18 +700,41 @@ impl FileData {
             return Ok(());
         };
         let (tx, rx) = mpsc::sync_channel(1);
-        let (store, key) = (io.store.clone(), self.key.key());
+        let (store, key, seals) = (io.store.clone(), self.key.key(), self.seals.clone());
         let job: Job = Box::new(move || {
             let r = seal_store(&store, &key, &mut buf);
             let _ = tx.send((buf, r));
+            seals.finished();
         });
-        worker_pool()
+        self.seals.started();
+        if worker_pool()
             .lock()
             .expect("worker queue lock")
             .send(job)
-            .map_err(|_| BucketError::InvalidArgument("seal workers are gone".into()))?;
+            .is_err()
+        {
+            self.seals.finished();
+            return Err(BucketError::InvalidArgument("seal workers are gone".into()));
+        }
         self.pending.insert(i, rx);
         Ok(())
+    }
+
+    /// Record the background seals that are done, without waiting: a
+    /// writer learns of a failed one (a full disk) at its next chunk.
+    fn record_finished_seals(&mut self) -> Result<()> {
+        let mut done = Vec::new();
+        self.pending.retain(|&i, rx| match rx.try_recv() {
+            Ok((buf, r)) => {
+                done.push((i, buf, r));
+                false
+            }
+            Err(_) => true,
+        });
+        if done.is_empty() {
+            return Ok(());
+        }
+        self.apply_sealed(done)
     }
 
     /// Wait for chunk `i`'s background seal, if any, and record its outcome.
@@ -891,7 +958,10 @@ impl FileData {
         let mut first_err = None;
         for (i, buf, r) in results {
             match r {
-                Ok(h) => self.chunks.set(i, h),
+                Ok(h) => {
+                    self.chunks.set(i, h);
+                    super::buffers::give(buf);
+                }
                 Err(e) => {
                     self.dirty.insert(i, buf);
                     first_err.get_or_insert(e);

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod browse;
+mod buffers;
 mod chunk_map;
 mod chunks;
 mod codec;
@@ -45,8 +46,8 @@ pub use error::{BucketError, Result};
 pub use manifest::{BucketId, Manifest, ManifestBody};
 pub use merge::{Conflict, ConflictFile, LastWriterWins, MergeReport, Resolution, Resolver};
 pub use mount::{
-    Attr, CachedView, DirEntry, FileKind, Ino, Invalidations, KernelRef, Mount, RenameFlags, Saved,
-    SetAttr, Usage, XattrFlags, ROOT_INO,
+    Attr, CachedView, DirEntry, FileKind, Ino, Invalidations, KernelRef, Mount, PreparedVersion,
+    RenameFlags, Saved, SetAttr, Usage, XattrFlags, ROOT_INO,
 };
 pub use names::{validate_name, NAME_MAX};
 pub use ops::{Op, OpRecord, OpsLog};
@@ -196,6 +197,12 @@ impl BucketCore {
     /// names a version whose blobs a crash could take away.
     pub fn write_head(&self, hash: &Hash) -> Result<()> {
         self.store.sync()?;
+        self.name_head(hash)
+    }
+
+    /// Point HEAD at `hash`, whose blobs the caller has made durable (a
+    /// store sync after they were all stored).
+    pub(crate) fn name_head(&self, hash: &Hash) -> Result<()> {
         write_atomic(&self.head_path(), hash.to_hex().as_bytes())
     }
 

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::chunks::{ChunkIo, FileData, ReadBuf, SealedChunk};
+use super::chunks::{ChunkIo, FileData, ReadBuf, SealedChunk, SealsInFlight};
 use super::error::{BucketError, Result};
 use super::links;
 use super::manifest::{Manifest, ManifestBody};
@@ -178,6 +178,28 @@ pub struct Saved {
     pub hash: Hash,
     pub height: u64,
     pub used_bytes: u64,
+}
+
+/// A version [`Mount::prepare_save`] wrote that HEAD does not name yet.
+#[must_use = "a prepared version is named as HEAD or handed back as unpublished"]
+pub struct PreparedVersion {
+    saved: Saved,
+    core: Arc<BucketCore>,
+}
+
+impl PreparedVersion {
+    pub fn version(&self) -> Saved {
+        self.saved
+    }
+
+    /// Make HEAD name this version. Only once the store is synced, and
+    /// while nothing else may write HEAD (the caller holds off merges and
+    /// checked [`Mount::is_base`]): it needs no lock on the Mount.
+    pub fn name_head(&self) -> Result<()> {
+        self.core.name_head(&self.saved.hash)?;
+        crate::crash_point::hit("head-moved");
+        Ok(())
+    }
 }
 
 enum Body {
@@ -984,6 +1006,16 @@ impl Mount {
         self.getattr(ino)
     }
 
+    /// The background seals of file `ino`'s full chunks: a writer waits
+    /// for room there after letting go of the Mount (see
+    /// [`SealsInFlight::wait_for_room`]).
+    pub fn seals_in_flight(&self, ino: Ino) -> Option<Arc<SealsInFlight>> {
+        match &self.inodes.get(&ino)?.body {
+            Body::File(f) => Some(f.seals_in_flight()),
+            _ => None,
+        }
+    }
+
     /// Write `data` at `offset`; returns the number of bytes written (all of them).
     pub fn write(&mut self, ino: Ino, offset: u64, data: &[u8]) -> Result<u32> {
         self.check_writable()?;
@@ -1249,8 +1281,62 @@ impl Mount {
     }
 
     /// Flush, persist the tree and write a manifest whose parents are the
-    /// base and, for a merge, `merged`.
+    /// base and, for a merge, `merged`; then make it durable and the head.
     pub(crate) fn commit(&mut self, merged: Option<(Hash, u64)>) -> Result<Saved> {
+        let (manifest, hash) = self.write_manifest(merged)?;
+        self.core.write_head(&hash)?;
+        crate::crash_point::hit("head-moved");
+        self.base = manifest;
+        self.base_hash = hash;
+        self.changed = false;
+        Ok(self.base())
+    }
+
+    /// The first half of a save, for callers that make it durable without
+    /// holding this Mount (so readers and writers of other files go on
+    /// during the fsyncs): seal, persist the tree and write the manifest,
+    /// and take it as the base. Nothing is durable and HEAD has not moved
+    /// until a sync of [`Mount::blob_store`] and then
+    /// [`PreparedVersion::name_head`]; a failure in between goes to
+    /// [`Mount::unpublished`]. `None` when there is nothing to save.
+    pub fn prepare_save(&mut self) -> Result<Option<PreparedVersion>> {
+        self.check_writable()?;
+        if !self.changed {
+            return Ok(None);
+        }
+        let (manifest, hash) = self.write_manifest(None)?;
+        self.base = manifest;
+        self.base_hash = hash;
+        self.changed = false;
+        Ok(Some(PreparedVersion {
+            saved: self.base(),
+            core: self.core.clone(),
+        }))
+    }
+
+    /// The store a prepared version's blobs wait in.
+    pub fn blob_store(&self) -> Arc<crate::store::BlobStore> {
+        self.core.store.clone()
+    }
+
+    /// Whether the prepared version is still this Mount's base (nothing
+    /// replaced it since), so naming it as HEAD loses nothing.
+    pub fn is_base(&self, prepared: &PreparedVersion) -> bool {
+        self.base_hash == prepared.saved.hash
+    }
+
+    /// A prepared version could not be made durable or named: its changes
+    /// count as unsaved again, so the next save writes them (on top of it,
+    /// which is harmless: its blobs are in the store either way).
+    pub fn unpublished(&mut self, prepared: &PreparedVersion) {
+        if self.is_base(prepared) {
+            self.changed = true;
+        }
+    }
+
+    /// Seal dirty data, persist the tree and store a signed manifest on top
+    /// of the base (and `merged`), durable or not as the store's next sync.
+    fn write_manifest(&mut self, merged: Option<(Hash, u64)>) -> Result<(Manifest, Hash)> {
         self.flush_data()?;
         let root_hash = self.persist_dir(ROOT_INO)?;
         crate::crash_point::hit("tree-written");
@@ -1277,13 +1363,8 @@ impl Mount {
         let manifest = Manifest::sign(body, &self.core.identity)?;
         let hash = manifest.store(&self.core.store)?;
         crate::crash_point::hit("manifest-written");
-        self.core.write_head(&hash)?;
-        crate::crash_point::hit("head-moved");
-        tracing::debug!(bucket = %self.core.id, version = %hash, height, "saved version");
-        self.base = manifest;
-        self.base_hash = hash;
-        self.changed = false;
-        Ok(self.base())
+        tracing::debug!(bucket = %self.core.id, version = %hash, height, "wrote version");
+        Ok((manifest, hash))
     }
 
     /// The sealed root of the current tree, persisting dirty parts first (used by merge).
@@ -1997,6 +2078,29 @@ mod tests {
                 &opts,
             )
             .unwrap()
+    }
+
+    /// A prepared version that could not be made durable leaves its
+    /// changes unsaved: the next save writes them on top of it, and HEAD
+    /// names that one.
+    #[test]
+    fn an_unpublished_version_is_saved_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = bucket(dir.path(), 4096);
+        let before = b.head().unwrap();
+        let mut m = b.mount().unwrap();
+        m.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap();
+        let prepared = m.prepare_save().unwrap().expect("a change to save");
+        assert!(!m.has_unsaved_changes());
+        assert_eq!(b.head().unwrap(), before, "HEAD moved before publish");
+        m.unpublished(&prepared);
+        assert!(m.has_unsaved_changes());
+        let saved = m.save().unwrap();
+        assert_eq!(b.head().unwrap(), saved.hash);
+        let version = b.open_version(&saved.hash).unwrap();
+        assert_eq!(version.base().height, prepared.version().height + 1);
+        let mut reopened = b.mount().unwrap();
+        reopened.lookup(ROOT_INO, b"f").unwrap();
     }
 
     /// Inode numbers are the tree's ids: the same after a reopen, and

@@ -79,9 +79,10 @@ struct Results {
     /// CPU this process used per second of the one cached reader: for
     /// jax-csi that is the reader and the file system together.
     cached_one_cores: f64,
-    /// The one cached reader beside a writer of another file: GiB/s, and
-    /// its longest read call.
-    cached_with_writer: (f64, Duration),
+    /// The 99th percentile of the one cached reader's read calls.
+    cached_one_p99: Duration,
+    /// The cached reader beside a writer of another file.
+    cached_with_writer: BesideWriter,
     /// The random mixed workload.
     mixed: Duration,
     rand_big: (Duration, Duration),
@@ -328,20 +329,20 @@ fn write_blocks(p: &Path, blocks: usize, block: &[u8]) -> anyhow::Result<()> {
 
 /// Read a whole file in 1 MiB blocks; the bytes read.
 fn read_all(p: &Path) -> anyhow::Result<usize> {
-    Ok(read_timed(p)?.0)
+    read_timed(p, &mut Vec::new())
 }
 
-/// [`read_all`], and the longest single read call.
-fn read_timed(p: &Path) -> anyhow::Result<(usize, Duration)> {
+/// [`read_all`], adding how long each read call took to `calls`.
+fn read_timed(p: &Path, calls: &mut Vec<Duration>) -> anyhow::Result<usize> {
     let mut f = File::open(p)?;
     let mut buf = vec![0u8; MIB];
-    let (mut total, mut longest) = (0, Duration::ZERO);
+    let mut total = 0;
     loop {
         let call = Instant::now();
         let n = f.read(&mut buf)?;
-        longest = longest.max(call.elapsed());
+        calls.push(call.elapsed());
         if n == 0 {
-            return Ok((total, longest));
+            return Ok(total);
         }
         total += n;
     }
@@ -349,18 +350,25 @@ fn read_timed(p: &Path) -> anyhow::Result<(usize, Duration)> {
 
 /// `passes` whole reads of `p`, each first dropping the file's pages from
 /// the page cache when `uncache` (so every pass goes through the file
-/// system): the bytes read and the longest single read call.
-fn read_passes(p: &Path, passes: usize, uncache: bool) -> anyhow::Result<(usize, Duration)> {
-    let (mut total, mut longest) = (0, Duration::ZERO);
+/// system): the bytes read and how long each read call took.
+fn read_passes(p: &Path, passes: usize, uncache: bool) -> anyhow::Result<(usize, Vec<Duration>)> {
+    let (mut total, mut calls) = (0, Vec::new());
     for _ in 0..passes {
         if uncache {
             forget_pages(p)?;
         }
-        let (n, call) = read_timed(p)?;
-        total += n;
-        longest = longest.max(call);
+        total += read_timed(p, &mut calls)?;
     }
-    Ok((total, longest))
+    Ok((total, calls))
+}
+
+/// The 99th percentile of `calls`.
+fn p99(mut calls: Vec<Duration>) -> Duration {
+    calls.sort();
+    calls
+        .get(calls.len() * 99 / 100)
+        .copied()
+        .unwrap_or_default()
 }
 
 fn drop_caches() -> bool {
@@ -410,6 +418,7 @@ fn run_workloads(root: &Path, b: &FuseBench, block: &[u8]) -> anyhow::Result<Res
         fs::remove_file(&big2)?;
         let c = cached_readers(root, block)?;
         (r.cached_one, r.cached_two, r.cached_one_cores) = (c.one, c.two, c.cores);
+        r.cached_one_p99 = c.one_p99;
         r.cached_with_writer = c.with_writer;
     }
     if big.exists() {
@@ -459,8 +468,9 @@ fn cached_readers(root: &Path, block: &[u8]) -> anyhow::Result<CachedReaders> {
     let size = CACHED_FILE_MIB * MIB;
     let cpu = cpu_time();
     let t = Instant::now();
-    let (one, _) = read_passes(&a, CACHED_PASSES, true)?;
+    let (one, calls) = read_passes(&a, CACHED_PASSES, true)?;
     anyhow::ensure!(one == CACHED_PASSES * size, "read {one} bytes");
+    let one_p99 = p99(calls);
     let cores = (cpu_time() - cpu).as_secs_f64() / t.elapsed().as_secs_f64();
     let one = gib_per_s(one, t.elapsed());
     let t = Instant::now();
@@ -472,30 +482,56 @@ fn cached_readers(root: &Path, block: &[u8]) -> anyhow::Result<CachedReaders> {
     fs::remove_file(&b)?;
     Ok(CachedReaders {
         one,
+        one_p99,
         two,
         cores,
         with_writer,
     })
 }
 
+/// The writer beside the cached reader fsyncs after this many 1 MiB blocks.
+const WRITER_FSYNC_EVERY_BLOCKS: u64 = 16;
+/// Passes of the cached reader beside the writer.
+const WRITER_SIDE_PASSES: usize = 4 * CACHED_PASSES;
+
+/// What the cached reader beside a writer measured.
+#[derive(Default, Clone, Copy)]
+struct BesideWriter {
+    gib_per_s: f64,
+    /// The 99th percentile and the longest of its read calls.
+    p99: Duration,
+    longest: Duration,
+}
+
 /// The cached reader of [`cached_readers`] while another thread writes a
-/// different file of the same file system in 1 MiB blocks: (GiB/s, the
-/// longest single read call).
-fn read_beside_a_writer(root: &Path, a: &Path, block: &[u8]) -> anyhow::Result<(f64, Duration)> {
+/// different file of the same file system in 1 MiB blocks, with an fsync
+/// every [`WRITER_FSYNC_EVERY_BLOCKS`]; [`WRITER_SIDE_PASSES`] passes, so
+/// several commits happen while it reads.
+fn read_beside_a_writer(root: &Path, a: &Path, block: &[u8]) -> anyhow::Result<BesideWriter> {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let written = root.join("writer.bin");
     let (read, writer) = std::thread::scope(|s| {
         let writer = s.spawn(|| -> anyhow::Result<()> {
             let mut f = File::create(&written)?;
+            let mut blocks = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 f.write_all(block)?;
+                blocks += 1;
+                // Like a database's checkpoints: each fsync commits a
+                // version while the reader reads.
+                if blocks.is_multiple_of(WRITER_FSYNC_EVERY_BLOCKS) {
+                    f.sync_data()?;
+                }
             }
             f.sync_all()?;
             Ok(())
         });
         let t = Instant::now();
-        let read = read_passes(a, CACHED_PASSES, true)
-            .map(|(total, longest)| (gib_per_s(total, t.elapsed()), longest));
+        let read = read_passes(a, WRITER_SIDE_PASSES, true).map(|(total, calls)| BesideWriter {
+            gib_per_s: gib_per_s(total, t.elapsed()),
+            longest: calls.iter().max().copied().unwrap_or_default(),
+            p99: p99(calls),
+        });
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (read, writer.join())
     });
@@ -512,8 +548,10 @@ struct CachedReaders {
     two: f64,
     /// Cores this process kept busy for the one reader.
     cores: f64,
-    /// One reader beside a writer of another file: GiB/s, longest read call.
-    with_writer: (f64, Duration),
+    /// The 99th percentile of its read calls.
+    one_p99: Duration,
+    /// One reader beside a writer of another file.
+    with_writer: BesideWriter,
 }
 
 /// User and system CPU time this process has used, all threads.
@@ -765,12 +803,22 @@ fn table(b: &FuseBench, rows: &[(&str, Option<Results>)]) -> String {
                 ("cores busy, cached 1 reader", |r| r.cached_one_cores, false),
                 (
                     "cached reader + writer / alone",
-                    |r| r.cached_with_writer.0 / r.cached_one,
+                    |r| r.cached_with_writer.gib_per_s / r.cached_one,
                     true,
                 ),
                 (
-                    "  its longest read (ms)",
-                    |r| r.cached_with_writer.1.as_secs_f64() * 1e3,
+                    "  read call p99 alone (ms)",
+                    |r| ms(r.cached_one_p99),
+                    false,
+                ),
+                (
+                    "  read call p99 by writer (ms)",
+                    |r| ms(r.cached_with_writer.p99),
+                    false,
+                ),
+                (
+                    "  longest read by writer (ms)",
+                    |r| ms(r.cached_with_writer.longest),
                     false,
                 ),
             ],
@@ -833,4 +881,8 @@ fn table(b: &FuseBench, rows: &[(&str, Option<Results>)]) -> String {
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }

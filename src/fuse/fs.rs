@@ -520,8 +520,15 @@ impl Filesystem for JaxFs {
         reply: ReplyWrite,
     ) {
         let _op = crate::metrics::FuseOp::start("write");
-        match self.change(|m| m.write(ino.0, offset, data)) {
-            Ok(n) => {
+        let written =
+            self.change(|m| Ok((m.write(ino.0, offset, data)?, m.seals_in_flight(ino.0))));
+        match written {
+            Ok((n, seals)) => {
+                // A writer faster than sealing waits here, without the
+                // Mount, so readers and writers of other files go on.
+                if let Some(seals) = seals {
+                    seals.wait_for_room();
+                }
                 crate::metrics::fuse_written(n as usize);
                 reply.written(n)
             }

@@ -42,6 +42,8 @@ struct Shared {
     /// This mount's place in the shared committer pool.
     id: u64,
     mount: Mutex<Mount>,
+    /// Held for a whole commit (see [`commit`]).
+    committing: Mutex<()>,
     pending: Mutex<Pending>,
     on_commit: Mutex<Option<CommitHook>>,
     /// The hook, and when it last ran.
@@ -61,6 +63,7 @@ impl LiveMount {
         let shared = Arc::new(Shared {
             id: committers::next_id(),
             mount: Mutex::new(mount),
+            committing: Mutex::new(()),
             pending: Mutex::new(Pending::default()),
             on_commit: Mutex::new(None),
             on_quota: Mutex::new((None, None)),
@@ -80,6 +83,21 @@ impl LiveMount {
             .mount
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Lock the Mount for a change that writes HEAD itself (a merge): no
+    /// commit of this mount is between writing a version and naming it,
+    /// so none names an older version as HEAD after the merge.
+    pub fn lock_to_merge(&self) -> MergeGuard<'_> {
+        let committing = self
+            .shared
+            .committing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        MergeGuard {
+            mount: self.lock(),
+            _committing: committing,
+        }
     }
 
     /// Set the hook run after each commit.
@@ -150,22 +168,37 @@ impl LiveMount {
     }
 }
 
+/// The Mount, with commits of it held off (see [`LiveMount::lock_to_merge`]).
+pub struct MergeGuard<'a> {
+    mount: MutexGuard<'a, Mount>,
+    _committing: MutexGuard<'a, ()>,
+}
+
+impl std::ops::Deref for MergeGuard<'_> {
+    type Target = Mount;
+    fn deref(&self) -> &Mount {
+        &self.mount
+    }
+}
+
+impl std::ops::DerefMut for MergeGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Mount {
+        &mut self.mount
+    }
+}
+
 fn commit(shared: &Shared) -> Result<Saved, BucketError> {
+    // One commit of this mount at a time: a second one waits for the first
+    // to name its version before it writes one on top.
+    let _one_at_a_time = shared
+        .committing
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let taken = {
         let mut p = shared.pending.lock().unwrap();
         (p.since.take(), p.last.take())
     };
-    let result = {
-        let mut m = shared
-            .mount
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if m.is_read_only() {
-            return Ok(m.base());
-        }
-        let before = m.base();
-        m.save().map(|saved| (saved, saved != before))
-    };
+    let result = save_without_blocking_others(shared);
     let (saved, changed) = match result {
         Ok(r) => {
             shared.pending.lock().unwrap().retry = None;
@@ -195,6 +228,44 @@ fn commit(shared: &Shared) -> Result<Saved, BucketError> {
     Ok(saved)
 }
 
+/// Write a version: the Mount is locked to seal and write the tree and
+/// manifest, but not while the store fsyncs the blobs and HEAD is written,
+/// so readers and writers of other files go on meanwhile. Whether the
+/// version differs from the base before.
+fn save_without_blocking_others(shared: &Shared) -> Result<(Saved, bool), BucketError> {
+    let lock = || {
+        shared
+            .mount
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    let (prepared, store) = {
+        let mut m = lock();
+        if m.is_read_only() {
+            return Ok((m.base(), false));
+        }
+        match m.prepare_save()? {
+            Some(p) => (p, m.blob_store()),
+            None => return Ok((m.base(), false)),
+        }
+    };
+    let named = store.sync().map_err(BucketError::from).and_then(|()| {
+        // Merges take `committing` too, so the base is still this version;
+        // HEAD is written without the Mount, like the blobs.
+        if lock().is_base(&prepared) {
+            prepared.name_head()?;
+        }
+        Ok(())
+    });
+    match named {
+        Ok(()) => Ok((prepared.version(), true)),
+        Err(e) => {
+            lock().unpublished(&prepared);
+            Err(e)
+        }
+    }
+}
+
 impl Committable for Shared {
     /// Commit once writes paused for the debounce (or the maximum delay
     /// passed), not before a failed commit's retry time.
@@ -222,5 +293,68 @@ impl Committable for Shared {
             tracing::error!(error = %e, "background commit failed; the changes stay pending and it will be retried");
         }
         due(&self.pending.lock().unwrap())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bucket::{Bucket, BucketId, BucketOptions, StateDir, ROOT_INO};
+    use crate::crypto::Kek;
+
+    fn bucket(dir: &std::path::Path) -> Bucket {
+        StateDir::open(dir)
+            .unwrap()
+            .create_bucket(
+                BucketId::generate().unwrap(),
+                &Kek::generate().unwrap(),
+                &BucketOptions::default(),
+            )
+            .unwrap()
+    }
+
+    /// While a commit waits for the store to make its blobs durable, the
+    /// Mount is free (a reader of the volume goes on) and HEAD still names
+    /// the old version; HEAD moves once the sync is done.
+    #[test]
+    fn a_commit_leaves_the_mount_free_while_its_blobs_are_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = bucket(dir.path());
+        let before = bucket.head().unwrap();
+        let live = LiveMount::new(bucket.mount().unwrap(), Duration::from_secs(3600));
+        let f = {
+            let mut m = live.lock();
+            let f = m.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap().ino;
+            m.write(f, 0, b"data").unwrap();
+            f
+        };
+        let store = live.lock().blob_store();
+        let held = store.hold_syncs();
+        let committer = {
+            let live = live.clone();
+            std::thread::spawn(move || live.commit_now())
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let written = live
+                .shared
+                .mount
+                .try_lock()
+                .is_ok_and(|m| !m.has_unsaved_changes());
+            if written {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Mount stayed locked while the commit waited for the store"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(live.lock().read(f, 0, 4).unwrap(), b"data");
+        assert_eq!(bucket.head().unwrap(), before, "HEAD moved before a sync");
+        drop(held);
+        let saved = committer.join().unwrap().unwrap();
+        assert_ne!(saved.hash, before);
+        assert_eq!(bucket.head().unwrap(), saved.hash);
     }
 }

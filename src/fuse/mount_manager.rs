@@ -686,7 +686,7 @@ impl MountManager {
         let running = self.running_unless_busy(volume_id)?;
         let (version, conflicts) = match &running {
             Some((live, notifier)) if !live.lock().is_read_only() => {
-                let mut m = live.lock();
+                let mut m = live.lock_to_merge();
                 let before = m.cached_view();
                 let report = m.merge_from(head, &ConflictFile).map_err(load)?;
                 let stale = m.changed_since(&before);

@@ -329,6 +329,13 @@ impl BlobStore {
         }
     }
 
+    /// Hold off every sync until the guard drops (tests of what runs
+    /// while a commit waits for the disk).
+    #[cfg(test)]
+    pub(crate) fn hold_syncs(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.syncing.lock().expect("sync lock")
+    }
+
     /// Make every blob stored so far durable: fdatasync each waiting blob
     /// (the first forces the journal commit that covers the rest), rename
     /// them into place, then fsync the fan-out directories they went into
