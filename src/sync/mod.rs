@@ -40,7 +40,7 @@ mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -103,6 +103,8 @@ pub struct SyncStats {
     pub announcements_received: AtomicU64,
     pub refused: AtomicU64,
     pub heads_applied: AtomicU64,
+    /// Reads that found no peer with their chunk and waited for one.
+    pub fetch_waits: AtomicU64,
 }
 
 /// How a node's sync endpoint is set up.
@@ -136,6 +138,9 @@ struct Inner {
     /// One pull per bucket at a time.
     pulls: Mutex<HashMap<BucketId, Arc<tokio::sync::Mutex<()>>>>,
     stats: SyncStats,
+    /// Woken when peers or their addresses change (a read waiting for a
+    /// peer tries again at once).
+    peers_changed: tokio::sync::Notify,
     rt: tokio::runtime::Handle,
 }
 
@@ -216,6 +221,7 @@ impl SyncEngine {
             down: Mutex::new(HashMap::new()),
             learnt: Mutex::new(HashMap::new()),
             stats: SyncStats::default(),
+            peers_changed: tokio::sync::Notify::new(),
             rt: tokio::runtime::Handle::current(),
         });
         let router = Router::builder(endpoint)
@@ -278,6 +284,8 @@ impl SyncEngine {
         let mut merged = peers;
         merged.extend(learnt);
         all.insert(bucket, merged);
+        drop(all);
+        self.inner.peers_changed.notify_waiters();
     }
 
     /// Every node the control plane knows: only they are answered.
@@ -289,6 +297,7 @@ impl SyncEngine {
     pub fn set_addresses(&self, node: NodeId, addrs: Vec<SocketAddr>) {
         if !addrs.is_empty() {
             self.inner.addrs.lock().unwrap().insert(node, addrs);
+            self.inner.peers_changed.notify_waiters();
         }
     }
 
@@ -415,6 +424,8 @@ impl Inner {
                 node: *node,
                 addrs: Vec::new(),
             });
+            drop(peers);
+            self.peers_changed.notify_waiters();
         }
     }
 
@@ -494,10 +505,39 @@ impl Inner {
     }
 }
 
+/// How long a read of a chunk this node lacks waits for a peer to give
+/// it: just after a node (re)starts, its peers are not known or connected
+/// yet, and an EIO then would be wrong. Past it, the read fails (EIO).
+const FETCH_PATIENCE: Duration = Duration::from_secs(10);
+/// While waiting, the fetch is tried again this often, and at once when
+/// the peers change.
+const FETCH_RETRY: Duration = Duration::from_millis(500);
+
 /// Fetches single blobs for a mount, from the FUSE threads (not async).
 struct Remote {
     inner: Arc<Inner>,
     bucket: BucketId,
+}
+
+impl Remote {
+    /// One try at `hash`: from the bucket's peers, then (a clone reading
+    /// its source's chunks) the source's; what is still missing.
+    async fn fetch_once(
+        inner: &Inner,
+        bucket: BucketId,
+        hash: Hash,
+        source: Option<&(BucketId, SecretKey)>,
+    ) -> Result<Vec<Hash>, SyncError> {
+        let missing = client::fetch_blobs(inner, bucket, &[hash], true)
+            .await
+            .unwrap_or_else(|_| vec![hash]);
+        match source {
+            Some((src, secret)) if !missing.is_empty() => {
+                client::fetch_blobs_with(inner, *src, &missing, Some(secret)).await
+            }
+            _ => Ok(missing),
+        }
+    }
 }
 
 impl crate::bucket::RemoteBlobs for Remote {
@@ -512,14 +552,26 @@ impl crate::bucket::RemoteBlobs for Remote {
             .ok()
             .flatten();
         let fetch = async move {
-            let missing = client::fetch_blobs(&inner, bucket, &[hash], true)
-                .await
-                .unwrap_or_else(|_| vec![hash]);
-            match source {
-                Some((src, secret)) if !missing.is_empty() => {
-                    client::fetch_blobs_with(&inner, src, &missing, Some(&secret)).await
+            let deadline = tokio::time::Instant::now() + FETCH_PATIENCE;
+            let mut waited = false;
+            loop {
+                // Registered before the try, so a change during it is seen.
+                let changed = inner.peers_changed.notified();
+                let got = Self::fetch_once(&inner, bucket, hash, source.as_ref()).await;
+                let done = matches!(&got, Ok(missing) if missing.is_empty());
+                if done || tokio::time::Instant::now() >= deadline {
+                    return got;
                 }
-                _ => Ok(missing),
+                if !waited {
+                    waited = true;
+                    inner.stats.fetch_waits.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%bucket, blob = %hash, "no peer gave a chunk a read needs yet; waiting for one");
+                }
+                let _ = tokio::time::timeout_at(
+                    deadline.min(tokio::time::Instant::now() + FETCH_RETRY),
+                    changed,
+                )
+                .await;
             }
         };
         let got = if tokio::runtime::Handle::try_current().is_ok() {

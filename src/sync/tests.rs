@@ -136,6 +136,39 @@ async fn a_fetched_bucket_reads_the_same_and_writes_flow_back() {
 
 /// A node the control plane does not list is not answered at all; a
 /// registered node with a wrong proof is refused; neither learns anything.
+/// A read of a chunk this node lacks, made before any peer is known (a
+/// node just restarted), waits for a peer instead of failing at once, and
+/// gets the chunk once the peer is listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_before_any_peer_is_known_waits_for_one() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b) = (node(&kek).await, node(&kek).await);
+    register(&[&a, &b]);
+    let (id, _) = shared(&a, &b, &kek).await;
+    b.engine.set_peers(id, Vec::new());
+    assert!(b.engine.peers_of(&id).is_empty(), "b still knows a peer");
+    let bb = b.state.open_bucket(&id, &kek).unwrap();
+    let mut m = bb.mount().unwrap();
+    m.set_remote(b.engine.remote_for(id));
+    let reader = std::thread::spawn(move || path::read_file(&mut m, "/f.txt"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.engine.stats().fetch_waits.load(Ordering::Relaxed) == 0 {
+        if reader.is_finished() {
+            panic!("the read ended without waiting: {:?}", reader.join());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the read never waited for a peer"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    b.engine.set_peers(id, vec![peer(&a)]);
+    let read = tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(read.unwrap(), b"original");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_and_wrong_proofs_get_nothing() {
     let kek = Arc::new(Kek::generate().unwrap());
