@@ -336,7 +336,7 @@ fn worker_pool() -> &'static Mutex<mpsc::Sender<Job>> {
 }
 
 /// Chunks of one file a writer lets seal in the background before it waits
-/// (outside the Mount: see [`SealsInFlight::wait_for_room`]).
+/// (outside the Mount: see [`SealsInFlight::when_room`]).
 const MAX_PENDING_SEALS: usize = 8;
 /// Seals of one file (running or done, not yet recorded) past which a write
 /// waits inside the Mount: the bound on memory for callers that never wait
@@ -348,27 +348,50 @@ const MAX_UNRECORDED_SEALS: usize = 2 * MAX_PENDING_SEALS;
 /// every other reader and writer of the volume while a seal runs.
 #[derive(Default)]
 pub struct SealsInFlight {
-    running: Mutex<usize>,
-    finished: std::sync::Condvar,
+    state: Mutex<InFlight>,
+}
+
+#[derive(Default)]
+struct InFlight {
+    running: usize,
+    /// What runs once there is room again (a FUSE write's reply).
+    waiting: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 impl SealsInFlight {
+    fn lock(&self) -> MutexGuard<'_, InFlight> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn started(&self) {
-        *self.running.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.lock().running += 1;
     }
 
     fn finished(&self) {
-        let mut n = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        *n = n.saturating_sub(1);
-        self.finished.notify_all();
+        let ready = {
+            let mut s = self.lock();
+            s.running = s.running.saturating_sub(1);
+            if s.running < MAX_PENDING_SEALS {
+                std::mem::take(&mut s.waiting)
+            } else {
+                Vec::new()
+            }
+        };
+        ready.into_iter().for_each(|then| then());
     }
 
-    /// Wait until fewer than [`MAX_PENDING_SEALS`] seals run.
-    pub fn wait_for_room(&self) {
-        let mut n = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        while *n >= MAX_PENDING_SEALS {
-            n = self.finished.wait(n).unwrap_or_else(|p| p.into_inner());
+    /// Run `then` once fewer than [`MAX_PENDING_SEALS`] seals run: now, or
+    /// on the worker whose seal makes room. The caller's thread never
+    /// waits, so a FUSE worker is free for other requests meanwhile.
+    pub fn when_room(&self, then: Box<dyn FnOnce() + Send>) {
+        {
+            let mut s = self.lock();
+            if s.running >= MAX_PENDING_SEALS {
+                s.waiting.push(then);
+                return;
+            }
         }
+        then()
     }
 }
 
@@ -1070,6 +1093,30 @@ mod tests {
             f.read_buf(&io, 5, 20).unwrap().into_vec(),
             expected[5..25].to_vec()
         );
+    }
+
+    /// A write's reply goes at once while seals have room, and otherwise
+    /// waits for the seal that makes room, not for every seal.
+    #[test]
+    fn a_reply_waits_only_while_the_seals_are_full() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let seals = SealsInFlight::default();
+        let replied = Arc::new(AtomicUsize::new(0));
+        let reply = || {
+            let r = replied.clone();
+            Box::new(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            }) as Box<dyn FnOnce() + Send>
+        };
+        seals.started();
+        seals.when_room(reply());
+        assert_eq!(replied.load(Ordering::SeqCst), 1, "room: at once");
+        (1..MAX_PENDING_SEALS).for_each(|_| seals.started());
+        seals.when_room(reply());
+        seals.when_room(reply());
+        assert_eq!(replied.load(Ordering::SeqCst), 1, "full: both wait");
+        seals.finished();
+        assert_eq!(replied.load(Ordering::SeqCst), 3, "one seal done: room");
     }
 
     /// Read-ahead starts once reads form a stream, not whenever a random

@@ -1008,7 +1008,7 @@ impl Mount {
 
     /// The background seals of file `ino`'s full chunks: a writer waits
     /// for room there after letting go of the Mount (see
-    /// [`SealsInFlight::wait_for_room`]).
+    /// [`SealsInFlight::when_room`]).
     pub fn seals_in_flight(&self, ino: Ino) -> Option<Arc<SealsInFlight>> {
         match &self.inodes.get(&ino)?.body {
             Body::File(f) => Some(f.seals_in_flight()),

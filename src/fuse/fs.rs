@@ -524,13 +524,14 @@ impl Filesystem for JaxFs {
             self.change(|m| Ok((m.write(ino.0, offset, data)?, m.seals_in_flight(ino.0))));
         match written {
             Ok((n, seals)) => {
-                // A writer faster than sealing waits here, without the
-                // Mount, so readers and writers of other files go on.
-                if let Some(seals) = seals {
-                    seals.wait_for_room();
-                }
                 crate::metrics::fuse_written(n as usize);
-                reply.written(n)
+                // A writer faster than sealing gets its reply once a seal
+                // made room: without the Mount held, and without this
+                // worker waiting, so other requests go on meanwhile.
+                match seals {
+                    Some(seals) => seals.when_room(Box::new(move || reply.written(n))),
+                    None => reply.written(n),
+                }
             }
             Err(e) => reply.error(e),
         }
