@@ -68,6 +68,9 @@ type Setup = fn(&Path, &FuseBench) -> anyhow::Result<Target>;
 #[derive(Default, Clone)]
 struct Results {
     seq_write: f64,
+    /// How much this process's peak RSS grew during the sequential write
+    /// (for jax-csi, whose mount runs in this process, the file system's).
+    seq_write_rss_mib: f64,
     seq_read: f64,
     /// Two readers of different files at once, combined (cold).
     two_readers: f64,
@@ -173,6 +176,26 @@ fn process_usage() -> anyhow::Result<(u64, u64, u64)> {
     };
     let fds = fs::read_dir("/proc/self/fd")?.count() as u64;
     Ok((field("VmRSS:")? * 1024, field("Threads:")?, fds))
+}
+
+/// This process's resident memory (bytes) now, with the peak reset so
+/// [`peak_rss`] tells the most used from here on.
+fn rss_from_here() -> anyhow::Result<u64> {
+    // "5" resets the peak resident set size (VmHWM) to the current one.
+    fs::write("/proc/self/clear_refs", b"5").context("resetting the peak RSS")?;
+    Ok(process_usage()?.0)
+}
+
+/// The peak resident memory (bytes) since [`rss_from_here`].
+fn peak_rss() -> anyhow::Result<u64> {
+    let status = fs::read_to_string("/proc/self/status")?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("VmHWM in /proc/self/status")?
+        .parse()?;
+    Ok(kib * 1024)
 }
 
 /// Mount `idle_volumes` buckets the way a node stages volumes (one live
@@ -383,9 +406,11 @@ fn run_workloads(root: &Path, b: &FuseBench, block: &[u8]) -> anyhow::Result<Res
     let big = root.join("big.bin");
     if b.runs("seq") || b.runs("random") || b.runs("readers") {
         // Sequential write, 1 MiB blocks, with the closing fsync.
+        let rss = rss_from_here()?;
         let t = Instant::now();
         write_blocks(&big, b.size_mib, block)?;
         r.seq_write = gib_per_s(size, t.elapsed());
+        r.seq_write_rss_mib = peak_rss()?.saturating_sub(rss) as f64 / MIB as f64;
         drop_caches();
         // Sequential read, 1 MiB blocks.
         let t = Instant::now();
@@ -781,6 +806,11 @@ fn table(b: &FuseBench, rows: &[(&str, Option<Results>)]) -> String {
             "seq",
             &[
                 ("seq write (GiB/s)", |r| r.seq_write, true),
+                (
+                    "  peak RSS growth, bench (MiB)",
+                    |r| r.seq_write_rss_mib,
+                    false,
+                ),
                 ("seq read (GiB/s)", |r| r.seq_read, true),
             ],
         ),
