@@ -194,13 +194,24 @@ async fn node_labels_events_and_orphaned_targets() {
             .any(|e| e["involvedObject"]["name"] == "writer")
     })
     .await;
-    // Kubelet's late NodeUnpublish and NodeUnstage still succeed.
-    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
-        volume_id: id.clone(),
-        target_path: target.display().to_string(),
-    })
-    .await
-    .unwrap();
+    // Kubelet's late NodeUnpublish and NodeUnstage still succeed. Like
+    // kubelet, retry on ABORTED: the sweep may still hold the volume's
+    // operation lock for a moment after the staging mount is gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = node
+            .node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: id.clone(),
+                target_path: target.display().to_string(),
+            })
+            .await;
+        match r {
+            Err(s) if s.code() == tonic::Code::Aborted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            r => break r.map(drop).unwrap(),
+        }
+    }
     node.node_unstage_volume(NodeUnstageVolumeRequest {
         volume_id: id.clone(),
         staging_target_path: staging.display().to_string(),
