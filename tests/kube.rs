@@ -197,21 +197,23 @@ async fn node_labels_events_and_orphaned_targets() {
     // Kubelet's late NodeUnpublish and NodeUnstage still succeed. Like
     // kubelet, retry on ABORTED: the sweep may still hold the volume's
     // operation lock for a moment after the staging mount is gone.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = node
-            .node_unpublish_volume(NodeUnpublishVolumeRequest {
-                volume_id: id.clone(),
-                target_path: target.display().to_string(),
-            })
-            .await;
-        match r {
-            Err(s) if s.code() == tonic::Code::Aborted && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
+    eventually(30, "NodeUnpublish not ABORTED", || {
+        let mut node = node.clone();
+        let request = NodeUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            target_path: target.display().to_string(),
+        };
+        async move {
+            match node.node_unpublish_volume(request).await {
+                Err(s) if s.code() == tonic::Code::Aborted => false,
+                r => {
+                    r.unwrap();
+                    true
+                }
             }
-            r => break r.map(drop).unwrap(),
         }
-    }
+    })
+    .await;
     node.node_unstage_volume(NodeUnstageVolumeRequest {
         volume_id: id.clone(),
         staging_target_path: staging.display().to_string(),

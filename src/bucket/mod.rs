@@ -45,6 +45,8 @@ pub use chunks::{ReadBuf, ReadPlan, RemoteBlobs, DEFAULT_CHUNK_SIZE};
 pub use error::{BucketError, Result};
 pub use manifest::{BucketId, Manifest, ManifestBody};
 pub use merge::{Conflict, ConflictFile, LastWriterWins, MergeReport, Resolution, Resolver};
+#[cfg(test)]
+pub(crate) use mount::test_bucket;
 pub use mount::{
     Attr, CachedView, DirEntry, FileKind, Ino, Invalidations, KernelRef, Mount, PreparedVersion,
     RenameFlags, Saved, SetAttr, Usage, XattrFlags, ROOT_INO,

@@ -1286,9 +1286,7 @@ impl Mount {
         let (manifest, hash) = self.write_manifest(merged)?;
         self.core.write_head(&hash)?;
         crate::crash_point::hit("head-moved");
-        self.base = manifest;
-        self.base_hash = hash;
-        self.changed = false;
+        self.take_as_base(manifest, hash);
         Ok(self.base())
     }
 
@@ -1305,9 +1303,7 @@ impl Mount {
             return Ok(None);
         }
         let (manifest, hash) = self.write_manifest(None)?;
-        self.base = manifest;
-        self.base_hash = hash;
-        self.changed = false;
+        self.take_as_base(manifest, hash);
         Ok(Some(PreparedVersion {
             saved: self.base(),
             core: self.core.clone(),
@@ -1332,6 +1328,13 @@ impl Mount {
         if self.is_base(prepared) {
             self.changed = true;
         }
+    }
+
+    /// The version just written is what this Mount's changes are relative to.
+    fn take_as_base(&mut self, manifest: Manifest, hash: Hash) {
+        self.base = manifest;
+        self.base_hash = hash;
+        self.changed = false;
     }
 
     /// Seal dirty data, persist the tree and store a signed manifest on top
@@ -2059,26 +2062,30 @@ impl Mount {
     }
 }
 
+/// A new bucket in a new state dir at `dir`, with chunks of `chunk_size`
+/// bytes (tests of the Mount and of what drives it).
+#[cfg(test)]
+pub(crate) fn test_bucket(dir: &std::path::Path, chunk_size: u32) -> crate::bucket::Bucket {
+    let opts = crate::bucket::BucketOptions {
+        chunk_size,
+        ..Default::default()
+    };
+    crate::bucket::StateDir::open(dir)
+        .unwrap()
+        .create_bucket(
+            crate::bucket::BucketId::generate().unwrap(),
+            &crate::crypto::Kek::generate().unwrap(),
+            &opts,
+        )
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_bucket as bucket;
     use super::*;
     use crate::bucket::{BucketId, BucketOptions, StateDir};
     use crate::crypto::Kek;
-
-    fn bucket(dir: &std::path::Path, chunk_size: u32) -> crate::bucket::Bucket {
-        let state = StateDir::open(dir).unwrap();
-        let opts = BucketOptions {
-            chunk_size,
-            ..Default::default()
-        };
-        state
-            .create_bucket(
-                BucketId::generate().unwrap(),
-                &Kek::generate().unwrap(),
-                &opts,
-            )
-            .unwrap()
-    }
 
     /// A prepared version that could not be made durable leaves its
     /// changes unsaved: the next save writes them on top of it, and HEAD

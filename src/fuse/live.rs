@@ -79,21 +79,14 @@ impl LiveMount {
 
     /// Lock the Mount for one operation.
     pub fn lock(&self) -> MutexGuard<'_, Mount> {
-        self.shared
-            .mount
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared.lock_mount()
     }
 
     /// Lock the Mount for a change that writes HEAD itself (a merge): no
     /// commit of this mount is between writing a version and naming it,
     /// so none names an older version as HEAD after the merge.
     pub fn lock_to_merge(&self) -> MergeGuard<'_> {
-        let committing = self
-            .shared
-            .committing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let committing = self.shared.lock_committing();
         MergeGuard {
             mount: self.lock(),
             _committing: committing,
@@ -168,6 +161,20 @@ impl LiveMount {
     }
 }
 
+impl Shared {
+    fn lock_mount(&self) -> MutexGuard<'_, Mount> {
+        self.mount
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_committing(&self) -> MutexGuard<'_, ()> {
+        self.committing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// The Mount, with commits of it held off (see [`LiveMount::lock_to_merge`]).
 pub struct MergeGuard<'a> {
     mount: MutexGuard<'a, Mount>,
@@ -190,10 +197,7 @@ impl std::ops::DerefMut for MergeGuard<'_> {
 fn commit(shared: &Shared) -> Result<Saved, BucketError> {
     // One commit of this mount at a time: a second one waits for the first
     // to name its version before it writes one on top.
-    let _one_at_a_time = shared
-        .committing
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _one_at_a_time = shared.lock_committing();
     let taken = {
         let mut p = shared.pending.lock().unwrap();
         (p.since.take(), p.last.take())
@@ -233,14 +237,8 @@ fn commit(shared: &Shared) -> Result<Saved, BucketError> {
 /// so readers and writers of other files go on meanwhile. Whether the
 /// version differs from the base before.
 fn save_without_blocking_others(shared: &Shared) -> Result<(Saved, bool), BucketError> {
-    let lock = || {
-        shared
-            .mount
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    };
     let (prepared, store) = {
-        let mut m = lock();
+        let mut m = shared.lock_mount();
         if m.is_read_only() {
             return Ok((m.base(), false));
         }
@@ -252,7 +250,7 @@ fn save_without_blocking_others(shared: &Shared) -> Result<(Saved, bool), Bucket
     let named = store.sync().map_err(BucketError::from).and_then(|()| {
         // Merges take `committing` too, so the base is still this version;
         // HEAD is written without the Mount, like the blobs.
-        if lock().is_base(&prepared) {
+        if shared.lock_mount().is_base(&prepared) {
             prepared.name_head()?;
         }
         Ok(())
@@ -260,7 +258,7 @@ fn save_without_blocking_others(shared: &Shared) -> Result<(Saved, bool), Bucket
     match named {
         Ok(()) => Ok((prepared.version(), true)),
         Err(e) => {
-            lock().unpublished(&prepared);
+            shared.lock_mount().unpublished(&prepared);
             Err(e)
         }
     }
@@ -299,19 +297,7 @@ impl Committable for Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bucket::{Bucket, BucketId, BucketOptions, StateDir, ROOT_INO};
-    use crate::crypto::Kek;
-
-    fn bucket(dir: &std::path::Path) -> Bucket {
-        StateDir::open(dir)
-            .unwrap()
-            .create_bucket(
-                BucketId::generate().unwrap(),
-                &Kek::generate().unwrap(),
-                &BucketOptions::default(),
-            )
-            .unwrap()
-    }
+    use crate::bucket::{test_bucket, BucketOptions, ROOT_INO};
 
     /// While a commit waits for the store to make its blobs durable, the
     /// Mount is free (a reader of the volume goes on) and HEAD still names
@@ -319,7 +305,7 @@ mod tests {
     #[test]
     fn a_commit_leaves_the_mount_free_while_its_blobs_are_synced() {
         let dir = tempfile::tempdir().unwrap();
-        let bucket = bucket(dir.path());
+        let bucket = test_bucket(dir.path(), BucketOptions::default().chunk_size);
         let before = bucket.head().unwrap();
         let live = LiveMount::new(bucket.mount().unwrap(), Duration::from_secs(3600));
         let f = {
