@@ -35,10 +35,11 @@ use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::cache::BoundedMap;
-use pending::{Added, Pending};
+use pending::{Added, Backlog, Pending};
 use tmp::TmpDir;
 
 /// Errors from the blob store.
@@ -76,13 +77,9 @@ pub struct GcReport {
 #[derive(Debug)]
 pub struct BlobStore {
     root: PathBuf,
-    tmp: TmpDir,
-    /// Blobs written but not yet durable nor named.
-    pending: Pending,
-    /// Held for the whole of a [`BlobStore::sync`], so a sync returns only
-    /// once everything stored before it began is durable, even when
-    /// another sync was already running.
-    syncing: Mutex<()>,
+    /// What a sync works on, shared with the background sync that a put
+    /// starts when many blobs wait (see [`BlobStore::put_hashed`]).
+    durability: Arc<Durability>,
     /// Outboards already checked against their addresses (with the tails
     /// that completed the check), so a random reader of a large file does
     /// not redo the check on every read.
@@ -92,15 +89,34 @@ pub struct BlobStore {
     /// close as well. Blobs never change, so a kept descriptor reads what
     /// a fresh open would (a removed blob is dropped from here).
     open_files: Mutex<BoundedMap<Hash, Arc<File>>>,
-    /// Fan-out directories with blobs renamed in since the last [`BlobStore::sync`].
+}
+
+/// The blobs waiting to be made durable, and what making them so needs.
+#[derive(Debug)]
+struct Durability {
+    root: PathBuf,
+    /// Held here, not by the store alone, so a background sync still owns
+    /// the temp files it renames if the store is dropped meanwhile.
+    tmp: TmpDir,
+    /// Blobs written but not yet durable nor named.
+    pending: Pending,
+    /// Held for the whole of a sync, so a sync returns only once
+    /// everything stored before it began is durable, even when another
+    /// sync was already running.
+    syncing: Mutex<()>,
+    /// Fan-out directories with blobs renamed in since the last sync.
     unsynced: Mutex<HashSet<PathBuf>>,
+    /// A background sync is running (at most one at a time).
+    background: AtomicBool,
 }
 
 /// How many verified outboards are kept: about 3 KiB each for a 1 MiB
 /// chunk, so 2048 cover random reads over 2 GiB for ~6 MiB of memory.
 const VERIFIED_OUTBOARDS: usize = 2048;
-/// Blob descriptors kept open per store (one store per node).
-const OPEN_BLOBS: usize = 64;
+/// At most this many blob descriptors are kept open: a random reader of
+/// 1 GiB in 1 MiB chunks then never opens a blob twice. An open costs a
+/// 4 KiB random read more than its pread, its hash and its decryption.
+const OPEN_BLOBS: u64 = 1024;
 
 /// A blob's trusted slice CVs and the bytes after its last full slice.
 #[derive(Debug)]
@@ -143,12 +159,16 @@ impl BlobStore {
         let tmp = TmpDir::claim(&tmp_root).map_err(io_at(&tmp_root))?;
         Ok(Self {
             root: root.to_path_buf(),
-            tmp,
-            pending: Pending::default(),
-            syncing: Mutex::new(()),
+            durability: Arc::new(Durability {
+                root: root.to_path_buf(),
+                tmp,
+                pending: Pending::default(),
+                syncing: Mutex::new(()),
+                unsynced: Mutex::new(HashSet::new()),
+                background: AtomicBool::new(false),
+            }),
             verified: Mutex::new(BoundedMap::new(VERIFIED_OUTBOARDS)),
-            open_files: Mutex::new(BoundedMap::new(OPEN_BLOBS)),
-            unsynced: Mutex::new(HashSet::new()),
+            open_files: Mutex::new(BoundedMap::new(open_blobs_kept())),
         })
     }
 
@@ -158,8 +178,7 @@ impl BlobStore {
 
     /// Where the blob with this address lives on disk.
     pub fn path_of(&self, hash: &Hash) -> PathBuf {
-        let hex = hash.to_hex();
-        self.root.join("blobs").join(&hex[..2]).join(hex)
+        blob_path(&self.root, hash)
     }
 
     /// Store `bytes`; returns their address. Storing an existing blob is a no-op.
@@ -214,7 +233,7 @@ impl BlobStore {
 
     /// A fresh temp file name for (a file derived from) blob `hash`.
     fn tmp_path(&self, hash: &Hash, suffix: &str) -> PathBuf {
-        self.tmp.fresh(&hash.to_hex()[..16], suffix)
+        self.durability.tmp.fresh(&hash.to_hex()[..16], suffix)
     }
 
     /// Best effort, no fsync: an outboard is checked on every use and
@@ -302,7 +321,7 @@ impl BlobStore {
     pub fn put_hashed(&self, hash: Hash, bytes: &[u8]) -> Result<(), StoreError> {
         debug_assert_eq!(hash, Hash::of(bytes));
         let dest = self.path_of(&hash);
-        if self.pending.contains(&hash) || dest.exists() {
+        if self.durability.pending.contains(&hash) || dest.exists() {
             return Ok(());
         }
         // The fan-out directory first: the outboard goes there at once.
@@ -319,13 +338,46 @@ impl BlobStore {
             let _ = std::fs::remove_file(&tmp);
             return Err(io_at(&tmp)(e));
         }
-        match self.pending.add(hash, tmp.clone(), bytes.len() as u64) {
+        match self
+            .durability
+            .pending
+            .add(hash, tmp.clone(), bytes.len() as u64)
+        {
             Added::Duplicate => {
                 let _ = std::fs::remove_file(&tmp);
                 Ok(())
             }
-            Added::Waiting { full: true } => self.sync(),
-            Added::Waiting { full: false } => Ok(()),
+            Added::Waiting(Backlog::Small) => Ok(()),
+            // The disk works while the writer goes on encrypting.
+            Added::Waiting(Backlog::Full) => {
+                self.sync_in_background();
+                Ok(())
+            }
+            // The disk is slower than the writer: wait for it.
+            Added::Waiting(Backlog::Overfull) => self.sync(),
+        }
+    }
+
+    /// Start making the waiting blobs durable on a thread of its own,
+    /// unless such a sync is already running. Its failure is only logged:
+    /// the blobs keep waiting, and the next sync (every commit runs one)
+    /// retries them and reports the error.
+    fn sync_in_background(&self) {
+        let durability = &self.durability;
+        if durability.background.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = durability.clone();
+        let spawned = std::thread::Builder::new()
+            .name("jax-blob-sync".into())
+            .spawn(move || {
+                if let Err(e) = shared.sync() {
+                    tracing::warn!(error = %e, "background blob sync failed; the next commit retries it");
+                }
+                shared.background.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            durability.background.store(false, Ordering::Release);
         }
     }
 
@@ -333,7 +385,7 @@ impl BlobStore {
     /// while a commit waits for the disk).
     #[cfg(test)]
     pub(crate) fn hold_syncs(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.syncing.lock().expect("sync lock")
+        self.durability.syncing.lock().expect("sync lock")
     }
 
     /// Make every blob stored so far durable: fdatasync each waiting blob
@@ -342,51 +394,14 @@ impl BlobStore {
     /// (each once, however many blobs it got). On an error, what was not
     /// done waits for the next try.
     pub fn sync(&self) -> Result<(), StoreError> {
-        let _one_at_a_time = self.syncing.lock().expect("sync lock");
-        let waiting = self.pending.snapshot();
-        for (_, tmp) in &waiting {
-            File::open(tmp)
-                .and_then(|f| f.sync_data())
-                .map_err(io_at(tmp))?;
-        }
-        if !waiting.is_empty() {
-            crate::crash_point::hit("blob-written");
-        }
-        for (hash, tmp) in &waiting {
-            let dest = self.path_of(hash);
-            let dir = dest.parent().expect("blob path has a parent");
-            std::fs::rename(tmp, &dest).map_err(io_at(&dest))?;
-            self.pending.finish(hash);
-            self.unsynced
-                .lock()
-                .expect("unsynced dirs lock")
-                .insert(dir.to_path_buf());
-        }
-        if !waiting.is_empty() {
-            crate::crash_point::hit("blob-renamed");
-        }
-        let dirs: Vec<PathBuf> =
-            std::mem::take(&mut *self.unsynced.lock().expect("unsynced dirs lock"))
-                .into_iter()
-                .collect();
-        for (i, dir) in dirs.iter().enumerate() {
-            if let Err(e) = crate::durable::sync_dir(dir) {
-                // Not synced: keep them for the next try.
-                self.unsynced
-                    .lock()
-                    .expect("unsynced dirs lock")
-                    .extend(dirs[i..].iter().cloned());
-                return Err(io_at(dir)(e));
-            }
-        }
-        Ok(())
+        self.durability.sync()
     }
 
     /// Blob `hash` opened for reading, wherever it is now: in its temp file
     /// while it waits for a sync, else under its name. A sync may rename
     /// it between the two looks; then the second finds it.
     fn open_current(&self, hash: &Hash) -> std::io::Result<File> {
-        if let Some(tmp) = self.pending.temp_of(hash) {
+        if let Some(tmp) = self.durability.pending.temp_of(hash) {
             match File::open(&tmp) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 opened => return opened,
@@ -419,7 +434,7 @@ impl BlobStore {
     }
 
     pub fn contains(&self, hash: &Hash) -> bool {
-        self.pending.contains(hash) || self.path_of(hash).exists()
+        self.durability.pending.contains(hash) || self.path_of(hash).exists()
     }
 
     /// Blob `hash` opened for reading, kept open for the next reader.
@@ -454,7 +469,7 @@ impl BlobStore {
     pub fn remove(&self, hash: &Hash) -> Result<(), StoreError> {
         let _ = std::fs::remove_file(self.outboard_path(hash));
         self.forget(hash);
-        if let Some(tmp) = self.pending.finish(hash) {
+        if let Some(tmp) = self.durability.pending.finish(hash) {
             let _ = std::fs::remove_file(tmp);
         }
         let p = self.path_of(hash);
@@ -544,6 +559,69 @@ impl BlobStore {
     }
 }
 
+impl Durability {
+    /// See [`BlobStore::sync`].
+    fn sync(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.syncing.lock().expect("sync lock");
+        let waiting = self.pending.snapshot();
+        for (_, tmp) in &waiting {
+            File::open(tmp)
+                .and_then(|f| f.sync_data())
+                .map_err(io_at(tmp))?;
+        }
+        if !waiting.is_empty() {
+            crate::crash_point::hit("blob-written");
+        }
+        for (hash, tmp) in &waiting {
+            let dest = blob_path(&self.root, hash);
+            let dir = dest.parent().expect("blob path has a parent");
+            std::fs::rename(tmp, &dest).map_err(io_at(&dest))?;
+            self.pending.finish(hash);
+            self.unsynced
+                .lock()
+                .expect("unsynced dirs lock")
+                .insert(dir.to_path_buf());
+        }
+        if !waiting.is_empty() {
+            crate::crash_point::hit("blob-renamed");
+        }
+        let dirs: Vec<PathBuf> =
+            std::mem::take(&mut *self.unsynced.lock().expect("unsynced dirs lock"))
+                .into_iter()
+                .collect();
+        for (i, dir) in dirs.iter().enumerate() {
+            if let Err(e) = crate::durable::sync_dir(dir) {
+                // Not synced: keep them for the next try.
+                self.unsynced
+                    .lock()
+                    .expect("unsynced dirs lock")
+                    .extend(dirs[i..].iter().cloned());
+                return Err(io_at(dir)(e));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the blob with this address lives under store root `root`.
+fn blob_path(root: &Path, hash: &Hash) -> PathBuf {
+    let hex = hash.to_hex();
+    root.join("blobs").join(&hex[..2]).join(hex)
+}
+
+/// Blob descriptors kept open per store (one store per node): up to
+/// [`OPEN_BLOBS`], but at most a sixteenth of the descriptors this process
+/// may open, so a low limit is not spent on them.
+fn open_blobs_kept() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 1024,
+        rlim_max: 1024,
+    };
+    // SAFETY: getrlimit fills the struct we pass; on failure it is left as set.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    (limit.rlim_cur / 16).clamp(16, OPEN_BLOBS) as usize
+}
+
 /// Ask the kernel to start writing `file` back now, without waiting, so
 /// the disk works while the next blob is encrypted and the sync that
 /// makes it durable finds little left to do. Only a hint: a failure here
@@ -589,7 +667,6 @@ impl BlobReader {
             Source::Whole(bytes) => return Ok(bytes[range].to_vec()),
             Source::Sliced { file, verified } => (file, &verified.cvs, &verified.tail),
         };
-        let mut out = Vec::with_capacity(range.len());
         // The slices the range lies in, read with one pread, then checked
         // one by one.
         let span = slices::slices_for(&range, cvs.len());
@@ -612,6 +689,8 @@ impl BlobReader {
                 })
             }
         }
+        let whole_slices = range.start == base && range.end == base + slices_read.len();
+        let mut out = Vec::with_capacity(if whole_slices { 0 } else { range.len() });
         for (j, slice) in span.zip(slices_read.chunks_exact(slices::SLICE_LEN)) {
             let start = j * slices::SLICE_LEN;
             if slices::slice_cv(j, slice) != cvs[j] {
@@ -621,9 +700,17 @@ impl BlobReader {
                     slice: j,
                 });
             }
+            if whole_slices {
+                // The range is these slices exactly (a chunk's frame):
+                // they are the answer, with no copy.
+                continue;
+            }
             let from = range.start.max(start) - start;
             let to = range.end.min(start + slices::SLICE_LEN) - start;
             out.extend_from_slice(&slice[from..to]);
+        }
+        if whole_slices {
+            return Ok(slices_read);
         }
         let tail_start = cvs.len() * slices::SLICE_LEN;
         if range.end > tail_start {
@@ -680,20 +767,32 @@ mod tests {
         let r = s.reader(&h).unwrap();
         assert!(matches!(r.source, Source::Sliced { .. }));
         let sl = slices::SLICE_LEN;
-        for range in [0..10, sl + 100..3 * sl + 5, 5 * sl - 5..bytes.len()] {
+        // Whole slices (a chunk's frames) are returned as read; the rest
+        // is cut from them.
+        for range in [
+            0..10,
+            sl + 100..3 * sl + 5,
+            5 * sl - 5..bytes.len(),
+            2 * sl..3 * sl,
+            sl..3 * sl,
+            4 * sl..bytes.len(),
+        ] {
             assert_eq!(r.read(range.clone()).unwrap(), bytes[range]);
         }
-        // A flipped byte in slice 2 fails reads of slice 2 only.
+        // A flipped byte in slice 2 fails reads of slice 2 only, whole or in part.
         let p = s.path_of(&h);
         let mut on_disk = std::fs::read(&p).unwrap();
         on_disk[2 * slices::SLICE_LEN + 9] ^= 0x10;
         std::fs::write(&p, &on_disk).unwrap();
         let r = s.reader(&h).unwrap();
-        assert!(matches!(
-            r.read(2 * slices::SLICE_LEN..2 * slices::SLICE_LEN + 4),
-            Err(StoreError::CorruptSlice { slice: 2, .. })
-        ));
+        for range in [2 * sl..2 * sl + 4, 2 * sl..3 * sl, sl..3 * sl] {
+            assert!(matches!(
+                r.read(range),
+                Err(StoreError::CorruptSlice { slice: 2, .. })
+            ));
+        }
         assert_eq!(r.read(0..10).unwrap(), bytes[0..10]);
+        assert_eq!(r.read(3 * sl..4 * sl).unwrap(), bytes[3 * sl..4 * sl]);
         on_disk[2 * slices::SLICE_LEN + 9] ^= 0x10;
         std::fs::write(&p, &on_disk).unwrap();
         // A wrong outboard is not trusted (by a store that has not checked
@@ -833,5 +932,54 @@ mod tests {
         assert!(!s.contains(&h));
         s.sync().unwrap();
         assert!(!s.path_of(&h).exists());
+    }
+
+    #[test]
+    fn a_full_backlog_is_synced_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let blobs: Vec<Vec<u8>> = (0..pending::MAX_BLOBS + 3)
+            .map(|i| format!("blob {i}").into_bytes())
+            .collect();
+        let hashes: Vec<Hash> = blobs.iter().map(|b| Hash::of(b)).collect();
+        std::thread::scope(|scope| {
+            // A sync is running (a commit's, say): the writer that fills
+            // the backlog must not wait for it.
+            let running = s.hold_syncs();
+            let (done, finished) = std::sync::mpsc::channel();
+            let (s, blobs) = (&s, &blobs);
+            scope.spawn(move || {
+                for b in blobs {
+                    s.put(b).unwrap();
+                }
+                done.send(()).unwrap();
+            });
+            finished
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .expect("the writer waited for a sync to store past the backlog's bound");
+            assert!(hashes.iter().all(|h| !s.path_of(h).exists()));
+            drop(running);
+        });
+        // The background sync, now free to run, names them (the blobs put
+        // after it took its snapshot wait for the next sync).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !s.path_of(&hashes[0]).exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no background sync ran"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        s.sync().unwrap();
+        for (h, b) in hashes.iter().zip(&blobs) {
+            assert!(s.path_of(h).exists());
+            assert_eq!(&s.get(h).unwrap(), b);
+        }
+    }
+
+    #[test]
+    fn blob_descriptors_kept_fit_the_descriptor_limit() {
+        let kept = open_blobs_kept() as u64;
+        assert!((16..=OPEN_BLOBS).contains(&kept), "{kept}");
     }
 }

@@ -11,12 +11,15 @@ use std::sync::Mutex;
 
 use super::Hash;
 
-/// How many blobs may wait for a sync before the writer that adds one more
-/// syncs them all: this bounds how much a crash can discard and how much
-/// the final fsync of a long write has left to do.
-const MAX_BLOBS: usize = 256;
-/// How many bytes may wait for a sync (see [`MAX_BLOBS`]).
+/// How many blobs may wait before the writer that adds one more starts a
+/// sync of them all in the background: this bounds how much a crash can
+/// discard and how much the final fsync of a long write has left to do.
+pub(super) const MAX_BLOBS: usize = 256;
+/// How many bytes may wait before a background sync starts (see [`MAX_BLOBS`]).
 const MAX_BYTES: u64 = 128 << 20;
+/// Past this many times the bounds above, the disk is slower than the
+/// writers: the writer that adds a blob syncs before it goes on.
+const OVERFULL: usize = 2;
 
 #[derive(Debug, Default)]
 pub(super) struct Pending {
@@ -35,8 +38,18 @@ struct Inner {
 pub(super) enum Added {
     /// Another writer got there first: the caller's temp file is not needed.
     Duplicate,
-    /// Recorded; `full` asks the caller to sync now.
-    Waiting { full: bool },
+    /// Recorded, with how much now waits.
+    Waiting(Backlog),
+}
+
+/// How much waits for a sync, against the bounds.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Backlog {
+    Small,
+    /// At the bounds: time to start a sync.
+    Full,
+    /// Over them [`OVERFULL`] times: a sync has not kept up.
+    Overfull,
 }
 
 impl Pending {
@@ -61,9 +74,15 @@ impl Pending {
         }
         inner.blobs.insert(hash, (tmp, len));
         inner.bytes += len;
-        Added::Waiting {
-            full: inner.blobs.len() >= MAX_BLOBS || inner.bytes >= MAX_BYTES,
-        }
+        let (blobs, bytes) = (inner.blobs.len(), inner.bytes);
+        let over = |times: usize| blobs >= times * MAX_BLOBS || bytes >= times as u64 * MAX_BYTES;
+        Added::Waiting(if over(OVERFULL) {
+            Backlog::Overfull
+        } else if over(1) {
+            Backlog::Full
+        } else {
+            Backlog::Small
+        })
     }
 
     /// Every waiting blob and its temp file.
