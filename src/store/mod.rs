@@ -76,8 +76,7 @@ pub struct GcReport {
 /// A directory of immutable, hash-addressed blobs.
 #[derive(Debug)]
 pub struct BlobStore {
-    root: PathBuf,
-    /// What a sync works on, shared with the background sync that a put
+    /// What a sync works on (and the store's root), shared with the background sync that a put
     /// starts when many blobs wait (see [`BlobStore::put_hashed`]).
     durability: Arc<Durability>,
     /// Outboards already checked against their addresses (with the tails
@@ -158,7 +157,6 @@ impl BlobStore {
         let tmp_root = root.join("tmp");
         let tmp = TmpDir::claim(&tmp_root).map_err(io_at(&tmp_root))?;
         Ok(Self {
-            root: root.to_path_buf(),
             durability: Arc::new(Durability {
                 root: root.to_path_buf(),
                 tmp,
@@ -173,12 +171,12 @@ impl BlobStore {
     }
 
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.durability.root
     }
 
     /// Where the blob with this address lives on disk.
     pub fn path_of(&self, hash: &Hash) -> PathBuf {
-        blob_path(&self.root, hash)
+        blob_path(self.root(), hash)
     }
 
     /// Store `bytes`; returns their address. Storing an existing blob is a no-op.
@@ -491,7 +489,7 @@ impl BlobStore {
 
     /// Every file under `blobs/`: blobs and outboards.
     fn files(&self) -> Result<Vec<PathBuf>, StoreError> {
-        let blobs = self.root.join("blobs");
+        let blobs = self.root().join("blobs");
         let mut out = Vec::new();
         for fan in std::fs::read_dir(&blobs).map_err(io_at(&blobs))? {
             let fan = fan.map_err(io_at(&blobs))?.path();
@@ -689,10 +687,10 @@ impl BlobReader {
                 })
             }
         }
-        let whole_slices = range.start == base && range.end == base + slices_read.len();
-        let mut out = Vec::with_capacity(if whole_slices { 0 } else { range.len() });
-        for (j, slice) in span.zip(slices_read.chunks_exact(slices::SLICE_LEN)) {
-            let start = j * slices::SLICE_LEN;
+        for (j, slice) in span
+            .clone()
+            .zip(slices_read.chunks_exact(slices::SLICE_LEN))
+        {
             if slices::slice_cv(j, slice) != cvs[j] {
                 tracing::error!(blob = %self.hash, slice = j, "blob slice failed its integrity check");
                 return Err(StoreError::CorruptSlice {
@@ -700,17 +698,17 @@ impl BlobReader {
                     slice: j,
                 });
             }
-            if whole_slices {
-                // The range is these slices exactly (a chunk's frame):
-                // they are the answer, with no copy.
-                continue;
-            }
+        }
+        // A range of whole slices (a chunk's frame) is the answer as read.
+        if range.start == base && range.end == base + slices_read.len() {
+            return Ok(slices_read);
+        }
+        let mut out = Vec::with_capacity(range.len());
+        for (j, slice) in span.zip(slices_read.chunks_exact(slices::SLICE_LEN)) {
+            let start = j * slices::SLICE_LEN;
             let from = range.start.max(start) - start;
             let to = range.end.min(start + slices::SLICE_LEN) - start;
             out.extend_from_slice(&slice[from..to]);
-        }
-        if whole_slices {
-            return Ok(slices_read);
         }
         let tail_start = cvs.len() * slices::SLICE_LEN;
         if range.end > tail_start {
