@@ -15,6 +15,7 @@ pub mod fuzzing;
 pub mod k8s;
 pub mod metrics;
 pub mod netns;
+pub mod node;
 pub mod progress;
 pub mod store;
 pub mod sync;

@@ -18,7 +18,7 @@ struct Setup {
     dir: tempfile::TempDir,
     state: Arc<StateDir>,
     kek: Arc<Kek>,
-    volume: String,
+    volume: BucketId,
 }
 
 fn setup() -> Setup {
@@ -34,7 +34,7 @@ fn setup() -> Setup {
         dir,
         state,
         kek,
-        volume: id.to_hex(),
+        volume: id,
     }
 }
 
@@ -123,13 +123,9 @@ fn lifecycle_statuses_and_restart_from_local_records() {
 fn each_error_variant() {
     let s = setup();
     let m = s.manager();
-    let unknown = BucketId::generate().unwrap().to_hex();
+    let unknown = BucketId::generate().unwrap();
     assert!(matches!(
         m.create_mount(&unknown, &s.mnt(), MountOptions::default()),
-        Err(MountError::BucketNotFound(_))
-    ));
-    assert!(matches!(
-        m.create_mount("not-a-volume-id", &s.mnt(), MountOptions::default()),
         Err(MountError::BucketNotFound(_))
     ));
     assert!(matches!(
@@ -174,7 +170,7 @@ fn each_error_variant() {
         .state
         .root()
         .join("buckets")
-        .join(&s.volume)
+        .join(s.volume.to_hex())
         .join("key.wrapped");
     let good = fs::read(&key).unwrap();
     let mut bad = good.clone();
@@ -195,11 +191,11 @@ fn each_error_variant() {
     s.state
         .create_bucket(other, &s.kek, &BucketOptions::default())
         .unwrap();
-    m.create_mount(&other.to_hex(), &gone, MountOptions::default())
+    m.create_mount(&other, &gone, MountOptions::default())
         .unwrap();
     fs::remove_dir(&gone).unwrap();
     assert!(matches!(
-        m.start(&other.to_hex()),
+        m.start(&other),
         Err(MountError::MountPointMissing(_))
     ));
 
@@ -232,6 +228,8 @@ fn each_error_variant() {
 fn synced_heads_merge_into_the_live_mount_and_invalidate_caches() {
     let s = setup();
     let m = s.manager();
+    // What the node agent applies a head a peer sent with.
+    let replicas = jax_csi::node::Replicas::new(m.clone());
     let mut events = m.subscribe_sync_events();
     m.create_mount(&s.volume, &s.mnt(), MountOptions::default())
         .unwrap();
@@ -242,12 +240,12 @@ fn synced_heads_merge_into_the_live_mount_and_invalidate_caches() {
         .sync_all()
         .unwrap();
     match events.try_recv().unwrap() {
-        SyncEvent::Committed { volume_id, .. } => assert_eq!(volume_id, s.volume),
+        SyncEvent::Committed { volume, .. } => assert_eq!(volume, s.volume),
         other => panic!("expected a commit event, got {other:?}"),
     }
 
     // Another writer (what sync delivers) moves the head: a fast-forward.
-    let id = BucketId::from_hex(&s.volume).unwrap();
+    let id = s.volume;
     let remote_head = {
         let b = s.state.open_bucket(&id, &s.kek).unwrap();
         let mut other = b.mount().unwrap();
@@ -257,18 +255,16 @@ fn synced_heads_merge_into_the_live_mount_and_invalidate_caches() {
     // The kernel has cached the root listing; the merge must invalidate it.
     let before: Vec<_> = fs::read_dir(s.mnt()).unwrap().collect();
     assert_eq!(before.len(), 1);
-    m.on_bucket_synced(&s.volume, &remote_head).unwrap();
+    replicas.apply_head(&s.volume, &remote_head).unwrap();
     assert_eq!(fs::read(s.mnt().join("remote.txt")).unwrap(), b"theirs");
     assert_eq!(fs::read(s.mnt().join("local.txt")).unwrap(), b"mine");
     let ev = loop {
         match events.try_recv().unwrap() {
-            SyncEvent::MountInvalidated {
-                volume_id, head, ..
-            } => break (volume_id, head),
+            SyncEvent::MountInvalidated { volume, head, .. } => break (volume, head),
             SyncEvent::Committed { .. } => continue,
         }
     };
-    assert_eq!(ev, (s.volume.clone(), remote_head));
+    assert_eq!(ev, (s.volume, remote_head));
 
     // Concurrent edits of one file on both sides: a conflict copy, nothing lost.
     let b = s.state.open_bucket(&id, &s.kek).unwrap();
@@ -276,7 +272,7 @@ fn synced_heads_merge_into_the_live_mount_and_invalidate_caches() {
     fs::write(s.mnt().join("both.txt"), b"local version").unwrap();
     path::write_file(&mut other, "/both.txt", b"remote version").unwrap();
     let remote_head = other.save().unwrap().hash;
-    m.on_bucket_synced(&s.volume, &remote_head).unwrap();
+    replicas.apply_head(&s.volume, &remote_head).unwrap();
     let mut contents: Vec<Vec<u8>> = fs::read_dir(s.mnt())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -322,7 +318,7 @@ impl Full {
                 dir,
                 state,
                 kek,
-                volume: id.to_hex(),
+                volume: id,
             },
             state_dir,
         }
@@ -413,10 +409,7 @@ fn a_full_disk_loses_nothing_and_says_so() {
         std::thread::sleep(Duration::from_millis(50));
     }
     m.stop(&s.volume).unwrap();
-    let bucket = s
-        .state
-        .open_bucket(&BucketId::from_hex(&s.volume).unwrap(), &s.kek)
-        .unwrap();
+    let bucket = s.state.open_bucket(&s.volume, &s.kek).unwrap();
     let mut head = bucket.mount().unwrap();
     assert_eq!(
         path::read_file(&mut head, "/pending.txt").unwrap(),

@@ -1,14 +1,19 @@
-//! `jax-csi node`: the CSI Identity + Node services and the FUSE mounts of
-//! this node.
+//! `jax-csi node`: the node agent (this node's replicas, FUSE mounts, sync
+//! and background duties) served over the CSI socket: Identity, Node and
+//! the operator's Admin service.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use jax_csi::crypto::Kek;
-use jax_csi::csi::run::{node_stop_signal, run_node, NodeConfig};
+use jax_csi::csi::identity::{IdentityService, ReadyCheck};
 use jax_csi::csi::server::parse_endpoint;
+use jax_csi::node::{NodeAgent, NodeConfig, NodeStop};
+use tonic::transport::Server;
 
 /// `jax-csi node …`: the plugin itself (no subcommand), or `node list`.
 #[derive(Args, Debug)]
@@ -103,7 +108,7 @@ pub fn run(cli: NodeCli) -> anyhow::Result<()> {
         let _in_runtime = rt.enter();
         jax_csi::k8s::client(&args.kubernetes)
             .context("connecting to the Kubernetes API")?
-            .map(|client| jax_csi::csi::node_k8s::NodeK8s {
+            .map(|client| jax_csi::node::k8s::NodeK8s {
                 client,
                 orphan_grace: Duration::from_secs(args.orphan_grace_secs),
                 orphan_every: Duration::from_secs(args.orphan_scan_secs.max(1)),
@@ -113,16 +118,18 @@ pub fn run(cli: NodeCli) -> anyhow::Result<()> {
         let _in_runtime = rt.enter();
         jax_csi::metrics::serve(addr)?;
     }
+    let serve = Serve {
+        socket,
+        kubelet_dir: args.kubelet_dir,
+    };
     rt.block_on(run_node(
         NodeConfig {
-            socket,
             node_id: args.node_id.expect(required),
             state_dir: args.state_dir.expect(required),
             database_url: args.database_url.expect(required),
             kek,
             max_volumes: args.max_volumes,
             db_timeout: Duration::from_millis(args.db_timeout_ms),
-            kubelet_dir: args.kubelet_dir,
             gc_interval: Duration::from_secs(args.gc_interval_secs.max(1)),
             gc_grace: Duration::from_secs(args.gc_grace_secs),
             sync_listen: args.listen,
@@ -131,6 +138,55 @@ pub fn run(cli: NodeCli) -> anyhow::Result<()> {
             k8s,
             handover_socket: args.handover_socket,
         },
-        node_stop_signal(),
+        serve,
+        jax_csi::node::stop_signal(),
     ))
+}
+
+/// Where and how the CSI services are served.
+struct Serve {
+    socket: PathBuf,
+    /// Staging and target paths must lie under it, when set.
+    kubelet_dir: Option<PathBuf>,
+}
+
+/// Start the node agent, serve Identity + Node + Admin on the socket until
+/// `shutdown` resolves, then stop the agent as it says (hand the mounts
+/// over, or unmount them cleanly).
+async fn run_node(
+    cfg: NodeConfig,
+    serve: Serve,
+    shutdown: impl Future<Output = NodeStop> + Send,
+) -> anyhow::Result<()> {
+    use jax_csi::csi::admin_proto::admin_server::AdminServer;
+    use jax_csi::csi::proto::identity_server::IdentityServer;
+    use jax_csi::csi::proto::node_server::NodeServer;
+
+    let node_id = cfg.node_id.clone();
+    let agent = NodeAgent::start(cfg).await?;
+    let listener = jax_csi::csi::server::bind_unix(&serve.socket).await?;
+    let ready: ReadyCheck = Arc::new(|| Box::pin(async { true }));
+    let admin = Arc::new(jax_csi::csi::admin::AdminService::new(agent.clone()));
+    let node = jax_csi::csi::node::NodeService::new(agent.clone(), serve.kubelet_dir);
+    tracing::info!(socket = %serve.socket.display(), node = %node_id, "node serving");
+    let stop = Arc::new(std::sync::Mutex::new(NodeStop::Unmount));
+    let shutdown = {
+        let stop = stop.clone();
+        async move {
+            let how = shutdown.await;
+            *stop.lock().unwrap() = how;
+        }
+    };
+    let served = Server::builder()
+        .add_service(IdentityServer::new(IdentityService::new(false, ready)))
+        .add_service(NodeServer::new(node))
+        .add_service(AdminServer::new(admin))
+        .serve_with_incoming_shutdown(jax_csi::csi::server::incoming(listener), shutdown)
+        .await;
+    let _ = std::fs::remove_file(&serve.socket);
+    let how = *stop.lock().unwrap();
+    agent.stop(how).await?;
+    served?;
+    tracing::info!("node stopped");
+    Ok(())
 }

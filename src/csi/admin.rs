@@ -12,49 +12,28 @@ use tonic::{Request, Response, Status};
 
 use super::admin_proto::admin_server::Admin;
 use super::admin_proto::*;
-use super::status::{require, require_id, traced, MAX_ID};
+use super::status::{require, require_id, shown, traced, MAX_ID};
 use crate::bucket::browse::{kind_name, list_dir, VersionSpec};
-use crate::bucket::{path, BucketError, Mount, VersionInfo};
-use crate::fuse::{MountError, MountManager};
+use crate::bucket::{path, BucketError, BucketId, Mount, VersionInfo};
+use crate::node::NodeAgent;
 
 /// Pieces of a streamed file (one chunk each at most).
 const READ_PIECE: u64 = 1 << 20;
 
 pub struct AdminService {
-    manager: MountManager,
+    agent: NodeAgent,
 }
 
 impl AdminService {
-    pub fn new(manager: MountManager) -> Self {
-        Self { manager }
+    pub fn new(agent: NodeAgent) -> Self {
+        Self { agent }
     }
 }
 
-fn bucket_status(e: BucketError) -> Status {
-    match e {
-        BucketError::NotFound => Status::not_found("no such file or directory"),
-        BucketError::InvalidArgument(m) => Status::invalid_argument(m),
-        e @ (BucketError::InvalidName(_) | BucketError::NameTooLong) => {
-            Status::invalid_argument(format!("path: {e}"))
-        }
-        BucketError::NotADirectory => Status::invalid_argument("not a directory"),
-        BucketError::IsADirectory => Status::invalid_argument("is a directory"),
-        BucketError::ReadOnly => {
-            Status::failed_precondition("the volume is mounted read-only here")
-        }
-        other => Status::internal(other.to_string()),
-    }
-}
-
-fn mount_status(e: MountError) -> Status {
-    match e {
-        MountError::BucketNotFound(v) => {
-            Status::not_found(format!("volume {v} has no replica on this node"))
-        }
-        MountError::Busy(_) => Status::aborted(e.to_string()),
-        MountError::LoadFailed { source, .. } => bucket_status(source),
-        other => Status::internal(other.to_string()),
-    }
+/// The volume a request names (its id already checked with `require_id`).
+fn volume_of(id: &str) -> Result<BucketId, Status> {
+    BucketId::from_hex(id)
+        .map_err(|_| Status::not_found(format!("volume {} has no replica on this node", shown(id))))
 }
 
 fn version_message(v: &VersionInfo) -> Version {
@@ -79,7 +58,7 @@ fn spec_of(select: &Option<VersionSelector>) -> Result<VersionSpec, Status> {
             "select.version: longer than {MAX_ID} bytes (a height or a 64-hex manifest hash)"
         )));
     }
-    VersionSpec::parse(version, at).map_err(bucket_status)
+    Ok(VersionSpec::parse(version, at)?)
 }
 
 /// How a request reads: the live mount (the head with unsaved changes) or
@@ -98,44 +77,34 @@ impl View {
             View::Live(live) => f(&mut live.lock()),
             View::Version(m) => f(m),
         }
-        .map_err(bucket_status)
+        .map_err(Status::from)
     }
 }
 
 impl AdminService {
     /// Resolve the selector against this node's history of the volume.
     fn view(&self, volume: &str, spec: VersionSpec) -> Result<(View, String), Status> {
-        let bucket = self.manager.open_bucket(volume).map_err(mount_status)?;
+        let volume = volume_of(volume)?;
+        let mounts = self.agent.mounts();
+        let bucket = mounts.open_bucket(&volume)?;
         if spec == VersionSpec::Head {
-            if let Some(live) = self.manager.get_live_mount(volume) {
+            if let Some(live) = mounts.get_live_mount(&volume) {
                 let base = live.lock().base().hash.to_string();
                 return Ok((View::Live(live), base));
             }
-            let head = bucket.head().map_err(bucket_status)?;
-            let m = self
-                .manager
-                .open_version(volume, &head)
-                .map_err(mount_status)?;
+            let head = bucket.head()?;
+            let m = mounts.open_version(&volume, &head)?;
             return Ok((View::Version(Box::new(m)), head.to_string()));
         }
-        let history = bucket.history().map_err(bucket_status)?;
-        let picked = spec
-            .pick(&history)
-            .map_err(bucket_status)?
-            .expect("not the head");
-        let m = self
-            .manager
-            .open_version(volume, &picked.hash)
-            .map_err(mount_status)?;
+        let history = bucket.history()?;
+        let picked = spec.pick(&history)?.expect("not the head");
+        let m = mounts.open_version(&volume, &picked.hash)?;
         Ok((View::Version(Box::new(m)), picked.hash.to_string()))
     }
 
     fn history_of(&self, volume: &str) -> Result<Vec<VersionInfo>, Status> {
-        self.manager
-            .open_bucket(volume)
-            .map_err(mount_status)?
-            .history()
-            .map_err(bucket_status)
+        let volume = volume_of(volume)?;
+        Ok(self.agent.mounts().open_bucket(&volume)?.history()?)
     }
 }
 
@@ -274,15 +243,11 @@ impl Admin for Arc<AdminService> {
             }
             blocking(move || {
                 let history = this.history_of(&req.volume_id)?;
-                let picked = spec
-                    .pick(&history)
-                    .map_err(bucket_status)?
-                    .expect("not the head")
-                    .clone();
+                let picked = spec.pick(&history)?.expect("not the head").clone();
                 let saved = this
-                    .manager
-                    .restore(&req.volume_id, &picked.hash)
-                    .map_err(mount_status)?;
+                    .agent
+                    .replicas()
+                    .restore(&volume_of(&req.volume_id)?, &picked.hash)?;
                 tracing::info!(volume = %req.volume_id, from = %picked.hash, head = %saved.hash, "restored a version");
                 let head = this
                     .history_of(&req.volume_id)?

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::keys::{tenant_from, unwrap_status, HeadKey};
+use super::params::tenant_from;
 use super::params::{
     self, capacity_fits, capacity_for, check_capabilities, parse_mutable, parse_parameters,
 };
@@ -26,6 +26,7 @@ use super::status::{page_size, parse_token, require_id, require_some, traced};
 use crate::bucket::BucketId;
 use crate::crypto::{is_tenant_wrapped, rewrap_outer, wrap_layered, Kek, SecretKey, WrapContext};
 use crate::db::{Db, NewSnapshot, NewVolume, SnapshotRecord, VolumeRecord};
+use crate::db::{HeadKey, KeyError};
 
 /// The most entries one List call returns.
 const MAX_PAGE: i64 = 1000;
@@ -206,8 +207,13 @@ impl ControllerService {
         // Unknown content (held somewhere, no head yet) is not ready.
         let ready = head.head.is_some() || !self.db.ever_mounted(&vol.id).await?;
         let to = WrapContext::snapshot(&id, &head.bucket, head.head.as_deref().unwrap_or(""));
-        let wrapped = rewrap_outer(&self.kek, &head.wrapped, &head.outer, &to)
-            .map_err(|e| unwrap_status(&format!("the key of volume {}", vol.id), e))?;
+        let wrapped =
+            rewrap_outer(&self.kek, &head.wrapped, &head.outer, &to).map_err(|source| {
+                KeyError {
+                    what: format!("the key of volume {}", vol.id),
+                    source,
+                }
+            })?;
         let new = NewSnapshot {
             id,
             name: name.to_string(),
@@ -253,8 +259,13 @@ impl ControllerService {
             return Ok(snap);
         };
         let to = WrapContext::snapshot(&snap.id, &head.bucket, h);
-        let wrapped = rewrap_outer(&self.kek, &head.wrapped, &head.outer, &to)
-            .map_err(|e| unwrap_status(&format!("the key of volume {}", vol.id), e))?;
+        let wrapped =
+            rewrap_outer(&self.kek, &head.wrapped, &head.outer, &to).map_err(|source| {
+                KeyError {
+                    what: format!("the key of volume {}", vol.id),
+                    source,
+                }
+            })?;
         self.db
             .fill_snapshot_head(&snap.id, &head.bucket, h, &wrapped.0)
             .await?;
@@ -325,7 +336,10 @@ impl Controller for ControllerService {
                     let head = s.head.head.clone();
                     let to = WrapContext::clone_source(&id, &s.bucket, head.as_deref().unwrap_or(""));
                     let key = rewrap_outer(&self.kek, &s.head.wrapped, &s.head.outer, &to)
-                        .map_err(|e| unwrap_status("the source's key", e))?;
+                        .map_err(|source| KeyError {
+                            what: "the source's key".into(),
+                            source,
+                        })?;
                     (head, Some(key.0))
                 }
                 None => (None, None),

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::controller::{snapshot_of, ControllerService};
-use super::keys::HeadKey;
 use super::params::check_no_parameters;
 use super::proto::group_controller_server::GroupController;
 use super::proto::group_controller_service_capability::{self, rpc};
 use super::proto::*;
 use super::status::{require_id, traced};
 use crate::db::GroupSnapshotRecord;
+use crate::db::HeadKey;
 
 pub struct GroupControllerService {
     controller: Arc<ControllerService>,

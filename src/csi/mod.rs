@@ -1,4 +1,6 @@
-//! The CSI gRPC services (tonic) and what they share.
+//! The CSI gRPC services (tonic) and what they share. They validate
+//! requests and translate them into calls on the controller's records and
+//! the node agent (`crate::node`); `status.rs` maps every failure to its code.
 
 /// Types and service stubs generated from `proto/csi/csi.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -17,16 +19,9 @@ mod authority;
 pub mod controller;
 pub mod group_controller;
 pub mod identity;
-mod keys;
-pub mod locks;
 pub mod node;
-pub mod node_gc;
-pub mod node_k8s;
-pub mod node_peers;
-pub mod node_sync;
 pub mod params;
 pub mod paths;
 pub mod run;
 pub mod server;
-mod stage;
 pub mod status;

@@ -1,74 +1,39 @@
 //! The CSI Node service: stage = FUSE-mount the volume's live bucket at the
 //! staging path (creating or cloning the bucket on first use), publish =
-//! bind it into the pod. The MountManager does the mounting, `stage.rs`
-//! readies the bucket; this file validates requests, talks to Postgres and
-//! maps errors to gRPC codes. Every path is checked (`paths.rs`) and every
+//! bind it into the pod. The node agent (`crate::node`) does the work; this
+//! file validates requests and turns them into calls on it. Every path is checked (`paths.rs`) and every
 //! volume takes one operation at a time (`locks.rs`) before anything is
 //! created or mounted.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::keys::{tenant_from, HeadKey};
-use super::locks::VolumeLocks;
-use super::node_peers::peers_of;
-use super::params::{self, check_capabilities, check_range};
+use super::params::{self, check_capabilities, check_range, tenant_from};
 use super::paths::{check_apart, check_directory_or_absent, check_path};
 use super::proto::node_server::Node;
 use super::proto::node_service_capability::{self, rpc};
 use super::proto::volume_capability::access_mode::Mode;
 use super::proto::volume_capability::AccessType;
 use super::proto::*;
-use super::stage::{bucket_status, ensure_bucket, verify_local_tenant};
-use super::status::{require_id, require_some, shown, traced};
+use super::status::{bucket_status, require_id, require_some, shown, traced};
 use crate::bucket::BucketId;
-use crate::crypto::Kek;
-use crate::db::{Db, DbError, VolumeRecord};
-use crate::fuse::mount_manager::{MountError, MountManager, MountOptions, Target};
-use crate::fuse::session;
+use crate::db::{DbError, HeadKey};
+use crate::fuse::{session, MountOptions, Target};
+use crate::node::NodeAgent;
 
 /// Inodes reported as the total in volume stats.
 const MAX_INODES: i64 = 1 << 32;
 
 pub struct NodeService {
-    node_id: String,
-    max_volumes: i64,
-    manager: MountManager,
-    db: Db,
-    kek: Arc<Kek>,
+    agent: NodeAgent,
     /// Every staging and target path must be under it, when set.
     kubelet_dir: Option<PathBuf>,
-    locks: VolumeLocks,
-    sync: crate::sync::SyncEngine,
 }
 
 impl NodeService {
-    pub fn new(
-        node_id: String,
-        max_volumes: i64,
-        manager: MountManager,
-        db: Db,
-        kek: Arc<Kek>,
-        kubelet_dir: Option<PathBuf>,
-        sync: crate::sync::SyncEngine,
-    ) -> Self {
-        Self {
-            node_id,
-            max_volumes,
-            manager,
-            db,
-            kek,
-            kubelet_dir,
-            locks: VolumeLocks::default(),
-            sync,
-        }
-    }
-
-    /// The per-volume locks, for background work that changes mounts.
-    pub fn locks(&self) -> VolumeLocks {
-        self.locks.clone()
+    pub fn new(agent: NodeAgent, kubelet_dir: Option<PathBuf>) -> Self {
+        Self { agent, kubelet_dir }
     }
 
     /// A path kubelet sent: clean, under the kubelet dir, through no
@@ -78,7 +43,7 @@ impl NodeService {
         check_apart(
             field,
             &path,
-            self.manager.state().root(),
+            self.agent.state().root(),
             "the node's state directory",
         )?;
         Ok(path)
@@ -87,13 +52,17 @@ impl NodeService {
     /// The recorded path (a staging path or a target) of any volume that
     /// `path` equals, lies in or contains, other than `skip`; a mount at
     /// `path` would stack on it or cover it.
-    fn overlap(&self, path: &Path, skip: Option<(&str, &Path)>) -> Option<(String, PathBuf)> {
-        self.manager.list().into_iter().find_map(|rec| {
+    fn overlap(
+        &self,
+        path: &Path,
+        skip: Option<(&BucketId, &Path)>,
+    ) -> Option<(BucketId, PathBuf)> {
+        self.agent.mounts().list().into_iter().find_map(|rec| {
             std::iter::once(rec.mount_point.clone())
                 .chain(rec.targets.iter().map(|t| t.path.clone()))
-                .filter(|p| skip != Some((rec.volume_id.as_str(), p.as_path())))
+                .filter(|p| skip != Some((&rec.volume_id, p.as_path())))
                 .find(|p| path.starts_with(p) || p.starts_with(path))
-                .map(|p| (rec.volume_id.clone(), p))
+                .map(|p| (rec.volume_id, p))
         })
     }
 
@@ -102,9 +71,9 @@ impl NodeService {
     fn check_free(
         &self,
         field: &str,
-        id: &str,
+        id: &BucketId,
         path: &Path,
-        skip: Option<(&str, &Path)>,
+        skip: Option<(&BucketId, &Path)>,
     ) -> Result<(), Status> {
         if let Some((other, p)) = self.overlap(path, skip) {
             return Err(Status::failed_precondition(format!(
@@ -128,34 +97,11 @@ impl NodeService {
     /// Whether `path` is a staging path or target any volume recorded here;
     /// such a path is never undone as a leftover of another request.
     fn recorded(&self, path: &Path) -> bool {
-        self.manager
+        self.agent
+            .mounts()
             .list()
             .iter()
             .any(|r| r.mount_point == path || r.targets.iter().any(|t| t.path == path))
-    }
-}
-
-fn mount_status(e: MountError) -> Status {
-    match e {
-        MountError::BucketNotFound(_) | MountError::MountNotFound(_) => {
-            Status::not_found(e.to_string())
-        }
-        MountError::MountPointMissing(_) | MountError::MountPointNotADirectory(_) => {
-            Status::failed_precondition(e.to_string())
-        }
-        MountError::AlreadyRunning(_) => Status::already_exists(e.to_string()),
-        MountError::Busy(_) => Status::aborted(e.to_string()),
-        MountError::CommitFailed { ref source, .. } => match source {
-            crate::bucket::BucketError::NoSpace(_)
-            | crate::bucket::BucketError::QuotaExceeded { .. } => {
-                Status::resource_exhausted(e.to_string())
-            }
-            _ => Status::internal(e.to_string()),
-        },
-        MountError::LoadFailed { .. }
-        | MountError::SpawnFailed { .. }
-        | MountError::UnmountFailed { .. }
-        | MountError::Database(_) => Status::internal(e.to_string()),
     }
 }
 
@@ -224,14 +170,20 @@ fn mount_ask(cap: &VolumeCapability) -> Result<MountAsk, Status> {
     })
 }
 
+/// The volume a request names (its id already checked with `require_id`):
+/// NOT_FOUND when it is not a jax volume id.
 fn volume_id(id: &str) -> Result<BucketId, Status> {
-    BucketId::from_hex(id)
-        .map_err(|_| Status::not_found(format!("volume {id} does not exist (not a jax volume id)")))
+    BucketId::from_hex(id).map_err(|_| {
+        Status::not_found(format!(
+            "volume {} does not exist (not a jax volume id)",
+            shown(id)
+        ))
+    })
 }
 
 /// Detach what is mounted at `path` only if it is volume `id`'s (a leftover
 /// of ours after a crash); anything else mounted there is left alone.
-fn unmount_if_ours(id: &str, path: &Path) -> Result<(), Status> {
+fn unmount_if_ours(id: &BucketId, path: &Path) -> Result<(), Status> {
     if session::mount_source(path).as_deref() == Some(session::source_of(id).as_str()) {
         session::lazy_unmount(path)
             .map_err(|e| Status::internal(format!("unmounting {}: {e}", path.display())))?;
@@ -240,107 +192,18 @@ fn unmount_if_ours(id: &str, path: &Path) -> Result<(), Status> {
 }
 
 impl NodeService {
-    /// Bring what staging `vol` needs onto this node: a bucket other nodes
-    /// hold is fetched from them (tree now, chunks on demand and in the
-    /// background) — never a fresh empty version while any node reported a
-    /// head; a clone's source version is fetched if it is not here.
-    async fn prepare_bucket(
-        &self,
-        vol: &VolumeRecord,
-        secret: &crate::crypto::SecretKey,
-        tenant: Option<&Kek>,
-    ) -> Result<(), Status> {
-        let id = volume_id(&vol.id)?;
-        let state = self.manager.state().clone();
-        if state.has_bucket(&id) {
-            return Ok(());
-        }
-        if self.db.latest_head(&vol.id).await?.is_some() {
-            let peers = peers_of(&self.db, &vol.id, &self.node_id).await?;
-            self.sync
-                .fetch_bucket(id, secret.clone(), peers)
-                .await
-                .map_err(|e| {
-                    Status::unavailable(format!(
-                        "volume {} is held by other nodes and none that holds it answered: {e}",
-                        vol.id
-                    ))
-                })?;
-            let sync = self.sync.clone();
-            tokio::spawn(async move {
-                match sync.complete(id).await {
-                    Ok(n) => {
-                        tracing::info!(bucket = %id, chunks = n, "bucket complete on this node")
-                    }
-                    Err(e) => {
-                        tracing::warn!(bucket = %id, error = %e, "bucket not complete yet; reads fetch what they need")
-                    }
-                }
-            });
-            return Ok(());
-        }
-        if let Some(src) = HeadKey::of_clone_source(vol) {
-            let head: crate::store::Hash = src
-                .head
-                .as_deref()
-                .unwrap_or_default()
-                .parse()
-                .map_err(|_| Status::internal("malformed source head in the volume record"))?;
-            if !state.store().contains(&head) {
-                let src_secret = src.open(
-                    &self.kek,
-                    tenant,
-                    &format!("the source of volume {}", vol.id),
-                )?;
-                let src_id = volume_id(&src.bucket)?;
-                let peers = peers_of(&self.db, &src.bucket, &self.node_id).await?;
-                self.sync
-                    .fetch_foreign_version(src_id, src_secret, head, peers)
-                    .await
-                    .map_err(|e| {
-                        Status::unavailable(format!(
-                            "the version volume {} starts from is on no node that answered: {e}",
-                            vol.id
-                        ))
-                    })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Record the live mount's head in Postgres (for snapshots and clones).
-    async fn report_head(&self, volume: &str) {
-        let Some(live) = self.manager.get_live_mount(volume) else {
-            return;
-        };
-        let saved = live.lock().base();
-        if let Err(e) = self
-            .db
-            .report_head(
-                volume,
-                &self.node_id,
-                &saved.hash.to_string(),
-                saved.height as i64,
-                Some(saved.used_bytes as i64),
-            )
-            .await
-        {
-            tracing::warn!(volume, error = %e, "could not report the head; will report at the next commit");
-        }
-    }
-
     /// A repeat of a stage that is already done: fine when it asks for the
     /// same path and capability.
     fn check_already_staged(
         &self,
-        id: &str,
+        id: &BucketId,
         staging: &Path,
         ask: &MountAsk,
     ) -> Result<bool, Status> {
-        let Ok(rec) = self.manager.get(id) else {
+        let Ok(rec) = self.agent.mounts().get(id) else {
             return Ok(false);
         };
-        if self.manager.get_live_mount(id).is_none() {
+        if self.agent.mounts().get_live_mount(id).is_none() {
             return Ok(false);
         }
         if rec.mount_point != staging {
@@ -369,29 +232,29 @@ impl Node for NodeService {
     ) -> Result<Response<NodeStageVolumeResponse>, Status> {
         let req = request.into_inner();
         traced("NodeStageVolume", &req.volume_id.clone(), async {
-            let id = require_id(&req.volume_id, "volume_id")?.to_string();
+            require_id(&req.volume_id, "volume_id")?;
             let staging = self.path("staging_target_path", &req.staging_target_path)?;
             let cap = require_some(&req.volume_capability, "volume_capability")?;
             let ask = mount_ask(cap)?;
-            let bucket = volume_id(&id)?;
+            let id = volume_id(&req.volume_id)?;
             let tenant = tenant_from(&req.secrets)?;
             check_directory_or_absent("staging_target_path", &staging)?;
-            let _guard = self.locks.lock(&id)?;
-            let own = self.manager.get(&id).ok().map(|r| r.mount_point);
+            let _guard = self.agent.locks().lock(&id)?;
+            let own = self.agent.mounts().get(&id).ok().map(|r| r.mount_point);
             self.check_free(
                 "staging_target_path",
                 &id,
                 &staging,
-                own.as_deref().map(|p| (id.as_str(), p)),
+                own.as_deref().map(|p| (&id, p)),
             )?;
-            let vol = match self.db.volume_by_id(&id).await {
+            let vol = match self.agent.db().volume_by_id(&id.to_hex()).await {
                 Ok(Some(v)) => v,
                 Ok(None) => return Err(Status::not_found(format!("volume {id} does not exist"))),
                 Err(DbError::Unavailable(why)) => {
                     // Postgres down: a volume already staged here may still be
                     // confirmed from the node's own records (tenant key included).
                     if self.check_already_staged(&id, &staging, &ask)? {
-                        verify_local_tenant(self.manager.state(), &bucket, tenant.as_ref())?;
+                        self.agent.verify_local_tenant(&id, tenant.as_ref())?;
                         return Ok(NodeStageVolumeResponse {});
                     }
                     return Err(Status::unavailable(format!(
@@ -403,48 +266,24 @@ impl Node for NodeService {
             // The volume's key must open with what this request carries: a
             // tenant's volume needs the tenant's key, every time.
             let secret = HeadKey::of_volume(&vol, None).open(
-                &self.kek,
+                self.agent.kek(),
                 tenant.as_ref(),
                 &format!("volume {id}"),
             )?;
             if self.check_already_staged(&id, &staging, &ask)? {
                 return Ok(NodeStageVolumeResponse {});
             }
-            self.prepare_bucket(&vol, &secret, tenant.as_ref()).await?;
-            let state = self.manager.state().clone();
-            let (kek, v, t) = (self.kek.clone(), vol.clone(), tenant.clone());
-            blocking(move || ensure_bucket(&state, &kek, &v, secret, t.as_ref())).await?;
-            let manager = self.manager.clone();
+            self.agent
+                .prepare_bucket(&vol, &secret, tenant.as_ref())
+                .await?;
             let options = MountOptions {
                 read_only: ask.read_only,
                 group: ask.group,
                 ..Default::default()
             };
-            let quota = vol.capacity_bytes as u64;
-            let vid = id.clone();
-            blocking(move || {
-                std::fs::create_dir_all(&staging).map_err(|e| {
-                    Status::internal(format!("creating {}: {e}", staging.display()))
-                })?;
-                manager
-                    .create_mount(&vid, &staging, options)
-                    .map_err(mount_status)?;
-                manager.start(&vid).map_err(mount_status)?;
-                // The volume's capacity is its quota on every node.
-                if let Some(live) = manager.get_live_mount(&vid) {
-                    let mut m = live.lock();
-                    if !m.is_read_only() && m.usage().quota != Some(quota) {
-                        m.set_quota(Some(quota))
-                            .map_err(|e| bucket_status("setting the quota", e))?;
-                        drop(m);
-                        live.commit_now()
-                            .map_err(|e| bucket_status("committing the quota", e))?;
-                    }
-                }
-                Ok(())
-            })
-            .await?;
-            self.report_head(&id).await;
+            self.agent
+                .mount_volume(&vol, secret, tenant, staging, options)
+                .await?;
             Ok(NodeStageVolumeResponse {})
         })
         .await
@@ -456,16 +295,20 @@ impl Node for NodeService {
     ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
         let req = request.into_inner();
         traced("NodeUnstageVolume", &req.volume_id.clone(), async {
-            let id = require_id(&req.volume_id, "volume_id")?.to_string();
+            require_id(&req.volume_id, "volume_id")?;
             let staging = self.path("staging_target_path", &req.staging_target_path)?;
-            let _guard = self.locks.lock(&id)?;
+            // No volume of ours has an id that is not one: nothing to undo.
+            let Ok(id) = BucketId::from_hex(&req.volume_id) else {
+                return Ok(NodeUnstageVolumeResponse {});
+            };
+            let _guard = self.agent.locks().lock(&id)?;
             let recorded = self.recorded(&staging);
-            let manager = self.manager.clone();
+            let manager = self.agent.mounts().clone();
             blocking(move || {
                 match manager.get(&id) {
                     Ok(rec) if rec.mount_point == staging => {
                         // A final commit that fails keeps the volume staged.
-                        manager.delete(&id).map_err(mount_status)?;
+                        manager.delete(&id)?;
                     }
                     _ if recorded => {}
                     _ => unmount_if_ours(&id, &staging)?,
@@ -484,7 +327,7 @@ impl Node for NodeService {
     ) -> Result<Response<NodePublishVolumeResponse>, Status> {
         let req = request.into_inner();
         traced("NodePublishVolume", &req.volume_id.clone(), async {
-            let id = require_id(&req.volume_id, "volume_id")?.to_string();
+            require_id(&req.volume_id, "volume_id")?;
             let target = self.path("target_path", &req.target_path)?;
             if req.staging_target_path.is_empty() {
                 // The spec's code: we have STAGE_UNSTAGE_VOLUME.
@@ -496,12 +339,13 @@ impl Node for NodeService {
             let cap = require_some(&req.volume_capability, "volume_capability")?;
             let ask = mount_ask(cap)?;
             let read_only = req.readonly || ask.read_only;
-            volume_id(&id)?;
-            let _guard = self.locks.lock(&id)?;
-            let rec = self.manager.get(&id).map_err(|_| {
+            let id = volume_id(&req.volume_id)?;
+            let _guard = self.agent.locks().lock(&id)?;
+            let mounts = self.agent.mounts();
+            let rec = mounts.get(&id).map_err(|_| {
                 Status::failed_precondition(format!("volume {id} is not staged on this node"))
             })?;
-            if rec.mount_point != staging || self.manager.get_live_mount(&id).is_none() {
+            if rec.mount_point != staging || mounts.get_live_mount(&id).is_none() {
                 return Err(Status::failed_precondition(format!(
                     "volume {id} is not staged at {}",
                     staging.display()
@@ -519,7 +363,7 @@ impl Node for NodeService {
                     target.display()
                 )));
             }
-            if let Some((other, t)) = self.manager.volume_of_target(&target) {
+            if let Some((other, t)) = mounts.volume_of_target(&target) {
                 if other != id {
                     return Err(Status::already_exists(format!(
                         "{} is already the target of volume {other}",
@@ -538,19 +382,17 @@ impl Node for NodeService {
             check_directory_or_absent("target_path", &target)?;
             self.check_free("target_path", &id, &target, None)?;
             let pod = pod_of(&req.volume_context);
-            let manager = self.manager.clone();
+            let manager = mounts.clone();
             let flags = ask.flags;
             blocking(move || {
-                manager
-                    .add_target(
-                        &id,
-                        Target {
-                            path: target.clone(),
-                            read_only,
-                            pod,
-                        },
-                    )
-                    .map_err(mount_status)?;
+                manager.add_target(
+                    &id,
+                    Target {
+                        path: target.clone(),
+                        read_only,
+                        pod,
+                    },
+                )?;
                 apply_flags(&target, &flags, read_only).map_err(|e| {
                     Status::internal(format!("mount flags on {}: {e}", target.display()))
                 })
@@ -567,13 +409,17 @@ impl Node for NodeService {
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
         traced("NodeUnpublishVolume", &req.volume_id.clone(), async {
-            let id = require_id(&req.volume_id, "volume_id")?.to_string();
+            require_id(&req.volume_id, "volume_id")?;
             let target = self.path("target_path", &req.target_path)?;
-            let _guard = self.locks.lock(&id)?;
+            // No volume of ours has an id that is not one: nothing to undo.
+            let Ok(id) = BucketId::from_hex(&req.volume_id) else {
+                return Ok(NodeUnpublishVolumeResponse {});
+            };
+            let _guard = self.agent.locks().lock(&id)?;
             let recorded = self.recorded(&target);
-            let manager = self.manager.clone();
+            let manager = self.agent.mounts().clone();
             blocking(move || {
-                if !manager.remove_target(&id, &target).map_err(mount_status)? && !recorded {
+                if !manager.remove_target(&id, &target)? && !recorded {
                     // Not a target we recorded: only a leftover bind of this
                     // very volume is undone; nothing else is touched.
                     unmount_if_ours(&id, &target)?;
@@ -592,18 +438,25 @@ impl Node for NodeService {
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let req = request.into_inner();
         traced("NodeGetVolumeStats", &req.volume_id.clone(), async {
-            let id = require_id(&req.volume_id, "volume_id")?.to_string();
+            require_id(&req.volume_id, "volume_id")?;
             let path = self.path("volume_path", &req.volume_path)?;
-            let rec = self.manager.get(&id).map_err(|_| {
-                Status::not_found(format!("volume {id} is not staged on this node"))
-            })?;
+            let rec = BucketId::from_hex(&req.volume_id)
+                .ok()
+                .and_then(|id| self.agent.mounts().get(&id).ok())
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "volume {} is not staged on this node",
+                        shown(&req.volume_id)
+                    ))
+                })?;
+            let id = rec.volume_id;
             if rec.mount_point != path && !rec.targets.iter().any(|t| t.path == path) {
                 return Err(Status::not_found(format!(
                     "{} is not a path of volume {id}",
                     path.display()
                 )));
             }
-            let live = self.manager.get_live_mount(&id);
+            let live = self.agent.mounts().get_live_mount(&id);
             let dead = {
                 let p = path.clone();
                 blocking(move || Ok(!answers(&p))).await?
@@ -657,7 +510,7 @@ impl Node for NodeService {
     ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
         let req = request.into_inner();
         traced("NodeExpandVolume", &req.volume_id.clone(), async {
-            let id = require_id(&req.volume_id, "volume_id")?.to_string();
+            require_id(&req.volume_id, "volume_id")?;
             let path = self.path("volume_path", &req.volume_path)?;
             if let Some(cap) = &req.volume_capability {
                 params::check_capability(cap)?;
@@ -672,16 +525,23 @@ impl Node for NodeService {
                     )));
                 }
             }
-            let rec = self.manager.get(&id).map_err(|_| {
-                Status::not_found(format!("volume {id} is not staged on this node"))
-            })?;
+            let rec = BucketId::from_hex(&req.volume_id)
+                .ok()
+                .and_then(|id| self.agent.mounts().get(&id).ok())
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "volume {} is not staged on this node",
+                        shown(&req.volume_id)
+                    ))
+                })?;
+            let id = rec.volume_id;
             if rec.mount_point != path && !rec.targets.iter().any(|t| t.path == path) {
                 return Err(Status::not_found(format!(
                     "{} is not a path of volume {id}",
                     path.display()
                 )));
             }
-            let live = self.manager.get_live_mount(&id).ok_or_else(|| {
+            let live = self.agent.mounts().get_live_mount(&id).ok_or_else(|| {
                 Status::failed_precondition(format!("volume {id} is staged but not mounted"))
             })?;
             // capacity_range is optional: the volume's recorded size is the
@@ -691,8 +551,9 @@ impl Node for NodeService {
                     r.required_bytes.max(r.limit_bytes)
                 }
                 _ => {
-                    self.db
-                        .volume_by_id(&id)
+                    self.agent
+                        .db()
+                        .volume_by_id(&id.to_hex())
                         .await?
                         .ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))?
                         .capacity_bytes
@@ -747,8 +608,8 @@ impl Node for NodeService {
         _: Request<NodeGetInfoRequest>,
     ) -> Result<Response<NodeGetInfoResponse>, Status> {
         Ok(Response::new(NodeGetInfoResponse {
-            node_id: self.node_id.clone(),
-            max_volumes_per_node: self.max_volumes,
+            node_id: self.agent.node_id().to_string(),
+            max_volumes_per_node: self.agent.max_volumes(),
             accessible_topology: None,
         }))
     }

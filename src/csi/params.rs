@@ -17,9 +17,7 @@ pub const PARAM_CHUNK_SIZE: &str = "chunkSize";
 /// until background replication exists (a volume is kept, in sync, on
 /// every node that stages it).
 pub const PARAM_REPLICAS: &str = "replicas";
-/// StorageClass or VolumeAttributesClass parameter: how much history a
-/// volume keeps (`count=N,age=D`, see [`Retention`]); mutable.
-pub const PARAM_HISTORY_RETENTION: &str = "historyRetention";
+pub use crate::db::PARAM_HISTORY_RETENTION;
 /// Parameters ControllerModifyVolume may change.
 pub const MUTABLE_PARAMETERS: &[&str] = &[PARAM_HISTORY_RETENTION];
 /// StorageClass parameter: the name of the Secret holding the tenant KEK;
@@ -29,6 +27,26 @@ pub const PARAM_TENANT_KEY_SECRET: &str = "tenantKeySecret";
 pub const SECRET_TENANT_KEY: &str = "tenantKey";
 /// Prefix of parameters the Kubernetes sidecars add; passed through untouched.
 const SIDECAR_PREFIX: &str = "csi.storage.k8s.io/";
+
+/// The tenant KEK in a request's `secrets`, if it carries one.
+pub fn tenant_from(
+    secrets: &HashMap<String, String>,
+) -> Result<Option<crate::crypto::Kek>, Status> {
+    let Some(hex_key) = secrets.get(SECRET_TENANT_KEY) else {
+        return Ok(None);
+    };
+    let bytes = hex::decode(hex_key.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "secrets: {SECRET_TENANT_KEY:?} must be 64 hex characters"
+            ))
+        })?;
+    Ok(Some(crate::crypto::Kek::new(
+        crate::crypto::SecretKey::from_bytes(bytes),
+    )))
+}
 
 /// Capacity given when the request names none: 1 GiB.
 pub const DEFAULT_CAPACITY: i64 = 1 << 30;
@@ -136,18 +154,6 @@ pub fn parse_mutable(params: &HashMap<String, String>) -> Result<String, Status>
     Ok(serde_json::to_string(&sorted).expect("string map serializes"))
 }
 
-/// A volume's history retention: its mutable parameter, else its
-/// StorageClass parameter, else the default.
-pub fn retention_of(parameters: &str, mutable_parameters: &str) -> Retention {
-    let get = |json: &str| -> Option<Retention> {
-        let map: BTreeMap<String, String> = serde_json::from_str(json).ok()?;
-        map.get(PARAM_HISTORY_RETENTION)?.parse().ok()
-    };
-    get(mutable_parameters)
-        .or_else(|| get(parameters))
-        .unwrap_or_default()
-}
-
 /// A capacity range that is well-formed: no negative value
 /// (INVALID_ARGUMENT), required no more than the limit (OUT_OF_RANGE).
 pub fn check_range(r: &CapacityRange) -> Result<(), Status> {
@@ -246,6 +252,7 @@ pub fn check_capabilities(caps: &[VolumeCapability]) -> Result<Vec<i32>, Status>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::retention_of;
 
     #[test]
     fn capacity_ranges() {

@@ -2,10 +2,15 @@
 
 use std::future::Future;
 
-use tonic::{Response, Status};
+use tonic::{Code, Response, Status};
 use tracing::Instrument;
 
-use crate::db::DbError;
+use super::params::SECRET_TENANT_KEY;
+use crate::bucket::BucketError;
+use crate::crypto::UnwrapError;
+use crate::db::{DbError, KeyError};
+use crate::fuse::MountError;
+use crate::node::NodeError;
 
 /// A required string field: INVALID_ARGUMENT naming it when empty.
 pub fn require<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
@@ -59,6 +64,8 @@ pub fn require_some<'a, T>(value: &'a Option<T>, field: &str) -> Result<&'a T, S
         .ok_or_else(|| Status::invalid_argument(format!("{field} is required")))
 }
 
+// One map from every failure below the gRPC services to its CSI code.
+
 impl From<DbError> for Status {
     fn from(e: DbError) -> Self {
         match e {
@@ -66,6 +73,97 @@ impl From<DbError> for Status {
                 Status::unavailable(format!("control-plane database unavailable: {m}"))
             }
             other => Status::internal(other.to_string()),
+        }
+    }
+}
+
+/// The code for a bucket failure: what a request named is missing or
+/// malformed, data failed verification, the volume or disk is full, …
+fn bucket_code(e: &BucketError) -> Code {
+    match e {
+        BucketError::NotFound | BucketError::VersionNotFound(_) => Code::NotFound,
+        BucketError::InvalidArgument(_)
+        | BucketError::InvalidName(_)
+        | BucketError::NameTooLong
+        | BucketError::NotADirectory
+        | BucketError::IsADirectory => Code::InvalidArgument,
+        BucketError::ReadOnly => Code::FailedPrecondition,
+        BucketError::NoSpace(_) | BucketError::QuotaExceeded { .. } => Code::ResourceExhausted,
+        BucketError::Unavailable(_) => Code::Unavailable,
+        e if e.is_integrity() => Code::DataLoss,
+        _ => Code::Internal,
+    }
+}
+
+/// A bucket failure; `what` (may be empty) says what was being done.
+pub fn bucket_status(what: &str, e: BucketError) -> Status {
+    let message = if what.is_empty() {
+        e.to_string()
+    } else {
+        format!("{what}: {e}")
+    };
+    Status::new(bucket_code(&e), message)
+}
+
+impl From<BucketError> for Status {
+    fn from(e: BucketError) -> Self {
+        bucket_status("", e)
+    }
+}
+
+impl From<MountError> for Status {
+    fn from(e: MountError) -> Self {
+        let code = match &e {
+            MountError::BucketNotFound(_) | MountError::MountNotFound(_) => Code::NotFound,
+            MountError::MountPointMissing(_) | MountError::MountPointNotADirectory(_) => {
+                Code::FailedPrecondition
+            }
+            MountError::AlreadyRunning(_) => Code::AlreadyExists,
+            MountError::Busy(_) => Code::Aborted,
+            MountError::CommitFailed { source, .. } | MountError::LoadFailed { source, .. } => {
+                bucket_code(source)
+            }
+            MountError::SpawnFailed { .. }
+            | MountError::UnmountFailed { .. }
+            | MountError::Database(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+/// A key that does not open, naming what it was for and how to fix it.
+impl From<KeyError> for Status {
+    fn from(KeyError { what, source }: KeyError) -> Self {
+        match source {
+            UnwrapError::TenantKeyRequired => Status::invalid_argument(format!(
+                "{what} is protected by a tenant key: the request's secrets must carry it as \
+                 {SECRET_TENANT_KEY:?} (the StorageClass's provisioner and node-stage secrets)"
+            )),
+            UnwrapError::WrongTenantKey => Status::permission_denied(format!(
+                "{what}: the tenant key in the request's secrets is not the one it is protected by"
+            )),
+            UnwrapError::WrongClusterKey => Status::failed_precondition(format!(
+                "{what}: the wrapped key does not open with this cluster's KEK (another KEK, or a \
+                 record that does not belong to this volume)"
+            )),
+            UnwrapError::Malformed => Status::data_loss(format!(
+                "{what}: the wrapped key in its record is malformed"
+            )),
+        }
+    }
+}
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::Busy(_) => Status::aborted(e.to_string()),
+            NodeError::Mount(e) => e.into(),
+            NodeError::Bucket { what, source } => bucket_status(&what, source),
+            NodeError::Key(e) => e.into(),
+            NodeError::Db(e) => e.into(),
+            NodeError::PeersUnavailable(m) => Status::unavailable(m),
+            NodeError::Internal(m) => Status::internal(m),
+            e @ NodeError::Io { .. } => Status::internal(e.to_string()),
         }
     }
 }

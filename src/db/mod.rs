@@ -8,12 +8,14 @@
 
 pub mod embedded;
 mod k8s_records;
+mod keys;
 pub mod operator;
 mod records;
 
+pub use keys::{HeadKey, KeyError};
 pub use records::{
-    GroupSnapshotRecord, NewSnapshot, NewVolume, NodeSync, NodeSyncRow, SnapshotRecord,
-    VolumeRecord,
+    retention_of, GroupSnapshotRecord, NewSnapshot, NewVolume, NodeSync, NodeSyncRow,
+    SnapshotRecord, VolumeRecord, PARAM_HISTORY_RETENTION,
 };
 
 use std::time::Duration;

@@ -1,6 +1,10 @@
 //! Typed access to the control-plane tables.
 
+use std::collections::BTreeMap;
+
 use sqlx::FromRow;
+
+use crate::bucket::Retention;
 
 use super::{Db, DbResult};
 
@@ -685,3 +689,26 @@ impl Db {
 
 /// Advisory lock key of the controller leader ("jaxcsi" in ASCII).
 const LEADER_LOCK: i64 = 0x6a61_7863_7369;
+
+/// StorageClass or VolumeAttributesClass parameter: how much history a
+/// volume keeps (`count=N,age=D`, see [`Retention`]); mutable.
+pub const PARAM_HISTORY_RETENTION: &str = "historyRetention";
+
+/// A volume's history retention from its parameters (JSON maps): its
+/// mutable parameter, else its StorageClass parameter, else the default.
+pub fn retention_of(parameters: &str, mutable_parameters: &str) -> Retention {
+    let get = |json: &str| -> Option<Retention> {
+        let map: BTreeMap<String, String> = serde_json::from_str(json).ok()?;
+        map.get(PARAM_HISTORY_RETENTION)?.parse().ok()
+    };
+    get(mutable_parameters)
+        .or_else(|| get(parameters))
+        .unwrap_or_default()
+}
+
+impl VolumeRecord {
+    /// This volume's history retention (see [`retention_of`]).
+    pub fn retention(&self) -> Retention {
+        retention_of(&self.parameters, &self.mutable_parameters)
+    }
+}

@@ -28,7 +28,7 @@ use super::mount_manager::{
     session_options, MountError, MountManager, MountStatus, Notice, Running,
 };
 use super::session::{self, FuseSession};
-use crate::bucket::KernelRef;
+use crate::bucket::{BucketId, KernelRef};
 
 /// Version of the handover state file.
 const STATE_VERSION: u32 = 1;
@@ -46,9 +46,9 @@ pub struct HandoverState {
 #[derive(Debug, Default)]
 pub struct Resumed {
     /// Volumes served again from a kept connection.
-    pub resumed: Vec<String>,
+    pub resumed: Vec<BucketId>,
     /// Kept connections that could not be resumed (mounted afresh instead).
-    pub failed: Vec<(String, MountError)>,
+    pub failed: Vec<(BucketId, MountError)>,
 }
 
 impl MountManager {
@@ -66,20 +66,20 @@ impl MountManager {
     }
 
     /// Give the keeper a descriptor of a new session's connection.
-    pub(super) fn keep_connection(&self, volume: &str, session: &FuseSession) {
+    pub(super) fn keep_connection(&self, volume: &BucketId, session: &FuseSession) {
         let Some(keeper) = self.keeper_client() else {
             return;
         };
         if let Err(e) = give_to_keeper(&keeper, volume, session) {
-            tracing::warn!(volume, error = %e, "the fd-keeper does not hold this mount; it will not survive a restart of this process");
+            tracing::warn!(%volume, error = %e, "the fd-keeper does not hold this mount; it will not survive a restart of this process");
         }
     }
 
     /// The volume is being unmounted: the keeper must let its connection go.
-    pub(super) fn release_connection(&self, volume: &str) {
+    pub(super) fn release_connection(&self, volume: &BucketId) {
         if let Some(keeper) = self.keeper_client() {
-            if let Err(e) = keeper.drop_volume(volume) {
-                tracing::warn!(volume, error = %e, "could not tell the fd-keeper to release a mount");
+            if let Err(e) = keeper.drop_volume(&volume.to_hex()) {
+                tracing::warn!(%volume, error = %e, "could not tell the fd-keeper to release a mount");
             }
         }
     }
@@ -101,7 +101,10 @@ impl MountManager {
         };
         for k in kept {
             let started = Instant::now();
-            let Ok(rec) = self.get(&k.volume) else {
+            let Ok(rec) = BucketId::from_hex(&k.volume)
+                .map_err(|_| MountError::Database(format!("kept volume {:?}", k.volume)))
+                .and_then(|id| self.get(&id))
+            else {
                 tracing::warn!(volume = %k.volume, "the fd-keeper holds a volume this node has no record of; releasing it");
                 let _ = keeper.drop_volume(&k.volume);
                 continue;
@@ -110,14 +113,14 @@ impl MountManager {
                 Ok(refs) => {
                     tracing::info!(volume = %k.volume, connection = k.connection, refs, elapsed_ms = started.elapsed().as_millis() as u64, "mount resumed from the fd-keeper");
                     self.notify(Notice::MountRecovered {
-                        volume_id: k.volume.clone(),
+                        volume_id: rec.volume_id,
                     });
-                    out.resumed.push(k.volume);
+                    out.resumed.push(rec.volume_id);
                 }
                 Err(e) => {
                     tracing::error!(volume = %k.volume, error = %e, "could not resume a kept mount; mounting it afresh");
                     let _ = keeper.drop_volume(&k.volume);
-                    out.failed.push((k.volume, e));
+                    out.failed.push((rec.volume_id, e));
                 }
             }
         }
@@ -130,17 +133,18 @@ impl MountManager {
         keeper: &KeeperClient,
         rec: &super::MountRecord,
     ) -> Result<usize, MountError> {
-        let volume = rec.volume_id.as_str();
+        let volume = &rec.volume_id;
+        let name = volume.to_hex();
         let spawn_failed = |source| MountError::SpawnFailed {
             path: rec.mount_point.clone(),
             source,
         };
         let (kept, fd) = keeper
-            .get(volume)
+            .get(&name)
             .map_err(|e| spawn_failed(std::io::Error::other(e.to_string())))?
             .ok_or_else(|| spawn_failed(std::io::Error::other("the fd-keeper let it go")))?;
         let state =
-            take_state(&self.handover_dir(), volume).filter(|s| s.connection == kept.connection);
+            take_state(&self.handover_dir(), &name).filter(|s| s.connection == kept.connection);
         let mut refs = 0;
         let live = self.open_live(rec, |m| {
             match &state {
@@ -164,9 +168,7 @@ impl MountManager {
         inner.busy.remove(volume);
         match resumed {
             Ok(session) => {
-                inner
-                    .running
-                    .insert(volume.to_string(), Running { live, session });
+                inner.running.insert(*volume, Running { live, session });
                 self.set_status(&mut inner, volume, MountStatus::Running);
                 Ok(refs)
             }
@@ -181,12 +183,15 @@ impl MountManager {
     /// Hand every running volume over to a successor (see the module
     /// docs): nothing is unmounted. A volume the keeper does not hold is
     /// stopped cleanly instead. Returns the volumes handed over.
-    pub fn hand_over_all(&self) -> Vec<String> {
-        let mut kept: Vec<String> = Vec::new();
+    pub fn hand_over_all(&self) -> Vec<BucketId> {
+        let mut kept: Vec<BucketId> = Vec::new();
         if let Some(keeper) = self.keeper_client() {
             match keeper.list() {
                 Ok(list) => {
-                    kept = list.into_iter().map(|k| k.volume).collect();
+                    kept = list
+                        .iter()
+                        .filter_map(|k| BucketId::from_hex(&k.volume).ok())
+                        .collect();
                     // A keeper that was restarted holds nothing yet: give it what runs.
                     self.keep_missing(&keeper, &mut kept);
                 }
@@ -195,21 +200,21 @@ impl MountManager {
                 }
             }
         }
-        let volumes: Vec<String> = self.lock().running.keys().cloned().collect();
+        let volumes: Vec<BucketId> = self.lock().running.keys().copied().collect();
         let mut handed = Vec::new();
         for volume in volumes {
             if !kept.contains(&volume) {
                 if let Err(e) = self.stop(&volume) {
-                    tracing::error!(volume, error = %e, "stop failed");
+                    tracing::error!(%volume, error = %e, "stop failed");
                 }
                 continue;
             }
             match self.hand_over(&volume) {
                 Ok(refs) => {
-                    tracing::info!(volume, refs, "mount handed over");
+                    tracing::info!(%volume, refs, "mount handed over");
                     handed.push(volume);
                 }
-                Err(e) => tracing::error!(volume, error = %e, "handover failed"),
+                Err(e) => tracing::error!(%volume, error = %e, "handover failed"),
             }
         }
         handed
@@ -217,32 +222,32 @@ impl MountManager {
 
     /// Give `keeper` the running volumes it does not hold (`kept`), adding
     /// those it took to `kept`.
-    fn keep_missing(&self, keeper: &KeeperClient, kept: &mut Vec<String>) {
+    fn keep_missing(&self, keeper: &KeeperClient, kept: &mut Vec<BucketId>) {
         let inner = self.lock();
         for (volume, r) in inner.running.iter() {
             if kept.contains(volume) {
                 continue;
             }
             match give_to_keeper(keeper, volume, &r.session) {
-                Ok(()) => kept.push(volume.clone()),
+                Ok(()) => kept.push(*volume),
                 Err(e) => {
-                    tracing::warn!(volume, error = %e, "the fd-keeper would not take this mount; unmounting it instead")
+                    tracing::warn!(%volume, error = %e, "the fd-keeper would not take this mount; unmounting it instead")
                 }
             }
         }
     }
 
-    fn hand_over(&self, volume: &str) -> Result<usize, MountError> {
+    fn hand_over(&self, volume: &BucketId) -> Result<usize, MountError> {
         let Running { live, session } = {
             let mut inner = self.lock();
-            if !inner.busy.insert(volume.to_string()) {
-                return Err(MountError::Busy(volume.into()));
+            if !inner.busy.insert(*volume) {
+                return Err(MountError::Busy(*volume));
             }
             match inner.running.remove(volume) {
                 Some(r) => r,
                 None => {
                     inner.busy.remove(volume);
-                    return Err(MountError::MountNotFound(volume.into()));
+                    return Err(MountError::MountNotFound(*volume));
                 }
             }
         };
@@ -254,14 +259,14 @@ impl MountManager {
         let committed = live.shutdown();
         let state = HandoverState {
             v: STATE_VERSION,
-            volume: volume.to_string(),
+            volume: volume.to_hex(),
             connection,
             refs,
         };
         let written = write_state(&self.handover_dir(), &state);
         self.lock().busy.remove(volume);
         committed.map_err(|source| MountError::CommitFailed {
-            volume: volume.into(),
+            volume: *volume,
             source,
         })?;
         written.map_err(|source| MountError::SpawnFailed { path, source })?;
@@ -272,12 +277,16 @@ impl MountManager {
 /// Hand `keeper` a clone of the descriptor of `session`'s connection.
 fn give_to_keeper(
     keeper: &KeeperClient,
-    volume: &str,
+    volume: &BucketId,
     session: &FuseSession,
 ) -> std::io::Result<()> {
     let fd = session.clone_device()?;
     keeper
-        .keep(volume, session.connection(), std::os::fd::AsFd::as_fd(&fd))
+        .keep(
+            &volume.to_hex(),
+            session.connection(),
+            std::os::fd::AsFd::as_fd(&fd),
+        )
         .map_err(std::io::Error::other)
 }
 

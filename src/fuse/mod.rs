@@ -16,6 +16,7 @@ pub mod session;
 pub use fs::{FsOptions, JaxFs};
 pub use live::LiveMount;
 pub use mount_manager::{
-    MountError, MountManager, MountOptions, MountRecord, MountStatus, Notice, PodRef, Target,
+    LiveHandle, MountError, MountManager, MountOptions, MountRecord, MountStatus, Notice, PodRef,
+    Serving, SyncEvent, Target,
 };
 pub use session::{mount, node_session_options, FuseSession, SessionOptions};

@@ -20,7 +20,7 @@ use super::keeper::KeeperClient;
 use super::live::{CommitHook, LiveMount, DEFAULT_DEBOUNCE};
 use super::session::{self, FuseSession, SessionOptions};
 use super::FsOptions;
-use crate::bucket::{BucketError, BucketId, ConflictFile, Saved, StateDir};
+use crate::bucket::{BucketError, BucketId, Saved, StateDir};
 use crate::crypto::Kek;
 use crate::store::Hash;
 
@@ -94,7 +94,9 @@ pub struct PodRef {
 /// A mount record, as kept on disk and in Postgres.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountRecord {
-    pub volume_id: String,
+    /// Kept in the records file as 32 hex characters.
+    #[serde(with = "hex_id")]
+    pub volume_id: BucketId,
     pub mount_point: PathBuf,
     pub options: MountOptions,
     pub status: MountStatus,
@@ -116,14 +118,14 @@ pub struct MountUpdate {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
     /// Concurrent edits from another node were kept as conflict copies.
-    ConflictsResolved { volume_id: String, copies: usize },
+    ConflictsResolved { volume_id: BucketId, copies: usize },
     /// A volume's mount came back after the node plugin restarted.
-    MountRecovered { volume_id: String },
+    MountRecovered { volume_id: BucketId },
     /// A write failed: the volume is full.
-    QuotaReached { volume_id: String },
+    QuotaReached { volume_id: BucketId },
     /// A pod's target was unmounted because its pod no longer exists.
     TargetRemoved {
-        volume_id: String,
+        volume_id: BucketId,
         path: PathBuf,
         pod: Option<PodRef>,
     },
@@ -134,14 +136,14 @@ pub enum Notice {
 pub enum SyncEvent {
     /// A remote head was merged into the live mount; caches were dropped.
     MountInvalidated {
-        volume_id: String,
+        volume: BucketId,
         head: Hash,
         height: u64,
         used_bytes: u64,
     },
     /// A new local version was committed.
     Committed {
-        volume_id: String,
+        volume: BucketId,
         head: Hash,
         height: u64,
         used_bytes: u64,
@@ -150,28 +152,28 @@ pub enum SyncEvent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("bucket {0} is not on this node")]
-    BucketNotFound(String),
+    #[error("volume {0} has no replica on this node")]
+    BucketNotFound(BucketId),
     #[error("no mount for volume {0}")]
-    MountNotFound(String),
+    MountNotFound(BucketId),
     #[error("mount point {0} does not exist")]
     MountPointMissing(PathBuf),
     #[error("mount point {0} is not a directory")]
     MountPointNotADirectory(PathBuf),
     #[error("volume {0} is already mounted")]
-    AlreadyRunning(String),
+    AlreadyRunning(BucketId),
     #[error("volume {0} is being mounted or unmounted by another request")]
-    Busy(String),
+    Busy(BucketId),
     /// The final commit failed: the volume stays mounted with its changes.
     #[error("volume {volume}: the final commit failed, so it stays mounted with its changes (retry once the cause is fixed): {source}")]
     CommitFailed {
-        volume: String,
+        volume: BucketId,
         #[source]
         source: BucketError,
     },
     #[error("loading bucket {volume}: {source}")]
     LoadFailed {
-        volume: String,
+        volume: BucketId,
         #[source]
         source: BucketError,
     },
@@ -198,21 +200,21 @@ pub(super) struct Running {
 }
 
 pub(super) struct Inner {
-    pub(super) records: BTreeMap<String, MountRecord>,
-    pub(super) running: BTreeMap<String, Running>,
+    pub(super) records: BTreeMap<BucketId, MountRecord>,
+    pub(super) running: BTreeMap<BucketId, Running>,
     /// Volumes a start or stop is working on (outside the lock).
-    pub(super) busy: std::collections::BTreeSet<String>,
+    pub(super) busy: std::collections::BTreeSet<BucketId>,
 }
 
 impl Inner {
     /// Reserve a volume that is not running for a start (fresh or resumed):
     /// a second start is refused while the first works outside the lock.
-    pub(super) fn reserve_stopped(&mut self, volume: &str) -> Result<(), MountError> {
+    pub(super) fn reserve_stopped(&mut self, volume: &BucketId) -> Result<(), MountError> {
         if self.running.contains_key(volume) {
-            return Err(MountError::AlreadyRunning(volume.into()));
+            return Err(MountError::AlreadyRunning(*volume));
         }
-        if !self.busy.insert(volume.to_string()) {
-            return Err(MountError::Busy(volume.into()));
+        if !self.busy.insert(*volume) {
+            return Err(MountError::Busy(*volume));
         }
         Ok(())
     }
@@ -252,7 +254,7 @@ impl MountManager {
             Ok(bytes) => serde_json::from_slice::<Vec<MountRecord>>(&bytes)
                 .map_err(|e| MountError::Database(format!("{}: {e}", records_path.display())))?
                 .into_iter()
-                .map(|r| (r.volume_id.clone(), r))
+                .map(|r| (r.volume_id, r))
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => {
@@ -310,12 +312,12 @@ impl MountManager {
         Ok(())
     }
 
-    pub(super) fn set_status(&self, inner: &mut Inner, volume: &str, status: MountStatus) {
+    pub(super) fn set_status(&self, inner: &mut Inner, volume: &BucketId, status: MountStatus) {
         if let Some(r) = inner.records.get_mut(volume) {
             r.status = status;
             let r = r.clone();
             if let Err(e) = self.persist(inner, Some(&r)) {
-                tracing::error!(volume, error = %e, "could not record mount status");
+                tracing::error!(%volume, error = %e, "could not record mount status");
             }
         }
     }
@@ -323,45 +325,44 @@ impl MountManager {
     /// Register a mount of `volume_id` at `mount_point` (stopped).
     pub fn create_mount(
         &self,
-        volume_id: &str,
+        volume: &BucketId,
         mount_point: &Path,
         options: MountOptions,
     ) -> Result<MountRecord, MountError> {
-        let id = parse_volume(volume_id)?;
-        if !self.state.has_bucket(&id) {
-            return Err(MountError::BucketNotFound(volume_id.into()));
+        if !self.state.has_bucket(volume) {
+            return Err(MountError::BucketNotFound(*volume));
         }
         check_mount_point(mount_point)?;
         let mut inner = self.lock();
-        if inner.running.contains_key(volume_id) {
-            return Err(MountError::AlreadyRunning(volume_id.into()));
+        if inner.running.contains_key(volume) {
+            return Err(MountError::AlreadyRunning(*volume));
         }
-        if inner.busy.contains(volume_id) {
-            return Err(MountError::Busy(volume_id.into()));
+        if inner.busy.contains(volume) {
+            return Err(MountError::Busy(*volume));
         }
         let targets = inner
             .records
-            .get(volume_id)
+            .get(volume)
             .map(|r| r.targets.clone())
             .unwrap_or_default();
         let rec = MountRecord {
-            volume_id: volume_id.into(),
+            volume_id: *volume,
             mount_point: mount_point.to_path_buf(),
             options,
             status: MountStatus::Stopped,
             targets,
         };
-        inner.records.insert(volume_id.into(), rec.clone());
+        inner.records.insert(*volume, rec.clone());
         self.persist(&inner, Some(&rec))?;
         Ok(rec)
     }
 
-    pub fn get(&self, volume_id: &str) -> Result<MountRecord, MountError> {
+    pub fn get(&self, volume: &BucketId) -> Result<MountRecord, MountError> {
         self.lock()
             .records
-            .get(volume_id)
+            .get(volume)
             .cloned()
-            .ok_or_else(|| MountError::MountNotFound(volume_id.into()))
+            .ok_or(MountError::MountNotFound(*volume))
     }
 
     pub fn list(&self) -> Vec<MountRecord> {
@@ -370,12 +371,12 @@ impl MountManager {
 
     /// Change options. The cache size applies at once to a running mount;
     /// read-only and the TTL apply at the next start.
-    pub fn update(&self, volume_id: &str, u: MountUpdate) -> Result<MountRecord, MountError> {
+    pub fn update(&self, volume: &BucketId, u: MountUpdate) -> Result<MountRecord, MountError> {
         let mut inner = self.lock();
         let rec = inner
             .records
-            .get_mut(volume_id)
-            .ok_or_else(|| MountError::MountNotFound(volume_id.into()))?;
+            .get_mut(volume)
+            .ok_or(MountError::MountNotFound(*volume))?;
         if let Some(v) = u.read_only {
             rec.options.read_only = v;
         }
@@ -389,7 +390,7 @@ impl MountManager {
             rec.options.cache_ttl_ms = v;
         }
         let rec = rec.clone();
-        if let (Some(n), Some(r)) = (u.cache_chunks, inner.running.get(volume_id)) {
+        if let (Some(n), Some(r)) = (u.cache_chunks, inner.running.get(volume)) {
             r.live.lock().set_cache_chunks(n);
         }
         self.persist(&inner, Some(&rec))?;
@@ -397,11 +398,11 @@ impl MountManager {
     }
 
     /// Stop (if running) and forget a mount.
-    pub fn delete(&self, volume_id: &str) -> Result<(), MountError> {
-        self.get(volume_id)?;
-        self.stop(volume_id)?;
+    pub fn delete(&self, volume: &BucketId) -> Result<(), MountError> {
+        self.get(volume)?;
+        self.stop(volume)?;
         let mut inner = self.lock();
-        if let Some(mut rec) = inner.records.remove(volume_id) {
+        if let Some(mut rec) = inner.records.remove(volume) {
             rec.status = MountStatus::Stopped;
             self.persist(&inner, Some(&rec))?;
         }
@@ -410,34 +411,34 @@ impl MountManager {
 
     /// Mount the volume's live bucket at its mount point. Running only once
     /// the kernel answers on it; a stale mount there is detached first.
-    pub fn start(&self, volume_id: &str) -> Result<MountRecord, MountError> {
+    pub fn start(&self, volume: &BucketId) -> Result<MountRecord, MountError> {
         // Checked and reserved in one lock scope: a second start of the same
         // volume is refused while this one mounts outside the lock.
         let rec = {
             let mut inner = self.lock();
             let rec = inner
                 .records
-                .get(volume_id)
+                .get(volume)
                 .cloned()
-                .ok_or_else(|| MountError::MountNotFound(volume_id.into()))?;
-            inner.reserve_stopped(volume_id)?;
-            self.set_status(&mut inner, volume_id, MountStatus::Starting);
+                .ok_or(MountError::MountNotFound(*volume))?;
+            inner.reserve_stopped(volume)?;
+            self.set_status(&mut inner, volume, MountStatus::Starting);
             rec
         };
         let started = self.start_inner(&rec);
-        self.lock().busy.remove(volume_id);
+        self.lock().busy.remove(volume);
         match started {
             Ok(running) => {
                 let mut inner = self.lock();
-                inner.running.insert(volume_id.into(), running);
-                self.set_status(&mut inner, volume_id, MountStatus::Running);
-                tracing::info!(volume = volume_id, path = %rec.mount_point.display(), "mount running");
-                Ok(inner.records[volume_id].clone())
+                inner.running.insert(*volume, running);
+                self.set_status(&mut inner, volume, MountStatus::Running);
+                tracing::info!(%volume, path = %rec.mount_point.display(), "mount running");
+                Ok(inner.records[volume].clone())
             }
             Err(e) => {
                 let mut inner = self.lock();
-                self.set_status(&mut inner, volume_id, MountStatus::Error(e.to_string()));
-                tracing::error!(volume = volume_id, error = %e, "mount failed");
+                self.set_status(&mut inner, volume, MountStatus::Error(e.to_string()));
+                tracing::error!(%volume, error = %e, "mount failed");
                 Err(e)
             }
         }
@@ -475,9 +476,9 @@ impl MountManager {
         rec: &MountRecord,
         prepare: impl FnOnce(&mut crate::bucket::Mount) -> crate::bucket::Result<()>,
     ) -> Result<LiveMount, MountError> {
-        let id = parse_volume(&rec.volume_id)?;
+        let id = rec.volume_id;
         let load = |source| MountError::LoadFailed {
-            volume: rec.volume_id.clone(),
+            volume: rec.volume_id,
             source,
         };
         let bucket = self.state.open_bucket(&id, &self.kek).map_err(load)?;
@@ -499,10 +500,10 @@ impl MountManager {
         prepare(&mut mount).map_err(load)?;
         let live = LiveMount::new(mount, self.debounce);
         let events = self.events.clone();
-        let volume = rec.volume_id.clone();
+        let volume = rec.volume_id;
         let hook: CommitHook = Box::new(move |saved| {
             let _ = events.send(SyncEvent::Committed {
-                volume_id: volume.clone(),
+                volume,
                 head: saved.hash,
                 height: saved.height,
                 used_bytes: saved.used_bytes,
@@ -510,11 +511,9 @@ impl MountManager {
         });
         live.set_commit_hook(hook);
         let notices = self.notices.clone();
-        let volume = rec.volume_id.clone();
+        let volume = rec.volume_id;
         live.set_quota_hook(Box::new(move || {
-            let _ = notices.send(Notice::QuotaReached {
-                volume_id: volume.clone(),
-            });
+            let _ = notices.send(Notice::QuotaReached { volume_id: volume });
         }));
         Ok(live)
     }
@@ -525,23 +524,23 @@ impl MountManager {
     /// When the final commit fails, nothing is unmounted: the targets are
     /// bound again, the mount keeps running with its changes (the committer
     /// retries) and [`MountError::CommitFailed`] says why.
-    pub fn stop(&self, volume_id: &str) -> Result<(), MountError> {
+    pub fn stop(&self, volume: &BucketId) -> Result<(), MountError> {
         let (live, targets, mount_point) = {
             let mut inner = self.lock();
-            let Some(rec) = inner.records.get(volume_id) else {
-                return Err(MountError::MountNotFound(volume_id.into()));
+            let Some(rec) = inner.records.get(volume) else {
+                return Err(MountError::MountNotFound(*volume));
             };
             let (targets, mount_point) = (rec.targets.clone(), rec.mount_point.clone());
-            let Some(live) = inner.running.get(volume_id).map(|r| r.live.clone()) else {
+            let Some(live) = inner.running.get(volume).map(|r| r.live.clone()) else {
                 return Ok(());
             };
-            if !inner.busy.insert(volume_id.to_string()) {
-                return Err(MountError::Busy(volume_id.into()));
+            if !inner.busy.insert(*volume) {
+                return Err(MountError::Busy(*volume));
             }
             (live, targets, mount_point)
         };
         let release = |this: &Self| {
-            this.lock().busy.remove(volume_id);
+            this.lock().busy.remove(volume);
         };
         for t in &targets {
             if session::is_mount_point(&t.path) {
@@ -553,27 +552,27 @@ impl MountManager {
         if let Err(source) = live.shutdown() {
             for t in &targets {
                 if let Err(e) = bind_target(&mount_point, t) {
-                    tracing::error!(volume = volume_id, target = %t.path.display(), error = %e, "re-binding a pod target after a failed commit");
+                    tracing::error!(%volume, target = %t.path.display(), error = %e, "re-binding a pod target after a failed commit");
                 }
             }
             release(self);
-            tracing::error!(volume = volume_id, error = %source, "final commit failed; the volume stays mounted");
+            tracing::error!(%volume, error = %source, "final commit failed; the volume stays mounted");
             return Err(MountError::CommitFailed {
-                volume: volume_id.into(),
+                volume: *volume,
                 source,
             });
         }
-        let Some(Running { session, .. }) = self.lock().running.remove(volume_id) else {
+        let Some(Running { session, .. }) = self.lock().running.remove(volume) else {
             release(self);
             return Ok(());
         };
-        self.release_connection(volume_id);
+        self.release_connection(volume);
         let path = session.path().to_path_buf();
         let unmounted = session.unmount();
         {
             let mut inner = self.lock();
-            inner.busy.remove(volume_id);
-            self.set_status(&mut inner, volume_id, MountStatus::Stopped);
+            inner.busy.remove(volume);
+            self.set_status(&mut inner, volume, MountStatus::Stopped);
         }
         if let Err(source) = unmounted {
             // The kernel may still hold it (busy); detach so it goes when idle.
@@ -584,7 +583,7 @@ impl MountManager {
     }
 
     pub fn stop_all(&self) {
-        let ids: Vec<String> = self.lock().running.keys().cloned().collect();
+        let ids: Vec<BucketId> = self.lock().running.keys().copied().collect();
         for id in ids {
             if let Err(e) = self.stop(&id) {
                 tracing::error!(volume = %id, error = %e, "stop failed");
@@ -593,7 +592,7 @@ impl MountManager {
     }
 
     /// Start every auto-mount record (at node start); returns those that failed.
-    pub fn start_auto(&self) -> Vec<(String, MountError)> {
+    pub fn start_auto(&self) -> Vec<(BucketId, MountError)> {
         let auto: Vec<MountRecord> = self
             .list()
             .into_iter()
@@ -605,11 +604,11 @@ impl MountManager {
                 continue;
             }
             if let Err(e) = self.start(&rec.volume_id) {
-                failed.push((rec.volume_id.clone(), e));
+                failed.push((rec.volume_id, e));
                 continue;
             }
             let _ = self.notices.send(Notice::MountRecovered {
-                volume_id: rec.volume_id.clone(),
+                volume_id: rec.volume_id,
             });
             for t in &rec.targets {
                 if let Err(e) = bind_target(&rec.mount_point, t) {
@@ -620,13 +619,13 @@ impl MountManager {
         failed
     }
 
-    pub fn get_live_mount(&self, volume_id: &str) -> Option<LiveMount> {
-        self.lock().running.get(volume_id).map(|r| r.live.clone())
+    pub fn get_live_mount(&self, volume: &BucketId) -> Option<LiveMount> {
+        self.lock().running.get(volume).map(|r| r.live.clone())
     }
 
     /// The cache settings of a mount: (decrypted chunks, kernel TTL).
-    pub fn get_mount_cache(&self, volume_id: &str) -> Result<(usize, Duration), MountError> {
-        let r = self.get(volume_id)?;
+    pub fn get_mount_cache(&self, volume: &BucketId) -> Result<(usize, Duration), MountError> {
+        let r = self.get(volume)?;
         Ok((
             r.options.cache_chunks,
             Duration::from_millis(r.options.cache_ttl_ms),
@@ -647,111 +646,60 @@ impl MountManager {
         self.events.subscribe()
     }
 
-    /// A newer head of `volume_id` arrived in the local store (sync). Merge it
-    /// into the live mount (a fast-forward when nothing is pending locally,
-    /// conflict copies otherwise), tell the kernel what changed, and broadcast.
-    pub fn on_bucket_synced(&self, volume_id: &str, head: &Hash) -> Result<(), MountError> {
-        self.apply_remote_head(volume_id, head).map(|_| ())
-    }
-
-    /// The live mount of `volume_id` and its kernel notifier, if it runs;
-    /// `Busy` while a stage or unstage of it is under way.
-    fn running_unless_busy(
-        &self,
-        volume_id: &str,
-    ) -> Result<Option<(LiveMount, fuser::Notifier)>, MountError> {
+    /// How `volume` is served here now, for a change of its replica (see
+    /// [`Serving`]); `Busy` while a stage or unstage of it is under way.
+    pub fn serving(&self, volume: &BucketId) -> Result<Serving, MountError> {
         let inner = self.lock();
-        if inner.busy.contains(volume_id) {
-            return Err(MountError::Busy(volume_id.into()));
+        if inner.busy.contains(volume) {
+            return Err(MountError::Busy(*volume));
         }
-        Ok(inner
-            .running
-            .get(volume_id)
-            .map(|r| (r.live.clone(), r.session.notifier().clone())))
-    }
-
-    /// Bring volume `volume_id`'s replica on this node to the verified head
-    /// `head` (in the local store): the live mount merges it (read-only
-    /// ones follow it), a bucket not mounted is merged on disk. Returns the
-    /// local head after, when it is not `head` (a merge, for the peers).
-    pub fn apply_remote_head(
-        &self,
-        volume_id: &str,
-        head: &Hash,
-    ) -> Result<Option<Hash>, MountError> {
-        let load = |source| MountError::LoadFailed {
-            volume: volume_id.into(),
-            source,
-        };
-        let running = self.running_unless_busy(volume_id)?;
-        let (version, conflicts) = match &running {
-            Some((live, notifier)) if !live.lock().is_read_only() => {
-                let mut m = live.lock_to_merge();
-                let before = m.cached_view();
-                let report = m.merge_from(head, &ConflictFile).map_err(load)?;
-                let stale = m.changed_since(&before);
-                drop(m);
-                invalidate(notifier, &stale);
-                (report.version.unwrap_or(*head), report.conflicts.len())
-            }
-            _ => {
-                // Not mounted, or mounted read-only: merge into the bucket on
-                // disk, then let a read-only mount follow.
-                let id = parse_volume(volume_id)?;
-                let bucket = self.state.open_bucket(&id, &self.kek).map_err(load)?;
-                let mut m = bucket.mount().map_err(load)?;
-                let report = m.merge_from(head, &ConflictFile).map_err(load)?;
-                let version = report.version.unwrap_or(*head);
-                if let Some((live, notifier)) = &running {
-                    let mut m = live.lock();
-                    let before = m.cached_view();
-                    m.follow(&version).map_err(load)?;
-                    let stale = m.changed_since(&before);
-                    drop(m);
-                    invalidate(notifier, &stale);
+        Ok(match inner.running.get(volume) {
+            None => Serving::NotMounted,
+            Some(r) => {
+                let live = LiveHandle {
+                    live: r.live.clone(),
+                    notifier: r.session.notifier().clone(),
+                };
+                if r.live.lock().is_read_only() {
+                    Serving::ReadOnly(live)
+                } else {
+                    Serving::Writable(live)
                 }
-                (version, report.conflicts.len())
             }
-        };
-        if conflicts > 0 {
-            crate::metrics::conflicts_resolved(conflicts);
-            let _ = self.notices.send(Notice::ConflictsResolved {
-                volume_id: volume_id.into(),
-                copies: conflicts,
-            });
-            tracing::warn!(
-                volume = volume_id,
-                conflicts,
-                "concurrent edits merged; the losing versions are kept as conflict copies"
-            );
-        }
-        tracing::info!(volume = volume_id, incoming = %head, now = %version, "applied a synced head");
-        let (height, used_bytes) = self
-            .state
-            .open_bucket(&parse_volume(volume_id)?, &self.kek)
-            .and_then(|b| b.manifest(&version))
-            .map(|m| (m.body.height, m.body.used_bytes))
-            .unwrap_or_default();
-        let _ = self.events.send(SyncEvent::MountInvalidated {
-            volume_id: volume_id.into(),
-            head: version,
-            height,
-            used_bytes,
-        });
-        Ok((version != *head).then_some(version))
+        })
     }
 
-    /// Volume `volume_id`'s bucket on this node, with chunks it lacks
+    /// Tell subscribers a version was written outside a live mount's
+    /// committer (peers hear of it, Postgres records it).
+    pub fn committed(&self, volume: &BucketId, saved: &Saved) {
+        let _ = self.events.send(SyncEvent::Committed {
+            volume: *volume,
+            head: saved.hash,
+            height: saved.height,
+            used_bytes: saved.used_bytes,
+        });
+    }
+
+    /// Tell subscribers the replica moved to a head that came from a peer.
+    pub fn applied(&self, volume: &BucketId, saved: &Saved) {
+        let _ = self.events.send(SyncEvent::MountInvalidated {
+            volume: *volume,
+            head: saved.hash,
+            height: saved.height,
+            used_bytes: saved.used_bytes,
+        });
+    }
+
+    /// Volume `volume`'s bucket on this node, with chunks it lacks
     /// fetched from peers (for the admin service's reads of old versions).
-    pub fn open_bucket(&self, volume_id: &str) -> Result<crate::bucket::Bucket, MountError> {
-        let id = parse_volume(volume_id)?;
-        if !self.state.has_bucket(&id) {
-            return Err(MountError::BucketNotFound(volume_id.into()));
+    pub fn open_bucket(&self, volume: &BucketId) -> Result<crate::bucket::Bucket, MountError> {
+        if !self.state.has_bucket(volume) {
+            return Err(MountError::BucketNotFound(*volume));
         }
         self.state
-            .open_bucket(&id, &self.kek)
+            .open_bucket(volume, &self.kek)
             .map_err(|source| MountError::LoadFailed {
-                volume: volume_id.into(),
+                volume: *volume,
                 source,
             })
     }
@@ -759,113 +707,31 @@ impl MountManager {
     /// A read-only view of `version` whose missing chunks come from peers.
     pub fn open_version(
         &self,
-        volume_id: &str,
+        volume: &BucketId,
         version: &Hash,
     ) -> Result<crate::bucket::Mount, MountError> {
-        let bucket = self.open_bucket(volume_id)?;
+        let bucket = self.open_bucket(volume)?;
         let mut m = bucket
             .open_version(version)
             .map_err(|source| MountError::LoadFailed {
-                volume: volume_id.into(),
+                volume: *volume,
                 source,
             })?;
         if let Some(provider) = self.remote.lock().unwrap().as_ref() {
-            m.set_remote(provider(&parse_volume(volume_id)?));
+            m.set_remote(provider(volume));
         }
         Ok(m)
     }
 
-    /// Make `version` the content of a new head of volume `volume_id`: in
-    /// the live mount when it runs (its unsaved changes are committed first,
-    /// so they stay in the history, and the kernel is told what changed),
-    /// on disk otherwise. Peers hear of the new head like of any commit.
-    pub fn restore(&self, volume_id: &str, version: &Hash) -> Result<Saved, MountError> {
-        let load = |source| MountError::LoadFailed {
-            volume: volume_id.into(),
-            source,
-        };
-        let running = self.running_unless_busy(volume_id)?;
-        match running {
-            Some((live, notifier)) if !live.lock().is_read_only() => {
-                live.commit_now().map_err(load)?;
-                let mut m = live.lock();
-                let before = m.cached_view();
-                m.restore_version(version).map_err(load)?;
-                let stale = m.changed_since(&before);
-                drop(m);
-                invalidate(&notifier, &stale);
-                // The commit hook reports and announces the new head.
-                live.commit_now().map_err(load)
-            }
-            running => {
-                let bucket = self.open_bucket(volume_id)?;
-                let saved = bucket.restore(version).map_err(load)?;
-                if let Some((live, notifier)) = running {
-                    let mut m = live.lock();
-                    let before = m.cached_view();
-                    m.follow(&saved.hash).map_err(load)?;
-                    let stale = m.changed_since(&before);
-                    drop(m);
-                    invalidate(&notifier, &stale);
-                }
-                let _ = self.events.send(SyncEvent::Committed {
-                    volume_id: volume_id.into(),
-                    head: saved.hash,
-                    height: saved.height,
-                    used_bytes: saved.used_bytes,
-                });
-                Ok(saved)
-            }
-        }
-    }
-
-    /// Share volume `volume_id`'s bucket with `node` (a peer that proved it
-    /// holds the secret) in a new version; returns that version.
-    pub fn grant_member(
-        &self,
-        volume_id: &str,
-        node: &crate::crypto::NodeId,
-    ) -> Result<Hash, MountError> {
-        let load = |source| MountError::LoadFailed {
-            volume: volume_id.into(),
-            source,
-        };
-        let running = self.get_live_mount(volume_id);
-        match running {
-            Some(live) if !live.lock().is_read_only() => {
-                live.lock().grant(node).map_err(load)?;
-                let saved = live.commit_now().map_err(load)?;
-                Ok(saved.hash)
-            }
-            other => {
-                let id = parse_volume(volume_id)?;
-                let bucket = self.state.open_bucket(&id, &self.kek).map_err(load)?;
-                let mut m = bucket.mount().map_err(load)?;
-                m.grant(node).map_err(load)?;
-                let saved = m.save().map_err(load)?;
-                if let Some(live) = other {
-                    live.lock().follow(&saved.hash).map_err(load)?;
-                }
-                let _ = self.events.send(SyncEvent::Committed {
-                    volume_id: volume_id.into(),
-                    head: saved.hash,
-                    height: saved.height,
-                    used_bytes: saved.used_bytes,
-                });
-                Ok(saved.hash)
-            }
-        }
-    }
-
     /// Bind the staged volume into a pod path and remember it for restarts.
-    pub fn add_target(&self, volume_id: &str, target: Target) -> Result<(), MountError> {
-        let rec = self.get(volume_id)?;
+    pub fn add_target(&self, volume: &BucketId, target: Target) -> Result<(), MountError> {
+        let rec = self.get(volume)?;
         bind_target(&rec.mount_point, &target).map_err(|source| MountError::SpawnFailed {
             path: target.path.clone(),
             source,
         })?;
         let mut inner = self.lock();
-        if let Some(r) = inner.records.get_mut(volume_id) {
+        if let Some(r) = inner.records.get_mut(volume) {
             r.targets.retain(|t| t.path != target.path);
             r.targets.push(target);
             let r = r.clone();
@@ -877,11 +743,11 @@ impl MountManager {
     /// Unmount pod path `target` of `volume_id` (safe when it is gone or
     /// dead) and forget it. Only a path recorded as this volume's target is
     /// touched; returns false (and does nothing) for any other.
-    pub fn remove_target(&self, volume_id: &str, target: &Path) -> Result<bool, MountError> {
+    pub fn remove_target(&self, volume: &BucketId, target: &Path) -> Result<bool, MountError> {
         let ours = self
             .lock()
             .records
-            .get(volume_id)
+            .get(volume)
             .is_some_and(|r| r.targets.iter().any(|t| t.path == target));
         if !ours {
             return Ok(false);
@@ -891,7 +757,7 @@ impl MountManager {
             source,
         })?;
         let mut inner = self.lock();
-        if let Some(r) = inner.records.get_mut(volume_id) {
+        if let Some(r) = inner.records.get_mut(volume) {
             r.targets.retain(|t| t.path != target);
             let r = r.clone();
             self.persist(&inner, Some(&r))?;
@@ -900,26 +766,70 @@ impl MountManager {
     }
 
     /// Which volume's mount has `target` as a pod path, if any.
-    pub fn volume_of_target(&self, target: &Path) -> Option<(String, Target)> {
+    pub fn volume_of_target(&self, target: &Path) -> Option<(BucketId, Target)> {
         self.lock().records.values().find_map(|r| {
             r.targets
                 .iter()
                 .find(|t| t.path == target)
-                .map(|t| (r.volume_id.clone(), t.clone()))
+                .map(|t| (r.volume_id, t.clone()))
         })
     }
 }
 
-/// Tell the kernel what a sync changed: stale pages and attributes of
-/// changed files, stale names in loaded directories. Sent without the
-/// Mount's lock (the kernel may call back in).
-fn invalidate(notifier: &fuser::Notifier, stale: &crate::bucket::Invalidations) {
-    use std::os::unix::ffi::OsStrExt;
-    for ino in &stale.inodes {
-        let _ = notifier.inval_inode(fuser::INodeNo(*ino), 0, 0);
+/// How a volume is served on this node, for a change of its replica
+/// (a synced head, a restore, a new member).
+pub enum Serving {
+    /// A writable live mount: the change goes through it.
+    Writable(LiveHandle),
+    /// A read-only live mount: the change goes to the bucket on disk, and
+    /// the mount follows the new head.
+    ReadOnly(LiveHandle),
+    /// Not mounted here: the change goes to the bucket on disk.
+    NotMounted,
+}
+
+/// A running volume's live Mount with its session's kernel notifier.
+pub struct LiveHandle {
+    pub live: LiveMount,
+    notifier: fuser::Notifier,
+}
+
+impl LiveHandle {
+    /// Run `change` on the Mount and then tell the kernel exactly what it
+    /// changed (stale pages and attributes of changed files, stale names in
+    /// loaded directories). With `merge`, the Mount is locked as for a
+    /// merge (no commit between writing a version and naming it). The
+    /// kernel is told without the Mount's lock (it may call back in).
+    pub fn change<T>(
+        &self,
+        merge: bool,
+        change: impl FnOnce(&mut crate::bucket::Mount) -> crate::bucket::Result<T>,
+    ) -> crate::bucket::Result<T> {
+        let (out, stale) = if merge {
+            let mut m = self.live.lock_to_merge();
+            let before = m.cached_view();
+            let out = change(&mut m)?;
+            (out, m.changed_since(&before))
+        } else {
+            let mut m = self.live.lock();
+            let before = m.cached_view();
+            let out = change(&mut m)?;
+            (out, m.changed_since(&before))
+        };
+        self.invalidate(&stale);
+        Ok(out)
     }
-    for (dir, name) in &stale.entries {
-        let _ = notifier.inval_entry(fuser::INodeNo(*dir), std::ffi::OsStr::from_bytes(name));
+
+    fn invalidate(&self, stale: &crate::bucket::Invalidations) {
+        use std::os::unix::ffi::OsStrExt;
+        for ino in &stale.inodes {
+            let _ = self.notifier.inval_inode(fuser::INodeNo(*ino), 0, 0);
+        }
+        for (dir, name) in &stale.entries {
+            let _ = self
+                .notifier
+                .inval_entry(fuser::INodeNo(*dir), std::ffi::OsStr::from_bytes(name));
+        }
     }
 }
 
@@ -932,10 +842,6 @@ pub(super) fn session_options(rec: &MountRecord) -> SessionOptions {
             ttl: Duration::from_millis(rec.options.cache_ttl_ms),
         },
     }
-}
-
-fn parse_volume(volume_id: &str) -> Result<BucketId, MountError> {
-    BucketId::from_hex(volume_id).map_err(|_| MountError::BucketNotFound(volume_id.into()))
 }
 
 fn check_mount_point(path: &Path) -> Result<(), MountError> {
@@ -1034,4 +940,20 @@ fn report_mounts(inner: &Inner) {
         }
     }
     crate::metrics::mounts(&counts);
+}
+
+/// A volume id in the records file: 32 hex characters (the records stay
+/// readable by operators and by older and newer plugins).
+mod hex_id {
+    use crate::bucket::BucketId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &BucketId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&id.to_hex())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BucketId, D::Error> {
+        let text = String::deserialize(d)?;
+        BucketId::from_hex(&text).map_err(serde::de::Error::custom)
+    }
 }

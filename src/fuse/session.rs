@@ -308,9 +308,9 @@ pub fn mounts_under(root: &Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-/// The mount source of volume `volume_id`'s FUSE mounts and their binds.
-pub fn source_of(volume_id: &str) -> String {
-    format!("jax:{volume_id}")
+/// The mount source of volume `volume`'s FUSE mounts and their binds.
+pub fn source_of(volume: &crate::bucket::BucketId) -> String {
+    format!("jax:{volume}")
 }
 
 /// /proc/self/mountinfo escapes space, tab, newline and backslash as octal.

@@ -266,11 +266,11 @@ pub async fn fetch_blobs(
     inner: &Inner,
     bucket: BucketId,
     hashes: &[Hash],
-    _chunks: bool,
 ) -> Result<Vec<Hash>, SyncError> {
     fetch_blobs_with(inner, bucket, hashes, None).await
 }
 
+/// [`fetch_blobs`], proving with `secret` (a bucket this node does not hold).
 pub async fn fetch_blobs_with(
     inner: &Inner,
     bucket: BucketId,
@@ -452,10 +452,7 @@ pub async fn pull(
     };
     let applied = tokio::task::spawn_blocking(move || replicas.apply_head(&bucket, &head))
         .await
-        .map_err(|e| SyncError::Peer {
-            peer: "local".into(),
-            why: e.to_string(),
-        })?;
+        .map_err(|e| SyncError::Worker(e.to_string()))?;
     crate::metrics::sync_pull(bucket.to_string(), applied.is_ok(), started.elapsed());
     match applied {
         Ok(merged) => {
@@ -466,10 +463,7 @@ pub async fn pull(
             }
             Ok(())
         }
-        Err(why) => Err(SyncError::Peer {
-            peer: "local".into(),
-            why: format!("applying {head}: {why}"),
-        }),
+        Err(source) => Err(SyncError::Apply { bucket, source }),
     }
 }
 
@@ -546,7 +540,7 @@ pub async fn complete(inner: &Inner, bucket: BucketId) -> Result<usize, SyncErro
             .map(DirRef::hash)
             .filter(|h| !store.contains(h))
             .collect();
-        fetch_blobs(inner, bucket, &need, false).await?;
+        fetch_blobs(inner, bucket, &need).await?;
         let mut next = Vec::new();
         for d in &level {
             let c = b.dir_contents(d).map_err(err)?;
@@ -556,7 +550,7 @@ pub async fn complete(inner: &Inner, bucket: BucketId) -> Result<usize, SyncErro
         level = next;
     }
     let total = chunks.len();
-    let left = fetch_blobs(inner, bucket, &chunks, true).await?;
+    let left = fetch_blobs(inner, bucket, &chunks).await?;
     if !left.is_empty() {
         return Err(SyncError::NoPeer(bucket));
     }

@@ -28,8 +28,8 @@
 //! wherever they arrive.
 //!
 //! The sync layer knows buckets and the store, not FUSE, gRPC or Postgres:
-//! the CSI layer wires the MountManager in as [`Replicas`] and keeps the
-//! peer lists current from Postgres.
+//! the node agent (`crate::node`) wires its replicas in as [`Replicas`] and
+//! keeps the peer lists current from Postgres.
 
 mod client;
 pub mod proto;
@@ -67,6 +67,16 @@ pub enum SyncError {
         #[source]
         source: crate::bucket::BucketError,
     },
+    /// The node could not take a verified head or grant a member.
+    #[error("bucket {bucket}: {source}")]
+    Apply {
+        bucket: BucketId,
+        #[source]
+        source: ApplyError,
+    },
+    /// A blocking task of the sync engine died.
+    #[error("a sync worker failed: {0}")]
+    Worker(String),
 }
 
 /// A peer: its node id and the addresses it listens on.
@@ -76,16 +86,20 @@ pub struct Peer {
     pub addrs: Vec<SocketAddr>,
 }
 
-/// What the node does with what sync brings. Implemented by the node's
-/// mount owner (live mounts merge; buckets not mounted are updated on disk).
-/// Both run on blocking threads.
+/// Why the node could not take what sync brought (the node agent's own
+/// error, kept whole for the logs).
+pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the node does with what sync brings. Implemented by the node agent
+/// (live mounts merge; buckets not mounted are updated on disk). Both run
+/// on blocking threads.
 pub trait Replicas: Send + Sync + 'static {
     /// A verified head of `bucket` is in the local store: bring the local
     /// replica to it (fast-forward or merge). Returns the local head after,
     /// when it differs from `head` (a merge to announce).
-    fn apply_head(&self, bucket: &BucketId, head: &Hash) -> Result<Option<Hash>, String>;
+    fn apply_head(&self, bucket: &BucketId, head: &Hash) -> Result<Option<Hash>, ApplyError>;
     /// Share `bucket` with `node` (a new version) and return the head that does.
-    fn grant(&self, bucket: &BucketId, node: &NodeId) -> Result<Hash, String>;
+    fn grant(&self, bucket: &BucketId, node: &NodeId) -> Result<Hash, ApplyError>;
 }
 
 /// Asks the control plane whether a node is registered now.
@@ -528,7 +542,7 @@ impl Remote {
         hash: Hash,
         source: Option<&(BucketId, SecretKey)>,
     ) -> Result<Vec<Hash>, SyncError> {
-        let missing = client::fetch_blobs(inner, bucket, &[hash], true)
+        let missing = client::fetch_blobs(inner, bucket, &[hash])
             .await
             .unwrap_or_else(|_| vec![hash]);
         match source {

@@ -221,7 +221,10 @@ async fn serve(
                                 });
                                 Response::Enrolled { head }
                             }
-                            Err(why) => refuse(why),
+                            Err(e) => {
+                                tracing::warn!(%bucket, %peer, error = %e, "could not enroll a peer");
+                                refuse(format!("could not share the bucket: {e}"))
+                            }
                         }
                     }
                 },

@@ -17,27 +17,19 @@ struct OnDisk {
 }
 
 impl Replicas for OnDisk {
-    fn apply_head(&self, bucket: &BucketId, head: &Hash) -> Result<Option<Hash>, String> {
-        let b = self
-            .state
-            .open_bucket(bucket, &self.kek)
-            .map_err(|e| e.to_string())?;
-        let mut m = b.mount().map_err(|e| e.to_string())?;
-        let r = m
-            .merge_from(head, &ConflictFile)
-            .map_err(|e| e.to_string())?;
+    fn apply_head(&self, bucket: &BucketId, head: &Hash) -> Result<Option<Hash>, ApplyError> {
+        let b = self.state.open_bucket(bucket, &self.kek)?;
+        let mut m = b.mount()?;
+        let r = m.merge_from(head, &ConflictFile)?;
         let v = r.version.unwrap_or(*head);
         Ok((v != *head).then_some(v))
     }
 
-    fn grant(&self, bucket: &BucketId, node: &NodeId) -> Result<Hash, String> {
-        let b = self
-            .state
-            .open_bucket(bucket, &self.kek)
-            .map_err(|e| e.to_string())?;
-        let mut m = b.mount().map_err(|e| e.to_string())?;
-        m.grant(node).map_err(|e| e.to_string())?;
-        Ok(m.save().map_err(|e| e.to_string())?.hash)
+    fn grant(&self, bucket: &BucketId, node: &NodeId) -> Result<Hash, ApplyError> {
+        let b = self.state.open_bucket(bucket, &self.kek)?;
+        let mut m = b.mount()?;
+        m.grant(node)?;
+        Ok(m.save()?.hash)
     }
 }
 
@@ -212,7 +204,7 @@ async fn a_tampered_blob_in_transit_is_never_stored() {
     let liar = LiarPeer::start(&b).await;
     let want = Hash::of(b"what b asks for");
     b.engine.set_peers(id, vec![liar.peer.clone()]);
-    let missing = client::fetch_blobs(&b.engine.inner, id, &[want], false)
+    let missing = client::fetch_blobs(&b.engine.inner, id, &[want])
         .await
         .unwrap();
     assert_eq!(missing, vec![want], "the lie is not taken");
@@ -358,7 +350,7 @@ async fn blob_throughput_on_loopback() {
         hashes.push(blob.0);
     }
     let start = Instant::now();
-    let missing = client::fetch_blobs(&b.engine.inner, id, &hashes, true)
+    let missing = client::fetch_blobs(&b.engine.inner, id, &hashes)
         .await
         .unwrap();
     let t = start.elapsed();

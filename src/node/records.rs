@@ -1,5 +1,5 @@
-//! Background tasks of the node plugin that keep Postgres informed: mount
-//! records, bucket heads and the node's own registration. Each retries while
+//! The node agent's tasks that keep Postgres informed: mount records,
+//! bucket heads and the node's own registration. Each retries while
 //! Postgres is down; the node keeps serving from its local records meanwhile.
 
 use std::collections::BTreeMap;
@@ -7,25 +7,26 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
 
+use crate::bucket::BucketId;
 use crate::db::Db;
-use crate::fuse::mount_manager::{MountRecord, SyncEvent};
+use crate::fuse::{MountRecord, SyncEvent};
 
 const RETRY: Duration = Duration::from_secs(2);
 
 /// Mirror mount record changes into the `mounts` table (latest wins).
 pub async fn mirror_mounts(db: Db, node_id: String, mut rx: mpsc::UnboundedReceiver<MountRecord>) {
-    let mut pending: BTreeMap<String, MountRecord> = BTreeMap::new();
+    let mut pending: BTreeMap<BucketId, MountRecord> = BTreeMap::new();
     loop {
         if pending.is_empty() {
             match rx.recv().await {
                 Some(r) => {
-                    pending.insert(r.volume_id.clone(), r);
+                    pending.insert(r.volume_id, r);
                 }
                 None => return,
             }
         }
         while let Ok(r) = rx.try_recv() {
-            pending.insert(r.volume_id.clone(), r);
+            pending.insert(r.volume_id, r);
         }
         let mut failed = false;
         for (volume, r) in std::mem::take(&mut pending) {
@@ -37,7 +38,7 @@ pub async fn mirror_mounts(db: Db, node_id: String, mut rx: mpsc::UnboundedRecei
             let published = !r.targets.is_empty();
             if let Err(e) = db
                 .upsert_mount(
-                    &volume,
+                    &volume.to_hex(),
                     &node_id,
                     &path,
                     r.status.as_db(),
@@ -46,7 +47,7 @@ pub async fn mirror_mounts(db: Db, node_id: String, mut rx: mpsc::UnboundedRecei
                 )
                 .await
             {
-                tracing::debug!(volume, error = %e, "mount record not mirrored yet");
+                tracing::debug!(%volume, error = %e, "mount record not mirrored yet");
                 pending.insert(volume, r);
                 failed = true;
             }
@@ -64,7 +65,7 @@ type PendingHead = (crate::store::Hash, u64, u64);
 /// latest head of each volume waits until Postgres takes it, however long
 /// it is down (an outage must not leave a stale head behind).
 pub async fn report_heads(db: Db, node_id: String, mut events: broadcast::Receiver<SyncEvent>) {
-    let mut pending: BTreeMap<String, PendingHead> = BTreeMap::new();
+    let mut pending: BTreeMap<BucketId, PendingHead> = BTreeMap::new();
     let mut closed = false;
     loop {
         if pending.is_empty() {
@@ -91,7 +92,7 @@ pub async fn report_heads(db: Db, node_id: String, mut events: broadcast::Receiv
         for (volume, (head, height, used)) in std::mem::take(&mut pending) {
             let reported = db
                 .report_head(
-                    &volume,
+                    &volume.to_hex(),
                     &node_id,
                     &head.to_string(),
                     height as i64,
@@ -99,7 +100,7 @@ pub async fn report_heads(db: Db, node_id: String, mut events: broadcast::Receiv
                 )
                 .await;
             if let Err(e) = reported {
-                tracing::debug!(volume, error = %e, "head not reported yet");
+                tracing::debug!(%volume, error = %e, "head not reported yet");
                 pending.entry(volume).or_insert((head, height, used));
                 failed = true;
             }
@@ -128,22 +129,22 @@ pub async fn report_heads(db: Db, node_id: String, mut events: broadcast::Receiv
 /// Note a head event in `pending` (latest wins); false once the channel closed.
 fn take_event(
     e: Result<SyncEvent, broadcast::error::RecvError>,
-    pending: &mut BTreeMap<String, PendingHead>,
+    pending: &mut BTreeMap<BucketId, PendingHead>,
 ) -> bool {
     match e {
         Ok(SyncEvent::Committed {
-            volume_id,
+            volume,
             head,
             height,
             used_bytes,
         })
         | Ok(SyncEvent::MountInvalidated {
-            volume_id,
+            volume,
             head,
             height,
             used_bytes,
         }) => {
-            pending.insert(volume_id, (head, height, used_bytes));
+            pending.insert(volume, (head, height, used_bytes));
             true
         }
         Err(broadcast::error::RecvError::Lagged(n)) => {

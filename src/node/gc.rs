@@ -1,4 +1,4 @@
-//! The node's garbage collection: deleted volumes' buckets leave this node,
+//! The node agent's garbage collection: deleted volumes' buckets leave this node,
 //! old versions go by each volume's `historyRetention` (snapshots, clone
 //! sources and reported heads pinned), and the blobs nothing retained uses
 //! any more are removed. It needs Postgres to know what is deleted and
@@ -69,7 +69,7 @@ pub async fn pass(
             db.mark_gc_done(&vid, node_id).await?;
             continue;
         };
-        if manager.get(&vid).is_ok() {
+        if manager.get(&id).is_ok() {
             continue; // still staged here: collected once unstaged
         }
         if state.has_bucket(&id) {
@@ -89,7 +89,7 @@ pub async fn pass(
             plans.push((id, None));
             continue;
         };
-        let retention = super::params::retention_of(&vol.parameters, &vol.mutable_parameters);
+        let retention = vol.retention();
         let pinned: HashSet<Hash> = db
             .pinned_heads(&vid)
             .await?

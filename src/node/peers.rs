@@ -1,5 +1,4 @@
-//! Wiring the sync engine into the node: the MountManager as what applies
-//! pulled heads and grants membership, the peer lists kept current from
+//! The node agent's peers: the sync engine's lists kept current from
 //! Postgres (freshest head first; the last lists stay in force while
 //! Postgres is down), and every local commit announced to the peers.
 
@@ -9,28 +8,32 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use crate::bucket::BucketId;
-use crate::crypto::NodeId;
+use crate::bucket::{BucketId, StateDir};
+use crate::crypto::{Kek, NodeId};
 use crate::db::{Db, NodeSyncRow};
-use crate::fuse::mount_manager::{MountManager, SyncEvent};
-use crate::store::Hash;
-use crate::sync::{Peer, Replicas, SyncEngine};
+use crate::fuse::SyncEvent;
+use crate::sync::{Peer, SyncEngine};
 
-/// The node's mounts as the sync engine's replicas.
-pub struct MountReplicas(pub MountManager);
-
-impl Replicas for MountReplicas {
-    fn apply_head(&self, bucket: &BucketId, head: &Hash) -> Result<Option<Hash>, String> {
-        self.0
-            .apply_remote_head(&bucket.to_hex(), head)
-            .map_err(|e| e.to_string())
-    }
-
-    fn grant(&self, bucket: &BucketId, node: &NodeId) -> Result<Hash, String> {
-        self.0
-            .grant_member(&bucket.to_hex(), node)
-            .map_err(|e| e.to_string())
-    }
+/// The `ip:port` addresses to register for a sync endpoint bound to `bound`.
+pub fn sync_addresses(
+    bound: &[std::net::SocketAddr],
+    advertise: Option<std::net::IpAddr>,
+) -> Vec<String> {
+    let mut out: Vec<String> = bound
+        .iter()
+        .filter(|a| a.is_ipv4())
+        .map(|a| {
+            let ip = match advertise {
+                Some(ip) => ip,
+                None if a.ip().is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+                None => a.ip(),
+            };
+            std::net::SocketAddr::new(ip, a.port()).to_string()
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// A row of [`Db::sync_peers`] as a peer (rows with an unusable id dropped).
@@ -47,9 +50,13 @@ pub fn peer_of(row: &NodeSyncRow) -> Option<Peer> {
 }
 
 /// The peers Postgres lists for `volume`, freshest first.
-pub async fn peers_of(db: &Db, volume: &str, me: &str) -> Result<Vec<Peer>, crate::db::DbError> {
+pub async fn peers_of(
+    db: &Db,
+    volume: &BucketId,
+    me: &str,
+) -> Result<Vec<Peer>, crate::db::DbError> {
     Ok(db
-        .sync_peers(volume, me)
+        .sync_peers(&volume.to_hex(), me)
         .await?
         .iter()
         .filter_map(peer_of)
@@ -61,11 +68,12 @@ pub async fn refresh_peers(
     db: Db,
     me: String,
     engine: SyncEngine,
-    manager: MountManager,
+    state: std::sync::Arc<StateDir>,
+    kek: std::sync::Arc<Kek>,
     every: Duration,
 ) {
     loop {
-        if let Err(e) = refresh_once(&db, &me, &engine, &manager).await {
+        if let Err(e) = refresh_once(&db, &me, &engine, &state, &kek).await {
             tracing::debug!(error = %e, "peer lists not refreshed (Postgres down?); the last ones stay in force");
         }
         tokio::time::sleep(every).await;
@@ -76,7 +84,8 @@ async fn refresh_once(
     db: &Db,
     me: &str,
     engine: &SyncEngine,
-    manager: &MountManager,
+    state: &StateDir,
+    kek: &Kek,
 ) -> Result<(), crate::db::DbError> {
     let nodes: Vec<Peer> = db
         .registered_nodes()
@@ -88,24 +97,17 @@ async fn refresh_once(
         engine.set_addresses(p.node, p.addrs.clone());
     }
     engine.set_registered(nodes.iter().map(|p| p.node).collect::<HashSet<NodeId>>());
-    let state = manager.state();
     let mut buckets: Vec<BucketId> = state.list_buckets().unwrap_or_default();
     // A clone's source, for the chunks the clone reads from its tree.
     let sources: Vec<BucketId> = buckets
         .iter()
-        .filter_map(|b| {
-            state
-                .source_of(b, manager.kek())
-                .ok()
-                .flatten()
-                .map(|(s, _)| s)
-        })
+        .filter_map(|b| state.source_of(b, kek).ok().flatten().map(|(s, _)| s))
         .collect();
     buckets.extend(sources);
     buckets.sort();
     buckets.dedup();
     for b in buckets {
-        engine.set_peers(b, peers_of(db, &b.to_hex(), me).await?);
+        engine.set_peers(b, peers_of(db, &b, me).await?);
     }
     Ok(())
 }
@@ -115,13 +117,9 @@ async fn refresh_once(
 pub async fn announce_commits(engine: SyncEngine, mut events: broadcast::Receiver<SyncEvent>) {
     loop {
         match events.recv().await {
-            Ok(SyncEvent::Committed {
-                volume_id, head, ..
-            }) => {
-                if let Ok(b) = BucketId::from_hex(&volume_id) {
-                    let e = engine.clone();
-                    tokio::spawn(async move { e.announce(b, head).await });
-                }
+            Ok(SyncEvent::Committed { volume, head, .. }) => {
+                let e = engine.clone();
+                tokio::spawn(async move { e.announce(volume, head).await });
             }
             Ok(SyncEvent::MountInvalidated { .. }) => {}
             Err(broadcast::error::RecvError::Lagged(n)) => {

@@ -1,4 +1,4 @@
-//! The node plugin's Kubernetes tasks (only with an API server): its Node's
+//! The node agent's Kubernetes tasks (only with an API server): its Node's
 //! labels into Postgres, Events on claims and pods for what users must see,
 //! and the removal of pod targets whose pod is gone.
 //!
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use super::locks::VolumeLocks;
+use crate::bucket::BucketId;
 use crate::db::Db;
 use crate::fuse::{MountManager, Notice, PodRef};
 use crate::k8s::events::{EventType, Involved, Recorder};
@@ -56,8 +57,8 @@ pub async fn label_node(client: kube::Client, db: Db, node_id: String) {
 
 /// The claim a volume was provisioned for (the provisioner's
 /// `--extra-create-metadata` parameters), from its Postgres record.
-async fn claim_of(db: &Db, volume_id: &str) -> Option<Involved> {
-    let v = db.volume_by_id(volume_id).await.ok()??;
+async fn claim_of(db: &Db, volume: &BucketId) -> Option<Involved> {
+    let v = db.volume_by_id(&volume.to_hex()).await.ok()??;
     let params: HashMap<String, String> = serde_json::from_str(&v.parameters).ok()?;
     Some(Involved::claim(
         params.get("csi.storage.k8s.io/pvc/namespace")?,
@@ -65,15 +66,15 @@ async fn claim_of(db: &Db, volume_id: &str) -> Option<Involved> {
     ))
 }
 
-fn pods_of(manager: &MountManager, volume_id: &str) -> Vec<PodRef> {
+fn pods_of(manager: &MountManager, volume: &BucketId) -> Vec<PodRef> {
     manager
-        .get(volume_id)
+        .get(volume)
         .map(|r| r.targets.into_iter().filter_map(|t| t.pod).collect())
         .unwrap_or_default()
 }
 
 /// The Event for a notice: (volume, type, reason, message, extra pod).
-fn describe(notice: &Notice) -> (&str, EventType, &'static str, String, Option<PodRef>) {
+fn describe(notice: &Notice) -> (&BucketId, EventType, &'static str, String, Option<PodRef>) {
     match notice {
         Notice::ConflictsResolved { volume_id, copies } => (
             volume_id,
@@ -144,7 +145,7 @@ pub async fn post_events(
             match recorder.record(object, kind, reason, &message).await {
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(volume, reason, object = %object.name, error = %e, "could not post an event")
+                    tracing::warn!(%volume, reason, object = %object.name, error = %e, "could not post an event")
                 }
             }
         }
@@ -204,7 +205,7 @@ pub async fn sweep_targets(
 async fn remove_target(
     manager: &MountManager,
     locks: &VolumeLocks,
-    volume: &str,
+    volume: &BucketId,
     path: PathBuf,
     pod: PodRef,
 ) {
@@ -212,20 +213,20 @@ async fn remove_target(
         return; // A CSI request works on it; next sweep.
     };
     let m = manager.clone();
-    let volume = volume.to_string();
+    let volume = *volume;
     let done = tokio::task::spawn_blocking(move || {
         m.remove_target(&volume, &path)?;
         crate::metrics::orphan_target_removed();
-        tracing::warn!(volume, target = %path.display(), pod = %format!("{}/{}", pod.namespace, pod.name), "removed a target whose pod is gone");
+        tracing::warn!(%volume, target = %path.display(), pod = %format!("{}/{}", pod.namespace, pod.name), "removed a target whose pod is gone");
 
         m.notify(Notice::TargetRemoved {
-            volume_id: volume.clone(),
+            volume_id: volume,
             path,
             pod: Some(pod),
         });
         if m.get(&volume).is_ok_and(|r| r.targets.is_empty()) {
             m.delete(&volume)?;
-            tracing::warn!(volume, "unstaged: no pod uses it any more");
+            tracing::warn!(%volume, "unstaged: no pod uses it any more");
         }
         Ok::<(), crate::fuse::MountError>(())
     })

@@ -1,0 +1,248 @@
+//! Staging a volume on this node: its bucket brought here (fetched from the
+//! nodes that hold it, a clone's source version fetched, or a new bucket
+//! under the controller's secret), opened only with keys the cryptography
+//! accepts for this very record (a Postgres row pointing elsewhere does not
+//! open), then mounted with the volume's quota and its head reported.
+
+use std::path::PathBuf;
+
+use super::{peers::peers_of, NodeAgent, NodeError};
+use crate::bucket::{BucketError, BucketId, BucketOptions, StateDir};
+use crate::crypto::{Kek, SecretKey, UnwrapError, WrapContext};
+use crate::db::{HeadKey, KeyError, VolumeRecord};
+use crate::fuse::MountOptions;
+use crate::store::Hash;
+
+fn parse_id(id: &str) -> Result<BucketId, NodeError> {
+    BucketId::from_hex(id)
+        .map_err(|_| NodeError::Internal(format!("malformed bucket id {id:?} in a record")))
+}
+
+fn source_head(src: &HeadKey) -> Result<Hash, NodeError> {
+    src.head
+        .as_deref()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| NodeError::Internal("malformed source head in the volume record".into()))
+}
+
+impl NodeAgent {
+    /// The cluster key-encryption key.
+    pub fn kek(&self) -> &Kek {
+        &self.kek
+    }
+
+    /// Bring what staging `vol` needs onto this node: a bucket other nodes
+    /// hold is fetched from them (tree now, chunks on demand and in the
+    /// background) — never a fresh empty version while any node reported a
+    /// head; a clone's source version is fetched if it is not here.
+    pub async fn prepare_bucket(
+        &self,
+        vol: &VolumeRecord,
+        secret: &SecretKey,
+        tenant: Option<&Kek>,
+    ) -> Result<(), NodeError> {
+        let id = parse_id(&vol.id)?;
+        if self.state.has_bucket(&id) {
+            return Ok(());
+        }
+        if self.db.latest_head(&vol.id).await?.is_some() {
+            let peers = peers_of(&self.db, &id, &self.node_id).await?;
+            self.sync
+                .fetch_bucket(id, secret.clone(), peers)
+                .await
+                .map_err(|e| {
+                    NodeError::PeersUnavailable(format!(
+                        "volume {} is held by other nodes and none that holds it answered: {e}",
+                        vol.id
+                    ))
+                })?;
+            let sync = self.sync.clone();
+            tokio::spawn(async move {
+                match sync.complete(id).await {
+                    Ok(n) => {
+                        tracing::info!(bucket = %id, chunks = n, "bucket complete on this node")
+                    }
+                    Err(e) => {
+                        tracing::warn!(bucket = %id, error = %e, "bucket not complete yet; reads fetch what they need")
+                    }
+                }
+            });
+            return Ok(());
+        }
+        if let Some(src) = HeadKey::of_clone_source(vol) {
+            let head = source_head(&src)?;
+            if !self.state.store().contains(&head) {
+                let src_secret = src.open(
+                    &self.kek,
+                    tenant,
+                    &format!("the source of volume {}", vol.id),
+                )?;
+                let src_id = parse_id(&src.bucket)?;
+                let peers = peers_of(&self.db, &src_id, &self.node_id).await?;
+                self.sync
+                    .fetch_foreign_version(src_id, src_secret, head, peers)
+                    .await
+                    .map_err(|e| {
+                        NodeError::PeersUnavailable(format!(
+                            "the version volume {} starts from is on no node that answered: {e}",
+                            vol.id
+                        ))
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Mount `vol`'s bucket (made if it is not here yet, see
+    /// [`ensure_bucket`]) at `staging` with `options`, give it the volume's
+    /// capacity as its quota, and report its head to Postgres.
+    pub async fn mount_volume(
+        &self,
+        vol: &VolumeRecord,
+        secret: SecretKey,
+        tenant: Option<Kek>,
+        staging: PathBuf,
+        options: MountOptions,
+    ) -> Result<(), NodeError> {
+        let id = parse_id(&vol.id)?;
+        let (state, kek, manager) = (self.state.clone(), self.kek.clone(), self.manager.clone());
+        let vol = vol.clone();
+        let quota = vol.capacity_bytes as u64;
+        tokio::task::spawn_blocking(move || {
+            ensure_bucket(&state, &kek, &vol, secret, tenant.as_ref())?;
+            std::fs::create_dir_all(&staging).map_err(|source| NodeError::Io {
+                what: "creating",
+                path: staging.clone(),
+                source,
+            })?;
+            manager.create_mount(&id, &staging, options)?;
+            manager.start(&id)?;
+            // The volume's capacity is its quota on every node.
+            if let Some(live) = manager.get_live_mount(&id) {
+                let mut m = live.lock();
+                if !m.is_read_only() && m.usage().quota != Some(quota) {
+                    m.set_quota(Some(quota))
+                        .map_err(NodeError::bucket("setting the quota"))?;
+                    drop(m);
+                    live.commit_now()
+                        .map_err(NodeError::bucket("committing the quota"))?;
+                }
+            }
+            Ok::<(), NodeError>(())
+        })
+        .await
+        .map_err(|e| NodeError::Internal(format!("mount worker failed: {e}")))??;
+        self.report_head(&id).await;
+        Ok(())
+    }
+
+    /// Record the live mount's head in Postgres (for snapshots and clones).
+    pub async fn report_head(&self, volume: &BucketId) {
+        let Some(live) = self.manager.get_live_mount(volume) else {
+            return;
+        };
+        let saved = live.lock().base();
+        if let Err(e) = self
+            .db
+            .report_head(
+                &volume.to_hex(),
+                &self.node_id,
+                &saved.hash.to_string(),
+                saved.height as i64,
+                Some(saved.used_bytes as i64),
+            )
+            .await
+        {
+            tracing::warn!(%volume, error = %e, "could not report the head; will report at the next commit");
+        }
+    }
+
+    /// With Postgres down, a tenant's volume staged here is confirmed with
+    /// the node's own tenant check: the request must carry the same tenant key.
+    pub fn verify_local_tenant(
+        &self,
+        id: &BucketId,
+        tenant: Option<&Kek>,
+    ) -> Result<(), NodeError> {
+        let Some(check) = self
+            .state
+            .tenant_check(id)
+            .map_err(NodeError::bucket("reading the tenant check"))?
+        else {
+            return Ok(());
+        };
+        let key_error = |source| KeyError {
+            what: format!("volume {id}"),
+            source,
+        };
+        let t = tenant.ok_or_else(|| key_error(UnwrapError::TenantKeyRequired))?;
+        t.unwrap_for(&check, &WrapContext::node_local(&id.to_hex()), false)
+            .map(|_| ())
+            .map_err(|_| key_error(UnwrapError::WrongTenantKey).into())
+    }
+}
+
+/// Make sure `vol`'s bucket (whose secret is `secret`) is in `state`: an
+/// O(1) clone of its source's version, or a new bucket; a tenant's volume
+/// also gets the node-local tenant check.
+fn ensure_bucket(
+    state: &StateDir,
+    kek: &Kek,
+    vol: &VolumeRecord,
+    secret: SecretKey,
+    tenant: Option<&Kek>,
+) -> Result<(), NodeError> {
+    let id = parse_id(&vol.id)?;
+    if !state.has_bucket(&id) {
+        match HeadKey::of_clone_source(vol) {
+            Some(src) => {
+                let head = source_head(&src)?;
+                let src_secret =
+                    src.open(kek, tenant, &format!("the source of volume {}", vol.id))?;
+                let src_id = parse_id(&src.bucket)?;
+                let source = state.bucket_with_secret(&src_id, src_secret.clone());
+                state
+                    .clone_bucket_with_secret(id, secret.clone(), &source, &head, kek)
+                    .map_err(|e| match e {
+                        BucketError::Store(_) | BucketError::VersionNotFound(_) => {
+                            NodeError::PeersUnavailable(format!(
+                                "the source version {head} is not on this node yet: {e}"
+                            ))
+                        }
+                        e => NodeError::bucket("cloning the source")(e),
+                    })?;
+                // Chunks of the source's tree not here come from its peers.
+                state
+                    .set_source(&id, &src_id, &src_secret, kek)
+                    .map_err(NodeError::bucket("recording the clone's source"))?;
+            }
+            None => {
+                let opts = BucketOptions {
+                    quota: Some(vol.capacity_bytes as u64),
+                    chunk_size: vol.chunk_size as u32,
+                    root_mode: 0o777,
+                    ..Default::default()
+                };
+                state
+                    .create_bucket_with_secret(id, secret.clone(), kek, &opts)
+                    .map_err(NodeError::bucket("creating the bucket"))?;
+            }
+        }
+    }
+    if let Some(t) = tenant.filter(|_| vol.tenant_wrapped_key.is_some()) {
+        if state
+            .tenant_check(&id)
+            .map_err(NodeError::bucket("reading the tenant check"))?
+            .is_none()
+        {
+            let check = t
+                .wrap_for(&secret, &WrapContext::node_local(&vol.id))
+                .map_err(|e| NodeError::Internal(format!("sealing the tenant check: {e}")))?;
+            state
+                .set_tenant_check(&id, &check)
+                .map_err(NodeError::bucket("recording the tenant check"))?;
+        }
+    }
+    Ok(())
+}
