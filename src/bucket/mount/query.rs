@@ -1,5 +1,6 @@
 //! Reads: attributes, lookups, directory listings, symlink targets, file
-//! bytes and xattrs. None of them changes the tree (no atime).
+//! bytes and xattrs, and where the chunks they need come from (the read
+//! cache, peers). None of them changes the tree (no atime).
 
 use std::sync::Arc;
 use std::time::SystemTime;
