@@ -10,8 +10,6 @@ pub mod csi;
 pub mod db;
 pub mod durable;
 pub mod fuse;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod k8s;
 pub mod metrics;
 pub mod netns;

@@ -1,5 +1,5 @@
 //! The `cargo fuzz` targets of `fuzz/` (one per decoder of bytes from disk
-//! or a peer, in `jax_csi::fuzzing`), run under proptest so CI runs them on
+//! or a peer, in `fuzz/src/lib.rs`), run under proptest so CI runs them on
 //! stable: every file of the committed corpus as it is, then mutations of
 //! corpus files (bit flips, truncations, insertions, overwrites, splices)
 //! and random bytes. A panic in a decoder, or a broken round trip, fails
@@ -9,7 +9,10 @@
 
 use std::path::{Path, PathBuf};
 
-use jax_csi::fuzzing::{regressions, seeds, TARGETS};
+#[path = "../fuzz/src/lib.rs"]
+mod fuzzing;
+
+use fuzzing::{regressions, seeds, TARGETS};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -224,7 +227,7 @@ fn every_target_has_a_corpus() {
     }
 }
 
-/// Writes the seeds and regressions (`jax_csi::fuzzing::seeds`,
+/// Writes the seeds and regressions (`fuzzing::seeds`,
 /// `regressions`) into `fuzz/corpus/`:
 /// `cargo test --test fuzz_decoders -- --ignored write_seed_corpus`.
 #[test]

@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = jax_csi::fuzzing::key_material(data);
+    let _ = jax_csi_fuzz::key_material(data);
 });

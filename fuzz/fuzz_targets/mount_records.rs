@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = jax_csi::fuzzing::mount_records(data);
+    let _ = jax_csi_fuzz::mount_records(data);
 });

@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = jax_csi::fuzzing::state_files(data);
+    let _ = jax_csi_fuzz::state_files(data);
 });

@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = jax_csi::fuzzing::tree_node(data);
+    let _ = jax_csi_fuzz::tree_node(data);
 });

@@ -18,7 +18,7 @@ use super::tree::Timestamp;
 use crate::crypto::{Identity, KeyShare, NodeId, SIGNATURE_LEN};
 use crate::store::{BlobStore, Hash};
 
-pub(crate) const MAGIC: &[u8; 4] = b"JAXM";
+pub const MAGIC: &[u8; 4] = b"JAXM";
 
 /// Chunk sizes a bucket may have: powers of two from 4 KiB to 16 MiB.
 pub fn valid_chunk_size(cs: u32) -> bool {
@@ -97,7 +97,7 @@ pub struct Manifest {
     pub signature: [u8; SIGNATURE_LEN],
 }
 
-pub(crate) fn signing_input(body_bytes: &[u8]) -> Vec<u8> {
+pub fn signing_input(body_bytes: &[u8]) -> Vec<u8> {
     let mut msg = Vec::with_capacity(SIGNING_CONTEXT.len() + body_bytes.len());
     msg.extend_from_slice(SIGNING_CONTEXT);
     msg.extend_from_slice(body_bytes);

@@ -29,16 +29,18 @@ mod replica;
 mod retention;
 mod tree;
 
-/// Decoders private to this module, for `crate::fuzzing` (which feeds them
-/// arbitrary bytes).
-pub(crate) mod decoders {
-    pub(crate) use super::chunk_map::ChunkMap;
-    pub(crate) use super::chunks::{allocated, ChunkIo, FileData};
-    pub(crate) use super::codec::{encode, Tag, DIR_VERSION};
-    pub(crate) use super::links::split_nlink;
-    pub(crate) use super::manifest::{check_link, signing_input, MAGIC};
-    pub(crate) use super::tree::{DirNode, Entry, EntryKind, FileNode, KeyBytes, Link, Meta};
-    pub(crate) use super::{read_hashes, write_hashes};
+/// Decoders private to this module, for the fuzz harness (`fuzz/src/lib.rs`,
+/// also run by `tests/fuzz_decoders.rs`), which feeds them arbitrary bytes.
+/// Not an API: re-exports only.
+#[doc(hidden)]
+pub mod decoders {
+    pub use super::chunk_map::ChunkMap;
+    pub use super::chunks::{allocated, ChunkIo, FileData};
+    pub use super::codec::{encode, Tag, DIR_VERSION};
+    pub use super::links::split_nlink;
+    pub use super::manifest::{check_link, signing_input, MAGIC};
+    pub use super::tree::{DirNode, Entry, EntryKind, FileNode, KeyBytes, Link, Meta};
+    pub use super::{read_hashes, write_hashes, BucketCore};
 }
 
 pub use chunks::{ReadBuf, ReadPlan, RemoteBlobs, DEFAULT_CHUNK_SIZE};
@@ -104,7 +106,7 @@ pub struct VersionInfo {
 }
 
 /// What a bucket's open handles share: its id, where it lives and its secret.
-pub(crate) struct BucketCore {
+pub struct BucketCore {
     pub id: BucketId,
     pub dir: PathBuf,
     pub store: Arc<BlobStore>,
@@ -297,7 +299,7 @@ impl BucketCore {
 }
 
 /// A file of hex hashes, one a line (missing = none).
-pub(crate) fn read_hashes(path: &Path) -> Result<HashSet<Hash>> {
+pub fn read_hashes(path: &Path) -> Result<HashSet<Hash>> {
     match std::fs::read_to_string(path) {
         Ok(text) => text
             .lines()
@@ -314,7 +316,7 @@ pub(crate) fn read_hashes(path: &Path) -> Result<HashSet<Hash>> {
     }
 }
 
-pub(crate) fn write_hashes(path: &Path, hashes: &HashSet<Hash>) -> Result<()> {
+pub fn write_hashes(path: &Path, hashes: &HashSet<Hash>) -> Result<()> {
     let mut sorted: Vec<String> = hashes.iter().map(Hash::to_hex).collect();
     sorted.sort();
     let mut text = sorted.join("\n");

@@ -2,6 +2,12 @@
 //! for the `cargo fuzz` targets in `fuzz/` and for `tests/fuzz_decoders.rs`,
 //! which runs the same functions under proptest in CI.
 //!
+//! This file is the fuzz crate's library (`jax_csi_fuzz`, which the targets
+//! in `fuzz_targets/` call) and is included as a module by
+//! `tests/fuzz_decoders.rs` (`#[path]`), so the library of jax-csi does not
+//! compile it. The decoders private to `jax_csi::bucket` are reached
+//! through its hidden `bucket::decoders` module.
+//!
 //! Each function hands its input to the real decoder, which must refuse
 //! bad bytes with an error and never panic, hang or allocate without
 //! bound. Where a decode succeeds, what is cheap to check about the result
@@ -20,21 +26,21 @@ use std::time::SystemTime;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::bucket::decoders::{
-    allocated, check_link, encode, read_hashes, signing_input, split_nlink, write_hashes, ChunkIo,
-    ChunkMap, DirNode, Entry, EntryKind, FileData, FileNode, KeyBytes, Link, Meta, Tag,
-    DIR_VERSION, MAGIC,
+use jax_csi::bucket::decoders::{
+    allocated, check_link, encode, read_hashes, signing_input, split_nlink, write_hashes,
+    BucketCore, ChunkIo, ChunkMap, DirNode, Entry, EntryKind, FileData, FileNode, KeyBytes, Link,
+    Meta, Tag, DIR_VERSION, MAGIC,
 };
-use crate::bucket::{
-    BucketCore, BucketId, Manifest, ManifestBody, SpecialKind, Timestamp, DEFAULT_CHUNK_SIZE,
+use jax_csi::bucket::{
+    BucketId, Manifest, ManifestBody, SpecialKind, Timestamp, DEFAULT_CHUNK_SIZE,
 };
-use crate::crypto::{
+use jax_csi::crypto::{
     is_tenant_wrapped, rewrap_outer, unwrap_layered, wrap_layered, FrameLayout, Identity, Kek,
     KeyShare, NodeId, SecretKey, WrapContext, WrappedKey, SIGNATURE_LEN,
 };
-use crate::fuse::MountRecord;
-use crate::store::{slices, BlobStore, Hash, StoreError};
-use crate::sync::proto::{self, BlobFrame, Request, Response, MAX_BLOB};
+use jax_csi::fuse::MountRecord;
+use jax_csi::store::{slices, BlobStore, Hash, StoreError};
+use jax_csi::sync::proto::{self, BlobFrame, Request, Response, MAX_BLOB};
 
 /// The fixed keys every target uses (the seeds are made with them).
 pub struct Fixture {
@@ -912,7 +918,7 @@ fn tree_v1_seed() -> Vec<u8> {
 
 fn chunk_seeds() -> Vec<(String, Vec<u8>)> {
     let key = fixture().file_key.key();
-    let f = crate::crypto::FRAME_LEN;
+    let f = jax_csi::crypto::FRAME_LEN;
     let mut out = Vec::new();
     for len in [0, 1, 100, f, f + 1, 2 * f + 777] {
         let mut buf = pattern(len, 1);

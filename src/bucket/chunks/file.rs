@@ -1,0 +1,410 @@
+//! A file's content in a live mount: its chunks, dirty buffers and
+//! background seals; what it allocates (for the quota); writes, truncates
+//! and flushes.
+
+use std::collections::BTreeMap;
+use std::sync::{mpsc, Arc};
+
+use super::io::{seal_store, ChunkIo};
+use super::workers::{
+    par_map, worker_pool, Job, Sealed, SealedChunk, SealsInFlight, MAX_UNRECORDED_SEALS,
+};
+use super::MAX_FILE_SIZE;
+use crate::bucket::chunk_map::ChunkMap;
+use crate::bucket::error::{BucketError, Result};
+use crate::bucket::tree::{FileNode, KeyBytes};
+
+/// A file's content as held by a live mount.
+pub struct FileData {
+    pub size: u64,
+    pub key: KeyBytes,
+    /// Stored chunks (an index absent is a hole).
+    pub chunks: ChunkMap,
+    /// How many chunks hold data (stored, dirty or sealing): what the file
+    /// allocates, kept as it changes so the quota check is O(1).
+    data_chunks: u64,
+    /// Chunks changed since the last flush, by index.
+    pub(super) dirty: BTreeMap<u64, Vec<u8>>,
+    /// Full chunks being sealed in the background, by index.
+    pending: BTreeMap<u64, mpsc::Receiver<Sealed>>,
+    /// How many of `pending` still run.
+    seals: Arc<SealsInFlight>,
+    /// Where the last read ended, to recognise a sequential reader.
+    pub(super) last_read_end: u64,
+    /// Reads in a row that continued near where the one before ended.
+    pub(super) streak: u8,
+    /// The chunk the last small read was in: a second small read of the
+    /// same chunk loads (and caches) all of it instead of its frames.
+    pub(super) last_partial_chunk: Option<u64>,
+    /// A chunk failed to be stored (a full disk): until a flush succeeds,
+    /// writes try one first and fail as it does, so the writer keeps
+    /// seeing the error and memory does not fill with unstorable chunks.
+    store_failed: bool,
+}
+
+fn chunk_count(size: u64, cs: u64) -> usize {
+    size.div_ceil(cs) as usize
+}
+
+/// Bytes a file of `size` allocates when `data_chunks` of its chunks hold
+/// data and `last_is_data` tells whether the last one does: whole chunks,
+/// but the last one only up to the end of the file. Holes allocate nothing.
+fn allocated_bytes(size: u64, cs: u64, data_chunks: u64, last_is_data: bool) -> u64 {
+    let slack = if last_is_data && !size.is_multiple_of(cs) {
+        cs - size % cs
+    } else {
+        0
+    };
+    (data_chunks * cs).saturating_sub(slack)
+}
+
+/// Bytes a stored file allocates (chunks that are not holes).
+pub fn allocated(node: &FileNode, cs: u64) -> u64 {
+    let count = chunk_count(node.size, cs);
+    let data = node.chunks.len();
+    let last_is_data = count > 0 && node.chunks.contains(count as u64 - 1);
+    allocated_bytes(node.size, cs, data, last_is_data)
+}
+
+impl FileData {
+    pub fn empty() -> Result<Self> {
+        Ok(Self {
+            size: 0,
+            key: KeyBytes::generate()?,
+            chunks: ChunkMap::default(),
+            data_chunks: 0,
+            dirty: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            seals: Arc::default(),
+            last_read_end: 0,
+            streak: 0,
+            last_partial_chunk: None,
+            store_failed: false,
+        })
+    }
+
+    /// A stored file, checked against the chunk size: a chunk list longer
+    /// than the file or a size past the maximum is corrupt, not a panic.
+    pub fn from_node(node: &FileNode, cs: u64) -> Result<Self> {
+        if node.size > MAX_FILE_SIZE || node.chunks.end() > chunk_count(node.size, cs) as u64 {
+            return Err(BucketError::Integrity(format!(
+                "a file node of {} bytes lists chunks up to index {} of {cs} bytes",
+                node.size,
+                node.chunks.end()
+            )));
+        }
+        Ok(Self {
+            size: node.size,
+            key: node.key.clone(),
+            chunks: node.chunks.clone(),
+            data_chunks: node.chunks.len(),
+            dirty: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            seals: Arc::default(),
+            last_read_end: 0,
+            streak: 0,
+            last_partial_chunk: None,
+            store_failed: false,
+        })
+    }
+
+    /// The persisted form; only valid when nothing is dirty.
+    pub fn to_node(&self) -> FileNode {
+        debug_assert!(
+            self.dirty.is_empty() && self.pending.is_empty(),
+            "flush before persisting"
+        );
+        FileNode {
+            size: self.size,
+            key: self.key.clone(),
+            chunks: self.chunks.clone(),
+        }
+    }
+
+    /// True when chunk `i` holds data (stored, dirty or being sealed).
+    fn is_data(&self, i: u64) -> bool {
+        self.dirty.contains_key(&i) || self.pending.contains_key(&i) || self.chunks.contains(i)
+    }
+
+    /// Bytes this file allocates: its chunks that are not holes.
+    pub fn allocated(&self, cs: u64) -> u64 {
+        let count = chunk_count(self.size, cs) as u64;
+        let last_is_data = count > 0 && self.is_data(count - 1);
+        allocated_bytes(self.size, cs, self.data_chunks, last_is_data)
+    }
+
+    /// Bytes the file would allocate after writing `len` bytes at `offset`
+    /// (for the quota check before the write).
+    pub fn allocated_after_write(&self, cs: u64, offset: u64, len: u64) -> u64 {
+        if len == 0 {
+            return self.allocated(cs);
+        }
+        let end = offset + len;
+        let size = self.size.max(end);
+        let (first, last) = (offset / cs, (end - 1) / cs);
+        let fresh = (first..=last).filter(|i| !self.is_data(*i)).count() as u64;
+        let count = chunk_count(size, cs) as u64;
+        let last_is_data = (first..=last).contains(&(count - 1)) || self.is_data(count - 1);
+        allocated_bytes(size, cs, self.data_chunks + fresh, last_is_data)
+    }
+
+    /// Bytes the file would allocate at size `new_size`.
+    pub fn allocated_after_truncate(&self, cs: u64, new_size: u64) -> u64 {
+        if new_size >= self.size {
+            // Growing adds a hole; the old last chunk keeps its bytes and
+            // now counts whole if it is no longer last.
+            let count = chunk_count(new_size, cs) as u64;
+            let last_is_data = count > 0 && self.is_data(count - 1);
+            return allocated_bytes(new_size, cs, self.data_chunks, last_is_data);
+        }
+        let count = chunk_count(new_size, cs) as u64;
+        let kept = self.data_chunks - self.data_chunks_from(count);
+        let last_is_data = count > 0 && self.is_data(count - 1);
+        allocated_bytes(new_size, cs, kept, last_is_data)
+    }
+
+    /// How many data chunks have index `from` or above.
+    fn data_chunks_from(&self, from: u64) -> u64 {
+        let stored = self
+            .chunks
+            .iter_from(from)
+            .filter(|(i, _)| !self.dirty.contains_key(i) && !self.pending.contains_key(i))
+            .count() as u64;
+        let dirty = self.dirty.range(from..).count() as u64;
+        let pending = self
+            .pending
+            .range(from..)
+            .filter(|(i, _)| !self.dirty.contains_key(i))
+            .count() as u64;
+        stored + dirty + pending
+    }
+
+    /// This file's background seals, for a writer to wait on.
+    pub fn seals_in_flight(&self) -> Arc<SealsInFlight> {
+        self.seals.clone()
+    }
+
+    pub fn dirty_bytes(&self) -> u64 {
+        self.dirty.values().map(|b| b.len() as u64).sum()
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty() || !self.pending.is_empty()
+    }
+
+    /// Hand full chunk `i` to the seal workers.
+    fn submit(&mut self, io: &ChunkIo, i: u64) -> Result<()> {
+        self.record_finished_seals()?;
+        while self.pending.len() >= MAX_UNRECORDED_SEALS {
+            let oldest = *self.pending.keys().next().expect("non-empty");
+            self.wait_pending(oldest)?;
+        }
+        let Some(mut buf) = self.dirty.remove(&i) else {
+            return Ok(());
+        };
+        let (tx, rx) = mpsc::sync_channel(1);
+        let (store, key, seals) = (io.store.clone(), self.key.key(), self.seals.clone());
+        let job: Job = Box::new(move || {
+            let r = seal_store(&store, &key, &mut buf);
+            let _ = tx.send((buf, r));
+            seals.finished();
+        });
+        self.seals.started();
+        if worker_pool()
+            .lock()
+            .expect("worker queue lock")
+            .send(job)
+            .is_err()
+        {
+            self.seals.finished();
+            return Err(BucketError::InvalidArgument("seal workers are gone".into()));
+        }
+        self.pending.insert(i, rx);
+        Ok(())
+    }
+
+    /// Record the background seals that are done, without waiting: a
+    /// writer learns of a failed one (a full disk) at its next chunk.
+    fn record_finished_seals(&mut self) -> Result<()> {
+        let mut done = Vec::new();
+        self.pending.retain(|&i, rx| match rx.try_recv() {
+            Ok((buf, r)) => {
+                done.push((i, buf, r));
+                false
+            }
+            Err(_) => true,
+        });
+        if done.is_empty() {
+            return Ok(());
+        }
+        self.apply_sealed(done)
+    }
+
+    /// Wait for chunk `i`'s background seal, if any, and record its outcome.
+    pub(super) fn wait_pending(&mut self, i: u64) -> Result<()> {
+        let Some(rx) = self.pending.remove(&i) else {
+            return Ok(());
+        };
+        let (buf, r) = rx
+            .recv()
+            .map_err(|_| BucketError::InvalidArgument("seal worker died".into()))?;
+        self.apply_sealed(vec![(i, buf, r)])
+    }
+
+    /// Wait for every background seal of this file.
+    fn wait_all_pending(&mut self) -> Result<()> {
+        let mut first_err = None;
+        while let Some(&i) = self.pending.keys().next() {
+            if let Err(e) = self.wait_pending(i) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// A mutable buffer for chunk `i`, loading its stored bytes unless `overwrite_all`.
+    fn dirty_chunk(&mut self, io: &ChunkIo, i: u64, overwrite_all: bool) -> Result<&mut Vec<u8>> {
+        self.wait_pending(i)?;
+        if !self.dirty.contains_key(&i) {
+            let mut buf = io.chunk_buffer();
+            match self.chunks.get(i) {
+                Some(h) if !overwrite_all => buf.extend_from_slice(&io.load(&self.key.key(), &h)?),
+                _ => {}
+            }
+            self.dirty.insert(i, buf);
+        }
+        Ok(self.dirty.get_mut(&i).expect("just inserted"))
+    }
+
+    /// Write `data` at `offset`, extending the file as needed.
+    pub fn write(&mut self, io: &ChunkIo, offset: u64, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if self.store_failed {
+            self.flush(io, false)?;
+        }
+        let cs = io.chunk_size;
+        let end = offset + data.len() as u64;
+        if end > MAX_FILE_SIZE {
+            return Err(BucketError::FileTooLarge);
+        }
+        let old_size = self.size;
+        if end > self.size {
+            self.size = end;
+        }
+        let mut pos = offset;
+        while pos < end {
+            let i = pos / cs;
+            let chunk_start = i * cs;
+            let in_chunk = (pos - chunk_start) as usize;
+            let n = ((chunk_start + cs).min(end) - pos) as usize;
+            // Nothing old to keep if the write covers the chunk's old bytes.
+            let old_len_in_chunk = old_size.saturating_sub(chunk_start).min(cs) as usize;
+            let overwrite_all = in_chunk == 0 && n >= old_len_in_chunk;
+            let was_data = self.is_data(i);
+            let buf = self.dirty_chunk(io, i, overwrite_all)?;
+            let src = &data[(pos - offset) as usize..(pos - offset) as usize + n];
+            if buf.len() < in_chunk {
+                buf.resize(in_chunk, 0);
+            }
+            // Overwrite what overlaps, append the rest (no zero-fill of new bytes).
+            let overlap = buf.len().min(in_chunk + n) - in_chunk;
+            buf[in_chunk..in_chunk + overlap].copy_from_slice(&src[..overlap]);
+            buf.extend_from_slice(&src[overlap..]);
+            pos += n as u64;
+            if !was_data {
+                self.data_chunks += 1;
+            }
+            if in_chunk + n == cs as usize {
+                // A writer that reached the end of a chunk is moving on: seal it now.
+                self.submit(io, i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Change the size: shrinking drops and trims chunks, growing adds a hole.
+    pub fn truncate(&mut self, io: &ChunkIo, new_size: u64) -> Result<()> {
+        if new_size > MAX_FILE_SIZE {
+            return Err(BucketError::FileTooLarge);
+        }
+        self.wait_all_pending()?;
+        let cs = io.chunk_size;
+        if new_size < self.size {
+            let count = chunk_count(new_size, cs);
+            self.data_chunks -= self.data_chunks_from(count as u64);
+            self.chunks.truncate(count as u64);
+            self.dirty.retain(|i, _| (*i as usize) < count);
+            let tail = (new_size % cs) as usize;
+            let i = new_size / cs;
+            // A hole needs no trimming (and must stay a hole).
+            if tail != 0 && self.is_data(i) {
+                let buf = self.dirty_chunk(io, i, false)?;
+                buf.truncate(tail);
+            }
+        }
+        self.size = new_size;
+        Ok(())
+    }
+
+    /// Take the dirty chunks to seal. With `full_only`, keep partial chunks
+    /// buffered (an appending writer will fill them).
+    pub fn take_dirty(&mut self, cs: u64, full_only: bool) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.wait_all_pending()?;
+        let take: Vec<u64> = self
+            .dirty
+            .iter()
+            .filter(|(_, b)| !full_only || b.len() as u64 == cs)
+            .map(|(i, _)| *i)
+            .collect();
+        Ok(take
+            .into_iter()
+            .map(|i| (i, self.dirty.remove(&i).expect("listed as dirty")))
+            .collect())
+    }
+
+    /// Record sealed chunks; a failed one goes back to the dirty set so no
+    /// acknowledged byte is lost.
+    pub fn apply_sealed(&mut self, results: Vec<SealedChunk>) -> Result<()> {
+        let mut first_err = None;
+        for (i, buf, r) in results {
+            match r {
+                Ok(h) => {
+                    self.chunks.set(i, h);
+                    crate::bucket::buffers::give(buf);
+                }
+                Err(e) => {
+                    self.dirty.insert(i, buf);
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => {
+                self.store_failed = true;
+                Err(e)
+            }
+            None => {
+                if self.dirty.is_empty() && self.pending.is_empty() {
+                    self.store_failed = false;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Seal and store this file's dirty chunks, several at once.
+    pub fn flush(&mut self, io: &ChunkIo, full_only: bool) -> Result<()> {
+        let bufs = self.take_dirty(io.chunk_size, full_only)?;
+        if bufs.is_empty() {
+            return Ok(());
+        }
+        let key = self.key.key();
+        let results = par_map(bufs, |(i, mut buf)| {
+            let r = io.seal_store(&key, &mut buf);
+            (i, buf, r)
+        });
+        self.apply_sealed(results)
+    }
+}

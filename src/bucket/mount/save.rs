@@ -1,0 +1,211 @@
+//! Versions: saving the tree as a signed manifest and naming it as HEAD
+//! (at once, or in two halves around the store's sync), and replacing the
+//! tree by another version's (restore, merge, reset).
+
+use std::sync::Arc;
+
+use super::inodes::Body;
+use super::{Mount, ROOT_INO};
+use crate::bucket::error::{BucketError, Result};
+use crate::bucket::manifest::{Manifest, ManifestBody};
+use crate::bucket::ops::Op;
+use crate::bucket::tree::{Link, Timestamp};
+use crate::bucket::BucketCore;
+use crate::store::Hash;
+
+/// A saved version: its manifest address, height and the bytes it uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Saved {
+    pub hash: Hash,
+    pub height: u64,
+    pub used_bytes: u64,
+}
+
+/// A version [`Mount::prepare_save`] wrote that HEAD does not name yet.
+#[must_use = "a prepared version is named as HEAD or handed back as unpublished"]
+pub struct PreparedVersion {
+    saved: Saved,
+    core: Arc<BucketCore>,
+}
+
+impl PreparedVersion {
+    pub fn version(&self) -> Saved {
+        self.saved
+    }
+
+    /// Make HEAD name this version. Only once the store is synced, and
+    /// while nothing else may write HEAD (the caller holds off merges and
+    /// checked [`Mount::is_base`]): it needs no lock on the Mount.
+    pub fn name_head(&self) -> Result<()> {
+        self.core.name_head(&self.saved.hash)?;
+        crate::crash_point::hit("head-moved");
+        Ok(())
+    }
+}
+
+impl Mount {
+    /// Write a new signed version (`height + 1`, `previous` = the old head) and
+    /// make it the bucket's head. Saving with no changes writes nothing.
+    pub fn save(&mut self) -> Result<Saved> {
+        self.check_writable()?;
+        if !self.changed {
+            return Ok(self.base());
+        }
+        self.commit(None)
+    }
+
+    /// Flush, persist the tree and write a manifest whose parents are the
+    /// base and, for a merge, `merged`; then make it durable and the head.
+    pub(crate) fn commit(&mut self, merged: Option<(Hash, u64)>) -> Result<Saved> {
+        let (manifest, hash) = self.write_manifest(merged)?;
+        self.core.write_head(&hash)?;
+        crate::crash_point::hit("head-moved");
+        self.take_as_base(manifest, hash);
+        Ok(self.base())
+    }
+
+    /// The first half of a save, for callers that make it durable without
+    /// holding this Mount (so readers and writers of other files go on
+    /// during the fsyncs): seal, persist the tree and write the manifest,
+    /// and take it as the base. Nothing is durable and HEAD has not moved
+    /// until a sync of [`Mount::blob_store`] and then
+    /// [`PreparedVersion::name_head`]; a failure in between goes to
+    /// [`Mount::unpublished`]. `None` when there is nothing to save.
+    pub fn prepare_save(&mut self) -> Result<Option<PreparedVersion>> {
+        self.check_writable()?;
+        if !self.changed {
+            return Ok(None);
+        }
+        let (manifest, hash) = self.write_manifest(None)?;
+        self.take_as_base(manifest, hash);
+        Ok(Some(PreparedVersion {
+            saved: self.base(),
+            core: self.core.clone(),
+        }))
+    }
+
+    /// The store a prepared version's blobs wait in.
+    pub fn blob_store(&self) -> Arc<crate::store::BlobStore> {
+        self.core.store.clone()
+    }
+
+    /// Whether the prepared version is still this Mount's base (nothing
+    /// replaced it since), so naming it as HEAD loses nothing.
+    pub fn is_base(&self, prepared: &PreparedVersion) -> bool {
+        self.base_hash == prepared.saved.hash
+    }
+
+    /// A prepared version could not be made durable or named: its changes
+    /// count as unsaved again, so the next save writes them (on top of it,
+    /// which is harmless: its blobs are in the store either way).
+    pub fn unpublished(&mut self, prepared: &PreparedVersion) {
+        if self.is_base(prepared) {
+            self.changed = true;
+        }
+    }
+
+    /// The version just written is what this Mount's changes are relative to.
+    fn take_as_base(&mut self, manifest: Manifest, hash: Hash) {
+        self.base = manifest;
+        self.base_hash = hash;
+        self.changed = false;
+    }
+
+    /// Seal dirty data, persist the tree and store a signed manifest on top
+    /// of the base (and `merged`), durable or not as the store's next sync.
+    fn write_manifest(&mut self, merged: Option<(Hash, u64)>) -> Result<(Manifest, Hash)> {
+        self.flush_data()?;
+        let root_hash = self.persist_dir(ROOT_INO)?;
+        crate::crash_point::hit("tree-written");
+        let root_key = match &self.inodes[&ROOT_INO].body {
+            Body::Dir(d) => d.key.clone(),
+            _ => unreachable!("root is a directory"),
+        };
+        let height = self.base.body.height.max(merged.map(|m| m.1).unwrap_or(0)) + 1;
+        let body = ManifestBody {
+            bucket_id: self.core.id,
+            height,
+            previous: Some(self.base_hash),
+            merged: merged.map(|m| m.0),
+            root: root_hash,
+            root_key: self.core.secret.seal(&root_key.0)?,
+            chunk_size: self.io.chunk_size as u32,
+            quota: self.quota,
+            used_bytes: self.used_bytes,
+            entries: self.entries,
+            shares: self.shares.clone(),
+            author: self.core.identity.node_id(),
+            created_at: Timestamp::now(),
+        };
+        let manifest = Manifest::sign(body, &self.core.identity)?;
+        let hash = manifest.store(&self.core.store)?;
+        crate::crash_point::hit("manifest-written");
+        tracing::debug!(bucket = %self.core.id, version = %hash, height, "wrote version");
+        Ok((manifest, hash))
+    }
+
+    /// The sealed root of the current tree, persisting dirty parts first (used by merge).
+    pub(crate) fn persist_root(&mut self) -> Result<Link> {
+        self.flush_data()?;
+        let hash = self.persist_dir(ROOT_INO)?;
+        let key = match &self.inodes[&ROOT_INO].body {
+            Body::Dir(d) => d.key.clone(),
+            _ => unreachable!("root is a directory"),
+        };
+        Ok(Link { hash, key })
+    }
+
+    /// Make `version`'s tree this mount's content (unsaved until the next
+    /// save, which records it as a restore). Members stay as they are.
+    pub fn restore_version(&mut self, version: &Hash) -> Result<()> {
+        if self.read_only {
+            return Err(BucketError::ReadOnly);
+        }
+        let old = self.core.load_manifest(version)?;
+        let key = self.core.open_root_key(&old)?;
+        self.replace_tree(
+            Link {
+                hash: old.body.root,
+                key,
+            },
+            old.body.used_bytes,
+            old.body.entries,
+        )?;
+        self.log(Op::Restore {
+            version: version.to_hex(),
+        });
+        Ok(())
+    }
+
+    /// Replace the tree by the one at `root` (a merge result) with the given totals.
+    pub(crate) fn replace_tree(&mut self, root: Link, used_bytes: u64, entries: u64) -> Result<()> {
+        self.install_root(root)?;
+        // The installed root is a new tree: it must be written out on commit.
+        self.inodes.get_mut(&ROOT_INO).expect("root").dirty = true;
+        self.used_bytes = used_bytes;
+        self.entries = entries;
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Reload from another version of the same bucket, dropping local state.
+    /// The tree's inode ids are stable, so the kernel's references (and
+    /// open files) carry over: a file still in the new tree keeps its number
+    /// and shows the new content; orphans stay as they are.
+    pub(crate) fn reset_to(&mut self, hash: Hash) -> Result<()> {
+        let manifest = self.core.load_manifest(&hash)?;
+        let root = Link {
+            hash: manifest.body.root,
+            key: self.core.open_root_key(&manifest)?,
+        };
+        self.install_root(root)?;
+        self.used_bytes = manifest.body.used_bytes;
+        self.entries = manifest.body.entries;
+        self.quota = manifest.body.quota;
+        self.shares = manifest.body.shares.clone();
+        self.base = manifest;
+        self.base_hash = hash;
+        self.changed = false;
+        Ok(())
+    }
+}

@@ -1,0 +1,265 @@
+//! Unit tests of the Mount that reach into its inode table, and the
+//! `test_bucket` helper the tests of the Mount and of what drives it share.
+
+use super::inodes::Body;
+use super::*;
+use crate::bucket::chunk_map::ChunkMap;
+use crate::bucket::error::BucketError;
+use crate::bucket::tree::{DirNode, Entry, EntryKind, FileNode, KeyBytes, Meta};
+use crate::bucket::{BucketId, BucketOptions, StateDir};
+use crate::crypto::Kek;
+use crate::store::Hash;
+use test_bucket as bucket;
+
+/// A new bucket in a new state dir at `dir`, with chunks of `chunk_size`
+/// bytes (tests of the Mount and of what drives it).
+pub(crate) fn test_bucket(dir: &std::path::Path, chunk_size: u32) -> crate::bucket::Bucket {
+    let opts = crate::bucket::BucketOptions {
+        chunk_size,
+        ..Default::default()
+    };
+    crate::bucket::StateDir::open(dir)
+        .unwrap()
+        .create_bucket(
+            crate::bucket::BucketId::generate().unwrap(),
+            &crate::crypto::Kek::generate().unwrap(),
+            &opts,
+        )
+        .unwrap()
+}
+
+/// A prepared version that could not be made durable leaves its
+/// changes unsaved: the next save writes them on top of it, and HEAD
+/// names that one.
+#[test]
+fn an_unpublished_version_is_saved_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bucket(dir.path(), 4096);
+    let before = b.head().unwrap();
+    let mut m = b.mount().unwrap();
+    m.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap();
+    let prepared = m.prepare_save().unwrap().expect("a change to save");
+    assert!(!m.has_unsaved_changes());
+    assert_eq!(b.head().unwrap(), before, "HEAD moved before publish");
+    m.unpublished(&prepared);
+    assert!(m.has_unsaved_changes());
+    let saved = m.save().unwrap();
+    assert_eq!(b.head().unwrap(), saved.hash);
+    let version = b.open_version(&saved.hash).unwrap();
+    assert_eq!(version.base().height, prepared.version().height + 1);
+    let mut reopened = b.mount().unwrap();
+    reopened.lookup(ROOT_INO, b"f").unwrap();
+}
+
+/// Inode numbers are the tree's ids: the same after a reopen, and
+/// after the tree is replaced by a later version (as a sync does), so
+/// an open file follows its new content.
+#[test]
+fn inode_numbers_are_stable_across_versions_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bucket(dir.path(), 4096);
+    let mut m = b.mount().unwrap();
+    let d = m.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+    let f = m.create(d, b"f", 0o644, 0, 0).unwrap().ino;
+    m.write(f, 0, b"old").unwrap();
+    let v1 = m.save().unwrap();
+    let mut other = b.mount().unwrap();
+    let f2 = crate::bucket::path::resolve(&mut other, "/d/f").unwrap();
+    assert_eq!(f2, f, "a second mount of the version numbers it alike");
+    other.write(f2, 0, b"new!").unwrap();
+    let v2 = other.save().unwrap();
+    assert_ne!(v1.hash, v2.hash);
+    m.pin(f);
+    m.reset_to(v2.hash).unwrap();
+    assert_eq!(m.read(f, 0, 100).unwrap(), b"new!");
+    assert_eq!(m.lookup(d, b"f").unwrap().ino, f);
+}
+
+/// Holes allocate nothing: st_blocks and the usage count chunks that
+/// hold data, so a sparse file may be longer than the quota.
+#[test]
+fn blocks_count_allocated_chunks_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bucket(dir.path(), 4096);
+    let mut m = b.mount().unwrap();
+    m.set_quota(Some(1 << 20)).unwrap();
+    let f = m.create(ROOT_INO, b"sparse", 0o644, 0, 0).unwrap().ino;
+    let huge = SetAttr {
+        size: Some(1 << 40),
+        ..Default::default()
+    };
+    m.setattr(f, huge).unwrap();
+    assert_eq!(m.getattr(f).unwrap().blocks, 0);
+    m.write(f, 1 << 39, &[7; 100]).unwrap();
+    let a = m.getattr(f).unwrap();
+    assert_eq!((a.size, a.blocks), (1 << 40, 8), "one 4 KiB chunk");
+    assert_eq!(m.usage().used_bytes, 4096);
+    let saved = m.save().unwrap();
+    let mut again = b.open_version(&saved.hash).unwrap();
+    let f = crate::bucket::path::resolve(&mut again, "/sparse").unwrap();
+    assert_eq!(again.getattr(f).unwrap().blocks, 8);
+    assert_eq!(again.read(f, (1 << 39) - 2, 4).unwrap(), [0, 0, 7, 7]);
+    assert_eq!(again.usage().used_bytes, 4096);
+}
+
+/// A stored file node whose chunk list does not fit its size is an
+/// integrity error when the directory is read, never an index panic.
+#[test]
+fn a_file_node_longer_than_its_size_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bucket(dir.path(), 4096);
+    let mut m = b.mount().unwrap();
+    let key = KeyBytes::generate().unwrap();
+    let bogus = Entry {
+        name: b"bad".to_vec(),
+        ino: 99,
+        meta: Meta::new(0o644, 0, 0, [0; 8]),
+        kind: EntryKind::File(FileNode {
+            size: 10,
+            key: KeyBytes::generate().unwrap(),
+            chunks: ChunkMap::from_dense(vec![Some(Hash::of(b"x")); 5]),
+        }),
+    };
+    let node = DirNode {
+        root_meta: None,
+        links: None,
+        entries: vec![bogus],
+    };
+    let hash = node.store(&m.core.store, &key).unwrap();
+    let d = m.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+    if let Body::Dir(dd) = &mut m.inodes.get_mut(&d).unwrap().body {
+        dd.children = None;
+        dd.stored = Some(hash);
+        dd.key = key;
+    }
+    let err = m.readdir(d).unwrap_err();
+    assert!(err.is_integrity(), "{err}");
+}
+
+/// An unlinked file that is still referenced keeps its bytes and its
+/// inode number, counts on the quota, survives the tree being replaced
+/// by another version (as after a sync), and is gone once unpinned.
+#[test]
+fn orphans_count_on_the_quota_and_survive_a_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let kek = Kek::generate().unwrap();
+    let bucket = state
+        .create_bucket(
+            BucketId::generate().unwrap(),
+            &kek,
+            &BucketOptions::default(),
+        )
+        .unwrap();
+    let mut m = bucket.mount().unwrap();
+    m.set_quota(Some(10_000)).unwrap();
+    for name in [&b"x"[..], b"y", b"z"] {
+        m.create(ROOT_INO, name, 0o644, 0, 0).unwrap();
+    }
+    let a = m.create(ROOT_INO, b"a", 0o644, 0, 0).unwrap().ino;
+    m.write(a, 0, &[1u8; 4000]).unwrap();
+    m.pin(a);
+    m.unlink(ROOT_INO, b"a").unwrap();
+    assert_eq!(m.getattr(a).unwrap().nlink, 0);
+    assert_eq!(m.usage().used_bytes, 4000);
+    let b = m.create(ROOT_INO, b"b", 0o644, 0, 0).unwrap().ino;
+    assert!(matches!(
+        m.write(b, 0, &[2u8; 7000]),
+        Err(BucketError::QuotaExceeded { .. })
+    ));
+    m.write(a, 4000, &[3u8; 1000]).unwrap();
+    assert_eq!(m.usage().used_bytes, 5000);
+    m.save().unwrap();
+    // Another writer's version with more entries than this mount has
+    // handed out numbers: none of them may take the orphan's number.
+    let mut other = bucket.mount().unwrap();
+    for i in 0..10 {
+        other
+            .create(ROOT_INO, format!("n{i}").as_bytes(), 0o644, 0, 0)
+            .unwrap();
+    }
+    let theirs = other.save().unwrap();
+    m.reset_to(theirs.hash).unwrap();
+    let names: Vec<Ino> = m.readdir(ROOT_INO).unwrap().iter().map(|e| e.ino).collect();
+    assert_eq!(names.len(), 14, "x, y, z, b and n0..n9");
+    assert!(!names.contains(&a), "{names:?} reuses the orphan's {a}");
+    let mut want = vec![1u8; 4000];
+    want.extend([3u8; 1000]);
+    assert_eq!(m.read(a, 0, 6000).unwrap(), want);
+    assert_eq!(m.usage().used_bytes, 5000);
+    m.unpin(a, 1);
+    assert!(m.getattr(a).is_err());
+    assert_eq!(m.usage().used_bytes, 0);
+}
+
+/// Hard links: one file, several names; nlink counts them, data and
+/// metadata are shared, removing one name leaves the others, and all of
+/// it survives a save and a reopen (names loaded lazily, in any order).
+#[test]
+fn hard_links_share_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bucket(dir.path(), 4096);
+    let mut m = b.mount().unwrap();
+    let d = m.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+    let f = m.create(ROOT_INO, b"a", 0o644, 0, 0).unwrap().ino;
+    m.write(f, 0, b"shared bytes").unwrap();
+    assert!(matches!(
+        m.link(d, ROOT_INO, b"dirlink"),
+        Err(BucketError::NotPermitted(_))
+    ));
+    m.link(f, d, b"a").unwrap();
+    assert!(matches!(
+        m.link(f, ROOT_INO, b"a"),
+        Err(BucketError::Exists)
+    ));
+    let a = m.link(f, ROOT_INO, b"c").unwrap();
+    assert_eq!((a.ino, a.nlink), (f, 3));
+    assert_eq!(m.usage().entries, 4, "d and three names");
+    m.write(f, 0, b"SHARED").unwrap();
+    let via_d = m.lookup(d, b"a").unwrap().ino;
+    assert_eq!(m.read(via_d, 0, 64).unwrap(), b"SHARED bytes");
+    m.setattr(
+        f,
+        SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    m.unlink(ROOT_INO, b"a").unwrap();
+    assert_eq!(m.getattr(f).unwrap().nlink, 2);
+    // Renaming one name over another name of the same file does nothing.
+    m.rename(ROOT_INO, b"c", d, b"a", RenameFlags::default())
+        .unwrap();
+    assert_eq!(m.getattr(f).unwrap().nlink, 2);
+    let used = m.usage().used_bytes;
+    let saved = m.save().unwrap();
+    assert_eq!(saved.used_bytes, used);
+
+    // A fresh mount: load the subdirectory's name first.
+    let mut again = b.open_version(&saved.hash).unwrap();
+    let d2 = again.lookup(ROOT_INO, b"d").unwrap().ino;
+    let via_d = again.lookup(d2, b"a").unwrap();
+    assert_eq!((via_d.ino, via_d.nlink, via_d.mode), (f, 2, 0o600));
+    assert_eq!(again.lookup(ROOT_INO, b"c").unwrap().ino, f);
+    assert_eq!(again.read(f, 0, 64).unwrap(), b"SHARED bytes");
+    assert_eq!(again.usage().used_bytes, used);
+    b.verify().unwrap();
+
+    // Removing every name removes the file and its table entry.
+    let mut m = b.mount().unwrap();
+    let d = m.lookup(ROOT_INO, b"d").unwrap().ino;
+    m.unlink(ROOT_INO, b"c").unwrap();
+    assert_eq!(m.getattr(f).unwrap().nlink, 1);
+    m.unlink(d, b"a").unwrap();
+    assert!(m.getattr(f).is_err());
+    let saved = m.save().unwrap();
+    assert_eq!(saved.used_bytes, 0);
+    let mut last = b.open_version(&saved.hash).unwrap();
+    assert!(last
+        .readdir(ROOT_INO)
+        .unwrap()
+        .iter()
+        .all(|e| e.name != b"c"));
+    assert!(last.link_table.is_empty());
+}
