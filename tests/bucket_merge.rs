@@ -309,3 +309,95 @@ fn incoming_head_without_local_changes_fast_forwards() {
     assert_eq!(again.operations_added, 0);
     assert!(m.lookup(ROOT_INO, b"d").is_ok());
 }
+
+/// A file only node A writes gets no conflict copy even when the merge base
+/// the graph yields is older than B's copy of the file (a criss-cross of
+/// merges, as three writers make all the time): its clock says A's edit
+/// already saw B's copy. Without clocks this invents a conflict.
+#[test]
+fn a_file_one_node_writes_never_conflicts_across_criss_cross_merges() {
+    let write = |byte, len| Edit::Write { file: 0, byte, len };
+    let own = |byte| Edit::Write {
+        file: 2,
+        byte,
+        len: 10,
+    };
+    // H1: /a = v1 on both; then A: /a = v2 (H2); B: /d/x twice (HB2, higher).
+    let (a, b, kek, id, _) = diverge(&[write(1, 10)], &[write(2, 20)], &[own(7)]);
+    {
+        let mut m = b.state().open_bucket(&id, &kek).unwrap().mount().unwrap();
+        apply(&mut m, &own(8));
+        m.save().unwrap();
+    }
+    let (h2, hb2) = (head(&a.root, &id, &kek), head(&b.root, &id, &kek));
+    copy_blobs(&a.root, &b.root);
+    copy_blobs(&b.root, &a.root);
+    // Each side merges the other's head (a criss-cross) ...
+    for (r, incoming) in [(&a, hb2), (&b, h2)] {
+        let mut m = r.state().open_bucket(&id, &kek).unwrap().mount().unwrap();
+        let report = m.merge_from(&incoming, &ConflictFile).unwrap();
+        assert!(report.conflicts.is_empty(), "{report:?}");
+    }
+    // ... then A writes its file again, and B merges that.
+    {
+        let mut m = a.state().open_bucket(&id, &kek).unwrap().mount().unwrap();
+        apply(&mut m, &write(3, 30));
+        m.save().unwrap();
+    }
+    copy_blobs(&a.root, &b.root);
+    let h3 = head(&a.root, &id, &kek);
+    let mut m = b.state().open_bucket(&id, &kek).unwrap().mount().unwrap();
+    let report = m.merge_from(&h3, &ConflictFile).unwrap();
+    assert!(report.conflicts.is_empty(), "{report:?}");
+    let snap = snapshot(&mut m);
+    assert_eq!(snap.get("/a"), Some(&Some(vec![3; 30])), "{snap:?}");
+    assert_eq!(snap.get("/d/x"), Some(&Some(vec![8; 10])), "{snap:?}");
+    assert!(
+        !snap.keys().any(|p| p.contains('@')),
+        "no conflict copy: {snap:?}"
+    );
+}
+
+/// A peer hundreds of versions behind still finds the version both sides
+/// share (history is not cut at a fixed depth), so a file it deleted stays
+/// deleted instead of coming back from an empty base.
+#[test]
+fn a_merge_far_behind_finds_the_shared_version() {
+    let (a, b, kek, id, _) = diverge(
+        &[
+            Edit::Write {
+                file: 0,
+                byte: 1,
+                len: 10,
+            },
+            Edit::Write {
+                file: 1,
+                byte: 1,
+                len: 10,
+            },
+        ],
+        &[],
+        &[Edit::Delete { file: 1 }],
+    );
+    {
+        let bucket = a.state().open_bucket(&id, &kek).unwrap();
+        let mut m = bucket.mount().unwrap();
+        for i in 0..300u32 {
+            let ino = path::resolve(&mut m, "/a").unwrap();
+            let size = m.getattr(ino).unwrap().size;
+            m.write(ino, size, &i.to_le_bytes()).unwrap();
+            m.save().unwrap();
+        }
+    }
+    copy_blobs(&a.root, &b.root);
+    let ha = head(&a.root, &id, &kek);
+    let mut m = b.state().open_bucket(&id, &kek).unwrap().mount().unwrap();
+    let report = m.merge_from(&ha, &ConflictFile).unwrap();
+    assert!(report.conflicts.is_empty(), "{report:?}");
+    let snap = snapshot(&mut m);
+    assert_eq!(snap.get("/b.txt"), None, "the delete stays: {snap:?}");
+    assert_eq!(
+        snap.get("/a").unwrap().as_ref().unwrap().len(),
+        10 + 4 * 300
+    );
+}

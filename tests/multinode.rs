@@ -9,6 +9,8 @@ mod cluster;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster::Cluster;
@@ -399,5 +401,191 @@ async fn snapshots_restore_from_any_holder() {
         err.message().contains("none that holds it answered"),
         "{}",
         err.message()
+    );
+}
+
+/// What one writer did: its last acknowledged line and the errors it saw.
+struct Written {
+    acked: Option<u64>,
+    errors: Vec<String>,
+}
+
+/// Append numbered lines to `dir/w<i>.log`, each followed by an fsync, and
+/// every 20 appends overwrite `dir/shared.txt`, until `stop`.
+fn append_until(dir: PathBuf, i: usize, stop: Arc<AtomicBool>) -> Written {
+    let mut out = Written {
+        acked: None,
+        errors: Vec::new(),
+    };
+    let mut log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("w{i}.log")))
+        .unwrap();
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let line = format!("w{i} {seq}\n");
+        match log.write_all(line.as_bytes()).and_then(|_| log.sync_data()) {
+            Ok(()) => out.acked = Some(seq),
+            Err(e) => {
+                out.errors.push(format!("append {seq}: {e}"));
+                return out;
+            }
+        }
+        if seq % 20 == 19 {
+            let body = format!("w{i} wrote this at {seq}\n");
+            if let Err(e) = cluster::write_synced(&dir.join("shared.txt"), body.as_bytes()) {
+                out.errors.push(format!("shared at {seq}: {e}"));
+            }
+        }
+        seq += 1;
+    }
+    out
+}
+
+fn heads(n: &Nodes, id: &str) -> Vec<String> {
+    (0..3)
+        .map(|i| {
+            let head =
+                n.c.node_state(&name(i))
+                    .join("buckets")
+                    .join(id)
+                    .join("HEAD");
+            fs::read_to_string(head).unwrap_or_default()
+        })
+        .collect()
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Three nodes append to their own logs in one RWX volume at once, each
+/// line fsynced, and take turns overwriting one shared file, while first
+/// one node's and then another's sync traffic is cut for 5 s. Once the
+/// writers stop: one tree on every node, every acknowledged line in every
+/// copy of its log in order with no gap, no conflict copy of a file only
+/// one node wrote, and no new version while nobody writes.
+/// `JAX_SOAK_SECS` sets how long the writers run (default 20).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_writers_converge_and_keep_every_acknowledged_line() {
+    let secs: u64 = std::env::var("JAX_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let mut n = Nodes::start(3).await;
+    let id = n.create("soak", None).await;
+    let mut dirs = Vec::new();
+    for i in 0..3 {
+        dirs.push(n.publish(i, &id).await);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|i| {
+            let (dir, stop) = (dirs[i].clone(), stop.clone());
+            std::thread::spawn(move || append_until(dir, i, stop))
+        })
+        .collect();
+    let third = Duration::from_secs(secs) / 3;
+    for cut in [1, 2] {
+        tokio::time::sleep(third.saturating_sub(Duration::from_secs(5)) / 2).await;
+        n.net.cut(cut);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        n.net.heal(cut);
+        tokio::time::sleep(third.saturating_sub(Duration::from_secs(5)) / 2).await;
+    }
+    tokio::time::sleep(third).await;
+    stop.store(true, Ordering::Relaxed);
+    let written: Vec<Written> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    let stopped = Instant::now();
+    for (i, w) in written.iter().enumerate() {
+        assert!(w.errors.is_empty(), "writer {i} saw errors: {:?}", w.errors);
+    }
+
+    // One tree (and one head) everywhere.
+    let deadline = stopped + Duration::from_secs(60);
+    let converged = loop {
+        let trees: Vec<_> = dirs.iter().map(|d| tree(d)).collect();
+        let now = heads(&n, &id);
+        if trees.iter().all(|t| *t == trees[0]) && now.iter().all(|h| *h == now[0]) {
+            break stopped.elapsed();
+        }
+        if Instant::now() > deadline {
+            let differ: Vec<_> = (1..3)
+                .map(|k| {
+                    trees[k]
+                        .iter()
+                        .filter(|e| !trees[0].contains(e))
+                        .map(|(p, c)| format!("{p} ({} bytes)", c.len()))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            panic!(
+                "no single tree 60 s after the writers stopped; differences: {differ:?}; heads {:?}",
+                heads(&n, &id)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // Every acknowledged line everywhere, in order, with no gap.
+    let t = tree(&dirs[0]);
+    for (i, w) in written.iter().enumerate() {
+        let expected: String = (0..=w.acked.expect("at least one append"))
+            .map(|s| format!("w{i} {s}\n"))
+            .collect();
+        let log = t
+            .iter()
+            .find(|(p, _)| *p == format!("w{i}.log"))
+            .map(|(_, c)| String::from_utf8_lossy(c).into_owned())
+            .unwrap_or_default();
+        assert!(
+            log == expected,
+            "w{i}.log holds {} bytes, {} expected (acknowledged up to line {:?})",
+            log.len(),
+            expected.len(),
+            w.acked
+        );
+    }
+    let copies: Vec<&String> = t
+        .iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.starts_with('w') && p.contains('@'))
+        .collect();
+    assert!(
+        copies.is_empty(),
+        "conflict copies of single-writer files: {copies:?}"
+    );
+
+    // Idle: no node makes a version.
+    let settled = heads(&n, &id);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        heads(&n, &id),
+        settled,
+        "versions were made while nobody wrote"
+    );
+    let shared_copies = t.iter().filter(|(p, _)| p.starts_with("shared@")).count();
+    let state: Vec<u64> = (0..3)
+        .map(|i| dir_bytes(&n.c.node_state(&name(i))))
+        .collect();
+    println!(
+        "three writers, {secs} s: acknowledged lines {:?}; one tree {converged:?} after the writers stopped; \
+         conflict copies of the shared file {shared_copies}; state dirs {state:?} bytes",
+        written.iter().map(|w| w.acked.map_or(0, |a| a + 1)).collect::<Vec<_>>()
     );
 }

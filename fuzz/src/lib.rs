@@ -29,7 +29,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use jax_csi::bucket::decoders::{
     allocated, check_link, encode, read_hashes, signing_input, split_nlink, write_hashes,
     BucketCore, ChunkIo, ChunkMap, DirNode, Entry, EntryKind, FileData, FileNode, KeyBytes, Link,
-    Meta, Tag, DIR_VERSION, MAGIC,
+    Meta, MetaV2, Tag, DIR_VERSION, MAGIC,
 };
 use jax_csi::bucket::{
     BucketId, Manifest, ManifestBody, SpecialKind, Timestamp, DEFAULT_CHUNK_SIZE,
@@ -732,6 +732,7 @@ fn meta(mode: u32, xattrs: &[(&[u8], &[u8])]) -> Meta {
             .map(|(k, v)| (k.to_vec(), v.to_vec()))
             .collect(),
         writer: [9; 8],
+        clock: Default::default(),
     }
 }
 
@@ -867,13 +868,13 @@ fn tree_seeds() -> Vec<(String, Vec<u8>)> {
 fn tree_v1_seed() -> Vec<u8> {
     #[derive(Serialize, Deserialize)]
     struct NodeV1 {
-        root_meta: Option<Meta>,
+        root_meta: Option<MetaV2>,
         entries: Vec<EntryV1>,
     }
     #[derive(Serialize, Deserialize)]
     struct EntryV1 {
         name: Vec<u8>,
-        meta: Meta,
+        meta: MetaV2,
         kind: KindV1,
     }
     #[derive(Serialize, Deserialize)]
@@ -887,11 +888,11 @@ fn tree_v1_seed() -> Vec<u8> {
         Symlink(Vec<u8>),
     }
     let node = NodeV1 {
-        root_meta: Some(meta(0o755, &[])),
+        root_meta: Some(meta(0o755, &[]).without_clock()),
         entries: vec![
             EntryV1 {
                 name: b"a".to_vec(),
-                meta: meta(0o644, &[]),
+                meta: meta(0o644, &[]).without_clock(),
                 kind: KindV1::File {
                     size: 3 * DEFAULT_CHUNK_SIZE as u64,
                     key: KeyBytes([5; 32]),
@@ -900,7 +901,7 @@ fn tree_v1_seed() -> Vec<u8> {
             },
             EntryV1 {
                 name: b"d".to_vec(),
-                meta: meta(0o755, &[]),
+                meta: meta(0o755, &[]).without_clock(),
                 kind: KindV1::Dir(Link {
                     hash: Hash::of(b"d"),
                     key: KeyBytes([6; 32]),
@@ -908,7 +909,7 @@ fn tree_v1_seed() -> Vec<u8> {
             },
             EntryV1 {
                 name: b"s".to_vec(),
-                meta: meta(0o777, &[]),
+                meta: meta(0o777, &[]).without_clock(),
                 kind: KindV1::Symlink(b"a".to_vec()),
             },
         ],

@@ -12,8 +12,9 @@ use super::error::{BucketError, Result};
 /// Format version of manifests (unchanged since the first release).
 pub const MANIFEST_VERSION: u8 = 1;
 /// Format version of directory nodes written now: entries carry a stable
-/// inode id (version 1 had none; it still decodes, see `tree::legacy`).
-pub const DIR_VERSION: u8 = 2;
+/// inode id (version 1 had none) and a change clock (version 2 had none);
+/// both older versions still decode, see `tree::legacy`.
+pub const DIR_VERSION: u8 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]

@@ -40,6 +40,7 @@ pub fn name_meta() -> Meta {
         ctime: Timestamp::default(),
         xattrs: BTreeMap::new(),
         writer: [0; 8],
+        clock: Default::default(),
     }
 }
 

@@ -186,6 +186,19 @@ impl Manifest {
 
 /// Check that `child` (at `child_hash`) correctly links to its parent manifests.
 pub fn check_link(child_hash: Hash, child: &Manifest, parents: &[Manifest]) -> Result<()> {
+    check_link_held(child_hash, child, parents, false)
+}
+
+/// [`check_link`] where some of `child`'s parents were pruned here
+/// (`some_pruned`): only what the parents still held can tell is checked.
+/// The child must be higher than each of them, and its author a member of
+/// one of them unless the pruned parent is the one that made it a member.
+pub fn check_link_held(
+    child_hash: Hash,
+    child: &Manifest,
+    parents: &[Manifest],
+    some_pruned: bool,
+) -> Result<()> {
     let broken = |reason: String| BucketError::ChainBroken {
         at: child_hash,
         reason,
@@ -209,12 +222,14 @@ pub fn check_link(child_hash: Hash, child: &Manifest, parents: &[Manifest]) -> R
     }
     // Only an identity the previous version shares the bucket with may
     // write the next one: a node cannot add itself and sign its way in.
-    if !parents.iter().any(|p| {
-        p.body
-            .shares
-            .iter()
-            .any(|s| s.recipient == child.body.author)
-    }) {
+    if !some_pruned
+        && !parents.iter().any(|p| {
+            p.body
+                .shares
+                .iter()
+                .any(|s| s.recipient == child.body.author)
+        })
+    {
         return Err(broken(format!(
             "author {} holds no share of the version it follows",
             child.body.author
@@ -223,7 +238,12 @@ pub fn check_link(child_hash: Hash, child: &Manifest, parents: &[Manifest]) -> R
     let parent_height = parents.iter().map(|p| p.body.height).max().unwrap_or(0);
     // A parent at the largest height (any signer may write one) has no
     // valid child: an error, not an overflow.
-    if parent_height.checked_add(1) != Some(child.body.height) {
+    let follows = match parent_height.checked_add(1) {
+        Some(next) if some_pruned => child.body.height >= next,
+        Some(next) => child.body.height == next,
+        None => false,
+    };
+    if !follows {
         return Err(broken(format!(
             "height {} does not follow parent height {parent_height}",
             child.body.height,

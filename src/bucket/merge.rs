@@ -8,7 +8,7 @@
 //! the entries alone, never from which side is local, so merging A into B and
 //! B into A give the same tree.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::error::{BucketError, Result};
 use super::links;
@@ -121,25 +121,15 @@ impl Mount {
         let core = self.core().clone();
         let remote = core.load_manifest(incoming)?;
         let local_base = self.base().hash;
-        let remote_ancestors: HashMap<Hash, u64> = core
-            .walk(*incoming)?
-            .into_iter()
-            .map(|(h, m)| (h, m.body.height))
-            .collect();
-        let local_ancestors: HashSet<Hash> =
-            core.walk(local_base)?.into_iter().map(|(h, _)| h).collect();
-        if local_ancestors.contains(incoming) {
+        let ancestry = core.ancestry(local_base, *incoming)?;
+        if ancestry.contains_incoming(incoming) {
             // Already part of our history: nothing to merge.
             return Ok(MergeReport {
                 version: Some(local_base),
                 ..Default::default()
             });
         }
-        let base_hash = local_ancestors
-            .iter()
-            .filter_map(|h| remote_ancestors.get(h).map(|height| (*height, *h)))
-            .max()
-            .map(|(_, h)| h);
+        let base_hash = ancestry.base;
 
         let local_root = self.persist_root()?;
         let remote_root = Link {
@@ -153,7 +143,17 @@ impl Mount {
                     hash: m.body.root,
                     key: core.open_root_key(&m)?,
                 };
-                Some(DirNode::load(&core.store, &link)?)
+                match DirNode::load(&core.store, &link) {
+                    Ok(node) => Some(node),
+                    // The base's tree is gone everywhere (pruned): merge as
+                    // if there were none. Clocks still order one writer's
+                    // edits; only deletes may come back.
+                    Err(BucketError::Store(crate::store::StoreError::NotFound(_))) => {
+                        tracing::warn!(bucket = %core.id, base = %h, "the merge base's tree is not here; merging without a base");
+                        None
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             None => None,
         };
@@ -193,6 +193,15 @@ impl Mount {
             && root_hash == remote_root.hash
             && members(&local_manifest) == members(&remote);
         let remote_wins = (remote.body.height, *incoming) > (self.base().height, local_base);
+        tracing::debug!(
+            bucket = %core.id,
+            merged = %root_hash,
+            local = %local_root.hash,
+            remote = %remote_root.hash,
+            same_members = members(&local_manifest) == members(&remote),
+            unsaved = self.has_unsaved_changes(),
+            "merge result"
+        );
         if fast_forward || (same_tree && remote_wins && !self.has_unsaved_changes()) {
             self.reset_to(*incoming)?;
             core.write_head(incoming)?;
@@ -288,6 +297,35 @@ fn renumber_duplicates(path: &str, base: Option<&DirNode>, out: &mut BTreeMap<Ve
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Local,
+    Remote,
+}
+
+/// Which side's version of one file (or symlink, or special file) has seen
+/// every change of the other's, by their clocks; `None` when they are
+/// concurrent, are different files (a new file under an old name), or
+/// carry no clocks (written before clocks: the base decides).
+fn later_by_clock(l: Option<&Entry>, r: Option<&Entry>) -> Option<Side> {
+    let (l, r) = (l?, r?);
+    let comparable = l.ino == r.ino
+        && !l.kind.is_dir()
+        && !r.kind.is_dir()
+        && !matches!(l.kind, EntryKind::Shared)
+        && !l.meta.clock.is_empty()
+        && !r.meta.clock.is_empty();
+    if !comparable {
+        None
+    } else if l.meta.clock.is_before(&r.meta.clock) {
+        Some(Side::Remote)
+    } else if r.meta.clock.is_before(&l.meta.clock) {
+        Some(Side::Local)
+    } else {
+        None
+    }
+}
+
 /// The smaller of two keys: a choice both replicas make the same way.
 fn min_key(a: &KeyBytes, b: &KeyBytes) -> KeyBytes {
     if a.0 <= b.0 {
@@ -300,10 +338,13 @@ fn min_key(a: &KeyBytes, b: &KeyBytes) -> KeyBytes {
 fn digest(entry: &Entry) -> Hash {
     // A hard link's entry is only its file's id: that is its content.
     // (Other entries hash as before, so replicas of older versions agree.)
+    // The clock is not content: two replicas holding the same bytes name
+    // a conflict copy the same, and as nodes without clocks did.
+    let meta = entry.meta.without_clock();
     let bytes = if matches!(entry.kind, EntryKind::Shared) {
-        postcard::to_stdvec(&(&entry.kind, &entry.meta, entry.ino))
+        postcard::to_stdvec(&(&entry.kind, &meta, entry.ino))
     } else {
-        postcard::to_stdvec(&(&entry.kind, &entry.meta))
+        postcard::to_stdvec(&(&entry.kind, &meta))
     }
     .unwrap_or_default();
     Hash::of(&bytes)
@@ -333,14 +374,17 @@ pub fn conflict_name(name: &[u8], digest: &Hash) -> Vec<u8> {
     out
 }
 
-/// Three-way merge of metadata: an unchanged side takes the other; else the
-/// newer wins (ties broken by the encoding, so both replicas agree).
+/// Merge of metadata: a side whose clock has seen the other's wins, then an
+/// unchanged side (against the base) takes the other; else the newer wins
+/// (ties broken by the encoding, so both replicas agree) with a clock that
+/// has seen both.
 fn merge_meta(base: Option<&Meta>, local: Option<&Meta>, remote: Option<&Meta>) -> Option<Meta> {
     match (local, remote) {
         (Some(l), Some(r)) => {
-            if l == r || Some(r) == base {
+            let clocked = !l.clock.is_empty() && !r.clock.is_empty();
+            if l == r || Some(r) == base || (clocked && r.clock.is_before(&l.clock)) {
                 Some(l.clone())
-            } else if Some(l) == base {
+            } else if Some(l) == base || (clocked && l.clock.is_before(&r.clock)) {
                 Some(r.clone())
             } else {
                 let order = |m: &Meta| {
@@ -350,11 +394,13 @@ fn merge_meta(base: Option<&Meta>, local: Option<&Meta>, remote: Option<&Meta>) 
                         postcard::to_stdvec(m).unwrap_or_default(),
                     )
                 };
-                if order(l) >= order(r) {
-                    Some(l.clone())
+                let mut newer = if order(l) >= order(r) {
+                    l.clone()
                 } else {
-                    Some(r.clone())
-                }
+                    r.clone()
+                };
+                newer.clock = l.clock.join(&r.clock);
+                Some(newer)
             }
         }
         (l, r) => l.or(r).cloned(),
@@ -489,6 +535,15 @@ impl MergeCtx<'_> {
             let r = remote.get(name);
             let chosen = if l == r {
                 l.cloned()
+            } else if let Some(later) = later_by_clock(l, r) {
+                // One side's edit already saw the other's: no conflict,
+                // whatever the base says (it may be far back, or missing).
+                if later == Side::Remote {
+                    self.report.operations_added += 1;
+                    r.cloned()
+                } else {
+                    l.cloned()
+                }
             } else if l == b {
                 self.report.operations_added += 1;
                 r.cloned()
@@ -613,7 +668,11 @@ impl MergeCtx<'_> {
                     self.report
                         .conflicts
                         .push(record(ConflictKind::BothChanged));
-                    Ok(Some(winner.clone()))
+                    // The name's next edit follows both, so no replica
+                    // sees this conflict again.
+                    let mut winner = winner.clone();
+                    winner.meta.clock = le.meta.clock.join(&re.meta.clock);
+                    Ok(Some(winner))
                 }
             },
             (Some(changed), None) | (None, Some(changed)) => {

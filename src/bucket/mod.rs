@@ -12,6 +12,7 @@
 //! buckets/<id>/key.wrapped     the bucket secret wrapped by the KEK
 //! ```
 
+mod ancestry;
 pub mod browse;
 mod buffers;
 mod chunk_map;
@@ -39,6 +40,7 @@ pub mod decoders {
     pub use super::codec::{encode, Tag, DIR_VERSION};
     pub use super::links::split_nlink;
     pub use super::manifest::{check_link, signing_input, MAGIC};
+    pub use super::tree::legacy::MetaV2;
     pub use super::tree::{DirNode, Entry, EntryKind, FileNode, KeyBytes, Link, Meta};
     pub use super::{read_hashes, write_hashes, BucketCore};
 }
@@ -256,7 +258,7 @@ impl BucketCore {
             // A version whose parents were all pruned was checked when it
             // was written or received; the links that remain are checked now.
             if !(cut && parents.is_empty()) {
-                manifest::check_link(h, &m, &parents)?;
+                manifest::check_link_held(h, &m, &parents, cut)?;
             }
             out.push((h, m));
         }
@@ -793,6 +795,7 @@ impl Bucket {
         }
         // Record the cut before removing anything, so a crash in between
         // leaves a history that still verifies.
+        let _one = PRUNED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let mut pruned = self.core.pruned()?;
         pruned.extend(drop.iter().copied());
         let still_named: HashSet<Hash> = versions
@@ -806,7 +809,14 @@ impl Bucket {
                     .unwrap_or_default()
             }))
             .collect();
-        pruned.retain(|h| still_named.contains(h));
+        // Versions a peer's newer history still names (a merge of one,
+        // fetched but not applied yet) must read as pruned, not missing:
+        // the list keeps every pruned version until it grows past
+        // PRUNED_REMEMBERED, and then the ones the history still names and
+        // this pass's.
+        if pruned.len() > PRUNED_REMEMBERED {
+            pruned.retain(|h| still_named.contains(h) || drop.contains(h));
+        }
         write_hashes(&self.core.pruned_path(), &pruned)?;
         write_hashes(&self.core.roots_path(), &roots)?;
         for h in &drop {
@@ -846,7 +856,18 @@ impl Bucket {
                     continue;
                 }
                 report.directories += 1;
-                let node = DirNode::load(&self.core.store, &link)?;
+                let node = match DirNode::load(&self.core.store, &link) {
+                    Ok(node) => node,
+                    // A version known here only by its manifest (a chain
+                    // this node fast-forwarded through): nothing of its tree
+                    // is here to keep. Verification wants every blob.
+                    Err(BucketError::Store(crate::store::StoreError::NotFound(_)))
+                        if !open_chunks =>
+                    {
+                        continue
+                    }
+                    Err(e) => return Err(e),
+                };
                 // The root's link table holds files like a directory does.
                 stack.extend(node.links);
                 for e in node.entries {
@@ -874,6 +895,16 @@ impl Bucket {
         Ok(report)
     }
 }
+
+/// Held while a `PRUNED` list is read, changed and written (retention and
+/// a pull's history cut run on different tasks; a lost write would turn a
+/// pruned version into a missing one).
+static PRUNED_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Pruned versions remembered by name (a line of hex each) before only
+/// the boundary of the kept history is: enough for a peer's history that
+/// names versions pruned here to still read as pruned (see [`Bucket::prune`]).
+const PRUNED_REMEMBERED: usize = 10_000;
 
 /// What [`Bucket::verify`] checked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -88,7 +88,8 @@ impl Bucket {
     /// this node learnt the bucket from): walks stop there instead of
     /// calling the chain broken.
     pub fn note_cut(&self, versions: &[Hash]) -> Result<()> {
-        let path = self.core.dir.join("PRUNED");
+        let _one = super::PRUNED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.core.pruned_path();
         let mut cut: HashSet<Hash> = read_hashes(&path)?;
         let before = cut.len();
         cut.extend(versions.iter().copied());
@@ -98,14 +99,25 @@ impl Bucket {
         Ok(())
     }
 
+    /// Versions where history ends on purpose here (pruned, or never fetched).
+    pub fn pruned_versions(&self) -> Result<HashSet<Hash>> {
+        self.core.pruned()
+    }
+
     /// The key whose proofs tell a peer this node holds the bucket secret.
     pub fn proof_key(&self) -> ProofKey {
         ProofKey::of(&self.core.secret)
     }
 
+    /// The version the head and `incoming` (fetched) both descend from, the
+    /// base a merge of `incoming` compares against.
+    pub fn merge_base(&self, incoming: &Hash) -> Result<Option<Hash>> {
+        Ok(self.core.ancestry(self.head()?, *incoming)?.base)
+    }
+
     /// Whether `version` is the head or one of its ancestors here.
     pub fn has_in_history(&self, version: &Hash) -> Result<bool> {
-        Ok(self.walk(self.head()?)?.iter().any(|(h, _)| h == version))
+        self.core.is_ancestor(version, self.head()?)
     }
 
     /// Whether `node` holds a share of the version `head` (may write after it).

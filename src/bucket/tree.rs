@@ -109,6 +109,64 @@ pub struct Meta {
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Short id of the node that last changed the entry (for last-writer-wins ties).
     pub writer: [u8; 8],
+    /// Which changes of which writers this entry has seen: a merge takes the
+    /// side whose clock dominates instead of calling two edits of one
+    /// writer a conflict (see [`Clock`]).
+    pub clock: Clock,
+}
+
+/// A version vector: per writer (a node's short id), how many changes of
+/// the entry it has made. Each local change bumps the writer's own counter;
+/// a merge that keeps one side keeps that side's clock, and one that
+/// resolves a true conflict joins both. `a` happened before `b` exactly when
+/// `a` is pointwise at most `b`; two clocks neither of which is below the
+/// other are concurrent edits. Clocks need no common ancestor, so a merge
+/// against a missing or distant base never mistakes a later edit of the
+/// same file for a conflicting one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clock(BTreeMap<[u8; 8], u64>);
+
+impl Clock {
+    /// The clock of an entry `writer` just created.
+    pub fn of(writer: [u8; 8]) -> Self {
+        let mut c = Self::default();
+        c.bump(writer);
+        c
+    }
+
+    /// No change counted: an entry written before clocks existed, whose
+    /// history only the merge base can tell.
+    pub fn is_empty(&self) -> bool {
+        self.0.values().all(|n| *n == 0)
+    }
+
+    /// Count one more change by `writer`.
+    pub fn bump(&mut self, writer: [u8; 8]) {
+        let n = self.0.entry(writer).or_insert(0);
+        *n = n.saturating_add(1);
+    }
+
+    /// True when every change `self` has seen, `other` has seen too.
+    pub fn is_before_or_eq(&self, other: &Clock) -> bool {
+        self.0
+            .iter()
+            .all(|(w, n)| *n == 0 || other.0.get(w).is_some_and(|m| m >= n))
+    }
+
+    /// True when `other` has seen everything `self` has, and more.
+    pub fn is_before(&self, other: &Clock) -> bool {
+        self.is_before_or_eq(other) && !other.is_before_or_eq(self)
+    }
+
+    /// The pointwise maximum: a clock that has seen both.
+    pub fn join(&self, other: &Clock) -> Clock {
+        let mut out = self.0.clone();
+        for (w, n) in &other.0 {
+            let m = out.entry(*w).or_insert(0);
+            *m = (*m).max(*n);
+        }
+        Clock(out)
+    }
 }
 
 impl Meta {
@@ -123,7 +181,19 @@ impl Meta {
             ctime: now,
             xattrs: BTreeMap::new(),
             writer,
+            clock: Clock::of(writer),
         }
+    }
+
+    /// Record a local change by `writer`.
+    pub fn touch(&mut self, writer: [u8; 8]) {
+        self.writer = writer;
+        self.clock.bump(writer);
+    }
+
+    /// The metadata without its clock, as digests and format 2 see it.
+    pub fn without_clock(&self) -> legacy::MetaV2 {
+        legacy::MetaV2::from(self)
     }
 }
 
@@ -236,10 +306,13 @@ impl DirNode {
             .map(|i| &self.entries[i])
     }
 
-    /// Seal and store this node under `key`; returns its address.
+    /// Seal and store this node under `key`; returns its address. Sealing
+    /// is convergent: the same node under the same key always has the
+    /// same address, so replicas that merged to one tree hold one tree
+    /// (and a merge can tell it changed nothing).
     pub fn store(&self, store: &BlobStore, key: &KeyBytes) -> Result<Hash> {
         let plain = codec::encode(codec::DIR_VERSION, codec::Tag::Dir, self)?;
-        let sealed = key.key().seal(&plain)?;
+        let sealed = key.key().seal_convergent(&plain)?;
         Ok(store.put(&sealed)?)
     }
 
@@ -251,11 +324,12 @@ impl DirNode {
             BucketError::Integrity(format!("directory node {} does not decrypt", link.hash))
         })?;
         let what = "directory node";
-        let node = match codec::version_of(&[1, codec::DIR_VERSION], codec::Tag::Dir, &plain, what)?
-        {
-            (1, body) => legacy::upgrade(&link.hash, codec::decode_body(body, what)?),
-            (_, body) => codec::decode_body(body, what)?,
-        };
+        let node =
+            match codec::version_of(&[1, 2, codec::DIR_VERSION], codec::Tag::Dir, &plain, what)? {
+                (1, body) => legacy::upgrade(&link.hash, codec::decode_body(body, what)?),
+                (2, body) => legacy::DirNodeV2::into_current(codec::decode_body(body, what)?),
+                (_, body) => codec::decode_body(body, what)?,
+            };
         node.check()?;
         Ok(node)
     }
@@ -292,22 +366,120 @@ impl DirNode {
     }
 }
 
-/// Directory nodes as the first format wrote them (no inode ids), read and
-/// given ids derived from the node's address and the entry's name, so the
-/// same old tree always gets the same ids.
-mod legacy {
+/// Directory nodes as earlier formats wrote them. Format 1 had no inode
+/// ids: they are derived from the node's address and the entry's name, so
+/// the same old tree always gets the same ids. Format 2 had no clocks: its
+/// entries read with an empty clock (before every clock that counts a change).
+pub mod legacy {
     use super::*;
+
+    /// [`Meta`] as formats 1 and 2 encode it (no clock).
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct MetaV2 {
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        atime: Timestamp,
+        mtime: Timestamp,
+        ctime: Timestamp,
+        xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+        writer: [u8; 8],
+    }
+
+    impl From<&Meta> for MetaV2 {
+        fn from(m: &Meta) -> Self {
+            Self {
+                mode: m.mode,
+                uid: m.uid,
+                gid: m.gid,
+                atime: m.atime,
+                mtime: m.mtime,
+                ctime: m.ctime,
+                xattrs: m.xattrs.clone(),
+                writer: m.writer,
+            }
+        }
+    }
+
+    impl From<MetaV2> for Meta {
+        fn from(m: MetaV2) -> Self {
+            Self {
+                mode: m.mode,
+                uid: m.uid,
+                gid: m.gid,
+                atime: m.atime,
+                mtime: m.mtime,
+                ctime: m.ctime,
+                xattrs: m.xattrs,
+                writer: m.writer,
+                clock: Clock::default(),
+            }
+        }
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct DirNodeV2 {
+        root_meta: Option<MetaV2>,
+        links: Option<Link>,
+        entries: Vec<EntryV2>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct EntryV2 {
+        name: Vec<u8>,
+        ino: u64,
+        meta: MetaV2,
+        kind: EntryKind,
+    }
+
+    impl DirNodeV2 {
+        pub fn into_current(self) -> DirNode {
+            DirNode {
+                root_meta: self.root_meta.map(Meta::from),
+                links: self.links,
+                entries: self
+                    .entries
+                    .into_iter()
+                    .map(|e| Entry {
+                        name: e.name,
+                        ino: e.ino,
+                        meta: e.meta.into(),
+                        kind: e.kind,
+                    })
+                    .collect(),
+            }
+        }
+
+        #[cfg(test)]
+        pub fn encode(node: &DirNode) -> Vec<u8> {
+            let v2 = DirNodeV2 {
+                root_meta: node.root_meta.as_ref().map(MetaV2::from),
+                links: node.links.clone(),
+                entries: node
+                    .entries
+                    .iter()
+                    .map(|e| EntryV2 {
+                        name: e.name.clone(),
+                        ino: e.ino,
+                        meta: MetaV2::from(&e.meta),
+                        kind: e.kind.clone(),
+                    })
+                    .collect(),
+            };
+            codec::encode(2, codec::Tag::Dir, &v2).unwrap()
+        }
+    }
 
     #[derive(Serialize, Deserialize)]
     pub struct DirNodeV1 {
-        root_meta: Option<Meta>,
+        root_meta: Option<MetaV2>,
         entries: Vec<EntryV1>,
     }
 
     #[derive(Serialize, Deserialize)]
     struct EntryV1 {
         name: Vec<u8>,
-        meta: Meta,
+        meta: MetaV2,
         kind: KindV1,
     }
 
@@ -327,7 +499,7 @@ mod legacy {
 
     pub fn upgrade(address: &Hash, old: DirNodeV1) -> DirNode {
         DirNode {
-            root_meta: old.root_meta,
+            root_meta: old.root_meta.map(Meta::from),
             links: None,
             entries: old
                 .entries
@@ -335,7 +507,7 @@ mod legacy {
                 .map(|e| Entry {
                     ino: derived_ino(&[b"v1", &address.0, &e.name]),
                     name: e.name,
-                    meta: e.meta,
+                    meta: e.meta.into(),
                     kind: match e.kind {
                         KindV1::File(f) => EntryKind::File(FileNode {
                             size: f.size,
@@ -353,13 +525,13 @@ mod legacy {
     #[cfg(test)]
     pub fn encode_v1(node: &DirNode) -> Vec<u8> {
         let v1 = DirNodeV1 {
-            root_meta: node.root_meta.clone(),
+            root_meta: node.root_meta.as_ref().map(MetaV2::from),
             entries: node
                 .entries
                 .iter()
                 .map(|e| EntryV1 {
                     name: e.name.clone(),
-                    meta: e.meta.clone(),
+                    meta: MetaV2::from(&e.meta),
                     kind: match &e.kind {
                         EntryKind::File(f) => KindV1::File(FileNodeV1 {
                             size: f.size,
@@ -417,6 +589,57 @@ mod tests {
         assert_eq!(one.entries.len(), 2);
         assert_ne!(one.entries[0].ino, one.entries[1].ino);
         assert!(one.entries.iter().all(|e| e.ino > ROOT_ID));
+    }
+
+    /// Nodes written before clocks existed open with empty clocks (which
+    /// leave the decision to the merge base); nodes written now keep theirs.
+    #[test]
+    fn version_two_nodes_open_without_clocks_and_clocks_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(d.path()).unwrap();
+        let key = KeyBytes::generate().unwrap();
+        let mut node = DirNode {
+            root_meta: Some(Meta::new(0o755, 0, 0, [1; 8])),
+            links: None,
+            entries: vec![entry(b"a", 7)],
+        };
+        node.entries[0].meta.touch([2; 8]);
+        let sealed = key.key().seal(&legacy::DirNodeV2::encode(&node)).unwrap();
+        let hash = store.put(&sealed).unwrap();
+        let old = DirNode::load(
+            &store,
+            &Link {
+                hash,
+                key: key.clone(),
+            },
+        )
+        .unwrap();
+        assert!(old.entries[0].meta.clock.is_empty());
+        assert_eq!(
+            old.entries[0].meta.without_clock(),
+            node.entries[0].meta.without_clock()
+        );
+        let hash = node.store(&store, &key).unwrap();
+        let now = DirNode::load(&store, &Link { hash, key }).unwrap();
+        assert_eq!(now, node);
+        let c = &now.entries[0].meta.clock;
+        assert!(Clock::of([0; 8]).is_before(c) && !c.is_empty());
+    }
+
+    #[test]
+    fn clocks_order_edits_and_join_concurrent_ones() {
+        let (a, b) = ([1; 8], [2; 8]);
+        let mut x = Clock::of(a);
+        let y = x.clone();
+        x.bump(a);
+        assert!(y.is_before(&x) && !x.is_before(&y));
+        let mut z = y.clone();
+        z.bump(b);
+        assert!(!x.is_before(&z) && !z.is_before(&x), "concurrent");
+        let j = x.join(&z);
+        assert!(x.is_before(&j) && z.is_before(&j));
+        assert_eq!(j, z.join(&x));
+        assert!(Clock::default().is_empty() && !Clock::default().is_before(&Clock::default()));
     }
 
     #[test]

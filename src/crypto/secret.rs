@@ -94,10 +94,37 @@ impl SecretKey {
         Ok(buf)
     }
 
+    /// Encrypt `plaintext` with a nonce derived from the key and the
+    /// plaintext (a synthetic IV), so equal plaintexts under one key seal
+    /// to equal bytes and one address. For objects whose identity matters
+    /// (directory nodes: two replicas that merged to the same tree must
+    /// see the same tree); it reveals only that two such objects under the
+    /// same key are equal, and a nonce repeats only with its plaintext.
+    pub fn seal_convergent(&self, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let nonce_key = blake3::derive_key("jax-csi convergent nonce v1", &self.0);
+        let digest = blake3::keyed_hash(&nonce_key, plaintext);
+        let nonce: [u8; NONCE_LEN] = digest.as_bytes()[..NONCE_LEN]
+            .try_into()
+            .expect("nonce length");
+        let mut buf = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
+        buf.extend_from_slice(plaintext);
+        self.seal_in_place_with(&mut buf, b"", nonce)?;
+        Ok(buf)
+    }
+
     /// Encrypt `buf` in place and append the tag and nonce.
     pub fn seal_in_place(&self, buf: &mut Vec<u8>, aad: &[u8]) -> Result<(), CryptoError> {
         let mut nonce = [0u8; NONCE_LEN];
         random_bytes(&mut nonce)?;
+        self.seal_in_place_with(buf, aad, nonce)
+    }
+
+    fn seal_in_place_with(
+        &self,
+        buf: &mut Vec<u8>,
+        aad: &[u8],
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<(), CryptoError> {
         let tag = self
             .cipher()
             .key()

@@ -25,8 +25,6 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Hashes per GetBlobs request, and requests in flight at once.
 const BATCH: usize = 64;
 const IN_FLIGHT: usize = 4;
-/// Manifests fetched behind a head before history is cut on this node.
-const MAX_CHAIN: usize = 64;
 
 fn peer_err(peer: &NodeId, why: impl std::fmt::Display) -> SyncError {
     SyncError::Peer {
@@ -277,6 +275,26 @@ pub async fn fetch_blobs_with(
     hashes: &[Hash],
     secret: Option<&SecretKey>,
 ) -> Result<Vec<Hash>, SyncError> {
+    Ok(fetch_blobs_detail(inner, bucket, hashes, secret)
+        .await?
+        .missing)
+}
+
+/// What a fetch did not get.
+struct Unfetched {
+    /// Hashes no peer sent.
+    missing: Vec<Hash>,
+    /// Some peer asked did not answer (it may hold what is missing).
+    unreachable: bool,
+}
+
+/// [`fetch_blobs_with`], saying whether every peer asked answered.
+async fn fetch_blobs_detail(
+    inner: &Inner,
+    bucket: BucketId,
+    hashes: &[Hash],
+    secret: Option<&SecretKey>,
+) -> Result<Unfetched, SyncError> {
     let todo: Vec<Hash> = {
         let store = inner.state.store();
         let mut seen = HashSet::new();
@@ -287,7 +305,10 @@ pub async fn fetch_blobs_with(
             .collect()
     };
     if todo.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Unfetched {
+            missing: Vec::new(),
+            unreachable: false,
+        });
     }
     let key = proof_key(inner, &bucket, secret)?;
     let peers = inner.peers_of(&bucket);
@@ -303,13 +324,17 @@ pub async fn fetch_blobs_with(
     let results = futures::stream::iter(batches.into_iter().enumerate().map(|(i, batch)| async move {
         let asked = batch.len() as u64;
         let mut left = batch;
+        let mut unreachable = false;
         // Spread batches over the peers; each falls back to the others.
         for k in 0..peers.len() {
             let p = &peers[(i + k) % peers.len()];
             let proof = key.proof(&bucket, &inner.me.0, &p.node.0);
             match get_blobs_from(inner, &p.node, bucket, proof, &left).await {
                 Ok(missing) => left = missing,
-                Err(e) => tracing::debug!(peer = %p.node, %bucket, error = %e, "blob fetch from a peer failed"),
+                Err(e) => {
+                    unreachable = true;
+                    tracing::debug!(peer = %p.node, %bucket, error = %e, "blob fetch from a peer failed")
+                }
             }
             if left.is_empty() {
                 break;
@@ -324,21 +349,27 @@ pub async fn fetch_blobs_with(
             Ok(Err(e)) => tracing::warn!(%bucket, error = %e, "fetched blobs not yet durable"),
             Err(e) => tracing::warn!(%bucket, error = %e, "syncing fetched blobs failed"),
         }
-        left
+        let unreachable = unreachable && !left.is_empty();
+        (left, unreachable)
     }))
     .buffer_unordered(IN_FLIGHT)
-    .collect::<Vec<Vec<Hash>>>()
+    .collect::<Vec<(Vec<Hash>, bool)>>()
     .await;
     progress.finish();
-    Ok(results.into_iter().flatten().collect())
+    let unreachable = results.iter().any(|(_, u)| *u);
+    Ok(Unfetched {
+        missing: results.into_iter().flat_map(|(m, _)| m).collect(),
+        unreachable,
+    })
 }
 
 use futures::StreamExt;
 
 /// Fetch `head`'s manifest chain down to versions this node has (at most
-/// `max_chain` deep), every directory of its tree not known to be complete
-/// here, and, with `with_chunks`, the chunks those directories name.
-/// Returns the parents where the chain was cut.
+/// `max_chain` deep: a first fetch takes the head alone), every directory
+/// of its tree not known to be complete here, and, with `with_chunks`, the
+/// chunks those directories name. Returns the parents where the chain was
+/// cut.
 async fn fetch_version(
     inner: &Inner,
     b: &Bucket,
@@ -347,36 +378,79 @@ async fn fetch_version(
     with_chunks: bool,
     secret: Option<&SecretKey>,
 ) -> Result<Vec<Hash>, SyncError> {
+    let cut = fetch_chain(inner, b, head, max_chain, secret).await?;
+    fetch_tree(inner, b, head, with_chunks, secret).await?;
+    Ok(cut)
+}
+
+/// Fetch `head`'s manifest chain down to versions this node holds (or
+/// pruned on purpose), at most `max_chain` deep; returns where it was cut.
+async fn fetch_chain(
+    inner: &Inner,
+    b: &Bucket,
+    head: Hash,
+    max_chain: usize,
+    secret: Option<&SecretKey>,
+) -> Result<Vec<Hash>, SyncError> {
     let bucket = b.id();
     let store = inner.state.store().clone();
     let err = |source| SyncError::Bucket { bucket, source };
-    // The manifest chain.
+    // The manifest chain, down to versions this node holds (or pruned on
+    // purpose): never cut short, so a merge always finds the versions both
+    // sides share. Where every peer answers that it no longer holds a
+    // version (pruned by retention there), history ends here too; where a
+    // peer did not answer, the pull fails and anti-entropy tries again:
+    // cutting history at a peer that is only unreachable for a moment
+    // would leave a hole every later merge falls into.
+    let pruned = b.pruned_versions().map_err(err)?;
     let mut want = vec![head];
     let mut cut = Vec::new();
     let mut depth = 0;
     while !want.is_empty() {
-        let missing = fetch_blobs_with(inner, bucket, &want, secret).await?;
-        if !missing.is_empty() {
+        let got = fetch_blobs_detail(inner, bucket, &want, secret).await?;
+        if depth == 0 && !got.missing.is_empty() || got.unreachable {
             return Err(SyncError::NoPeer(bucket));
         }
         let mut next = Vec::new();
-        for h in &want {
+        for h in want.iter().filter(|h| !got.missing.contains(h)) {
             // Signature, bucket and author are checked here; the links when
             // the head is applied.
             let m = b.manifest(h).map_err(err)?;
-            next.extend(m.parents().filter(|p| !store.contains(p)));
+            next.extend(
+                m.parents()
+                    .filter(|p| !store.contains(p) && !pruned.contains(p)),
+            );
+        }
+        if !got.missing.is_empty() {
+            tracing::info!(%bucket, versions = got.missing.len(), "history ends at versions no peer holds any more");
+            cut.extend(got.missing);
         }
         next.sort();
         next.dedup();
         depth += 1;
         if depth >= max_chain {
-            cut = next;
+            cut.extend(next);
             break;
         }
         want = next;
     }
-    // The tree, one level of directories at a time.
-    let m = b.manifest(&head).map_err(err)?;
+    Ok(cut)
+}
+
+/// Fetch every directory node of version `version`'s tree not held here
+/// and, with `with_chunks`, the chunks they name.
+async fn fetch_tree(
+    inner: &Inner,
+    b: &Bucket,
+    version: Hash,
+    with_chunks: bool,
+    secret: Option<&SecretKey>,
+) -> Result<(), SyncError> {
+    let bucket = b.id();
+    let store = inner.state.store().clone();
+    let err = |source| SyncError::Bucket { bucket, source };
+    // One level of directories at a time.
+    let m = b.manifest(&version).map_err(err)?;
     let mut level: Vec<DirRef> = vec![b.root_dir(&m).map_err(err)?];
     let mut chunks = Vec::new();
     while !level.is_empty() {
@@ -406,7 +480,7 @@ async fn fetch_version(
             tracing::warn!(%bucket, missing = left.len(), "some chunks are on no reachable peer yet; reads will fetch them");
         }
     }
-    Ok(cut)
+    Ok(())
 }
 
 /// Pull `head` of a bucket this node holds, then apply it.
@@ -435,7 +509,15 @@ pub async fn pull(
     }
     let started = std::time::Instant::now();
     let fetched_before = inner.stats.bytes_fetched.load(Ordering::Relaxed);
-    let cut = fetch_version(inner, &b, head, MAX_CHAIN, true, None).await?;
+    let cut = fetch_version(inner, &b, head, usize::MAX, true, None).await?;
+    // The merge compares both sides with the version they share: its tree
+    // must be here too (this node may know that version only by its
+    // manifest, from a chain it fast-forwarded through).
+    if let Ok(Some(base)) = b.merge_base(&head) {
+        if let Err(e) = fetch_tree(inner, &b, base, false, None).await {
+            tracing::warn!(%bucket, %base, error = %e, "the merge base's tree is on no reachable peer; merging without it");
+        }
+    }
     tracing::info!(
         %bucket,
         %head,
@@ -590,13 +672,16 @@ pub async fn compare_heads(inner: &Arc<Inner>) {
                 return;
             };
             for (bucket, head) in heads {
+                // Only the buckets asked about: an answer cannot make this
+                // node pull a bucket it did not ask for.
+                let Some(ours) = local.get(&bucket) else {
+                    continue;
+                };
                 let Some(head) = head else { continue };
-                if local.get(&bucket) == Some(&head) || is_known_ancestor(inner, &bucket, &head) {
+                if *ours == head || is_known_ancestor(inner, &bucket, &head) {
                     continue;
                 }
-                if let Err(e) = pull(inner, bucket, head, Some(peer)).await {
-                    tracing::debug!(%bucket, %peer, error = %e, "anti-entropy pull failed");
-                }
+                super::pulls::want(inner, bucket, head, Some(peer));
             }
         }
     });
@@ -604,7 +689,7 @@ pub async fn compare_heads(inner: &Arc<Inner>) {
 }
 
 /// Whether `head` is in this node's history of `bucket` already.
-fn is_known_ancestor(inner: &Inner, bucket: &BucketId, head: &Hash) -> bool {
+pub(super) fn is_known_ancestor(inner: &Inner, bucket: &BucketId, head: &Hash) -> bool {
     if !inner.state.store().contains(head) {
         return false;
     }

@@ -33,6 +33,7 @@
 
 mod client;
 pub mod proto;
+mod pulls;
 mod server;
 #[cfg(test)]
 mod tests;
@@ -151,6 +152,8 @@ struct Inner {
     down: Mutex<HashMap<NodeId, std::time::Instant>>,
     /// One pull per bucket at a time.
     pulls: Mutex<HashMap<BucketId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Announced heads waiting for a pull, coalesced per bucket.
+    pull_queue: pulls::PullQueue,
     stats: SyncStats,
     /// Woken when peers or their addresses change (a read waiting for a
     /// peer tries again at once).
@@ -232,6 +235,7 @@ impl SyncEngine {
             registry: OnceLock::new(),
             conns: tokio::sync::Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
+            pull_queue: Default::default(),
             down: Mutex::new(HashMap::new()),
             learnt: Mutex::new(HashMap::new()),
             stats: SyncStats::default(),

@@ -136,13 +136,7 @@ async fn serve(
                         .announcements_received
                         .fetch_add(1, Ordering::Relaxed);
                     inner.add_peer(&bucket, &peer);
-                    let pulled = inner.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = super::client::pull(&pulled, bucket, head, Some(peer)).await
-                        {
-                            tracing::warn!(%bucket, %head, %peer, error = %e, "pulling an announced head failed; anti-entropy will retry");
-                        }
-                    });
+                    super::pulls::want(&inner, bucket, head, Some(peer));
                     Response::Noted
                 }
                 Err(why) => refuse(why),

@@ -427,3 +427,53 @@ async fn raw_quic_throughput_on_loopback() {
         );
     }
 }
+
+/// A peer hundreds of versions behind fetches the whole chain down to the
+/// version both share (no history cut at a fixed depth), so its merge has
+/// the true base: the file it deleted stays deleted and nothing becomes a
+/// conflict. With a 64-deep cut the merge had no base, and the deleted
+/// file came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_far_behind_merges_against_the_shared_version() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b) = (node(&kek).await, node(&kek).await);
+    register(&[&a, &b]);
+    let (id, _) = shared(&a, &b, &kek).await;
+    let bb = b.state.open_bucket(&id, &kek).unwrap();
+    {
+        let mut m = bb.mount().unwrap();
+        let (parent, name) = path::parent_of(&mut m, "/f.txt").unwrap();
+        m.unlink(parent, name).unwrap();
+        m.save().unwrap();
+    }
+    let ab = a.state.open_bucket(&id, &kek).unwrap();
+    let head = {
+        let mut m = ab.mount().unwrap();
+        path::write_file(&mut m, "/log", b"").unwrap();
+        let mut last = None;
+        for i in 0..200u32 {
+            let ino = path::resolve(&mut m, "/log").unwrap();
+            let size = m.getattr(ino).unwrap().size;
+            m.write(ino, size, &i.to_le_bytes()).unwrap();
+            last = Some(m.save().unwrap().hash);
+        }
+        last.unwrap()
+    };
+    b.engine.pull(id, head).await.unwrap();
+    let mut m = bb.mount().unwrap();
+    let names: Vec<String> = path::walk(&mut m)
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert!(
+        !names.iter().any(|p| p == "/f.txt"),
+        "the delete stays: {names:?}"
+    );
+    assert!(
+        !names.iter().any(|p| p.contains('@')),
+        "no conflict copy: {names:?}"
+    );
+    assert_eq!(path::read_file(&mut m, "/log").unwrap().len(), 800);
+    assert!(bb.has_in_history(&head).unwrap());
+}

@@ -160,7 +160,7 @@ impl Mount {
         shared.nlink += 1;
         shared.names.push((new_parent, new_name.to_vec()));
         inode.meta.ctime = Timestamp::now();
-        inode.meta.writer = writer;
+        inode.meta.touch(writer);
         self.entries += 1;
         self.touch_dir(new_parent);
         self.links_changed();
@@ -201,7 +201,7 @@ impl Mount {
             }
         }
         inode.meta.ctime = Timestamp::now();
-        inode.meta.writer = writer;
+        inode.meta.touch(writer);
         self.entries = self.entries.saturating_sub(1);
         self.links_changed();
     }
@@ -410,7 +410,7 @@ impl Mount {
             n.parent = parent;
             n.name = name.to_vec();
             n.meta.ctime = Timestamp::now();
-            n.meta.writer = writer;
+            n.meta.touch(writer);
         }
     }
 

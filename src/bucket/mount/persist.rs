@@ -65,9 +65,11 @@ impl Mount {
     /// A directory's entry list changed: bump its times and mark it dirty.
     pub(super) fn touch_dir(&mut self, dir: Ino) {
         let now = Timestamp::now();
+        let writer = self.writer();
         if let Some(n) = self.inodes.get_mut(&dir) {
             n.meta.mtime = now;
             n.meta.ctime = now;
+            n.meta.touch(writer);
         }
         self.mark_dirty(dir);
     }

@@ -85,7 +85,7 @@ impl Mount {
             inode.meta.mtime = t;
         }
         inode.meta.ctime = Timestamp::now();
-        inode.meta.writer = writer;
+        inode.meta.touch(writer);
         self.entry_changed(ino);
         if set.mode.is_some()
             || set.uid.is_some()
@@ -145,7 +145,7 @@ impl Mount {
         let now = Timestamp::now();
         inode.meta.mtime = now;
         inode.meta.ctime = now;
-        inode.meta.writer = writer;
+        inode.meta.touch(writer);
         self.account(ino, before, now_allocated);
         self.entry_changed(ino);
         self.log_for(ino, |path| Op::Write { path, offset, len });
@@ -183,7 +183,7 @@ impl Mount {
         }
         inode.meta.xattrs.insert(name.to_vec(), value.to_vec());
         inode.meta.ctime = Timestamp::now();
-        inode.meta.writer = writer;
+        inode.meta.touch(writer);
         self.entry_changed(ino);
         let name = String::from_utf8_lossy(name).into_owned();
         self.log_for(ino, |path| Op::SetXattr { path, name });
