@@ -129,8 +129,23 @@ impl JaxFs {
         }
     }
 
-    /// Answer with an entry (pinned by [`pinned`] in the same lock that
-    /// found or made it).
+    /// `f`, then count the kernel's new reference to the inode it answers
+    /// with, under the same Mount lock: the kernel holds it until FORGET,
+    /// which keeps an unlinked file alive while open, and no unlink can
+    /// slip in between.
+    fn counted<'a>(
+        &'a self,
+        f: impl FnOnce(&mut Mount) -> crate::bucket::Result<Attr> + 'a,
+    ) -> impl FnOnce(&mut Mount) -> crate::bucket::Result<Attr> + 'a {
+        move |m| {
+            let a = f(m)?;
+            self.live.lookups().looked_up(m, a.ino);
+            Ok(a)
+        }
+    }
+
+    /// Answer with an entry (counted by [`JaxFs::counted`] in the same
+    /// lock that found or made it).
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
         match r {
             Ok(a) => reply.entry(&self.opts.ttl, &file_attr(&a), Generation(0)),
@@ -189,19 +204,6 @@ impl DirHandles {
 
     fn close(&self, fh: u64) {
         self.open.lock().unwrap().remove(&fh);
-    }
-}
-
-/// `f`, then pin the inode it answers with, under the same lock: the kernel
-/// will hold one more reference to it (until FORGET), which keeps an
-/// unlinked file alive while open, and no unlink can slip in between.
-fn pinned(
-    f: impl FnOnce(&mut Mount) -> crate::bucket::Result<Attr>,
-) -> impl FnOnce(&mut Mount) -> crate::bucket::Result<Attr> {
-    move |m| {
-        let a = f(m)?;
-        m.pin(a.ino);
-        Ok(a)
     }
 }
 
@@ -276,7 +278,7 @@ impl Filesystem for JaxFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _op = crate::metrics::FuseOp::start("lookup");
-        let r = self.with(pinned(|m| m.lookup(parent.0, name.as_bytes())));
+        let r = self.with(self.counted(|m| m.lookup(parent.0, name.as_bytes())));
         self.entry(reply, r)
     }
 
@@ -350,7 +352,7 @@ impl Filesystem for JaxFs {
         };
         let perm = mode & !umask & 0o7777;
         let r = self.new_owner(req, parent).and_then(|(uid, gid, _)| {
-            self.change(pinned(|m| match kind {
+            self.change(self.counted(|m| match kind {
                 None => m.create(parent.0, name.as_bytes(), perm, uid, gid),
                 Some(kind) => m.mknod(
                     parent.0,
@@ -378,9 +380,7 @@ impl Filesystem for JaxFs {
         let _op = crate::metrics::FuseOp::start("mkdir");
         let r = self.new_owner(req, parent).and_then(|(uid, gid, inherit)| {
             let mode = (mode & !umask) | if inherit { S_ISGID } else { 0 };
-            self.change(pinned(|m| {
-                m.mkdir(parent.0, name.as_bytes(), mode, uid, gid)
-            }))
+            self.change(self.counted(|m| m.mkdir(parent.0, name.as_bytes(), mode, uid, gid)))
         });
         self.entry(reply, r)
     }
@@ -411,7 +411,7 @@ impl Filesystem for JaxFs {
     ) {
         let _op = crate::metrics::FuseOp::start("symlink");
         let r = self.new_owner(req, parent).and_then(|(uid, gid, _)| {
-            self.change(pinned(|m| {
+            self.change(self.counted(|m| {
                 m.symlink(
                     parent.0,
                     link_name.as_bytes(),
@@ -466,7 +466,7 @@ impl Filesystem for JaxFs {
         reply: ReplyEntry,
     ) {
         let _op = crate::metrics::FuseOp::start("link");
-        let r = self.change(pinned(|m| m.link(ino.0, newparent.0, newname.as_bytes())));
+        let r = self.change(self.counted(|m| m.link(ino.0, newparent.0, newname.as_bytes())));
         self.entry(reply, r)
     }
 
@@ -640,7 +640,7 @@ impl Filesystem for JaxFs {
             }
             // The kernel takes a reference to every entry but `.` and `..`.
             if !dot {
-                m.pin(e.ino);
+                self.live.lookups().looked_up(&mut m, e.ino);
             }
         }
         drop(m);
@@ -772,9 +772,9 @@ impl Filesystem for JaxFs {
     ) {
         let _op = crate::metrics::FuseOp::start("create");
         let r = self.new_owner(req, parent).and_then(|(uid, gid, _)| {
-            self.change(pinned(|m| {
-                m.create(parent.0, name.as_bytes(), mode & !umask, uid, gid)
-            }))
+            self.change(
+                self.counted(|m| m.create(parent.0, name.as_bytes(), mode & !umask, uid, gid)),
+            )
         });
         match r {
             Ok(a) => reply.created(
@@ -789,6 +789,7 @@ impl Filesystem for JaxFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.live.lock().unpin(ino.0, nlookup);
+        let mut m = self.live.lock();
+        self.live.lookups().forget(&mut m, ino.0, nlookup);
     }
 }
