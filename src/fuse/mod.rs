@@ -4,6 +4,7 @@
 //! owns one live Mount per volume on this node.
 
 mod committers;
+mod convert;
 pub mod errno;
 pub mod fs;
 pub mod handover;
