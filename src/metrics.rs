@@ -13,6 +13,7 @@ pub const CSI_REQUESTS: &str = "jax_csi_csi_requests_total";
 pub const CSI_REQUEST_SECONDS: &str = "jax_csi_csi_request_duration_seconds";
 pub const FUSE_OPS: &str = "jax_csi_fuse_ops_total";
 pub const FUSE_OP_SECONDS: &str = "jax_csi_fuse_op_duration_seconds";
+pub const FUSE_ERRORS: &str = "jax_csi_fuse_errors_total";
 pub const FUSE_READ_BYTES: &str = "jax_csi_fuse_read_bytes_total";
 pub const FUSE_WRITTEN_BYTES: &str = "jax_csi_fuse_written_bytes_total";
 pub const COMMITS: &str = "jax_csi_commits_total";
@@ -153,6 +154,11 @@ impl Drop for FuseOp {
         counter!(FUSE_OPS, "op" => self.op).increment(1);
         histogram!(FUSE_OP_SECONDS, "op" => self.op).record(self.start.elapsed().as_secs_f64());
     }
+}
+
+/// A FUSE operation answered with an errno.
+pub fn fuse_error(op: &'static str, errno: i32) {
+    counter!(FUSE_ERRORS, "op" => op, "errno" => errno.to_string()).increment(1);
 }
 
 pub fn fuse_read(bytes: usize) {

@@ -678,6 +678,57 @@ fn a_directory_read_while_its_entries_are_removed_loses_none() {
 /// POSIX: a file unlinked while open stays readable and writable through its
 /// descriptor (the kernel's references pin it), reports no links, and is in
 /// no later version; a new file under its name is a different file.
+/// Log lines written while a test runs (every test of this binary).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every Python `open()` asks the file whether it is a terminal (TCGETS):
+/// the answer is ENOTTY, as from a local file system, and no warning
+/// (fuser's default logs one for each, thousands a minute).
+#[test]
+fn an_ioctl_gets_enotty_without_a_warning() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    // Warnings of fuser (the `log` crate) and ours, as the node logs them.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(move || writer.clone())
+        .try_init();
+    let t = mount_bucket(BucketOptions::default());
+    fs::write(t.p("f"), b"x").unwrap();
+    fs::create_dir(t.p("d")).unwrap();
+    for p in [t.p("f"), t.p("d")] {
+        let f = File::open(&p).unwrap();
+        for _ in 0..3 {
+            let mut tio: libc::termios = unsafe { std::mem::zeroed() };
+            let r =
+                unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::TCGETS, &mut tio) };
+            assert_eq!(r, -1);
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::ENOTTY),
+                "{}",
+                p.display()
+            );
+        }
+    }
+    let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        !logged.lines().any(|l| l.contains("ioctl")),
+        "an ioctl was logged:\n{logged}"
+    );
+}
+
 #[test]
 fn an_open_file_survives_unlink_until_closed() {
     let t = mount_bucket(BucketOptions::default());

@@ -1,7 +1,10 @@
 //! `JaxFs`: a thin `fuser::Filesystem` adapter over a [`LiveMount`]. Each
-//! operation locks the Mount, calls one bucket method and maps the result;
-//! file-system semantics live in `bucket::Mount`, errno mapping in
-//! `errno.rs`, and permission checks in the kernel (`default_permissions`).
+//! operation locks the Mount, calls one bucket method and replies; what a
+//! result means for the kernel is decided elsewhere: file-system semantics
+//! in `bucket::Mount`, errnos, logging and error metrics in `errno.rs` (every
+//! failure goes through [`Op::fail`]), modes, flags and attributes in
+//! `convert.rs`, the kernel's lookup counts in `lookups.rs`. Permission
+//! checks are the kernel's (`default_permissions`).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -12,25 +15,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags as FuseRenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags as FuseRenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::errno::errno_of;
+use super::convert::{self, file_attr, file_type, Owner, XattrAnswer, BLOCK_SIZE};
+use super::errno::{FsError, Op, Refusal};
 use super::live::LiveMount;
-use crate::bucket::{
-    Attr, DirEntry, FileKind, Mount, RenameFlags, SetAttr, SpecialKind, Timestamp, XattrFlags,
-};
+use crate::bucket::{Attr, BucketError, DirEntry, FileKind, Mount, SetAttr};
 
 /// Largest write the kernel sends in one request: whole 1 MiB chunks.
 pub const MAX_WRITE: u32 = 1 << 20;
-/// Block size reported by stat and statfs.
-const BLOCK_SIZE: u32 = 4096;
-/// Inodes reported as the file system's total when there is no quota on them.
-const MAX_FILES: u64 = 1 << 32;
-const S_ISGID: u32 = 0o2000;
 
 /// Tuning for one FUSE session.
 #[derive(Clone, Debug)]
@@ -53,6 +50,8 @@ pub struct JaxFs {
     dirs: DirHandles,
 }
 
+type FsResult<T> = Result<T, FsError>;
+
 impl JaxFs {
     pub fn new(live: LiveMount, opts: FsOptions) -> Self {
         Self {
@@ -63,10 +62,10 @@ impl JaxFs {
     }
 
     /// A directory's entries with `.` and `..` first, as readdir serves them.
-    fn listing(&self, ino: INodeNo) -> Result<Arc<Vec<DirEntry>>, Errno> {
+    fn listing(&self, ino: INodeNo) -> FsResult<Arc<Vec<DirEntry>>> {
         self.with(|m| {
             if m.kind_mode_gid(ino.0)?.0 != FileKind::Dir {
-                return Err(crate::bucket::BucketError::NotADirectory);
+                return Err(BucketError::NotADirectory);
             }
             let dot = |name: &[u8]| DirEntry {
                 name: name.to_vec(),
@@ -86,7 +85,7 @@ impl JaxFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-    ) -> Result<Arc<Vec<DirEntry>>, Errno> {
+    ) -> FsResult<Arc<Vec<DirEntry>>> {
         match self.dirs.get(fh.0) {
             Some(l) if offset != 0 => Ok(l),
             _ => {
@@ -98,22 +97,19 @@ impl JaxFs {
     }
 
     /// Run `f` on the locked Mount.
-    fn with<T>(&self, f: impl FnOnce(&mut Mount) -> crate::bucket::Result<T>) -> Result<T, Errno> {
+    fn with<T>(&self, f: impl FnOnce(&mut Mount) -> crate::bucket::Result<T>) -> FsResult<T> {
         let mut m = self.live.lock();
         f(&mut m).map_err(|e| {
-            if matches!(e, crate::bucket::BucketError::QuotaExceeded { .. }) {
+            if matches!(e, BucketError::QuotaExceeded { .. }) {
                 drop(m);
                 self.live.quota_reached();
             }
-            errno_of("fuse", &e)
+            FsError::from(e)
         })
     }
 
     /// Run a mutating `f`, and tell the committer on success.
-    fn change<T>(
-        &self,
-        f: impl FnOnce(&mut Mount) -> crate::bucket::Result<T>,
-    ) -> Result<T, Errno> {
+    fn change<T>(&self, f: impl FnOnce(&mut Mount) -> crate::bucket::Result<T>) -> FsResult<T> {
         let r = self.with(f);
         if r.is_ok() {
             self.live.touched();
@@ -121,32 +117,42 @@ impl JaxFs {
         r
     }
 
+    /// `f`, then count the kernel's new reference to the inode it answers
+    /// with, under the same Mount lock: the kernel holds it until FORGET,
+    /// which keeps an unlinked file alive while open, and no unlink can
+    /// slip in between.
+    fn counted<'a>(
+        &'a self,
+        f: impl FnOnce(&mut Mount) -> crate::bucket::Result<Attr> + 'a,
+    ) -> impl FnOnce(&mut Mount) -> crate::bucket::Result<Attr> + 'a {
+        move |m| {
+            let a = f(m)?;
+            self.live.lookups().looked_up(m, a.ino);
+            Ok(a)
+        }
+    }
+
     /// fsync and fsyncdir: write a version now, so the data is durable.
-    fn commit(&self, op: &'static str, reply: ReplyEmpty) {
+    fn commit(&self, op: Op, reply: ReplyEmpty) {
         match self.live.commit_now() {
             Ok(_) => reply.ok(),
-            Err(e) => reply.error(errno_of(op, &e)),
+            Err(e) => op.fail(reply, e),
         }
     }
 
-    /// Answer with an entry (pinned by [`pinned`] in the same lock that
-    /// found or made it).
-    fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
+    /// Answer with an entry (counted by [`JaxFs::counted`] in the same
+    /// lock that found or made it).
+    fn entry(&self, op: Op, reply: ReplyEntry, r: FsResult<Attr>) {
         match r {
             Ok(a) => reply.entry(&self.opts.ttl, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(e),
+            Err(e) => op.fail(reply, e),
         }
     }
 
-    /// Owner of a new entry: the caller, or the parent's group when the
-    /// parent is set-group-id (how `fsGroup` ownership propagates).
-    fn new_owner(&self, req: &Request, parent: INodeNo) -> Result<(u32, u32, bool), Errno> {
+    /// Owner of a new entry in `parent` ([`Owner::of_new_entry`]).
+    fn new_owner(&self, req: &Request, parent: INodeNo) -> FsResult<Owner> {
         let (_, mode, gid) = self.with(|m| m.kind_mode_gid(parent.0))?;
-        if mode & S_ISGID != 0 {
-            Ok((req.uid(), gid, true))
-        } else {
-            Ok((req.uid(), req.gid(), false))
-        }
+        Ok(Owner::of_new_entry((req.uid(), req.gid()), mode, gid))
     }
 }
 
@@ -192,66 +198,11 @@ impl DirHandles {
     }
 }
 
-/// `f`, then pin the inode it answers with, under the same lock: the kernel
-/// will hold one more reference to it (until FORGET), which keeps an
-/// unlinked file alive while open, and no unlink can slip in between.
-fn pinned(
-    f: impl FnOnce(&mut Mount) -> crate::bucket::Result<Attr>,
-) -> impl FnOnce(&mut Mount) -> crate::bucket::Result<Attr> {
-    move |m| {
-        let a = f(m)?;
-        m.pin(a.ino);
-        Ok(a)
-    }
-}
-
-fn file_type(kind: FileKind) -> FileType {
-    match kind {
-        FileKind::File => FileType::RegularFile,
-        FileKind::Dir => FileType::Directory,
-        FileKind::Symlink => FileType::Symlink,
-        FileKind::Fifo => FileType::NamedPipe,
-        FileKind::Socket => FileType::Socket,
-        FileKind::CharDevice => FileType::CharDevice,
-        FileKind::BlockDevice => FileType::BlockDevice,
-    }
-}
-
-fn file_attr(a: &Attr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(a.ino),
-        size: a.size,
-        blocks: a.blocks,
-        atime: a.atime,
-        mtime: a.mtime,
-        ctime: a.ctime,
-        crtime: a.ctime,
-        kind: file_type(a.kind),
-        perm: (a.mode & 0o7777) as u16,
-        nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
-        // The kernel's dev_t as mknod handed it over (a 32-bit encoding).
-        rdev: a.rdev as u32,
-        blksize: BLOCK_SIZE,
-        flags: 0,
-    }
-}
-
-fn time(t: TimeOrNow) -> Timestamp {
-    match t {
-        TimeOrNow::SpecificTime(t) => Timestamp::from(t),
-        TimeOrNow::Now => Timestamp::from(SystemTime::now()),
-    }
-}
-
-fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
-    if size == 0 {
-        reply.size(data.len() as u32);
-    } else if data.len() > size as usize {
-        reply.error(Errno::ERANGE);
-    } else {
-        reply.data(data);
+fn reply_xattr(op: Op, reply: ReplyXattr, size: u32, data: &[u8]) {
+    match convert::xattr_answer(size, data) {
+        Ok(XattrAnswer::Size(n)) => reply.size(n),
+        Ok(XattrAnswer::Data(d)) => reply.data(d),
+        Err(r) => op.fail(reply, r),
     }
 }
 
@@ -275,16 +226,16 @@ impl Filesystem for JaxFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _op = crate::metrics::FuseOp::start("lookup");
-        let r = self.with(pinned(|m| m.lookup(parent.0, name.as_bytes())));
-        self.entry(reply, r)
+        let op = Op::start("lookup");
+        let r = self.with(self.counted(|m| m.lookup(parent.0, name.as_bytes())));
+        self.entry(op, reply, r)
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _op = crate::metrics::FuseOp::start("getattr");
+        let op = Op::start("getattr");
         match self.with(|m| m.getattr(ino.0)) {
             Ok(a) => reply.attr(&self.opts.ttl, &file_attr(&a)),
-            Err(e) => reply.error(e),
+            Err(e) => op.fail(reply, e),
         }
     }
 
@@ -306,26 +257,26 @@ impl Filesystem for JaxFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _op = crate::metrics::FuseOp::start("setattr");
+        let op = Op::start("setattr");
         let set = SetAttr {
             mode,
             uid,
             gid,
             size,
-            atime: atime.map(time),
-            mtime: mtime.map(time),
+            atime: atime.map(convert::time),
+            mtime: mtime.map(convert::time),
         };
         match self.change(|m| m.setattr(ino.0, set)) {
             Ok(a) => reply.attr(&self.opts.ttl, &file_attr(&a)),
-            Err(e) => reply.error(e),
+            Err(e) => op.fail(reply, e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _op = crate::metrics::FuseOp::start("readlink");
+        let op = Op::start("readlink");
         match self.with(|m| m.readlink(ino.0)) {
             Ok(t) => reply.data(&t),
-            Err(e) => reply.error(e),
+            Err(e) => op.fail(reply, e),
         }
     }
 
@@ -339,31 +290,27 @@ impl Filesystem for JaxFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _op = crate::metrics::FuseOp::start("mknod");
-        let kind = match mode & libc::S_IFMT {
-            0 | libc::S_IFREG => None,
-            libc::S_IFIFO => Some(SpecialKind::Fifo),
-            libc::S_IFSOCK => Some(SpecialKind::Socket),
-            libc::S_IFCHR => Some(SpecialKind::CharDevice),
-            libc::S_IFBLK => Some(SpecialKind::BlockDevice),
-            _ => return reply.error(Errno::EINVAL),
+        let op = Op::start("mknod");
+        let kind = match convert::node_kind(mode) {
+            Ok(k) => k,
+            Err(r) => return op.fail(reply, r),
         };
-        let perm = mode & !umask & 0o7777;
-        let r = self.new_owner(req, parent).and_then(|(uid, gid, _)| {
-            self.change(pinned(|m| match kind {
-                None => m.create(parent.0, name.as_bytes(), perm, uid, gid),
+        let perm = convert::file_mode(mode, umask);
+        let r = self.new_owner(req, parent).and_then(|o| {
+            self.change(self.counted(|m| match kind {
+                None => m.create(parent.0, name.as_bytes(), perm, o.uid, o.gid),
                 Some(kind) => m.mknod(
                     parent.0,
                     name.as_bytes(),
                     kind,
                     perm,
                     u64::from(rdev),
-                    uid,
-                    gid,
+                    o.uid,
+                    o.gid,
                 ),
             }))
         });
-        self.entry(reply, r)
+        self.entry(op, reply, r)
     }
 
     fn mkdir(
@@ -375,29 +322,27 @@ impl Filesystem for JaxFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let _op = crate::metrics::FuseOp::start("mkdir");
-        let r = self.new_owner(req, parent).and_then(|(uid, gid, inherit)| {
-            let mode = (mode & !umask) | if inherit { S_ISGID } else { 0 };
-            self.change(pinned(|m| {
-                m.mkdir(parent.0, name.as_bytes(), mode, uid, gid)
-            }))
+        let op = Op::start("mkdir");
+        let r = self.new_owner(req, parent).and_then(|o| {
+            let mode = o.dir_mode(mode, umask);
+            self.change(self.counted(|m| m.mkdir(parent.0, name.as_bytes(), mode, o.uid, o.gid)))
         });
-        self.entry(reply, r)
+        self.entry(op, reply, r)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _op = crate::metrics::FuseOp::start("unlink");
+        let op = Op::start("unlink");
         match self.change(|m| m.unlink(parent.0, name.as_bytes())) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => op.fail(reply, e),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _op = crate::metrics::FuseOp::start("rmdir");
+        let op = Op::start("rmdir");
         match self.change(|m| m.rmdir(parent.0, name.as_bytes())) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => op.fail(reply, e),
         }
     }
 
@@ -409,19 +354,19 @@ impl Filesystem for JaxFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _op = crate::metrics::FuseOp::start("symlink");
-        let r = self.new_owner(req, parent).and_then(|(uid, gid, _)| {
-            self.change(pinned(|m| {
+        let op = Op::start("symlink");
+        let r = self.new_owner(req, parent).and_then(|o| {
+            self.change(self.counted(|m| {
                 m.symlink(
                     parent.0,
                     link_name.as_bytes(),
                     target.as_os_str().as_bytes(),
-                    uid,
-                    gid,
+                    o.uid,
+                    o.gid,
                 )
             }))
         });
-        self.entry(reply, r)
+        self.entry(op, reply, r)
     }
 
     fn rename(
@@ -434,13 +379,10 @@ impl Filesystem for JaxFs {
         flags: FuseRenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _op = crate::metrics::FuseOp::start("rename");
-        if flags.contains(FuseRenameFlags::RENAME_WHITEOUT) {
-            return reply.error(Errno::EINVAL);
-        }
-        let flags = RenameFlags {
-            no_replace: flags.contains(FuseRenameFlags::RENAME_NOREPLACE),
-            exchange: flags.contains(FuseRenameFlags::RENAME_EXCHANGE),
+        let op = Op::start("rename");
+        let flags = match convert::rename_flags(flags) {
+            Ok(f) => f,
+            Err(r) => return op.fail(reply, r),
         };
         let r = self.change(|m| {
             m.rename(
@@ -453,7 +395,7 @@ impl Filesystem for JaxFs {
         });
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => op.fail(reply, e),
         }
     }
 
@@ -465,18 +407,15 @@ impl Filesystem for JaxFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _op = crate::metrics::FuseOp::start("link");
-        let r = self.change(pinned(|m| m.link(ino.0, newparent.0, newname.as_bytes())));
-        self.entry(reply, r)
+        let op = Op::start("link");
+        let r = self.change(self.counted(|m| m.link(ino.0, newparent.0, newname.as_bytes())));
+        self.entry(op, reply, r)
     }
 
     fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _op = crate::metrics::FuseOp::start("open");
-        // Files need no per-open state, so ENOSYS turns on the kernel's
-        // zero-message opens: no OPEN and no RELEASE round trip per file from
-        // now on, and the page cache is kept across opens (remote changes
-        // invalidate it). Directories still go through `opendir`.
-        reply.error(Errno::ENOSYS)
+        // Zero-message opens (see `Refusal::NoOpenNeeded`); directories
+        // still go through `opendir`.
+        Op::start("open").fail(reply, Refusal::NoOpenNeeded)
     }
 
     fn read(
@@ -490,20 +429,20 @@ impl Filesystem for JaxFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _op = crate::metrics::FuseOp::start("read");
+        let op = Op::start("read");
         // The mount is held only to plan the read: chunks are loaded and
         // decrypted after it is released, so readers of one volume overlap
         // (and a writer does not wait for them). The reply is written from
         // the cached chunk itself when it can be.
         let read = self
             .with(|m| m.read_plan(ino.0, offset, size))
-            .and_then(|(plan, io)| plan.run(&io).map_err(|e| errno_of("fuse", &e)));
+            .and_then(|(plan, io)| Ok(plan.run(&io)?));
         match read {
             Ok(data) => {
                 crate::metrics::fuse_read(data.as_slice().len());
                 reply.data(data.as_slice())
             }
-            Err(e) => reply.error(e),
+            Err(e) => op.fail(reply, e),
         }
     }
 
@@ -519,7 +458,7 @@ impl Filesystem for JaxFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _op = crate::metrics::FuseOp::start("write");
+        let op = Op::start("write");
         let written =
             self.change(|m| Ok((m.write(ino.0, offset, data)?, m.seals_in_flight(ino.0))));
         match written {
@@ -533,7 +472,7 @@ impl Filesystem for JaxFs {
                     None => reply.written(n),
                 }
             }
-            Err(e) => reply.error(e),
+            Err(e) => op.fail(reply, e),
         }
     }
 
@@ -545,11 +484,8 @@ impl Filesystem for JaxFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _op = crate::metrics::FuseOp::start("flush");
-        // close(2) does not promise durability (the committer writes soon),
-        // so there is nothing to do: ENOSYS tells the kernel to stop sending
-        // FLUSH on every close.
-        reply.error(Errno::ENOSYS)
+        // Nothing to do on close (see `Refusal::NoFlushNeeded`).
+        Op::start("flush").fail(reply, Refusal::NoFlushNeeded)
     }
 
     fn fsync(
@@ -560,18 +496,17 @@ impl Filesystem for JaxFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _op = crate::metrics::FuseOp::start("fsync");
-        self.commit("fsync", reply)
+        self.commit(Op::start("fsync"), reply)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _op = crate::metrics::FuseOp::start("opendir");
+        let op = Op::start("opendir");
         match self.listing(ino) {
             Ok(listing) => {
                 let fh = self.dirs.open(listing);
                 reply.opened(FileHandle(fh), FopenFlags::empty())
             }
-            Err(e) => reply.error(e),
+            Err(e) => op.fail(reply, e),
         }
     }
 
@@ -583,10 +518,10 @@ impl Filesystem for JaxFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _op = crate::metrics::FuseOp::start("readdir");
+        let op = Op::start("readdir");
         let listing = match self.listing_for(ino, fh, offset) {
             Ok(l) => l,
-            Err(e) => return reply.error(e),
+            Err(e) => return op.fail(reply, e),
         };
         for (i, e) in listing.iter().enumerate().skip(offset as usize) {
             if reply.add(
@@ -609,10 +544,10 @@ impl Filesystem for JaxFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let _op = crate::metrics::FuseOp::start("readdirplus");
+        let op = Op::start("readdirplus");
         let listing = match self.listing_for(ino, fh, offset) {
             Ok(l) => l,
-            Err(e) => return reply.error(e),
+            Err(e) => return op.fail(reply, e),
         };
         let mut m = self.live.lock();
         for (i, e) in listing.iter().enumerate().skip(offset as usize) {
@@ -640,7 +575,7 @@ impl Filesystem for JaxFs {
             }
             // The kernel takes a reference to every entry but `.` and `..`.
             if !dot {
-                m.pin(e.ino);
+                self.live.lookups().looked_up(&mut m, e.ino);
             }
         }
         drop(m);
@@ -655,7 +590,7 @@ impl Filesystem for JaxFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let _op = crate::metrics::FuseOp::start("releasedir");
+        let _op = Op::start("releasedir");
         self.dirs.close(fh.0);
         reply.ok()
     }
@@ -668,33 +603,34 @@ impl Filesystem for JaxFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _op = crate::metrics::FuseOp::start("fsyncdir");
-        self.commit("fsyncdir", reply)
+        self.commit(Op::start("fsyncdir"), reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _op = crate::metrics::FuseOp::start("statfs");
+        let _op = Op::start("statfs");
         let (usage, store) = {
             let m = self.live.lock();
             (m.usage(), m.store_dir())
         };
-        let bs = BLOCK_SIZE as u64;
-        let used = usage.used_bytes.div_ceil(bs);
-        // The quota is the size; without one, the node's disk is the ceiling.
-        let (total, free) = match usage.quota {
-            Some(q) => (q / bs, (q / bs).saturating_sub(used)),
-            None => match nix::sys::statvfs::statvfs(&store) {
-                Ok(s) => {
-                    let frag = s.fragment_size();
-                    let avail = s.blocks_available() * frag / bs;
-                    (used + avail, avail)
-                }
-                Err(_) => (used, 0),
-            },
+        let disk = match usage.quota {
+            Some(_) => None,
+            None => nix::sys::statvfs::statvfs(&store)
+                .ok()
+                .map(|s| convert::Disk {
+                    blocks_available: s.blocks_available(),
+                    fragment_size: s.fragment_size(),
+                }),
         };
-        let ffree = MAX_FILES.saturating_sub(usage.entries);
+        let s = convert::statfs(&usage, disk);
         reply.statfs(
-            total, free, free, MAX_FILES, ffree, BLOCK_SIZE, 255, BLOCK_SIZE,
+            s.blocks,
+            s.free,
+            s.free,
+            s.files,
+            s.files_free,
+            BLOCK_SIZE,
+            convert::NAME_MAX,
+            BLOCK_SIZE,
         );
     }
 
@@ -708,55 +644,45 @@ impl Filesystem for JaxFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _op = crate::metrics::FuseOp::start("setxattr");
-        let flags = XattrFlags {
-            create: flags & libc::XATTR_CREATE != 0,
-            replace: flags & libc::XATTR_REPLACE != 0,
-        };
+        let op = Op::start("setxattr");
+        let flags = convert::xattr_flags(flags);
         match self.change(|m| m.setxattr(ino.0, name.as_bytes(), value, flags)) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => op.fail(reply, e),
         }
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _op = crate::metrics::FuseOp::start("getxattr");
+        let op = Op::start("getxattr");
         match self.with(|m| m.getxattr(ino.0, name.as_bytes())) {
-            Ok(v) => reply_xattr(reply, size, &v),
-            Err(e) => reply.error(e),
+            Ok(v) => reply_xattr(op, reply, size, &v),
+            Err(e) => op.fail(reply, e),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _op = crate::metrics::FuseOp::start("listxattr");
+        let op = Op::start("listxattr");
         match self.with(|m| m.listxattr(ino.0)) {
-            Ok(names) => {
-                let mut buf = Vec::new();
-                for n in names {
-                    buf.extend_from_slice(&n);
-                    buf.push(0);
-                }
-                reply_xattr(reply, size, &buf)
-            }
-            Err(e) => reply.error(e),
+            Ok(names) => reply_xattr(op, reply, size, &convert::xattr_list(names)),
+            Err(e) => op.fail(reply, e),
         }
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _op = crate::metrics::FuseOp::start("removexattr");
+        let op = Op::start("removexattr");
         match self.change(|m| m.removexattr(ino.0, name.as_bytes())) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => op.fail(reply, e),
         }
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        let _op = crate::metrics::FuseOp::start("access");
+        let op = Op::start("access");
         // With default_permissions the kernel checks mode bits itself; this
         // only answers whether the inode exists.
         match self.with(|m| m.kind_mode_gid(ino.0)) {
             Ok(_) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => op.fail(reply, e),
         }
     }
 
@@ -770,11 +696,11 @@ impl Filesystem for JaxFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let _op = crate::metrics::FuseOp::start("create");
-        let r = self.new_owner(req, parent).and_then(|(uid, gid, _)| {
-            self.change(pinned(|m| {
-                m.create(parent.0, name.as_bytes(), mode & !umask, uid, gid)
-            }))
+        let op = Op::start("create");
+        let r = self.new_owner(req, parent).and_then(|o| {
+            self.change(
+                self.counted(|m| m.create(parent.0, name.as_bytes(), mode & !umask, o.uid, o.gid)),
+            )
         });
         match r {
             Ok(a) => reply.created(
@@ -784,11 +710,78 @@ impl Filesystem for JaxFs {
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE,
             ),
-            Err(e) => reply.error(e),
+            Err(e) => op.fail(reply, e),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.live.lock().unpin(ino.0, nlookup);
+        let mut m = self.live.lock();
+        self.live.lookups().forget(&mut m, ino.0, nlookup);
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // Not fuser's default, which logs a warning for each (every
+        // Python `open()` asks one; see `Refusal::NoIoctl`).
+        Op::start("ioctl").fail(reply, Refusal::NoIoctl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(names: &[&str]) -> Arc<Vec<DirEntry>> {
+        Arc::new(
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| DirEntry {
+                    name: n.as_bytes().to_vec(),
+                    ino: i as u64 + 2,
+                    kind: FileKind::File,
+                })
+                .collect(),
+        )
+    }
+
+    /// Each opendir gets its own handle and listing; a listing is replaced
+    /// only while its handle is open, and gone once released.
+    #[test]
+    fn directory_handles_keep_their_listing_until_released() {
+        let dirs = DirHandles::default();
+        let a = dirs.open(listing(&["x"]));
+        let b = dirs.open(listing(&["y", "z"]));
+        assert_ne!(a, b);
+        assert_eq!(dirs.get(a).unwrap().len(), 1);
+        assert_eq!(dirs.get(b).unwrap().len(), 2);
+        dirs.replace(a, listing(&["x", "w"]));
+        assert_eq!(dirs.get(a).unwrap().len(), 2);
+        dirs.close(a);
+        assert!(dirs.get(a).is_none());
+        dirs.replace(a, listing(&["late"]));
+        assert!(
+            dirs.get(a).is_none(),
+            "a released handle is not brought back"
+        );
+        assert_eq!(dirs.get(b).unwrap().len(), 2);
+    }
+
+    /// Handle numbers start at a random point, so a successor process does
+    /// not hand out the numbers its predecessor's kernel still holds.
+    #[test]
+    fn directory_handles_start_at_a_random_number() {
+        let first = |_| DirHandles::default().open(listing(&[]));
+        let starts: std::collections::HashSet<u64> = (0..4).map(first).collect();
+        assert!(starts.len() > 1, "{starts:?}");
     }
 }

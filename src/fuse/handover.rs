@@ -24,11 +24,12 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::keeper::KeeperClient;
+use super::lookups::KernelRef;
 use super::mount_manager::{
     session_options, MountError, MountManager, MountStatus, Notice, Running,
 };
 use super::session::{self, FuseSession};
-use crate::bucket::{BucketId, KernelRef};
+use crate::bucket::BucketId;
 
 /// Version of the handover state file.
 const STATE_VERSION: u32 = 1;
@@ -145,17 +146,16 @@ impl MountManager {
             .ok_or_else(|| spawn_failed(std::io::Error::other("the fd-keeper let it go")))?;
         let state =
             take_state(&self.handover_dir(), &name).filter(|s| s.connection == kept.connection);
-        let mut refs = 0;
         let live = self.open_live(rec, |m| {
-            match &state {
-                Some(s) => refs = m.adopt_kernel_refs(&s.refs),
-                // A crash left no state: any inode may be named.
-                None => {
-                    m.load_all()?;
-                }
+            // A crash left no state: any inode may be named.
+            if state.is_none() {
+                m.load_all()?;
             }
             Ok(())
         })?;
+        // Nothing serves this Mount yet: the references are taken over
+        // before the first request.
+        let refs = state.map_or(0, |s| live.adopt_kernel_refs(&s.refs));
         self.lock().reserve_stopped(volume)?;
         let resumed = session::resume(
             live.clone(),
@@ -255,7 +255,7 @@ impl MountManager {
         let path = session.path().to_path_buf();
         // Readers stop; the session's end runs the final commit.
         session.hand_over();
-        let refs = live.lock().kernel_refs();
+        let refs = live.kernel_refs();
         let committed = live.shutdown();
         let state = HandoverState {
             v: STATE_VERSION,

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::committers::{self, Committable};
+use super::lookups::{KernelRef, Lookups};
 
 use crate::bucket::{BucketError, Mount, Saved};
 
@@ -42,6 +43,8 @@ struct Shared {
     /// This mount's place in the shared committer pool.
     id: u64,
     mount: Mutex<Mount>,
+    /// The kernel's references to the Mount's inodes; locked after `mount`.
+    lookups: Mutex<Lookups>,
     /// Held for a whole commit (see [`commit`]).
     committing: Mutex<()>,
     pending: Mutex<Pending>,
@@ -63,6 +66,7 @@ impl LiveMount {
         let shared = Arc::new(Shared {
             id: committers::next_id(),
             mount: Mutex::new(mount),
+            lookups: Mutex::new(Lookups::default()),
             committing: Mutex::new(()),
             pending: Mutex::new(Pending::default()),
             on_commit: Mutex::new(None),
@@ -80,6 +84,29 @@ impl LiveMount {
     /// Lock the Mount for one operation.
     pub fn lock(&self) -> MutexGuard<'_, Mount> {
         self.shared.lock_mount()
+    }
+
+    /// The kernel's lookup counts. Lock the Mount first ([`LiveMount::lock`])
+    /// and count under that lock: every user takes the two in this order.
+    pub fn lookups(&self) -> MutexGuard<'_, Lookups> {
+        self.shared
+            .lookups
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The references the kernel holds, for a successor process
+    /// ([`Lookups::refs`]).
+    pub fn kernel_refs(&self) -> Vec<KernelRef> {
+        let m = self.lock();
+        self.lookups().refs(&m)
+    }
+
+    /// Take over a predecessor's references ([`Lookups::adopt`]); returns
+    /// how many were taken over.
+    pub fn adopt_kernel_refs(&self, refs: &[KernelRef]) -> usize {
+        let mut m = self.lock();
+        self.lookups().adopt(&mut m, refs)
     }
 
     /// Lock the Mount for a change that writes HEAD itself (a merge): no

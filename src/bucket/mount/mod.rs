@@ -19,7 +19,7 @@
 //! writes, attributes, xattrs and the quota; `persist` what a change marks
 //! dirty and the sealing of the tree; `save` versions, HEAD, restore and
 //! reset; `views` following a head and what the kernel must forget; `pins`
-//! the kernel's references and their handover.
+//! the inodes kept alive while in use (orphans).
 
 mod inodes;
 mod namespace;
@@ -33,7 +33,6 @@ mod views;
 mod write;
 
 pub use namespace::RenameFlags;
-pub use pins::KernelRef;
 pub use query::{Attr, DirEntry, FileKind};
 pub use save::{PreparedVersion, Saved};
 #[cfg(test)]
@@ -85,9 +84,9 @@ pub struct Mount {
     shares: Vec<KeyShare>,
     /// Anything changed since `base`.
     changed: bool,
-    /// References the user of the mount holds on inodes (the kernel's lookup
-    /// counts): a pinned file that is unlinked stays readable and writable.
-    pins: HashMap<Ino, u64>,
+    /// Inodes the user of the mount holds on to (see `pins`): a pinned
+    /// file that is unlinked stays readable and writable.
+    pinned: HashSet<Ino>,
     /// Files removed from the tree while pinned: alive until unpinned, never
     /// saved (POSIX: an unlinked file lives until its last close).
     orphans: HashSet<Ino>,
@@ -137,7 +136,7 @@ impl Mount {
             inodes: HashMap::new(),
             ops: OpsLog::default(),
             changed: false,
-            pins: HashMap::new(),
+            pinned: HashSet::new(),
             orphans: HashSet::new(),
             orphan_bytes: 0,
             link_table: BTreeMap::new(),

@@ -423,7 +423,7 @@ impl Mount {
             if self.link_table.remove(&i).is_some() {
                 self.links_changed();
             }
-            let keep = self.pins.contains_key(&i)
+            let keep = self.pinned.contains(&i)
                 && self
                     .inodes
                     .get(&i)

@@ -1,91 +1,43 @@
-//! The kernel's references to inodes (its lookup counts), which keep an
-//! unlinked file alive as an orphan, and their handover to a successor
-//! process (`fuse::handover`).
+//! Inodes the user of the mount holds on to: a pinned file or symlink that
+//! is unlinked (or renamed over) stays alive as an orphan, readable and
+//! writable, until it is unpinned (POSIX: an unlinked file lives until its
+//! last close). The user decides what "in use" means; the FUSE adapter
+//! pins what the kernel holds references to (`fuse::lookups`).
 
 use super::inodes::{Body, Inode};
 use super::{Ino, Mount, ROOT_INO};
 
-/// A reference the kernel holds on an inode, and the names leading to it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct KernelRef {
-    pub ino: Ino,
-    pub count: u64,
-    pub path: Vec<Vec<u8>>,
-}
-
 impl Mount {
-    /// The user of the mount holds one more reference to `ino` (the kernel
-    /// answered a lookup with it).
+    /// Keep `ino` alive while it is in use. Pinning a pinned inode does
+    /// nothing: one [`Mount::unpin`] releases it.
     pub fn pin(&mut self, ino: Ino) {
-        *self.pins.entry(ino).or_default() += 1;
+        self.pinned.insert(ino);
     }
 
-    /// The user dropped `n` references to `ino`; an orphan with none left is
-    /// gone for good.
-    pub fn unpin(&mut self, ino: Ino, n: u64) {
-        let Some(count) = self.pins.get_mut(&ino) else {
+    /// `ino` is no longer in use; an orphan is gone for good.
+    pub fn unpin(&mut self, ino: Ino) {
+        if !self.pinned.remove(&ino) {
             return;
-        };
-        *count = count.saturating_sub(n);
-        if *count == 0 {
-            self.pins.remove(&ino);
-            if self.orphans.remove(&ino) {
-                if let Some(Inode {
-                    body: Body::File(f),
-                    ..
-                }) = self.inodes.remove(&ino)
-                {
-                    let bytes = f.allocated(self.io.chunk_size);
-                    self.orphan_bytes = self.orphan_bytes.saturating_sub(bytes);
-                }
+        }
+        if self.orphans.remove(&ino) {
+            if let Some(Inode {
+                body: Body::File(f),
+                ..
+            }) = self.inodes.remove(&ino)
+            {
+                let bytes = f.allocated(self.io.chunk_size);
+                self.orphan_bytes = self.orphan_bytes.saturating_sub(bytes);
             }
         }
     }
 
-    /// The references the kernel holds (lookup counts), each with the names
-    /// leading to its inode from the root: what a successor process needs
-    /// to answer for the same inode numbers (see `fuse::handover`). Orphans
-    /// (unlinked, still open) have no path and are left out.
-    pub fn kernel_refs(&self) -> Vec<KernelRef> {
-        let mut refs = Vec::new();
-        for (&ino, &count) in &self.pins {
-            if self.orphans.contains(&ino) {
-                continue;
-            }
-            if let Some(path) = self.name_path(ino) {
-                refs.push(KernelRef { ino, count, path });
-            }
+    /// The names from the root to `ino`, if it is in the tree as loaded:
+    /// `None` for an orphan (unlinked, no name leads to it) or an inode
+    /// this mount does not know.
+    pub fn names_to(&self, ino: Ino) -> Option<Vec<Vec<u8>>> {
+        if self.orphans.contains(&ino) {
+            return None;
         }
-        refs
-    }
-
-    /// Take over references a predecessor held: each path is looked up
-    /// (loading the directories on it) and pinned when it still leads to
-    /// the same inode. Returns how many were taken over.
-    pub fn adopt_kernel_refs(&mut self, refs: &[KernelRef]) -> usize {
-        let mut adopted = 0;
-        for r in refs {
-            let mut ino = ROOT_INO;
-            let mut found = true;
-            for name in &r.path {
-                match self.lookup(ino, name) {
-                    Ok(a) => ino = a.ino,
-                    Err(_) => {
-                        found = false;
-                        break;
-                    }
-                }
-            }
-            if found && ino == r.ino {
-                *self.pins.entry(ino).or_default() += r.count;
-                adopted += 1;
-            }
-        }
-        adopted
-    }
-
-    /// The names from the root to `ino`, if it is in the tree.
-    fn name_path(&self, ino: Ino) -> Option<Vec<Vec<u8>>> {
         let mut names = Vec::new();
         let mut cur = ino;
         while cur != ROOT_INO {

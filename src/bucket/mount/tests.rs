@@ -187,7 +187,7 @@ fn orphans_count_on_the_quota_and_survive_a_reset() {
     want.extend([3u8; 1000]);
     assert_eq!(m.read(a, 0, 6000).unwrap(), want);
     assert_eq!(m.usage().used_bytes, 5000);
-    m.unpin(a, 1);
+    m.unpin(a);
     assert!(m.getattr(a).is_err());
     assert_eq!(m.usage().used_bytes, 0);
 }
@@ -262,4 +262,27 @@ fn hard_links_share_one_file() {
         .iter()
         .all(|e| e.name != b"c"));
     assert!(last.link_table.is_empty());
+}
+
+/// A pin is a flag, not a count (counting references is the user's job):
+/// one unpin releases it. `names_to` leads from the root to an inode in
+/// the tree, and to no orphan.
+#[test]
+fn a_pin_is_released_by_one_unpin_and_orphans_have_no_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = test_bucket(dir.path(), 4096);
+    let mut m = b.mount().unwrap();
+    let d = m.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+    let f = m.create(d, b"f", 0o644, 0, 0).unwrap().ino;
+    assert_eq!(m.names_to(f), Some(vec![b"d".to_vec(), b"f".to_vec()]));
+    assert_eq!(m.names_to(ROOT_INO), Some(Vec::new()));
+    assert_eq!(m.names_to(12345), None);
+    m.pin(f);
+    m.pin(f);
+    m.unlink(d, b"f").unwrap();
+    assert!(m.getattr(f).is_ok(), "pinned: an orphan");
+    assert_eq!(m.names_to(f), None);
+    m.unpin(f);
+    assert!(m.getattr(f).is_err(), "one unpin releases it");
+    m.unpin(f);
 }
