@@ -404,10 +404,29 @@ async fn snapshots_restore_from_any_holder() {
     );
 }
 
-/// What one writer did: its last acknowledged line and the errors it saw.
+/// What one writer did: its last acknowledged line, when each line was
+/// acknowledged, and the errors it saw.
 struct Written {
     acked: Option<u64>,
+    acked_at: Vec<Instant>,
     errors: Vec<String>,
+}
+
+/// Watch `file` (another node's log, through this node's mount) until
+/// `stop`: when each line first became readable here.
+fn watch_lines(file: PathBuf, stop: Arc<AtomicBool>) -> Vec<Instant> {
+    let mut seen = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(bytes) = fs::read(&file) {
+            let lines = bytes.iter().filter(|b| **b == b'\n').count();
+            let now = Instant::now();
+            while seen.len() < lines {
+                seen.push(now);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    seen
 }
 
 /// Append numbered lines to `dir/w<i>.log`, each followed by an fsync, and
@@ -415,6 +434,7 @@ struct Written {
 fn append_until(dir: PathBuf, i: usize, stop: Arc<AtomicBool>) -> Written {
     let mut out = Written {
         acked: None,
+        acked_at: Vec::new(),
         errors: Vec::new(),
     };
     let mut log = fs::OpenOptions::new()
@@ -426,7 +446,10 @@ fn append_until(dir: PathBuf, i: usize, stop: Arc<AtomicBool>) -> Written {
     while !stop.load(Ordering::Relaxed) {
         let line = format!("w{i} {seq}\n");
         match log.write_all(line.as_bytes()).and_then(|_| log.sync_data()) {
-            Ok(()) => out.acked = Some(seq),
+            Ok(()) => {
+                out.acked = Some(seq);
+                out.acked_at.push(Instant::now());
+            }
             Err(e) => {
                 out.errors.push(format!("append {seq}: {e}"));
                 return out;
@@ -500,13 +523,28 @@ async fn three_writers_converge_and_keep_every_acknowledged_line() {
             std::thread::spawn(move || append_until(dir, i, stop))
         })
         .collect();
+    // Node i watches writer i+1's log: how long a line takes to show up.
+    let watching = Arc::new(AtomicBool::new(false));
+    let watchers: Vec<_> = (0..3)
+        .map(|i| {
+            let file = dirs[i].join(format!("w{}.log", (i + 1) % 3));
+            let stop = watching.clone();
+            std::thread::spawn(move || watch_lines(file, stop))
+        })
+        .collect();
+    // Two thirds with a cut each (`JAX_SOAK_NO_CUTS` leaves the links
+    // alone), then a third with every link up.
     let third = Duration::from_secs(secs) / 3;
+    let cutting = std::env::var("JAX_SOAK_NO_CUTS").is_err();
     for cut in [1, 2] {
-        tokio::time::sleep(third.saturating_sub(Duration::from_secs(5)) / 2).await;
-        n.net.cut(cut);
+        let around = third.saturating_sub(Duration::from_secs(5)) / 2;
+        tokio::time::sleep(around).await;
+        if cutting {
+            n.net.cut(cut);
+        }
         tokio::time::sleep(Duration::from_secs(5)).await;
         n.net.heal(cut);
-        tokio::time::sleep(third.saturating_sub(Duration::from_secs(5)) / 2).await;
+        tokio::time::sleep(around).await;
     }
     tokio::time::sleep(third).await;
     stop.store(true, Ordering::Relaxed);
@@ -540,6 +578,25 @@ async fn three_writers_converge_and_keep_every_acknowledged_line() {
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    watching.store(true, Ordering::Relaxed);
+    let mut delays: Vec<Duration> = Vec::new();
+    for (i, w) in watchers.into_iter().enumerate() {
+        let seen = w.join().unwrap();
+        let acked = &written[(i + 1) % 3].acked_at;
+        delays.extend(
+            seen.iter()
+                .zip(acked)
+                .map(|(s, a)| s.saturating_duration_since(*a)),
+        );
+    }
+    delays.sort();
+    let pct = |p: usize| {
+        delays
+            .get(delays.len() * p / 100)
+            .copied()
+            .unwrap_or_default()
     };
 
     // Every acknowledged line everywhere, in order, with no gap.
@@ -580,12 +637,34 @@ async fn three_writers_converge_and_keep_every_acknowledged_line() {
         "versions were made while nobody wrote"
     );
     let shared_copies = t.iter().filter(|(p, _)| p.starts_with("shared@")).count();
+    // From the nodes' logs: merges each made, and how long its pulls took.
+    for i in 0..3 {
+        let log = n.log(i);
+        let merges = log.matches("merged concurrent head").count();
+        let mut pull_ms: Vec<u64> = log
+            .lines()
+            .filter(|l| l.contains("pulled a head"))
+            .filter_map(|l| l.split(" ms=").nth(1)?.split(' ').next()?.parse().ok())
+            .collect();
+        pull_ms.sort();
+        let at = |p: usize| pull_ms.get(pull_ms.len() * p / 100).copied().unwrap_or(0);
+        println!(
+            "node {i}: {merges} merges ({:.1}/s), {} pulls, pull p50 {} ms, p99 {} ms",
+            merges as f64 / secs as f64,
+            pull_ms.len(),
+            at(50),
+            at(99)
+        );
+    }
     let state: Vec<u64> = (0..3)
         .map(|i| dir_bytes(&n.c.node_state(&name(i))))
         .collect();
     println!(
-        "three writers, {secs} s: acknowledged lines {:?}; one tree {converged:?} after the writers stopped; \
+        "three writers, {secs} s: acknowledged lines {:?}; a line seen on the next node after p50 {:?}, \
+         p99 {:?} (cuts: {cutting}); one tree {converged:?} after the writers stopped; \
          conflict copies of the shared file {shared_copies}; state dirs {state:?} bytes",
-        written.iter().map(|w| w.acked.map_or(0, |a| a + 1)).collect::<Vec<_>>()
+        written.iter().map(|w| w.acked.map_or(0, |a| a + 1)).collect::<Vec<_>>(),
+        pct(50),
+        pct(99),
     );
 }

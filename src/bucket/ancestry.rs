@@ -78,14 +78,19 @@ impl<'a> Walk<'a> {
         Ok(())
     }
 
-    /// The parents of `h` this node holds, in a list; a parent missing
-    /// because it was pruned on purpose ends history there, any other
-    /// missing parent breaks the chain.
+    /// The parents of `h` this node holds, in a list; a parent pruned on
+    /// purpose (listed in `PRUNED`) ends history there, any other missing
+    /// parent breaks the chain.
     fn parents(&mut self, h: &Hash) -> Result<(Vec<Hash>, bool)> {
         let all: Vec<Hash> = self.manifest(h)?.parents().collect();
         let mut held = Vec::new();
         let mut cut = false;
         for p in all {
+            if self.pruned.contains(&p) {
+                // Pruned here: history ends, even if the version came back.
+                cut = true;
+                continue;
+            }
             match self.manifest(&p).map(|_| ()) {
                 Ok(()) => held.push(p),
                 Err(BucketError::VersionNotFound(_)) if self.pruned.contains(&p) => cut = true,

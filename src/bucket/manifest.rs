@@ -145,12 +145,26 @@ impl Manifest {
                 body.chunk_size
             )));
         }
-        body.author
-            .verify(&signing_input(body_bytes), &signature)
-            .map_err(|_| BucketError::BadSignature {
-                manifest: hash,
-                reason: format!("signature does not verify for author {}", body.author),
-            })?;
+        // A signature is checked once per content: history walks and
+        // merges load the same manifests again and again, and a check
+        // costs far more than hashing the bytes to find it was done.
+        let content = Hash::of(bytes);
+        let checked = VERIFIED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&content);
+        if !checked {
+            body.author
+                .verify(&signing_input(body_bytes), &signature)
+                .map_err(|_| BucketError::BadSignature {
+                    manifest: hash,
+                    reason: format!("signature does not verify for author {}", body.author),
+                })?;
+            VERIFIED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(content, ());
+        }
         if !body.shares.iter().any(|s| s.recipient == body.author) {
             return Err(BucketError::BadSignature {
                 manifest: hash,
@@ -183,6 +197,10 @@ impl Manifest {
             .copied()
     }
 }
+
+/// Manifests (by the hash of their bytes) whose signature verified.
+static VERIFIED: std::sync::LazyLock<std::sync::Mutex<crate::cache::BoundedMap<Hash, ()>>> =
+    std::sync::LazyLock::new(|| std::sync::Mutex::new(crate::cache::BoundedMap::new(1 << 16)));
 
 /// Check that `child` (at `child_hash`) correctly links to its parent manifests.
 pub fn check_link(child_hash: Hash, child: &Manifest, parents: &[Manifest]) -> Result<()> {

@@ -240,6 +240,11 @@ impl BucketCore {
             let mut parents = Vec::new();
             let mut cut = false;
             for p in m.parents() {
+                if pruned.contains(&p) {
+                    // Pruned here: history ends, even if the version came back.
+                    cut = true;
+                    continue;
+                }
                 match self.load_manifest(&p) {
                     Ok(pm) => {
                         parents.push(pm);
