@@ -27,9 +27,12 @@ impl ToErrno for BucketError {
     fn errno(&self) -> Errno {
         use BucketError as E;
         match self {
-            E::NotFound | E::UnknownInode(_) | E::BucketNotFound(_) | E::VersionNotFound(_) => {
-                Errno::ENOENT
-            }
+            E::NotFound | E::BucketNotFound(_) | E::VersionNotFound(_) => Errno::ENOENT,
+            // An inode the kernel still names but a synced head replaced
+            // (another node's file took the name): ESTALE makes the kernel
+            // look the path up again and retry the open, where ENOENT
+            // would fail a `create` of a file that exists.
+            E::UnknownInode(_) => Errno::ESTALE,
             E::Exists | E::BucketExists(_) => Errno::EEXIST,
             E::NotADirectory => Errno::ENOTDIR,
             E::IsADirectory => Errno::EISDIR,
@@ -268,7 +271,7 @@ mod tests {
         let io = || std::io::Error::other("disk");
         let cases = [
             (BucketError::NotFound, libc::ENOENT),
-            (BucketError::UnknownInode(7), libc::ENOENT),
+            (BucketError::UnknownInode(7), libc::ESTALE),
             (BucketError::BucketNotFound("b".into()), libc::ENOENT),
             (BucketError::VersionNotFound(hash), libc::ENOENT),
             (BucketError::Exists, libc::EEXIST),

@@ -61,6 +61,7 @@ impl Replicas {
     /// store). Returns the local head after, when it is not `head` (a
     /// merge of ours, which the peers must hear of).
     pub fn apply_head(&self, volume: &BucketId, head: &Hash) -> Result<Option<Hash>, NodeError> {
+        let started = std::time::Instant::now();
         let (saved, conflicts) = self.change(volume, Change::Merge(head))?;
         if conflicts > 0 {
             crate::metrics::conflicts_resolved(conflicts);
@@ -74,7 +75,13 @@ impl Replicas {
                 "concurrent edits merged; the losing versions are kept as conflict copies"
             );
         }
-        tracing::info!(%volume, incoming = %head, now = %saved.hash, "applied a synced head");
+        tracing::info!(
+            %volume,
+            incoming = %head,
+            now = %saved.hash,
+            ms = started.elapsed().as_millis() as u64,
+            "applied a synced head"
+        );
         self.manager.applied(volume, &saved);
         Ok((saved.hash != *head).then_some(saved.hash))
     }
