@@ -467,6 +467,17 @@ fn append_until(dir: PathBuf, i: usize, stop: Arc<AtomicBool>) -> Written {
     out
 }
 
+/// The `ms=` values of the log lines that say `what`, sorted.
+fn logged_ms(log: &str, what: &str) -> Vec<u64> {
+    let mut ms: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| l.split(" ms=").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    ms.sort();
+    ms
+}
+
 fn heads(n: &Nodes, id: &str) -> Vec<String> {
     (0..3)
         .map(|i| {
@@ -642,18 +653,8 @@ async fn three_writers_converge_and_keep_every_acknowledged_line() {
     for i in 0..3 {
         let log = n.log(i);
         let merges = log.matches("merged concurrent head").count();
-        let mut pull_ms: Vec<u64> = log
-            .lines()
-            .filter(|l| l.contains("pulled a head"))
-            .filter_map(|l| l.split(" ms=").nth(1)?.split(' ').next()?.parse().ok())
-            .collect();
-        pull_ms.sort();
-        let mut apply_ms: Vec<u64> = log
-            .lines()
-            .filter(|l| l.contains("applied a synced head"))
-            .filter_map(|l| l.split(" ms=").nth(1)?.split(' ').next()?.parse().ok())
-            .collect();
-        apply_ms.sort();
+        let pull_ms = logged_ms(&log, "pulled a head");
+        let apply_ms = logged_ms(&log, "applied a synced head");
         let median = apply_ms.get(apply_ms.len() / 2).copied().unwrap_or(0);
         let at = |p: usize| pull_ms.get(pull_ms.len() * p / 100).copied().unwrap_or(0);
         println!(
