@@ -9,7 +9,7 @@
 //! in order with no gap, no conflict copy of a file only one replica wrote,
 //! and make no version while nobody writes.
 //!
-//! `JAX_SIM_SEEDS=N` runs seeds 0..N (default 40); `JAX_SIM_SEED=S` replays
+//! `JAX_SIM_SEEDS=N` runs seeds 0..N (default 60); `JAX_SIM_SEED=S` replays
 //! one. A failure prints its seed.
 
 mod common;
@@ -405,7 +405,7 @@ fn replicas_converge_keep_every_acknowledged_write_and_invent_no_conflicts() {
             let n = std::env::var("JAX_SIM_SEEDS")
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .unwrap_or(40);
+                .unwrap_or(60);
             (0..n).collect()
         }
     };
