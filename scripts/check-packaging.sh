@@ -388,6 +388,17 @@ PY
 }
 check "renders: structure and promised properties (CSIDriver, RBAC, DaemonSet, sockets < 108 bytes)" check_renders
 
+# An image.tag of one's own build also names the fd-keeper's image (no image
+# is published: a keeper at the appVersion tag would never pull).
+keeper_follows_tag() {
+  local out
+  out="$(helm_template --set database.url="$DEPLOY_DB_URL" --set image.repository=reg.example/jax-csi --set image.tag=build-7)"
+  printf '%s\n' "$out" | grep -q 'image: reg.example/jax-csi:build-7' || { echo "no jax-csi container at image.tag"; return 1; }
+  [ "$(printf '%s\n' "$out" | grep -c 'image: reg.example/jax-csi:build-7')" -eq 3 ] \
+    || { printf '%s\n' "$out" | grep 'image: reg.example/jax-csi'; echo "the controller, node plugin and fd-keeper do not all run image.tag"; return 1; }
+}
+check "the fd-keeper runs image.tag unless node.fdKeeper.image.tag is set" keeper_follows_tag
+
 chart_files() {
   py - "$CHART" <<'PY'
 import json, sys, yaml

@@ -65,7 +65,8 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "jax-csi.fdKeeperImage" -}}
 {{- $repo := default .Values.image.repository .Values.node.fdKeeper.image.repository }}
-{{- printf "%s:%s" $repo (toString (default .Chart.AppVersion .Values.node.fdKeeper.image.tag)) }}
+{{- $tag := default (default .Chart.AppVersion .Values.image.tag) .Values.node.fdKeeper.image.tag }}
+{{- printf "%s:%s" $repo (toString $tag) }}
 {{- end }}
 
 {{- define "jax-csi.controllerServiceAccount" -}}{{ include "jax-csi.fullname" . }}-controller{{- end }}
