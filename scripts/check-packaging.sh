@@ -353,6 +353,16 @@ if kargs and ("--handover-socket=" + kargs[1].split("=", 1)[1]) not in container
 if "--feature-gates=CSIVolumeGroupSnapshot=true" not in ctl["csi-snapshotter"]["args"]: err("all-options.yaml: group snapshots gate")
 node = one(docs, "DaemonSet", "-node")
 if not pod(node).get("hostNetwork") or pod(node).get("dnsPolicy") != "ClusterFirstWithHostNet": err("all-options.yaml: hostNetwork/dnsPolicy")
+actl = one(docs, "Deployment", "-controller")
+if not pod(actl).get("hostNetwork") or pod(actl).get("dnsPolicy") != "ClusterFirstWithHostNet": err("all-options.yaml: controller hostNetwork/dnsPolicy")
+# apiServer.host: every container that talks to the API server is pointed at it.
+for w, names in ((actl, ("jax-csi", "csi-provisioner", "csi-resizer", "csi-snapshotter", "csi-external-health-monitor-controller")),
+                 (node, ("jax-csi",))):
+    for c in names:
+        env = {e["name"]: e.get("value") for e in containers(w)[c].get("env", [])}
+        if env.get("KUBERNETES_SERVICE_HOST") != "10.1.2.3" or env.get("KUBERNETES_SERVICE_PORT") != "6443":
+            err(f"all-options.yaml: {c} not pointed at apiServer.host")
+if "--gc-interval-secs=60" not in containers(node)["jax-csi"]["args"]: err("all-options.yaml: node --gc-interval-secs")
 sc = one(docs, "StorageClass")
 p = sc.get("parameters", {})
 for k in ("csi.storage.k8s.io/provisioner-secret-name", "csi.storage.k8s.io/provisioner-secret-namespace",

@@ -115,6 +115,19 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.logLevel | quote }}
 {{- end }}
 
+{{/*
+KUBERNETES_SERVICE_HOST/PORT of the containers that talk to the API server,
+when apiServer.host replaces the in-cluster default.
+*/}}
+{{- define "jax-csi.apiServerEnv" -}}
+{{- if .Values.apiServer.host }}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ .Values.apiServer.host | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ .Values.apiServer.port | toString | quote }}
+{{- end }}
+{{- end }}
+
 {{/* The KEK volume (mounted at /etc/jax-csi/kek, file "kek"); (dict "ctx" $ "mode" 0440) */}}
 {{- define "jax-csi.kekVolume" -}}
 - name: kek
