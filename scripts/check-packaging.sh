@@ -220,6 +220,7 @@ def check_common(name, docs, values):
         if c not in cs: err(f"{name}: controller lacks container {c}")
     args = cs["jax-csi"]["args"]
     if args[0] != "controller": err(f"{name}: controller args {args}")
+    if cs["jax-csi"].get("readinessProbe", {}).get("httpGet", {}).get("path") != "/healthz": err(f"{name}: controller not ready by Probe")
     for a in ("--endpoint=unix:///csi/csi.sock", "--kek-file=/etc/jax-csi/kek/kek"):
         if a not in args: err(f"{name}: controller lacks {a}")
     if not any(a.startswith("--metrics-addr=0.0.0.0:") for a in args): err(f"{name}: controller lacks --metrics-addr")
@@ -244,6 +245,7 @@ def check_common(name, docs, values):
     for c in ("jax-csi", "node-driver-registrar", "liveness-probe"):
         if c not in ns: err(f"{name}: node lacks container {c}")
     jn = ns["jax-csi"]
+    if jn.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/healthz": err(f"{name}: node plugin not ready by Probe")
     if not jn["securityContext"].get("privileged"): err(f"{name}: node plugin not privileged")
     if pod(node).get("priorityClassName") != "system-node-critical": err(f"{name}: node priority class")
     us = node["spec"]["updateStrategy"]
