@@ -56,6 +56,11 @@ onebox_need_pkg runc runc
 onebox_need_pkg busybox busybox-static
 onebox_need_pkg openssl openssl
 onebox_need_pkg nsenter util-linux
+onebox_need_pkg setpriv util-linux
+onebox_need_pkg ip iproute2
+onebox_need_pkg ss iproute2
+onebox_need_pkg xz xz-utils
+onebox_need_pkg sysctl procps
 PG_BIN="$(find /usr/lib/postgresql -maxdepth 3 -name initdb -path '*/bin/*' 2>/dev/null | sort -V | tail -n 1 | xargs -r dirname)"
 if [ -z "$PG_BIN" ]; then
   onebox_need_pkg pg_ctlcluster postgresql
@@ -67,7 +72,13 @@ onebox_tools
 busybox_bin="$(command -v busybox)"
 file_type="$(head -c 4 "$busybox_bin" | od -An -c | tr -d ' ')"
 [ "$file_type" = '177ELF' ] || onebox_die "$busybox_bin is not a binary"
-ldd "$busybox_bin" >/dev/null 2>&1 && onebox_die "$busybox_bin is dynamically linked: install busybox-static"
+if ldd "$busybox_bin" >/dev/null 2>&1; then
+  echo "installing busybox-static (apt): $busybox_bin is dynamically linked" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q busybox-static >/dev/null 2>&1 \
+    || onebox_die "$busybox_bin is dynamically linked and busybox-static would not install (apt-get install busybox-static)"
+  busybox_bin="$(command -v busybox)"
+  ldd "$busybox_bin" >/dev/null 2>&1 && onebox_die "$busybox_bin is still dynamically linked"
+fi
 
 if [ -d "$S" ]; then
   for f in "$ONEBOX_PIDS"/*.pid; do

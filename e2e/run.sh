@@ -52,7 +52,7 @@ t() { kc -n "$TEST_NAMESPACE" "$@"; }
 t_capture() { local p="$1"; shift; kc_capture "$p" -n "$TEST_NAMESPACE" "$@"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 # A measurement, printed with the scenario's result.
-note() { echo "  $*" >&3; }
+note() { echo "  - $*" >&3; }
 # Seconds since START (SECONDS-based), with one decimal from date +%s%N.
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 since() { local d=$(($(now_ms) - $1)); printf '%d.%d' $((d / 1000)) $((d % 1000 / 100)); }
@@ -104,7 +104,7 @@ spec:$node
   securityContext:
     runAsUser: 1000
     runAsGroup: 1000
-    fsGroup: 1000
+    fsGroup: 2000
   containers:
     - name: app
       image: $BUSYBOX_IMAGE
@@ -163,9 +163,15 @@ scenario_basic() {
   write_synced basic /data/hello.txt hello-jax
   expect_in_pod basic 'cat /data/hello.txt' hello-jax
   expect_in_pod basic 'mkdir -p /data/dir && seq 1 1000 > /data/dir/seq && wc -l < /data/dir/seq' 1000
-  # The pod runs as a non-root user, and files it creates belong to its fsGroup.
+  # The pod runs as a non-root user (uid and gid 1000) with fsGroup 2000: the
+  # volume's root belongs to the fsGroup (kubelet passes it to the driver as
+  # volume_mount_group), and the pod's user, a member of it, writes there.
   expect_in_pod basic 'id -u' 1000
-  expect_in_pod basic 'stat -c %g /data/hello.txt' 1000
+  expect_in_pod basic 'stat -c %g /data' 2000
+  expect_in_pod basic 'id -G | tr " " "\n" | grep -x 2000' 2000
+  # A file it creates takes the directory's group (set-group-ID root), as on
+  # a volume whose ownership kubelet itself changes for the fsGroup.
+  expect_in_pod basic 'stat -c %g /data/hello.txt' 2000
 }
 
 scenario_rwx() {

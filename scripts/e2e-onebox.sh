@@ -81,16 +81,20 @@ grep -E '^== \[' "$logs/onebox-up.log" | tail -n 1
 echo "   ($((SECONDS - t))s)"
 
 echo "== e2e/run.sh"
+t=$SECONDS
 if ! E2E_ENV="$state/e2e.env" e2e/run.sh >"$logs/run.log" 2>&1; then
-  grep -E '^(PASS|FAIL): |^  ' "$logs/run.log"
+  grep -E '^(PASS|FAIL): |^  - ' "$logs/run.log"
   tail -n 80 "$logs/run.log"
   echo "e2e scenarios failed; full log: $logs/run.log"
   exit 1
 fi
-grep -E '^(PASS|FAIL): |^  |^e2e: ' "$logs/run.log"
+grep -E '^(PASS|FAIL): |^  - |^e2e: ' "$logs/run.log"
+echo "   ($((SECONDS - t))s)"
 
 echo "== e2e/onebox-down.sh"
 trap - EXIT
+t=$SECONDS
 down
+echo "   ($((SECONDS - t))s)"
 rm -rf "$logs"
 echo "e2e-onebox passed in $((SECONDS - start))s"
