@@ -36,7 +36,12 @@ if onebox_pid containerd >/dev/null; then
   all_stopped() { ! c tasks ls 2>/dev/null | awk 'NR > 1 && $3 != "STOPPED"' | grep -q .; }
   onebox_until 30 all_stopped || echo "onebox: some tasks did not stop within 30s" >&2
   for t in $tasks; do c tasks delete "$t" >/dev/null 2>&1 || true; done
-  for t in $(c containers ls -q 2>/dev/null || true); do c containers delete "$t" >/dev/null 2>&1 || true; done
+  for t in $(c containers ls -q 2>/dev/null || true); do
+    # The CNI result cache of a pod sandbox whose network was never torn
+    # down through the CRI (killed here): <network>-<id>-<interface>.
+    rm -f /var/lib/cni/results/onebox-"$t"-* /var/lib/cni/results/cni-loopback-"$t"-*
+    c containers delete "$t" >/dev/null 2>&1 || true
+  done
 fi
 onebox_stop containerd 15
 # Shims outlive containerd: each wrote its pid in its task's bundle.
@@ -70,6 +75,15 @@ if [ -d /var/log/containers ]; then
   rmdir /var/log/containers 2>/dev/null || true
 fi
 rmdir /run/containerd/s /run/containerd 2>/dev/null || true
+# What kubelet and containerd made outside the state dir (onebox-up listed
+# what did not exist before it started them).
+if [ -f "$S/made-outside" ]; then
+  while read -r d; do
+    case "$d" in
+      /var/lib/kubelet | /var/lib/cni | /run/containerd) rm -rf --one-file-system "$d" ;;
+    esac
+  done <"$S/made-outside"
+fi
 
 # The pods' cgroups (cgroupfs driver), deepest first; only empty ones go.
 for h in /sys/fs/cgroup/*/; do

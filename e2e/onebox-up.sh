@@ -233,6 +233,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
           SystemdCgroup = false
           Root = "$ONEBOX_CONTAINERD/runc"
 TOML
+# Directories outside the state dir that containerd and kubelet make whatever
+# they are told (the shims' sockets, the CNI result cache, kubelet's
+# device-plugin socket): onebox-down removes the ones that did not exist.
+for d in /var/lib/kubelet /var/lib/cni /run/containerd; do
+  [ -e "$d" ] || echo "$d" >>"$S/made-outside"
+done
 onebox_start containerd containerd --config "$ONEBOX_CONTAINERD/config.toml"
 
 # Postgres beside the cluster, on 127.0.0.1 (the driver's pods use the host network).
