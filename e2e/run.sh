@@ -260,6 +260,13 @@ scenario_vac() {
   expect_in_pod vac 'cat /data/after.txt' after-modify
 }
 
+# The VolumeSnapshots of a group snapshot, and whether it has N of them.
+group_members() {
+  t_capture "snapshot-a snapshot-b" get volumesnapshot \
+    -o jsonpath="{range .items[?(@.status.volumeGroupSnapshotName==\"$1\")]}{.metadata.name}{\" \"}{end}"
+}
+group_has_members() { [ "$(group_members "$1" | wc -w)" -ge "$2" ]; }
+
 scenario_groupsnapshot() {
   local members got m i=0
   pvc grp-a ReadWriteOnce 64Mi
@@ -283,8 +290,10 @@ spec:
         e2e-group: grp-1
 YAML
   t wait --for=jsonpath='{.status.readyToUse}'=true volumegroupsnapshot/grp-1 --timeout="${TIMEOUT}s"
-  members="$(t_capture "snapshot-a snapshot-b" get volumesnapshot \
-    -o jsonpath='{range .items[?(@.status.volumeGroupSnapshotName=="grp-1")]}{.metadata.name}{" "}{end}')"
+  # The snapshot-controller names the member VolumeSnapshots' group in their
+  # status one at a time, possibly after the group is ready.
+  poll "two member snapshots of grp-1" group_has_members grp-1 2
+  members="$(group_members grp-1)"
   [ "$(wc -w <<<"$members")" -eq 2 ] || fail "the group snapshot has members '$members', expected two"
   # Writes after the group snapshot reach neither restored claim.
   write_synced grp-a /data/member.txt after-group-snapshot
