@@ -397,24 +397,37 @@ scenario_restart() {
   [ -n "$plugin" ] || fail "no node plugin pod on $node"
   start="$(now_ms)"
   kc -n "$NAMESPACE" delete "$plugin" --wait=false
-  # The pod's mount answers again (the fd-keeper held it, the new plugin
-  # resumes it): first read after the delete.
+  # Until the old plugin has exited its mounts still answer: wait for it to
+  # be gone, then for the pod's mount to answer again (the fd-keeper held
+  # the FUSE connection, the new plugin resumes it).
+  kc -n "$NAMESPACE" wait --for=delete "$plugin" --timeout="${TIMEOUT}s"
+  local gone
+  gone="$(since "$start")"
   wait_in_pod restart 'grep -qx before-restart /data/before.txt 2>/dev/null'
-  note "the mount answered $(since "$start") s after the node plugin pod was deleted"
+  note "the old plugin was gone $gone s after the delete; the mount answered at $(since "$start") s"
   # The DaemonSet starts a new plugin pod on the node.
   poll "a new node plugin pod on $node" new_plugin_pod "$node" "$plugin"
-  kc -n "$NAMESPACE" wait --for=condition=Ready pod -l "$NODE_SELECTOR" \
-    --field-selector "spec.nodeName=$node" --timeout="${TIMEOUT}s"
+  local fresh
+  fresh="$(other_plugin_pod "$node" "$plugin")"
+  kc -n "$NAMESPACE" wait --for=condition=Ready "${fresh:-pod/x}" --timeout="${TIMEOUT}s"
   note "the new node plugin pod was ready $(since "$start") s after the delete"
   # The app pod was not restarted, and its mount works: old data reads,
   # new data writes.
   wait_in_pod restart 'grep -qx before-restart /data/before.txt 2>/dev/null'
+  start="$(now_ms)"
   write_synced restart /data/after.txt after-restart
+  note "the first write (fsync) after the new plugin was ready took $(since "$start") s"
   expect_in_pod restart 'cat /data/after.txt' after-restart
   expect_in_pod restart 'ls /data | sort | tr "\n" " "' 'after.txt before.txt '
   local restarts
   restarts="$(t_capture 0 get pod restart -o jsonpath='{.status.containerStatuses[0].restartCount}')"
   [ "$restarts" = 0 ] || fail "the app pod restarted $restarts times"
+}
+
+# The node plugin pod on NODE other than OLD.
+other_plugin_pod() {
+  kc_capture "pod/$RELEASE-node-fghij" -n "$NAMESPACE" get pod -l "$NODE_SELECTOR" \
+    --field-selector "spec.nodeName=$1" -o name | grep -vx "$2" | head -n 1
 }
 
 # Succeeds when a node plugin pod other than OLD runs on NODE.
