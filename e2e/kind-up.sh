@@ -37,7 +37,10 @@ kc wait --for=condition=Ready nodes --all --timeout="${TIMEOUT}s"
 
 log "build and load the image $IMAGE_REPO:$IMAGE_TAG"
 run docker build -t "$IMAGE_REPO:$IMAGE_TAG" "$ROOT"
-run kind load docker-image "$IMAGE_REPO:$IMAGE_TAG" --name "$CLUSTER_NAME"
+# The same image under a second tag: e2e/run.sh's `upgrade` scenario moves
+# the node plugin DaemonSet to it.
+run docker tag "$IMAGE_REPO:$IMAGE_TAG" "$IMAGE_REPO:$IMAGE_TAG-next"
+run kind load docker-image "$IMAGE_REPO:$IMAGE_TAG" "$IMAGE_REPO:$IMAGE_TAG-next" --name "$CLUSTER_NAME"
 
 log "snapshot CRDs and snapshot-controller $SNAPSHOTTER_VERSION"
 for crd in \
@@ -55,6 +58,9 @@ kc wait --for=condition=Established --timeout="${TIMEOUT}s" \
   crd/volumesnapshots.snapshot.storage.k8s.io
 kc -n kube-system apply -f "$SNAPSHOTTER_URL/deploy/kubernetes/snapshot-controller/rbac-snapshot-controller.yaml"
 kc -n kube-system apply -f "$SNAPSHOTTER_URL/deploy/kubernetes/snapshot-controller/setup-snapshot-controller.yaml"
+# Volume group snapshots are a beta feature of the snapshot-controller.
+kc -n kube-system patch deployment/snapshot-controller --type=json \
+  -p '[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--feature-gates=CSIVolumeGroupSnapshot=true"}]'
 kc -n kube-system rollout status deployment/snapshot-controller --timeout="${TIMEOUT}s"
 
 log "namespace $NAMESPACE (privileged pods allowed)"
@@ -73,6 +79,8 @@ run helm upgrade --install "$RELEASE" "$ROOT/charts/jax-csi" \
   --set image.repository="$IMAGE_REPO" \
   --set image.tag="$IMAGE_TAG" \
   --set database.bundled.enabled=true \
+  --set groupSnapshots.enabled=true \
+  --set volumeAttributesClass.enabled=true \
   --wait --timeout "${HELM_TIMEOUT}s"
 kc -n "$NAMESPACE" rollout status "statefulset/$RELEASE-postgres" --timeout="${TIMEOUT}s"
 kc -n "$NAMESPACE" rollout status "deployment/$RELEASE-controller" --timeout="${TIMEOUT}s"

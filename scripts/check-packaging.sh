@@ -220,6 +220,7 @@ def check_common(name, docs, values):
         if c not in cs: err(f"{name}: controller lacks container {c}")
     args = cs["jax-csi"]["args"]
     if args[0] != "controller": err(f"{name}: controller args {args}")
+    if cs["jax-csi"].get("readinessProbe", {}).get("httpGet", {}).get("path") != "/healthz": err(f"{name}: controller not ready by Probe")
     for a in ("--endpoint=unix:///csi/csi.sock", "--kek-file=/etc/jax-csi/kek/kek"):
         if a not in args: err(f"{name}: controller lacks {a}")
     if not any(a.startswith("--metrics-addr=0.0.0.0:") for a in args): err(f"{name}: controller lacks --metrics-addr")
@@ -244,6 +245,7 @@ def check_common(name, docs, values):
     for c in ("jax-csi", "node-driver-registrar", "liveness-probe"):
         if c not in ns: err(f"{name}: node lacks container {c}")
     jn = ns["jax-csi"]
+    if jn.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/healthz": err(f"{name}: node plugin not ready by Probe")
     if not jn["securityContext"].get("privileged"): err(f"{name}: node plugin not privileged")
     if pod(node).get("priorityClassName") != "system-node-critical": err(f"{name}: node priority class")
     us = node["spec"]["updateStrategy"]
@@ -353,6 +355,16 @@ if kargs and ("--handover-socket=" + kargs[1].split("=", 1)[1]) not in container
 if "--feature-gates=CSIVolumeGroupSnapshot=true" not in ctl["csi-snapshotter"]["args"]: err("all-options.yaml: group snapshots gate")
 node = one(docs, "DaemonSet", "-node")
 if not pod(node).get("hostNetwork") or pod(node).get("dnsPolicy") != "ClusterFirstWithHostNet": err("all-options.yaml: hostNetwork/dnsPolicy")
+actl = one(docs, "Deployment", "-controller")
+if not pod(actl).get("hostNetwork") or pod(actl).get("dnsPolicy") != "ClusterFirstWithHostNet": err("all-options.yaml: controller hostNetwork/dnsPolicy")
+# apiServer.host: every container that talks to the API server is pointed at it.
+for w, names in ((actl, ("jax-csi", "csi-provisioner", "csi-resizer", "csi-snapshotter", "csi-external-health-monitor-controller")),
+                 (node, ("jax-csi",))):
+    for c in names:
+        env = {e["name"]: e.get("value") for e in containers(w)[c].get("env", [])}
+        if env.get("KUBERNETES_SERVICE_HOST") != "10.1.2.3" or env.get("KUBERNETES_SERVICE_PORT") != "6443":
+            err(f"all-options.yaml: {c} not pointed at apiServer.host")
+if "--gc-interval-secs=60" not in containers(node)["jax-csi"]["args"]: err("all-options.yaml: node --gc-interval-secs")
 sc = one(docs, "StorageClass")
 p = sc.get("parameters", {})
 for k in ("csi.storage.k8s.io/provisioner-secret-name", "csi.storage.k8s.io/provisioner-secret-namespace",
@@ -387,6 +399,17 @@ sys.exit(1 if errors else 0)
 PY
 }
 check "renders: structure and promised properties (CSIDriver, RBAC, DaemonSet, sockets < 108 bytes)" check_renders
+
+# An image.tag of one's own build also names the fd-keeper's image (no image
+# is published: a keeper at the appVersion tag would never pull).
+keeper_follows_tag() {
+  local out
+  out="$(helm_template --set database.url="$DEPLOY_DB_URL" --set image.repository=reg.example/jax-csi --set image.tag=build-7)"
+  printf '%s\n' "$out" | grep -q 'image: reg.example/jax-csi:build-7' || { echo "no jax-csi container at image.tag"; return 1; }
+  [ "$(printf '%s\n' "$out" | grep -c 'image: reg.example/jax-csi:build-7')" -eq 3 ] \
+    || { printf '%s\n' "$out" | grep 'image: reg.example/jax-csi'; echo "the controller, node plugin and fd-keeper do not all run image.tag"; return 1; }
+}
+check "the fd-keeper runs image.tag unless node.fdKeeper.image.tag is set" keeper_follows_tag
 
 chart_files() {
   py - "$CHART" <<'PY'

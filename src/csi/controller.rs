@@ -744,9 +744,11 @@ impl Controller for ControllerService {
             &req.volume_id.clone(),
             async move {
                 let id = require_id(&req.volume_id, "volume_id")?;
-                if req.mutable_parameters.is_empty() {
-                    return Err(Status::invalid_argument("mutable_parameters is required"));
-                }
+                // An empty mutable_parameters (the spec calls the field
+                // REQUIRED, but proto3 cannot tell empty from missing) asks
+                // for no change: the volume must exist, nothing is modified
+                // (SPs "MUST NOT modify volumes based on the absence of
+                // keys"); csi-sanity expects OK, or NOT_FOUND.
                 parse_mutable(&req.mutable_parameters)?;
                 let vol = self
                     .db

@@ -49,6 +49,43 @@ impl NodeService {
         Ok(path)
     }
 
+    /// `volume_path` of NodeGetVolumeStats and NodeExpandVolume: a staging
+    /// path or target of volume `id` on this node. These RPCs only look the
+    /// path up (nothing is mounted at it), so an unknown volume, and any path
+    /// that is not one of its paths (relative, outside the kubelet dir, …),
+    /// is the spec's NOT_FOUND ("does not exist on the specified
+    /// volume_path", what csi-sanity asks for a relative path); only a
+    /// missing path is INVALID_ARGUMENT.
+    fn lookup_path(
+        &self,
+        volume_id: &str,
+        volume_path: &str,
+    ) -> Result<(BucketId, PathBuf), Status> {
+        if volume_path.is_empty() {
+            return Err(Status::invalid_argument("volume_path is required"));
+        }
+        let rec = BucketId::from_hex(volume_id)
+            .ok()
+            .and_then(|id| self.agent.mounts().get(&id).ok())
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "volume {} is not staged on this node",
+                    shown(volume_id)
+                ))
+            })?;
+        let id = rec.volume_id;
+        let path = self.path("volume_path", volume_path).map_err(|e| {
+            Status::not_found(format!("{}: not a path of volume {id}", e.message()))
+        })?;
+        if rec.mount_point != path && !rec.targets.iter().any(|t| t.path == path) {
+            return Err(Status::not_found(format!(
+                "{} is not a path of volume {id}",
+                path.display()
+            )));
+        }
+        Ok((id, path))
+    }
+
     /// The recorded path (a staging path or a target) of any volume that
     /// `path` equals, lies in or contains, other than `skip`; a mount at
     /// `path` would stack on it or cover it.
@@ -329,6 +366,10 @@ impl Node for NodeService {
         traced("NodePublishVolume", &req.volume_id.clone(), async {
             require_id(&req.volume_id, "volume_id")?;
             let target = self.path("target_path", &req.target_path)?;
+            // A missing or bad capability is INVALID_ARGUMENT whatever else
+            // is missing (csi-sanity sends neither it nor a staging path).
+            let cap = require_some(&req.volume_capability, "volume_capability")?;
+            let ask = mount_ask(cap)?;
             if req.staging_target_path.is_empty() {
                 // The spec's code: we have STAGE_UNSTAGE_VOLUME.
                 return Err(Status::failed_precondition(
@@ -336,8 +377,6 @@ impl Node for NodeService {
                 ));
             }
             let staging = self.path("staging_target_path", &req.staging_target_path)?;
-            let cap = require_some(&req.volume_capability, "volume_capability")?;
-            let ask = mount_ask(cap)?;
             let read_only = req.readonly || ask.read_only;
             let id = volume_id(&req.volume_id)?;
             let _guard = self.agent.locks().lock(&id)?;
@@ -439,23 +478,7 @@ impl Node for NodeService {
         let req = request.into_inner();
         traced("NodeGetVolumeStats", &req.volume_id.clone(), async {
             require_id(&req.volume_id, "volume_id")?;
-            let path = self.path("volume_path", &req.volume_path)?;
-            let rec = BucketId::from_hex(&req.volume_id)
-                .ok()
-                .and_then(|id| self.agent.mounts().get(&id).ok())
-                .ok_or_else(|| {
-                    Status::not_found(format!(
-                        "volume {} is not staged on this node",
-                        shown(&req.volume_id)
-                    ))
-                })?;
-            let id = rec.volume_id;
-            if rec.mount_point != path && !rec.targets.iter().any(|t| t.path == path) {
-                return Err(Status::not_found(format!(
-                    "{} is not a path of volume {id}",
-                    path.display()
-                )));
-            }
+            let (id, path) = self.lookup_path(&req.volume_id, &req.volume_path)?;
             let live = self.agent.mounts().get_live_mount(&id);
             let dead = {
                 let p = path.clone();
@@ -511,7 +534,9 @@ impl Node for NodeService {
         let req = request.into_inner();
         traced("NodeExpandVolume", &req.volume_id.clone(), async {
             require_id(&req.volume_id, "volume_id")?;
-            let path = self.path("volume_path", &req.volume_path)?;
+            if req.volume_path.is_empty() {
+                return Err(Status::invalid_argument("volume_path is required"));
+            }
             if let Some(cap) = &req.volume_capability {
                 params::check_capability(cap)?;
             }
@@ -525,22 +550,7 @@ impl Node for NodeService {
                     )));
                 }
             }
-            let rec = BucketId::from_hex(&req.volume_id)
-                .ok()
-                .and_then(|id| self.agent.mounts().get(&id).ok())
-                .ok_or_else(|| {
-                    Status::not_found(format!(
-                        "volume {} is not staged on this node",
-                        shown(&req.volume_id)
-                    ))
-                })?;
-            let id = rec.volume_id;
-            if rec.mount_point != path && !rec.targets.iter().any(|t| t.path == path) {
-                return Err(Status::not_found(format!(
-                    "{} is not a path of volume {id}",
-                    path.display()
-                )));
-            }
+            let (id, _) = self.lookup_path(&req.volume_id, &req.volume_path)?;
             let live = self.agent.mounts().get_live_mount(&id).ok_or_else(|| {
                 Status::failed_precondition(format!("volume {id} is staged but not mounted"))
             })?;

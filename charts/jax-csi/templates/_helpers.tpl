@@ -63,9 +63,32 @@ app.kubernetes.io/component: {{ .component }}
 {{- include "jax-csi.imageRef" (dict "image" .Values.image "default" .Chart.AppVersion) }}
 {{- end }}
 
+{{/*
+The fd-keeper's image. With neither node.fdKeeper.image value set, an upgrade
+keeps the image the keeper DaemonSet already runs (found with lookup): its
+update strategy is OnDelete, so a changed pod template would only leave the
+DaemonSet out of date, and `helm upgrade --wait` (Helm 4 waits on every
+DaemonSet's updated count) would wait for it until its timeout. A fresh
+install, and `helm template`, use image.repository and image.tag.
+*/}}
 {{- define "jax-csi.fdKeeperImage" -}}
-{{- $repo := default .Values.image.repository .Values.node.fdKeeper.image.repository }}
-{{- printf "%s:%s" $repo (toString (default .Chart.AppVersion .Values.node.fdKeeper.image.tag)) }}
+{{- $k := .Values.node.fdKeeper.image }}
+{{- $running := "" }}
+{{- if and (not $k.repository) (not $k.tag) }}
+{{- $ds := lookup "apps/v1" "DaemonSet" .Release.Namespace (printf "%s-fd-keeper" (include "jax-csi.fullname" .)) }}
+{{- if $ds }}
+{{- range $ds.spec.template.spec.containers }}
+{{- if eq .name "fd-keeper" }}{{ $running = .image }}{{ end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if $running }}
+{{- $running }}
+{{- else }}
+{{- $repo := default .Values.image.repository $k.repository }}
+{{- $tag := default (default .Chart.AppVersion .Values.image.tag) $k.tag }}
+{{- printf "%s:%s" $repo (toString $tag) }}
+{{- end }}
 {{- end }}
 
 {{- define "jax-csi.controllerServiceAccount" -}}{{ include "jax-csi.fullname" . }}-controller{{- end }}
@@ -112,6 +135,19 @@ app.kubernetes.io/component: {{ .component }}
       key: {{ include "jax-csi.databaseSecretKey" . }}
 - name: RUST_LOG
   value: {{ .Values.logLevel | quote }}
+{{- end }}
+
+{{/*
+KUBERNETES_SERVICE_HOST/PORT of the containers that talk to the API server,
+when apiServer.host replaces the in-cluster default.
+*/}}
+{{- define "jax-csi.apiServerEnv" -}}
+{{- if .Values.apiServer.host }}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ .Values.apiServer.host | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ .Values.apiServer.port | toString | quote }}
+{{- end }}
 {{- end }}
 
 {{/* The KEK volume (mounted at /etc/jax-csi/kek, file "kek"); (dict "ctx" $ "mode" 0440) */}}
