@@ -145,6 +145,9 @@ struct Inner {
     replicas: OnceLock<Arc<dyn Replicas>>,
     /// Asked when a node is not in `registered` (it may have just registered).
     registry: OnceLock<RegistryCheck>,
+    /// Requests in progress per peer, and in all (see `server`).
+    peer_slots: Mutex<HashMap<NodeId, Arc<tokio::sync::Semaphore>>>,
+    slots: Arc<tokio::sync::Semaphore>,
     /// What asking `registry` about strangers costs, bounded.
     strangers: Mutex<Strangers>,
     conns: tokio::sync::Mutex<HashMap<NodeId, Connection>>,
@@ -236,6 +239,8 @@ impl SyncEngine {
             replicas: OnceLock::new(),
             registry: OnceLock::new(),
             strangers: Mutex::new(Strangers::default()),
+            peer_slots: Mutex::new(HashMap::new()),
+            slots: Arc::new(tokio::sync::Semaphore::new(server::TOTAL)),
             conns: tokio::sync::Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
             pull_queue: Default::default(),
@@ -448,6 +453,19 @@ impl Inner {
             drop(peers);
             self.peers_changed.notify_waiters();
         }
+    }
+
+    /// The request slots of `peer` (shared by its connections).
+    fn peer_slots(&self, peer: &NodeId) -> Arc<tokio::sync::Semaphore> {
+        let mut all = self.peer_slots.lock().unwrap();
+        // Slots of peers with nothing in progress go (a registered peer
+        // that reconnects gets fresh ones).
+        if all.len() > 1024 {
+            all.retain(|_, s| s.available_permits() < server::PER_PEER);
+        }
+        all.entry(*peer)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(server::PER_PEER)))
+            .clone()
     }
 
     fn learnt(&self, bucket: &BucketId, node: &NodeId) -> bool {

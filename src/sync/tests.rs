@@ -492,11 +492,86 @@ fn bucket_with_file(node: &Node, kek: &Kek, bytes: &[u8]) -> (BucketId, SecretKe
     (id, secret, head)
 }
 
-/// The chunks of `bucket`'s head on `node` (its root directory's files).
-fn chunks_of(node: &Node, kek: &Kek, bucket: &BucketId) -> Vec<Hash> {
-    let b = node.state.open_bucket(bucket, kek).unwrap();
-    let m = b.manifest(&b.head().unwrap()).unwrap();
-    b.dir_contents(&b.root_dir(&m).unwrap()).unwrap().chunks
+/// Finding 4 of #26: a registered peer holding the secret opens hundreds
+/// of blob requests over several connections and never reads an answer
+/// (a tiny receive window, so every answer stalls at once). A normal
+/// peer's fetch must still go through in seconds: the stalled requests
+/// hold no blocking thread and are capped per peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_cannot_stall_another_peers_sync() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b) = (node(&kek).await, node(&kek).await);
+    let staller = bare_endpoint(Some(16 * 1024)).await;
+    let staller_id = NodeId(*staller.id().as_bytes());
+    let mut all: HashSet<NodeId> = [a.engine.node_id(), b.engine.node_id()].into();
+    all.insert(staller_id);
+    a.engine.set_registered(all.clone());
+    b.engine.set_registered(all);
+    let (x, secret) = shared(&a, &b, &kek).await;
+    // A file of its own chunk (40 KiB), which b does not hold yet.
+    let x_chunk = {
+        let xa = a.state.open_bucket(&x, &kek).unwrap();
+        let mut m = xa.mount().unwrap();
+        // Incompressible: a hash chain.
+        let bytes: Vec<u8> = (0..40 * 1024 / 32u32)
+            .flat_map(|i| Hash::of(&i.to_le_bytes()).0)
+            .collect();
+        path::write_file(&mut m, "/big", &bytes).unwrap();
+        m.save().unwrap();
+        let m = xa.manifest(&xa.head().unwrap()).unwrap();
+        let c = xa.dir_contents(&xa.root_dir(&m).unwrap()).unwrap().chunks;
+        *c.iter().find(|h| !b.state.store().contains(h)).unwrap()
+    };
+    let proof =
+        crate::bucket::ProofKey::of(&secret).proof(&x, &staller_id.0, &a.engine.node_id().0);
+    let req = Request::GetBlobs {
+        bucket: x,
+        proof,
+        hashes: vec![x_chunk; 8],
+    };
+    let addr = EndpointAddr::new(iroh::PublicKey::from_bytes(&a.engine.node_id().0).unwrap())
+        .with_ip_addr(peer(&a).addrs[0]);
+    let mut held = Vec::new();
+    let mut conns = Vec::new();
+    for _ in 0..6 {
+        let conn = staller.connect(addr.clone(), proto::ALPN).await.unwrap();
+        for _ in 0..100 {
+            let Ok((mut send, recv)) = conn.open_bi().await else {
+                break;
+            };
+            wire::write_msg(&mut send, &req).await.unwrap();
+            send.finish().unwrap();
+            held.push((send, recv));
+        }
+        conns.push(conn);
+    }
+    // Let the node take them all in.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!(
+        "served {} refused {} b-has {}",
+        a.engine.stats().blobs_served.load(Ordering::Relaxed),
+        a.engine.stats().refused.load(Ordering::Relaxed),
+        b.state.store().contains(&x_chunk)
+    );
+    // (b may have pulled it meanwhile: a first anti-entropy pass.)
+    b.state.store().remove(&x_chunk).unwrap();
+    let started = Instant::now();
+    let got = tokio::time::timeout(
+        Duration::from_secs(15),
+        client::fetch_blobs(&b.engine.inner, x, &[x_chunk]),
+    )
+    .await;
+    assert!(
+        matches!(&got, Ok(Ok(m)) if m.is_empty()),
+        "a normal peer's fetch stalled behind the hostile peer's requests: {got:?}"
+    );
+    eprintln!(
+        "{} stalled requests open; a normal fetch took {:?}",
+        held.len(),
+        started.elapsed()
+    );
+    drop(held);
+    drop(conns);
 }
 
 /// Finding 5 of #26: strangers (ids no registered list names) cost the
