@@ -134,6 +134,16 @@ fn member(
     Ok(b)
 }
 
+/// A blob the index lists for `bucket` is served unless it is another
+/// bucket's manifest (a member may name one as a chunk of its own tree;
+/// manifest addresses are no secret).
+fn belongs(bucket: &BucketId, hash: &Hash, bytes: &[u8]) -> bool {
+    if !bytes.starts_with(crate::bucket::decoders::MAGIC) {
+        return true;
+    }
+    crate::bucket::Manifest::from_bytes(*hash, bytes).is_ok_and(|m| m.body.bucket_id == *bucket)
+}
+
 /// Write `bytes`, giving up when the peer reads nothing for [`WRITE_STALL`].
 async fn write_within(send: &mut SendStream, bytes: &[u8]) -> Result<(), String> {
     tokio::time::timeout(WRITE_STALL, send.write_all(bytes))
@@ -210,7 +220,14 @@ async fn serve(
             Err(why) => write_msg(&mut send, &refuse(why))
                 .await
                 .map_err(|e| e.to_string())?,
-            Ok(_) => {
+            Ok(b) => {
+                // Only blobs of the proven bucket: the store is shared by
+                // every bucket here, and a proof for one must not read
+                // another's manifests, directories or chunks.
+                let index = tokio::task::spawn_blocking(move || b.blob_index())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
                 send_msg(&mut send, &Response::Noted).await?;
                 // Each blob is read (and checked against its address) on a
                 // blocking thread of its own, one ahead of the sending: a
@@ -218,8 +235,16 @@ async fn serve(
                 // most, and those for WRITE_STALL at most.
                 let store = inner.state.store().clone();
                 let read = |h: Hash| {
-                    let store = store.clone();
-                    tokio::task::spawn_blocking(move || (h, store.get(&h)))
+                    let (store, index) = (store.clone(), index.clone());
+                    tokio::task::spawn_blocking(move || {
+                        if !index.contains(&h) {
+                            return (h, Err(()));
+                        }
+                        match store.get(&h) {
+                            Ok(bytes) if belongs(&bucket, &h, &bytes) => (h, Ok(bytes)),
+                            _ => (h, Err(())),
+                        }
+                    })
                 };
                 let mut wanted = hashes.into_iter().take(MAX_BLOBS_PER_REQUEST);
                 let mut next = wanted.next().map(read);

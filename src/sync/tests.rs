@@ -492,6 +492,48 @@ fn bucket_with_file(node: &Node, kek: &Kek, bytes: &[u8]) -> (BucketId, SecretKe
     (id, secret, head)
 }
 
+/// The chunks of `bucket`'s head on `node` (its root directory's files).
+fn chunks_of(node: &Node, kek: &Kek, bucket: &BucketId) -> Vec<Hash> {
+    let b = node.state.open_bucket(bucket, kek).unwrap();
+    let m = b.manifest(&b.head().unwrap()).unwrap();
+    b.dir_contents(&b.root_dir(&m).unwrap()).unwrap().chunks
+}
+
+/// Finding 1 of #26: proving one bucket's secret must not open the node's
+/// whole store. b holds bucket X with a; a also holds bucket Y, which b
+/// was never given. b asks a, with X's proof, for Y's manifest (heads are
+/// in Postgres), Y's root directory and Y's chunk: all are answered
+/// missing, nothing of Y lands on b; X's own blobs still come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_for_one_bucket_reads_nothing_of_another() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b) = (node(&kek).await, node(&kek).await);
+    register(&[&a, &b]);
+    let (x, _) = shared(&a, &b, &kek).await;
+    let (y, _, y_head) = bucket_with_file(&a, &kek, b"another tenant's file");
+    let ya = a.state.open_bucket(&y, &kek).unwrap();
+    let y_root = ya.manifest(&y_head).unwrap().body.root;
+    let y_chunk = chunks_of(&a, &kek, &y)[0];
+    let asked = [y_head, y_root, y_chunk];
+    let missing = client::fetch_blobs(&b.engine.inner, x, &asked)
+        .await
+        .unwrap();
+    for h in asked {
+        assert!(
+            !b.state.store().contains(&h),
+            "a blob of another bucket was served under X's proof: {h}"
+        );
+    }
+    assert_eq!(missing.len(), 3, "{missing:?}");
+    // X itself still reads: its chunk comes over.
+    let x_chunk = chunks_of(&a, &kek, &x)[0];
+    let missing = client::fetch_blobs(&b.engine.inner, x, &[x_chunk])
+        .await
+        .unwrap();
+    assert!(missing.is_empty());
+    assert!(b.state.store().contains(&x_chunk));
+}
+
 /// Finding 4 of #26: a registered peer holding the secret opens hundreds
 /// of blob requests over several connections and never reads an answer
 /// (a tiny receive window, so every answer stalls at once). A normal
