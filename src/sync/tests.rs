@@ -340,15 +340,20 @@ async fn blob_throughput_on_loopback() {
     let (a, b) = (node(&kek).await, node(&kek).await);
     register(&[&a, &b]);
     let (id, _) = shared(&a, &b, &kek).await;
-    let mut hashes = Vec::new();
-    for i in 0..256u64 {
-        let blob = crate::store::slices::hash_with_outboard(&vec![i as u8; 1 << 20]);
-        a.state
-            .store()
-            .put_hashed(blob.0, &vec![i as u8; 1 << 20])
-            .unwrap();
-        hashes.push(blob.0);
+    // Only blobs of the bucket are served: a 256 MiB file of it.
+    {
+        let ab = a.state.open_bucket(&id, &kek).unwrap();
+        let mut m = ab.mount().unwrap();
+        let bytes: Vec<u8> = (0..(256u32 << 20) / 32)
+            .flat_map(|i| Hash::of(&i.to_le_bytes()).0)
+            .collect();
+        path::write_file(&mut m, "/big", &bytes).unwrap();
+        m.save().unwrap();
     }
+    let hashes: Vec<Hash> = chunks_of(&a, &kek, &id)
+        .into_iter()
+        .filter(|h| !b.state.store().contains(h))
+        .collect();
     let start = Instant::now();
     let missing = client::fetch_blobs(&b.engine.inner, id, &hashes)
         .await
