@@ -13,6 +13,7 @@
 //! ```
 
 mod ancestry;
+mod blob_index;
 pub mod browse;
 mod buffers;
 mod chunk_map;
@@ -45,6 +46,7 @@ pub mod decoders {
     pub use super::{read_hashes, write_hashes, BucketCore};
 }
 
+pub use blob_index::BlobIndex;
 pub use chunks::{ReadBuf, ReadPlan, RemoteBlobs, DEFAULT_CHUNK_SIZE};
 pub use error::{BucketError, Result};
 pub use manifest::{BucketId, Manifest, ManifestBody};
@@ -636,7 +638,11 @@ impl StateDir {
     ) -> Result<crate::store::GcReport> {
         let mut live = HashSet::new();
         for b in buckets {
-            b.collect_live(&mut live)?;
+            // Each bucket's own: what its blob index becomes.
+            let mut mine = HashSet::new();
+            b.collect_live(&mut mine)?;
+            b.replace_blob_index(mine.clone())?;
+            live.extend(mine);
         }
         Ok(self.store.gc(&live, grace)?)
     }
@@ -645,6 +651,7 @@ impl StateDir {
     /// blobs go at the next [`StateDir::gc`].
     pub fn remove_bucket(&self, id: &BucketId) -> Result<()> {
         let dir = self.bucket_dir(id);
+        blob_index::forget(&dir);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use super::error::Result;
+use super::error::{BucketError, Result};
 use super::manifest::Manifest;
 use super::tree::{DirNode, EntryKind, Link};
 use super::{read_hashes, write_hashes, Bucket, BucketId, StateDir};
@@ -97,6 +97,39 @@ impl Bucket {
             write_hashes(&path, &cut)?;
         }
         Ok(())
+    }
+
+    /// Check the links of `version` (fetched) to its parents: those held
+    /// here, with `cut` (parents no peer holds, not written anywhere yet)
+    /// and the versions pruned here counting as ended history. A parent
+    /// neither held nor cut breaks the chain.
+    pub fn check_fetched_link(&self, version: &Hash, cut: &HashSet<Hash>) -> Result<()> {
+        let m = self.core.load_manifest(version)?;
+        let pruned = self.core.pruned()?;
+        let mut parents = Vec::new();
+        let mut ended = false;
+        for p in m.parents() {
+            if cut.contains(&p) || pruned.contains(&p) {
+                ended = true;
+                continue;
+            }
+            match self.core.load_manifest(&p) {
+                Ok(pm) => parents.push(pm),
+                Err(BucketError::VersionNotFound(_)) => {
+                    return Err(BucketError::ChainBroken {
+                        at: *version,
+                        reason: format!("parent {p} is missing"),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // As a walk does: a version whose parents all ended has nothing
+        // left here to be checked against.
+        if ended && parents.is_empty() {
+            return Ok(());
+        }
+        super::manifest::check_link_held(*version, &m, &parents, ended)
     }
 
     /// Versions where history ends on purpose here (pruned, or never fetched).

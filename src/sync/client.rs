@@ -369,7 +369,7 @@ use futures::StreamExt;
 /// `max_chain` deep: a first fetch takes the head alone), every directory
 /// of its tree not known to be complete here, and, with `with_chunks`, the
 /// chunks those directories name. Returns the parents where the chain was
-/// cut.
+/// cut, and the versions whose manifests it went through.
 async fn fetch_version(
     inner: &Inner,
     b: &Bucket,
@@ -377,10 +377,18 @@ async fn fetch_version(
     max_chain: usize,
     with_chunks: bool,
     secret: Option<&SecretKey>,
-) -> Result<Vec<Hash>, SyncError> {
-    let cut = fetch_chain(inner, b, head, max_chain, secret).await?;
+) -> Result<Chain, SyncError> {
+    let chain = fetch_chain(inner, b, head, max_chain, secret).await?;
     fetch_tree(inner, b, head, with_chunks, secret).await?;
-    Ok(cut)
+    Ok(chain)
+}
+
+/// What a fetch of a manifest chain brought.
+struct Chain {
+    /// Parents no peer holds any more: history ends there.
+    cut: Vec<Hash>,
+    /// The versions whose manifests were gone through (fetched or held).
+    versions: Vec<Hash>,
 }
 
 /// Fetch `head`'s manifest chain down to versions this node holds (or
@@ -391,7 +399,7 @@ async fn fetch_chain(
     head: Hash,
     max_chain: usize,
     secret: Option<&SecretKey>,
-) -> Result<Vec<Hash>, SyncError> {
+) -> Result<Chain, SyncError> {
     let bucket = b.id();
     let store = inner.state.store().clone();
     let err = |source| SyncError::Bucket { bucket, source };
@@ -405,6 +413,7 @@ async fn fetch_chain(
     let pruned = b.pruned_versions().map_err(err)?;
     let mut want = vec![head];
     let mut cut = Vec::new();
+    let mut versions = Vec::new();
     let mut depth = 0;
     while !want.is_empty() {
         let got = fetch_blobs_detail(inner, bucket, &want, secret).await?;
@@ -416,6 +425,7 @@ async fn fetch_chain(
             // Signature, bucket and author are checked here; the links when
             // the head is applied.
             let m = b.manifest(h).map_err(err)?;
+            versions.push(*h);
             next.extend(
                 m.parents()
                     .filter(|p| !store.contains(p) && !pruned.contains(p)),
@@ -434,7 +444,7 @@ async fn fetch_chain(
         }
         want = next;
     }
-    Ok(cut)
+    Ok(Chain { cut, versions })
 }
 
 /// Fetch every directory node of version `version`'s tree not held here
@@ -509,7 +519,16 @@ pub async fn pull(
     }
     let started = std::time::Instant::now();
     let fetched_before = inner.stats.bytes_fetched.load(Ordering::Relaxed);
-    let cut = fetch_version(inner, &b, head, usize::MAX, true, None).await?;
+    let chain = fetch_version(inner, &b, head, usize::MAX, true, None).await?;
+    // Every link of what came is checked before anything is written for
+    // it: a cut noted in PRUNED makes later walks stop there, so a chain
+    // that does not verify must not leave one behind.
+    let cut: HashSet<Hash> = chain.cut.iter().copied().collect();
+    for v in &chain.versions {
+        b.check_fetched_link(v, &cut)
+            .map_err(|source| SyncError::Bucket { bucket, source })?;
+    }
+    let cut = chain.cut;
     // The merge compares both sides with the version they share: its tree
     // must be here too (this node may know that version only by its
     // manifest, from a chain it fast-forwarded through).
@@ -667,13 +686,18 @@ pub async fn compare_heads(inner: &Arc<Inner>) {
     let asks = per_peer.into_iter().map(|(peer, buckets)| {
         let local = &local;
         async move {
+            let asked: HashSet<BucketId> = buckets.iter().map(|(b, _)| *b).collect();
             let answer = ask(inner, &peer, &Request::Heads { buckets }).await;
             let Ok(Response::Heads(heads)) = answer else {
                 return;
             };
             for (bucket, head) in heads {
-                // Only the buckets asked about: an answer cannot make this
-                // node pull a bucket it did not ask for.
+                // Only the buckets asked of this peer: an answer cannot make
+                // this node pull a bucket from a peer it does not share it
+                // with (nor one this node does not hold).
+                if !asked.contains(&bucket) {
+                    continue;
+                }
                 let Some(ours) = local.get(&bucket) else {
                     continue;
                 };

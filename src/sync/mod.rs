@@ -145,6 +145,11 @@ struct Inner {
     replicas: OnceLock<Arc<dyn Replicas>>,
     /// Asked when a node is not in `registered` (it may have just registered).
     registry: OnceLock<RegistryCheck>,
+    /// Requests in progress per peer, and in all (see `server`).
+    peer_slots: Mutex<HashMap<NodeId, Arc<tokio::sync::Semaphore>>>,
+    slots: Arc<tokio::sync::Semaphore>,
+    /// What asking `registry` about strangers costs, bounded.
+    strangers: Mutex<Strangers>,
     conns: tokio::sync::Mutex<HashMap<NodeId, Connection>>,
     /// Peers of each bucket learnt from the protocol (not the control plane).
     learnt: Mutex<HashMap<BucketId, HashSet<NodeId>>>,
@@ -233,6 +238,9 @@ impl SyncEngine {
             addrs: Mutex::new(HashMap::new()),
             replicas: OnceLock::new(),
             registry: OnceLock::new(),
+            strangers: Mutex::new(Strangers::default()),
+            peer_slots: Mutex::new(HashMap::new()),
+            slots: Arc::new(tokio::sync::Semaphore::new(server::TOTAL)),
             conns: tokio::sync::Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
             pull_queue: Default::default(),
@@ -447,6 +455,19 @@ impl Inner {
         }
     }
 
+    /// The request slots of `peer` (shared by its connections).
+    fn peer_slots(&self, peer: &NodeId) -> Arc<tokio::sync::Semaphore> {
+        let mut all = self.peer_slots.lock().unwrap();
+        // Slots of peers with nothing in progress go (a registered peer
+        // that reconnects gets fresh ones).
+        if all.len() > 1024 {
+            all.retain(|_, s| s.available_permits() < server::PER_PEER);
+        }
+        all.entry(*peer)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(server::PER_PEER)))
+            .clone()
+    }
+
     fn learnt(&self, bucket: &BucketId, node: &NodeId) -> bool {
         self.learnt
             .lock()
@@ -488,10 +509,20 @@ impl Inner {
         let Some(check) = self.registry.get().cloned() else {
             return false;
         };
+        // Anyone who reaches the port can present a fresh id: each asks
+        // the control plane (a full query of the registered nodes) at most
+        // once per STRANGER_TTL, and all of them together at most once per
+        // REGISTRY_EVERY; the rest are refused without a query (a node that
+        // just registered is let in on a later try, or once the node's
+        // 2 s refresh of the registered list names it).
+        if !self.strangers.lock().unwrap().may_ask(node) {
+            return false;
+        }
         if check(*node).await {
             if let Some(r) = self.registered.lock().unwrap().as_mut() {
                 r.insert(*node);
             }
+            self.strangers.lock().unwrap().refused.remove(node);
             return true;
         }
         false
@@ -520,6 +551,54 @@ impl Inner {
             .entry(*bucket)
             .or_default()
             .clone()
+    }
+}
+
+/// A node asked about and refused is not asked about again for this long.
+const STRANGER_TTL: Duration = Duration::from_secs(5);
+/// The registry is asked about strangers at most this often, all together.
+const REGISTRY_EVERY: Duration = Duration::from_secs(2);
+/// Refusals remembered at most (a flood of ids cannot grow the map
+/// without bound; past it, the oldest go).
+const STRANGERS_KEPT: usize = 4096;
+
+/// Strangers refused lately, and when the registry was last asked.
+#[derive(Default)]
+struct Strangers {
+    refused: HashMap<NodeId, std::time::Instant>,
+    last_ask: Option<std::time::Instant>,
+}
+
+impl Strangers {
+    /// Whether `node` may be asked about now; if so, counts as asked
+    /// (the answer `false` stays in force for [`STRANGER_TTL`]).
+    fn may_ask(&mut self, node: &NodeId) -> bool {
+        let now = std::time::Instant::now();
+        if self
+            .refused
+            .get(node)
+            .is_some_and(|t| now.duration_since(*t) < STRANGER_TTL)
+        {
+            return false;
+        }
+        if self
+            .last_ask
+            .is_some_and(|t| now.duration_since(t) < REGISTRY_EVERY)
+        {
+            return false;
+        }
+        self.last_ask = Some(now);
+        if self.refused.len() >= STRANGERS_KEPT {
+            self.refused
+                .retain(|_, t| now.duration_since(*t) < STRANGER_TTL);
+            if self.refused.len() >= STRANGERS_KEPT {
+                self.refused.clear();
+            }
+        }
+        // Noted before the answer: concurrent tries of the same id wait
+        // for the TTL instead of asking again.
+        self.refused.insert(*node, now);
+        true
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
@@ -17,6 +18,7 @@ use super::wire::{read_msg, write_msg};
 use super::Inner;
 use crate::bucket::{Bucket, BucketId};
 use crate::crypto::NodeId;
+use crate::store::Hash;
 
 pub struct Handler {
     inner: Arc<Inner>,
@@ -34,6 +36,25 @@ impl Handler {
     }
 }
 
+/// Requests one peer may have in progress at once (over all its
+/// connections); its further streams wait unaccepted, held back by QUIC's
+/// stream limit, not by this node's memory.
+pub(super) const PER_PEER: usize = 8;
+/// Requests in progress at once from all peers. A peer holds at most
+/// [`PER_PEER`] of them, so a few stalled peers leave room for the rest.
+pub(super) const TOTAL: usize = 64;
+/// How long a request may wait for one of the [`TOTAL`] before it is
+/// answered as refused (busy).
+const BUSY_WAIT: Duration = Duration::from_secs(5);
+/// How long a request may take in all (longer than a requester waits
+/// for a batch of blobs: `client::REQUEST_TIMEOUT`).
+const SERVE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long the request itself may take to arrive.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a single write may wait for the peer to read: a peer that
+/// stops reading frees what its request holds after this.
+const WRITE_STALL: Duration = Duration::from_secs(15);
+
 impl ProtocolHandler for Handler {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let peer = NodeId(*conn.remote_id().as_bytes());
@@ -43,11 +64,33 @@ impl ProtocolHandler for Handler {
             conn.close(1u32.into(), b"not a registered node");
             return Ok(());
         }
-        while let Ok((send, recv)) = conn.accept_bi().await {
+        let mine = self.inner.peer_slots(&peer);
+        loop {
+            // A slot of this peer's before its next stream is taken in.
+            let Ok(slot) = mine.clone().acquire_owned().await else {
+                break;
+            };
+            let Ok((mut send, recv)) = conn.accept_bi().await else {
+                break;
+            };
             let inner = self.inner.clone();
             tokio::spawn(async move {
-                if let Err(e) = serve(inner, peer, send, recv).await {
-                    tracing::debug!(%peer, error = %e, "sync request failed");
+                let _slot = slot;
+                let total =
+                    tokio::time::timeout(BUSY_WAIT, inner.slots.clone().acquire_owned()).await;
+                let Ok(Ok(_total)) = total else {
+                    tracing::debug!(%peer, "sync request refused: this node is busy");
+                    let busy = Response::Refused {
+                        reason: "busy".into(),
+                    };
+                    let _ = tokio::time::timeout(WRITE_STALL, write_msg(&mut send, &busy)).await;
+                    let _ = send.finish();
+                    return;
+                };
+                match tokio::time::timeout(SERVE_TIMEOUT, serve(inner, peer, send, recv)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "sync request failed"),
+                    Err(_) => tracing::debug!(%peer, "sync request took too long; dropped"),
                 }
             });
         }
@@ -91,6 +134,29 @@ fn member(
     Ok(b)
 }
 
+/// A blob the index lists for `bucket` is served unless it is another
+/// bucket's manifest (a member may name one as a chunk of its own tree;
+/// manifest addresses are no secret).
+fn belongs(bucket: &BucketId, hash: &Hash, bytes: &[u8]) -> bool {
+    if !bytes.starts_with(crate::bucket::decoders::MAGIC) {
+        return true;
+    }
+    crate::bucket::Manifest::from_bytes(*hash, bytes).is_ok_and(|m| m.body.bucket_id == *bucket)
+}
+
+/// Write `bytes`, giving up when the peer reads nothing for [`WRITE_STALL`].
+async fn write_within(send: &mut SendStream, bytes: &[u8]) -> Result<(), String> {
+    tokio::time::timeout(WRITE_STALL, send.write_all(bytes))
+        .await
+        .map_err(|_| "the peer stopped reading".to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// Write one message, as [`write_within`].
+async fn send_msg<T: serde::Serialize>(send: &mut SendStream, msg: &T) -> Result<(), String> {
+    write_within(send, &super::proto::frame(msg)).await
+}
+
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -101,8 +167,9 @@ async fn serve(
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> Result<(), String> {
-    let Some(req) = read_msg::<Request>(&mut recv)
+    let Some(req) = tokio::time::timeout(READ_TIMEOUT, read_msg::<Request>(&mut recv))
         .await
+        .map_err(|_| "the request did not arrive in time".to_string())?
         .map_err(|e| e.to_string())?
     else {
         return Ok(());
@@ -153,23 +220,37 @@ async fn serve(
             Err(why) => write_msg(&mut send, &refuse(why))
                 .await
                 .map_err(|e| e.to_string())?,
-            Ok(_) => {
-                write_msg(&mut send, &Response::Noted)
+            Ok(b) => {
+                // Only blobs of the proven bucket: the store is shared by
+                // every bucket here, and a proof for one must not read
+                // another's manifests, directories or chunks.
+                let index = tokio::task::spawn_blocking(move || b.blob_index())
                     .await
+                    .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())?;
-                // Blobs are read (and checked against their addresses) a
-                // little ahead of the sending, on a blocking thread.
-                let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+                send_msg(&mut send, &Response::Noted).await?;
+                // Each blob is read (and checked against its address) on a
+                // blocking thread of its own, one ahead of the sending: a
+                // peer that stops reading holds no thread, two blobs at
+                // most, and those for WRITE_STALL at most.
                 let store = inner.state.store().clone();
-                let wanted: Vec<_> = hashes.into_iter().take(MAX_BLOBS_PER_REQUEST).collect();
-                tokio::task::spawn_blocking(move || {
-                    for h in wanted {
-                        if tx.blocking_send((h, store.get(&h))).is_err() {
-                            return;
+                let read = |h: Hash| {
+                    let (store, index) = (store.clone(), index.clone());
+                    tokio::task::spawn_blocking(move || {
+                        if !index.contains(&h) {
+                            return (h, Err(()));
                         }
-                    }
-                });
-                while let Some((h, blob)) = rx.recv().await {
+                        match store.get(&h) {
+                            Ok(bytes) if belongs(&bucket, &h, &bytes) => (h, Ok(bytes)),
+                            _ => (h, Err(())),
+                        }
+                    })
+                };
+                let mut wanted = hashes.into_iter().take(MAX_BLOBS_PER_REQUEST);
+                let mut next = wanted.next().map(read);
+                while let Some(reading) = next.take() {
+                    let (h, blob) = reading.await.map_err(|e| e.to_string())?;
+                    next = wanted.next().map(read);
                     let h = &h;
                     match blob {
                         Ok(bytes) => {
@@ -177,8 +258,8 @@ async fn serve(
                                 hash: *h,
                                 len: bytes.len() as u32,
                             };
-                            write_msg(&mut send, &f).await.map_err(|e| e.to_string())?;
-                            send.write_all(&bytes).await.map_err(|e| e.to_string())?;
+                            send_msg(&mut send, &f).await?;
+                            write_within(&mut send, &bytes).await?;
                             crate::metrics::blob_served(bytes.len());
                             inner.stats.blobs_served.fetch_add(1, Ordering::Relaxed);
                             inner
@@ -187,9 +268,7 @@ async fn serve(
                                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                         }
                         Err(_) => {
-                            write_msg(&mut send, &BlobFrame::Missing { hash: *h })
-                                .await
-                                .map_err(|e| e.to_string())?;
+                            send_msg(&mut send, &BlobFrame::Missing { hash: *h }).await?;
                         }
                     }
                 }

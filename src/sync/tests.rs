@@ -340,15 +340,20 @@ async fn blob_throughput_on_loopback() {
     let (a, b) = (node(&kek).await, node(&kek).await);
     register(&[&a, &b]);
     let (id, _) = shared(&a, &b, &kek).await;
-    let mut hashes = Vec::new();
-    for i in 0..256u64 {
-        let blob = crate::store::slices::hash_with_outboard(&vec![i as u8; 1 << 20]);
-        a.state
-            .store()
-            .put_hashed(blob.0, &vec![i as u8; 1 << 20])
-            .unwrap();
-        hashes.push(blob.0);
+    // Only blobs of the bucket are served: a 256 MiB file of it.
+    {
+        let ab = a.state.open_bucket(&id, &kek).unwrap();
+        let mut m = ab.mount().unwrap();
+        let bytes: Vec<u8> = (0..(256u32 << 20) / 32)
+            .flat_map(|i| Hash::of(&i.to_le_bytes()).0)
+            .collect();
+        path::write_file(&mut m, "/big", &bytes).unwrap();
+        m.save().unwrap();
     }
+    let hashes: Vec<Hash> = chunks_of(&a, &kek, &id)
+        .into_iter()
+        .filter(|h| !b.state.store().contains(h))
+        .collect();
     let start = Instant::now();
     let missing = client::fetch_blobs(&b.engine.inner, id, &hashes)
         .await
@@ -476,4 +481,357 @@ async fn a_peer_far_behind_merges_against_the_shared_version() {
     );
     assert_eq!(path::read_file(&mut m, "/log").unwrap().len(), 800);
     assert!(bb.has_in_history(&head).unwrap());
+}
+
+/// A bucket on `node` with one file of `bytes`, and its secret.
+fn bucket_with_file(node: &Node, kek: &Kek, bytes: &[u8]) -> (BucketId, SecretKey, Hash) {
+    let id = BucketId::generate().unwrap();
+    let secret = SecretKey::generate().unwrap();
+    let b = node
+        .state
+        .create_bucket_with_secret(id, secret.clone(), kek, &BucketOptions::default())
+        .unwrap();
+    let mut m = b.mount().unwrap();
+    path::write_file(&mut m, "/f", bytes).unwrap();
+    let head = m.save().unwrap().hash;
+    (id, secret, head)
+}
+
+/// The chunks of `bucket`'s head on `node` (its root directory's files).
+fn chunks_of(node: &Node, kek: &Kek, bucket: &BucketId) -> Vec<Hash> {
+    let b = node.state.open_bucket(bucket, kek).unwrap();
+    let m = b.manifest(&b.head().unwrap()).unwrap();
+    b.dir_contents(&b.root_dir(&m).unwrap()).unwrap().chunks
+}
+
+/// Finding 1 of #26: proving one bucket's secret must not open the node's
+/// whole store. b holds bucket X with a; a also holds bucket Y, which b
+/// was never given. b asks a, with X's proof, for Y's manifest (heads are
+/// in Postgres), Y's root directory and Y's chunk: all are answered
+/// missing, nothing of Y lands on b; X's own blobs still come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_for_one_bucket_reads_nothing_of_another() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b) = (node(&kek).await, node(&kek).await);
+    register(&[&a, &b]);
+    let (x, _) = shared(&a, &b, &kek).await;
+    let (y, _, y_head) = bucket_with_file(&a, &kek, b"another tenant's file");
+    let ya = a.state.open_bucket(&y, &kek).unwrap();
+    let y_root = ya.manifest(&y_head).unwrap().body.root;
+    let y_chunk = chunks_of(&a, &kek, &y)[0];
+    let asked = [y_head, y_root, y_chunk];
+    let missing = client::fetch_blobs(&b.engine.inner, x, &asked)
+        .await
+        .unwrap();
+    for h in asked {
+        assert!(
+            !b.state.store().contains(&h),
+            "a blob of another bucket was served under X's proof: {h}"
+        );
+    }
+    assert_eq!(missing.len(), 3, "{missing:?}");
+    // X itself still reads: its chunk comes over.
+    let x_chunk = chunks_of(&a, &kek, &x)[0];
+    let missing = client::fetch_blobs(&b.engine.inner, x, &[x_chunk])
+        .await
+        .unwrap();
+    assert!(missing.is_empty());
+    assert!(b.state.store().contains(&x_chunk));
+}
+
+/// Finding 4 of #26: a registered peer holding the secret opens hundreds
+/// of blob requests over several connections and never reads an answer
+/// (a tiny receive window, so every answer stalls at once). A normal
+/// peer's fetch must still go through in seconds: the stalled requests
+/// hold no blocking thread and are capped per peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_cannot_stall_another_peers_sync() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b) = (node(&kek).await, node(&kek).await);
+    let staller = bare_endpoint(Some(16 * 1024)).await;
+    let staller_id = NodeId(*staller.id().as_bytes());
+    let mut all: HashSet<NodeId> = [a.engine.node_id(), b.engine.node_id()].into();
+    all.insert(staller_id);
+    a.engine.set_registered(all.clone());
+    b.engine.set_registered(all);
+    let (x, secret) = shared(&a, &b, &kek).await;
+    // A file of its own chunk (40 KiB), which b does not hold yet.
+    let x_chunk = {
+        let xa = a.state.open_bucket(&x, &kek).unwrap();
+        let mut m = xa.mount().unwrap();
+        // Incompressible: a hash chain.
+        let bytes: Vec<u8> = (0..40 * 1024 / 32u32)
+            .flat_map(|i| Hash::of(&i.to_le_bytes()).0)
+            .collect();
+        path::write_file(&mut m, "/big", &bytes).unwrap();
+        m.save().unwrap();
+        let m = xa.manifest(&xa.head().unwrap()).unwrap();
+        let c = xa.dir_contents(&xa.root_dir(&m).unwrap()).unwrap().chunks;
+        *c.iter().find(|h| !b.state.store().contains(h)).unwrap()
+    };
+    let proof =
+        crate::bucket::ProofKey::of(&secret).proof(&x, &staller_id.0, &a.engine.node_id().0);
+    let req = Request::GetBlobs {
+        bucket: x,
+        proof,
+        hashes: vec![x_chunk; 8],
+    };
+    let addr = EndpointAddr::new(iroh::PublicKey::from_bytes(&a.engine.node_id().0).unwrap())
+        .with_ip_addr(peer(&a).addrs[0]);
+    let mut held = Vec::new();
+    let mut conns = Vec::new();
+    for _ in 0..6 {
+        let conn = staller.connect(addr.clone(), proto::ALPN).await.unwrap();
+        for _ in 0..100 {
+            let Ok((mut send, recv)) = conn.open_bi().await else {
+                break;
+            };
+            wire::write_msg(&mut send, &req).await.unwrap();
+            send.finish().unwrap();
+            held.push((send, recv));
+        }
+        conns.push(conn);
+    }
+    // Let the node take them all in.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!(
+        "served {} refused {} b-has {}",
+        a.engine.stats().blobs_served.load(Ordering::Relaxed),
+        a.engine.stats().refused.load(Ordering::Relaxed),
+        b.state.store().contains(&x_chunk)
+    );
+    // (b may have pulled it meanwhile: a first anti-entropy pass.)
+    b.state.store().remove(&x_chunk).unwrap();
+    let started = Instant::now();
+    let got = tokio::time::timeout(
+        Duration::from_secs(15),
+        client::fetch_blobs(&b.engine.inner, x, &[x_chunk]),
+    )
+    .await;
+    assert!(
+        matches!(&got, Ok(Ok(m)) if m.is_empty()),
+        "a normal peer's fetch stalled behind the hostile peer's requests: {got:?}"
+    );
+    eprintln!(
+        "{} stalled requests open; a normal fetch took {:?}",
+        held.len(),
+        started.elapsed()
+    );
+    drop(held);
+    drop(conns);
+}
+
+/// Finding 5 of #26: strangers (ids no registered list names) cost the
+/// control plane at most one registry query every few seconds, however
+/// many there are; a node that registers is let in once its refusal
+/// expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_strangers_costs_a_query_every_few_seconds() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let a = node(&kek).await;
+    register(&[&a]);
+    let queries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let late = NodeId([9; 32]);
+    let late_registered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (queries, late_registered) = (queries.clone(), late_registered.clone());
+        a.engine.set_registry_check(Arc::new(move |n: NodeId| {
+            queries.fetch_add(1, Ordering::SeqCst);
+            let yes = n == late && late_registered.load(Ordering::SeqCst);
+            Box::pin(async move { yes })
+        }));
+    }
+    let strangers: Vec<NodeId> = (0..1000u32)
+        .map(|i| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            id[31] = 1;
+            NodeId(id)
+        })
+        .collect();
+    let asks = strangers.iter().map(|s| a.engine.inner.is_registered(s));
+    let answers = futures::future::join_all(asks).await;
+    assert!(answers.iter().all(|r| !r));
+    for s in &strangers {
+        assert!(!a.engine.inner.is_registered(s).await);
+    }
+    // Real connections from strangers too.
+    for _ in 0..5 {
+        let ep = bare_endpoint(None).await;
+        let addr = EndpointAddr::new(iroh::PublicKey::from_bytes(&a.engine.node_id().0).unwrap())
+            .with_ip_addr(peer(&a).addrs[0]);
+        if let Ok(conn) = ep.connect(addr, proto::ALPN).await {
+            let _ = conn.closed().await;
+        }
+    }
+    let n = queries.load(Ordering::SeqCst);
+    eprintln!("1000 strangers asked twice, 5 connected: {n} registry queries");
+    assert!(n <= 2, "{n} registry queries for a flood of strangers");
+    assert!(!a.engine.inner.is_registered(&late).await);
+    late_registered.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !a.engine.inner.is_registered(&late).await {
+        assert!(
+            Instant::now() < deadline,
+            "a node that registered is never let in"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Finding 2 of #26 (in part): a pull whose chain does not verify writes
+/// nothing into PRUNED. A member signs a head that names a parent nobody
+/// holds and this node's head at the wrong height; a peer serves it and
+/// answers the parent missing. Before, the parent went into PRUNED (where
+/// it makes later walks skip checks) before the chain was checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_that_fails_verification_writes_no_cut() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b) = (node(&kek).await, node(&kek).await);
+    register(&[&a, &b]);
+    let (x, _) = shared(&a, &b, &kek).await;
+    let ab = a.state.open_bucket(&x, &kek).unwrap();
+    let bb = b.state.open_bucket(&x, &kek).unwrap();
+    let ours = ab.head().unwrap();
+    let ours_m = ab.manifest(&ours).unwrap();
+    let made_up = Hash::of(b"a version nobody holds");
+    let mut body = bb.manifest(&bb.head().unwrap()).unwrap().body;
+    body.previous = Some(made_up);
+    body.merged = Some(ours);
+    body.height = ours_m.body.height; // does not follow it
+    body.author = b.engine.node_id();
+    assert!(body.shares.iter().any(|s| s.recipient == body.author));
+    let forged = Manifest::sign(body, b.state.identity()).unwrap();
+    let bytes = forged.to_bytes().unwrap();
+    let fh = Hash::of(&bytes);
+    let scripted = ScriptedPeer::start(HashMap::from([(fh, bytes)]), Vec::new()).await;
+    a.engine.set_peers(x, vec![scripted.peer.clone()]);
+    let got = a.engine.pull(x, fh).await;
+    eprintln!("the pull: {got:?}");
+    assert!(
+        !ab.pruned_versions().unwrap().contains(&made_up),
+        "an unverified pull wrote its cut into PRUNED"
+    );
+    assert_eq!(ab.head().unwrap(), ours);
+}
+
+/// Finding 2 of #26 (in part): a peer's answer to a heads request names
+/// only buckets it was asked about; a head for another bucket of this
+/// node (one the peer does not share) is ignored, not pulled from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_for_buckets_not_asked_about_are_ignored() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b) = (node(&kek).await, node(&kek).await);
+    register(&[&a, &b]);
+    let (x, _) = shared(&a, &b, &kek).await;
+    let (z, _, _) = bucket_with_file(&a, &kek, b"z");
+    a.engine.set_peers(z, vec![peer(&b)]);
+    let unsolicited = Hash::of(b"a head of z from a peer not asked");
+    let scripted =
+        ScriptedPeer::start(HashMap::new(), vec![(x, None), (z, Some(unsolicited))]).await;
+    a.engine.set_peers(x, vec![scripted.peer.clone()]);
+    a.engine.compare_heads().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !a.engine
+            .peers_of(&z)
+            .iter()
+            .any(|p| p.node == scripted.peer.node),
+        "a head for a bucket not asked about was pulled from the peer that sent it"
+    );
+}
+
+/// An endpoint speaking the sync ALPN, keyed at random, with a stream
+/// receive window of `window` bytes if given.
+async fn bare_endpoint(window: Option<u32>) -> Endpoint {
+    let mut b = Endpoint::builder(iroh::endpoint::presets::Minimal)
+        .relay_mode(RelayMode::Disabled)
+        .clear_address_lookup()
+        .portmapper_config(iroh::endpoint::PortmapperConfig::Disabled)
+        .alpns(vec![proto::ALPN.to_vec()]);
+    if let Some(w) = window {
+        b = b.transport_config(
+            iroh::endpoint::QuicTransportConfig::builder()
+                .stream_receive_window(w.into())
+                .receive_window((64u32 << 20).into())
+                .build(),
+        );
+    }
+    b.bind_addr("127.0.0.1:0".parse::<SocketAddr>().unwrap())
+        .unwrap()
+        .bind()
+        .await
+        .unwrap()
+}
+
+/// A peer answering from a script: blobs from a map (missing otherwise),
+/// heads requests with a fixed list.
+struct ScriptedPeer {
+    peer: Peer,
+    _router: iroh::protocol::Router,
+}
+
+#[derive(Debug)]
+struct Script {
+    blobs: HashMap<Hash, Vec<u8>>,
+    heads: Vec<(BucketId, Option<Hash>)>,
+}
+
+impl iroh::protocol::ProtocolHandler for Script {
+    async fn accept(&self, conn: Connection) -> Result<(), iroh::protocol::AcceptError> {
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            match wire::read_msg::<Request>(&mut recv).await {
+                Ok(Some(Request::GetBlobs { hashes, .. })) => {
+                    let _ = wire::write_msg(&mut send, &Response::Noted).await;
+                    for h in hashes {
+                        match self.blobs.get(&h) {
+                            Some(b) => {
+                                let f = proto::BlobFrame::Blob {
+                                    hash: h,
+                                    len: b.len() as u32,
+                                };
+                                let _ = wire::write_msg(&mut send, &f).await;
+                                let _ = send.write_all(b).await;
+                            }
+                            None => {
+                                let f = proto::BlobFrame::Missing { hash: h };
+                                let _ = wire::write_msg(&mut send, &f).await;
+                            }
+                        }
+                    }
+                }
+                Ok(Some(Request::Heads { .. })) => {
+                    let _ = wire::write_msg(&mut send, &Response::Heads(self.heads.clone())).await;
+                }
+                Ok(Some(_)) => {
+                    let _ = wire::write_msg(&mut send, &Response::Noted).await;
+                }
+                _ => continue,
+            }
+            let _ = send.finish();
+            let _ = send.stopped().await;
+        }
+        Ok(())
+    }
+}
+
+impl ScriptedPeer {
+    async fn start(blobs: HashMap<Hash, Vec<u8>>, heads: Vec<(BucketId, Option<Hash>)>) -> Self {
+        let ep = bare_endpoint(None).await;
+        let peer = Peer {
+            node: NodeId(*ep.id().as_bytes()),
+            addrs: ep
+                .bound_sockets()
+                .into_iter()
+                .filter(|a| a.is_ipv4())
+                .collect(),
+        };
+        let router = iroh::protocol::Router::builder(ep)
+            .accept(proto::ALPN, Script { blobs, heads })
+            .spawn();
+        Self {
+            peer,
+            _router: router,
+        }
+    }
 }

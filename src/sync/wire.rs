@@ -25,18 +25,25 @@ pub async fn read_msg<T: for<'de> Deserialize<'de>>(
         Err(e) => return Err(WireError::Stream(e.to_string())),
     }
     let len = super::proto::body_len(len)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| WireError::Stream(e.to_string()))?;
+    let body = read_bytes(recv, len).await?;
     super::proto::decode(&body).map(Some)
 }
 
-/// Read exactly `len` bytes (a blob after its frame).
+/// What is read at once: an announced length is never allocated ahead of
+/// the bytes that fill it.
+const PIECE: usize = 64 << 10;
+
+/// Read exactly `len` bytes (a blob after its frame, a message body), in
+/// pieces: the buffer grows with what arrived, not with what the length
+/// prefix announced.
 pub async fn read_bytes(recv: &mut RecvStream, len: usize) -> Result<Vec<u8>, WireError> {
-    let mut buf = vec![0u8; len];
-    recv.read_exact(&mut buf)
-        .await
-        .map_err(|e| WireError::Stream(e.to_string()))?;
+    let mut buf = Vec::with_capacity(len.min(PIECE));
+    while buf.len() < len {
+        let start = buf.len();
+        buf.resize(start + (len - start).min(PIECE), 0);
+        recv.read_exact(&mut buf[start..])
+            .await
+            .map_err(|e| WireError::Stream(e.to_string()))?;
+    }
     Ok(buf)
 }

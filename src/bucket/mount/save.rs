@@ -121,7 +121,18 @@ impl Mount {
             Body::Dir(d) => d.key.clone(),
             _ => unreachable!("root is a directory"),
         };
-        let height = self.base.body.height.max(merged.map(|m| m.1).unwrap_or(0)) + 1;
+        // Any member may sign a version at the largest height: the next
+        // one is an error, never a wrap (release) or a panic (debug).
+        let height = self
+            .base
+            .body
+            .height
+            .max(merged.map(|m| m.1).unwrap_or(0))
+            .checked_add(1)
+            .ok_or_else(|| BucketError::ChainBroken {
+                at: merged.map(|m| m.0).unwrap_or(self.base_hash),
+                reason: "a version at the largest height has no successor".into(),
+            })?;
         let body = ManifestBody {
             bucket_id: self.core.id,
             height,

@@ -286,3 +286,27 @@ fn a_pin_is_released_by_one_unpin_and_orphans_have_no_names() {
     assert!(m.getattr(f).is_err(), "one unpin releases it");
     m.unpin(f);
 }
+
+/// A head at the largest height (any member may sign one) cannot make a
+/// save or a merge overflow: the next version is an error, not a wrap to 0
+/// (release) or a panic (debug).
+#[test]
+fn a_save_on_top_of_the_largest_height_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bucket(dir.path(), 1 << 16);
+    let head = b.head().unwrap();
+    let m = b.core.load_manifest(&head).unwrap();
+    let mut body = m.body.clone();
+    body.height = u64::MAX;
+    body.previous = Some(head);
+    let top = Manifest::sign(body, &b.core.identity).unwrap();
+    let hash = top.store(&b.core.store).unwrap();
+    b.core.write_head(&hash).unwrap();
+    let mut m = b.mount().unwrap();
+    crate::bucket::path::write_file(&mut m, "/x", b"1").unwrap();
+    let saved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.save()));
+    assert!(
+        matches!(saved, Ok(Err(_))),
+        "a save past the largest height must fail cleanly"
+    );
+}
