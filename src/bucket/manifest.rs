@@ -183,10 +183,7 @@ impl Manifest {
     pub fn load(store: &BlobStore, hash: &Hash) -> Result<Self> {
         // Walks and merges load the same versions again and again: one
         // read, hash check and decode per version, kept while it is stored.
-        let cached = LOADED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(hash);
+        let cached = LOADED.lock().unwrap_or_else(|e| e.into_inner()).get(hash);
         if let Some(m) = cached {
             if store.contains(hash) {
                 return Ok(m);
