@@ -181,25 +181,11 @@ impl Manifest {
 
     /// Load and verify the manifest at `hash`.
     pub fn load(store: &BlobStore, hash: &Hash) -> Result<Self> {
-        // Walks and merges load the same versions again and again: one
-        // read, hash check and decode per version, kept while it is stored.
-        let cached = LOADED.lock().unwrap_or_else(|e| e.into_inner()).get(hash);
-        if let Some(m) = cached {
-            if store.contains(hash) {
-                return Ok(m);
-            }
-            return Err(BucketError::VersionNotFound(*hash));
-        }
         let bytes = store.get(hash).map_err(|e| match e {
             crate::store::StoreError::NotFound(h) => BucketError::VersionNotFound(h),
             other => other.into(),
         })?;
-        let m = Self::from_bytes(*hash, &bytes)?;
-        LOADED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(*hash, m.clone());
-        Ok(m)
+        Self::from_bytes(*hash, &bytes)
     }
 
     /// The parents of this version (previous first).
@@ -211,11 +197,6 @@ impl Manifest {
             .copied()
     }
 }
-
-/// Manifests loaded from a store (by address; the store re-hashed them),
-/// decoded and verified.
-static LOADED: std::sync::LazyLock<std::sync::Mutex<crate::cache::BoundedMap<Hash, Manifest>>> =
-    std::sync::LazyLock::new(|| std::sync::Mutex::new(crate::cache::BoundedMap::new(1 << 14)));
 
 /// Manifests (by the hash of their bytes) whose signature verified.
 static VERIFIED: std::sync::LazyLock<std::sync::Mutex<crate::cache::BoundedMap<Hash, ()>>> =
