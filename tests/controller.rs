@@ -760,11 +760,20 @@ async fn validate_expand_get_and_capacity() {
         &[("chunkSize", "65536")][..],
         &[("bogus", "1")],
         &[("historyRetention", "forever")],
-        &[],
     ] {
         let (k, m) = code(ctl.controller_modify_volume(modify(bad)).await);
         assert_eq!(k, Code::InvalidArgument, "{bad:?}: {m}");
     }
+    // An empty map asks for no change (proto3 cannot tell it from a missing
+    // one, and csi-sanity expects OK): the volume keeps what it had.
+    ctl.controller_modify_volume(modify(&[])).await.unwrap();
+    assert_eq!(
+        c.psql(&format!(
+            "SELECT mutable_parameters FROM volumes WHERE id = '{}'",
+            v.volume_id
+        )),
+        r#"{"historyRetention":"count=5,age=1d"}"#
+    );
     let mut missing = modify(&[("historyRetention", "count=1")]);
     missing.volume_id = "nope".into();
     assert_eq!(
