@@ -13,10 +13,10 @@ cd "$(dirname "$0")/.."
 # JAX_DEMO_PROFILE=dev reuses the test build (CI runs the demo that way).
 if [ "${JAX_DEMO_PROFILE:-release}" = dev ]; then
   cargo build --locked --bin jax-csi
-  bin="$PWD/target/debug/jax-csi"
+  bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/jax-csi"
 else
   cargo build --release --locked --bin jax-csi
-  bin="$PWD/target/release/jax-csi"
+  bin="${CARGO_TARGET_DIR:-$PWD/target}/release/jax-csi"
 fi
 state="${1:-$(mktemp -d /tmp/jax-demo.XXXXXX)}"
 mkdir -p "$state"
