@@ -417,7 +417,7 @@ async fn fetch_chain(
     let mut depth = 0;
     while !want.is_empty() {
         let got = fetch_blobs_detail(inner, bucket, &want, secret).await?;
-        if depth == 0 && !got.missing.is_empty() || got.unreachable {
+        if (depth == 0 && !got.missing.is_empty()) || got.unreachable {
             return Err(SyncError::NoPeer(bucket));
         }
         let mut next = Vec::new();
@@ -529,6 +529,12 @@ pub async fn pull(
             .map_err(|source| SyncError::Bucket { bucket, source })?;
     }
     let cut = chain.cut;
+    // Noted before the merge base is looked for: a walk that meets a cut
+    // not yet listed calls the chain broken.
+    if !cut.is_empty() {
+        b.note_cut(&cut)
+            .map_err(|source| SyncError::Bucket { bucket, source })?;
+    }
     // The merge compares both sides with the version they share: its tree
     // must be here too (this node may know that version only by its
     // manifest, from a chain it fast-forwarded through).
@@ -544,10 +550,6 @@ pub async fn pull(
         bytes = inner.stats.bytes_fetched.load(Ordering::Relaxed) - fetched_before,
         "pulled a head"
     );
-    if !cut.is_empty() {
-        b.note_cut(&cut)
-            .map_err(|source| SyncError::Bucket { bucket, source })?;
-    }
     let Some(replicas) = inner.replicas.get().cloned() else {
         return Ok(());
     };
