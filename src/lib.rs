@@ -4,6 +4,7 @@
 pub mod alloc;
 pub mod bucket;
 mod cache;
+mod coalesce;
 pub mod crash_point;
 pub mod crypto;
 pub mod csi;

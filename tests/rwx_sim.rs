@@ -212,11 +212,8 @@ impl Sim {
         );
         // History ends where neither side holds a version any more (what
         // a pull notes as cut when every peer answers it is gone).
-        let has = |h: &Hash| {
-            let hex = h.to_hex();
-            let root = &self.replicas[to].root;
-            root.join("store/blobs").join(&hex[..2]).join(&hex).exists()
-        };
+        let state = StateDir::open(&self.replicas[to].root).unwrap();
+        let has = |h: &Hash| state.store().contains(h);
         if !has(&head) {
             self.log
                 .push(format!("r{to}: r{from}'s head {head} is gone"));

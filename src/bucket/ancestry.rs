@@ -1,14 +1,14 @@
-//! How two versions of a bucket are related: their merge base, and whether
-//! one already contains the other.
+//! How versions of a bucket are related: a version's whole verified
+//! history, the merge base of two, and whether one contains the other.
 //!
-//! Both walks go down the version graph from the newest version by height
+//! The merge base and ancestor walks go down the version graph by height
 //! (a parent is always lower than its child), so they touch only the
 //! versions above the answer — what two replicas made since they last
 //! agreed — never the whole history. A merge at tens of versions a second
 //! stays cheap however long the bucket has lived, and no history has to be
 //! cut to keep it so.
 
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
 use super::error::{BucketError, Result};
 use super::manifest::{self, Manifest};
@@ -118,6 +118,26 @@ impl<'a> Walk<'a> {
 }
 
 impl BucketCore {
+    /// Walk all ancestors of `start` (inclusive, breadth first), verifying
+    /// each chain link. History ends where versions were pruned on purpose
+    /// (listed in `PRUNED`); any other missing parent breaks the chain.
+    pub fn walk(&self, start: Hash) -> Result<Vec<(Hash, Manifest)>> {
+        let mut walk = Walk::new(self)?;
+        let mut queue = VecDeque::from([start]);
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        while let Some(h) = queue.pop_front() {
+            if !seen.insert(h) {
+                continue;
+            }
+            let (parents, cut) = walk.parents(&h)?;
+            walk.check(&h, &parents, cut)?;
+            queue.extend(parents.iter().copied());
+            out.push((h, walk.loaded[&h].clone()));
+        }
+        Ok(out)
+    }
+
     /// Where `incoming` (fetched, not yet trusted) meets `local` (this
     /// node's head). Every version only `incoming` reaches is link-checked
     /// on the way, so a merge never builds on a chain it did not verify.

@@ -63,7 +63,7 @@ pub use replica::{DirContents, DirRef, ProofKey};
 pub use retention::Retention;
 pub use tree::{SpecialKind, Timestamp};
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -224,52 +224,6 @@ impl BucketCore {
             });
         }
         Ok(m)
-    }
-
-    /// Walk all ancestors of `start` (inclusive), verifying each chain
-    /// link. History ends where versions were pruned on purpose (they are
-    /// listed in `PRUNED`); any other missing parent breaks the chain.
-    pub fn walk(&self, start: Hash) -> Result<Vec<(Hash, Manifest)>> {
-        let pruned = self.pruned()?;
-        let mut seen = HashSet::new();
-        let mut queue = VecDeque::from([start]);
-        let mut out = Vec::new();
-        while let Some(h) = queue.pop_front() {
-            if !seen.insert(h) {
-                continue;
-            }
-            let m = self.load_manifest(&h)?;
-            let mut parents = Vec::new();
-            let mut cut = false;
-            for p in m.parents() {
-                if pruned.contains(&p) {
-                    // Pruned here: history ends, even if the version came back.
-                    cut = true;
-                    continue;
-                }
-                match self.load_manifest(&p) {
-                    Ok(pm) => {
-                        parents.push(pm);
-                        queue.push_back(p);
-                    }
-                    Err(BucketError::VersionNotFound(_)) if pruned.contains(&p) => cut = true,
-                    Err(BucketError::VersionNotFound(_)) => {
-                        return Err(BucketError::ChainBroken {
-                            at: h,
-                            reason: format!("parent {p} is missing"),
-                        })
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            // A version whose parents were all pruned was checked when it
-            // was written or received; the links that remain are checked now.
-            if !(cut && parents.is_empty()) {
-                manifest::check_link_held(h, &m, &parents, cut)?;
-            }
-            out.push((h, m));
-        }
-        Ok(out)
     }
 
     fn pruned_path(&self) -> PathBuf {

@@ -24,9 +24,9 @@ use super::proto::volume_content_source::{self, SnapshotSource, VolumeSource};
 use super::proto::*;
 use super::status::{page_size, parse_token, require_id, require_some, traced};
 use crate::bucket::BucketId;
-use crate::crypto::{is_tenant_wrapped, rewrap_outer, wrap_layered, Kek, SecretKey, WrapContext};
+use crate::crypto::{is_tenant_wrapped, wrap_layered, Kek, SecretKey, WrapContext};
+use crate::db::HeadKey;
 use crate::db::{Db, NewSnapshot, NewVolume, SnapshotRecord, VolumeRecord};
-use crate::db::{HeadKey, KeyError};
 
 /// The most entries one List call returns.
 const MAX_PAGE: i64 = 1000;
@@ -207,13 +207,7 @@ impl ControllerService {
         // Unknown content (held somewhere, no head yet) is not ready.
         let ready = head.head.is_some() || !self.db.ever_mounted(&vol.id).await?;
         let to = WrapContext::snapshot(&id, &head.bucket, head.head.as_deref().unwrap_or(""));
-        let wrapped =
-            rewrap_outer(&self.kek, &head.wrapped, &head.outer, &to).map_err(|source| {
-                KeyError {
-                    what: format!("the key of volume {}", vol.id),
-                    source,
-                }
-            })?;
+        let wrapped = head.rewrap(&self.kek, &to, &format!("the key of volume {}", vol.id))?;
         let new = NewSnapshot {
             id,
             name: name.to_string(),
@@ -259,13 +253,7 @@ impl ControllerService {
             return Ok(snap);
         };
         let to = WrapContext::snapshot(&snap.id, &head.bucket, h);
-        let wrapped =
-            rewrap_outer(&self.kek, &head.wrapped, &head.outer, &to).map_err(|source| {
-                KeyError {
-                    what: format!("the key of volume {}", vol.id),
-                    source,
-                }
-            })?;
+        let wrapped = head.rewrap(&self.kek, &to, &format!("the key of volume {}", vol.id))?;
         self.db
             .fill_snapshot_head(&snap.id, &head.bucket, h, &wrapped.0)
             .await?;
@@ -335,11 +323,7 @@ impl Controller for ControllerService {
                         .open(&self.kek, tenant, &format!("the source of volume {name:?}"))?;
                     let head = s.head.head.clone();
                     let to = WrapContext::clone_source(&id, &s.bucket, head.as_deref().unwrap_or(""));
-                    let key = rewrap_outer(&self.kek, &s.head.wrapped, &s.head.outer, &to)
-                        .map_err(|source| KeyError {
-                            what: "the source's key".into(),
-                            source,
-                        })?;
+                    let key = s.head.rewrap(&self.kek, &to, "the source's key")?;
                     (head, Some(key.0))
                 }
                 None => (None, None),

@@ -4,7 +4,9 @@
 //! Postgres row pointing elsewhere never opens. No key material ever reaches
 //! an error or a log line.
 
-use crate::crypto::{unwrap_layered, Kek, SecretKey, UnwrapError, WrapContext, WrappedKey};
+use crate::crypto::{
+    rewrap_outer, unwrap_layered, Kek, SecretKey, UnwrapError, WrapContext, WrappedKey,
+};
 use crate::db::{SnapshotRecord, VolumeRecord};
 
 /// A wrapped key that did not open, and what it was for (a volume, a
@@ -69,6 +71,15 @@ impl HeadKey {
     /// The inner (tenant) layer is bound to the bucket the secret is of.
     pub fn inner(&self) -> WrapContext {
         WrapContext::volume(&self.bucket)
+    }
+
+    /// The same secret with its outer (cluster) layer bound to `to` instead
+    /// (a snapshot's or a clone's record); `what` names it in the error.
+    pub fn rewrap(&self, kek: &Kek, to: &WrapContext, what: &str) -> Result<WrappedKey, KeyError> {
+        rewrap_outer(kek, &self.wrapped, &self.outer, to).map_err(|source| KeyError {
+            what: what.to_string(),
+            source,
+        })
     }
 
     /// Open the secret (a tenant's needs `tenant`); `what` names it in the error.

@@ -2,14 +2,15 @@
 //! Postgres (freshest head first; the last lists stay in force while
 //! Postgres is down), and every local commit announced to the peers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
 
 use crate::bucket::{BucketId, StateDir};
+use crate::coalesce::Coalesced;
 use crate::crypto::{Kek, NodeId};
 use crate::db::{Db, NodeSyncRow};
 use crate::fuse::SyncEvent;
@@ -121,7 +122,7 @@ pub async fn announce_commits(engine: SyncEngine, mut events: broadcast::Receive
     loop {
         match events.recv().await {
             Ok(SyncEvent::Committed { volume, head, .. }) => {
-                if waiting.offer(volume, head) {
+                if waiting.offer(volume, (), head) {
                     tokio::spawn(announce_newest(engine.clone(), waiting.clone(), volume));
                 }
             }
@@ -139,38 +140,12 @@ pub async fn announce_commits(engine: SyncEngine, mut events: broadcast::Receive
 
 /// Heads committed and not announced yet, coalesced per volume: under a
 /// load of many commits a second, one announcement is in flight per
-/// volume and the next one carries the newest head (it contains the
-/// heads committed meanwhile), instead of one round of messages per commit.
-#[derive(Default)]
-struct Announcements {
-    /// The newest head waiting, per volume with an announcer running.
-    newest: Mutex<HashMap<BucketId, Option<Hash>>>,
-}
-
-impl Announcements {
-    /// Note `head`; true when the caller must start the volume's announcer.
-    fn offer(&self, volume: BucketId, head: Hash) -> bool {
-        let mut all = self.newest.lock().unwrap_or_else(|e| e.into_inner());
-        let start = !all.contains_key(&volume);
-        all.insert(volume, Some(head));
-        start
-    }
-
-    /// The head to announce next, or `None` (and the announcer ends).
-    fn take(&self, volume: &BucketId) -> Option<Hash> {
-        let mut all = self.newest.lock().unwrap_or_else(|e| e.into_inner());
-        match all.get_mut(volume).and_then(Option::take) {
-            Some(head) => Some(head),
-            None => {
-                all.remove(volume);
-                None
-            }
-        }
-    }
-}
+/// volume and the next one carries the newest head (it contains the heads
+/// committed meanwhile), instead of one round of messages per commit.
+type Announcements = Coalesced<BucketId, (), Hash>;
 
 async fn announce_newest(engine: SyncEngine, waiting: Arc<Announcements>, volume: BucketId) {
-    while let Some(head) = waiting.take(&volume) {
+    while let Some(((), head)) = waiting.next(&volume) {
         engine.announce(volume, head).await;
     }
 }

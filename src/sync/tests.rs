@@ -303,24 +303,8 @@ impl iroh::protocol::ProtocolHandler for Liar {
 
 impl LiarPeer {
     async fn start(_victim: &Node) -> Self {
-        let ep = Endpoint::builder(iroh::endpoint::presets::Minimal)
-            .relay_mode(RelayMode::Disabled)
-            .clear_address_lookup()
-            .portmapper_config(iroh::endpoint::PortmapperConfig::Disabled)
-            .alpns(vec![proto::ALPN.to_vec()])
-            .bind_addr("127.0.0.1:0".parse::<SocketAddr>().unwrap())
-            .unwrap()
-            .bind()
-            .await
-            .unwrap();
-        let peer = Peer {
-            node: NodeId(*ep.id().as_bytes()),
-            addrs: ep
-                .bound_sockets()
-                .into_iter()
-                .filter(|a| a.is_ipv4())
-                .collect(),
-        };
+        let ep = bare_endpoint(None).await;
+        let peer = peer_at(&ep);
         let router = iroh::protocol::Router::builder(ep)
             .accept(proto::ALPN, Liar)
             .spawn();
@@ -743,6 +727,18 @@ async fn heads_for_buckets_not_asked_about_are_ignored() {
 
 /// An endpoint speaking the sync ALPN, keyed at random, with a stream
 /// receive window of `window` bytes if given.
+/// How a node reaches the test endpoint `ep` (its IPv4 sockets).
+fn peer_at(ep: &Endpoint) -> Peer {
+    Peer {
+        node: NodeId(*ep.id().as_bytes()),
+        addrs: ep
+            .bound_sockets()
+            .into_iter()
+            .filter(|a| a.is_ipv4())
+            .collect(),
+    }
+}
+
 async fn bare_endpoint(window: Option<u32>) -> Endpoint {
     let mut b = Endpoint::builder(iroh::endpoint::presets::Minimal)
         .relay_mode(RelayMode::Disabled)
@@ -818,14 +814,7 @@ impl iroh::protocol::ProtocolHandler for Script {
 impl ScriptedPeer {
     async fn start(blobs: HashMap<Hash, Vec<u8>>, heads: Vec<(BucketId, Option<Hash>)>) -> Self {
         let ep = bare_endpoint(None).await;
-        let peer = Peer {
-            node: NodeId(*ep.id().as_bytes()),
-            addrs: ep
-                .bound_sockets()
-                .into_iter()
-                .filter(|a| a.is_ipv4())
-                .collect(),
-        };
+        let peer = peer_at(&ep);
         let router = iroh::protocol::Router::builder(ep)
             .accept(proto::ALPN, Script { blobs, heads })
             .spawn();
