@@ -31,6 +31,17 @@ pub const POINTS: &[&str] = &[
     "head-moved",
 ];
 
+/// The journal's points, in the order an fsync and then a version pass them.
+pub const JOURNAL_POINTS: &[&str] = &[
+    // An fsync's journal frame is written and fdatasynced (acknowledged).
+    "journal-appended",
+    // A durable version took the journal over (the active file is renamed
+    // for it); HEAD does not name the version yet.
+    "journal-retired",
+    // HEAD names it; the retired file is still there.
+    "head-moved",
+];
+
 fn armed() -> Option<&'static (String, u64)> {
     static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
     ARMED

@@ -17,6 +17,7 @@ pub const FUSE_ERRORS: &str = "jax_csi_fuse_errors_total";
 pub const FUSE_READ_BYTES: &str = "jax_csi_fuse_read_bytes_total";
 pub const FUSE_WRITTEN_BYTES: &str = "jax_csi_fuse_written_bytes_total";
 pub const COMMITS: &str = "jax_csi_commits_total";
+pub const JOURNAL_APPENDS: &str = "jax_csi_journal_appends_total";
 pub const SYNC_LAG_SECONDS: &str = "jax_csi_sync_lag_seconds";
 pub const SYNC_PULLS: &str = "jax_csi_sync_pulls_total";
 pub const BLOBS_FETCHED: &str = "jax_csi_sync_blobs_fetched_total";
@@ -79,6 +80,10 @@ fn describe() {
         "Bytes written through FUSE"
     );
     describe_counter!(COMMITS, "Versions committed by live mounts, by result");
+    describe_counter!(
+        JOURNAL_APPENDS,
+        "fsyncs made durable by one journal append (no version), by result"
+    );
     describe_gauge!(
         SYNC_LAG_SECONDS,
         Unit::Seconds,
@@ -171,6 +176,10 @@ pub fn fuse_written(bytes: usize) {
 
 pub fn commit(ok: bool) {
     counter!(COMMITS, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+pub fn journal_append(ok: bool) {
+    counter!(JOURNAL_APPENDS, "result" => if ok { "ok" } else { "error" }).increment(1);
 }
 
 /// A remote head of `volume` was pulled (and applied, if `ok`) `lag` after

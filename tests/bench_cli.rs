@@ -1,6 +1,6 @@
 //! `jax-csi bench fuse --workloads` as a user runs it: the chosen workloads'
 //! rows are printed and no others, and an unknown name is refused with the
-//! list of known ones. Run on the plain tmpfs target, so no mount is needed.
+//! list of known ones. Run on the plain directory target, so no mount is needed.
 
 use std::process::Command;
 
@@ -9,7 +9,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_jax-csi");
 fn bench_fuse(workloads: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     Command::new(BIN)
-        .args(["bench", "fuse", "--only", "tmpfs", "--size-mib", "2"])
+        .args(["bench", "fuse", "--only", "raw", "--size-mib", "2"])
         .args(["--files", "20", "--random-reads", "10", "--mixed-ops", "50"])
         .args(["--idle-volumes", "0", "--workloads", workloads, "--dir"])
         .arg(dir.path())
@@ -35,7 +35,7 @@ fn workloads_pick_the_rows_printed() {
     ] {
         assert!(table.contains(row), "no {row:?} row in:\n{table}");
     }
-    for row in ["seq write", "4K rand big p50", "mixed ops"] {
+    for row in ["seq write", "4K rand big p50", "mixed ops", "pgbench"] {
         assert!(!table.contains(row), "a {row:?} row in:\n{table}");
     }
 }
@@ -47,7 +47,7 @@ fn an_unknown_workload_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("unknown workload \"bogus\"")
-            && err.contains("seq, random, mixed, readers, small"),
+            && err.contains("seq, random, mixed, readers, small, pgbench"),
         "{err}"
     );
 }

@@ -458,6 +458,21 @@ async fn operator_cli_and_metrics_against_a_local_cluster() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     let target = publish(&local, 0, &id, "ops").await;
     cluster::write_synced(&target.join("notes.txt"), b"first").unwrap();
+    // The fsync went to the journal: wait for the version that follows it,
+    // so "first" has a version of its own to restore.
+    eventually(30, "a version holds the first write", || {
+        let (ok, out, _) = cli(&[
+            "volume",
+            "history",
+            &id,
+            "-o",
+            "json",
+            "--node-endpoint",
+            &node,
+        ]);
+        ok && serde_json::from_str::<serde_json::Value>(&out)
+            .is_ok_and(|h| h.as_array().is_some_and(|a| a.len() >= 2))
+    });
     fs::create_dir(target.join("dir")).unwrap();
     cluster::write_synced(&target.join("notes.txt"), b"second, longer").unwrap();
     let mut f = fs::File::open(target.join("notes.txt")).unwrap();

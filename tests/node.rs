@@ -128,20 +128,19 @@ impl Env {
 
     /// Wait until Postgres has the node's current head of `id` (what a
     /// snapshot records).
+    /// Wait until everything fsynced is in a version (the journal has no
+    /// active file: a version retired it) and that version is reported.
     fn wait_head_reported(&self, id: &str) {
-        let head_file = self
-            .c
-            .node_state("node-a")
-            .join("buckets")
-            .join(id)
-            .join("HEAD");
+        let bucket = self.c.node_state("node-a").join("buckets").join(id);
+        let head_file = bucket.join("HEAD");
+        let journal = bucket.join("journal").join("active");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let local = fs::read_to_string(&head_file).unwrap_or_default();
             let reported = self.c.psql(&format!(
                 "SELECT head FROM bucket_heads WHERE volume_id = '{id}' AND node_id = 'node-a'"
             ));
-            if !local.is_empty() && local.trim() == reported {
+            if !local.is_empty() && local.trim() == reported && !journal.exists() {
                 return;
             }
             assert!(
@@ -910,6 +909,7 @@ async fn deleted_volumes_are_collected_on_the_node() {
         let t = e.publish(id, pod).await;
         fs::write(t.join("data.bin"), vec![id.as_bytes()[0]; 3 << 20]).unwrap();
         fsync_file(&t.join("data.bin"));
+        e.wait_head_reported(id);
     }
     let store = e.c.node_state("node-a").join("store");
     let usage = || {

@@ -211,6 +211,9 @@ impl Mount {
             report.version = Some(local_base);
         } else {
             // Members of either side stay members of the merge.
+            // A merge's tree is no recorded change: until a version holds
+            // it, the journal cannot stand for it.
+            self.journal_breaks();
             self.adopt_shares(&remote.body.shares);
             let cs = self.chunk_size();
             let (used, entries) = totals(
@@ -304,8 +307,8 @@ enum Side {
 }
 
 /// Which side's version of one file (or symlink, or special file) has seen
-/// every change of the other's, by their clocks; `None` when they are
-/// concurrent, are different files (a new file under an old name), or
+/// every change of the other's, by their clocks (equal clocks are the
+/// same edits); `None` when they are concurrent, are different files (a new file under an old name), or
 /// carry no clocks (written before clocks: the base decides).
 fn later_by_clock(l: Option<&Entry>, r: Option<&Entry>) -> Option<Side> {
     let (l, r) = (l?, r?);
@@ -321,6 +324,15 @@ fn later_by_clock(l: Option<&Entry>, r: Option<&Entry>) -> Option<Side> {
         Some(Side::Remote)
     } else if r.meta.clock.is_before(&l.meta.clock) {
         Some(Side::Local)
+    } else if l.meta.clock == r.meta.clock {
+        // The same edits, made twice: a journal replayed beside a version
+        // that already held them seals the same content apart. Both
+        // replicas pick the same one.
+        Some(if digest(l) <= digest(r) {
+            Side::Local
+        } else {
+            Side::Remote
+        })
     } else {
         None
     }

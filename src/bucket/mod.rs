@@ -20,6 +20,7 @@ mod chunk_map;
 mod chunks;
 mod codec;
 mod error;
+pub mod journal;
 mod links;
 mod manifest;
 mod merge;
@@ -54,8 +55,8 @@ pub use merge::{Conflict, ConflictFile, LastWriterWins, MergeReport, Resolution,
 #[cfg(test)]
 pub(crate) use mount::test_bucket;
 pub use mount::{
-    Attr, CachedView, DirEntry, FileKind, Ino, Invalidations, Mount, PreparedVersion, RenameFlags,
-    Saved, SetAttr, Usage, XattrFlags, ROOT_INO,
+    Attr, CachedView, DirEntry, FileKind, Ino, Invalidations, JournalBatch, Mount, NotNamed,
+    PreparedVersion, RenameFlags, Saved, SetAttr, Usage, XattrFlags, ROOT_INO,
 };
 pub use names::{validate_name, NAME_MAX};
 pub use ops::{Op, OpRecord, OpsLog};

@@ -171,7 +171,11 @@ impl Clock {
 
 impl Meta {
     pub fn new(mode: u32, uid: u32, gid: u32, writer: [u8; 8]) -> Self {
-        let now = Timestamp::now();
+        Self::new_at(mode, uid, gid, writer, Timestamp::now())
+    }
+
+    /// New metadata whose times are all `now`.
+    pub fn new_at(mode: u32, uid: u32, gid: u32, writer: [u8; 8], now: Timestamp) -> Self {
         Self {
             mode: mode & 0o7777,
             uid,

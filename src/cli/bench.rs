@@ -32,10 +32,11 @@ pub enum BenchCommand {
         #[arg(long, hide = true)]
         stream_only: bool,
     },
-    /// Our FUSE mount against gocryptfs, bindfs and tmpfs (run as root, with `--release`).
+    /// Our FUSE mount against gocryptfs, bindfs and a plain directory of the same disk (run as root, with `--release`).
     Fuse {
-        /// Where the backing stores live (tmpfs by default, so the disk is not measured).
-        #[arg(long, default_value = "/dev/shm")]
+        /// Where the backing stores live: a disk by default (users run on
+        /// disks); `/dev/shm` measures without one.
+        #[arg(long, default_value = "/var/tmp")]
         dir: PathBuf,
         /// Size of the sequential file in MiB.
         #[arg(long, default_value_t = 1024)]
@@ -49,7 +50,7 @@ pub enum BenchCommand {
         /// Chunk size of our bucket in bytes (the StorageClass `chunkSize`).
         #[arg(long, default_value_t = jax_csi::bucket::DEFAULT_CHUNK_SIZE)]
         chunk_size: u32,
-        /// Run only these file systems (comma-separated: jax-csi, gocryptfs, bindfs, tmpfs).
+        /// Run only these file systems (comma-separated: jax-csi, gocryptfs, bindfs, raw).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Random mixed operations on a 4 MiB file (reads, writes,
@@ -61,10 +62,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 200)]
         idle_volumes: usize,
         /// Run only these workloads (comma-separated: seq, random, mixed,
-        /// readers, small; all by default). `random` and `readers` write the
-        /// sequential file first.
+        /// readers, small, pgbench; all by default). `random` and `readers`
+        /// write the sequential file first.
         #[arg(long, value_delimiter = ',')]
         workloads: Vec<String>,
+        /// pgbench: concurrent clients.
+        #[arg(long, default_value_t = 4)]
+        pgbench_clients: usize,
+        /// pgbench: seconds of transactions (after loading).
+        #[arg(long, default_value_t = 30)]
+        pgbench_seconds: u64,
+        /// pgbench: scale (1 = 100,000 accounts, about 16 MiB).
+        #[arg(long, default_value_t = 10)]
+        pgbench_scale: usize,
     },
     /// The random mixed workload of `bench fuse` on one file, run in a
     /// process of its own (a process that maps files of a FUSE mount it
@@ -147,8 +157,16 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             mixed_ops,
             idle_volumes,
             workloads,
+            pgbench_clients,
+            pgbench_seconds,
+            pgbench_scale,
         } => super::bench_fuse::bench_fuse(super::bench_fuse::FuseBench {
             workloads,
+            pgbench: super::bench_pgbench::Pgbench {
+                clients: pgbench_clients,
+                seconds: pgbench_seconds,
+                scale: pgbench_scale,
+            },
             mixed_ops,
             dir,
             size_mib,

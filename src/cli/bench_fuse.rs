@@ -1,8 +1,9 @@
 //! `jax-csi bench fuse`: our FUSE mount against gocryptfs (the encrypted
 //! FUSE peer), bindfs (plain passthrough FUSE: the ceiling for any FUSE file
-//! system) and a tmpfs directory, with the same workloads in one run:
-//! sequential write and read in 1 MiB blocks, 4 KiB random reads in a large
-//! and a 1 MiB file, and many small files created, read, listed and removed.
+//! system) and a plain directory on the same disk, with the same workloads
+//! in one run: sequential write and read in 1 MiB blocks, 4 KiB random
+//! reads in a large and a 1 MiB file, many small files created, read,
+//! listed and removed, and a database (PostgreSQL under pgbench).
 //! Peers that are not installed are shown as n/a.
 
 use std::fs::{self, File};
@@ -18,6 +19,7 @@ use jax_csi::crypto::Kek;
 use jax_csi::fuse::{self, FsOptions, FuseSession, LiveMount, SessionOptions};
 
 use super::bench::percentile;
+use super::bench_pgbench::{self, Pgbench};
 
 const MIB: usize = 1 << 20;
 
@@ -37,10 +39,12 @@ pub struct FuseBench {
     pub idle_volumes: usize,
     /// Workloads to run (all when empty): see [`WORKLOADS`].
     pub workloads: Vec<String>,
+    /// The database workload's settings.
+    pub pgbench: Pgbench,
 }
 
 /// The workload groups `--workloads` picks from.
-pub const WORKLOADS: [&str; 5] = ["seq", "random", "mixed", "readers", "small"];
+pub const WORKLOADS: [&str; 6] = ["seq", "random", "mixed", "readers", "small", "pgbench"];
 
 impl FuseBench {
     fn runs(&self, workload: &str) -> bool {
@@ -94,6 +98,8 @@ struct Results {
     read: Duration,
     list: Duration,
     remove: Duration,
+    /// PostgreSQL transactions per second under pgbench.
+    pgbench_tps: f64,
 }
 
 pub fn bench_fuse(b: FuseBench) -> anyhow::Result<()> {
@@ -113,10 +119,10 @@ pub fn bench_fuse(b: FuseBench) -> anyhow::Result<()> {
         ("jax-csi", setup_jax),
         ("gocryptfs", setup_gocryptfs),
         ("bindfs", setup_bindfs),
-        ("tmpfs", setup_plain),
+        ("raw", setup_plain),
     ];
     if let Some(unknown) = b.only.iter().find(|o| !setups.iter().any(|(n, _)| n == o)) {
-        bail!("--only: unknown file system {unknown:?} (jax-csi, gocryptfs, bindfs, tmpfs)");
+        bail!("--only: unknown file system {unknown:?} (jax-csi, gocryptfs, bindfs, raw)");
     }
     if let Some(unknown) = b
         .workloads
@@ -450,6 +456,9 @@ fn run_workloads(root: &Path, b: &FuseBench, block: &[u8]) -> anyhow::Result<Res
     if b.runs("small") {
         small_files(root, b, block, &mut r)?;
     }
+    if b.runs("pgbench") {
+        r.pgbench_tps = bench_pgbench::run(root, b.pgbench)?;
+    }
     Ok(r)
 }
 
@@ -664,9 +673,10 @@ fn gib_per_s(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / (1u64 << 30) as f64 / d.as_secs_f64()
 }
 
+/// A plain directory of the disk (or tmpfs) `--dir` is on: the baseline.
 fn setup_plain(base: &Path, _: &FuseBench) -> anyhow::Result<Target> {
     Ok(Target {
-        name: "tmpfs",
+        name: "raw",
         root: base.to_path_buf(),
         teardown: Box::new(|| Ok(())),
     })
@@ -683,8 +693,9 @@ fn bench_live_mount(state: &StateDir, kek: &Kek, b: &FuseBench) -> anyhow::Resul
             ..Default::default()
         },
     )?;
+    // Journaled, as a node's writable mounts are.
     Ok(LiveMount::new(
-        bucket.mount()?,
+        bucket.mount_journaled()?,
         fuse::live::DEFAULT_DEBOUNCE,
     ))
 }
@@ -743,8 +754,9 @@ fn setup_gocryptfs(base: &Path, _: &FuseBench) -> anyhow::Result<Target> {
         .args(["-init", "-q", "-scryptn", "10", "-passfile"])
         .arg(&pass)
         .arg(&cipher))?;
+    // allow_other: the database workload runs as PostgreSQL's user.
     run(Command::new("gocryptfs")
-        .args(["-q", "-passfile"])
+        .args(["-q", "-allow_other", "-passfile"])
         .arg(&pass)
         .arg(&cipher)
         .arg(&plain))?;
@@ -761,12 +773,15 @@ fn setup_bindfs(base: &Path, _: &FuseBench) -> anyhow::Result<Target> {
     fs::create_dir(&mnt)?;
     // big_writes is a FUSE 2 option; newer bindfs builds always write big.
     if run(Command::new("bindfs")
-        .args(["-o", "big_writes"])
+        .args(["-o", "big_writes,allow_other"])
         .arg(&src)
         .arg(&mnt))
     .is_err()
     {
-        run(Command::new("bindfs").arg(&src).arg(&mnt))?;
+        run(Command::new("bindfs")
+            .args(["-o", "allow_other"])
+            .arg(&src)
+            .arg(&mnt))?;
     }
     Ok(Target {
         name: "bindfs",
@@ -793,13 +808,13 @@ fn table(b: &FuseBench, rows: &[(&str, Option<Results>)]) -> String {
         b.files
     );
     out += &format!(
-        "{:<28} {:>12} {:>12} {:>12} {:>12} {:>9} {:>9}\n",
-        "workload", "jax-csi", "gocryptfs", "bindfs", "tmpfs", "vs gocr", "vs bind"
+        "{:<28} {:>12} {:>12} {:>12} {:>12} {:>9} {:>9} {:>9}\n",
+        "workload", "jax-csi", "gocryptfs", "bindfs", "raw dir", "vs gocr", "vs bind", "vs raw"
     );
     /// (row label, value, higher is better)
     type Metric = (&'static str, fn(&Results) -> f64, bool);
     // Each workload's rows.
-    let workloads: [(&str, &[Metric]); 5] = [
+    let workloads: [(&str, &[Metric]); 6] = [
         (
             "seq",
             &[
@@ -873,6 +888,10 @@ fn table(b: &FuseBench, rows: &[(&str, Option<Results>)]) -> String {
             "mixed",
             &[("mixed ops on 4 MiB (s)", |r| r.mixed.as_secs_f64(), false)],
         ),
+        (
+            "pgbench",
+            &[("pgbench TPC-B (tps)", |r| r.pgbench_tps, true)],
+        ),
     ];
     let metrics = workloads
         .iter()
@@ -892,15 +911,17 @@ fn table(b: &FuseBench, rows: &[(&str, Option<Results>)]) -> String {
             }
             _ => "n/a".into(),
         };
+        let raw = get("raw");
         out += &format!(
-            "{:<28} {:>12} {:>12} {:>12} {:>12} {:>9} {:>9}\n",
+            "{:<28} {:>12} {:>12} {:>12} {:>12} {:>9} {:>9} {:>9}\n",
             name,
             cell(&ours),
             cell(&goc),
             cell(&bind),
-            cell(&get("tmpfs")),
+            cell(&raw),
             ratio(&goc),
-            ratio(&bind)
+            ratio(&bind),
+            ratio(&raw)
         );
     }
     out += "ratios: >1 means jax-csi is faster (throughput higher, time or latency lower)\n";

@@ -50,7 +50,14 @@ enum BucketCommand {
         version: Option<Hash>,
     },
     /// Write stdin to a file in the bucket and save a new version.
-    Put { id: BucketId, path: String },
+    Put {
+        id: BucketId,
+        path: String,
+        /// Make the write durable with one journal append first (what an
+        /// fsync in a mounted volume does), then save the version.
+        #[arg(long)]
+        journal: bool,
+    },
     /// Show the version history, newest first.
     History { id: BucketId },
     /// Make an old version the content of a new head.
@@ -130,12 +137,20 @@ pub fn run(args: BucketArgs) -> anyhow::Result<()> {
                 out.write_all(&piece)?;
             }
         }
-        BucketCommand::Put { id, path: p } => {
+        BucketCommand::Put {
+            id,
+            path: p,
+            journal,
+        } => {
             let bucket = open(&id)?;
-            let mut m = bucket.mount()?;
+            // A journal a crash left is replayed first, whatever the flag.
+            let mut m = bucket.mount_journaled()?;
             let mut data = Vec::new();
             std::io::stdin().read_to_end(&mut data)?;
             path::write_file(&mut m, &p, &data)?;
+            if journal {
+                m.sync_to_journal()?;
+            }
             let saved = m.save()?;
             writeln!(out, "{} (height {})", saved.hash, saved.height)?;
         }

@@ -534,6 +534,16 @@ impl EmbeddedPostgres {
         &self.socket_dir
     }
 
+    /// The role clients connect as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Where the server's binaries (and its client tools) are.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -132,9 +132,10 @@ impl JaxFs {
         }
     }
 
-    /// fsync and fsyncdir: write a version now, so the data is durable.
-    fn commit(&self, op: Op, reply: ReplyEmpty) {
-        match self.live.commit_now() {
+    /// fsync and fsyncdir: make every change durable (the journal; see
+    /// [`LiveMount::sync_changes`]).
+    fn sync(&self, op: Op, reply: ReplyEmpty) {
+        match self.live.sync_changes() {
             Ok(_) => reply.ok(),
             Err(e) => op.fail(reply, e),
         }
@@ -496,7 +497,7 @@ impl Filesystem for JaxFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.commit(Op::start("fsync"), reply)
+        self.sync(Op::start("fsync"), reply)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -603,7 +604,7 @@ impl Filesystem for JaxFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.commit(Op::start("fsyncdir"), reply)
+        self.sync(Op::start("fsyncdir"), reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -11,12 +11,19 @@ use std::time::{Duration, Instant};
 use super::committers::{self, Committable};
 use super::lookups::{KernelRef, Lookups};
 
-use crate::bucket::{BucketError, Mount, Saved};
+use crate::bucket::{BucketError, JournalBatch, Mount, NotNamed, Saved};
 
 /// How long writes must pause before the committer writes a version.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(500);
 /// Longest a busy writer can keep changes uncommitted.
 pub const MAX_COMMIT_DELAY: Duration = Duration::from_secs(5);
+/// After an fsync the journal made durable, the committer writes a version
+/// this soon (peers see the write within about this), unless versions
+/// cost more: then it waits [`VERSION_COST_FACTOR`] times what the last
+/// one took, so versions take at most a fifth of the time of a volume
+/// under constant fsyncs (a database's).
+pub const FSYNC_VERSION_DELAY: Duration = Duration::from_millis(50);
+const VERSION_COST_FACTOR: u32 = 4;
 /// First wait before a failed background commit is tried again (doubling to 30 s).
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -36,6 +43,10 @@ struct Pending {
     last: Option<Instant>,
     /// After a failed commit: when to try again, and the wait after that.
     retry: Option<(Instant, Duration)>,
+    /// A version is due by then (changes an fsync journaled).
+    soon: Option<Instant>,
+    /// How long the last version took to write.
+    last_cost: Duration,
     stop: bool,
 }
 
@@ -157,9 +168,62 @@ impl LiveMount {
         }
     }
 
-    /// Write a version now (fsync, unmount, shutdown).
+    /// Write a version now (unmount, shutdown, a snapshot, a peer's need).
     pub fn commit_now(&self) -> Result<Saved, BucketError> {
         commit(&self.shared)
+    }
+
+    /// Make every change so far durable (fsync, fsyncdir): one append to
+    /// the journal, shared by the fsyncs that wait meanwhile; a version
+    /// follows soon. Without a journal, or past what it takes, a version.
+    pub fn sync_changes(&self) -> Result<(), BucketError> {
+        let one_at_a_time = self.shared.lock_committing();
+        // Taken under the commit lock: a version cut meanwhile holds them.
+        let batch = self.lock().take_journal_batch();
+        let (journal, base, changes) = match batch {
+            JournalBatch::Empty => return Ok(()),
+            JournalBatch::NotJournaled | JournalBatch::NeedsVersion => {
+                drop(one_at_a_time);
+                return commit(&self.shared).map(drop);
+            }
+            JournalBatch::Changes {
+                journal,
+                base,
+                changes,
+            } => (journal, base, changes),
+        };
+        let appended = journal.append(&base, &changes);
+        crate::metrics::journal_append(appended.is_ok());
+        drop(one_at_a_time);
+        match appended {
+            Ok(()) => {
+                self.version_soon();
+                Ok(())
+            }
+            Err(e) => {
+                // The changes are still in the Mount: a version holds them.
+                tracing::warn!(error = %e, "appending to the journal failed; writing a version instead");
+                self.lock().journal_append_failed();
+                commit(&self.shared).map(drop)
+            }
+        }
+    }
+
+    /// Have the committer write a version soon (see [`FSYNC_VERSION_DELAY`]).
+    fn version_soon(&self) {
+        let mut p = self.shared.pending.lock().unwrap();
+        if p.stop {
+            return;
+        }
+        let now = Instant::now();
+        let at = now + FSYNC_VERSION_DELAY.max(p.last_cost * VERSION_COST_FACTOR);
+        p.since.get_or_insert(now);
+        p.last.get_or_insert(now);
+        if p.soon.is_none_or(|s| s > at) {
+            p.soon = Some(at);
+            drop(p);
+            self.schedule(at);
+        }
     }
 
     /// Stop the committer after a final commit. Idempotent. When the final
@@ -227,13 +291,17 @@ fn commit(shared: &Shared) -> Result<Saved, BucketError> {
     let _one_at_a_time = shared.lock_committing();
     let taken = {
         let mut p = shared.pending.lock().unwrap();
+        p.soon = None;
         (p.since.take(), p.last.take())
     };
+    let started = Instant::now();
     let result = save_without_blocking_others(shared);
     let (saved, changed) = match result {
         Ok(r) => {
-            shared.pending.lock().unwrap().retry = None;
+            let mut p = shared.pending.lock().unwrap();
+            p.retry = None;
             if r.1 {
+                p.last_cost = started.elapsed();
                 crate::metrics::commit(true);
             }
             r
@@ -274,19 +342,23 @@ fn save_without_blocking_others(shared: &Shared) -> Result<(Saved, bool), Bucket
             None => return Ok((m.base(), false)),
         }
     };
-    let named = store.sync().map_err(BucketError::from).and_then(|()| {
-        // Merges take `committing` too, so the base is still this version;
-        // HEAD is written without the Mount, like the blobs.
-        if shared.lock_mount().is_base(&prepared) {
-            prepared.name_head()?;
-        }
-        Ok(())
-    });
-    match named {
+    if let Err(e) = store.sync() {
+        shared.lock_mount().unpublished(prepared, false);
+        return Err(e.into());
+    }
+    // Merges take `committing` too, so the base is still this version;
+    // HEAD is written without the Mount, like the blobs.
+    if !shared.lock_mount().is_base(&prepared) {
+        return Ok((prepared.version(), true));
+    }
+    match prepared.name_head() {
         Ok(()) => Ok((prepared.version(), true)),
-        Err(e) => {
-            shared.lock_mount().unpublished(&prepared);
-            Err(e)
+        Err(NotNamed {
+            error,
+            journal_retired,
+        }) => {
+            shared.lock_mount().unpublished(prepared, journal_retired);
+            Err(error)
         }
     }
 }
@@ -301,6 +373,9 @@ impl Committable for Shared {
             }
             let (since, last) = (p.since?, p.last?);
             let mut due = (last + self.debounce).min(since + MAX_COMMIT_DELAY);
+            if let Some(soon) = p.soon {
+                due = due.min(soon);
+            }
             if let Some((at, _)) = p.retry {
                 due = due.max(at);
             }

@@ -485,7 +485,7 @@ impl MountManager {
         let mut mount = if rec.options.read_only {
             bucket.open_version(&bucket.head().map_err(load)?)
         } else {
-            bucket.mount()
+            bucket.mount_journaled()
         }
         .map_err(load)?;
         mount.set_cache_chunks(rec.options.cache_chunks);

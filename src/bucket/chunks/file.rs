@@ -68,9 +68,14 @@ pub fn allocated(node: &FileNode, cs: u64) -> u64 {
 
 impl FileData {
     pub fn empty() -> Result<Self> {
-        Ok(Self {
+        Ok(Self::empty_with(KeyBytes::generate()?))
+    }
+
+    /// An empty file sealed under `key`.
+    pub fn empty_with(key: KeyBytes) -> Self {
+        Self {
             size: 0,
-            key: KeyBytes::generate()?,
+            key,
             chunks: ChunkMap::default(),
             data_chunks: 0,
             dirty: BTreeMap::new(),
@@ -80,7 +85,7 @@ impl FileData {
             streak: 0,
             last_partial_chunk: None,
             store_failed: false,
-        })
+        }
     }
 
     /// A stored file, checked against the chunk size: a chunk list longer

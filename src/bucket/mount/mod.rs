@@ -26,6 +26,7 @@ mod namespace;
 mod persist;
 mod pins;
 mod query;
+mod recording;
 mod save;
 #[cfg(test)]
 mod tests;
@@ -34,7 +35,8 @@ mod write;
 
 pub use namespace::RenameFlags;
 pub use query::{Attr, DirEntry, FileKind};
-pub use save::{PreparedVersion, Saved};
+pub use recording::JournalBatch;
+pub use save::{NotNamed, PreparedVersion, Saved};
 #[cfg(test)]
 pub(crate) use tests::test_bucket;
 pub use views::{CachedView, Invalidations};
@@ -45,6 +47,7 @@ use std::sync::Arc;
 
 use crate::bucket::chunks::ChunkIo;
 use crate::bucket::error::{BucketError, Result};
+use crate::bucket::journal::Change;
 use crate::bucket::manifest::Manifest;
 use crate::bucket::ops::{Op, OpsLog};
 use crate::bucket::tree::{Entry, Link};
@@ -100,6 +103,12 @@ pub struct Mount {
     links_stored: Option<Link>,
     /// The table must be rewritten on save.
     links_dirty: bool,
+    /// The changes kept for the journal (a live writable mount).
+    recording: Option<recording::Recording>,
+    /// What the change being replayed drew when it was first made.
+    replaying: Option<crate::bucket::journal::Draws>,
+    /// What the current change drew so far.
+    drawn: crate::bucket::journal::Draws,
 }
 
 impl std::fmt::Debug for Mount {
@@ -142,6 +151,9 @@ impl Mount {
             link_table: BTreeMap::new(),
             links_stored: None,
             links_dirty: false,
+            recording: None,
+            replaying: None,
+            drawn: Default::default(),
         };
         mount.install_root(root_link)?;
         Ok(mount)
@@ -198,10 +210,11 @@ impl Mount {
     /// Share the bucket secret with `node` so it can read the bucket and sign
     /// versions other replicas accept. Takes effect with the next save.
     pub fn grant(&mut self, node: &NodeId) -> Result<()> {
-        self.check_writable()?;
+        self.start_change()?;
         if !self.shares.iter().any(|s| s.recipient == *node) {
             self.shares.push(KeyShare::create(&self.core.secret, node)?);
             self.changed = true;
+            self.record(|| Change::Grant { node: *node });
         }
         Ok(())
     }

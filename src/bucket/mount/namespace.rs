@@ -7,10 +7,11 @@ use super::inodes::{Body, DirData, Inode, SharedNames};
 use super::{Attr, FileKind, Ino, Mount, ROOT_INO};
 use crate::bucket::chunks::FileData;
 use crate::bucket::error::{BucketError, Result};
+use crate::bucket::journal::Change;
 use crate::bucket::links;
 use crate::bucket::names::validate_name;
 use crate::bucket::ops::Op;
-use crate::bucket::tree::{fresh_ino, Entry, EntryKind, KeyBytes, Meta, SpecialKind, Timestamp};
+use crate::bucket::tree::{Entry, EntryKind, Meta, SpecialKind};
 
 /// Longest symlink target, as Linux's PATH_MAX.
 const SYMLINK_MAX: usize = 4096;
@@ -31,14 +32,19 @@ impl Mount {
         uid: u32,
         gid: u32,
     ) -> Result<Attr> {
-        let ino = self.add_entry(
-            parent,
-            name,
-            Meta::new(mode, uid, gid, self.writer()),
-            Body::File(FileData::empty()?),
-        )?;
+        self.start_change()?;
+        let meta = Meta::new_at(mode, uid, gid, self.writer(), self.now());
+        let key = self.fresh_key()?;
+        let ino = self.add_entry(parent, name, meta, Body::File(FileData::empty_with(key)))?;
         self.log(Op::Create {
             path: self.path_of(ino),
+        });
+        self.record(|| Change::Create {
+            parent,
+            name: name.to_vec(),
+            mode,
+            uid,
+            gid,
         });
         self.getattr(ino)
     }
@@ -51,16 +57,25 @@ impl Mount {
         uid: u32,
         gid: u32,
     ) -> Result<Attr> {
+        self.start_change()?;
         let body = Body::Dir(DirData {
-            key: KeyBytes::generate()?,
+            key: self.fresh_key()?,
             stored: None,
             children: Some(BTreeMap::new()),
             subdirs: 0,
         });
-        let ino = self.add_entry(parent, name, Meta::new(mode, uid, gid, self.writer()), body)?;
+        let meta = Meta::new_at(mode, uid, gid, self.writer(), self.now());
+        let ino = self.add_entry(parent, name, meta, body)?;
         self.inodes.get_mut(&ino).expect("just added").dirty = true;
         self.log(Op::Mkdir {
             path: self.path_of(ino),
+        });
+        self.record(|| Change::Mkdir {
+            parent,
+            name: name.to_vec(),
+            mode,
+            uid,
+            gid,
         });
         self.getattr(ino)
     }
@@ -73,19 +88,23 @@ impl Mount {
         uid: u32,
         gid: u32,
     ) -> Result<Attr> {
+        self.start_change()?;
         if target.is_empty() || target.len() > SYMLINK_MAX || target.contains(&0) {
             return Err(BucketError::InvalidArgument(
                 "symlink target must be 1..4096 bytes without NUL".into(),
             ));
         }
-        let ino = self.add_entry(
-            parent,
-            name,
-            Meta::new(0o777, uid, gid, self.writer()),
-            Body::Symlink(target.to_vec()),
-        )?;
+        let meta = Meta::new_at(0o777, uid, gid, self.writer(), self.now());
+        let ino = self.add_entry(parent, name, meta, Body::Symlink(target.to_vec()))?;
         self.log(Op::Symlink {
             path: self.path_of(ino),
+        });
+        self.record(|| Change::Symlink {
+            parent,
+            name: name.to_vec(),
+            target: target.to_vec(),
+            uid,
+            gid,
         });
         self.getattr(ino)
     }
@@ -103,18 +122,24 @@ impl Mount {
         uid: u32,
         gid: u32,
     ) -> Result<Attr> {
+        self.start_change()?;
         let rdev = match kind {
             SpecialKind::CharDevice | SpecialKind::BlockDevice => rdev,
             SpecialKind::Fifo | SpecialKind::Socket => 0,
         };
-        let ino = self.add_entry(
-            parent,
-            name,
-            Meta::new(mode, uid, gid, self.writer()),
-            Body::Special { kind, rdev },
-        )?;
+        let meta = Meta::new_at(mode, uid, gid, self.writer(), self.now());
+        let ino = self.add_entry(parent, name, meta, Body::Special { kind, rdev })?;
         self.log(Op::Mknod {
             path: self.path_of(ino),
+        });
+        self.record(|| Change::Mknod {
+            parent,
+            name: name.to_vec(),
+            kind,
+            mode,
+            rdev,
+            uid,
+            gid,
         });
         self.getattr(ino)
     }
@@ -122,7 +147,7 @@ impl Mount {
     /// Give `ino` another name, `new_name` in `new_parent` (link(2)). The
     /// file moves into the link table the first time it gets a second name.
     pub fn link(&mut self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
-        self.check_writable()?;
+        self.start_change()?;
         validate_name(new_name)?;
         let inode = self.inode(ino)?;
         if inode.kind() == FileKind::Dir {
@@ -155,11 +180,12 @@ impl Mount {
         }
         self.set_child(new_parent, new_name, ino);
         let writer = self.writer();
+        let now = self.now();
         let inode = self.inodes.get_mut(&ino).expect("checked above");
         let shared = inode.shared.as_mut().expect("made shared above");
         shared.nlink += 1;
         shared.names.push((new_parent, new_name.to_vec()));
-        inode.meta.ctime = Timestamp::now();
+        inode.meta.ctime = now;
         inode.meta.touch(writer);
         self.entries += 1;
         self.touch_dir(new_parent);
@@ -171,6 +197,11 @@ impl Mount {
             String::from_utf8_lossy(new_name)
         );
         self.log(Op::Link { from, to });
+        self.record(|| Change::Link {
+            ino,
+            new_parent,
+            new_name: new_name.to_vec(),
+        });
         self.getattr(ino)
     }
 
@@ -188,6 +219,7 @@ impl Mount {
             return;
         }
         let writer = self.writer();
+        let now = self.now();
         let inode = self.inodes.get_mut(&ino).expect("present");
         let shared = inode.shared.as_mut().expect("checked above");
         shared.nlink -= 1;
@@ -200,7 +232,7 @@ impl Mount {
                 inode.name = n.clone();
             }
         }
-        inode.meta.ctime = Timestamp::now();
+        inode.meta.ctime = now;
         inode.meta.touch(writer);
         self.entries = self.entries.saturating_sub(1);
         self.links_changed();
@@ -227,7 +259,7 @@ impl Mount {
     }
 
     pub fn unlink(&mut self, parent: Ino, name: &[u8]) -> Result<()> {
-        self.check_writable()?;
+        self.start_change()?;
         validate_name(name)?;
         let ino = self.child(parent, name)?.ok_or(BucketError::NotFound)?;
         if self.inodes[&ino].kind() == FileKind::Dir {
@@ -237,11 +269,15 @@ impl Mount {
         self.remove_name(parent, name, ino);
         self.touch_dir(parent);
         self.log(Op::Unlink { path });
+        self.record(|| Change::Unlink {
+            parent,
+            name: name.to_vec(),
+        });
         Ok(())
     }
 
     pub fn rmdir(&mut self, parent: Ino, name: &[u8]) -> Result<()> {
-        self.check_writable()?;
+        self.start_change()?;
         validate_name(name)?;
         let ino = self.child(parent, name)?.ok_or(BucketError::NotFound)?;
         if self.inodes[&ino].kind() != FileKind::Dir {
@@ -255,6 +291,10 @@ impl Mount {
         self.drop_subtree(ino);
         self.touch_dir(parent);
         self.log(Op::Rmdir { path });
+        self.record(|| Change::Rmdir {
+            parent,
+            name: name.to_vec(),
+        });
         Ok(())
     }
 
@@ -266,7 +306,7 @@ impl Mount {
         new_name: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
-        self.check_writable()?;
+        self.start_change()?;
         validate_name(name)?;
         validate_name(new_name)?;
         if flags.exchange && flags.no_replace {
@@ -325,6 +365,7 @@ impl Mount {
         self.touch_dir(new_parent);
         let to = self.path_of(src);
         self.log(Op::Rename { from, to });
+        self.record(|| Change::rename(parent, name, new_parent, new_name, flags));
         Ok(())
     }
 
@@ -333,10 +374,7 @@ impl Mount {
         if self.child(parent, name)?.is_some() {
             return Err(BucketError::Exists);
         }
-        let mut ino = fresh_ino()?;
-        while self.inodes.contains_key(&ino) {
-            ino = fresh_ino()?;
-        }
+        let ino = self.fresh_ino()?;
         self.inodes.insert(
             ino,
             Inode {
@@ -406,10 +444,11 @@ impl Mount {
 
     fn reparent(&mut self, ino: Ino, parent: Ino, name: &[u8]) {
         let writer = self.writer();
+        let now = self.now();
         if let Some(n) = self.inodes.get_mut(&ino) {
             n.parent = parent;
             n.name = name.to_vec();
-            n.meta.ctime = Timestamp::now();
+            n.meta.ctime = now;
             n.meta.touch(writer);
         }
     }

@@ -8,7 +8,7 @@ use super::{FileKind, Ino, Mount, ROOT_INO};
 use crate::bucket::chunks::SealedChunk;
 use crate::bucket::error::Result;
 use crate::bucket::links;
-use crate::bucket::tree::{DirNode, Entry, EntryKind, KeyBytes, Link, Timestamp};
+use crate::bucket::tree::{DirNode, Entry, EntryKind, KeyBytes, Link};
 use crate::store::Hash;
 
 impl Mount {
@@ -64,7 +64,7 @@ impl Mount {
 
     /// A directory's entry list changed: bump its times and mark it dirty.
     pub(super) fn touch_dir(&mut self, dir: Ino) {
-        let now = Timestamp::now();
+        let now = self.now();
         let writer = self.writer();
         if let Some(n) = self.inodes.get_mut(&dir) {
             n.meta.mtime = now;

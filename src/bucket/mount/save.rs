@@ -5,8 +5,10 @@
 use std::sync::Arc;
 
 use super::inodes::Body;
+use super::recording::JournalCut;
 use super::{Mount, ROOT_INO};
 use crate::bucket::error::{BucketError, Result};
+use crate::bucket::journal::Change;
 use crate::bucket::manifest::{Manifest, ManifestBody};
 use crate::bucket::ops::Op;
 use crate::bucket::tree::{Link, Timestamp};
@@ -26,6 +28,17 @@ pub struct Saved {
 pub struct PreparedVersion {
     saved: Saved,
     core: Arc<BucketCore>,
+    /// The journaled changes the version holds (a journaled mount).
+    cut: Option<JournalCut>,
+}
+
+/// HEAD could not be made to name a prepared version.
+#[derive(Debug)]
+pub struct NotNamed {
+    pub error: BucketError,
+    /// The journal already names the version as holding its changes (it
+    /// is durable): they need not be journaled again.
+    pub journal_retired: bool,
 }
 
 impl PreparedVersion {
@@ -33,12 +46,26 @@ impl PreparedVersion {
         self.saved
     }
 
-    /// Make HEAD name this version. Only once the store is synced, and
-    /// while nothing else may write HEAD (the caller holds off merges and
-    /// checked [`Mount::is_base`]): it needs no lock on the Mount.
-    pub fn name_head(&self) -> Result<()> {
-        self.core.name_head(&self.saved.hash)?;
+    /// Make HEAD name this version: the journal's changes are marked as
+    /// held by it first (see `bucket::journal`). Only once the store is
+    /// synced, and while nothing else may write HEAD (the caller holds off
+    /// merges and checked [`Mount::is_base`]): it needs no lock on the Mount.
+    pub fn name_head(&self) -> std::result::Result<(), NotNamed> {
+        let hash = self.saved.hash;
+        if let Some(cut) = &self.cut {
+            cut.journal().retire(&hash).map_err(|error| NotNamed {
+                error,
+                journal_retired: false,
+            })?;
+        }
+        self.core.name_head(&hash).map_err(|error| NotNamed {
+            error,
+            journal_retired: self.cut.is_some(),
+        })?;
         crate::crash_point::hit("head-moved");
+        if let Some(cut) = &self.cut {
+            cut.journal().drop_retired();
+        }
         Ok(())
     }
 }
@@ -58,8 +85,27 @@ impl Mount {
     /// base and, for a merge, `merged`; then make it durable and the head.
     pub(crate) fn commit(&mut self, merged: Option<(Hash, u64)>) -> Result<Saved> {
         let (manifest, hash) = self.write_manifest(merged)?;
-        self.core.write_head(&hash)?;
+        let Some(cut) = self.cut_journal() else {
+            self.core.write_head(&hash)?;
+            crate::crash_point::hit("head-moved");
+            self.take_as_base(manifest, hash);
+            return Ok(self.base());
+        };
+        if let Err(e) = self
+            .core
+            .store
+            .sync()
+            .map_err(BucketError::from)
+            .and_then(|()| cut.journal().retire(&hash))
+        {
+            self.uncut_journal(cut);
+            return Err(e);
+        }
+        // From here the journal names this version as holding every change.
+        self.journal_rebase(hash);
+        self.core.name_head(&hash)?;
         crate::crash_point::hit("head-moved");
+        cut.journal().drop_retired();
         self.take_as_base(manifest, hash);
         Ok(self.base())
     }
@@ -77,10 +123,13 @@ impl Mount {
             return Ok(None);
         }
         let (manifest, hash) = self.write_manifest(None)?;
+        let cut = self.cut_journal();
+        self.journal_rebase(hash);
         self.take_as_base(manifest, hash);
         Ok(Some(PreparedVersion {
             saved: self.base(),
             core: self.core.clone(),
+            cut,
         }))
     }
 
@@ -97,10 +146,16 @@ impl Mount {
 
     /// A prepared version could not be made durable or named: its changes
     /// count as unsaved again, so the next save writes them (on top of it,
-    /// which is harmless: its blobs are in the store either way).
-    pub fn unpublished(&mut self, prepared: &PreparedVersion) {
-        if self.is_base(prepared) {
+    /// which is harmless: its blobs are in the store either way). The
+    /// journal keeps them too, unless it already names the version.
+    pub fn unpublished(&mut self, prepared: PreparedVersion, journal_retired: bool) {
+        if self.is_base(&prepared) {
             self.changed = true;
+        }
+        if let Some(cut) = prepared.cut {
+            if !journal_retired {
+                self.uncut_journal(cut);
+            }
         }
     }
 
@@ -169,9 +224,7 @@ impl Mount {
     /// Make `version`'s tree this mount's content (unsaved until the next
     /// save, which records it as a restore). Members stay as they are.
     pub fn restore_version(&mut self, version: &Hash) -> Result<()> {
-        if self.read_only {
-            return Err(BucketError::ReadOnly);
-        }
+        self.start_change()?;
         let old = self.core.load_manifest(version)?;
         let key = self.core.open_root_key(&old)?;
         self.replace_tree(
@@ -185,6 +238,7 @@ impl Mount {
         self.log(Op::Restore {
             version: version.to_hex(),
         });
+        self.record(|| Change::Restore { version: *version });
         Ok(())
     }
 
@@ -216,7 +270,13 @@ impl Mount {
         self.shares = manifest.body.shares.clone();
         self.base = manifest;
         self.base_hash = hash;
-        self.changed = false;
+        let dropped = std::mem::replace(&mut self.changed, false);
+        // Later changes apply to the new base; dropped ones (never, on a
+        // fast-forward) must not be replayed on it.
+        self.journal_rebase(hash);
+        if dropped {
+            self.journal_breaks();
+        }
         Ok(())
     }
 }

@@ -41,12 +41,13 @@ fn an_unpublished_version_is_saved_again() {
     let prepared = m.prepare_save().unwrap().expect("a change to save");
     assert!(!m.has_unsaved_changes());
     assert_eq!(b.head().unwrap(), before, "HEAD moved before publish");
-    m.unpublished(&prepared);
+    let prepared_height = prepared.version().height;
+    m.unpublished(prepared, false);
     assert!(m.has_unsaved_changes());
     let saved = m.save().unwrap();
     assert_eq!(b.head().unwrap(), saved.hash);
     let version = b.open_version(&saved.hash).unwrap();
-    assert_eq!(version.base().height, prepared.version().height + 1);
+    assert_eq!(version.base().height, prepared_height + 1);
     let mut reopened = b.mount().unwrap();
     reopened.lookup(ROOT_INO, b"f").unwrap();
 }

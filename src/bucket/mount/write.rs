@@ -7,6 +7,7 @@ use super::inodes::Body;
 use super::{Attr, Ino, Mount};
 use crate::bucket::chunks::SealsInFlight;
 use crate::bucket::error::{BucketError, Result};
+use crate::bucket::journal::Change;
 use crate::bucket::ops::Op;
 use crate::bucket::tree::Timestamp;
 
@@ -36,7 +37,8 @@ pub struct XattrFlags {
 
 impl Mount {
     pub fn setattr(&mut self, ino: Ino, set: SetAttr) -> Result<Attr> {
-        self.check_writable()?;
+        self.start_change()?;
+        let now = self.now();
         if let Some(size) = set.size {
             let current = match &self.inode(ino)?.body {
                 Body::File(f) => f.size,
@@ -62,7 +64,7 @@ impl Mount {
                 f.truncate(io, size)?;
             }
             if size != current {
-                inode.meta.mtime = Timestamp::now();
+                inode.meta.mtime = now;
             }
             self.account(ino, before, after);
             self.log_for(ino, |path| Op::Truncate { path, size });
@@ -84,9 +86,10 @@ impl Mount {
         if let Some(t) = set.mtime {
             inode.meta.mtime = t;
         }
-        inode.meta.ctime = Timestamp::now();
+        inode.meta.ctime = now;
         inode.meta.touch(writer);
         self.entry_changed(ino);
+        self.record(|| Change::set_attr(ino, &set));
         if set.mode.is_some()
             || set.uid.is_some()
             || set.gid.is_some()
@@ -110,7 +113,7 @@ impl Mount {
 
     /// Write `data` at `offset`; returns the number of bytes written (all of them).
     pub fn write(&mut self, ino: Ino, offset: u64, data: &[u8]) -> Result<u32> {
-        self.check_writable()?;
+        self.start_change()?;
         let cs = self.io.chunk_size;
         let len = data.len() as u64;
         if offset
@@ -130,6 +133,7 @@ impl Mount {
         };
         self.reserve(before, after)?;
         let writer = self.writer();
+        let now = self.now();
         let io = &self.io;
         let inode = self.inodes.get_mut(&ino).expect("checked above");
         let Body::File(f) = &mut inode.body else {
@@ -142,13 +146,19 @@ impl Mount {
             Ok(()) if f.dirty_bytes() > DIRTY_FILE_LIMIT => f.flush(io, true),
             other => other,
         };
-        let now = Timestamp::now();
         inode.meta.mtime = now;
         inode.meta.ctime = now;
         inode.meta.touch(writer);
         self.account(ino, before, now_allocated);
         self.entry_changed(ino);
         self.log_for(ino, |path| Op::Write { path, offset, len });
+        // What reached the buffers is the file's content, even if a flush
+        // failed: a replay must make the same.
+        self.record(|| Change::Write {
+            ino,
+            offset,
+            data: data.to_vec(),
+        });
         flushed?;
         debug_assert_eq!(now_allocated, after, "allocation estimate of a write");
         Ok(data.len() as u32)
@@ -161,7 +171,7 @@ impl Mount {
         value: &[u8],
         flags: XattrFlags,
     ) -> Result<()> {
-        self.check_writable()?;
+        self.start_change()?;
         if name.is_empty() || name.len() > 255 || name.contains(&0) {
             return Err(BucketError::InvalidArgument(
                 "xattr name must be 1..255 bytes without NUL".into(),
@@ -173,6 +183,7 @@ impl Mount {
             ));
         }
         let writer = self.writer();
+        let now = self.now();
         let inode = self.inode_mut(ino)?;
         let exists = inode.meta.xattrs.contains_key(name);
         if flags.create && exists {
@@ -182,20 +193,26 @@ impl Mount {
             return Err(BucketError::NoXattr);
         }
         inode.meta.xattrs.insert(name.to_vec(), value.to_vec());
-        inode.meta.ctime = Timestamp::now();
+        inode.meta.ctime = now;
         inode.meta.touch(writer);
         self.entry_changed(ino);
+        self.record(|| Change::set_xattr(ino, name, value, flags));
         let name = String::from_utf8_lossy(name).into_owned();
         self.log_for(ino, |path| Op::SetXattr { path, name });
         Ok(())
     }
 
     pub fn removexattr(&mut self, ino: Ino, name: &[u8]) -> Result<()> {
-        self.check_writable()?;
+        self.start_change()?;
+        let now = self.now();
         let inode = self.inode_mut(ino)?;
         inode.meta.xattrs.remove(name).ok_or(BucketError::NoXattr)?;
-        inode.meta.ctime = Timestamp::now();
+        inode.meta.ctime = now;
         self.entry_changed(ino);
+        self.record(|| Change::RemoveXattr {
+            ino,
+            name: name.to_vec(),
+        });
         let name = String::from_utf8_lossy(name).into_owned();
         self.log_for(ino, |path| Op::RemoveXattr { path, name });
         Ok(())
@@ -203,9 +220,10 @@ impl Mount {
 
     /// Change the byte quota (`None` = unlimited). Takes effect at once.
     pub fn set_quota(&mut self, quota: Option<u64>) -> Result<()> {
-        self.check_writable()?;
+        self.start_change()?;
         self.quota = quota;
         self.changed = true;
+        self.record(|| Change::SetQuota { quota });
         Ok(())
     }
 

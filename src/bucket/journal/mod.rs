@@ -1,0 +1,375 @@
+//! The intent journal: what makes an `fsync` durable without writing a
+//! version. A writable mount records each change it makes (see
+//! `mount::recording`); `fsync` seals the changes recorded since the last
+//! one into a frame, appends it to `journal/active` and fdatasyncs: one
+//! small write and one flush, however many files changed. Versions come
+//! from the committer at its own pace.
+//!
+//! The active file starts with a header frame naming its *base*, the
+//! durable version the changes apply to, in order. When a version that
+//! holds every journaled change is durable, the active file is renamed
+//! `retired-<version>` (the commit's intent, fsynced) before HEAD names
+//! the version, and removed after. Recovery (`recover`) therefore knows,
+//! after any crash: a retired file's version holds its changes (merge it
+//! in unless HEAD has it), and an active file's changes are in no version
+//! (replay them on its base, merge with HEAD).
+//!
+//! Frames are `[u32 length][sealed postcard]`, sealed with the bucket
+//! secret; the associated data binds each to its bucket, its file's base
+//! and random epoch, and its place in the file, so a frame moved, dropped,
+//! altered or left from the file's earlier life does not open. A frame cut
+//! short by a crash was never acknowledged: reading stops there.
+//!
+//! A retired file is kept as the `spare` and written over from its start
+//! by the next active file: an fsync then rewrites blocks the file already
+//! has, so its fdatasync flushes the data alone (an append that grows a
+//! file also commits the file system's journal: two flushes, not one).
+
+mod record;
+pub(crate) mod recover;
+#[cfg(test)]
+mod tests;
+
+pub use record::{Change, Draws, Recorded};
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::bucket::error::{BucketError, Result};
+use crate::bucket::BucketCore;
+use crate::store::Hash;
+
+const ACTIVE: &str = "active";
+const SPARE: &str = "spare";
+const RETIRED_PREFIX: &str = "retired-";
+/// A new active file (no spare) is first filled with zeros to this size.
+const PREALLOCATE: u64 = 1 << 20;
+/// A retired file larger than this is removed rather than kept as the spare.
+const SPARE_MAX: u64 = 64 << 20;
+const AAD_TAG: &[u8] = b"jax-csi journal v1";
+/// A frame larger than this is not one we wrote (a batch is bounded well below).
+const FRAME_MAX: usize = 256 << 20;
+
+/// The first frame of an active file.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    base: Hash,
+    /// Chosen afresh for each active file: frames of a reused file's
+    /// earlier life do not open in its new one.
+    epoch: [u8; 16],
+}
+
+/// One bucket's journal directory.
+pub struct Journal {
+    core: Arc<BucketCore>,
+    dir: PathBuf,
+    active: Mutex<Option<Active>>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("dir", &self.dir).finish()
+    }
+}
+
+/// The open active file.
+struct Active {
+    file: File,
+    base: Hash,
+    epoch: [u8; 16],
+    /// Frames written so far (the header is frame 0).
+    frames: u64,
+    /// Where the next frame goes.
+    end: u64,
+}
+
+/// What a journal directory holds, read back.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// The active file's base and the changes after it, in order.
+    pub active: Option<(Hash, Vec<Recorded>)>,
+    /// Versions named by retired files.
+    pub retired: Vec<Hash>,
+}
+
+impl Journal {
+    /// The journal of `core`'s bucket (its directory is made if missing).
+    pub fn open(core: Arc<BucketCore>) -> Result<Self> {
+        let dir = core.dir.join("journal");
+        crate::durable::create_dir_all(&dir).map_err(BucketError::io(&dir))?;
+        Ok(Self {
+            core,
+            dir,
+            active: Mutex::new(None),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Active>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn aad(&self, base: &Hash, epoch: &[u8; 16], index: u64) -> Vec<u8> {
+        let mut aad = AAD_TAG.to_vec();
+        aad.extend_from_slice(&self.core.id.0);
+        aad.extend_from_slice(&base.0);
+        aad.extend_from_slice(epoch);
+        aad.extend_from_slice(&index.to_le_bytes());
+        aad
+    }
+
+    fn frame(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
+        let sealed = self.core.secret.seal_with_aad(plain, aad)?;
+        let mut out = Vec::with_capacity(4 + sealed.len());
+        out.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Append `changes` (made on top of `base`) and make them durable.
+    /// The first append after a version starts a new active file.
+    pub fn append(&self, base: &Hash, changes: &[Recorded]) -> Result<()> {
+        let path = self.dir.join(ACTIVE);
+        let io = |e| BucketError::io(&path)(e);
+        let mut active = self.lock();
+        if active.as_ref().is_some_and(|a| a.base != *base) {
+            return Err(BucketError::Integrity(format!(
+                "journal of bucket {}: changes on {base} while the active file holds changes on {}",
+                self.core.id,
+                active.as_ref().map(|a| a.base).expect("checked")
+            )));
+        }
+        let mut bytes = Vec::new();
+        let created = active.is_none();
+        if created {
+            let mut epoch = [0u8; 16];
+            crate::crypto::random_bytes(&mut epoch)?;
+            let header =
+                postcard::to_stdvec(&Header { base: *base, epoch }).map_err(format_error)?;
+            bytes.extend(self.frame(&self.header_aad(), &header)?);
+            *active = Some(Active {
+                file: self.new_active_file(&path).map_err(io)?,
+                base: *base,
+                epoch,
+                frames: 1,
+                end: 0,
+            });
+        }
+        let a = active.as_mut().expect("opened above");
+        let plain = postcard::to_stdvec(changes).map_err(format_error)?;
+        bytes.extend(self.frame(&self.aad(base, &a.epoch, a.frames), &plain)?);
+        // The end marker (a zero length) ends the file where a reused one
+        // goes on with its earlier life; it is written over by the next frame.
+        let frame_len = bytes.len() as u64;
+        bytes.extend_from_slice(&[0; 4]);
+        let written = a
+            .file
+            .write_all_at(&bytes, a.end)
+            .and_then(|()| a.file.sync_data());
+        if let Err(e) = written {
+            // The file may end in part of a frame: nothing may follow it.
+            *active = None;
+            return Err(io(e));
+        }
+        a.frames += 1;
+        a.end += frame_len;
+        crate::crash_point::hit("journal-appended");
+        if created {
+            crate::durable::sync_dir(&self.dir).map_err(BucketError::io(&self.dir))?;
+        }
+        Ok(())
+    }
+
+    /// The file a new active file is written in: the spare, renamed (its
+    /// blocks are there already), or a new file filled with zeros.
+    fn new_active_file(&self, path: &Path) -> std::io::Result<File> {
+        let spare = self.dir.join(SPARE);
+        if std::fs::rename(&spare, path).is_ok() {
+            return OpenOptions::new().write(true).open(path);
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        file.write_all_at(&vec![0; PREALLOCATE as usize], 0)?;
+        Ok(file)
+    }
+
+    /// `version` holds every change journaled so far and is durable: mark
+    /// the active file as its (before HEAD names it; see the module docs).
+    pub fn retire(&self, version: &Hash) -> Result<()> {
+        let mut active = self.lock();
+        if active.is_none() && !self.dir.join(ACTIVE).exists() {
+            return Ok(());
+        }
+        let to = self
+            .dir
+            .join(format!("{RETIRED_PREFIX}{}", version.to_hex()));
+        let from = self.dir.join(ACTIVE);
+        std::fs::rename(&from, &to).map_err(BucketError::io(&from))?;
+        *active = None;
+        crate::durable::sync_dir(&self.dir).map_err(BucketError::io(&self.dir))?;
+        crate::crash_point::hit("journal-retired");
+        Ok(())
+    }
+
+    /// HEAD names a version holding every retired file's changes: keep
+    /// one as the spare and remove the others (a leftover is harmless:
+    /// recovery finds its version in HEAD).
+    pub fn drop_retired(&self) {
+        for (path, _) in self.retired_files() {
+            self.keep_as_spare(&path);
+        }
+    }
+
+    /// A file whose changes are in HEAD becomes the spare (if there is
+    /// none and it is not too large), or goes.
+    fn keep_as_spare(&self, path: &Path) {
+        let spare = self.dir.join(SPARE);
+        let small = std::fs::metadata(path).is_ok_and(|m| m.len() <= SPARE_MAX);
+        // Its header is made an end marker first, durably: renamed back to
+        // `active` by an append that a crash cuts short, it reads as empty
+        // (never as the changes it held, which HEAD has).
+        let emptied = || -> std::io::Result<()> {
+            let f = OpenOptions::new().write(true).open(path)?;
+            f.write_all_at(&[0; 4], 0)?;
+            f.sync_data()
+        };
+        if small && !spare.exists() && emptied().is_ok() && std::fs::rename(path, &spare).is_ok() {
+            return;
+        }
+        if let Err(e) = std::fs::remove_file(path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e, "removing a retired journal file");
+            }
+        }
+    }
+
+    /// Remove everything (recovery put all of it into HEAD).
+    pub(crate) fn clear(&self) -> Result<()> {
+        let mut active = self.lock();
+        *active = None;
+        let path = self.dir.join(ACTIVE);
+        // Its changes must never be read again: a spare is never read.
+        if path.exists() {
+            self.keep_as_spare(&path);
+            if path.exists() {
+                return Err(BucketError::Integrity(format!(
+                    "{} could not be set aside after recovery",
+                    path.display()
+                )));
+            }
+        }
+        self.drop_retired();
+        crate::durable::sync_dir(&self.dir).map_err(BucketError::io(&self.dir))
+    }
+
+    fn retired_files(&self) -> Vec<(PathBuf, Option<Hash>)> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let hex = name.strip_prefix(RETIRED_PREFIX)?;
+                Some((e.path(), Hash::from_hex(hex).ok()))
+            })
+            .collect()
+    }
+
+    /// Read back what the directory holds (for recovery).
+    pub fn scan(&self) -> Result<Found> {
+        let mut found = Found::default();
+        for (path, version) in self.retired_files() {
+            match version {
+                Some(v) => found.retired.push(v),
+                None => {
+                    tracing::warn!(path = %path.display(), "a retired journal file with a malformed name; ignored")
+                }
+            }
+        }
+        let path = self.dir.join(ACTIVE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+            Err(e) => return Err(BucketError::io(&path)(e)),
+        };
+        found.active = self.read_active(&path, &bytes)?;
+        Ok(found)
+    }
+
+    /// The frames of an active file, up to the first that is cut short or
+    /// does not open (a crash mid-append; anything after it is reported).
+    fn read_active(&self, path: &Path, bytes: &[u8]) -> Result<Option<(Hash, Vec<Recorded>)>> {
+        let mut at = 0usize;
+        let mut index = 0u64;
+        let mut base = None;
+        let mut epoch = [0u8; 16];
+        let mut changes = Vec::new();
+        let stop = |at: usize, why: &str| {
+            if at < bytes.len() {
+                tracing::warn!(
+                    path = %path.display(),
+                    offset = at,
+                    ignored = bytes.len() - at,
+                    why,
+                    "the journal ends in a frame that does not read (a crash while appending it, which no fsync acknowledged)"
+                );
+            }
+        };
+        loop {
+            let Some(len) = bytes.get(at..at + 4) else {
+                stop(at, "cut short");
+                break;
+            };
+            let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+            if len == 0 {
+                // The end marker: what follows is the file's earlier life.
+                break;
+            }
+            let Some(sealed) = bytes.get(at + 4..at + 4 + len).filter(|_| len <= FRAME_MAX) else {
+                stop(at, "cut short");
+                break;
+            };
+            let aad_base = base.unwrap_or(Hash([0; 32]));
+            let plain = match index {
+                // The header's own base is inside it: bind it to nothing yet.
+                0 => self.core.secret.open_with_aad(sealed, &self.header_aad()),
+                _ => self
+                    .core
+                    .secret
+                    .open_with_aad(sealed, &self.aad(&aad_base, &epoch, index)),
+            };
+            let Ok(plain) = plain else {
+                stop(at, "does not open");
+                break;
+            };
+            if index == 0 {
+                let h: Header = postcard::from_bytes(&plain).map_err(format_error)?;
+                base = Some(h.base);
+                epoch = h.epoch;
+            } else {
+                let batch: Vec<Recorded> = postcard::from_bytes(&plain).map_err(format_error)?;
+                changes.extend(batch);
+            }
+            at += 4 + len;
+            index += 1;
+        }
+        Ok(base.map(|b| (b, changes)))
+    }
+
+    fn header_aad(&self) -> Vec<u8> {
+        self.aad(&Hash([0; 32]), &[0; 16], 0)
+    }
+}
+
+fn format_error(e: postcard::Error) -> BucketError {
+    BucketError::Format {
+        what: "journal frame",
+        reason: e.to_string(),
+    }
+}

@@ -1,0 +1,303 @@
+//! The journal: changes fsynced into it and never saved as a version come
+//! back, whole and the same (inode ids, times, xattrs, links), when the
+//! bucket is mounted again; whatever a crash did to its tail.
+
+use std::io::Write;
+
+use crate::bucket::mount::test_bucket;
+use crate::bucket::{Bucket, FileKind, Mount, RenameFlags, SetAttr, XattrFlags};
+use crate::bucket::{Ino, Timestamp, ROOT_INO};
+
+/// Everything a user sees of a tree: each path's kind, inode, mode,
+/// owner, size, times, xattrs, link count, and bytes or target.
+fn picture(m: &mut Mount) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![(ROOT_INO, String::new())];
+    while let Some((dir, path)) = stack.pop() {
+        let mut entries = m.readdir(dir).unwrap();
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        for e in entries {
+            if e.name == b"." || e.name == b".." {
+                continue;
+            }
+            let p = format!("{path}/{}", String::from_utf8_lossy(&e.name));
+            let a = m.getattr(e.ino).unwrap();
+            let mut xattrs: Vec<String> = m
+                .listxattr(e.ino)
+                .unwrap()
+                .into_iter()
+                .map(|n| {
+                    let v = m.getxattr(e.ino, &n).unwrap();
+                    format!(
+                        "{}={}",
+                        String::from_utf8_lossy(&n),
+                        String::from_utf8_lossy(&v)
+                    )
+                })
+                .collect();
+            xattrs.sort();
+            let body = match a.kind {
+                FileKind::File => format!("{:?}", m.read(e.ino, 0, a.size as u32).unwrap()),
+                FileKind::Symlink => String::from_utf8_lossy(&m.readlink(e.ino).unwrap()).into(),
+                _ => String::new(),
+            };
+            out.push(format!(
+                "{p} {:?} ino={} mode={:o} {}:{} size={} nlink={} mtime={:?} ctime={:?} {xattrs:?} {body}",
+                a.kind, a.ino, a.mode, a.uid, a.gid, a.size, a.nlink, a.mtime, a.ctime
+            ));
+            if a.kind == FileKind::Dir {
+                stack.push((e.ino, p));
+            }
+        }
+    }
+    out
+}
+
+/// Append what the mount recorded since the last fsync, as fsync does
+/// (never a version: the tests check HEAD did not move).
+fn fsync(m: &mut Mount) {
+    assert!(m.is_journaled());
+    m.sync_to_journal().unwrap();
+}
+
+fn lookup(m: &mut Mount, parent: Ino, name: &str) -> Ino {
+    m.lookup(parent, name.as_bytes()).unwrap().ino
+}
+
+/// Every kind of change a pod makes, fsynced in three batches.
+fn busy_day(m: &mut Mount) {
+    let dir = m.mkdir(ROOT_INO, b"db", 0o750, 10, 20).unwrap().ino;
+    let wal = m.create(dir, b"wal", 0o600, 10, 20).unwrap().ino;
+    m.write(wal, 0, &vec![7u8; 10_000]).unwrap();
+    m.write(wal, 5_000, b"overwritten in the middle").unwrap();
+    fsync(m);
+    let data = m.create(ROOT_INO, b"data", 0o644, 0, 0).unwrap().ino;
+    m.write(data, 0, b"first").unwrap();
+    m.setattr(
+        data,
+        SetAttr {
+            size: Some(3),
+            mode: Some(0o640),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    m.setxattr(data, b"user.tag", b"blue", XattrFlags::default())
+        .unwrap();
+    m.symlink(ROOT_INO, b"latest", b"db/wal", 0, 0).unwrap();
+    m.link(data, dir, b"data-too").unwrap();
+    fsync(m);
+    let gone = m.create(ROOT_INO, b"gone", 0o644, 0, 0).unwrap().ino;
+    m.write(gone, 0, b"short-lived").unwrap();
+    m.unlink(ROOT_INO, b"gone").unwrap();
+    m.rename(ROOT_INO, b"data", dir, b"renamed", RenameFlags::default())
+        .unwrap();
+    m.setattr(
+        wal,
+        SetAttr {
+            mtime: Some(Timestamp {
+                secs: 1_000_000,
+                nanos: 5,
+            }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    m.removexattr(data, b"user.tag").unwrap();
+    let sub = m.mkdir(dir, b"sub", 0o755, 0, 0).unwrap().ino;
+    m.rmdir(dir, b"sub").unwrap();
+    let _ = sub;
+    fsync(m);
+}
+
+fn journaled(b: &Bucket) -> Mount {
+    b.mount_journaled().unwrap()
+}
+
+#[test]
+fn fsynced_changes_come_back_the_same_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = test_bucket(dir.path(), 4096);
+    let head = b.head().unwrap();
+    let mut m = journaled(&b);
+    busy_day(&mut m);
+    let before = picture(&mut m);
+    // The process dies: no version was written.
+    drop(m);
+    assert_eq!(b.head().unwrap(), head, "an fsync wrote a version");
+
+    let mut again = journaled(&b);
+    assert_ne!(b.head().unwrap(), head, "recovery made a version");
+    assert_eq!(picture(&mut again), before);
+    assert!(!again.has_unsaved_changes());
+    // The journal is empty now: a third mount sees the same and changes nothing.
+    drop(again);
+    let head = b.head().unwrap();
+    let mut third = journaled(&b);
+    assert_eq!(b.head().unwrap(), head);
+    assert_eq!(picture(&mut third), before);
+}
+
+#[test]
+fn changes_after_the_last_fsync_are_not_replayed_and_a_torn_tail_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = test_bucket(dir.path(), 4096);
+    let mut m = journaled(&b);
+    let f = m.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap().ino;
+    m.write(f, 0, b"acknowledged").unwrap();
+    fsync(&mut m);
+    m.write(f, 0, b"never synced").unwrap();
+    drop(m);
+    // A crash in the middle of the next append: half a frame at the end.
+    let active = dir.path().join("buckets");
+    let active = find(&active, "active").expect("an active journal file");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&active)
+        .unwrap();
+    file.write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
+    drop(file);
+
+    let mut again = journaled(&b);
+    let f = lookup(&mut again, ROOT_INO, "f");
+    assert_eq!(again.read(f, 0, 100).unwrap(), b"acknowledged");
+}
+
+#[test]
+fn a_version_retires_the_journal_and_later_changes_apply_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = test_bucket(dir.path(), 4096);
+    let mut m = journaled(&b);
+    let f = m.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap().ino;
+    m.write(f, 0, b"one").unwrap();
+    fsync(&mut m);
+    let v = m.save().unwrap();
+    let jdir = find(&dir.path().join("buckets"), "journal").unwrap();
+    let names: Vec<String> = std::fs::read_dir(&jdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["spare".to_string()],
+        "a saved version leaves only the spare"
+    );
+    m.write(f, 3, b" two").unwrap();
+    fsync(&mut m);
+    drop(m);
+    let mut again = journaled(&b);
+    let f = lookup(&mut again, ROOT_INO, "f");
+    assert_eq!(again.read(f, 0, 100).unwrap(), b"one two");
+    let history = b.history().unwrap();
+    assert!(history.iter().any(|h| h.hash == v.hash));
+}
+
+#[test]
+fn a_head_that_moved_meanwhile_is_merged_with_the_replayed_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = test_bucket(dir.path(), 4096);
+    let mut m = journaled(&b);
+    let f = m.create(ROOT_INO, b"mine", 0o644, 0, 0).unwrap().ino;
+    m.write(f, 0, b"journaled").unwrap();
+    fsync(&mut m);
+    drop(m);
+    // Before the mount comes back, HEAD moves (a peer's head taken in).
+    let mut other = b.mount().unwrap();
+    crate::bucket::path::write_file(&mut other, "/theirs", b"from a peer").unwrap();
+    other.save().unwrap();
+    drop(other);
+
+    let mut again = journaled(&b);
+    let mine = lookup(&mut again, ROOT_INO, "mine");
+    let theirs = lookup(&mut again, ROOT_INO, "theirs");
+    assert_eq!(again.read(mine, 0, 100).unwrap(), b"journaled");
+    assert_eq!(again.read(theirs, 0, 100).unwrap(), b"from a peer");
+    assert_eq!(again.readdir(ROOT_INO).unwrap().len(), 2 + dots(&mut again));
+}
+
+#[test]
+fn a_frame_altered_on_disk_stops_the_replay_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = test_bucket(dir.path(), 4096);
+    let mut m = journaled(&b);
+    let f = m.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap().ino;
+    m.write(f, 0, b"first").unwrap();
+    fsync(&mut m);
+    m.write(f, 0, b"second").unwrap();
+    fsync(&mut m);
+    drop(m);
+    let active = find(&dir.path().join("buckets"), "active").unwrap();
+    let mut bytes = std::fs::read(&active).unwrap();
+    // Frames: the header, the first batch, the second: alter the second.
+    let len_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let first = 4 + len_at(0);
+    let second = first + 4 + len_at(first);
+    assert!(len_at(second) > 0, "a second frame");
+    bytes[second + 10] ^= 1;
+    std::fs::write(&active, &bytes).unwrap();
+
+    let mut again = journaled(&b);
+    let f = lookup(&mut again, ROOT_INO, "f");
+    assert_eq!(
+        again.read(f, 0, 100).unwrap(),
+        b"first",
+        "an altered frame is never applied"
+    );
+}
+
+/// How many of `.` and `..` readdir lists at the root.
+fn dots(m: &mut Mount) -> usize {
+    m.readdir(ROOT_INO)
+        .unwrap()
+        .iter()
+        .filter(|e| e.name == b"." || e.name == b"..")
+        .count()
+}
+
+/// The first file or directory named `name` under `dir`.
+fn find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if e.file_name() == name {
+            return Some(p);
+        }
+        if p.is_dir() {
+            if let Some(found) = find(&p, name) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+/// The spare is written over by the next active file: neither its earlier
+/// frames nor its header (a crash right after it is renamed back) bring
+/// back changes a version already took, such as a file since removed.
+#[test]
+fn a_reused_spare_never_replays_its_earlier_life() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = test_bucket(dir.path(), 4096);
+    let mut m = journaled(&b);
+    let x = m.create(ROOT_INO, b"x", 0o644, 0, 0).unwrap().ino;
+    m.write(x, 0, &vec![1u8; 20_000]).unwrap();
+    fsync(&mut m);
+    m.save().unwrap();
+    let jdir = find(&dir.path().join("buckets"), "journal").unwrap();
+    assert!(jdir.join("spare").exists());
+
+    // A crash after the spare became `active` again, before a frame.
+    std::fs::rename(jdir.join("spare"), jdir.join("active")).unwrap();
+    drop(m);
+    let mut m = journaled(&b);
+    assert_eq!(m.readdir(ROOT_INO).unwrap().len(), 1 + dots(&mut m));
+
+    // Later changes, shorter than the earlier ones, in the reused file.
+    m.unlink(ROOT_INO, b"x").unwrap();
+    fsync(&mut m);
+    drop(m);
+    let mut again = journaled(&b);
+    assert!(
+        again.lookup(ROOT_INO, b"x").is_err(),
+        "the removed file came back from the spare's earlier frames"
+    );
+}
