@@ -20,10 +20,13 @@ pub const MAX_COMMIT_DELAY: Duration = Duration::from_secs(5);
 /// After an fsync the journal made durable, the committer writes a version
 /// this soon (peers see the write within about this), unless versions
 /// cost more: then it waits [`VERSION_COST_FACTOR`] times what the last
-/// one took, so versions take at most a fifth of the time of a volume
-/// under constant fsyncs (a database's).
+/// one took (up to [`FSYNC_VERSION_DELAY_MAX`]), so versions take at most
+/// a fifth of the time of a volume under constant fsyncs (a database's).
 pub const FSYNC_VERSION_DELAY: Duration = Duration::from_millis(50);
 const VERSION_COST_FACTOR: u32 = 4;
+/// However much the last version cost (a disk that stalled once), the
+/// next follows an fsync within this: peers never wait longer for it.
+const FSYNC_VERSION_DELAY_MAX: Duration = Duration::from_secs(1);
 /// First wait before a failed background commit is tried again (doubling to 30 s).
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -216,7 +219,10 @@ impl LiveMount {
             return;
         }
         let now = Instant::now();
-        let at = now + FSYNC_VERSION_DELAY.max(p.last_cost * VERSION_COST_FACTOR);
+        let at = now
+            + FSYNC_VERSION_DELAY
+                .max(p.last_cost * VERSION_COST_FACTOR)
+                .min(FSYNC_VERSION_DELAY_MAX);
         p.since.get_or_insert(now);
         p.last.get_or_insert(now);
         if p.soon.is_none_or(|s| s > at) {
