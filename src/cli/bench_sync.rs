@@ -305,10 +305,21 @@ impl Ours {
             .unwrap_or(0)
     }
 
-    /// Wait until B (node 1) holds A's (node 0) head.
+    /// Wait until B (node 1) holds A's (node 0) head, once A's head holds
+    /// everything A fsynced (an fsync goes to the journal; the version
+    /// that follows retires it). The time counts from the call.
     fn synced(&self, id: &str, limit: Duration) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let journal = self
+            .dir
+            .path()
+            .join(format!("node-0/buckets/{id}/journal/active"));
+        wait("A's version of what it fsynced", limit, || {
+            !journal.exists()
+        })?;
         let a = self.head(0, id);
-        wait("B to hold A's head", limit, || self.head(1, id) == a)
+        wait("B to hold A's head", limit, || self.head(1, id) == a)?;
+        Ok(start.elapsed())
     }
 }
 
