@@ -133,14 +133,17 @@ impl Env {
     fn wait_head_reported(&self, id: &str) {
         let bucket = self.c.node_state("node-a").join("buckets").join(id);
         let head_file = bucket.join("HEAD");
-        let journal = bucket.join("journal").join("active");
+        let journal = bucket.join("journal");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let local = fs::read_to_string(&head_file).unwrap_or_default();
             let reported = self.c.psql(&format!(
                 "SELECT head FROM bucket_heads WHERE volume_id = '{id}' AND node_id = 'node-a'"
             ));
-            if !local.is_empty() && local.trim() == reported && !journal.exists() {
+            if !local.is_empty()
+                && local.trim() == reported
+                && !jax_csi::bucket::journal::holds_changes(&journal)
+            {
                 return;
             }
             assert!(

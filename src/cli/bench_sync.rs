@@ -310,12 +310,9 @@ impl Ours {
     /// that follows retires it). The time counts from the call.
     fn synced(&self, id: &str, limit: Duration) -> anyhow::Result<Duration> {
         let start = Instant::now();
-        let journal = self
-            .dir
-            .path()
-            .join(format!("node-0/buckets/{id}/journal/active"));
+        let journal = self.dir.path().join(format!("node-0/buckets/{id}/journal"));
         wait("A's version of what it fsynced", limit, || {
-            !journal.exists()
+            !jax_csi::bucket::journal::holds_changes(&journal)
         })?;
         let a = self.head(0, id);
         wait("B to hold A's head", limit, || self.head(1, id) == a)?;

@@ -367,6 +367,20 @@ impl Journal {
     }
 }
 
+/// Whether the journal directory `dir` holds changes HEAD may not name
+/// yet (an active file, or a retired one whose version HEAD is about to
+/// name): false once everything fsynced is in HEAD. For tests and
+/// benchmarks that wait for the version after an fsync.
+pub fn holds_changes(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name == ACTIVE || name.starts_with(RETIRED_PREFIX)
+        })
+    })
+}
+
 fn format_error(e: postcard::Error) -> BucketError {
     BucketError::Format {
         what: "journal frame",
