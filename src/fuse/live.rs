@@ -18,14 +18,16 @@ pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(500);
 /// Longest a busy writer can keep changes uncommitted.
 pub const MAX_COMMIT_DELAY: Duration = Duration::from_secs(5);
 /// After an fsync the journal made durable, the committer writes a version
-/// this soon (peers see the write within about this), unless versions
-/// cost more: then it waits [`VERSION_COST_FACTOR`] times what the last
-/// one took (up to [`FSYNC_VERSION_DELAY_MAX`]), so versions take at most
-/// a fifth of the time of a volume under constant fsyncs (a database's).
-pub const FSYNC_VERSION_DELAY: Duration = Duration::from_millis(50);
+/// this soon (fsyncs that follow at once share it; peers see the write
+/// within about this plus a pull) ...
+pub const FSYNC_VERSION_DELAY: Duration = Duration::from_millis(2);
+/// ... unless versions come back to back: the next one starts no sooner
+/// than this many times the last one's cost after it ended, so versions
+/// take at most a fifth of the time of a volume under constant fsyncs (a
+/// database's) ...
 const VERSION_COST_FACTOR: u32 = 4;
-/// However much the last version cost (a disk that stalled once), the
-/// next follows an fsync within this: peers never wait longer for it.
+/// ... and however much the last one cost (a disk that stalled once), no
+/// later than this after the fsync.
 const FSYNC_VERSION_DELAY_MAX: Duration = Duration::from_secs(1);
 /// First wait before a failed background commit is tried again (doubling to 30 s).
 const RETRY_FIRST: Duration = Duration::from_millis(500);
@@ -48,8 +50,9 @@ struct Pending {
     retry: Option<(Instant, Duration)>,
     /// A version is due by then (changes an fsync journaled).
     soon: Option<Instant>,
-    /// How long the last version took to write.
+    /// How long the last version took to write, and when it was done.
     last_cost: Duration,
+    last_done: Option<Instant>,
     stop: bool,
 }
 
@@ -219,10 +222,12 @@ impl LiveMount {
             return;
         }
         let now = Instant::now();
-        let at = now
-            + FSYNC_VERSION_DELAY
-                .max(p.last_cost * VERSION_COST_FACTOR)
-                .min(FSYNC_VERSION_DELAY_MAX);
+        let paced = p
+            .last_done
+            .map_or(now, |done| done + p.last_cost * VERSION_COST_FACTOR);
+        let at = paced
+            .max(now + FSYNC_VERSION_DELAY)
+            .min(now + FSYNC_VERSION_DELAY_MAX);
         p.since.get_or_insert(now);
         p.last.get_or_insert(now);
         if p.soon.is_none_or(|s| s > at) {
@@ -308,6 +313,7 @@ fn commit(shared: &Shared) -> Result<Saved, BucketError> {
             p.retry = None;
             if r.1 {
                 p.last_cost = started.elapsed();
+                p.last_done = Some(Instant::now());
                 crate::metrics::commit(true);
             }
             r
