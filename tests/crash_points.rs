@@ -51,6 +51,17 @@ fn content(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// The process died at crash point `point` (it reached it).
+fn assert_killed_at(out: &Output, point: &str) {
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "the write never reached crash point {point}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A new bucket (64 KiB chunks) in a new state dir, with `/first` saved.
 fn bucket_with_first(dir: &Path) -> (String, Vec<u8>) {
     jax_csi::crypto::Kek::generate()
@@ -85,13 +96,7 @@ fn a_journaled_write_killed_at_any_step_loses_nothing_acknowledged() {
             &second,
             Some(point),
         );
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGKILL),
-            "the journaled write never reached crash point {point}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_killed_at(&out, point);
         // The next writable mount recovers the journal, then writes.
         let third = content(3, 70_000);
         ok(
@@ -119,32 +124,13 @@ fn a_commit_killed_at_any_step_loses_nothing_acknowledged() {
     let mut covered = Vec::new();
     for point in POINTS {
         let dir = tempfile::tempdir().unwrap();
-        jax_csi::crypto::Kek::generate()
-            .unwrap()
-            .write_file(&dir.path().join("kek"))
-            .unwrap();
-        let id = ok(
-            bucket(dir.path(), &["create", "--chunk-size", "65536"], b"", None),
-            "create",
-        );
-        let id = String::from_utf8(id).unwrap();
-        let id = id.trim();
-        let first = content(1, 200_000);
-        ok(
-            bucket(dir.path(), &["put", id, "/first"], &first, None),
-            "put /first",
-        );
+        let (id, first) = bucket_with_first(dir.path());
+        let id = id.as_str();
 
         // The commit of /second dies at `point`.
         let second = content(2, 300_000);
         let out = bucket(dir.path(), &["put", id, "/second"], &second, Some(point));
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGKILL),
-            "the commit never reached crash point {point}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_killed_at(&out, point);
 
         ok(
             bucket(dir.path(), &["verify", id], b"", None),

@@ -460,8 +460,8 @@ async fn operator_cli_and_metrics_against_a_local_cluster() {
     cluster::write_synced(&target.join("notes.txt"), b"first").unwrap();
     // The fsync went to the journal: wait for the version that follows it,
     // so "first" has a version of its own to restore.
-    eventually(30, "a version holds the first write", || {
-        let (ok, out, _) = cli(&[
+    let history = || {
+        cli_json(&[
             "volume",
             "history",
             &id,
@@ -469,9 +469,10 @@ async fn operator_cli_and_metrics_against_a_local_cluster() {
             "json",
             "--node-endpoint",
             &node,
-        ]);
-        ok && serde_json::from_str::<serde_json::Value>(&out)
-            .is_ok_and(|h| h.as_array().is_some_and(|a| a.len() >= 2))
+        ])
+    };
+    eventually(30, "a version holds the first write", || {
+        history().as_array().is_some_and(|a| a.len() >= 2)
     });
     fs::create_dir(target.join("dir")).unwrap();
     cluster::write_synced(&target.join("notes.txt"), b"second, longer").unwrap();
@@ -529,15 +530,7 @@ async fn operator_cli_and_metrics_against_a_local_cluster() {
     let (ok, cat, _) = cli(&["volume", "cat", &id, "/notes.txt", "--node-endpoint", &node]);
     assert!(ok);
     assert_eq!(cat, "second, longer");
-    let history = cli_json(&[
-        "volume",
-        "history",
-        &id,
-        "-o",
-        "json",
-        "--node-endpoint",
-        &node,
-    ]);
+    let history = history();
     let history = history.as_array().unwrap();
     assert!(history.len() >= 3, "{history:?}");
     // The version that first had notes.txt = "first".
