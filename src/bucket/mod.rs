@@ -55,8 +55,8 @@ pub use merge::{Conflict, ConflictFile, LastWriterWins, MergeReport, Resolution,
 #[cfg(test)]
 pub(crate) use mount::test_bucket;
 pub use mount::{
-    Attr, CachedView, DirEntry, FileKind, Ino, Invalidations, JournalBatch, Mount, NotNamed,
-    PreparedVersion, RenameFlags, Saved, SetAttr, Usage, XattrFlags, ROOT_INO,
+    Appended, Attr, CachedView, DirEntry, FileKind, Ino, Invalidations, JournalBatch, Mount,
+    NotNamed, PreparedVersion, RenameFlags, Saved, SetAttr, Usage, XattrFlags, ROOT_INO,
 };
 pub use names::{validate_name, NAME_MAX};
 pub use ops::{Op, OpRecord, OpsLog};

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::committers::{self, Committable};
 use super::lookups::{KernelRef, Lookups};
 
-use crate::bucket::{BucketError, JournalBatch, Mount, NotNamed, Saved};
+use crate::bucket::{Appended, BucketError, Mount, NotNamed, Saved};
 
 /// How long writes must pause before the committer writes a version.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(500);
@@ -186,30 +186,19 @@ impl LiveMount {
         let one_at_a_time = self.shared.lock_committing();
         // Taken under the commit lock: a version cut meanwhile holds them.
         let batch = self.lock().take_journal_batch();
-        let (journal, base, changes) = match batch {
-            JournalBatch::Empty => return Ok(()),
-            JournalBatch::NotJournaled | JournalBatch::NeedsVersion => {
-                drop(one_at_a_time);
-                return commit(&self.shared).map(drop);
-            }
-            JournalBatch::Changes {
-                journal,
-                base,
-                changes,
-            } => (journal, base, changes),
-        };
-        let appended = journal.append(&base, &changes);
-        crate::metrics::journal_append(appended.is_ok());
+        // The append runs without the Mount: readers and writers go on.
+        let appended = batch.append();
         drop(one_at_a_time);
         match appended {
-            Ok(()) => {
+            Appended::Nothing => Ok(()),
+            Appended::Done => {
                 self.version_soon();
                 Ok(())
             }
-            Err(e) => {
+            Appended::NeedsVersion => commit(&self.shared).map(drop),
+            Appended::Failed => {
                 // The changes are still in the Mount: a version holds them.
-                tracing::warn!(error = %e, "appending to the journal failed; writing a version instead");
-                self.lock().journal_append_failed();
+                self.lock().journal_breaks();
                 commit(&self.shared).map(drop)
             }
         }

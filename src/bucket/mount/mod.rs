@@ -35,7 +35,7 @@ mod write;
 
 pub use namespace::RenameFlags;
 pub use query::{Attr, DirEntry, FileKind};
-pub use recording::JournalBatch;
+pub use recording::{Appended, JournalBatch};
 pub use save::{NotNamed, PreparedVersion, Saved};
 #[cfg(test)]
 pub(crate) use tests::test_bucket;

@@ -48,6 +48,47 @@ pub enum JournalBatch {
     },
 }
 
+/// What an fsync's batch came to ([`JournalBatch::append`]).
+pub enum Appended {
+    /// Nothing was waiting: every change is durable already.
+    Nothing,
+    /// One journal append made the changes durable.
+    Done,
+    /// Only a version makes them durable (no journal, or it cannot
+    /// take them).
+    NeedsVersion,
+    /// The append failed (logged): the changes are only in memory, so
+    /// break the recording ([`Mount::journal_breaks`]) and write a version.
+    Failed,
+}
+
+impl JournalBatch {
+    /// Make the batch durable with one journal append (one frame, one
+    /// flush), outside the Mount's lock if the caller likes.
+    pub fn append(self) -> Appended {
+        let (journal, base, changes) = match self {
+            JournalBatch::Empty => return Appended::Nothing,
+            JournalBatch::NotJournaled | JournalBatch::NeedsVersion => {
+                return Appended::NeedsVersion
+            }
+            JournalBatch::Changes {
+                journal,
+                base,
+                changes,
+            } => (journal, base, changes),
+        };
+        let appended = journal.append(&base, &changes);
+        crate::metrics::journal_append(appended.is_ok());
+        match appended {
+            Ok(()) => Appended::Done,
+            Err(e) => {
+                tracing::warn!(error = %e, "appending to the journal failed; writing a version instead");
+                Appended::Failed
+            }
+        }
+    }
+}
+
 /// The recorded changes a version took at its cut (given back if the
 /// version does not become durable).
 pub(crate) struct JournalCut {
@@ -138,8 +179,9 @@ impl Mount {
     }
 
     /// The tree changed by something that is not a recorded change (a
-    /// merge's result): until a version holds it, fsync writes a version.
-    pub(crate) fn journal_breaks(&mut self) {
+    /// merge's result), or an append failed: until a version holds the
+    /// changes, fsync writes a version.
+    pub fn journal_breaks(&mut self) {
         if let Some(rec) = &mut self.recording {
             rec.break_off();
         }
@@ -166,24 +208,14 @@ impl Mount {
     /// fsync, for a caller that owns the Mount; a live mount appends
     /// outside its lock). A version when the journal cannot take them.
     pub fn sync_to_journal(&mut self) -> Result<()> {
-        match self.take_journal_batch() {
-            JournalBatch::Empty => Ok(()),
-            JournalBatch::NotJournaled | JournalBatch::NeedsVersion => self.save().map(drop),
-            JournalBatch::Changes {
-                journal,
-                base,
-                changes,
-            } => journal.append(&base, &changes).or_else(|e| {
-                tracing::warn!(error = %e, "appending to the journal failed; writing a version instead");
-                self.journal_append_failed();
+        match self.take_journal_batch().append() {
+            Appended::Nothing | Appended::Done => Ok(()),
+            Appended::NeedsVersion => self.save().map(drop),
+            Appended::Failed => {
+                self.journal_breaks();
                 self.save().map(drop)
-            }),
+            }
         }
-    }
-
-    /// Appending a batch failed: its changes are only in memory now.
-    pub fn journal_append_failed(&mut self) {
-        self.journal_breaks();
     }
 
     /// A version's cut: it holds every change so far; the ones recorded
@@ -329,11 +361,5 @@ impl Recording {
         self.broken = true;
         self.changes.clear();
         self.bytes = 0;
-    }
-}
-
-impl JournalCut {
-    pub(super) fn journal(&self) -> &Arc<Journal> {
-        &self.journal
     }
 }

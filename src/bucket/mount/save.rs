@@ -53,7 +53,7 @@ impl PreparedVersion {
     pub fn name_head(&self) -> std::result::Result<(), NotNamed> {
         let hash = self.saved.hash;
         if let Some(cut) = &self.cut {
-            cut.journal().retire(&hash).map_err(|error| NotNamed {
+            cut.journal.retire(&hash).map_err(|error| NotNamed {
                 error,
                 journal_retired: false,
             })?;
@@ -64,7 +64,7 @@ impl PreparedVersion {
         })?;
         crate::crash_point::hit("head-moved");
         if let Some(cut) = &self.cut {
-            cut.journal().drop_retired();
+            cut.journal.drop_retired();
         }
         Ok(())
     }
@@ -85,27 +85,33 @@ impl Mount {
     /// base and, for a merge, `merged`; then make it durable and the head.
     pub(crate) fn commit(&mut self, merged: Option<(Hash, u64)>) -> Result<Saved> {
         let (manifest, hash) = self.write_manifest(merged)?;
-        let Some(cut) = self.cut_journal() else {
-            self.core.write_head(&hash)?;
-            crate::crash_point::hit("head-moved");
-            self.take_as_base(manifest, hash);
-            return Ok(self.base());
+        let prepared = PreparedVersion {
+            saved: Saved {
+                hash,
+                height: manifest.body.height,
+                used_bytes: manifest.body.used_bytes,
+            },
+            core: self.core.clone(),
+            cut: self.cut_journal(),
         };
-        if let Err(e) = self
+        self.journal_rebase(hash);
+        let named = self
             .core
             .store
             .sync()
-            .map_err(BucketError::from)
-            .and_then(|()| cut.journal().retire(&hash))
+            .map_err(|e| NotNamed {
+                error: e.into(),
+                journal_retired: false,
+            })
+            .and_then(|()| prepared.name_head());
+        if let Err(NotNamed {
+            error,
+            journal_retired,
+        }) = named
         {
-            self.uncut_journal(cut);
-            return Err(e);
+            self.give_back_cut(prepared, journal_retired);
+            return Err(error);
         }
-        // From here the journal names this version as holding every change.
-        self.journal_rebase(hash);
-        self.core.name_head(&hash)?;
-        crate::crash_point::hit("head-moved");
-        cut.journal().drop_retired();
         self.take_as_base(manifest, hash);
         Ok(self.base())
     }
@@ -152,6 +158,12 @@ impl Mount {
         if self.is_base(&prepared) {
             self.changed = true;
         }
+        self.give_back_cut(prepared, journal_retired);
+    }
+
+    /// A version that HEAD does not name gives its cut of the journal back,
+    /// unless the journal already names it as holding those changes.
+    fn give_back_cut(&mut self, prepared: PreparedVersion, journal_retired: bool) {
         if let Some(cut) = prepared.cut {
             if !journal_retired {
                 self.uncut_journal(cut);
