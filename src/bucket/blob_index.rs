@@ -212,7 +212,7 @@ impl Bucket {
                 for e in node.entries {
                     match e.kind {
                         EntryKind::File(f) => {
-                            for (_, c) in f.chunks.iter() {
+                            for c in f.chunks.blobs() {
                                 if !known.contains(&c) && seen.insert(c) {
                                     out.push(c);
                                 }

@@ -1,20 +1,74 @@
-//! Where a file's chunks are: runs of consecutive chunk addresses.
+//! Where a file's chunks are: runs of consecutive chunk addresses, and the
+//! patches laid over some of them.
 //!
 //! A file is mostly written front to back, so its chunks form one run (32
 //! bytes a chunk, like a plain list); a sparse file is a few runs with
 //! nothing stored for its holes, so a 1 TiB file with one chunk of data
 //! costs one entry in memory and in its directory node, not a list of a
 //! million holes. Both the tree format and the live mount use this type.
+//!
+//! A chunk may carry *patches* (see `chunks::patch`): small sealed blobs of
+//! the bytes changed since its base was sealed, applied in order. An append
+//! of a few bytes to a log then stores and ships those bytes, not the whole
+//! chunk again. On the wire the patches of chunk `i` are one more run, at
+//! index `PATCH_SPACE + (i << PATCH_SLOT_BITS)`: the directory-node format
+//! is unchanged, every walker of the encoded runs sees the patch blobs, and
+//! a build that predates patches refuses such a file (its runs pass the
+//! file's end) instead of reading stale bytes.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::store::Hash;
 
+/// Where patch runs start in the encoded index space (far above any chunk
+/// index: a file is at most 2^53 bytes).
+const PATCH_SPACE: u64 = 1 << 62;
+/// Bits of a patch run's index that number the patch within its chunk.
+const PATCH_SLOT_BITS: u32 = 6;
+/// The most patches one chunk may carry in a stored node.
+pub const MAX_STORED_PATCHES: usize = (1 << PATCH_SLOT_BITS) - 1;
+
 /// Chunk addresses by chunk index; an index that is absent is a hole.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "WireChunkMap")]
 pub struct ChunkMap {
     /// Sorted, non-empty, neither overlapping nor touching (canonical).
     runs: Vec<Run>,
+    /// Patches by chunk index, oldest first: only on chunks in `runs`.
+    patches: BTreeMap<u64, Vec<Hash>>,
+}
+
+/// A chunk as a reader needs it: its base blob and the patches over it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub base: Hash,
+    pub patches: Vec<Hash>,
+}
+
+impl ChunkRef {
+    /// A chunk with no patches.
+    pub fn plain(base: Hash) -> Self {
+        Self {
+            base,
+            patches: Vec::new(),
+        }
+    }
+
+    /// What the decrypted chunk is cached under: its base's address, or,
+    /// patched, an address derived from the base and every patch.
+    pub fn cache_key(&self) -> Hash {
+        if self.patches.is_empty() {
+            return self.base;
+        }
+        let mut h = blake3::Hasher::new_derive_key("jax-csi patched chunk v1");
+        h.update(&self.base.0);
+        for p in &self.patches {
+            h.update(&p.0);
+        }
+        Hash(*h.finalize().as_bytes())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +80,81 @@ struct Run {
 impl Run {
     fn end(&self) -> u64 {
         self.start + self.hashes.len() as u64
+    }
+}
+
+/// The encoded form: one list of runs, patch runs after the chunk runs.
+#[derive(Deserialize)]
+struct WireChunkMap {
+    runs: Vec<Run>,
+}
+
+/// A run as encoded, borrowing its addresses (encodes like [`Run`]).
+#[derive(Serialize)]
+struct WireRun<'a> {
+    start: u64,
+    hashes: &'a [Hash],
+}
+
+impl Serialize for ChunkMap {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeSeq, SerializeStruct};
+        struct Runs<'a>(&'a ChunkMap);
+        impl Serialize for Runs<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let map = self.0;
+                let mut seq = s.serialize_seq(Some(map.runs.len() + map.patches.len()))?;
+                for r in &map.runs {
+                    seq.serialize_element(&WireRun {
+                        start: r.start,
+                        hashes: &r.hashes,
+                    })?;
+                }
+                for (i, p) in &map.patches {
+                    seq.serialize_element(&WireRun {
+                        start: PATCH_SPACE + (i << PATCH_SLOT_BITS),
+                        hashes: p,
+                    })?;
+                }
+                seq.end()
+            }
+        }
+        let mut st = s.serialize_struct("ChunkMap", 1)?;
+        st.serialize_field("runs", &Runs(self))?;
+        st.end()
+    }
+}
+
+impl TryFrom<WireChunkMap> for ChunkMap {
+    type Error = String;
+
+    fn try_from(wire: WireChunkMap) -> Result<Self, String> {
+        let mut map = ChunkMap::default();
+        for run in wire.runs {
+            if run.start < PATCH_SPACE {
+                if run
+                    .start
+                    .checked_add(run.hashes.len() as u64)
+                    .is_none_or(|e| e > PATCH_SPACE)
+                {
+                    return Err("a chunk run reaches into the patch index space".into());
+                }
+                map.runs.push(run);
+                continue;
+            }
+            let rel = run.start - PATCH_SPACE;
+            let chunk = rel >> PATCH_SLOT_BITS;
+            if rel & ((1 << PATCH_SLOT_BITS) - 1) != 0
+                || run.hashes.is_empty()
+                || run.hashes.len() > MAX_STORED_PATCHES
+            {
+                return Err(format!("a malformed patch run for chunk {chunk}"));
+            }
+            if map.patches.insert(chunk, run.hashes).is_some() {
+                return Err(format!("chunk {chunk} has two patch runs"));
+            }
+        }
+        Ok(map)
     }
 }
 
@@ -52,6 +181,40 @@ impl ChunkMap {
         }
     }
 
+    /// Chunk `i` and its patches, when it holds data.
+    pub fn get_ref(&self, i: u64) -> Option<ChunkRef> {
+        self.get(i).map(|base| ChunkRef {
+            base,
+            patches: self.patches(i).to_vec(),
+        })
+    }
+
+    /// The patches laid over chunk `i`, oldest first.
+    pub fn patches(&self, i: u64) -> &[Hash] {
+        self.patches.get(&i).map_or(&[], Vec::as_slice)
+    }
+
+    /// Lay patch `h` over chunk `i` (which must hold data).
+    pub fn add_patch(&mut self, i: u64, h: Hash) {
+        debug_assert!(self.contains(i), "a patch over a hole");
+        self.patches.entry(i).or_default().push(h);
+    }
+
+    /// `(index, address)` of every patch, chunk by chunk, oldest first.
+    pub fn patch_blobs(&self) -> impl Iterator<Item = (u64, Hash)> + '_ {
+        self.patches
+            .iter()
+            .flat_map(|(i, p)| p.iter().map(move |h| (*i, *h)))
+    }
+
+    /// Every blob the file's content needs: chunks, then patches.
+    pub fn blobs(&self) -> impl Iterator<Item = Hash> + '_ {
+        self.iter()
+            .map(|(_, h)| h)
+            .chain(self.patch_blobs().map(|(_, h)| h))
+    }
+
+    /// The base address of chunk `i` (without its patches).
     pub fn get(&self, i: u64) -> Option<Hash> {
         self.find(i)
             .ok()
@@ -62,7 +225,9 @@ impl ChunkMap {
         self.find(i).is_ok()
     }
 
+    /// Chunk `i` is now the sealed blob `h` (its patches are folded in).
     pub fn set(&mut self, i: u64, h: Hash) {
+        self.patches.remove(&i);
         let at = match self.find(i) {
             Ok(r) => {
                 let start = self.runs[r].start;
@@ -93,6 +258,7 @@ impl ChunkMap {
 
     /// Forget every chunk at index `count` or above.
     pub fn truncate(&mut self, count: u64) {
+        self.patches.retain(|i, _| *i < count);
         let keep = self.runs.partition_point(|r| r.start < count);
         self.runs.truncate(keep);
         if let Some(last) = self.runs.last_mut() {
@@ -102,7 +268,7 @@ impl ChunkMap {
         }
     }
 
-    /// How many chunks hold data.
+    /// How many chunks hold data (patches are not chunks).
     // Public only through the hidden `bucket::decoders` (for the fuzz
     // harness); nothing asks whether a map is empty.
     #[allow(clippy::len_without_is_empty)]
@@ -140,7 +306,8 @@ impl ChunkMap {
     }
 
     /// Whether the runs are in the one canonical form (what a stored node
-    /// must hold: sorted, non-empty, neither overlapping nor touching).
+    /// must hold: sorted, non-empty, neither overlapping nor touching), and
+    /// every patch lies over a chunk that holds data.
     pub fn is_canonical(&self) -> bool {
         // Every run's end must fit a u64 (a decoded map may say anything),
         // checked before `Run::end` is used on it.
@@ -148,6 +315,10 @@ impl ChunkMap {
             .iter()
             .all(|r| !r.hashes.is_empty() && r.start.checked_add(r.hashes.len() as u64).is_some())
             && self.runs.windows(2).all(|w| w[0].end() < w[1].start)
+            && self
+                .patches
+                .iter()
+                .all(|(i, p)| !p.is_empty() && p.len() <= MAX_STORED_PATCHES && self.contains(*i))
     }
 }
 
@@ -170,6 +341,55 @@ mod tests {
         assert_eq!(m.get(1 << 30), Some(h(1)));
         assert_eq!(m.get(5), None);
         assert!(postcard::to_stdvec(&m).unwrap().len() < 50);
+    }
+
+    /// A map without patches encodes as before patches existed; one with
+    /// patches round-trips, and its patch runs sit above every chunk index.
+    #[test]
+    fn patches_ride_in_the_run_list() {
+        #[derive(Serialize)]
+        struct Before {
+            runs: Vec<Run>,
+        }
+        let mut m = ChunkMap::default();
+        m.set(0, h(0));
+        m.set(1, h(1));
+        m.set(7, h(7));
+        let before = Before {
+            runs: m.runs.clone(),
+        };
+        assert_eq!(
+            postcard::to_stdvec(&m).unwrap(),
+            postcard::to_stdvec(&before).unwrap()
+        );
+        m.add_patch(1, h(10));
+        m.add_patch(1, h(11));
+        m.add_patch(7, h(12));
+        assert!(m.is_canonical());
+        let bytes = postcard::to_stdvec(&m).unwrap();
+        let back: ChunkMap = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.patches(1), &[h(10), h(11)]);
+        assert_eq!(back.len(), 3, "patches are not chunks");
+        assert_eq!(back.end(), 8);
+        assert_eq!(back.blobs().count(), 6);
+        // Sealing chunk 1 whole folds its patches; a cut drops chunk 7's.
+        m.set(1, h(20));
+        assert!(m.patches(1).is_empty());
+        m.truncate(7);
+        assert_eq!(m.patch_blobs().count(), 0);
+        // A patch over a hole is not canonical; a malformed patch run does not decode.
+        let mut bad = ChunkMap::default();
+        bad.set(0, h(0));
+        bad.patches.insert(3, vec![h(1)]);
+        assert!(!bad.is_canonical());
+        let odd = Before {
+            runs: vec![Run {
+                start: PATCH_SPACE + 1,
+                hashes: vec![h(1)],
+            }],
+        };
+        assert!(postcard::from_bytes::<ChunkMap>(&postcard::to_stdvec(&odd).unwrap()).is_err());
     }
 
     proptest! {

@@ -852,6 +852,19 @@ impl Bucket {
                                     chunks::open_chunk(&self.core.store, &key, c, &mut sealed)?;
                                 }
                             }
+                            // Patches are checked by opening them over a
+                            // scratch chunk (their fit is checked too).
+                            for (_, p) in f.chunks.patch_blobs() {
+                                if !seen.insert(p) {
+                                    continue;
+                                }
+                                report.patches += 1;
+                                if open_chunks {
+                                    let sealed = self.core.store.get(&p)?;
+                                    let cs = u64::from(m.body.chunk_size);
+                                    chunks::apply_patch(&key, &p, &sealed, &mut Vec::new(), cs)?;
+                                }
+                            }
                         }
                         EntryKind::Dir(l) => stack.push(l),
                         EntryKind::Symlink(_) | EntryKind::Special { .. } | EntryKind::Shared => {}
@@ -879,4 +892,6 @@ pub struct VerifyReport {
     pub versions: usize,
     pub directories: usize,
     pub chunks: usize,
+    /// Chunk patches (see `chunks::patch`).
+    pub patches: usize,
 }

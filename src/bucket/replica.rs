@@ -77,7 +77,7 @@ impl Bucket {
         for e in node.entries {
             match e.kind {
                 EntryKind::Dir(l) => out.dirs.push(DirRef(l)),
-                EntryKind::File(f) => out.chunks.extend(f.chunks.iter().map(|(_, h)| h)),
+                EntryKind::File(f) => out.chunks.extend(f.chunks.blobs()),
                 _ => {}
             }
         }

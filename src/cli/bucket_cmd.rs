@@ -181,8 +181,8 @@ pub fn run(args: BucketArgs) -> anyhow::Result<()> {
             let r = open(&id)?.verify()?;
             writeln!(
                 out,
-                "ok: {} versions, {} directories, {} chunks verified",
-                r.versions, r.directories, r.chunks
+                "ok: {} versions, {} directories, {} chunks, {} chunk patches verified",
+                r.versions, r.directories, r.chunks, r.patches
             )?;
         }
     }

@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 use std::sync::{mpsc, Arc};
 
-use super::io::{seal_store, ChunkIo};
+use super::io::{seal_dirty, seal_store, ChunkIo};
+use super::patch::ChunkEdits;
 use super::workers::{
     par_map, worker_pool, Job, Sealed, SealedChunk, SealsInFlight, MAX_UNRECORDED_SEALS,
 };
-use super::MAX_FILE_SIZE;
+use super::{DirtyChunk, MAX_FILE_SIZE};
 use crate::bucket::chunk_map::ChunkMap;
 use crate::bucket::error::{BucketError, Result};
 use crate::bucket::tree::{FileNode, KeyBytes};
@@ -25,6 +26,9 @@ pub struct FileData {
     data_chunks: u64,
     /// Chunks changed since the last flush, by index.
     pub(super) dirty: BTreeMap<u64, Vec<u8>>,
+    /// What changed in the dirty chunks loaded from stored content (a
+    /// chunk absent here is sealed whole).
+    edits: BTreeMap<u64, ChunkEdits>,
     /// Full chunks being sealed in the background, by index.
     pending: BTreeMap<u64, mpsc::Receiver<Sealed>>,
     /// How many of `pending` still run.
@@ -79,6 +83,7 @@ impl FileData {
             chunks: ChunkMap::default(),
             data_chunks: 0,
             dirty: BTreeMap::new(),
+            edits: BTreeMap::new(),
             pending: BTreeMap::new(),
             seals: Arc::default(),
             last_read_end: 0,
@@ -104,6 +109,7 @@ impl FileData {
             chunks: node.chunks.clone(),
             data_chunks: node.chunks.len(),
             dirty: BTreeMap::new(),
+            edits: BTreeMap::new(),
             pending: BTreeMap::new(),
             seals: Arc::default(),
             last_read_end: 0,
@@ -199,14 +205,16 @@ impl FileData {
 
     /// Hand full chunk `i` to the seal workers.
     fn submit(&mut self, io: &ChunkIo, i: u64) -> Result<()> {
-        self.record_finished_seals()?;
+        self.record_finished_seals(io)?;
         while self.pending.len() >= MAX_UNRECORDED_SEALS {
             let oldest = *self.pending.keys().next().expect("non-empty");
-            self.wait_pending(oldest)?;
+            self.wait_pending(io, oldest)?;
         }
         let Some(mut buf) = self.dirty.remove(&i) else {
             return Ok(());
         };
+        // A full chunk is sealed whole: its patches fold into it.
+        self.edits.remove(&i);
         let (tx, rx) = mpsc::sync_channel(1);
         let (store, key, seals) = (io.store.clone(), self.key.key(), self.seals.clone());
         let job: Job = Box::new(move || {
@@ -230,11 +238,11 @@ impl FileData {
 
     /// Record the background seals that are done, without waiting: a
     /// writer learns of a failed one (a full disk) at its next chunk.
-    fn record_finished_seals(&mut self) -> Result<()> {
+    fn record_finished_seals(&mut self, io: &ChunkIo) -> Result<()> {
         let mut done = Vec::new();
         self.pending.retain(|&i, rx| match rx.try_recv() {
             Ok((buf, r)) => {
-                done.push((i, buf, r));
+                done.push((whole(i, buf), r));
                 false
             }
             Err(_) => true,
@@ -242,38 +250,42 @@ impl FileData {
         if done.is_empty() {
             return Ok(());
         }
-        self.apply_sealed(done)
+        self.apply_sealed(io, done)
     }
 
     /// Wait for chunk `i`'s background seal, if any, and record its outcome.
-    pub(super) fn wait_pending(&mut self, i: u64) -> Result<()> {
+    pub(super) fn wait_pending(&mut self, io: &ChunkIo, i: u64) -> Result<()> {
         let Some(rx) = self.pending.remove(&i) else {
             return Ok(());
         };
         let (buf, r) = rx
             .recv()
             .map_err(|_| BucketError::InvalidArgument("seal worker died".into()))?;
-        self.apply_sealed(vec![(i, buf, r)])
+        self.apply_sealed(io, vec![(whole(i, buf), r)])
     }
 
     /// Wait for every background seal of this file.
-    fn wait_all_pending(&mut self) -> Result<()> {
+    fn wait_all_pending(&mut self, io: &ChunkIo) -> Result<()> {
         let mut first_err = None;
         while let Some(&i) = self.pending.keys().next() {
-            if let Err(e) = self.wait_pending(i) {
+            if let Err(e) = self.wait_pending(io, i) {
                 first_err.get_or_insert(e);
             }
         }
         first_err.map_or(Ok(()), Err)
     }
 
-    /// A mutable buffer for chunk `i`, loading its stored bytes unless `overwrite_all`.
+    /// A mutable buffer for chunk `i`, loading its stored bytes unless
+    /// `overwrite_all` (what changes in a loaded one is noted in `edits`).
     fn dirty_chunk(&mut self, io: &ChunkIo, i: u64, overwrite_all: bool) -> Result<&mut Vec<u8>> {
-        self.wait_pending(i)?;
+        self.wait_pending(io, i)?;
         if !self.dirty.contains_key(&i) {
             let mut buf = io.chunk_buffer();
-            match self.chunks.get(i) {
-                Some(h) if !overwrite_all => buf.extend_from_slice(&io.load(&self.key.key(), &h)?),
+            match self.chunks.get_ref(i) {
+                Some(chunk) if !overwrite_all => {
+                    buf.extend_from_slice(&io.load(&self.key.key(), &chunk)?);
+                    self.edits.insert(i, ChunkEdits::loaded(buf.len()));
+                }
                 _ => {}
             }
             self.dirty.insert(i, buf);
@@ -317,6 +329,9 @@ impl FileData {
             let overlap = buf.len().min(in_chunk + n) - in_chunk;
             buf[in_chunk..in_chunk + overlap].copy_from_slice(&src[..overlap]);
             buf.extend_from_slice(&src[overlap..]);
+            if let Some(edits) = self.edits.get_mut(&i) {
+                edits.wrote(in_chunk..in_chunk + n);
+            }
             pos += n as u64;
             if !was_data {
                 self.data_chunks += 1;
@@ -334,19 +349,23 @@ impl FileData {
         if new_size > MAX_FILE_SIZE {
             return Err(BucketError::FileTooLarge);
         }
-        self.wait_all_pending()?;
+        self.wait_all_pending(io)?;
         let cs = io.chunk_size;
         if new_size < self.size {
             let count = chunk_count(new_size, cs);
             self.data_chunks -= self.data_chunks_from(count as u64);
             self.chunks.truncate(count as u64);
             self.dirty.retain(|i, _| (*i as usize) < count);
+            self.edits.retain(|i, _| (*i as usize) < count);
             let tail = (new_size % cs) as usize;
             let i = new_size / cs;
             // A hole needs no trimming (and must stay a hole).
             if tail != 0 && self.is_data(i) {
                 let buf = self.dirty_chunk(io, i, false)?;
                 buf.truncate(tail);
+                if let Some(edits) = self.edits.get_mut(&i) {
+                    edits.truncated(tail);
+                }
             }
         }
         self.size = new_size;
@@ -354,33 +373,54 @@ impl FileData {
     }
 
     /// Take the dirty chunks to seal. With `full_only`, keep partial chunks
-    /// buffered (an appending writer will fill them).
-    pub fn take_dirty(&mut self, cs: u64, full_only: bool) -> Result<Vec<(u64, Vec<u8>)>> {
-        self.wait_all_pending()?;
+    /// buffered (an appending writer will fill them). A chunk whose changes
+    /// are small, over stored content, is taken as a patch; one that did
+    /// not change after all is dropped.
+    pub fn take_dirty(&mut self, io: &ChunkIo, full_only: bool) -> Result<Vec<DirtyChunk>> {
+        self.wait_all_pending(io)?;
+        let cs = io.chunk_size;
         let take: Vec<u64> = self
             .dirty
             .iter()
             .filter(|(_, b)| !full_only || b.len() as u64 == cs)
             .map(|(i, _)| *i)
             .collect();
-        Ok(take
-            .into_iter()
-            .map(|i| (i, self.dirty.remove(&i).expect("listed as dirty")))
-            .collect())
+        let mut out = Vec::with_capacity(take.len());
+        for index in take {
+            let buf = self.dirty.remove(&index).expect("listed as dirty");
+            let edits = self.edits.remove(&index);
+            if edits.as_ref().is_some_and(|e| e.unchanged(buf.len())) {
+                continue;
+            }
+            let patches = self.chunks.patches(index).len();
+            let edits = edits.filter(|e| e.worth_a_patch(patches, cs));
+            out.push(DirtyChunk { index, buf, edits });
+        }
+        Ok(out)
     }
 
     /// Record sealed chunks; a failed one goes back to the dirty set so no
     /// acknowledged byte is lost.
-    pub fn apply_sealed(&mut self, results: Vec<SealedChunk>) -> Result<()> {
+    pub fn apply_sealed(&mut self, io: &ChunkIo, results: Vec<SealedChunk>) -> Result<()> {
         let mut first_err = None;
-        for (i, buf, r) in results {
-            match r {
-                Ok(h) => {
-                    self.chunks.set(i, h);
+        for (chunk, r) in results {
+            let DirtyChunk { index, buf, edits } = chunk;
+            match (r, edits) {
+                (Ok(h), Some(_)) => {
+                    self.chunks.add_patch(index, h);
+                    if let Some(patched) = self.chunks.get_ref(index) {
+                        io.cache_patched(&patched, buf);
+                    }
+                }
+                (Ok(h), None) => {
+                    self.chunks.set(index, h);
                     crate::bucket::buffers::give(buf);
                 }
-                Err(e) => {
-                    self.dirty.insert(i, buf);
+                (Err(e), edits) => {
+                    self.dirty.insert(index, buf);
+                    if let Some(edits) = edits {
+                        self.edits.insert(index, edits);
+                    }
                     first_err.get_or_insert(e);
                 }
             }
@@ -401,15 +441,24 @@ impl FileData {
 
     /// Seal and store this file's dirty chunks, several at once.
     pub fn flush(&mut self, io: &ChunkIo, full_only: bool) -> Result<()> {
-        let bufs = self.take_dirty(io.chunk_size, full_only)?;
-        if bufs.is_empty() {
+        let dirty = self.take_dirty(io, full_only)?;
+        if dirty.is_empty() {
             return Ok(());
         }
         let key = self.key.key();
-        let results = par_map(bufs, |(i, mut buf)| {
-            let r = io.seal_store(&key, &mut buf);
-            (i, buf, r)
+        let results = par_map(dirty, |mut chunk| {
+            let r = seal_dirty(&io.store, &key, &mut chunk);
+            (chunk, r)
         });
-        self.apply_sealed(results)
+        self.apply_sealed(io, results)
+    }
+}
+
+/// A chunk sealed whole in the background, as its outcome names it.
+fn whole(index: u64, buf: Vec<u8>) -> DirtyChunk {
+    DirtyChunk {
+        index,
+        buf,
+        edits: None,
     }
 }

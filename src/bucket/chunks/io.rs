@@ -5,7 +5,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use super::patch::{apply_patch, seal_patch};
 use super::workers::{par_map, worker_pool, Job};
+use super::DirtyChunk;
+use crate::bucket::chunk_map::ChunkRef;
 use crate::bucket::error::{BucketError, Result};
 use crate::cache::BoundedMap;
 use crate::crypto::{FrameLayout, SecretKey};
@@ -142,6 +145,33 @@ fn load_uncached(src: &Source, key: &SecretKey, hash: &Hash) -> Result<Vec<u8>> 
     Ok(buf)
 }
 
+/// Apply `chunk`'s patches, oldest first, over its decrypted base.
+fn apply_patches(
+    src: &Source,
+    key: &SecretKey,
+    chunk: &ChunkRef,
+    plain: &mut Vec<u8>,
+    chunk_size: u64,
+) -> Result<()> {
+    for p in &chunk.patches {
+        let sealed = src.get(p)?;
+        apply_patch(key, p, &sealed, plain, chunk_size)?;
+    }
+    Ok(())
+}
+
+/// A whole chunk, patches applied, without the cache.
+fn load_chunk_uncached(
+    src: &Source,
+    key: &SecretKey,
+    chunk: &ChunkRef,
+    chunk_size: u64,
+) -> Result<Vec<u8>> {
+    let mut plain = load_uncached(src, key, &chunk.base)?;
+    apply_patches(src, key, chunk, &mut plain, chunk_size)?;
+    Ok(plain)
+}
+
 /// Plaintext bytes `range` of one chunk (clamped to its length), reading,
 /// verifying and decrypting only the 16 KiB frames they lie in.
 pub(super) fn load_range(
@@ -211,18 +241,38 @@ impl ChunkIo {
         self.shared.cache().reset(chunks);
     }
 
-    /// Load, verify and decrypt one chunk (cached).
-    pub(super) fn load(&self, key: &SecretKey, hash: &Hash) -> Result<Arc<Vec<u8>>> {
-        if let Some(hit) = self.shared.cache().get(hash) {
+    /// Load, verify and decrypt one chunk, patches applied (cached; a
+    /// patched chunk's base is cached on its own too, for the next patch).
+    pub(super) fn load(&self, key: &SecretKey, chunk: &ChunkRef) -> Result<Arc<Vec<u8>>> {
+        let cache_key = chunk.cache_key();
+        if let Some(hit) = self.shared.cache().get(&cache_key) {
             return Ok(hit);
         }
-        let pending = self.shared.inflight().get(hash).cloned();
+        let pending = self.shared.inflight().get(&cache_key).cloned();
         if let Some(cell) = pending {
             return cell.wait().clone().map_err(BucketError::Integrity);
         }
-        let plain = Arc::new(load_uncached(&self.source(), key, hash)?);
-        self.shared.cache().insert(*hash, plain.clone());
+        let plain = if chunk.patches.is_empty() {
+            Arc::new(load_uncached(&self.source(), key, &chunk.base)?)
+        } else {
+            let base = self.load(key, &ChunkRef::plain(chunk.base))?;
+            let mut plain = Vec::with_capacity(self.chunk_size as usize);
+            plain.extend_from_slice(&base);
+            apply_patches(&self.source(), key, chunk, &mut plain, self.chunk_size)?;
+            Arc::new(plain)
+        };
+        self.shared.cache().insert(cache_key, plain.clone());
         Ok(plain)
+    }
+
+    /// A chunk's content just sealed as a patch: cache it, so the writer's
+    /// next change to the chunk need not apply every patch again.
+    pub(super) fn cache_patched(&self, chunk: &ChunkRef, plain: Vec<u8>) {
+        if self.caching() {
+            self.shared
+                .cache()
+                .insert(chunk.cache_key(), Arc::new(plain));
+        }
     }
 
     /// Whether decrypted chunks are cached at all.
@@ -236,7 +286,8 @@ impl ChunkIo {
     }
 
     /// Start loading a chunk in the background unless it is cached or on its way.
-    pub(super) fn prefetch(&self, key: &SecretKey, hash: Hash) {
+    pub(super) fn prefetch(&self, key: &SecretKey, chunk: ChunkRef) {
+        let hash = chunk.cache_key();
         if !self.caching() || self.shared.cache().contains(&hash) {
             return;
         }
@@ -250,8 +301,9 @@ impl ChunkIo {
             cell
         };
         let (src, shared, key) = (self.source(), self.shared.clone(), key.clone());
+        let chunk_size = self.chunk_size;
         let job: Job = Box::new(move || {
-            let loaded = load_uncached(&src, &key, &hash).map(Arc::new);
+            let loaded = load_chunk_uncached(&src, &key, &chunk, chunk_size).map(Arc::new);
             if let Ok(data) = &loaded {
                 shared.cache().insert(hash, data.clone());
             }
@@ -267,10 +319,6 @@ impl ChunkIo {
             // No workers: the reader loads the chunk itself when it gets there.
             self.shared.inflight().remove(&hash);
         }
-    }
-
-    pub(super) fn seal_store(&self, key: &SecretKey, buf: &mut Vec<u8>) -> Result<Hash> {
-        seal_store(&self.store, key, buf)
     }
 
     /// A buffer for one chunk with room to be sealed in place.
@@ -292,15 +340,29 @@ pub(super) fn seal_store(store: &BlobStore, key: &SecretKey, buf: &mut Vec<u8>) 
     Ok(hash)
 }
 
+/// Seal a dirty chunk into the store: its changes as a patch when it
+/// carries edits, else the whole chunk (in place; plaintext again on a
+/// failure). Returns the address of what was stored.
+pub(super) fn seal_dirty(
+    store: &BlobStore,
+    key: &SecretKey,
+    chunk: &mut DirtyChunk,
+) -> Result<Hash> {
+    match &chunk.edits {
+        Some(edits) => seal_patch(store, key, &chunk.buf, edits),
+        None => seal_store(store, key, &mut chunk.buf),
+    }
+}
+
 impl ChunkIo {
-    /// Seal many files' chunks at once: `(file, chunk index, key, bytes)`.
+    /// Seal many files' dirty chunks at once: `(file, key, chunk)`.
     pub fn seal_many<F: Send>(
         &self,
-        jobs: Vec<(F, u64, SecretKey, Vec<u8>)>,
-    ) -> Vec<(F, u64, Vec<u8>, Result<Hash>)> {
-        par_map(jobs, |(f, i, key, mut buf)| {
-            let r = self.seal_store(&key, &mut buf);
-            (f, i, buf, r)
+        jobs: Vec<(F, SecretKey, DirtyChunk)>,
+    ) -> Vec<(F, DirtyChunk, Result<Hash>)> {
+        par_map(jobs, |(f, key, mut chunk)| {
+            let r = seal_dirty(&self.store, &key, &mut chunk);
+            (f, chunk, r)
         })
     }
 }

@@ -14,12 +14,15 @@
 
 mod file;
 mod io;
+mod patch;
 mod read;
 mod workers;
 
 pub use file::{allocated, FileData};
 pub(crate) use io::open_chunk;
 pub use io::{ChunkIo, ReadBuf, RemoteBlobs};
+pub(crate) use patch::apply_patch;
+pub use patch::ChunkEdits;
 pub use read::ReadPlan;
 pub use workers::{SealedChunk, SealsInFlight};
 
@@ -28,6 +31,15 @@ use crate::store::slices;
 
 // Frames must be the store's verified slices, so a frame read hashes one slice.
 const _: () = assert!(FRAME_LEN == slices::SLICE_LEN);
+
+/// A dirty chunk taken to be sealed: as a patch of `edits` over its stored
+/// content when it has them, else whole.
+pub struct DirtyChunk {
+    pub index: u64,
+    /// The chunk's plaintext as it is now.
+    pub buf: Vec<u8>,
+    pub edits: Option<ChunkEdits>,
+}
 
 /// Default chunk size: 1 MiB.
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
@@ -100,6 +112,77 @@ mod tests {
         assert_eq!(
             f.read_buf(&io, 5, 20).unwrap().into_vec(),
             expected[5..25].to_vec()
+        );
+    }
+
+    /// A small change to a stored chunk is sealed as a patch, not the whole
+    /// chunk again; a reader with no cache sees every byte, through many
+    /// patches and cuts; past the patch limit the chunk is sealed whole.
+    #[test]
+    fn small_changes_are_patches_and_read_back() {
+        let cs: u64 = 64 << 10;
+        let d = tempfile::tempdir().unwrap();
+        let writer = io(d.path(), cs as u32);
+        let mut f = FileData::empty().unwrap();
+        let mut model: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        f.write(&writer, 0, &model).unwrap();
+        f.flush(&writer, false).unwrap();
+        assert_eq!(f.chunks.patch_blobs().count(), 0);
+        writer.store.sync().unwrap();
+        let stored_before = writer.store.list().unwrap().len();
+        // Appends and overwrites of a few bytes each become one patch per flush.
+        for round in 0..10u32 {
+            let line = format!("line {round}\n").into_bytes();
+            let at = model.len() as u64;
+            f.write(&writer, at, &line).unwrap();
+            model.extend_from_slice(&line);
+            f.write(&writer, 70_000 + round as u64, b"X").unwrap();
+            model[70_000 + round as usize] = b'X';
+            f.flush(&writer, false).unwrap();
+        }
+        assert_eq!(f.chunks.patches(1).len(), 10, "one patch per flush");
+        writer.store.sync().unwrap();
+        assert_eq!(writer.store.list().unwrap().len(), stored_before + 10);
+        // A cut inside the patched chunk, then growth past it by a write.
+        f.truncate(&writer, 90_000).unwrap();
+        model.truncate(90_000);
+        f.write(&writer, 95_000, b"after a hole").unwrap();
+        model.resize(95_000, 0);
+        model.extend_from_slice(b"after a hole");
+        f.flush(&writer, false).unwrap();
+        writer.store.sync().unwrap();
+        let fresh = io(d.path(), cs as u32);
+        fresh.set_cache_capacity(0);
+        let mut reader = FileData::from_node(&f.to_node(), cs).unwrap();
+        assert_eq!(
+            reader.read_buf(&fresh, 0, 200_000).unwrap().into_vec(),
+            model
+        );
+        assert_eq!(
+            reader.read_buf(&fresh, 80_000, 100).unwrap().into_vec(),
+            model[80_000..80_100]
+        );
+        // Past the limit, the chunk is sealed whole and its patches go.
+        for round in 0..8u32 {
+            f.write(&writer, 71_000 + round as u64, b"Y").unwrap();
+            model[71_000 + round as usize] = b'Y';
+            f.flush(&writer, false).unwrap();
+        }
+        assert!(
+            f.chunks.patches(1).len() < 8,
+            "{}",
+            f.chunks.patches(1).len()
+        );
+        // A large change is sealed whole at once.
+        f.write(&writer, 65_536, &vec![3u8; 20_000]).unwrap();
+        model[65_536..85_536].fill(3);
+        f.flush(&writer, false).unwrap();
+        assert!(f.chunks.patches(1).is_empty());
+        writer.store.sync().unwrap();
+        let mut reader = FileData::from_node(&f.to_node(), cs).unwrap();
+        assert_eq!(
+            reader.read_buf(&fresh, 0, 200_000).unwrap().into_vec(),
+            model
         );
     }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::io::{load_range, ChunkIo, ReadBuf};
 use super::workers::par_map;
 use super::FileData;
+use crate::bucket::chunk_map::ChunkRef;
 use crate::bucket::error::Result;
 use crate::crypto::SecretKey;
 use crate::store::Hash;
@@ -30,7 +31,7 @@ pub enum ReadPlan {
         key: SecretKey,
         offset: u64,
         end: u64,
-        wanted: Vec<(u64, Hash)>,
+        wanted: Vec<(u64, ChunkRef)>,
     },
 }
 
@@ -120,7 +121,7 @@ impl FileData {
         let first = offset / cs;
         let last = (end - 1) / cs;
         for i in first..=last {
-            self.wait_pending(i)?;
+            self.wait_pending(io, i)?;
         }
         let key = self.key.key();
         // Streaming: this read starts within a chunk of where the last one
@@ -139,9 +140,9 @@ impl FileData {
         };
         if self.streak >= 2 {
             for i in last + 1..=last + READ_AHEAD_CHUNKS {
-                if let Some(h) = self.chunks.get(i) {
+                if let Some(chunk) = self.chunks.get_ref(i) {
                     if !self.dirty.contains_key(&i) {
-                        io.prefetch(&key, h);
+                        io.prefetch(&key, chunk);
                     }
                 }
             }
@@ -162,7 +163,12 @@ impl FileData {
             && (end - offset) * 4 <= cs
             && !self.dirty.contains_key(&first)
         {
-            if let Some(h) = self.chunks.get(first) {
+            // A patched chunk is read whole (its patches apply to all of it).
+            if let Some(h) = self
+                .chunks
+                .get(first)
+                .filter(|_| self.chunks.patches(first).is_empty())
+            {
                 if !io.cached_or_loading(&h) {
                     return Ok(ReadPlan::Frames {
                         key,
@@ -173,9 +179,9 @@ impl FileData {
             }
         }
         // Fetch the stored chunks the range needs, in parallel when several.
-        let wanted: Vec<(u64, Hash)> = (first..=last)
+        let wanted: Vec<(u64, ChunkRef)> = (first..=last)
             .filter(|i| !self.dirty.contains_key(i))
-            .filter_map(|i| self.chunks.get(i).map(|h| (i, h)))
+            .filter_map(|i| self.chunks.get_ref(i).map(|c| (i, c)))
             .collect();
         let plan = ReadPlan::Chunks {
             key,

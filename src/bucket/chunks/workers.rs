@@ -9,8 +9,8 @@ use crate::store::Hash;
 
 /// A chunk's sealing outcome: its buffer (plaintext again on failure) and address.
 pub(super) type Sealed = (Vec<u8>, Result<Hash>);
-/// A sealing outcome for chunk index `.0` of a file.
-pub type SealedChunk = (u64, Vec<u8>, Result<Hash>);
+/// A dirty chunk's sealing outcome (its buffer plaintext again on failure).
+pub type SealedChunk = (super::DirtyChunk, Result<Hash>);
 pub(super) type Job = Box<dyn FnOnce() + Send>;
 
 /// Worker threads (one per core) that seal full chunks while the writer goes

@@ -23,16 +23,16 @@ impl Mount {
     /// without writing a new version.
     pub fn flush_data(&mut self) -> Result<()> {
         // Gather every file's dirty chunks so many small files seal in parallel.
-        let cs = self.io.chunk_size;
         let mut jobs = Vec::new();
         let mut first_err = None;
         for (ino, inode) in self.inodes.iter_mut() {
             if let Body::File(f) = &mut inode.body {
                 if f.is_dirty() {
                     let key = f.key.key();
-                    match f.take_dirty(cs, false) {
-                        Ok(bufs) => jobs
-                            .extend(bufs.into_iter().map(|(i, buf)| (*ino, i, key.clone(), buf))),
+                    match f.take_dirty(&self.io, false) {
+                        Ok(dirty) => {
+                            jobs.extend(dirty.into_iter().map(|chunk| (*ino, key.clone(), chunk)))
+                        }
                         Err(e) => {
                             first_err.get_or_insert(e);
                         }
@@ -44,8 +44,8 @@ impl Mount {
             return first_err.map_or(Ok(()), Err);
         }
         let mut by_file: HashMap<Ino, Vec<SealedChunk>> = HashMap::new();
-        for (ino, i, buf, r) in self.io.seal_many(jobs) {
-            by_file.entry(ino).or_default().push((i, buf, r));
+        for (ino, chunk, r) in self.io.seal_many(jobs) {
+            by_file.entry(ino).or_default().push((chunk, r));
         }
         crate::crash_point::hit("chunks-sealed");
         for (ino, results) in by_file {
@@ -54,7 +54,7 @@ impl Mount {
                 ..
             }) = self.inodes.get_mut(&ino)
             {
-                if let Err(e) = f.apply_sealed(results) {
+                if let Err(e) = f.apply_sealed(&self.io, results) {
                     first_err.get_or_insert(e);
                 }
             }
