@@ -413,21 +413,29 @@ struct Written {
 }
 
 /// Watch `file` (another node's log, through this node's mount) until
-/// `stop`: when each line first became readable here.
-fn watch_lines(file: PathBuf, stop: Arc<AtomicBool>) -> Vec<Instant> {
+/// `stop`: when each line first became readable here, and the reads that
+/// failed (other than "not there yet").
+fn watch_lines(file: PathBuf, stop: Arc<AtomicBool>) -> (Vec<Instant>, Vec<String>) {
     let mut seen = Vec::new();
+    let mut errors = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        if let Ok(bytes) = fs::read(&file) {
-            let lines = bytes.iter().filter(|b| **b == b'\n').count();
-            let now = Instant::now();
-            while seen.len() < lines {
-                seen.push(now);
+        match fs::read(&file) {
+            Ok(bytes) => {
+                let lines = bytes.iter().filter(|b| **b == b'\n').count();
+                let now = Instant::now();
+                while seen.len() < lines {
+                    seen.push(now);
+                }
             }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                errors.push(format!("reading {}: {e}", file.display()));
+            }
+            Err(_) => {}
         }
         // Often enough to time a line, seldom enough not to load the node.
         std::thread::sleep(Duration::from_millis(25));
     }
-    seen
+    (seen, errors)
 }
 
 /// Append numbered lines to `dir/w<i>.log`, each followed by an fsync, and
@@ -469,13 +477,26 @@ fn append_until(dir: PathBuf, i: usize, stop: Arc<AtomicBool>) -> Written {
 
 /// The `ms=` values of the log lines that say `what`, sorted.
 fn logged_ms(log: &str, what: &str) -> Vec<u64> {
-    let mut ms: Vec<u64> = log
+    logged(log, what, "ms")
+}
+
+/// The `field=` values of the log lines that say `what`, sorted.
+fn logged(log: &str, what: &str, field: &str) -> Vec<u64> {
+    let key = format!(" {field}=");
+    let mut values: Vec<u64> = log
         .lines()
         .filter(|l| l.contains(what))
-        .filter_map(|l| l.split(" ms=").nth(1)?.split(' ').next()?.parse().ok())
+        .filter_map(|l| {
+            l.split(key.as_str())
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect();
-    ms.sort();
-    ms
+    values.sort();
+    values
 }
 
 fn heads(n: &Nodes, id: &str) -> Vec<String> {
@@ -595,13 +616,35 @@ async fn three_writers_converge_and_keep_every_acknowledged_line() {
     watching.store(true, Ordering::Relaxed);
     let mut delays: Vec<Duration> = Vec::new();
     for (i, w) in watchers.into_iter().enumerate() {
-        let seen = w.join().unwrap();
-        let acked = &written[(i + 1) % 3].acked_at;
-        delays.extend(
-            seen.iter()
-                .zip(acked)
-                .map(|(s, a)| s.saturating_duration_since(*a)),
+        let (seen, read_errors) = w.join().unwrap();
+        assert!(
+            read_errors.is_empty(),
+            "node {i}: {} reads of a peer's log failed, the first: {:?}",
+            read_errors.len(),
+            &read_errors[..read_errors.len().min(3)]
         );
+        let acked = &written[(i + 1) % 3].acked_at;
+        let mine: Vec<(Instant, Duration)> = seen
+            .iter()
+            .zip(acked)
+            .map(|(s, a)| (*a, s.saturating_duration_since(*a)))
+            .collect();
+        // The worst delay in each 5 s of the run: a node falling further
+        // behind shows as a rising line, a stall as one spike.
+        let started = acked.first().copied().unwrap_or(stopped);
+        let mut worst = vec![Duration::ZERO; (secs as usize).div_ceil(5) + 1];
+        for (a, d) in &mine {
+            let slot = (a.duration_since(started).as_secs() / 5) as usize;
+            if let Some(w) = worst.get_mut(slot) {
+                *w = (*w).max(*d);
+            }
+        }
+        println!(
+            "node {i} sees w{}.log: worst delay per 5 s {:?} ms",
+            (i + 1) % 3,
+            worst.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
+        );
+        delays.extend(mine.into_iter().map(|(_, d)| d));
     }
     delays.sort();
     let pct = |p: usize| {
@@ -657,12 +700,30 @@ async fn three_writers_converge_and_keep_every_acknowledged_line() {
         let apply_ms = logged_ms(&log, "applied a synced head");
         let median = apply_ms.get(apply_ms.len() / 2).copied().unwrap_or(0);
         let at = |p: usize| pull_ms.get(pull_ms.len() * p / 100).copied().unwrap_or(0);
+        let troubles: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            // Three writers of shared.txt: conflict copies are the point.
+            .filter(|l| !l.contains("concurrent edits merged"))
+            .collect();
+        if !troubles.is_empty() {
+            println!(
+                "node {i}: {} WARN/ERROR lines, the first: {:?}",
+                troubles.len(),
+                &troubles[..troubles.len().min(3)]
+            );
+        }
+        let middle = |v: Vec<u64>| v.get(v.len() / 2).copied().unwrap_or(0);
         println!(
-            "node {i}: {merges} merges ({:.1}/s), {} pulls, pull p50 {} ms, p99 {} ms, apply p50 {median} ms",
+            "node {i}: {merges} merges ({:.1}/s), {} pulls, pull p50 {} ms, p99 {} ms (chain p50 {} ms, \
+             {} versions, {} bytes), apply p50 {median} ms",
             merges as f64 / secs as f64,
             pull_ms.len(),
             at(50),
-            at(99)
+            at(99),
+            middle(logged(&log, "pulled a head", "chain_ms")),
+            middle(logged(&log, "pulled a head", "versions")),
+            middle(logged(&log, "pulled a head", "bytes")),
         );
     }
     let state: Vec<u64> = (0..3)

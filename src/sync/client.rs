@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use iroh::endpoint::{Connection, RecvStream};
 
-use super::proto::{BlobFrame, Proof, Request, Response, ALPN, MAX_BLOB};
+use super::proto::{
+    BlobFrame, Proof, Request, Response, ALPN, MAX_BLOB, MAX_HISTORY, MAX_HISTORY_BYTES,
+    MAX_MESSAGE,
+};
 use super::wire::{read_bytes, read_msg, write_msg};
 use super::{Inner, Peer, SyncError};
 use crate::bucket::{Bucket, BucketId, DirRef, ProofKey};
@@ -132,6 +135,7 @@ pub async fn announce(
 /// Announce `head` of `bucket` to all its peers.
 pub async fn announce_all(inner: &Arc<Inner>, bucket: BucketId, head: Hash) {
     let Ok(b) = inner.open(&bucket) else { return };
+    inner.recent.note(bucket, head);
     let key = b.proof_key();
     let sends = inner.peers_of(&bucket).into_iter().map(|p| {
         let proof = key.proof(&bucket, &inner.me.0, &p.node.0);
@@ -378,7 +382,7 @@ async fn fetch_version(
     with_chunks: bool,
     secret: Option<&SecretKey>,
 ) -> Result<Chain, SyncError> {
-    let chain = fetch_chain(inner, b, head, max_chain, secret).await?;
+    let chain = fetch_chain(inner, b, head, max_chain, HashMap::new(), secret).await?;
     fetch_tree(inner, b, head, with_chunks, secret).await?;
     Ok(chain)
 }
@@ -391,13 +395,147 @@ struct Chain {
     versions: Vec<Hash>,
 }
 
+/// A manifest a history answer brought, verified against its address, not
+/// yet stored.
+pub(super) struct Prefetched {
+    bytes: Vec<u8>,
+    outboard: Vec<[u8; 32]>,
+}
+
+/// Ask one peer (the announcer, else the first the control plane lists)
+/// for `head`'s manifest chain down to the heads this node held lately:
+/// one round trip instead of one per level. Nothing is stored here; the
+/// walk in [`fetch_chain`] takes what it reaches from this answer and asks
+/// level by level for the rest (all of it when the peer cannot answer).
+pub(super) async fn ask_history(
+    inner: &Inner,
+    b: &Bucket,
+    head: Hash,
+    from: Option<NodeId>,
+) -> HashMap<Hash, Prefetched> {
+    let bucket = b.id();
+    let Some(peer) = from.or_else(|| inner.peers_of(&bucket).first().map(|p| p.node)) else {
+        return HashMap::new();
+    };
+    let mut have = inner.recent.of(&bucket);
+    if let Ok(mine) = b.head() {
+        have.insert(0, mine);
+    }
+    have.truncate(super::proto::MAX_HAVE);
+    let proof = b.proof_key().proof(&bucket, &inner.me.0, &peer.0);
+    let ask = async {
+        let req = Request::History {
+            bucket,
+            proof,
+            head,
+            have,
+        };
+        let mut recv = request(inner, &peer, &req).await?;
+        match read_msg::<Response>(&mut recv)
+            .await
+            .map_err(|e| peer_err(&peer, e))?
+        {
+            Some(Response::Noted) => {}
+            Some(other) => return Err(refused(&peer, other)),
+            None => return Err(peer_err(&peer, "no answer")),
+        }
+        let mut got = HashMap::new();
+        let mut total = 0;
+        while let Some(frame) = read_msg::<BlobFrame>(&mut recv)
+            .await
+            .map_err(|e| peer_err(&peer, e))?
+        {
+            let BlobFrame::Blob { hash, len } = frame else {
+                continue;
+            };
+            let len = len as usize;
+            total += len;
+            if len > MAX_MESSAGE || got.len() >= MAX_HISTORY || total > MAX_HISTORY_BYTES {
+                return Err(peer_err(&peer, "sent more history than a request allows"));
+            }
+            let bytes = read_bytes(&mut recv, len)
+                .await
+                .map_err(|e| peer_err(&peer, e))?;
+            let (actual, outboard) = slices::hash_with_outboard(&bytes);
+            if actual != hash {
+                return Err(peer_err(
+                    &peer,
+                    format!("sent {hash} with bytes hashing to {actual}"),
+                ));
+            }
+            got.insert(hash, Prefetched { bytes, outboard });
+        }
+        Ok(got)
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, ask).await {
+        Ok(Ok(got)) => got,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, %bucket, error = %e, "history request failed; walking the chain level by level");
+            HashMap::new()
+        }
+        Err(_) => {
+            tracing::debug!(%peer, %bucket, "history request timed out; walking the chain level by level");
+            HashMap::new()
+        }
+    }
+}
+
+/// Store the manifests of `want` a history answer brought (checked against
+/// their addresses when they arrived), durably; returns the others.
+async fn store_prefetched(
+    inner: &Inner,
+    prefetched: &mut HashMap<Hash, Prefetched>,
+    want: &[Hash],
+) -> Result<Vec<Hash>, SyncError> {
+    let mut rest = Vec::new();
+    let mut taken = Vec::new();
+    for h in want {
+        match prefetched.remove(h) {
+            Some(p) => taken.push((*h, p)),
+            None => rest.push(*h),
+        }
+    }
+    if taken.is_empty() {
+        return Ok(rest);
+    }
+    let store = inner.state.store().clone();
+    let bytes = tokio::task::spawn_blocking(move || {
+        let mut bytes = 0;
+        for (h, p) in &taken {
+            if !store.contains(h) {
+                store
+                    .put_with_outboard(*h, &p.bytes, &p.outboard)
+                    .map_err(|e| e.to_string())?;
+                bytes += p.bytes.len() as u64;
+            }
+        }
+        store.sync().map_err(|e| e.to_string())?;
+        Ok::<_, String>((taken.len() as u64, bytes))
+    })
+    .await
+    .map_err(|e| SyncError::Worker(e.to_string()))?
+    .map_err(|e| SyncError::Worker(format!("storing fetched manifests: {e}")))?;
+    inner
+        .stats
+        .blobs_fetched
+        .fetch_add(bytes.0, Ordering::Relaxed);
+    inner
+        .stats
+        .bytes_fetched
+        .fetch_add(bytes.1, Ordering::Relaxed);
+    crate::metrics::blob_fetched(bytes.1 as usize);
+    Ok(rest)
+}
+
 /// Fetch `head`'s manifest chain down to versions this node holds (or
 /// pruned on purpose), at most `max_chain` deep; returns where it was cut.
+/// Manifests in `prefetched` (a history answer) are taken from there.
 async fn fetch_chain(
     inner: &Inner,
     b: &Bucket,
     head: Hash,
     max_chain: usize,
+    mut prefetched: HashMap<Hash, Prefetched>,
     secret: Option<&SecretKey>,
 ) -> Result<Chain, SyncError> {
     let bucket = b.id();
@@ -416,7 +554,8 @@ async fn fetch_chain(
     let mut versions = Vec::new();
     let mut depth = 0;
     while !want.is_empty() {
-        let got = fetch_blobs_detail(inner, bucket, &want, secret).await?;
+        let ask = store_prefetched(inner, &mut prefetched, &want).await?;
+        let got = fetch_blobs_detail(inner, bucket, &ask, secret).await?;
         if (depth == 0 && !got.missing.is_empty()) || got.unreachable {
             return Err(SyncError::NoPeer(bucket));
         }
@@ -519,11 +658,15 @@ pub async fn pull(
     }
     let started = std::time::Instant::now();
     let fetched_before = inner.stats.bytes_fetched.load(Ordering::Relaxed);
-    let chain = fetch_version(inner, &b, head, usize::MAX, true, None).await?;
+    let history = ask_history(inner, &b, head, from).await;
+    let chain = fetch_chain(inner, &b, head, usize::MAX, history, None).await?;
+    let chain_ms = started.elapsed().as_millis() as u64;
+    fetch_tree(inner, &b, head, true, None).await?;
     // Every link of what came is checked before anything is written for
     // it: a cut noted in PRUNED makes later walks stop there, so a chain
     // that does not verify must not leave one behind.
     let cut: HashSet<Hash> = chain.cut.iter().copied().collect();
+    let versions = chain.versions.len();
     for v in &chain.versions {
         b.check_fetched_link(v, &cut)
             .map_err(|source| SyncError::Bucket { bucket, source })?;
@@ -547,6 +690,8 @@ pub async fn pull(
         %bucket,
         %head,
         ms = started.elapsed().as_millis() as u64,
+        chain_ms,
+        versions,
         bytes = inner.stats.bytes_fetched.load(Ordering::Relaxed) - fetched_before,
         "pulled a head"
     );
@@ -560,6 +705,7 @@ pub async fn pull(
     match applied {
         Ok(merged) => {
             inner.stats.heads_applied.fetch_add(1, Ordering::Relaxed);
+            inner.recent.note(bucket, head);
             if let Some(new) = merged {
                 // A merge of ours: every replica must hear of it.
                 announce_all(inner, bucket, new).await;

@@ -159,6 +159,8 @@ struct Inner {
     pulls: Mutex<HashMap<BucketId, Arc<tokio::sync::Mutex<()>>>>,
     /// Announced heads waiting for a pull, coalesced per bucket.
     pull_queue: pulls::PullQueue,
+    /// Heads this node held lately, per bucket (named in history requests).
+    recent: pulls::RecentHeads,
     stats: SyncStats,
     /// Woken when peers or their addresses change (a read waiting for a
     /// peer tries again at once).
@@ -244,6 +246,7 @@ impl SyncEngine {
             conns: tokio::sync::Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
             pull_queue: Default::default(),
+            recent: Default::default(),
             down: Mutex::new(HashMap::new()),
             learnt: Mutex::new(HashMap::new()),
             stats: SyncStats::default(),

@@ -19,6 +19,11 @@ pub const MAX_BLOB: usize = (16 << 20) + (1 << 20);
 pub const MAX_BLOBS_PER_REQUEST: usize = 4096;
 /// Buckets one heads request may ask about.
 pub const MAX_BUCKETS_PER_REQUEST: usize = 4096;
+/// Manifests one history answer holds at most, and their bytes.
+pub const MAX_HISTORY: usize = 1024;
+pub const MAX_HISTORY_BYTES: usize = 8 << 20;
+/// Versions a history request may name as held.
+pub const MAX_HAVE: usize = 256;
 
 /// Proof that the requester holds the bucket secret: a keyed hash over the
 /// bucket, the requester and the responder (see `bucket::ProofKey`).
@@ -43,6 +48,19 @@ pub enum Request {
     /// Make me a member of `bucket` (a share of its secret in a new head),
     /// so the versions I write are accepted.
     Enroll { bucket: BucketId, proof: Proof },
+    /// Send the manifests of `head` and its ancestors, newest first, not
+    /// going past the versions in `have` (at most [`MAX_HISTORY`]): a
+    /// node behind by many versions gets the chain in one round trip, not
+    /// one per level. Answered as [`Request::GetBlobs`] is (Noted, then
+    /// blob frames) until the stream ends. Added after version 1 of the
+    /// protocol: a node from before it drops the stream, and the asker
+    /// walks the chain with GetBlobs instead.
+    History {
+        bucket: BucketId,
+        proof: Proof,
+        head: Hash,
+        have: Vec<Hash>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,8 @@
 //! so the next pull jumps straight to it, and heads already in the local
 //! history are skipped without a fetch.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use super::{client, Inner, SyncError};
 use crate::bucket::BucketId;
@@ -45,4 +46,38 @@ pub(super) fn want(inner: &Arc<Inner>, bucket: BucketId, head: Hash, from: Optio
             }
         }
     });
+}
+
+/// Heads held here lately, per bucket: this node's commits and merges and
+/// the heads it pulled. A history request names them, so the answering
+/// peer stops its walk where this node's history already is.
+#[derive(Default)]
+pub(super) struct RecentHeads {
+    heads: Mutex<HashMap<BucketId, VecDeque<Hash>>>,
+}
+
+/// Heads remembered per bucket.
+const RECENT: usize = 64;
+
+impl RecentHeads {
+    /// `head` of `bucket` is held here now.
+    pub(super) fn note(&self, bucket: BucketId, head: Hash) {
+        let mut all = self.heads.lock().unwrap_or_else(|e| e.into_inner());
+        let heads = all.entry(bucket).or_default();
+        if heads.contains(&head) {
+            return;
+        }
+        if heads.len() == RECENT {
+            heads.pop_front();
+        }
+        heads.push_back(head);
+    }
+
+    /// The remembered heads of `bucket`, newest first.
+    pub(super) fn of(&self, bucket: &BucketId) -> Vec<Hash> {
+        let all = self.heads.lock().unwrap_or_else(|e| e.into_inner());
+        all.get(bucket)
+            .map(|h| h.iter().rev().copied().collect())
+            .unwrap_or_default()
+    }
 }

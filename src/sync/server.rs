@@ -12,7 +12,8 @@ use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 
 use super::proto::{
-    BlobFrame, Proof, Request, Response, MAX_BLOBS_PER_REQUEST, MAX_BUCKETS_PER_REQUEST,
+    BlobFrame, Proof, Request, Response, MAX_BLOBS_PER_REQUEST, MAX_BUCKETS_PER_REQUEST, MAX_HAVE,
+    MAX_HISTORY, MAX_HISTORY_BYTES,
 };
 use super::wire::{read_msg, write_msg};
 use super::Inner;
@@ -144,6 +145,65 @@ fn belongs(bucket: &BucketId, hash: &Hash, bytes: &[u8]) -> bool {
     crate::bucket::Manifest::from_bytes(*hash, bytes).is_ok_and(|m| m.body.bucket_id == *bucket)
 }
 
+/// The manifests of `head` and its ancestors, breadth first, stopping at
+/// versions in `have` and at [`MAX_HISTORY`] manifests or
+/// [`MAX_HISTORY_BYTES`]. Only manifests of `bucket` its blob index lists
+/// (versions of the proven bucket), as GetBlobs serves.
+fn history(
+    store: &crate::store::BlobStore,
+    index: &crate::bucket::BlobIndex,
+    bucket: &BucketId,
+    head: Hash,
+    have: &[Hash],
+) -> Vec<(Hash, Vec<u8>)> {
+    let have: std::collections::HashSet<Hash> = have.iter().take(MAX_HAVE).copied().collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut queue = std::collections::VecDeque::from([head]);
+    let mut out = Vec::new();
+    let mut bytes_out = 0;
+    while let Some(h) = queue.pop_front() {
+        if have.contains(&h) || !seen.insert(h) || !index.contains(&h) {
+            continue;
+        }
+        let Ok(bytes) = store.get(&h) else { continue };
+        let Ok(m) = crate::bucket::Manifest::from_bytes(h, &bytes) else {
+            continue;
+        };
+        if m.body.bucket_id != *bucket {
+            continue;
+        }
+        bytes_out += bytes.len();
+        if out.len() >= MAX_HISTORY || bytes_out > MAX_HISTORY_BYTES {
+            break;
+        }
+        queue.extend(m.parents());
+        out.push((h, bytes));
+    }
+    out
+}
+
+/// Send one blob frame and its bytes, counted.
+async fn send_blob(
+    inner: &Inner,
+    send: &mut SendStream,
+    hash: &Hash,
+    bytes: &[u8],
+) -> Result<(), String> {
+    let f = BlobFrame::Blob {
+        hash: *hash,
+        len: bytes.len() as u32,
+    };
+    send_msg(send, &f).await?;
+    write_within(send, bytes).await?;
+    crate::metrics::blob_served(bytes.len());
+    inner.stats.blobs_served.fetch_add(1, Ordering::Relaxed);
+    inner
+        .stats
+        .bytes_served
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    Ok(())
+}
+
 /// Write `bytes`, giving up when the peer reads nothing for [`WRITE_STALL`].
 async fn write_within(send: &mut SendStream, bytes: &[u8]) -> Result<(), String> {
     tokio::time::timeout(WRITE_STALL, send.write_all(bytes))
@@ -253,24 +313,34 @@ async fn serve(
                     next = wanted.next().map(read);
                     let h = &h;
                     match blob {
-                        Ok(bytes) => {
-                            let f = BlobFrame::Blob {
-                                hash: *h,
-                                len: bytes.len() as u32,
-                            };
-                            send_msg(&mut send, &f).await?;
-                            write_within(&mut send, &bytes).await?;
-                            crate::metrics::blob_served(bytes.len());
-                            inner.stats.blobs_served.fetch_add(1, Ordering::Relaxed);
-                            inner
-                                .stats
-                                .bytes_served
-                                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        }
+                        Ok(bytes) => send_blob(&inner, &mut send, h, &bytes).await?,
                         Err(_) => {
                             send_msg(&mut send, &BlobFrame::Missing { hash: *h }).await?;
                         }
                     }
+                }
+            }
+        },
+        Request::History {
+            bucket,
+            proof,
+            head,
+            have,
+        } => match proven(&inner, &peer, &bucket, &proof) {
+            Err(why) => write_msg(&mut send, &refuse(why))
+                .await
+                .map_err(|e| e.to_string())?,
+            Ok(b) => {
+                let store = inner.state.store().clone();
+                let chain = tokio::task::spawn_blocking(move || {
+                    let index = b.blob_index().map_err(|e| e.to_string())?;
+                    Ok::<_, String>(history(&store, &index, &bucket, head, &have))
+                })
+                .await
+                .map_err(|e| e.to_string())??;
+                send_msg(&mut send, &Response::Noted).await?;
+                for (h, bytes) in &chain {
+                    send_blob(&inner, &mut send, h, bytes).await?;
                 }
             }
         },

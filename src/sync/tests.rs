@@ -824,3 +824,38 @@ impl ScriptedPeer {
         }
     }
 }
+
+/// A history answer brings the versions the asker lacks in one round trip
+/// (down to the head it holds, not below), and, asked under one bucket's
+/// proof for another bucket's head, brings nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_answer_stops_at_the_askers_head_and_at_its_bucket() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b) = (node(&kek).await, node(&kek).await);
+    register(&[&a, &b]);
+    let (x, _) = shared(&a, &b, &kek).await;
+    let xa = a.state.open_bucket(&x, &kek).unwrap();
+    let xb = b.state.open_bucket(&x, &kek).unwrap();
+    let held = xb.head().unwrap();
+    let written: HashSet<Hash> = {
+        let mut m = xa.mount().unwrap();
+        (0..30u32)
+            .map(|i| {
+                path::write_file(&mut m, "/n", &i.to_le_bytes()).unwrap();
+                m.save().unwrap().hash
+            })
+            .collect()
+    };
+    let head = xa.head().unwrap();
+    let got = client::ask_history(&b.engine.inner, &xb, head, Some(a.engine.node_id())).await;
+    let got: HashSet<Hash> = got.into_keys().collect();
+    assert!(!got.contains(&held), "the asker's own head came back");
+    assert_eq!(got, written, "exactly the versions b lacks");
+
+    let (_, _, y_head) = bucket_with_file(&a, &kek, b"another tenant's file");
+    let got = client::ask_history(&b.engine.inner, &xb, y_head, Some(a.engine.node_id())).await;
+    assert!(
+        got.is_empty(),
+        "another bucket's manifests came under X's proof"
+    );
+}
