@@ -24,6 +24,10 @@ use jax_csi::netns::Net;
 use tonic::transport::Channel;
 
 const SYNC_PORT: u16 = 9810;
+/// The log line of each GC pass.
+const GC_PASS: &str = "node::gc: garbage collection ";
+/// `--gc-grace-secs` of the soak's nodes.
+const SOAK_GC_GRACE: Duration = Duration::from_secs(15);
 
 fn rwx() -> VolumeCapability {
     VolumeCapability {
@@ -47,7 +51,13 @@ fn name(i: usize) -> String {
 
 impl Nodes {
     async fn start(n: usize) -> Self {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// [`Nodes::start`], with the cluster's node settings changed first.
+    async fn start_with(n: usize, configure: impl FnOnce(&mut Cluster)) -> Self {
         let mut c = Cluster::start();
+        configure(&mut c);
         let net = Net::new(n);
         let ctl = ControllerClient::new(c.controller(0).await);
         let mut nodes = Self {
@@ -414,18 +424,27 @@ struct Written {
 
 /// Watch `file` (another node's log, through this node's mount) until
 /// `stop`: when each line first became readable here, and the reads that
-/// failed (other than "not there yet").
+/// failed (other than "not there yet"). Only the bytes past those already
+/// seen are read (the log only grows), so watching costs the nodes little.
 fn watch_lines(file: PathBuf, stop: Arc<AtomicBool>) -> (Vec<Instant>, Vec<String>) {
     let mut seen = Vec::new();
     let mut errors = Vec::new();
+    let mut offset = 0u64;
+    let mut tail = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        match fs::read(&file) {
-            Ok(bytes) => {
-                let lines = bytes.iter().filter(|b| **b == b'\n').count();
+        let read = fs::File::open(&file).and_then(|mut f| {
+            f.seek(SeekFrom::Start(offset))?;
+            tail.clear();
+            f.read_to_end(&mut tail)
+        });
+        match read {
+            Ok(_) => {
+                // Whole lines only: a line is seen once its newline is.
+                let whole = tail.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+                let lines = tail[..whole].iter().filter(|b| **b == b'\n').count();
+                offset += whole as u64;
                 let now = Instant::now();
-                while seen.len() < lines {
-                    seen.push(now);
-                }
+                seen.extend(std::iter::repeat_n(now, lines));
             }
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 errors.push(format!("reading {}: {e}", file.display()));
@@ -537,13 +556,21 @@ fn dir_bytes(dir: &Path) -> u64 {
 /// copy of its log in order with no gap, no conflict copy of a file only
 /// one node wrote, and no new version while nobody writes.
 /// `JAX_SOAK_SECS` sets how long the writers run (default 20).
+/// After it, the state dirs are measured again after a GC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_writers_converge_and_keep_every_acknowledged_line() {
     let secs: u64 = std::env::var("JAX_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let mut n = Nodes::start(3).await;
+    // GC every 5 s (the default is 10 minutes: a pass costs ~100 ms of
+    // CPU here), blobs past a 15 s grace (3x the longest a change waits
+    // for its version).
+    let mut n = Nodes::start_with(3, |c| {
+        c.gc_interval = "5";
+        c.gc_grace = "15"; // SOAK_GC_GRACE
+    })
+    .await;
     let id = n.create("soak", None).await;
     let mut dirs = Vec::new();
     for i in 0..3 {
@@ -714,6 +741,16 @@ async fn three_writers_converge_and_keep_every_acknowledged_line() {
             );
         }
         let middle = |v: Vec<u64>| v.get(v.len() / 2).copied().unwrap_or(0);
+        // (The parts with JAX_TEST_LOG=info,jax_csi::node::gc=debug,jax_csi::bucket=debug.)
+        let passes = logged(&log, GC_PASS, "ms");
+        println!(
+            "node {i}: {} GC passes, p50 {} ms (prune {} ms; live set {} ms, sweep {} ms)",
+            passes.len(),
+            middle(passes.clone()),
+            middle(logged(&log, "retention and blob collection", "prune_ms")),
+            middle(logged(&log, "blob garbage collection", "live_ms")),
+            middle(logged(&log, "blob garbage collection", "sweep_ms")),
+        );
         println!(
             "node {i}: {merges} merges ({:.1}/s), {} pulls, pull p50 {} ms, p99 {} ms (chain p50 {} ms, \
              {} versions, {} bytes), apply p50 {median} ms",
@@ -729,10 +766,30 @@ async fn three_writers_converge_and_keep_every_acknowledged_line() {
     let state: Vec<u64> = (0..3)
         .map(|i| dir_bytes(&n.c.node_state(&name(i))))
         .collect();
+    // After a GC pass that began once every blob of the run was past the
+    // grace: what the node keeps is the retained history (`count=100`).
+    tokio::time::sleep_until((stopped + SOAK_GC_GRACE).into()).await;
+    let passes =
+        |n: &Nodes| -> Vec<usize> { (0..3).map(|i| n.log(i).matches(GC_PASS).count()).collect() };
+    let before = passes(&n);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The first pass that ends may have begun before; the second has not.
+    while passes(&n)
+        .iter()
+        .zip(&before)
+        .any(|(now, was)| now < &(was + 2))
+    {
+        assert!(Instant::now() < deadline, "no GC pass within 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let collected: Vec<u64> = (0..3)
+        .map(|i| dir_bytes(&n.c.node_state(&name(i))))
+        .collect();
     println!(
         "three writers, {secs} s: acknowledged lines {:?}; a line seen on the next node after p50 {:?}, \
          p99 {:?} (cuts: {cutting}); one tree {converged:?} after the writers stopped; \
-         conflict copies of the shared file {shared_copies}; state dirs {state:?} bytes",
+         conflict copies of the shared file {shared_copies}; state dirs {state:?} bytes, \
+         {collected:?} after a GC",
         written.iter().map(|w| w.acked.map_or(0, |a| a + 1)).collect::<Vec<_>>(),
         pct(50),
         pct(99),

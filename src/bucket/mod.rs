@@ -591,15 +591,28 @@ impl StateDir {
         buckets: &[&Bucket],
         grace: std::time::Duration,
     ) -> Result<crate::store::GcReport> {
+        let started = std::time::Instant::now();
         let mut live = HashSet::new();
+        let mut index_ms = 0;
         for b in buckets {
             // Each bucket's own: what its blob index becomes.
             let mut mine = HashSet::new();
             b.collect_live(&mut mine)?;
+            let indexing = std::time::Instant::now();
             b.replace_blob_index(mine.clone())?;
+            index_ms += indexing.elapsed().as_millis() as u64;
             live.extend(mine);
         }
-        Ok(self.store.gc(&live, grace)?)
+        let live_ms = started.elapsed().as_millis() as u64;
+        let report = self.store.gc(&live, grace)?;
+        tracing::debug!(
+            live_ms,
+            index_ms,
+            sweep_ms = started.elapsed().as_millis() as u64 - live_ms,
+            live = live.len(),
+            "blob garbage collection"
+        );
+        Ok(report)
     }
 
     /// Remove bucket `id` from this node: its HEAD, key and lists. Its

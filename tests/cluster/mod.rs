@@ -25,6 +25,8 @@ pub struct Cluster {
     pub keepers: Vec<Child>,
     /// `--gc-grace-secs` of the nodes started from now on.
     pub gc_grace: &'static str,
+    /// `--gc-interval-secs` of the nodes started from now on.
+    pub gc_interval: &'static str,
 }
 
 impl Cluster {
@@ -41,6 +43,7 @@ impl Cluster {
             nodes: vec![],
             keepers: vec![],
             gc_grace: "300",
+            gc_interval: "1",
         }
     }
 
@@ -136,7 +139,7 @@ impl Cluster {
                 "--db-timeout-ms",
                 "2000",
                 "--gc-interval-secs",
-                "1",
+                self.gc_interval,
                 "--gc-grace-secs",
                 self.gc_grace,
             ])
