@@ -428,6 +428,10 @@ async fn a_peer_far_behind_merges_against_the_shared_version() {
     let (a, b) = (node(&kek).await, node(&kek).await);
     register(&[&a, &b]);
     let (id, _) = shared(&a, &b, &kek).await;
+    // Neither hears of the other until b pulls: an anti-entropy pass of a
+    // merging b's version on disk would race the writes below for HEAD.
+    a.engine.set_peers(id, vec![]);
+    b.engine.set_peers(id, vec![]);
     let bb = b.state.open_bucket(&id, &kek).unwrap();
     {
         let mut m = bb.mount().unwrap();
@@ -448,6 +452,7 @@ async fn a_peer_far_behind_merges_against_the_shared_version() {
         }
         last.unwrap()
     };
+    b.engine.set_peers(id, vec![peer(&a)]);
     b.engine.pull(id, head).await.unwrap();
     let mut m = bb.mount().unwrap();
     let names: Vec<String> = path::walk(&mut m)
@@ -834,6 +839,9 @@ async fn a_history_answer_stops_at_the_askers_head_and_at_its_bucket() {
     let (a, b) = (node(&kek).await, node(&kek).await);
     register(&[&a, &b]);
     let (x, _) = shared(&a, &b, &kek).await;
+    // b must not pull while a writes (its head is what the answer stops at).
+    a.engine.set_peers(x, vec![]);
+    b.engine.set_peers(x, vec![]);
     let xa = a.state.open_bucket(&x, &kek).unwrap();
     let xb = b.state.open_bucket(&x, &kek).unwrap();
     let held = xb.head().unwrap();
