@@ -549,6 +549,14 @@ async fn fetch_chain(
     // cutting history at a peer that is only unreachable for a moment
     // would leave a hole every later merge falls into.
     let pruned = b.pruned_versions().map_err(err)?;
+    // A held manifest is the end of the walk only when this node's own
+    // history reaches it (its ancestry is then held or pruned here). One
+    // held from a pull that failed part way may lack its parents: the walk
+    // goes on through it, fetching only what is not held.
+    // (A bucket being fetched for the first time has no history yet.)
+    let history = b.blob_index().ok();
+    let in_history = |p: &Hash| history.as_ref().is_none_or(|h| h.contains(p));
+    let mut seen = HashSet::from([head]);
     let mut want = vec![head];
     let mut cut = Vec::new();
     let mut versions = Vec::new();
@@ -565,10 +573,9 @@ async fn fetch_chain(
             // the head is applied.
             let m = b.manifest(h).map_err(err)?;
             versions.push(*h);
-            next.extend(
-                m.parents()
-                    .filter(|p| !store.contains(p) && !pruned.contains(p)),
-            );
+            // Pruned here, or held and in this node's history: done.
+            let done = |p: &Hash| pruned.contains(p) || (store.contains(p) && in_history(p));
+            next.extend(m.parents().filter(|p| !done(p) && seen.insert(*p)));
         }
         if !got.missing.is_empty() {
             tracing::info!(%bucket, versions = got.missing.len(), "history ends at versions no peer holds any more");

@@ -867,3 +867,41 @@ async fn a_history_answer_stops_at_the_askers_head_and_at_its_bucket() {
         "another bucket's manifests came under X's proof"
     );
 }
+
+/// A pull that failed part way leaves manifests whose parents this node
+/// never got. A later pull must walk on through them (they are not in this
+/// node's history) instead of stopping at the first one held: it stopped,
+/// and every merge after it failed with a broken chain, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_left_half_fetched_is_completed_by_the_next_pull() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b) = (node(&kek).await, node(&kek).await);
+    register(&[&a, &b]);
+    let (id, _) = shared(&a, &b, &kek).await;
+    a.engine.set_peers(id, vec![]);
+    b.engine.set_peers(id, vec![]);
+    let ab = a.state.open_bucket(&id, &kek).unwrap();
+    let bb = b.state.open_bucket(&id, &kek).unwrap();
+    let versions: Vec<Hash> = {
+        let mut m = ab.mount().unwrap();
+        (0..6u32)
+            .map(|i| {
+                path::write_file(&mut m, "/n", &i.to_le_bytes()).unwrap();
+                m.save().unwrap().hash
+            })
+            .collect()
+    };
+    // What the failed pull left: two manifests, not the ones below them.
+    for v in &versions[3..5] {
+        let bytes = a.state.store().get(v).unwrap();
+        assert_eq!(b.state.store().put(&bytes).unwrap(), *v);
+    }
+    b.state.store().sync().unwrap();
+    b.engine.set_peers(id, vec![peer(&a)]);
+    b.engine.pull(id, versions[5]).await.unwrap();
+    assert!(bb.has_in_history(&versions[5]).unwrap());
+    let mut m = bb.mount().unwrap();
+    assert_eq!(path::read_file(&mut m, "/n").unwrap(), 5u32.to_le_bytes());
+    // The whole chain walks (GC's walk failed on it too).
+    assert!(bb.has_in_history(&versions[0]).unwrap());
+}
