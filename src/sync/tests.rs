@@ -99,6 +99,29 @@ async fn shared(a: &Node, b: &Node, kek: &Kek) -> (BucketId, SecretKey) {
     (id, secret)
 }
 
+/// Two registered nodes sharing a bucket that neither will sync until a
+/// test lists the other again: one node's plain Mount can then write
+/// without an anti-entropy merge racing it for HEAD.
+async fn quiet_pair(kek: &Arc<Kek>) -> (Node, Node, BucketId) {
+    let (a, b) = (node(kek).await, node(kek).await);
+    register(&[&a, &b]);
+    let (id, _) = shared(&a, &b, kek).await;
+    a.engine.set_peers(id, vec![]);
+    b.engine.set_peers(id, vec![]);
+    (a, b, id)
+}
+
+/// Write `/n` `count` times through one Mount of `bucket`, a version each.
+fn write_versions(bucket: &Bucket, count: u32) -> Vec<Hash> {
+    let mut m = bucket.mount().unwrap();
+    (0..count)
+        .map(|i| {
+            path::write_file(&mut m, "/n", &i.to_le_bytes()).unwrap();
+            m.save().unwrap().hash
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetched_bucket_reads_the_same_and_writes_flow_back() {
     let kek = Arc::new(Kek::generate().unwrap());
@@ -425,13 +448,8 @@ async fn raw_quic_throughput_on_loopback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_far_behind_merges_against_the_shared_version() {
     let kek = Arc::new(Kek::generate().unwrap());
-    let (a, b) = (node(&kek).await, node(&kek).await);
-    register(&[&a, &b]);
-    let (id, _) = shared(&a, &b, &kek).await;
-    // Neither hears of the other until b pulls: an anti-entropy pass of a
-    // merging b's version on disk would race the writes below for HEAD.
-    a.engine.set_peers(id, vec![]);
-    b.engine.set_peers(id, vec![]);
+    // Neither hears of the other until b pulls.
+    let (a, b, id) = quiet_pair(&kek).await;
     let bb = b.state.open_bucket(&id, &kek).unwrap();
     {
         let mut m = bb.mount().unwrap();
@@ -836,24 +854,12 @@ impl ScriptedPeer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_history_answer_stops_at_the_askers_head_and_at_its_bucket() {
     let kek = Arc::new(Kek::generate().unwrap());
-    let (a, b) = (node(&kek).await, node(&kek).await);
-    register(&[&a, &b]);
-    let (x, _) = shared(&a, &b, &kek).await;
     // b must not pull while a writes (its head is what the answer stops at).
-    a.engine.set_peers(x, vec![]);
-    b.engine.set_peers(x, vec![]);
+    let (a, b, x) = quiet_pair(&kek).await;
     let xa = a.state.open_bucket(&x, &kek).unwrap();
     let xb = b.state.open_bucket(&x, &kek).unwrap();
     let held = xb.head().unwrap();
-    let written: HashSet<Hash> = {
-        let mut m = xa.mount().unwrap();
-        (0..30u32)
-            .map(|i| {
-                path::write_file(&mut m, "/n", &i.to_le_bytes()).unwrap();
-                m.save().unwrap().hash
-            })
-            .collect()
-    };
+    let written: HashSet<Hash> = write_versions(&xa, 30).into_iter().collect();
     let head = xa.head().unwrap();
     let got = client::ask_history(&b.engine.inner, &xb, head, Some(a.engine.node_id())).await;
     let got: HashSet<Hash> = got.into_keys().collect();
@@ -875,22 +881,10 @@ async fn a_history_answer_stops_at_the_askers_head_and_at_its_bucket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_left_half_fetched_is_completed_by_the_next_pull() {
     let kek = Arc::new(Kek::generate().unwrap());
-    let (a, b) = (node(&kek).await, node(&kek).await);
-    register(&[&a, &b]);
-    let (id, _) = shared(&a, &b, &kek).await;
-    a.engine.set_peers(id, vec![]);
-    b.engine.set_peers(id, vec![]);
+    let (a, b, id) = quiet_pair(&kek).await;
     let ab = a.state.open_bucket(&id, &kek).unwrap();
     let bb = b.state.open_bucket(&id, &kek).unwrap();
-    let versions: Vec<Hash> = {
-        let mut m = ab.mount().unwrap();
-        (0..6u32)
-            .map(|i| {
-                path::write_file(&mut m, "/n", &i.to_le_bytes()).unwrap();
-                m.save().unwrap().hash
-            })
-            .collect()
-    };
+    let versions = write_versions(&ab, 6);
     // What the failed pull left: two manifests, not the ones below them.
     for v in &versions[3..5] {
         let bytes = a.state.store().get(v).unwrap();
