@@ -162,10 +162,6 @@ fn collect(
     let prune_ms = started.elapsed().as_millis() as u64;
     let refs: Vec<&Bucket> = buckets.iter().collect();
     let report = state.gc_older_than(&refs, grace)?;
-    tracing::debug!(
-        prune_ms,
-        kept = report.kept,
-        "retention and blob collection"
-    );
+    tracing::debug!(prune_ms, "retention and blob collection");
     Ok((pruned, report))
 }

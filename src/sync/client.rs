@@ -151,6 +151,30 @@ pub async fn announce_all(inner: &Arc<Inner>, bucket: BucketId, head: Hash) {
     futures::future::join_all(sends).await;
 }
 
+/// Send `req` (a request answered with blob frames) to `peer` and wait
+/// for its `Noted`: the frames follow on the returned stream.
+async fn blob_answer(inner: &Inner, peer: &NodeId, req: &Request) -> Result<RecvStream, SyncError> {
+    let mut recv = request(inner, peer, req).await?;
+    match read_msg::<Response>(&mut recv)
+        .await
+        .map_err(|e| peer_err(peer, e))?
+    {
+        Some(Response::Noted) => Ok(recv),
+        Some(other) => Err(refused(peer, other)),
+        None => Err(peer_err(peer, "no answer")),
+    }
+}
+
+/// Count one blob of `bytes` fetched from a peer and stored here.
+fn count_fetched(inner: &Inner, bytes: usize) {
+    crate::metrics::blob_fetched(bytes);
+    inner.stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
+    inner
+        .stats
+        .bytes_fetched
+        .fetch_add(bytes as u64, Ordering::Relaxed);
+}
+
 /// Ask `peer` for blobs of `bucket`; store each one that verifies. Returns
 /// the hashes it did not send (missing there).
 async fn get_blobs_from(
@@ -161,24 +185,12 @@ async fn get_blobs_from(
     hashes: &[Hash],
 ) -> Result<Vec<Hash>, SyncError> {
     let fut = async {
-        let mut recv = request(
-            inner,
-            peer,
-            &Request::GetBlobs {
-                bucket,
-                proof,
-                hashes: hashes.to_vec(),
-            },
-        )
-        .await?;
-        match read_msg::<Response>(&mut recv)
-            .await
-            .map_err(|e| peer_err(peer, e))?
-        {
-            Some(Response::Noted) => {}
-            Some(other) => return Err(refused(peer, other)),
-            None => return Err(peer_err(peer, "no answer")),
-        }
+        let req = Request::GetBlobs {
+            bucket,
+            proof,
+            hashes: hashes.to_vec(),
+        };
+        let mut recv = blob_answer(inner, peer, &req).await?;
         let wanted: HashSet<Hash> = hashes.iter().copied().collect();
         let mut missing = Vec::new();
         let mut got = 0;
@@ -217,12 +229,7 @@ async fn get_blobs_from(
                     .map_err(|e| peer_err(peer, e))?;
                     match stored {
                         Ok(n) => {
-                            crate::metrics::blob_fetched(n);
-                            inner.stats.blobs_fetched.fetch_add(1, Ordering::Relaxed);
-                            inner
-                                .stats
-                                .bytes_fetched
-                                .fetch_add(n as u64, Ordering::Relaxed);
+                            count_fetched(inner, n);
                             got += 1;
                         }
                         Err(why) => {
@@ -430,15 +437,7 @@ pub(super) async fn ask_history(
             head,
             have,
         };
-        let mut recv = request(inner, &peer, &req).await?;
-        match read_msg::<Response>(&mut recv)
-            .await
-            .map_err(|e| peer_err(&peer, e))?
-        {
-            Some(Response::Noted) => {}
-            Some(other) => return Err(refused(&peer, other)),
-            None => return Err(peer_err(&peer, "no answer")),
-        }
+        let mut recv = blob_answer(inner, &peer, &req).await?;
         let mut got = HashMap::new();
         let mut total = 0;
         while let Some(frame) = read_msg::<BlobFrame>(&mut recv)
@@ -499,31 +498,25 @@ async fn store_prefetched(
         return Ok(rest);
     }
     let store = inner.state.store().clone();
-    let bytes = tokio::task::spawn_blocking(move || {
-        let mut bytes = 0;
+    let stored = tokio::task::spawn_blocking(move || {
+        let mut stored = Vec::new();
         for (h, p) in &taken {
             if !store.contains(h) {
                 store
                     .put_with_outboard(*h, &p.bytes, &p.outboard)
                     .map_err(|e| e.to_string())?;
-                bytes += p.bytes.len() as u64;
+                stored.push(p.bytes.len());
             }
         }
         store.sync().map_err(|e| e.to_string())?;
-        Ok::<_, String>((taken.len() as u64, bytes))
+        Ok::<_, String>(stored)
     })
     .await
     .map_err(|e| SyncError::Worker(e.to_string()))?
     .map_err(|e| SyncError::Worker(format!("storing fetched manifests: {e}")))?;
-    inner
-        .stats
-        .blobs_fetched
-        .fetch_add(bytes.0, Ordering::Relaxed);
-    inner
-        .stats
-        .bytes_fetched
-        .fetch_add(bytes.1, Ordering::Relaxed);
-    crate::metrics::blob_fetched(bytes.1 as usize);
+    for n in stored {
+        count_fetched(inner, n);
+    }
     Ok(rest)
 }
 
@@ -581,8 +574,6 @@ async fn fetch_chain(
             tracing::info!(%bucket, versions = got.missing.len(), "history ends at versions no peer holds any more");
             cut.extend(got.missing);
         }
-        next.sort();
-        next.dedup();
         depth += 1;
         if depth >= max_chain {
             cut.extend(next);
