@@ -124,6 +124,7 @@ fn forged_signature_is_rejected() {
     let forged = Manifest {
         body,
         signature: good.signature,
+        format: good.format,
     };
     let h = f.state.store().put(&forged.to_bytes().unwrap()).unwrap();
     let err = f.bucket.manifest(&h).unwrap_err();

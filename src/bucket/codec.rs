@@ -9,8 +9,13 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::error::{BucketError, Result};
 
-/// Format version of manifests (unchanged since the first release).
-pub const MANIFEST_VERSION: u8 = 1;
+/// Format version of manifests written now: the sealed root key is bound
+/// to the rest of the body (see `manifest::root_key_binding`), so only a
+/// holder of the bucket secret can make a manifest whose tree opens.
+pub const MANIFEST_VERSION: u8 = 2;
+/// Manifests from before the binding: still read (history written before
+/// the upgrade), never taken as a head from a peer.
+pub const MANIFEST_UNBOUND: u8 = 1;
 /// Format version of directory nodes written now: entries carry a stable
 /// inode id (version 1 had none) and a change clock (version 2 had none);
 /// both older versions still decode, see `tree::legacy`.
@@ -60,15 +65,4 @@ pub fn decode_body<T: Serialize + DeserializeOwned>(body: &[u8], what: &'static 
         return Err(bad("non-canonical encoding".into()));
     }
     Ok(value)
-}
-
-/// Decode an object of the one format `version` of `tag`.
-pub fn decode<T: Serialize + DeserializeOwned>(
-    version: u8,
-    tag: Tag,
-    bytes: &[u8],
-    what: &'static str,
-) -> Result<T> {
-    let (_, body) = version_of(&[version], tag, bytes, what)?;
-    decode_body(body, what)
 }

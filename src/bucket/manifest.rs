@@ -9,13 +9,21 @@
 //! Blob layout: `JAXM` magic, then the canonical encoding of [`ManifestBody`]
 //! (see [`super::codec`]), then a 64-byte Ed25519 signature over a domain
 //! separator and those body bytes.
+//!
+//! The signature says which node wrote a manifest, not that it may: any
+//! identity can sign. What proves a manifest was written by a holder of the
+//! bucket secret is its root key, sealed with that secret and bound (as
+//! associated data) to the rest of the body in format 2: copied into another
+//! body it no longer opens. Format 1 manifests (before the binding) are
+//! read as history but never taken from a peer as a head; the content
+//! address of each parent then vouches for everything below a bound head.
 
 use serde::{Deserialize, Serialize};
 
 use super::codec;
 use super::error::{BucketError, Result};
 use super::tree::Timestamp;
-use crate::crypto::{Identity, KeyShare, NodeId, SIGNATURE_LEN};
+use crate::crypto::{Identity, KeyShare, NodeId, SecretKey, SIGNATURE_LEN};
 use crate::store::{BlobStore, Hash};
 
 pub const MAGIC: &[u8; 4] = b"JAXM";
@@ -90,11 +98,38 @@ pub struct ManifestBody {
     pub created_at: Timestamp,
 }
 
+impl ManifestBody {
+    /// Seal `root_key` into this body, bound to everything else in it: call
+    /// it last, once every other field has its final value.
+    pub fn seal_root_key(&mut self, secret: &SecretKey, root_key: &[u8; 32]) -> Result<()> {
+        let binding = root_key_binding(self)?;
+        self.root_key = secret.seal_with_aad(root_key, &binding)?;
+        Ok(())
+    }
+}
+
+/// What a format 2 root key is bound to: a hash of the body with the
+/// sealed root key left out (it cannot cover itself).
+pub fn root_key_binding(body: &ManifestBody) -> Result<[u8; 32]> {
+    let unsealed = ManifestBody {
+        root_key: Vec::new(),
+        ..body.clone()
+    };
+    let bytes = codec::encode(codec::MANIFEST_VERSION, codec::Tag::Manifest, &unsealed)?;
+    Ok(blake3::derive_key(
+        "jax-csi manifest root key binding v2",
+        &bytes,
+    ))
+}
+
 /// A manifest whose signature has been checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
     pub body: ManifestBody,
     pub signature: [u8; SIGNATURE_LEN],
+    /// Its format version: [`codec::MANIFEST_VERSION`] for what is signed
+    /// now, [`codec::MANIFEST_UNBOUND`] for history from before the binding.
+    pub format: u8,
 }
 
 pub fn signing_input(body_bytes: &[u8]) -> Vec<u8> {
@@ -107,13 +142,38 @@ pub fn signing_input(body_bytes: &[u8]) -> Vec<u8> {
 impl Manifest {
     /// Sign `body` with `identity`, which must hold one of its shares.
     pub fn sign(body: ManifestBody, identity: &Identity) -> Result<Self> {
-        let bytes = codec::encode(codec::MANIFEST_VERSION, codec::Tag::Manifest, &body)?;
+        let format = codec::MANIFEST_VERSION;
+        let bytes = codec::encode(format, codec::Tag::Manifest, &body)?;
         let signature = identity.sign(&signing_input(&bytes));
-        Ok(Self { body, signature })
+        Ok(Self {
+            body,
+            signature,
+            format,
+        })
+    }
+
+    /// Sign `body` as format 1, as releases before the binding did (tests
+    /// of upgrades and of forgeries made from old history).
+    #[cfg(test)]
+    pub fn sign_unbound(body: ManifestBody, identity: &Identity) -> Result<Self> {
+        let format = codec::MANIFEST_UNBOUND;
+        let bytes = codec::encode(format, codec::Tag::Manifest, &body)?;
+        let signature = identity.sign(&signing_input(&bytes));
+        Ok(Self {
+            body,
+            signature,
+            format,
+        })
+    }
+
+    /// Whether the root key is bound to this body (format 2 on): only then
+    /// does opening it prove the manifest came from a holder of the secret.
+    pub fn is_bound(&self) -> bool {
+        self.format >= codec::MANIFEST_VERSION
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let body = codec::encode(codec::MANIFEST_VERSION, codec::Tag::Manifest, &self.body)?;
+        let body = codec::encode(self.format, codec::Tag::Manifest, &self.body)?;
         let mut out = Vec::with_capacity(4 + body.len() + SIGNATURE_LEN);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&body);
@@ -133,12 +193,13 @@ impl Manifest {
         }
         let (body_bytes, sig) = bytes[4..].split_at(bytes.len() - 4 - SIGNATURE_LEN);
         let signature: [u8; SIGNATURE_LEN] = sig.try_into().expect("split at signature length");
-        let body: ManifestBody = codec::decode(
-            codec::MANIFEST_VERSION,
+        let (format, encoded) = codec::version_of(
+            &[codec::MANIFEST_UNBOUND, codec::MANIFEST_VERSION],
             codec::Tag::Manifest,
             body_bytes,
             "manifest",
         )?;
+        let body: ManifestBody = codec::decode_body(encoded, "manifest")?;
         if !valid_chunk_size(body.chunk_size) {
             return Err(bad(&format!(
                 "chunk size {} is not a power of two from 4 KiB to 16 MiB",
@@ -171,7 +232,11 @@ impl Manifest {
                 reason: format!("author {} holds no key share of the bucket", body.author),
             });
         }
-        Ok(Self { body, signature })
+        Ok(Self {
+            body,
+            signature,
+            format,
+        })
     }
 
     /// Store this manifest; returns its address.

@@ -247,10 +247,13 @@ impl BucketCore {
     }
 
     pub fn open_root_key(&self, m: &Manifest) -> Result<KeyBytes> {
-        let bytes = self
-            .secret
-            .open(&m.body.root_key)
-            .map_err(|_| BucketError::WrongKey(self.id.to_hex()))?;
+        let opened = if m.is_bound() {
+            let binding = manifest::root_key_binding(&m.body)?;
+            self.secret.open_with_aad(&m.body.root_key, &binding)
+        } else {
+            self.secret.open(&m.body.root_key)
+        };
+        let bytes = opened.map_err(|_| BucketError::WrongKey(self.id.to_hex()))?;
         let arr: [u8; 32] = bytes
             .as_slice()
             .try_into()
@@ -639,13 +642,13 @@ impl BucketCore {
         used: u64,
         entries: u64,
     ) -> Result<Hash> {
-        let body = ManifestBody {
+        let mut body = ManifestBody {
             bucket_id: self.id,
             height: 0,
             previous: None,
             merged: None,
             root,
-            root_key: self.secret.seal(&root_key.0)?,
+            root_key: Vec::new(),
             chunk_size,
             quota,
             used_bytes: used,
@@ -654,6 +657,7 @@ impl BucketCore {
             author: self.identity.node_id(),
             created_at: Timestamp::now(),
         };
+        body.seal_root_key(&self.secret, &root_key.0)?;
         let m = Manifest::sign(body, &self.identity)?;
         let hash = m.store(&self.store)?;
         self.write_head(&hash)?;
@@ -691,7 +695,9 @@ impl Bucket {
 
     /// A read-write mount of the head.
     pub fn mount(&self) -> Result<Mount> {
-        Mount::open(self.core.clone(), self.head()?, false)
+        let mut m = Mount::open(self.core.clone(), self.head()?, false)?;
+        m.rebind_unbound_head();
+        Ok(m)
     }
 
     /// A read-only mount of any version.

@@ -148,6 +148,24 @@ impl Bucket {
         Ok(self.core.ancestry(self.head()?, *incoming)?.base)
     }
 
+    /// Check that `version`, offered by a peer as a head, was written by a
+    /// holder of this bucket's secret: its root key is bound to its body
+    /// (format 2) and opens with the secret. A signature alone proves
+    /// nothing (any identity signs), and a format 1 root key copied from
+    /// old history into a self-made body would open. Everything below a
+    /// head that passes is vouched for by the content addresses of its
+    /// parents, so this one check covers the chain a pull brings.
+    pub fn check_written_by_member(&self, version: &Hash) -> Result<()> {
+        let m = self.core.load_manifest(version)?;
+        check_bound(&self.core, version, &m)
+    }
+
+    /// The root key of `m`, opened (tests that forge manifests from it).
+    #[cfg(test)]
+    pub fn root_key_for_tests(&self, m: &Manifest) -> [u8; 32] {
+        self.core.open_root_key(m).unwrap().0
+    }
+
     /// Whether `version` is the head or one of its ancestors here.
     pub fn has_in_history(&self, version: &Hash) -> Result<bool> {
         self.core.is_ancestor(version, self.head()?)
@@ -178,8 +196,9 @@ impl StateDir {
     ) -> Result<Bucket> {
         let core = self.new_core(id, secret, kek)?;
         let m = core.load_manifest(head)?;
-        // The version must open with this secret before it becomes the head.
-        core.open_root_key(&m)?;
+        // The version must come from a holder of this secret before it
+        // becomes the head.
+        check_bound(&core, head, &m)?;
         core.write_head(head)?;
         let b = Bucket {
             core: std::sync::Arc::new(core),
@@ -187,5 +206,26 @@ impl StateDir {
         let parents: Vec<Hash> = m.parents().filter(|p| !self.store.contains(p)).collect();
         b.note_cut(&parents)?;
         Ok(b)
+    }
+}
+
+/// See [`Bucket::check_written_by_member`].
+fn check_bound(core: &super::BucketCore, version: &Hash, m: &Manifest) -> Result<()> {
+    let refused = |reason: &str| BucketError::BadSignature {
+        manifest: *version,
+        reason: reason.to_string(),
+    };
+    if !m.is_bound() {
+        return Err(refused(
+            "an unbound manifest (format 1, written before this release) is not taken from a peer as a head; \
+             a node of this release that holds the volume writes a bound version on its next stage",
+        ));
+    }
+    match core.open_root_key(m) {
+        Ok(_) => Ok(()),
+        Err(BucketError::WrongKey(_)) => Err(refused(
+            "its root key does not open with the bucket secret for this body: not written by a member",
+        )),
+        Err(e) => Err(e),
     }
 }

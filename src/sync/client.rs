@@ -389,7 +389,16 @@ async fn fetch_version(
     with_chunks: bool,
     secret: Option<&SecretKey>,
 ) -> Result<Chain, SyncError> {
-    let chain = fetch_chain(inner, b, head, max_chain, HashMap::new(), secret).await?;
+    let chain = fetch_chain(
+        inner,
+        b,
+        head,
+        HeadFrom::Record,
+        max_chain,
+        HashMap::new(),
+        secret,
+    )
+    .await?;
     fetch_tree(inner, b, head, with_chunks, secret).await?;
     Ok(chain)
 }
@@ -527,6 +536,7 @@ async fn fetch_chain(
     inner: &Inner,
     b: &Bucket,
     head: Hash,
+    head_from: HeadFrom,
     max_chain: usize,
     mut prefetched: HashMap<Hash, Prefetched>,
     secret: Option<&SecretKey>,
@@ -534,6 +544,7 @@ async fn fetch_chain(
     let bucket = b.id();
     let store = inner.state.store().clone();
     let err = |source| SyncError::Bucket { bucket, source };
+    let head_was_held = store.contains(&head);
     // The manifest chain, down to versions this node holds (or pruned on
     // purpose): never cut short, so a merge always finds the versions both
     // sides share. Where every peer answers that it no longer holds a
@@ -560,6 +571,12 @@ async fn fetch_chain(
         if (depth == 0 && !got.missing.is_empty()) || got.unreachable {
             return Err(SyncError::NoPeer(bucket));
         }
+        if depth == 0 && head_from == HeadFrom::Peer {
+            let ours = head_was_held && history.as_ref().is_some_and(|h| h.contains(&head));
+            if !ours {
+                check_head(b, &store, head, head_was_held)?;
+            }
+        }
         let mut next = Vec::new();
         for h in want.iter().filter(|h| !got.missing.contains(h)) {
             // Signature, bucket and author are checked here; the links when
@@ -582,6 +599,44 @@ async fn fetch_chain(
         want = next;
     }
     Ok(Chain { cut, versions })
+}
+
+/// Where the head a chain walk starts from comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HeadFrom {
+    /// A peer offered or announced it: it must prove a member wrote it.
+    Peer,
+    /// Postgres recorded it (a snapshot's or a clone source's version):
+    /// taken as it is, history from before bound manifests included.
+    Record,
+}
+
+/// Before anything below a head from a peer (not in this node's history)
+/// is fetched, it must prove a holder of the secret wrote it (see
+/// `Bucket::check_written_by_member`); the addresses of its parents then
+/// vouch for the rest of the chain and the tree. A head that fails is
+/// removed again unless this node held it before, so a peer's forgeries
+/// cost this node one blob at a time, not a chain.
+fn check_head(
+    b: &Bucket,
+    store: &crate::store::BlobStore,
+    head: Hash,
+    was_held: bool,
+) -> Result<(), SyncError> {
+    let bucket = b.id();
+    let checked = b
+        .manifest(&head)
+        .and_then(|_| b.check_written_by_member(&head));
+    if let Err(source) = checked {
+        if !was_held {
+            if let Err(e) = store.remove(&head) {
+                tracing::warn!(%bucket, %head, error = %e, "could not remove a head that did not verify");
+            }
+        }
+        tracing::warn!(%bucket, %head, error = %source, "a peer's head does not verify; nothing below it is fetched");
+        return Err(SyncError::Bucket { bucket, source });
+    }
+    Ok(())
 }
 
 /// Fetch every directory node of version `version`'s tree not held here
@@ -657,7 +712,7 @@ pub async fn pull(
     let started = std::time::Instant::now();
     let fetched_before = inner.stats.bytes_fetched.load(Ordering::Relaxed);
     let history = ask_history(inner, &b, head, from).await;
-    let chain = fetch_chain(inner, &b, head, usize::MAX, history, None).await?;
+    let chain = fetch_chain(inner, &b, head, HeadFrom::Peer, usize::MAX, history, None).await?;
     let chain_ms = started.elapsed().as_millis() as u64;
     fetch_tree(inner, &b, head, true, None).await?;
     // Every link of what came is checked before anything is written for
@@ -714,49 +769,151 @@ pub async fn pull(
     }
 }
 
-/// Fetch a bucket new to this node (see `SyncEngine::fetch_bucket`): the
-/// first peer in the list (the control plane lists the freshest first) that
-/// answers makes this node a member, and its head comes over.
+/// How long a first stage waits for the other peers once one offered a
+/// head: long enough for a live peer on a busy node, short enough that a
+/// dead one does not hold a stage for the whole ask timeout.
+const OFFER_GRACE: Duration = Duration::from_secs(2);
+
+/// A head a peer offered when asked to enroll this node.
+struct Offer {
+    peer: Peer,
+    head: Hash,
+}
+
+/// Fetch a bucket new to this node (see `SyncEngine::fetch_bucket`).
+///
+/// Every peer is asked to enroll this node, not only the first to answer:
+/// that one may be behind (or replaying an old head) and taking its head
+/// alone would roll the volume back. Each offered head must prove it was
+/// written by a holder of the secret; the highest becomes this node's
+/// head and every other offered head it does not contain is merged in
+/// before this returns, so the result descends from all of them.
 pub async fn fetch_new_bucket(
     inner: &Arc<Inner>,
     bucket: BucketId,
     secret: SecretKey,
 ) -> Result<Hash, SyncError> {
-    let key = ProofKey::of(&secret);
     let handle = inner.state.bucket_with_secret(&bucket, secret.clone());
-    for p in inner.peers_of(&bucket) {
-        let proof = key.proof(&bucket, &inner.me.0, &p.node.0);
-        let head = match ask(inner, &p.node, &Request::Enroll { bucket, proof }).await {
-            Ok(Response::Enrolled { head }) => head,
-            Ok(other) => {
-                tracing::warn!(peer = %p.node, %bucket, answer = ?other, "peer did not enroll this node");
-                continue;
-            }
-            Err(e) => {
-                tracing::debug!(peer = %p.node, %bucket, error = %e, "peer unreachable");
-                continue;
-            }
+    let offers = collect_offers(inner, bucket, &secret).await;
+    let mut checked = Vec::new();
+    for offer in offers {
+        if checked
+            .iter()
+            .any(|(_, o): &(u64, Offer)| o.head == offer.head)
+        {
+            continue;
+        }
+        prefer_peer(inner, bucket, &offer.peer);
+        let verified = async {
+            let from = HeadFrom::Peer;
+            fetch_chain(
+                inner,
+                &handle,
+                offer.head,
+                from,
+                1,
+                HashMap::new(),
+                Some(&secret),
+            )
+            .await?;
+            handle
+                .manifest(&offer.head)
+                .map_err(|source| SyncError::Bucket { bucket, source })
         };
-        // Only this peer has the head that shares the bucket with us yet.
-        let others = inner.peers_of(&bucket);
-        let mut first = vec![p.clone()];
-        first.extend(others.iter().filter(|o| o.node != p.node).cloned());
-        inner.peers.lock().unwrap().insert(bucket, first);
-        match fetch_version(inner, &handle, head, 1, false, Some(&secret)).await {
-            Ok(_) => {
-                tracing::info!(%bucket, %head, peer = %p.node, "fetched a bucket new to this node");
-                inner
-                    .state
-                    .import_bucket(bucket, secret, &inner.kek, &head)
-                    .map_err(|source| SyncError::Bucket { bucket, source })?;
-                return Ok(head);
-            }
+        match verified.await {
+            Ok(m) => checked.push((m.body.height, offer)),
             Err(e) => {
-                tracing::warn!(peer = %p.node, %bucket, error = %e, "fetching the bucket's tree failed")
+                tracing::warn!(peer = %offer.peer.node, %bucket, head = %offer.head, error = %e, "a peer offered a head that does not verify; not taken")
             }
         }
     }
-    Err(SyncError::NoPeer(bucket))
+    // Highest first: the one most likely to contain the others.
+    checked.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut imported = None;
+    let mut rest = Vec::new();
+    for (_, offer) in checked {
+        if imported.is_some() {
+            rest.push(offer);
+            continue;
+        }
+        prefer_peer(inner, bucket, &offer.peer);
+        match fetch_tree(inner, &handle, offer.head, false, Some(&secret)).await {
+            Ok(()) => {
+                inner
+                    .state
+                    .import_bucket(bucket, secret.clone(), &inner.kek, &offer.head)
+                    .map_err(|source| SyncError::Bucket { bucket, source })?;
+                tracing::info!(%bucket, head = %offer.head, peer = %offer.peer.node, "fetched a bucket new to this node");
+                imported = Some(offer.head);
+            }
+            Err(e) => {
+                tracing::warn!(peer = %offer.peer.node, %bucket, error = %e, "fetching the bucket's tree failed")
+            }
+        }
+    }
+    let Some(first) = imported else {
+        return Err(SyncError::NoPeer(bucket));
+    };
+    for offer in rest {
+        if is_known_ancestor(inner, &bucket, &offer.head) {
+            continue;
+        }
+        // Not fatal: anti-entropy asks that peer again in a few seconds.
+        if let Err(e) = pull(inner, bucket, offer.head, Some(offer.peer.node)).await {
+            tracing::warn!(peer = %offer.peer.node, %bucket, head = %offer.head, error = %e, "could not merge in a head another peer offered; it comes with the next comparison of heads");
+        }
+    }
+    let b = inner.open(&bucket)?;
+    Ok(b.head().unwrap_or(first))
+}
+
+/// Ask every peer of `bucket` at once to enroll this node; the heads
+/// offered by those that answered within [`OFFER_GRACE`] of the first.
+async fn collect_offers(inner: &Arc<Inner>, bucket: BucketId, secret: &SecretKey) -> Vec<Offer> {
+    use futures::StreamExt;
+    let key = ProofKey::of(secret);
+    let mut asks: futures::stream::FuturesUnordered<_> = inner
+        .peers_of(&bucket)
+        .into_iter()
+        .map(|p| {
+            let proof = key.proof(&bucket, &inner.me.0, &p.node.0);
+            async move {
+                let answer = ask(inner, &p.node, &Request::Enroll { bucket, proof }).await;
+                (p, answer)
+            }
+        })
+        .collect();
+    let mut offers = Vec::new();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, asks.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            None => asks.next().await,
+        };
+        let Some((peer, answer)) = next else { break };
+        match answer {
+            Ok(Response::Enrolled { head }) => {
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + OFFER_GRACE);
+                offers.push(Offer { peer, head });
+            }
+            Ok(other) => {
+                tracing::warn!(peer = %peer.node, %bucket, answer = ?other, "peer did not enroll this node")
+            }
+            Err(e) => tracing::debug!(peer = %peer.node, %bucket, error = %e, "peer unreachable"),
+        }
+    }
+    offers
+}
+
+/// Ask `peer` first for `bucket`'s blobs: the head it offered is on it.
+fn prefer_peer(inner: &Inner, bucket: BucketId, peer: &Peer) {
+    let mut peers = inner.peers_of(&bucket);
+    peers.retain(|o| o.node != peer.node);
+    peers.insert(0, peer.clone());
+    inner.peers.lock().unwrap().insert(bucket, peers);
 }
 
 /// Fetch a version of a bucket this node does not hold (a clone's source).

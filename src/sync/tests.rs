@@ -263,6 +263,7 @@ async fn replayed_and_forged_announcements_change_nothing() {
     let forged = Manifest {
         body,
         signature: good.signature,
+        format: good.format,
     };
     let fh = b.state.store().put(&forged.to_bytes().unwrap()).unwrap();
     b.engine.announce(id, fh).await;
@@ -898,4 +899,131 @@ async fn a_chain_left_half_fetched_is_completed_by_the_next_pull() {
     assert_eq!(path::read_file(&mut m, "/n").unwrap(), 5u32.to_le_bytes());
     // The whole chain walks (GC's walk failed on it too).
     assert!(bb.has_in_history(&versions[0]).unwrap());
+}
+
+/// #26 finding 2: a peer that holds no secret of the bucket (here a
+/// scripted endpoint) serves a self-signed genesis made of a real version's
+/// tree and sealed root key, itself among the shares. Before, the pull
+/// took it (a parentless height-0 manifest links to nothing) and the merge
+/// against no base brought back a deleted file and made the forger a
+/// member. Now it is refused as not written by a member, bound or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_genesis_from_a_peer_without_the_secret_is_refused() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let a = node(&kek).await;
+    let (x, secret, _) = bucket_with_file(&a, &kek, b"kept");
+    let ab = a.state.open_bucket(&x, &kek).unwrap();
+    let mut m = ab.mount().unwrap();
+    path::write_file(&mut m, "/gone.txt", b"deleted later").unwrap();
+    let with_gone = m.save().unwrap().hash;
+    m.unlink(crate::bucket::ROOT_INO, b"gone.txt").unwrap();
+    let ours = m.save().unwrap().hash;
+    drop(m);
+    let genuine = ab.manifest(&with_gone).unwrap();
+    let stranger = crate::crypto::Identity::generate().unwrap();
+    let mut body = genuine.body.clone();
+    body.previous = None;
+    body.height = 0;
+    body.author = stranger.node_id();
+    let mut share = body.shares[0].clone();
+    share.recipient = stranger.node_id();
+    body.shares.push(share);
+    let bound = Manifest::sign(body.clone(), &stranger).unwrap();
+    // Format 1, as copied from history written before the binding.
+    let key = ab.root_key_for_tests(&genuine);
+    body.root_key = secret.seal(&key).unwrap();
+    let unbound = Manifest::sign_unbound(body, &stranger).unwrap();
+    for forged in [bound, unbound] {
+        let bytes = forged.to_bytes().unwrap();
+        let fh = Hash::of(&bytes);
+        let scripted = ScriptedPeer::start(HashMap::from([(fh, bytes)]), Vec::new()).await;
+        a.engine.set_peers(x, vec![scripted.peer.clone()]);
+        let err = a.engine.pull(x, fh).await.unwrap_err().to_string();
+        assert!(
+            err.contains("not written by a member") || err.contains("unbound manifest"),
+            "{err}"
+        );
+        assert_eq!(ab.head().unwrap(), ours, "the head moved");
+        let mut m = ab.mount().unwrap();
+        assert!(
+            path::read_file(&mut m, "/gone.txt").is_err(),
+            "a deleted file came back"
+        );
+        assert!(!m.members().contains(&stranger.node_id()));
+    }
+}
+
+/// #26 finding 2: a first stage asks every peer, not only the first to
+/// answer. The first listed peer is behind (it missed a version); the
+/// head taken must contain what the other peer offered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_stage_takes_every_offered_head_not_the_first_answer() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b, c) = (node(&kek).await, node(&kek).await, node(&kek).await);
+    register(&[&a, &b, &c]);
+    let (id, secret) = shared(&a, &b, &kek).await;
+    a.engine.set_peers(id, vec![]);
+    b.engine.set_peers(id, vec![]);
+    let ab = a.state.open_bucket(&id, &kek).unwrap();
+    let mut m = ab.mount().unwrap();
+    path::write_file(&mut m, "/new.txt", b"only on a").unwrap();
+    m.save().unwrap();
+    drop(m);
+    let head = c
+        .engine
+        .fetch_bucket(id, secret, vec![peer(&b), peer(&a)])
+        .await
+        .unwrap();
+    let cb = c.state.open_bucket(&id, &kek).unwrap();
+    assert_eq!(cb.head().unwrap(), head);
+    c.engine.complete(id).await.unwrap();
+    let mut m = cb.mount().unwrap();
+    assert_eq!(
+        path::read_file(&mut m, "/new.txt").unwrap(),
+        b"only on a",
+        "the stage took the behind peer's head and rolled the volume back"
+    );
+}
+
+/// #26 finding 3: a peer cannot fill a node's disk with a chain below a
+/// head that does not verify. A stranger serves a head and 40 manifests
+/// below it (each naming the next as its parent); the head is checked
+/// before anything below it is fetched, and removed when it fails: the
+/// node's store holds none of them afterwards. Before, the whole chain
+/// was stored (64 levels, each up to the blob cap) and the links checked
+/// after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_head_costs_no_disk_below_it() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let a = node(&kek).await;
+    let (x, _, ours) = bucket_with_file(&a, &kek, b"kept");
+    let ab = a.state.open_bucket(&x, &kek).unwrap();
+    let genuine = ab.manifest(&ours).unwrap();
+    let stranger = crate::crypto::Identity::generate().unwrap();
+    let mut blobs = HashMap::new();
+    let mut below: Option<Hash> = None;
+    for height in 0..=40u64 {
+        let mut body = genuine.body.clone();
+        body.previous = below;
+        body.height = height;
+        body.author = stranger.node_id();
+        let mut share = body.shares[0].clone();
+        share.recipient = stranger.node_id();
+        body.shares.push(share);
+        let bytes = Manifest::sign(body, &stranger).unwrap().to_bytes().unwrap();
+        let h = Hash::of(&bytes);
+        blobs.insert(h, bytes);
+        below = Some(h);
+    }
+    let head = below.unwrap();
+    let forged: Vec<Hash> = blobs.keys().copied().collect();
+    let scripted = ScriptedPeer::start(blobs, Vec::new()).await;
+    a.engine.set_peers(x, vec![scripted.peer.clone()]);
+    assert!(a.engine.pull(x, head).await.is_err());
+    let stored: Vec<&Hash> = forged
+        .iter()
+        .filter(|h| a.state.store().contains(h))
+        .collect();
+    assert!(stored.is_empty(), "{} forged manifests stored", stored.len());
+    assert_eq!(ab.head().unwrap(), ours);
 }

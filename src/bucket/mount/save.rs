@@ -81,6 +81,26 @@ impl Mount {
         self.commit(None)
     }
 
+    /// A head written before manifests were bound (format 1) is not taken
+    /// from a peer (see `Bucket::check_written_by_member`): the first
+    /// writable mount after an upgrade writes the same tree again as a
+    /// bound version, so peers can take this node's history. Best effort:
+    /// a failure leaves the old head, and peers wait for the next save.
+    pub(crate) fn rebind_unbound_head(&mut self) {
+        if self.read_only || self.base.is_bound() {
+            return;
+        }
+        self.changed = true;
+        match self.save() {
+            Ok(saved) => {
+                tracing::info!(bucket = %self.core.id, version = %saved.hash, "the head predates bound manifests; wrote it again as a bound version")
+            }
+            Err(e) => {
+                tracing::warn!(bucket = %self.core.id, error = %e, "could not write the unbound head again as a bound version; peers take this node's changes from its next save")
+            }
+        }
+    }
+
     /// Flush, persist the tree and write a manifest whose parents are the
     /// base and, for a merge, `merged`; then make it durable and the head.
     pub(crate) fn commit(&mut self, merged: Option<(Hash, u64)>) -> Result<Saved> {
@@ -200,13 +220,13 @@ impl Mount {
                 at: merged.map(|m| m.0).unwrap_or(self.base_hash),
                 reason: "a version at the largest height has no successor".into(),
             })?;
-        let body = ManifestBody {
+        let mut body = ManifestBody {
             bucket_id: self.core.id,
             height,
             previous: Some(self.base_hash),
             merged: merged.map(|m| m.0),
             root: root_hash,
-            root_key: self.core.secret.seal(&root_key.0)?,
+            root_key: Vec::new(),
             chunk_size: self.io.chunk_size as u32,
             quota: self.quota,
             used_bytes: self.used_bytes,
@@ -215,6 +235,7 @@ impl Mount {
             author: self.core.identity.node_id(),
             created_at: Timestamp::now(),
         };
+        body.seal_root_key(&self.core.secret, &root_key.0)?;
         let manifest = Manifest::sign(body, &self.core.identity)?;
         let hash = manifest.store(&self.core.store)?;
         crate::crash_point::hit("manifest-written");

@@ -300,6 +300,8 @@ fn a_save_on_top_of_the_largest_height_is_an_error() {
     let mut body = m.body.clone();
     body.height = u64::MAX;
     body.previous = Some(head);
+    let key = b.core.open_root_key(&m).unwrap();
+    body.seal_root_key(&b.core.secret, &key.0).unwrap();
     let top = Manifest::sign(body, &b.core.identity).unwrap();
     let hash = top.store(&b.core.store).unwrap();
     b.core.write_head(&hash).unwrap();
@@ -310,4 +312,82 @@ fn a_save_on_top_of_the_largest_height_is_an_error() {
         matches!(saved, Ok(Err(_))),
         "a save past the largest height must fail cleanly"
     );
+}
+
+/// #26 finding 2: a signature proves nothing of membership (any identity
+/// signs). A root key copied from a real version into another body (a
+/// self-made genesis, new shares) no longer opens; a format 1 manifest
+/// (root key unbound) is refused as a peer's head even when it opens.
+#[test]
+fn only_a_holder_of_the_secret_makes_a_head_a_peer_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bucket(dir.path(), 1 << 16);
+    let mut m = b.mount().unwrap();
+    crate::bucket::path::write_file(&mut m, "/gone", b"deleted later").unwrap();
+    let real = m.save().unwrap().hash;
+    b.check_written_by_member(&real).unwrap();
+    let stranger = crate::crypto::Identity::generate().unwrap();
+    let genuine = b.core.load_manifest(&real).unwrap();
+    // A forged genesis by a stranger: the real tree and sealed root key,
+    // no parent, the stranger among the shares.
+    let mut body = genuine.body.clone();
+    body.previous = None;
+    body.height = 0;
+    body.author = stranger.node_id();
+    let mut share = body.shares[0].clone();
+    share.recipient = stranger.node_id();
+    body.shares.push(share);
+    let bound = Manifest::sign(body.clone(), &stranger).unwrap();
+    let h = bound.store(&b.core.store).unwrap();
+    let err = b.check_written_by_member(&h).unwrap_err();
+    assert!(err.to_string().contains("not written by a member"), "{err}");
+    // The same forgery as format 1, its root key sealed without binding as
+    // history from before the binding holds it: it opens, and is refused.
+    let key = b.core.open_root_key(&genuine).unwrap();
+    body.root_key = b.core.secret.seal(&key.0).unwrap();
+    let unbound = Manifest::sign_unbound(body, &stranger).unwrap();
+    let h = unbound.store(&b.core.store).unwrap();
+    assert!(b
+        .core
+        .open_root_key(&b.core.load_manifest(&h).unwrap())
+        .is_ok());
+    let err = b.check_written_by_member(&h).unwrap_err();
+    assert!(err.to_string().contains("unbound manifest"), "{err}");
+}
+
+/// A head written before the binding (format 1) is written again as a
+/// bound version by the first writable mount, the same tree on top of
+/// it, so peers of this release take this node's history.
+#[test]
+fn the_first_writable_mount_binds_an_unbound_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bucket(dir.path(), 1 << 16);
+    let mut m = b.mount().unwrap();
+    crate::bucket::path::write_file(&mut m, "/kept", b"from before").unwrap();
+    let bound = m.save().unwrap().hash;
+    drop(m);
+    let genuine = b.core.load_manifest(&bound).unwrap();
+    let key = b.core.open_root_key(&genuine).unwrap();
+    let mut body = genuine.body.clone();
+    body.root_key = b.core.secret.seal(&key.0).unwrap();
+    let old = Manifest::sign_unbound(body, &b.core.identity).unwrap();
+    let old_hash = old.store(&b.core.store).unwrap();
+    b.core.write_head(&old_hash).unwrap();
+    assert!(b.check_written_by_member(&old_hash).is_err());
+    let mut m = b.mount().unwrap();
+    let head = b.head().unwrap();
+    assert_ne!(head, old_hash, "a bound version was written");
+    let top = b.core.load_manifest(&head).unwrap();
+    assert!(top.is_bound());
+    assert_eq!(top.body.previous, Some(old_hash));
+    assert_eq!(top.body.root, genuine.body.root, "the same tree");
+    b.check_written_by_member(&head).unwrap();
+    assert_eq!(
+        crate::bucket::path::read_file(&mut m, "/kept").unwrap(),
+        b"from before"
+    );
+    drop(m);
+    // Once bound, a mount writes nothing.
+    let _again = b.mount().unwrap();
+    assert_eq!(b.head().unwrap(), head);
 }
