@@ -828,7 +828,7 @@ pub async fn fetch_new_bucket(
         }
     }
     // Highest first: the one most likely to contain the others.
-    checked.sort_by(|a, b| b.0.cmp(&a.0));
+    checked.sort_by_key(|(height, _)| std::cmp::Reverse(*height));
     let mut imported = None;
     let mut rest = Vec::new();
     for (_, offer) in checked {
