@@ -417,6 +417,55 @@ impl StateDir {
         Ok(out)
     }
 
+    /// Written once every bucket's `key.wrapped` here is bound to its
+    /// bucket (see [`StateDir::bind_local_keys`]).
+    fn local_keys_bound_path(&self) -> PathBuf {
+        self.root.join("LOCAL_KEYS_BOUND")
+    }
+
+    /// Re-wrap every bucket secret an earlier build wrapped without binding
+    /// it to its bucket, then stop accepting such wraps in this state dir
+    /// (a marker file). A key that opens with neither form under `kek` is
+    /// left alone and the marker is not written, so a start with the right
+    /// KEK binds it later. Returns how many keys were re-wrapped.
+    pub fn bind_local_keys(&self, kek: &Kek) -> Result<usize> {
+        let marker = self.local_keys_bound_path();
+        if marker.exists() {
+            return Ok(0);
+        }
+        let mut rewrapped = 0;
+        let mut all_bound = true;
+        for id in self.list_buckets()? {
+            let p = self.bucket_dir(&id).join("key.wrapped");
+            let wrapped = WrappedKey(std::fs::read(&p).map_err(BucketError::io(&p))?);
+            let ctx = WrapContext::node_local(&id.to_hex());
+            if kek.unwrap_for(&wrapped, &ctx, false).is_ok() {
+                continue;
+            }
+            match kek.unwrap_for(&wrapped, &ctx, true) {
+                Ok(secret) => {
+                    let bound = kek.wrap_for(&secret, &ctx)?;
+                    crate::durable::write_atomic(&p, &bound.0, 0o600)
+                        .map_err(BucketError::io(&p))?;
+                    rewrapped += 1;
+                }
+                Err(_) => {
+                    tracing::warn!(bucket = %id, "the bucket's local key does not open with this KEK; left as it is");
+                    all_bound = false;
+                }
+            }
+        }
+        if all_bound {
+            crate::durable::write_atomic(
+                &marker,
+                b"every key.wrapped here is bound to its bucket\n",
+                0o600,
+            )
+            .map_err(BucketError::io(&marker))?;
+        }
+        Ok(rewrapped)
+    }
+
     /// Create a bucket with an empty root: a fresh secret, wrapped by `kek`
     /// and shared with this node's identity, and a signed genesis version.
     pub fn create_bucket(&self, id: BucketId, kek: &Kek, opts: &BucketOptions) -> Result<Bucket> {
@@ -521,8 +570,12 @@ impl StateDir {
         }
         let p = dir.join("key.wrapped");
         let wrapped = WrappedKey(std::fs::read(&p).map_err(BucketError::io(&p))?);
+        // Unbound wraps of earlier builds open only until this state dir's
+        // keys were bound (`bind_local_keys`): after that, one copied from
+        // another bucket's directory (or an old backup) does not.
+        let legacy = !self.local_keys_bound_path().exists();
         let secret = kek
-            .unwrap_for(&wrapped, &WrapContext::node_local(&id.to_hex()), true)
+            .unwrap_for(&wrapped, &WrapContext::node_local(&id.to_hex()), legacy)
             .map_err(|_| BucketError::WrongKey(id.to_hex()))?;
         Ok(Bucket {
             core: Arc::new(BucketCore {
@@ -913,4 +966,58 @@ pub struct VerifyReport {
     pub chunks: usize,
     /// Chunk patches (see `chunks::patch`).
     pub patches: usize,
+}
+
+#[cfg(test)]
+mod local_key_tests {
+    use super::*;
+
+    /// #26 finding 10: a node-local key wrapped by an earlier build (not
+    /// bound to its bucket) is re-wrapped bound at the node's start, and
+    /// from then on an unbound wrap is refused in that state dir.
+    #[test]
+    fn unbound_local_keys_are_bound_once_then_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let kek = Kek::generate().unwrap();
+        let id = BucketId::generate().unwrap();
+        let bucket = state
+            .create_bucket(id, &kek, &BucketOptions::default())
+            .unwrap();
+        let secret = SecretKey::from_bytes(bucket.secret_for_audit());
+        let key_file = state.bucket_dir(&id).join("key.wrapped");
+        let unbound = kek.wrap_unbound(&secret);
+        std::fs::write(&key_file, &unbound.0).unwrap();
+        state
+            .open_bucket(&id, &kek)
+            .expect("an earlier build's wrap opens");
+        assert_eq!(state.bind_local_keys(&kek).unwrap(), 1);
+        assert_eq!(state.bind_local_keys(&kek).unwrap(), 0, "once");
+        let rewrapped = WrappedKey(std::fs::read(&key_file).unwrap());
+        kek.unwrap_for(&rewrapped, &WrapContext::node_local(&id.to_hex()), false)
+            .expect("bound to its bucket now");
+        state.open_bucket(&id, &kek).unwrap();
+        std::fs::write(&key_file, &unbound.0).unwrap();
+        assert!(matches!(
+            state.open_bucket(&id, &kek),
+            Err(BucketError::WrongKey(_))
+        ));
+    }
+
+    /// A key this KEK cannot open is left alone, and unbound wraps stay
+    /// accepted until a start with the right KEK has bound every key.
+    #[test]
+    fn a_key_of_another_kek_keeps_the_state_dir_unbound() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let (kek, other) = (Kek::generate().unwrap(), Kek::generate().unwrap());
+        let id = BucketId::generate().unwrap();
+        state
+            .create_bucket(id, &kek, &BucketOptions::default())
+            .unwrap();
+        assert_eq!(state.bind_local_keys(&other).unwrap(), 0);
+        assert!(!state.local_keys_bound_path().exists());
+        assert_eq!(state.bind_local_keys(&kek).unwrap(), 0);
+        assert!(state.local_keys_bound_path().exists());
+    }
 }

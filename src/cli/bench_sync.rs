@@ -245,6 +245,8 @@ impl Ours {
                 .args(["--database-url", &pg.database_url(), "--kek-file"])
                 .arg(&kek)
                 .args(["--listen", &format!("{}:9810", net.addr(i))])
+                .arg("--kubelet-dir")
+                .arg(tmp.path())
                 .stdout(Stdio::null())
                 .stderr(log(&format!("node-{i}"))?);
             net.enter(i, &mut cmd);

@@ -54,10 +54,10 @@ pub struct NodeArgs {
     #[arg(long, env = "JAX_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
     /// Kubelet's root directory: every staging and target path must lie
-    /// under it (the chart sets /var/lib/kubelet). Unset: any clean
-    /// absolute path is accepted.
-    #[arg(long, env = "KUBELET_DIR")]
-    kubelet_dir: Option<PathBuf>,
+    /// under it, with no symbolic link below it, so a request cannot make
+    /// the plugin mount over an arbitrary host path.
+    #[arg(long, env = "KUBELET_DIR", default_value = "/var/lib/kubelet")]
+    kubelet_dir: PathBuf,
     /// Seconds between garbage-collection passes (deleted volumes, history
     /// retention, unreferenced blobs).
     #[arg(long, default_value_t = 600)]
@@ -146,8 +146,8 @@ pub fn run(cli: NodeCli) -> anyhow::Result<()> {
 /// Where and how the CSI services are served.
 struct Serve {
     socket: PathBuf,
-    /// Staging and target paths must lie under it, when set.
-    kubelet_dir: Option<PathBuf>,
+    /// Staging and target paths must lie under it.
+    kubelet_dir: PathBuf,
 }
 
 /// Start the node agent, serve Identity + Node + Admin on the socket until
@@ -167,7 +167,7 @@ async fn run_node(
     let listener = jax_csi::csi::server::bind_unix(&serve.socket).await?;
     let ready: ReadyCheck = Arc::new(|| Box::pin(async { true }));
     let admin = Arc::new(jax_csi::csi::admin::AdminService::new(agent.clone()));
-    let node = jax_csi::csi::node::NodeService::new(agent.clone(), serve.kubelet_dir);
+    let node = jax_csi::csi::node::NodeService::new(agent.clone(), Some(serve.kubelet_dir));
     tracing::info!(socket = %serve.socket.display(), node = %node_id, "node serving");
     let stop = Arc::new(std::sync::Mutex::new(NodeStop::Unmount));
     let shutdown = {

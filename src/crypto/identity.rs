@@ -109,8 +109,8 @@ impl Identity {
 
     /// The secret seed, for the sync endpoint's key (the same Ed25519 key,
     /// so the endpoint id is the node id). Callers must not keep or log it.
-    pub fn seed_bytes(&self) -> [u8; 32] {
-        self.key.to_bytes()
+    pub fn seed_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.key.to_bytes())
     }
 
     pub fn node_id(&self) -> NodeId {

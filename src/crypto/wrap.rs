@@ -239,6 +239,12 @@ impl Kek {
         Ok(WrappedKey(self.0.seal_with_aad(secret.expose(), &ctx.0)?))
     }
 
+    /// Wrap as builds before bound wraps did (tests of the migration).
+    #[cfg(test)]
+    pub fn wrap_unbound(&self, secret: &SecretKey) -> WrappedKey {
+        WrappedKey(self.0.seal_with_aad(secret.expose(), WRAP_AAD).unwrap())
+    }
+
     /// Open a [`Kek::wrap_for`] key; `legacy` also accepts the unbound wraps
     /// of earlier builds (node-local files only).
     pub fn unwrap_for(

@@ -35,16 +35,16 @@ pub fn tenant_from(
     let Some(hex_key) = secrets.get(SECRET_TENANT_KEY) else {
         return Ok(None);
     };
-    let bytes = hex::decode(hex_key.trim())
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        .ok_or_else(|| {
+    // Every copy of the key's bytes is wiped when it goes.
+    let decoded = zeroize::Zeroizing::new(hex::decode(hex_key.trim()).unwrap_or_default());
+    let bytes: zeroize::Zeroizing<[u8; 32]> =
+        zeroize::Zeroizing::new(decoded.as_slice().try_into().map_err(|_| {
             Status::invalid_argument(format!(
                 "secrets: {SECRET_TENANT_KEY:?} must be 64 hex characters"
             ))
-        })?;
+        })?);
     Ok(Some(crate::crypto::Kek::new(
-        crate::crypto::SecretKey::from_bytes(bytes),
+        crate::crypto::SecretKey::from_bytes(*bytes),
     )))
 }
 

@@ -120,6 +120,15 @@ impl NodeAgent {
         );
         let db = Db::connect_lazy(&cfg.database_url, cfg.db_timeout)?;
         let kek = Arc::new(cfg.kek);
+        let rewrapped = state
+            .bind_local_keys(&kek)
+            .context("binding this node's bucket keys to their buckets")?;
+        if rewrapped > 0 {
+            tracing::info!(
+                keys = rewrapped,
+                "re-wrapped bucket keys of an earlier build, bound to their buckets"
+            );
+        }
         let (mirror_tx, mirror_rx) = tokio::sync::mpsc::unbounded_channel();
         let manager = MountManager::new(
             state.clone(),

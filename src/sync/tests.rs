@@ -1024,6 +1024,10 @@ async fn a_forged_head_costs_no_disk_below_it() {
         .iter()
         .filter(|h| a.state.store().contains(h))
         .collect();
-    assert!(stored.is_empty(), "{} forged manifests stored", stored.len());
+    assert!(
+        stored.is_empty(),
+        "{} forged manifests stored",
+        stored.len()
+    );
     assert_eq!(ab.head().unwrap(), ours);
 }
