@@ -37,7 +37,7 @@ mod tmp;
 pub use hash::Hash;
 pub use reader::BlobReader;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -96,6 +96,9 @@ pub struct BlobStore {
     /// close as well. Blobs never change, so a kept descriptor reads what
     /// a fresh open would (a removed blob is dropped from here).
     open_files: Mutex<BoundedMap<Hash, Arc<File>>>,
+    /// When each blob a collection found unreferenced was first found so
+    /// (this process's passes only: a restart starts the wait again).
+    unreferenced_since: Mutex<HashMap<Hash, std::time::Instant>>,
 }
 
 /// The blobs waiting to be made durable, and what making them so needs.
@@ -159,6 +162,7 @@ impl BlobStore {
             }),
             verified: Mutex::new(BoundedMap::new(VERIFIED_OUTBOARDS)),
             open_files: Mutex::new(BoundedMap::new(open_blobs_kept())),
+            unreferenced_since: Mutex::new(HashMap::new()),
         })
     }
 
@@ -260,7 +264,12 @@ impl BlobStore {
         Ok(out)
     }
 
-    /// Remove every blob not in `live`, but those written in the last `grace`.
+    /// Remove every blob not in `live`, but those written in the last
+    /// `grace` and those a pass of this process first found unreferenced
+    /// less than `grace` ago. The second rule is for blobs of versions just
+    /// pruned: a chunk written long ago and overwritten now is old by its
+    /// time, yet a peer a few seconds behind still fetches the version that
+    /// named it.
     pub fn gc(
         &self,
         live: &HashSet<Hash>,
@@ -268,7 +277,18 @@ impl BlobStore {
     ) -> Result<GcReport, StoreError> {
         let mut report = GcReport::default();
         let cutoff = std::time::SystemTime::now() - grace;
-        for h in self.list()? {
+        let now = std::time::Instant::now();
+        let mut since = self
+            .unreferenced_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let listed = self.list()?;
+        // Referenced again, or gone: forget when it was found dead.
+        {
+            let present: HashSet<&Hash> = listed.iter().collect();
+            since.retain(|h, _| !live.contains(h) && present.contains(h));
+        }
+        for h in listed {
             if live.contains(&h) {
                 report.kept += 1;
                 continue;
@@ -278,10 +298,12 @@ impl BlobStore {
                 && std::fs::metadata(&p)
                     .and_then(|m| m.modified())
                     .is_ok_and(|t| t > cutoff);
-            if young {
+            let dead_for = now.duration_since(*since.entry(h).or_insert(now));
+            if young || dead_for < grace {
                 report.kept += 1;
                 continue;
             }
+            since.remove(&h);
             report.bytes_freed += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
             self.remove(&h)?;
             report.removed += 1;
