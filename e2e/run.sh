@@ -454,8 +454,12 @@ volume_off_node() {
   plugin="$(kubectl --context "$KUBE_CONTEXT" -n "$NAMESPACE" get pod -l "$NODE_SELECTOR" \
     --field-selector "spec.nodeName=$2,status.phase=Running" -o name)"
   [ -n "$plugin" ] || return 1
-  ! kubectl --context "$KUBE_CONTEXT" -n "$NAMESPACE" exec "$plugin" -c jax-csi -- \
-    jax-csi volume ls "$1" --node-endpoint unix:///csi/csi.sock >/dev/null 2>&1
+  # The state dir itself (the operator service answers only for volumes
+  # staged now, so it says nothing of a bucket left behind).
+  local held
+  held="$(kubectl --context "$KUBE_CONTEXT" -n "$NAMESPACE" exec "$plugin" -c jax-csi -- \
+    jax-csi bucket --state-dir /var/lib/jax-csi --kek-file /etc/jax-csi/kek/kek list)" || return 1
+  ! printf '%s\n' "$held" | grep -qx "$1"
 }
 
 scenario_delete() {

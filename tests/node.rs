@@ -12,6 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cluster::Cluster;
+use jax_csi::csi::admin_proto::admin_client::AdminClient;
+use jax_csi::csi::admin_proto::{
+    HistoryRequest, ListDirRequest, ReadFileRequest, RestoreRequest, VersionSelector,
+};
 use jax_csi::csi::proto::controller_client::ControllerClient;
 use jax_csi::csi::proto::node_client::NodeClient;
 use jax_csi::csi::proto::volume_capability::access_mode::Mode;
@@ -42,13 +46,22 @@ struct Env {
     c: Cluster,
     ctl: ControllerClient<Channel>,
     node: NodeClient<Channel>,
+    /// The operator's service on the node's socket.
+    admin: AdminClient<Channel>,
 }
 
 async fn env() -> Env {
     let mut c = Cluster::start();
     let ctl = ControllerClient::new(c.controller(0).await);
-    let node = NodeClient::new(c.node("node-a").await);
-    Env { c, ctl, node }
+    let channel = c.node("node-a").await;
+    let node = NodeClient::new(channel.clone());
+    let admin = AdminClient::new(channel);
+    Env {
+        c,
+        ctl,
+        node,
+        admin,
+    }
 }
 
 impl Env {
@@ -826,6 +839,67 @@ async fn tenant_keys_and_record_bindings_protect_volumes() {
     );
     assert_eq!(c, Code::FailedPrecondition, "{m}");
     assert_eq!(mounted(&e.path(&format!("staging/{plain_clone}"))), 0);
+
+    // #26 finding 7: the operator service serves the tenant's volume while
+    // a NodeStage (which brought the key) holds it, and nothing of it after
+    // the unstage, though the node still holds it and the cluster KEK
+    // alone would open it: no files, no history, no old version, no restore.
+    let list = |id: &str| ListDirRequest {
+        volume_id: id.into(),
+        path: "/".into(),
+        select: None,
+    };
+    let names: Vec<String> = e
+        .admin
+        .list_dir(list(&id))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert!(names.contains(&"secret.txt".to_string()), "{names:?}");
+    e.unpublish(&id, "t").await;
+    assert!(e.c.node_state("node-a").join("buckets").join(&id).exists());
+    let (c, m) = code(e.admin.list_dir(list(&id)).await);
+    assert_eq!(c, Code::FailedPrecondition, "{m}");
+    assert!(m.contains("not staged on this node"), "{m}");
+    let (c, m) = code(
+        e.admin
+            .history(HistoryRequest {
+                volume_id: id.clone(),
+            })
+            .await,
+    );
+    assert_eq!(c, Code::FailedPrecondition, "{m}");
+    let read = e
+        .admin
+        .read_file(ReadFileRequest {
+            volume_id: id.clone(),
+            path: "/secret.txt".into(),
+            select: Some(VersionSelector {
+                version: "1".into(),
+                at_unix_seconds: None,
+            }),
+        })
+        .await;
+    assert_eq!(
+        read.map(|_| ()).unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    let (c, _) = code(
+        e.admin
+            .restore(RestoreRequest {
+                volume_id: id.clone(),
+                select: Some(VersionSelector {
+                    version: "1".into(),
+                    at_unix_seconds: None,
+                }),
+            })
+            .await,
+    );
+    assert_eq!(c, Code::FailedPrecondition);
 }
 
 /// Expansion the way the resizer and kubelet drive it: the controller says
@@ -904,8 +978,14 @@ async fn deleted_volumes_are_collected_on_the_node() {
     let mut c = Cluster::start();
     c.gc_grace = "2";
     let ctl = ControllerClient::new(c.controller(0).await);
-    let node = NodeClient::new(c.node("node-a").await);
-    let mut e = Env { c, ctl, node };
+    let channel = c.node("node-a").await;
+    let (node, admin) = (NodeClient::new(channel.clone()), AdminClient::new(channel));
+    let mut e = Env {
+        c,
+        ctl,
+        node,
+        admin,
+    };
     let keep = e.create("keep", None).await;
     let gone = e.create("gone", None).await;
     for (id, pod) in [(&keep, "k"), (&gone, "g")] {

@@ -1,8 +1,11 @@
 //! The node's operator service (`jaxcsi.admin.v1.Admin`) on the node's CSI
 //! socket: a volume's files and history as this node holds them, and
 //! restores through the live mount (so the kernel, the committer and the
-//! peers see a restore like any other change). Whoever can reach this
-//! socket can already publish the volume; nothing here widens that.
+//! peers see a restore like any other change). Only volumes this node
+//! stages now are served: whoever reaches this socket can publish those,
+//! and nothing here widens that. A volume held here but no longer staged
+//! (or a tenant's volume, whose key only a NodeStage brings) is refused,
+//! though the cluster KEK alone would open it.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -82,9 +85,28 @@ impl View {
 }
 
 impl AdminService {
+    /// The volume a request names, if this node stages it now.
+    fn staged(&self, id: &str) -> Result<BucketId, Status> {
+        let volume = volume_of(id)?;
+        let mounts = self.agent.mounts();
+        if mounts.get_live_mount(&volume).is_some() {
+            return Ok(volume);
+        }
+        if self.agent.state().has_bucket(&volume) {
+            return Err(Status::failed_precondition(format!(
+                "volume {} is not staged on this node: the operator service reads and restores only volumes this node serves now (stage it, or ask the node that does)",
+                shown(id)
+            )));
+        }
+        Err(Status::not_found(format!(
+            "volume {} has no replica on this node",
+            shown(id)
+        )))
+    }
+
     /// Resolve the selector against this node's history of the volume.
     fn view(&self, volume: &str, spec: VersionSpec) -> Result<(View, String), Status> {
-        let volume = volume_of(volume)?;
+        let volume = self.staged(volume)?;
         let mounts = self.agent.mounts();
         let bucket = mounts.open_bucket(&volume)?;
         if spec == VersionSpec::Head {
@@ -103,7 +125,7 @@ impl AdminService {
     }
 
     fn history_of(&self, volume: &str) -> Result<Vec<VersionInfo>, Status> {
-        let volume = volume_of(volume)?;
+        let volume = self.staged(volume)?;
         Ok(self.agent.mounts().open_bucket(&volume)?.history()?)
     }
 }
