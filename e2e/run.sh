@@ -456,9 +456,13 @@ volume_off_node() {
   [ -n "$plugin" ] || return 1
   # The state dir itself (the operator service answers only for volumes
   # staged now, so it says nothing of a bucket left behind).
-  local held
+  local held args state_dir
+  args="$(kubectl --context "$KUBE_CONTEXT" -n "$NAMESPACE" get "$plugin" \
+    -o jsonpath='{.spec.containers[?(@.name=="jax-csi")].args}')" || return 1
+  state_dir="$(printf '%s' "$args" | grep -o -- '--state-dir=[^",]*' | head -n 1 | cut -d= -f2)"
+  [ -n "$state_dir" ] || return 1
   held="$(kubectl --context "$KUBE_CONTEXT" -n "$NAMESPACE" exec "$plugin" -c jax-csi -- \
-    jax-csi bucket --state-dir /var/lib/jax-csi --kek-file /etc/jax-csi/kek/kek list)" || return 1
+    jax-csi bucket --state-dir "$state_dir" --kek-file /etc/jax-csi/kek/kek list)" || return 1
   ! printf '%s\n' "$held" | grep -qx "$1"
 }
 

@@ -356,6 +356,13 @@ if "--feature-gates=CSIVolumeGroupSnapshot=true" not in ctl["csi-snapshotter"]["
 node = one(docs, "DaemonSet", "-node")
 if not pod(node).get("hostNetwork") or pod(node).get("dnsPolicy") != "ClusterFirstWithHostNet": err("all-options.yaml: hostNetwork/dnsPolicy")
 actl = one(docs, "Deployment", "-controller")
+# kek.previousSecretKey (a KEK rotation): both processes open the previous KEK too.
+for what, obj in (("controller", actl), ("node", node)):
+    if "--previous-kek-file=/etc/jax-csi/kek/previous" not in containers(obj)["jax-csi"]["args"]:
+        err(f"all-options.yaml: {what} lacks --previous-kek-file")
+    kv = [v for v in pod(obj).get("volumes", []) if v.get("name") == "kek"]
+    items = kv[0]["secret"].get("items", []) if kv else []
+    if {"key": "previous.hex", "path": "previous"} not in items: err(f"all-options.yaml: {what} KEK volume lacks the previous key")
 if not pod(actl).get("hostNetwork") or pod(actl).get("dnsPolicy") != "ClusterFirstWithHostNet": err("all-options.yaml: controller hostNetwork/dnsPolicy")
 # apiServer.host: every container that talks to the API server is pointed at it.
 for w, names in ((actl, ("jax-csi", "csi-provisioner", "csi-resizer", "csi-snapshotter", "csi-external-health-monitor-controller")),

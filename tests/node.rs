@@ -1037,3 +1037,123 @@ async fn deleted_volumes_are_collected_on_the_node() {
         3 << 20
     );
 }
+
+/// Run `jax-csi kek rotate` against the cluster's database.
+fn rotate_kek(e: &Env, kek: &Path, previous: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_jax-csi"))
+        .args(["kek", "rotate", "-o", "json", "--database-url", &e.c.url()])
+        .arg("--kek-file")
+        .arg(kek)
+        .arg("--previous-kek-file")
+        .arg(previous)
+        .output()
+        .unwrap()
+}
+
+/// #26: the cluster KEK rotates without copying data. Every process is
+/// given the new KEK still opening the old one (the node re-wraps its
+/// local keys at start), `jax-csi kek rotate` re-wraps every record in
+/// Postgres (a volume's key, a clone's source key, a snapshot's key) once,
+/// and then the new KEK alone stages the volume, its clone and a volume
+/// restored from the snapshot, with every byte. A rotation with a KEK that
+/// opens nothing changes nothing and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_kek_rotates_without_copying_data() {
+    let mut e = env().await;
+    let vol = e.create("rot", None).await;
+    let pod = e.publish(&vol, "r").await;
+    fs::write(pod.join("kept.txt"), b"before the rotation").unwrap();
+    fsync_file(&pod.join("kept.txt"));
+    e.wait_head_reported(&vol);
+    let snap = e
+        .ctl
+        .create_snapshot(CreateSnapshotRequest {
+            source_volume_id: vol.clone(),
+            name: "rot-snap".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap()
+        .snapshot_id;
+    let clone = e
+        .create(
+            "rot-clone",
+            Some(SourceType::Volume(VolumeSource {
+                volume_id: vol.clone(),
+            })),
+        )
+        .await;
+    e.unpublish(&vol, "r").await;
+
+    // 1. Every process: the new KEK, still opening the old one.
+    let kek = e.path("kek");
+    let old = e.path("kek.old");
+    fs::rename(&kek, &old).unwrap();
+    jax_csi::crypto::Kek::generate()
+        .unwrap()
+        .write_file(&kek)
+        .unwrap();
+    let previous = ["--previous-kek-file", old.to_str().unwrap()];
+    e.c.stop_node("node-a");
+    let ch =
+        e.c.node_with("node-a", "127.0.0.1:0", |cmd| {
+            cmd.args(previous);
+        })
+        .await;
+    e.node = NodeClient::new(ch);
+    e.ctl = ControllerClient::new(e.c.controller_with(1, &previous).await);
+
+    // 2. Postgres, in one transaction; a second run changes nothing.
+    let out = rotate_kek(&e, &kek, &old);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["rewrapped"], 4, "{report}");
+    let again: serde_json::Value =
+        serde_json::from_slice(&rotate_kek(&e, &kek, &old).stdout).unwrap();
+    assert_eq!(
+        (
+            again["rewrapped"].as_u64(),
+            again["already_current"].as_u64()
+        ),
+        (Some(0), Some(4))
+    );
+
+    // 3. The new KEK alone.
+    e.c.stop_node("node-a");
+    e.node = NodeClient::new(e.c.node("node-a").await);
+    e.ctl = ControllerClient::new(e.c.controller(2).await);
+    let pod = e.publish(&vol, "r2").await;
+    assert_eq!(
+        fs::read(pod.join("kept.txt")).unwrap(),
+        b"before the rotation"
+    );
+    let pod = e.publish(&clone, "c2").await;
+    assert_eq!(
+        fs::read(pod.join("kept.txt")).unwrap(),
+        b"before the rotation"
+    );
+    let restored = e
+        .create(
+            "rot-restored",
+            Some(SourceType::Snapshot(SnapshotSource { snapshot_id: snap })),
+        )
+        .await;
+    let pod = e.publish(&restored, "s2").await;
+    assert_eq!(
+        fs::read(pod.join("kept.txt")).unwrap(),
+        b"before the rotation"
+    );
+
+    // 4. The old KEK opens none of it any more: a rotation back refuses.
+    let out = rotate_kek(&e, &old, &old);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing was changed"), "{err}");
+}

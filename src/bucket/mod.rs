@@ -423,39 +423,46 @@ impl StateDir {
         self.root.join("LOCAL_KEYS_BOUND")
     }
 
-    /// Re-wrap every bucket secret an earlier build wrapped without binding
-    /// it to its bucket, then stop accepting such wraps in this state dir
-    /// (a marker file). A key that opens with neither form under `kek` is
-    /// left alone and the marker is not written, so a start with the right
-    /// KEK binds it later. Returns how many keys were re-wrapped.
+    /// Re-wrap every node-local key (`key.wrapped`, a clone's
+    /// `source.wrapped`) that the current key of `kek` does not open bound
+    /// to its bucket: one an earlier build wrapped unbound, or one wrapped
+    /// by a KEK this one replaces (`Kek::still_opening`). Run at every
+    /// start of the node agent. Once every key here is bound, unbound
+    /// wraps are refused in this state dir for good (a marker file). A key
+    /// that opens with none of them is left alone (and the marker waits).
+    /// Returns how many keys were re-wrapped.
     pub fn bind_local_keys(&self, kek: &Kek) -> Result<usize> {
-        let marker = self.local_keys_bound_path();
-        if marker.exists() {
-            return Ok(0);
-        }
+        let legacy = !self.local_keys_bound_path().exists();
         let mut rewrapped = 0;
         let mut all_bound = true;
         for id in self.list_buckets()? {
-            let p = self.bucket_dir(&id).join("key.wrapped");
-            let wrapped = WrappedKey(std::fs::read(&p).map_err(BucketError::io(&p))?);
-            let ctx = WrapContext::node_local(&id.to_hex());
-            if kek.unwrap_for(&wrapped, &ctx, false).is_ok() {
-                continue;
+            let dir = self.bucket_dir(&id);
+            let mut files = vec![(dir.join("key.wrapped"), id)];
+            if let Ok(src) = std::fs::read_to_string(dir.join("SOURCE")) {
+                files.push((dir.join("source.wrapped"), BucketId::from_hex(src.trim())?));
             }
-            match kek.unwrap_for(&wrapped, &ctx, true) {
-                Ok(secret) => {
-                    let bound = kek.wrap_for(&secret, &ctx)?;
-                    crate::durable::write_atomic(&p, &bound.0, 0o600)
-                        .map_err(BucketError::io(&p))?;
-                    rewrapped += 1;
+            for (p, of) in files {
+                let wrapped = WrappedKey(std::fs::read(&p).map_err(BucketError::io(&p))?);
+                let ctx = WrapContext::node_local(&of.to_hex());
+                if kek.wrapped_current(&wrapped, &ctx) {
+                    continue;
                 }
-                Err(_) => {
-                    tracing::warn!(bucket = %id, "the bucket's local key does not open with this KEK; left as it is");
-                    all_bound = false;
+                match kek.unwrap_for(&wrapped, &ctx, legacy) {
+                    Ok(secret) => {
+                        let bound = kek.wrap_for(&secret, &ctx)?;
+                        crate::durable::write_atomic(&p, &bound.0, 0o600)
+                            .map_err(BucketError::io(&p))?;
+                        rewrapped += 1;
+                    }
+                    Err(_) => {
+                        tracing::warn!(bucket = %id, file = %p.display(), "a local key does not open with this KEK (nor a previous one given); left as it is");
+                        all_bound = false;
+                    }
                 }
             }
         }
-        if all_bound {
+        if all_bound && legacy {
+            let marker = self.local_keys_bound_path();
             crate::durable::write_atomic(
                 &marker,
                 b"every key.wrapped here is bound to its bucket\n",
@@ -993,6 +1000,18 @@ mod local_key_tests {
             .expect("an earlier build's wrap opens");
         assert_eq!(state.bind_local_keys(&kek).unwrap(), 1);
         assert_eq!(state.bind_local_keys(&kek).unwrap(), 0, "once");
+        // A rotation: the next KEK, still opening this one, re-wraps it.
+        let next_only = Kek::generate().unwrap();
+        let next = next_only.clone().still_opening(kek.clone());
+        assert_eq!(state.bind_local_keys(&next).unwrap(), 1);
+        state
+            .open_bucket(&id, &next_only)
+            .expect("the next KEK alone opens it");
+        assert!(matches!(
+            state.open_bucket(&id, &kek),
+            Err(BucketError::WrongKey(_))
+        ));
+        let kek = next_only;
         let rewrapped = WrappedKey(std::fs::read(&key_file).unwrap());
         kek.unwrap_for(&rewrapped, &WrapContext::node_local(&id.to_hex()), false)
             .expect("bound to its bucket now");

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use jax_csi::bucket::{path, BucketId, BucketOptions, StateDir};
-use jax_csi::crypto::Kek;
 use jax_csi::store::Hash;
 
 #[derive(Args, Debug)]
@@ -17,6 +16,10 @@ pub struct BucketArgs {
     /// File holding the key-encryption key (32 bytes or 64 hex characters).
     #[arg(long, env = "JAX_KEK_FILE")]
     kek_file: PathBuf,
+    /// During a KEK rotation: the KEK being replaced (keys it wrapped still
+    /// open; everything is wrapped anew by `--kek-file`).
+    #[arg(long, env = "JAX_PREVIOUS_KEK_FILE")]
+    previous_kek_file: Option<PathBuf>,
     #[command(subcommand)]
     command: BucketCommand,
 }
@@ -69,7 +72,7 @@ enum BucketCommand {
 pub fn run(args: BucketArgs) -> anyhow::Result<()> {
     let state = StateDir::open(&args.state_dir)
         .with_context(|| format!("opening state dir {}", args.state_dir.display()))?;
-    let kek = Kek::from_file(&args.kek_file).context("reading the KEK file")?;
+    let kek = super::kek_cmd::load(&args.kek_file, args.previous_kek_file.as_deref())?;
     let open = |id: &BucketId| {
         state
             .open_bucket(id, &kek)

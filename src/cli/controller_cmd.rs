@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use jax_csi::crypto::Kek;
 use jax_csi::csi::run::{run_controller, ControllerConfig};
 use jax_csi::csi::server::{parse_endpoint, shutdown_signal};
 
@@ -20,6 +19,10 @@ pub struct ControllerArgs {
     /// The cluster key-encryption key (32 bytes or 64 hex characters).
     #[arg(long, env = "JAX_KEK_FILE")]
     kek_file: PathBuf,
+    /// During a KEK rotation: the KEK being replaced (keys it wrapped still
+    /// open; everything is wrapped anew by `--kek-file`).
+    #[arg(long, env = "JAX_PREVIOUS_KEK_FILE")]
+    previous_kek_file: Option<PathBuf>,
     /// This replica's name in logs (default: the host name).
     #[arg(long, env = "NODE_ID")]
     node_id: Option<String>,
@@ -45,7 +48,7 @@ pub struct ControllerArgs {
 
 pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let socket = parse_endpoint(&args.endpoint)?;
-    let kek = Kek::from_file(&args.kek_file).context("reading the KEK file")?;
+    let kek = super::kek_cmd::load(&args.kek_file, args.previous_kek_file.as_deref())?;
     let node_id = args.node_id.unwrap_or_else(|| {
         nix::unistd::gethostname()
             .ok()

@@ -9,6 +9,7 @@ mod bucket_cmd;
 mod controller_cmd;
 mod csi_cmd;
 mod demo;
+mod kek_cmd;
 mod local_cmd;
 mod local_layout;
 mod local_supervisor;
@@ -51,10 +52,10 @@ enum Command {
         #[arg(long, default_value = "jax-demo")]
         state_dir: PathBuf,
     },
-    /// Key-encryption key files.
+    /// Key-encryption key files, and rotating the cluster KEK.
     Kek {
         #[command(subcommand)]
-        command: KekCommand,
+        command: kek_cmd::KekCommand,
     },
     /// Operate on buckets in a node's state directory.
     Bucket(bucket_cmd::BucketArgs),
@@ -102,15 +103,6 @@ enum Command {
     },
 }
 
-#[derive(Subcommand, Debug)]
-enum KekCommand {
-    /// Write a new random 256-bit KEK (64 hex characters, mode 0600).
-    Generate {
-        #[arg(long)]
-        out: PathBuf,
-    },
-}
-
 /// Log to stderr, as text (coloured on a terminal) or JSON; `RUST_LOG`
 /// overrides the default `info` level.
 pub fn init_tracing(format: LogFormat) {
@@ -130,16 +122,7 @@ pub fn init_tracing(format: LogFormat) {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo { state_dir } => demo::run(&state_dir),
-        Command::Kek {
-            command: KekCommand::Generate { out },
-        } => {
-            if out.exists() {
-                anyhow::bail!("{} exists; refusing to overwrite a key", out.display());
-            }
-            jax_csi::crypto::Kek::generate()?.write_file(&out)?;
-            println!("wrote a new KEK to {}", out.display());
-            Ok(())
-        }
+        Command::Kek { command } => kek_cmd::run(command),
         Command::Bucket(args) => bucket_cmd::run(args),
         Command::Bench { command } => bench::run(command),
         Command::Controller(args) => controller_cmd::run(args),

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use jax_csi::crypto::Kek;
 use jax_csi::csi::identity::{IdentityService, ReadyCheck};
 use jax_csi::csi::server::parse_endpoint;
 use jax_csi::node::{NodeAgent, NodeConfig, NodeStop};
@@ -44,6 +43,10 @@ pub struct NodeArgs {
     /// The cluster key-encryption key (32 bytes or 64 hex characters).
     #[arg(long, env = "JAX_KEK_FILE", required = true)]
     kek_file: Option<PathBuf>,
+    /// During a KEK rotation: the KEK being replaced (keys it wrapped still
+    /// open; everything is wrapped anew by `--kek-file`).
+    #[arg(long, env = "JAX_PREVIOUS_KEK_FILE")]
+    previous_kek_file: Option<PathBuf>,
     /// Volumes this node accepts (NodeGetInfo); 0 = no limit.
     #[arg(long, default_value_t = 256)]
     max_volumes: i64,
@@ -102,7 +105,10 @@ pub fn run(cli: NodeCli) -> anyhow::Result<()> {
     let args = cli.serve;
     let required = "clap requires it when no subcommand is given";
     let socket = parse_endpoint(&args.endpoint.expect(required))?;
-    let kek = Kek::from_file(&args.kek_file.expect(required)).context("reading the KEK file")?;
+    let kek = super::kek_cmd::load(
+        &args.kek_file.expect(required),
+        args.previous_kek_file.as_deref(),
+    )?;
     let rt = tokio::runtime::Runtime::new()?;
     let k8s = {
         let _in_runtime = rt.enter();

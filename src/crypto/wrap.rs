@@ -85,10 +85,7 @@ pub fn wrap_layered(
 ) -> Result<WrappedKey, CryptoError> {
     let (layer, sealed) = match tenant {
         None => (1u8, Zeroizing::new(secret.expose().to_vec())),
-        Some(t) => (
-            2u8,
-            Zeroizing::new(t.0.seal_with_aad(secret.expose(), &inner.0)?),
-        ),
+        Some(t) => (2u8, Zeroizing::new(t.seal(secret.expose(), &inner.0)?)),
     };
     seal_outer(cluster, layer, &sealed, outer)
 }
@@ -100,24 +97,41 @@ fn seal_outer(
     outer: &WrapContext,
 ) -> Result<WrappedKey, CryptoError> {
     let mut out = vec![layer];
-    out.extend(cluster.0.seal_with_aad(inner, &layered_aad(layer, outer))?);
+    out.extend(cluster.seal(inner, &layered_aad(layer, outer))?);
     Ok(WrappedKey(out))
 }
 
+/// The layer, the inner bytes, and whether the current KEK opened them.
 fn open_outer(
     cluster: &Kek,
     wrapped: &WrappedKey,
     outer: &WrapContext,
-) -> Result<(u8, Zeroizing<Vec<u8>>), UnwrapError> {
+) -> Result<(u8, Zeroizing<Vec<u8>>, bool), UnwrapError> {
     let (&layer, sealed) = wrapped.0.split_first().ok_or(UnwrapError::Malformed)?;
     if !matches!(layer, 1 | 2) {
         return Err(UnwrapError::Malformed);
     }
-    let inner = cluster
-        .0
-        .open_with_aad(sealed, &layered_aad(layer, outer))
+    let (inner, current) = cluster
+        .open(sealed, &layered_aad(layer, outer))
         .map_err(|_| UnwrapError::WrongClusterKey)?;
-    Ok((layer, Zeroizing::new(inner)))
+    Ok((layer, Zeroizing::new(inner), current))
+}
+
+/// The same record's key wrapped by the current KEK, or `None` when it is
+/// already (a KEK rotation re-wraps each record once; a tenant's inner
+/// layer is kept as it is, so no tenant key is needed).
+pub fn rewrap_to_current(
+    cluster: &Kek,
+    wrapped: &WrappedKey,
+    ctx: &WrapContext,
+) -> Result<Option<WrappedKey>, UnwrapError> {
+    let (layer, inner, current) = open_outer(cluster, wrapped, ctx)?;
+    if current {
+        return Ok(None);
+    }
+    seal_outer(cluster, layer, &inner, ctx)
+        .map(Some)
+        .map_err(|_| UnwrapError::Malformed)
 }
 
 /// File a layered key under another record: the outer layer is opened for
@@ -129,7 +143,7 @@ pub fn rewrap_outer(
     from: &WrapContext,
     to: &WrapContext,
 ) -> Result<WrappedKey, UnwrapError> {
-    let (layer, inner) = open_outer(cluster, wrapped, from)?;
+    let (layer, inner, _) = open_outer(cluster, wrapped, from)?;
     seal_outer(cluster, layer, &inner, to).map_err(|_| UnwrapError::Malformed)
 }
 
@@ -147,12 +161,13 @@ pub fn unwrap_layered(
     inner: &WrapContext,
     outer: &WrapContext,
 ) -> Result<SecretKey, UnwrapError> {
-    let (layer, sealed) = open_outer(cluster, wrapped, outer)?;
+    let (layer, sealed, _) = open_outer(cluster, wrapped, outer)?;
     let plain = if layer == 2 {
         let t = tenant.ok_or(UnwrapError::TenantKeyRequired)?;
         Zeroizing::new(
-            t.0.open_with_aad(&sealed, &inner.0)
-                .map_err(|_| UnwrapError::WrongTenantKey)?,
+            t.open(&sealed, &inner.0)
+                .map_err(|_| UnwrapError::WrongTenantKey)?
+                .0,
         )
     } else {
         sealed
@@ -171,16 +186,58 @@ pub fn is_tenant_wrapped(wrapped: &WrappedKey) -> bool {
 const SHARE_CONTEXT: &str = "jax-csi key share v1";
 
 /// A key-encryption key. Bucket secrets are stored only wrapped by one.
+///
+/// During a rotation it also holds the keys it replaces: it wraps with the
+/// current key only, and opens with the current key or, failing that, with
+/// a previous one (see [`Kek::still_opening`]).
 #[derive(Clone, Debug)]
-pub struct Kek(SecretKey);
+pub struct Kek {
+    current: SecretKey,
+    previous: Vec<SecretKey>,
+}
 
 impl Kek {
     pub fn new(key: SecretKey) -> Self {
-        Self(key)
+        Self {
+            current: key,
+            previous: Vec::new(),
+        }
     }
 
     pub fn generate() -> Result<Self, CryptoError> {
-        Ok(Self(SecretKey::generate()?))
+        Ok(Self::new(SecretKey::generate()?))
+    }
+
+    /// This KEK, still opening what `older` (and the keys it still opened)
+    /// wrapped: what every process runs with while records are re-wrapped
+    /// from `older` to this one.
+    pub fn still_opening(mut self, older: Kek) -> Self {
+        self.previous.push(older.current);
+        self.previous.extend(older.previous);
+        self
+    }
+
+    /// Whether this KEK opens keys of an earlier one too.
+    pub fn is_rotating(&self) -> bool {
+        !self.previous.is_empty()
+    }
+
+    fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.current.seal_with_aad(plaintext, aad)
+    }
+
+    /// Open with the current key, else with a previous one; whether it was
+    /// the current key that opened it.
+    fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<(Vec<u8>, bool), CryptoError> {
+        match self.current.open_with_aad(sealed, aad) {
+            Ok(plain) => Ok((plain, true)),
+            Err(e) => self
+                .previous
+                .iter()
+                .find_map(|k| k.open_with_aad(sealed, aad).ok())
+                .map(|plain| (plain, false))
+                .ok_or(e),
+        }
     }
 
     /// Read a KEK file: 32 raw bytes, or 64 hex characters (whitespace ignored).
@@ -205,14 +262,14 @@ impl Kek {
                 CryptoError::Malformed("KEK file must hold 32 bytes or 64 hex characters")
             })?
         };
-        Ok(Self(SecretKey::from_bytes(bytes)))
+        Ok(Self::new(SecretKey::from_bytes(bytes)))
     }
 
     /// Write this KEK as hex to `path` (mode 0600); for the local mode and tests.
     pub fn write_file(&self, path: &Path) -> Result<(), CryptoError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let text = Zeroizing::new(hex::encode(self.0.expose()));
+        let text = Zeroizing::new(hex::encode(self.current.expose()));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -236,13 +293,19 @@ impl Kek {
         secret: &SecretKey,
         ctx: &WrapContext,
     ) -> Result<WrappedKey, CryptoError> {
-        Ok(WrappedKey(self.0.seal_with_aad(secret.expose(), &ctx.0)?))
+        Ok(WrappedKey(self.seal(secret.expose(), &ctx.0)?))
     }
 
     /// Wrap as builds before bound wraps did (tests of the migration).
     #[cfg(test)]
     pub fn wrap_unbound(&self, secret: &SecretKey) -> WrappedKey {
-        WrappedKey(self.0.seal_with_aad(secret.expose(), WRAP_AAD).unwrap())
+        WrappedKey(self.seal(secret.expose(), WRAP_AAD).unwrap())
+    }
+
+    /// Whether the current key opens this [`Kek::wrap_for`] wrap for `ctx`
+    /// (not a previous key, not the unbound form of earlier builds).
+    pub fn wrapped_current(&self, wrapped: &WrappedKey, ctx: &WrapContext) -> bool {
+        self.current.open_with_aad(&wrapped.0, &ctx.0).is_ok()
     }
 
     /// Open a [`Kek::wrap_for`] key; `legacy` also accepts the unbound wraps
@@ -253,12 +316,11 @@ impl Kek {
         ctx: &WrapContext,
         legacy: bool,
     ) -> Result<SecretKey, CryptoError> {
-        let opened = self
-            .0
-            .open_with_aad(&wrapped.0, &ctx.0)
+        let (opened, _) = self
+            .open(&wrapped.0, &ctx.0)
             .or_else(|e| {
                 if legacy {
-                    self.0.open_with_aad(&wrapped.0, WRAP_AAD)
+                    self.open(&wrapped.0, WRAP_AAD)
                 } else {
                     Err(e)
                 }
@@ -348,6 +410,34 @@ impl KeyShare {
 mod tests {
     use super::*;
 
+    /// A rotation: the new KEK still opening the old one opens what the old
+    /// one wrapped, re-wraps it once (a tenant's inner layer kept as it is,
+    /// no tenant key needed), and the new KEK alone opens the result.
+    #[test]
+    fn a_rotation_rewraps_the_outer_layer_once() {
+        let (old, new) = (Kek::generate().unwrap(), Kek::generate().unwrap());
+        let tenant = Kek::generate().unwrap();
+        let secret = SecretKey::generate().unwrap();
+        let ctx = WrapContext::volume("v1");
+        let wrapped = wrap_layered(&old, Some(&tenant), &secret, &ctx, &ctx).unwrap();
+        let ring = new.clone().still_opening(old.clone());
+        assert!(ring.is_rotating());
+        let opened = unwrap_layered(&ring, Some(&tenant), &wrapped, &ctx, &ctx).unwrap();
+        assert_eq!(opened, secret);
+        let rewrapped = rewrap_to_current(&ring, &wrapped, &ctx).unwrap().unwrap();
+        assert_eq!(rewrap_to_current(&ring, &rewrapped, &ctx).unwrap(), None);
+        assert_eq!(
+            unwrap_layered(&new, Some(&tenant), &rewrapped, &ctx, &ctx).unwrap(),
+            secret
+        );
+        assert_eq!(
+            unwrap_layered(&old, Some(&tenant), &rewrapped, &ctx, &ctx),
+            Err(UnwrapError::WrongClusterKey)
+        );
+        // Bound to its record still: another context does not open it.
+        assert!(rewrap_to_current(&ring, &wrapped, &WrapContext::volume("v2")).is_err());
+    }
+
     #[test]
     fn kek_wrap_and_wrong_kek() {
         let kek = Kek::generate().unwrap();
@@ -365,7 +455,7 @@ mod tests {
             .unwrap_for(&w, &WrapContext::volume("v2"), false)
             .is_err());
         // Unbound wraps of earlier builds open only where allowed.
-        let old = WrappedKey(kek.0.seal_with_aad(secret.expose(), WRAP_AAD).unwrap());
+        let old = kek.wrap_unbound(&secret);
         assert!(kek.unwrap_for(&old, &ctx, false).is_err());
         assert_eq!(kek.unwrap_for(&old, &ctx, true).unwrap(), secret);
     }

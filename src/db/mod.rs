@@ -11,12 +11,14 @@ mod k8s_records;
 mod keys;
 pub mod operator;
 mod records;
+mod rotate;
 
 pub use keys::{HeadKey, KeyError};
 pub use records::{
     retention_of, GroupSnapshotRecord, NewSnapshot, NewVolume, NodeSync, NodeSyncRow,
     SnapshotRecord, VolumeRecord, PARAM_HISTORY_RETENTION,
 };
+pub use rotate::RewrapReport;
 
 use std::time::Duration;
 

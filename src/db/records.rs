@@ -117,12 +117,13 @@ pub struct NewSnapshot {
     pub ready: bool,
 }
 
-const VOLUME_COLUMNS: &str =
+pub(super) const VOLUME_COLUMNS: &str =
     "id, name, seq, capacity_bytes, parameters, access_modes, chunk_size, wrapped_key, \
      tenant_wrapped_key, source_snapshot_id, source_volume_id, source_head, source_wrapped_key, \
      mutable_parameters";
 
-const SNAPSHOT_COLUMNS: &str = "id, name, seq, source_volume_id, head, wrapped_key, size_bytes, \
+pub(super) const SNAPSHOT_COLUMNS: &str =
+    "id, name, seq, source_volume_id, head, wrapped_key, size_bytes, \
      EXTRACT(EPOCH FROM date_trunc('second', created_at))::BIGINT AS created_secs, \
      (EXTRACT(MICROSECONDS FROM created_at)::BIGINT % 1000000 * 1000)::INT AS created_nanos, \
      group_snapshot_id, bucket_id, ready";

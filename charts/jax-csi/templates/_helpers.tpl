@@ -159,6 +159,10 @@ when apiServer.host replaces the in-cluster default.
     items:
       - key: {{ include "jax-csi.kekSecretKey" .ctx }}
         path: kek
+      {{- with .ctx.Values.kek.previousSecretKey }}
+      - key: {{ . }}
+        path: previous
+      {{- end }}
 {{- end }}
 
 {{/*

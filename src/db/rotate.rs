@@ -1,0 +1,102 @@
+//! A cluster KEK rotation's work in Postgres (`jax-csi kek rotate`): every
+//! record's wrapped key re-wrapped by the current KEK, in one transaction.
+//! Only the outer (cluster) layer changes: a tenant's inner layer is kept,
+//! so no tenant key is needed, and no data is copied.
+
+use serde::Serialize;
+
+use super::records::{SNAPSHOT_COLUMNS, VOLUME_COLUMNS};
+use super::{Db, DbResult, HeadKey, SnapshotRecord, VolumeRecord};
+use crate::crypto::{rewrap_to_current, Kek, WrappedKey};
+
+/// What a rotation found and did.
+#[derive(Debug, Default, Serialize)]
+pub struct RewrapReport {
+    /// Keys re-wrapped by the current KEK.
+    pub rewrapped: u64,
+    /// Keys the current KEK wrapped already (a rotation run again).
+    pub already_current: u64,
+    /// Records whose key no KEK given opens; when any, nothing was written.
+    pub unreadable: Vec<String>,
+    /// Whether the transaction was committed.
+    pub committed: bool,
+}
+
+impl RewrapReport {
+    /// Re-wrap `key` (of the record `what`); the new bytes when it changed.
+    fn take(&mut self, kek: &Kek, key: &HeadKey, what: String) -> Option<WrappedKey> {
+        match rewrap_to_current(kek, &key.wrapped, &key.outer) {
+            Ok(Some(new)) => {
+                self.rewrapped += 1;
+                Some(new)
+            }
+            Ok(None) => {
+                self.already_current += 1;
+                None
+            }
+            Err(e) => {
+                self.unreadable.push(format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+}
+
+impl Db {
+    /// Re-wrap every volume's key, every clone's source key and every
+    /// snapshot's key by `kek`'s current key (`kek` must still open the old
+    /// ones: `Kek::still_opening`). The rows are locked for the run, so a
+    /// concurrent CreateSnapshot or head fill waits for it. Nothing is
+    /// written when any record does not open.
+    pub async fn rewrap_keys(&self, kek: &Kek) -> DbResult<RewrapReport> {
+        let mut report = RewrapReport::default();
+        let mut tx = self.pool().begin().await?;
+        let volumes: Vec<VolumeRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {VOLUME_COLUMNS} FROM volumes ORDER BY seq FOR UPDATE"
+        )))
+        .fetch_all(&mut *tx)
+        .await?;
+        for v in &volumes {
+            let own = HeadKey::of_volume(v, None);
+            if let Some(new) = report.take(kek, &own, format!("volume {}", v.id)) {
+                sqlx::query("UPDATE volumes SET wrapped_key = $2 WHERE id = $1")
+                    .bind(&v.id)
+                    .bind(&new.0)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if let Some(source) = HeadKey::of_clone_source(v) {
+                let what = format!("volume {} (its clone source's key)", v.id);
+                if let Some(new) = report.take(kek, &source, what) {
+                    sqlx::query("UPDATE volumes SET source_wrapped_key = $2 WHERE id = $1")
+                        .bind(&v.id)
+                        .bind(&new.0)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        let snapshots: Vec<SnapshotRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots ORDER BY seq FOR UPDATE"
+        )))
+        .fetch_all(&mut *tx)
+        .await?;
+        for s in &snapshots {
+            let key = HeadKey::of_snapshot(s);
+            if let Some(new) = report.take(kek, &key, format!("snapshot {}", s.id)) {
+                sqlx::query("UPDATE snapshots SET wrapped_key = $2 WHERE id = $1")
+                    .bind(&s.id)
+                    .bind(&new.0)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        if report.unreadable.is_empty() {
+            tx.commit().await?;
+            report.committed = true;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(report)
+    }
+}
