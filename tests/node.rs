@@ -1157,3 +1157,115 @@ async fn the_cluster_kek_rotates_without_copying_data() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nothing was changed"), "{err}");
 }
+
+/// #26 finding 6: `jax-csi node remove` takes a node out for good. The
+/// other node lists its sync identity as revoked within seconds (the time
+/// is printed), the removed node's heartbeat cannot register it again,
+/// and removing a node nobody registered is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_is_refused_and_cannot_register_again() {
+    let mut e = env().await;
+    let mut node_b = NodeClient::new(e.c.node("node-b").await);
+    // A volume both nodes hold: node-b enrolls (gets a key share) when it
+    // stages it.
+    let vol = e.create("shared-with-b", None).await;
+    let pod = e.publish(&vol, "a").await;
+    fs::write(pod.join("f.txt"), b"from a").unwrap();
+    fsync_file(&pod.join("f.txt"));
+    e.wait_head_reported(&vol);
+    let mut on_b = e.stage_req(&vol, rwx());
+    on_b.staging_target_path = e.path(&format!("staging-b/{vol}")).display().to_string();
+    node_b.node_stage_volume(on_b).await.unwrap();
+    let members = |e: &Env| -> Vec<String> {
+        jax_csi::bucket::StateDir::open(&e.c.node_state("node-a"))
+            .unwrap()
+            .members_at_head(&vol.parse().unwrap())
+            .unwrap()
+            .iter()
+            .map(|m| m.to_hex())
+            .collect()
+    };
+    let endpoint = |e: &Env| {
+        e.c.psql("SELECT endpoint_id FROM nodes WHERE id = 'node-b'")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while endpoint(&e).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "node-b never registered its sync endpoint"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let gone = endpoint(&e);
+    assert!(
+        members(&e).contains(&gone),
+        "node-b enrolled: a member at node-a's head"
+    );
+    let remove = |id: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_jax-csi"))
+            .args([
+                "node",
+                "remove",
+                id,
+                "-o",
+                "json",
+                "--database-url",
+                &e.c.url(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let removed_at = Instant::now();
+    let out = remove("node-b");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let revoked = e.c.node_state("node-a").join("REVOKED");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fs::read_to_string(&revoked)
+        .unwrap_or_default()
+        .contains(&gone)
+    {
+        assert!(Instant::now() < deadline, "node-a never revoked node-b");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "node remove -> revoked on the other node after {} ms",
+        removed_at.elapsed().as_millis()
+    );
+    // node-a's head of the shared volume drops node-b's key share.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while members(&e).contains(&gone) {
+        assert!(
+            Instant::now() < deadline,
+            "node-b still holds a share at node-a's head"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "node remove -> a version without its share after {} ms",
+        removed_at.elapsed().as_millis()
+    );
+    assert!(!members(&e).is_empty());
+    // node-b's heartbeat is refused, and says so.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fs::read_to_string(e.c.node_log("node-b"))
+        .unwrap_or_default()
+        .contains("this node is not registered")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node-b's heartbeat was not refused"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        e.c.psql("SELECT count(*) FROM nodes WHERE id = 'node-b'"),
+        "0"
+    );
+    let out = remove("node-nobody");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no node node-nobody"));
+}

@@ -503,6 +503,10 @@ pub fn state_files(data: &[u8]) -> bool {
             store: s.store.clone(),
             identity: Arc::new(fx.identity.clone()),
             secret: fx.bucket_secret.clone(),
+            revoked: Arc::new(
+                jax_csi::bucket::Revoked::at(&s.dir.join("REVOKED"))
+                    .expect("an empty revoked list"),
+            ),
         };
         // No version is stored: HEAD must not open, whatever it says.
         assert!(core.head().is_err());

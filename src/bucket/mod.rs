@@ -30,6 +30,7 @@ mod ops;
 pub mod path;
 mod replica;
 mod retention;
+mod revoked;
 mod tree;
 
 /// Decoders private to this module, for the fuzz harness (`fuzz/src/lib.rs`,
@@ -62,6 +63,7 @@ pub use names::{validate_name, NAME_MAX};
 pub use ops::{Op, OpRecord, OpsLog};
 pub use replica::{DirContents, DirRef, ProofKey};
 pub use retention::Retention;
+pub use revoked::Revoked;
 pub use tree::{SpecialKind, Timestamp};
 
 use std::collections::HashSet;
@@ -117,6 +119,8 @@ pub struct BucketCore {
     pub store: Arc<BlobStore>,
     pub identity: Arc<Identity>,
     pub secret: SecretKey,
+    /// Nodes removed from the cluster: never given a share again.
+    pub revoked: Arc<Revoked>,
 }
 
 impl BucketCore {
@@ -302,6 +306,7 @@ pub struct StateDir {
     root: PathBuf,
     store: Arc<BlobStore>,
     identity: Arc<Identity>,
+    revoked: Arc<Revoked>,
 }
 
 impl std::fmt::Debug for StateDir {
@@ -322,11 +327,30 @@ impl StateDir {
             root: root.to_path_buf(),
             store: Arc::new(store),
             identity: Arc::new(identity),
+            revoked: Arc::new(Revoked::load(root)?),
         })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The identities bucket `id`'s head shares its secret with (read from
+    /// the signed manifest; no key needed).
+    pub fn members_at_head(&self, id: &BucketId) -> Result<Vec<crate::crypto::NodeId>> {
+        let p = self.bucket_dir(id).join("HEAD");
+        let text = std::fs::read_to_string(&p).map_err(BucketError::io(&p))?;
+        let head = Hash::from_hex(text.trim()).map_err(|reason| BucketError::Format {
+            what: "HEAD file",
+            reason,
+        })?;
+        let m = Manifest::load(&self.store, &head)?;
+        Ok(m.body.shares.iter().map(|s| s.recipient).collect())
+    }
+
+    /// Nodes removed from the cluster (see `jax-csi node remove`).
+    pub fn revoked(&self) -> &Arc<Revoked> {
+        &self.revoked
     }
 
     pub fn identity(&self) -> &Identity {
@@ -566,6 +590,7 @@ impl StateDir {
             store: self.store.clone(),
             identity: self.identity.clone(),
             secret,
+            revoked: self.revoked.clone(),
         })
     }
 
@@ -591,6 +616,7 @@ impl StateDir {
                 store: self.store.clone(),
                 identity: self.identity.clone(),
                 secret,
+                revoked: self.revoked.clone(),
             }),
         })
     }
@@ -607,6 +633,7 @@ impl StateDir {
                 store: self.store.clone(),
                 identity: self.identity.clone(),
                 secret,
+                revoked: self.revoked.clone(),
             }),
         }
     }
@@ -620,6 +647,7 @@ impl StateDir {
             store: self.store.clone(),
             identity: self.identity.clone(),
             secret: SecretKey::from_bytes([0; 32]),
+            revoked: self.revoked.clone(),
         };
         let head = probe
             .read_head()

@@ -65,7 +65,7 @@ enum Command {
     Csi(csi_cmd::CsiArgs),
     /// The CSI node plugin (Identity + Node services, FUSE mounts) on a
     /// unix socket; `node list` shows the registered nodes.
-    Node(node_cmd::NodeCli),
+    Node(Box<node_cmd::NodeCli>),
     /// Hold a clone of every mount's FUSE connection for the node plugins
     /// on this host, so their mounts outlive a plugin's upgrade or crash
     /// (`jax-csi node --handover-socket`). Stopping it ends mounts whose
@@ -126,7 +126,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bucket(args) => bucket_cmd::run(args),
         Command::Bench { command } => bench::run(command),
         Command::Controller(args) => controller_cmd::run(args),
-        Command::Node(args) => node_cmd::run(args),
+        Command::Node(args) => node_cmd::run(*args),
         Command::Csi(args) => csi_cmd::run(args),
         Command::FdKeeper { socket } => jax_csi::fuse::keeper::serve(&socket)
             .with_context(|| format!("serving the fd-keeper on {}", socket.display())),

@@ -110,6 +110,16 @@ pub enum NodeCommand {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Remove a node for good (a lost or compromised machine): every node
+    /// refuses its sync identity within a few seconds, open connections
+    /// included, and drops its key share from the volumes it held in a new
+    /// version; it cannot register again. It keeps what it already held.
+    Remove {
+        /// The node's id (`node list`).
+        id: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -534,7 +544,10 @@ pub fn run_snapshot(cmd: SnapshotCommand) -> anyhow::Result<()> {
 }
 
 pub fn run_node(cmd: NodeCommand) -> anyhow::Result<()> {
-    let NodeCommand::List { db: args } = cmd;
+    let args = match cmd {
+        NodeCommand::List { db } => db,
+        NodeCommand::Remove { id, db } => return remove_node(&id, &db),
+    };
     block_on(async {
         let db = args.connect().await?;
         let nodes = db.node_views().await.context("listing nodes")?;
@@ -601,5 +614,25 @@ pub fn run_mount(cmd: MountCommand) -> anyhow::Result<()> {
             }
             t
         })
+    })
+}
+
+/// `node remove ID`.
+fn remove_node(id: &str, args: &DbArgs) -> anyhow::Result<()> {
+    block_on(async {
+        let db = args.connect().await?;
+        let Some(endpoint) = db.remove_node(id).await.context("removing the node")? else {
+            anyhow::bail!("no node {id} is registered (jax-csi node list)");
+        };
+        match args.output {
+            super::output::Output::Json => {
+                println!("{}", serde_json::json!({"removed": id, "endpoint": endpoint}))
+            }
+            super::output::Output::Table => println!(
+                "removed node {id} (sync identity {}): the other nodes refuse it at their next refresh of the registry",
+                short(&Some(endpoint))
+            ),
+        }
+        Ok(())
     })
 }

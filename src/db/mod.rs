@@ -39,6 +39,11 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
     Query(String),
+    /// This node's identity was removed from the cluster (`node remove`).
+    #[error(
+        "node {0} was removed from the cluster (jax-csi node remove); it may not register again"
+    )]
+    Removed(String),
 }
 
 impl From<sqlx::Error> for DbError {

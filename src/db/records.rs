@@ -6,7 +6,7 @@ use sqlx::FromRow;
 
 use crate::bucket::Retention;
 
-use super::{Db, DbResult};
+use super::{Db, DbError, DbResult};
 
 #[derive(Clone, Debug, FromRow, PartialEq, Eq)]
 pub struct VolumeRecord {
@@ -311,9 +311,11 @@ impl Db {
         free_bytes: i64,
         sync: Option<&NodeSync>,
     ) -> DbResult<()> {
-        sqlx::query(
+        // A removed identity does not register again (`remove_node`).
+        let refused = sqlx::query(
             "INSERT INTO nodes (id, max_volumes, capacity_bytes, free_bytes, endpoint_id, addresses) \
-             VALUES ($1, $2, $3, $4, $5, COALESCE($6, '[]')) \
+             SELECT $1, $2, $3, $4, $5, COALESCE($6, '[]') \
+             WHERE NOT EXISTS (SELECT 1 FROM removed_nodes r WHERE r.endpoint_id = $5) \
              ON CONFLICT (id) DO UPDATE SET max_volumes = EXCLUDED.max_volumes, \
              capacity_bytes = EXCLUDED.capacity_bytes, free_bytes = EXCLUDED.free_bytes, \
              endpoint_id = COALESCE(EXCLUDED.endpoint_id, nodes.endpoint_id), \
@@ -327,8 +329,60 @@ impl Db {
         .bind(sync.map(|s| s.endpoint_id.as_str()))
         .bind(sync.map(|s| serde_json::to_string(&s.addresses).expect("strings serialize")))
         .execute(self.pool())
-        .await?;
+        .await?
+        .rows_affected()
+            == 0;
+        if refused {
+            return Err(DbError::Removed(node_id.to_string()));
+        }
         Ok(())
+    }
+
+    /// Remove a node for good: its registration, heads and mount records
+    /// go, and its sync identity is listed as removed, so every node
+    /// refuses it and it cannot register again. Returns its endpoint id
+    /// (`None`: no such node).
+    pub async fn remove_node(&self, node_id: &str) -> DbResult<Option<String>> {
+        let mut tx = self.pool().begin().await?;
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT endpoint_id FROM nodes WHERE id = $1 FOR UPDATE")
+                .bind(node_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((endpoint,)) = row else {
+            return Ok(None);
+        };
+        let endpoint = endpoint.unwrap_or_default();
+        sqlx::query(
+            "INSERT INTO removed_nodes (endpoint_id, node_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(&endpoint)
+        .bind(node_id)
+        .execute(&mut *tx)
+        .await?;
+        for table in ["bucket_heads", "mounts"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE node_id = $1"
+            )))
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(endpoint))
+    }
+
+    /// The sync endpoint ids of every removed node.
+    pub async fn removed_endpoints(&self) -> DbResult<Vec<String>> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT endpoint_id FROM removed_nodes WHERE endpoint_id <> ''")
+                .fetch_all(self.pool())
+                .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
     /// The sync endpoint ids of every registered node.

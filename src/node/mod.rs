@@ -16,6 +16,7 @@ mod locks;
 pub mod peers;
 pub mod records;
 pub mod replicas;
+mod revocation;
 mod stage;
 
 pub use error::NodeError;
@@ -176,7 +177,7 @@ impl NodeAgent {
             db: db.clone(),
             manager: manager.clone(),
             sync: sync.clone(),
-            replicas,
+            replicas: replicas.clone(),
             locks: VolumeLocks::default(),
             handover: cfg.handover_socket.is_some(),
             tasks: Default::default(),
@@ -204,6 +205,13 @@ impl NodeAgent {
             sync.clone(),
             state.clone(),
             kek.clone(),
+            Duration::from_secs(2),
+        ));
+        agent.spawn(revocation::follow_removals(
+            db.clone(),
+            sync.clone(),
+            state.clone(),
+            replicas.clone(),
             Duration::from_secs(2),
         ));
         agent.spawn(peers::announce_commits(

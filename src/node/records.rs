@@ -199,6 +199,11 @@ pub async fn register_node(
         .await;
         match r {
             Ok(()) => tokio::time::sleep(HEARTBEAT).await,
+            Err(e @ crate::db::DbError::Removed(_)) => {
+                // Said once a minute: every other node refuses this one.
+                tracing::error!(error = %e, "this node is not registered");
+                tokio::time::sleep(HEARTBEAT.max(Duration::from_secs(60))).await;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "node not registered yet");
                 tokio::time::sleep(RETRY).await;

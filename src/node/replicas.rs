@@ -20,6 +20,8 @@ enum Change<'a> {
     Restore(&'a Hash),
     /// Share the bucket with another node (a peer that proved the secret).
     Grant(&'a NodeId),
+    /// Drop the shares of nodes removed from the cluster.
+    DropRevoked,
 }
 
 impl Change<'_> {
@@ -28,6 +30,7 @@ impl Change<'_> {
             Change::Merge(_) => "merging a synced head",
             Change::Restore(_) => "restoring a version",
             Change::Grant(_) => "sharing the volume with a node",
+            Change::DropRevoked => "dropping removed nodes from the volume's members",
         }
     }
 
@@ -38,6 +41,7 @@ impl Change<'_> {
             Change::Merge(head) => Ok(m.merge_from(head, &ConflictFile)?.conflicts.len()),
             Change::Restore(version) => m.restore_version(version).map(|()| 0),
             Change::Grant(node) => m.grant(node).map(|()| 0),
+            Change::DropRevoked => m.drop_revoked_members().map(|_| 0),
         }
     }
 
@@ -97,6 +101,13 @@ impl Replicas {
     /// Share `volume` with `node` in a new version; returns that version.
     pub fn grant(&self, volume: &BucketId, node: &NodeId) -> Result<Hash, NodeError> {
         self.change(volume, Change::Grant(node))
+            .map(|(saved, _)| saved.hash)
+    }
+
+    /// Write a version of `volume` without the shares of removed nodes;
+    /// returns that version (the head as it was when there were none).
+    pub fn drop_revoked(&self, volume: &BucketId) -> Result<Hash, NodeError> {
+        self.change(volume, Change::DropRevoked)
             .map(|(saved, _)| saved.hash)
     }
 

@@ -330,6 +330,28 @@ impl SyncEngine {
         }
     }
 
+    /// Close every connection with a node removed from the cluster (see
+    /// `StateDir::revoked`) and forget it as a peer; new ones are refused
+    /// (`is_registered`), and a connection it still holds is refused on
+    /// its next request (`server`).
+    pub async fn drop_revoked(&self) {
+        let revoked = self.inner.state.revoked().all();
+        if revoked.is_empty() {
+            return;
+        }
+        let mut conns = self.inner.conns.lock().await;
+        for node in &revoked {
+            if let Some(conn) = conns.remove(node) {
+                conn.close(2u32.into(), b"removed from the cluster");
+            }
+        }
+        drop(conns);
+        let mut peers = self.inner.peers.lock().unwrap();
+        for list in peers.values_mut() {
+            list.retain(|p| !revoked.contains(&p.node));
+        }
+    }
+
     /// How to ask about a node missing from the last registered list.
     pub fn set_registry_check(&self, check: RegistryCheck) {
         let _ = self.inner.registry.set(check);
@@ -500,6 +522,10 @@ impl Inner {
     }
 
     async fn is_registered(&self, node: &NodeId) -> bool {
+        // Removed from the cluster: refused whatever a list says.
+        if self.state.revoked().contains(node) {
+            return false;
+        }
         let known = self
             .registered
             .lock()

@@ -74,6 +74,14 @@ impl ProtocolHandler for Handler {
             let Ok((mut send, recv)) = conn.accept_bi().await else {
                 break;
             };
+            // Checked on every request, not only when the connection
+            // opened: a node removed meanwhile gets nothing more.
+            if self.inner.state.revoked().contains(&peer) {
+                self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, "sync request from a node removed from the cluster; connection closed");
+                conn.close(2u32.into(), b"removed from the cluster");
+                break;
+            }
             let inner = self.inner.clone();
             tokio::spawn(async move {
                 let _slot = slot;

@@ -1031,3 +1031,40 @@ async fn a_forged_head_costs_no_disk_below_it() {
     );
     assert_eq!(ab.head().unwrap(), ours);
 }
+
+/// #26 finding 6: a node removed from the cluster is refused at once, on
+/// the connection it already holds too (registration used to be checked
+/// only when a connection opened), and a new connection is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_is_refused_on_its_open_connection() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b) = (node(&kek).await, node(&kek).await);
+    register(&[&a, &b]);
+    let (x, _) = shared(&a, &b, &kek).await;
+    let bb = b.state.open_bucket(&x, &kek).unwrap();
+    let heads = || Request::Heads {
+        buckets: vec![(
+            x,
+            bb.proof_key()
+                .proof(&x, &b.engine.node_id().0, &a.engine.node_id().0),
+        )],
+    };
+    let answer = client::ask_for_tests(&b.engine.inner, &peer(&a), &heads()).await;
+    assert!(matches!(answer, Ok(Response::Heads(_))), "{answer:?}");
+    let refused = a.engine.stats().refused.load(Ordering::Relaxed);
+    a.state.revoked().add([b.engine.node_id()]).unwrap();
+    // b's connection to a is still open: its next request is refused.
+    let answer = client::ask_for_tests(&b.engine.inner, &peer(&a), &heads()).await;
+    assert!(!matches!(answer, Ok(Response::Heads(_))), "{answer:?}");
+    assert!(a.engine.stats().refused.load(Ordering::Relaxed) > refused);
+    // And so is every later one, on a new connection.
+    let answer = client::ask_for_tests(&b.engine.inner, &peer(&a), &heads()).await;
+    assert!(!matches!(answer, Ok(Response::Heads(_))), "{answer:?}");
+    // a drops its own connections to b and forgets it as a peer.
+    a.engine.drop_revoked().await;
+    assert!(a
+        .engine
+        .peers_of(&x)
+        .iter()
+        .all(|p| p.node != b.engine.node_id()));
+}

@@ -210,6 +210,11 @@ impl Mount {
     /// Share the bucket secret with `node` so it can read the bucket and sign
     /// versions other replicas accept. Takes effect with the next save.
     pub fn grant(&mut self, node: &NodeId) -> Result<()> {
+        if self.core.revoked.contains(node) {
+            return Err(BucketError::NotPermitted(
+                "the node was removed from the cluster",
+            ));
+        }
         self.start_change()?;
         if !self.shares.iter().any(|s| s.recipient == *node) {
             self.shares.push(KeyShare::create(&self.core.secret, node)?);
@@ -217,6 +222,21 @@ impl Mount {
             self.record(|| Change::Grant { node: *node });
         }
         Ok(())
+    }
+
+    /// Drop the shares of nodes removed from the cluster (the next save
+    /// writes a version without them); whether there were any.
+    pub fn drop_revoked_members(&mut self) -> Result<bool> {
+        self.check_writable()?;
+        let before = self.shares.len();
+        let me = self.core.identity.node_id();
+        self.shares
+            .retain(|s| s.recipient == me || !self.core.revoked.contains(&s.recipient));
+        let dropped = self.shares.len() != before;
+        if dropped {
+            self.changed = true;
+        }
+        Ok(dropped)
     }
 
     /// Take in the shares of another version (a merged head): every member

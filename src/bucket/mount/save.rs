@@ -220,6 +220,11 @@ impl Mount {
                 at: merged.map(|m| m.0).unwrap_or(self.base_hash),
                 reason: "a version at the largest height has no successor".into(),
             })?;
+        // A node removed from the cluster gets no share of what is written
+        // now, whatever version brought its share here.
+        let me = self.core.identity.node_id();
+        self.shares
+            .retain(|s| s.recipient == me || !self.core.revoked.contains(&s.recipient));
         let mut body = ManifestBody {
             bucket_id: self.core.id,
             height,

@@ -391,3 +391,57 @@ fn the_first_writable_mount_binds_an_unbound_head() {
     let _again = b.mount().unwrap();
     assert_eq!(b.head().unwrap(), head);
 }
+
+/// #26 finding 6: a node removed from the cluster loses its key share in
+/// the next version, and a merge with a version that still shares with it
+/// (written where the removal was not known yet) does not bring it back.
+#[test]
+fn a_removed_member_gets_no_share_of_later_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bucket(dir.path(), 1 << 16);
+    let gone = crate::crypto::Identity::generate().unwrap().node_id();
+    let mut old_side = b.mount().unwrap();
+    let mut granting = b.mount().unwrap();
+    granting.grant(&gone).unwrap();
+    let shared = granting.save().unwrap().hash;
+    assert!(b
+        .core
+        .load_manifest(&shared)
+        .unwrap()
+        .body
+        .shares
+        .iter()
+        .any(|s| s.recipient == gone));
+    drop(granting);
+    b.core.revoked.add([gone]).unwrap();
+    // A mount of the head with the share: dropping it makes a version.
+    let mut m = b.mount().unwrap();
+    assert!(m.drop_revoked_members().unwrap());
+    let without = m.save().unwrap().hash;
+    let members = |h: &Hash| -> Vec<crate::crypto::NodeId> {
+        b.core
+            .load_manifest(h)
+            .unwrap()
+            .body
+            .shares
+            .iter()
+            .map(|s| s.recipient)
+            .collect()
+    };
+    assert!(!members(&without).contains(&gone));
+    drop(m);
+    // A sibling written from before the grant, then merged with the
+    // version that shares with the removed node: no share comes back.
+    crate::bucket::path::write_file(&mut old_side, "/x", b"concurrent").unwrap();
+    old_side.save().unwrap();
+    old_side
+        .merge_from(&shared, &crate::bucket::ConflictFile)
+        .unwrap();
+    let merged = b.head().unwrap();
+    assert_ne!(merged, shared);
+    assert!(
+        !members(&merged).contains(&gone),
+        "a merge brought the removed node's share back"
+    );
+    assert!(!old_side.members().contains(&gone));
+}
