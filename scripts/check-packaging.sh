@@ -316,8 +316,9 @@ docs = load("default.yaml")
 check_common("default.yaml", docs, {"kubeletDir": "/var/lib/kubelet"})
 kek_secret("default.yaml", docs)
 kinds = sorted({d["kind"] for d in docs})
-for k in ("CSIDriver", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Deployment", "PodDisruptionBudget",
-          "Role", "RoleBinding", "Secret", "ServiceAccount", "StorageClass", "VolumeSnapshotClass"):
+for k in ("CSIDriver", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Deployment", "NetworkPolicy",
+          "PodDisruptionBudget", "Role", "RoleBinding", "Secret", "ServiceAccount", "StorageClass",
+          "VolumeSnapshotClass"):
     if k not in kinds: err(f"default.yaml: no {k}")
 for k in ("StatefulSet", "VolumeGroupSnapshotClass", "VolumeAttributesClass"):
     if k in kinds: err(f"default.yaml: unexpected {k}")

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Container, PodSpec, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass, VolumeAttributesClass};
@@ -49,6 +50,7 @@ enum Object {
     Deployment(Deployment),
     ClusterRole(ClusterRole),
     Role(Role),
+    NetworkPolicy(NetworkPolicy),
     /// Read and checked for unknown fields; nothing more is asked of it.
     Other,
 }
@@ -121,6 +123,7 @@ fn parse(doc: &Value) -> Object {
             let _: RoleBinding = typed(doc, &what);
             Object::Other
         }
+        ("networking.k8s.io/v1", "NetworkPolicy") => Object::NetworkPolicy(typed(doc, &what)),
         ("policy/v1", "PodDisruptionBudget") => {
             let _: PodDisruptionBudget = typed(doc, &what);
             Object::Other
@@ -249,6 +252,77 @@ fn the_csi_driver_object_says_what_the_driver_does() {
     assert_eq!(
         spec.volume_lifecycle_modes.as_deref(),
         Some(&["Persistent".to_string()][..])
+    );
+}
+
+/// #26 finding 5: the sync port takes traffic from the node plugins only
+/// (the default render); with the host network no policy is rendered (it
+/// would not apply).
+#[test]
+fn only_node_plugins_reach_the_sync_port() {
+    let objects = render("default");
+    let ds = daemonset(&objects, "-node");
+    let node_labels = ds.spec.selector.match_labels.clone().unwrap();
+    let policies: Vec<&NetworkPolicy> = objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::NetworkPolicy(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(policies.len(), 1, "one NetworkPolicy");
+    let spec = policies[0].spec.as_ref().unwrap();
+    let selected = spec
+        .pod_selector
+        .as_ref()
+        .and_then(|s| s.match_labels.as_ref());
+    assert_eq!(selected, Some(&node_labels));
+    assert_eq!(
+        spec.policy_types.as_deref(),
+        Some(&["Ingress".to_string()][..])
+    );
+    let sync_port = ds.spec.template.spec.as_ref().unwrap().containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("sync"))
+        .expect("the sync port")
+        .container_port;
+    let rules = spec.ingress.as_ref().unwrap();
+    for rule in rules {
+        let udp_sync = rule.ports.iter().flatten().any(|p| {
+            p.protocol.as_deref() == Some("UDP")
+                && p.port
+                    == Some(
+                        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(sync_port),
+                    )
+        });
+        if udp_sync {
+            let from = rule
+                .from
+                .as_ref()
+                .expect("the sync port is not open to all");
+            assert!(from.iter().all(|peer| peer
+                .pod_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref())
+                == Some(&node_labels)
+                && peer.ip_block.is_none()
+                && peer.namespace_selector.is_none()));
+        } else {
+            assert!(
+                rule.ports
+                    .iter()
+                    .flatten()
+                    .all(|p| p.protocol.as_deref() == Some("TCP")),
+                "only TCP ports (metrics, health) are open to all: {rule:?}"
+            );
+        }
+    }
+    let host = render("all-options");
+    assert!(
+        !host.iter().any(|o| matches!(o, Object::NetworkPolicy(_))),
+        "a NetworkPolicy was rendered for host-network node plugins"
     );
 }
 

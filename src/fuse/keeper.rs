@@ -195,10 +195,42 @@ pub fn serve(path: &Path) -> std::io::Result<()> {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         };
+        if let Err(why) = peer_allowed(conn.as_fd()) {
+            tracing::warn!(reason = %why, "fd-keeper request refused");
+            let _ = set_timeouts(conn.as_fd()).and_then(|()| receive(conn.as_fd()));
+            let body = serde_json::to_vec(&Envelope {
+                v: KEEPER_PROTOCOL,
+                body: refuse(why),
+            })
+            .expect("replies serialize");
+            let _ = send(conn.as_fd(), &body, None);
+            continue;
+        }
         if let Err(e) = serve_one(conn.as_fd(), &mut kept) {
             tracing::warn!(error = %e, "fd-keeper request failed");
         }
     }
+}
+
+/// Only a process of the keeper's own user (root: the node plugin) is
+/// served, whatever the socket file's mode says: the kernel's credentials
+/// of the peer (SO_PEERCRED) decide. A root of a user namespace (a
+/// container mapped to another host user) that reaches the socket through
+/// a hostPath is not root here, and is refused. A host root needs no
+/// keeper to take a descriptor (it can open /proc/PID/fd of the plugin),
+/// so this is the bound the socket can keep.
+fn peer_allowed(conn: BorrowedFd<'_>) -> Result<(), String> {
+    let cred = socket::getsockopt(&conn, socket::sockopt::PeerCredentials)
+        .map_err(|e| format!("the peer's credentials cannot be read: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if cred.uid() != me {
+        return Err(format!(
+            "process {} runs as uid {}, not as this keeper's uid {me}",
+            cred.pid(),
+            cred.uid()
+        ));
+    }
+    Ok(())
 }
 
 fn serve_one(
@@ -443,5 +475,65 @@ mod tests {
         assert!(client.get("vol-b").unwrap().is_none());
         client.drop_volume("vol-a").unwrap();
         assert!(client.list().unwrap().is_empty());
+    }
+
+    /// #26 finding 8: the socket's file mode is not the only guard. With
+    /// the socket opened to everyone, a process of another user that
+    /// connects is refused by its kernel credentials and gets nothing.
+    #[test]
+    fn a_process_of_another_user_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to run a client as another user");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("keeper.sock");
+        let server_path = path.clone();
+        std::thread::spawn(move || serve(&server_path));
+        let client = KeeperClient::new(&path);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while client.list().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "keeper never answered"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (read, _write) = nix::unistd::pipe().unwrap();
+        client.keep("vol-a", 42, read.as_fd()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let script = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect(sys.argv[1])
+s.send(b'{"v":1,"op":"get","volume":"vol-a"}')
+msg, anc, flags, addr = s.recvmsg(65536, socket.CMSG_SPACE(4))
+print(msg.decode(), "fds" if anc else "no-fds")
+"#;
+        let out = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(&path)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(said.contains(r#""ok":false"#), "{said}");
+        assert!(said.contains("not as this keeper's uid"), "{said}");
+        assert!(
+            said.contains("no-fds"),
+            "a descriptor went to another user: {said}"
+        );
+        // The keeper's own user is still served.
+        assert_eq!(client.list().unwrap().len(), 1);
     }
 }
