@@ -1269,3 +1269,150 @@ async fn a_removed_node_is_refused_and_cannot_register_again() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no node node-nobody"));
 }
+
+/// #26: a tenant rotates its key without copying data. `kek rotate-tenant`
+/// re-seals the tenant layer of the tenant's records (its volume and a
+/// snapshot of it) and leaves the cluster's other volumes alone; the new
+/// key then stages the volume and a restore of the snapshot, and the old
+/// key no longer opens them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_key_rotates_without_copying_data() {
+    let mut e = env().await;
+    let (old_key, new_key) = (hex::encode([3u8; 32]), hex::encode([4u8; 32]));
+    let secrets = |k: &str| -> std::collections::HashMap<String, String> {
+        [("tenantKey".to_string(), k.to_string())].into()
+    };
+    let id = e
+        .ctl
+        .create_volume(CreateVolumeRequest {
+            name: "tenant-rot".into(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 64 << 20,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![rwx()],
+            parameters: [("tenantKeySecret".to_string(), "team-r".to_string())].into(),
+            secrets: secrets(&old_key),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let plain = e.create("not-a-tenant", None).await;
+    let mut stage = e.stage_req(&id, rwx());
+    stage.secrets = secrets(&old_key);
+    e.node.node_stage_volume(stage.clone()).await.unwrap();
+    let mut publish = e.publish_req(&id, "t", false);
+    publish.secrets = secrets(&old_key);
+    e.node.node_publish_volume(publish).await.unwrap();
+    fs::write(e.path("pods/t/vol/data.txt"), b"tenant bytes").unwrap();
+    fsync_file(&e.path("pods/t/vol/data.txt"));
+    e.wait_head_reported(&id);
+    let snap = e
+        .ctl
+        .create_snapshot(CreateSnapshotRequest {
+            source_volume_id: id.clone(),
+            name: "tenant-rot-snap".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap()
+        .snapshot_id;
+    e.unpublish(&id, "t").await;
+
+    let (old_file, new_file) = (e.path("tenant-old.hex"), e.path("tenant-new.hex"));
+    fs::write(&old_file, &old_key).unwrap();
+    fs::write(&new_file, &new_key).unwrap();
+    let rotate = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_jax-csi"))
+            .args([
+                "kek",
+                "rotate-tenant",
+                "-o",
+                "json",
+                "--database-url",
+                &e.c.url(),
+            ])
+            .arg("--kek-file")
+            .arg(e.path("kek"))
+            .arg("--tenant-key-file")
+            .arg(&new_file)
+            .arg("--previous-tenant-key-file")
+            .arg(&old_file)
+            .output()
+            .unwrap()
+    };
+    let out = rotate();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["rewrapped"], 2,
+        "the volume and its snapshot: {report}"
+    );
+    assert_eq!(
+        report["other_tenant"], 1,
+        "the plain volume is left alone: {report}"
+    );
+    let again: serde_json::Value = serde_json::from_slice(&rotate().stdout).unwrap();
+    assert_eq!(again["rewrapped"], 0, "{again}");
+
+    // The old key opens nothing now; the new one stages it, data intact.
+    let mut with_old = stage.clone();
+    with_old.secrets = secrets(&old_key);
+    let (c, m) = code(e.node.node_stage_volume(with_old).await);
+    assert_eq!(c, Code::PermissionDenied, "{m}");
+    let mut with_new = stage.clone();
+    with_new.secrets = secrets(&new_key);
+    e.node.node_stage_volume(with_new).await.unwrap();
+    let mut publish = e.publish_req(&id, "t2", false);
+    publish.secrets = secrets(&new_key);
+    e.node.node_publish_volume(publish).await.unwrap();
+    assert_eq!(
+        fs::read(e.path("pods/t2/vol/data.txt")).unwrap(),
+        b"tenant bytes"
+    );
+    // A restore of the snapshot, with the new key.
+    let restored = e
+        .ctl
+        .create_volume(CreateVolumeRequest {
+            name: "tenant-rot-restored".into(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 64 << 20,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![rwx()],
+            volume_content_source: Some(VolumeContentSource {
+                r#type: Some(SourceType::Snapshot(SnapshotSource { snapshot_id: snap })),
+            }),
+            secrets: secrets(&new_key),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let mut r = e.stage_req(&restored, rwx());
+    r.secrets = secrets(&new_key);
+    e.node.node_stage_volume(r).await.unwrap();
+    let mut p = e.publish_req(&restored, "r2", false);
+    p.secrets = secrets(&new_key);
+    e.node.node_publish_volume(p).await.unwrap();
+    assert_eq!(
+        fs::read(e.path("pods/r2/vol/data.txt")).unwrap(),
+        b"tenant bytes"
+    );
+    // The plain volume still stages with no key at all.
+    e.publish(&plain, "p").await;
+}

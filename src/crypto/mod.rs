@@ -13,8 +13,8 @@ pub use frames::{FrameLayout, FRAME_LEN};
 pub use identity::{Identity, NodeId, SIGNATURE_LEN};
 pub use secret::{SecretKey, SEAL_OVERHEAD};
 pub use wrap::{
-    is_tenant_wrapped, rewrap_outer, rewrap_to_current, unwrap_layered, wrap_layered, Kek,
-    KeyShare, UnwrapError, WrapContext, WrappedKey,
+    is_tenant_wrapped, rewrap_outer, rewrap_tenant, rewrap_to_current, unwrap_layered,
+    wrap_layered, Kek, KeyShare, UnwrapError, WrapContext, WrappedKey,
 };
 
 /// What can go wrong with keys and ciphertexts.

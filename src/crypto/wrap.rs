@@ -134,6 +134,38 @@ pub fn rewrap_to_current(
         .map_err(|_| UnwrapError::Malformed)
 }
 
+/// The same record's key with its tenant (inner) layer sealed by the
+/// current key of `tenant` (a ring still opening the tenant key it
+/// replaces), and the outer layer by the current cluster KEK. `None` when
+/// the inner layer is already the current tenant key's, or when the record
+/// has no tenant layer; `WrongTenantKey` when neither tenant key opens it
+/// (another tenant's record).
+pub fn rewrap_tenant(
+    cluster: &Kek,
+    tenant: &Kek,
+    wrapped: &WrappedKey,
+    inner: &WrapContext,
+    outer: &WrapContext,
+) -> Result<Option<WrappedKey>, UnwrapError> {
+    let (layer, sealed, _) = open_outer(cluster, wrapped, outer)?;
+    if layer != 2 {
+        return Ok(None);
+    }
+    let (plain, current) = tenant
+        .open(&sealed, &inner.0)
+        .map_err(|_| UnwrapError::WrongTenantKey)?;
+    if current {
+        return Ok(None);
+    }
+    let plain = Zeroizing::new(plain);
+    let resealed = tenant
+        .seal(&plain, &inner.0)
+        .map_err(|_| UnwrapError::Malformed)?;
+    seal_outer(cluster, 2, &resealed, outer)
+        .map(Some)
+        .map_err(|_| UnwrapError::Malformed)
+}
+
 /// File a layered key under another record: the outer layer is opened for
 /// `from` and sealed again for `to`; a tenant's inner layer is kept as it
 /// is (so this needs the cluster KEK only).

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::records::{SNAPSHOT_COLUMNS, VOLUME_COLUMNS};
 use super::{Db, DbResult, HeadKey, SnapshotRecord, VolumeRecord};
-use crate::crypto::{rewrap_to_current, Kek, WrappedKey};
+use crate::crypto::{rewrap_tenant, rewrap_to_current, Kek, UnwrapError, WrapContext, WrappedKey};
 
 /// What a rotation found and did.
 #[derive(Debug, Default, Serialize)]
@@ -18,6 +18,8 @@ pub struct RewrapReport {
     pub already_current: u64,
     /// Records whose key no KEK given opens; when any, nothing was written.
     pub unreadable: Vec<String>,
+    /// A tenant rotation: records of no tenant, or of another tenant.
+    pub other_tenant: u64,
     /// Whether the transaction was committed.
     pub committed: bool,
 }
@@ -32,6 +34,36 @@ impl RewrapReport {
             }
             Ok(None) => {
                 self.already_current += 1;
+                None
+            }
+            Err(e) => {
+                self.unreadable.push(format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+}
+
+impl RewrapReport {
+    /// Re-seal the tenant layer of `key` by `tenant`'s current key.
+    fn take_tenant(
+        &mut self,
+        cluster: &Kek,
+        tenant: &Kek,
+        key: &HeadKey,
+        what: String,
+    ) -> Option<WrappedKey> {
+        match rewrap_tenant(cluster, tenant, &key.wrapped, &key.inner(), &key.outer) {
+            Ok(Some(new)) => {
+                self.rewrapped += 1;
+                Some(new)
+            }
+            Ok(None) if crate::crypto::is_tenant_wrapped(&key.wrapped) => {
+                self.already_current += 1;
+                None
+            }
+            Ok(None) | Err(UnwrapError::WrongTenantKey) => {
+                self.other_tenant += 1;
                 None
             }
             Err(e) => {
@@ -84,6 +116,83 @@ impl Db {
         for s in &snapshots {
             let key = HeadKey::of_snapshot(s);
             if let Some(new) = report.take(kek, &key, format!("snapshot {}", s.id)) {
+                sqlx::query("UPDATE snapshots SET wrapped_key = $2 WHERE id = $1")
+                    .bind(&s.id)
+                    .bind(&new.0)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        if report.unreadable.is_empty() {
+            tx.commit().await?;
+            report.committed = true;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(report)
+    }
+
+    /// A tenant's key rotation: every record whose tenant layer the key
+    /// `tenant` replaces (`Kek::still_opening`) opens gets that layer
+    /// sealed by its current key, and the volume's copy wrapped by the
+    /// tenant key alone too. Records of other tenants are left as they
+    /// are. One transaction, rows locked; nothing is written when a
+    /// record's cluster layer does not open.
+    pub async fn rewrap_tenant_keys(&self, cluster: &Kek, tenant: &Kek) -> DbResult<RewrapReport> {
+        let mut report = RewrapReport::default();
+        let mut tx = self.pool().begin().await?;
+        let volumes: Vec<VolumeRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {VOLUME_COLUMNS} FROM volumes ORDER BY seq FOR UPDATE"
+        )))
+        .fetch_all(&mut *tx)
+        .await?;
+        for v in &volumes {
+            let own = HeadKey::of_volume(v, None);
+            if let Some(new) = report.take_tenant(cluster, tenant, &own, format!("volume {}", v.id))
+            {
+                sqlx::query("UPDATE volumes SET wrapped_key = $2 WHERE id = $1")
+                    .bind(&v.id)
+                    .bind(&new.0)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if let Some(copy) = &v.tenant_wrapped_key {
+                let ctx = WrapContext::volume(&v.id);
+                let copy = WrappedKey(copy.clone());
+                if !tenant.wrapped_current(&copy, &ctx) {
+                    if let Ok(secret) = tenant.unwrap_for(&copy, &ctx, false) {
+                        let new = tenant
+                            .wrap_for(&secret, &ctx)
+                            .map_err(|e| super::DbError::Query(e.to_string()))?;
+                        sqlx::query("UPDATE volumes SET tenant_wrapped_key = $2 WHERE id = $1")
+                            .bind(&v.id)
+                            .bind(&new.0)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+            }
+            if let Some(source) = HeadKey::of_clone_source(v) {
+                let what = format!("volume {} (its clone source's key)", v.id);
+                if let Some(new) = report.take_tenant(cluster, tenant, &source, what) {
+                    sqlx::query("UPDATE volumes SET source_wrapped_key = $2 WHERE id = $1")
+                        .bind(&v.id)
+                        .bind(&new.0)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        let snapshots: Vec<SnapshotRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots ORDER BY seq FOR UPDATE"
+        )))
+        .fetch_all(&mut *tx)
+        .await?;
+        for s in &snapshots {
+            let key = HeadKey::of_snapshot(s);
+            if let Some(new) =
+                report.take_tenant(cluster, tenant, &key, format!("snapshot {}", s.id))
+            {
                 sqlx::query("UPDATE snapshots SET wrapped_key = $2 WHERE id = $1")
                     .bind(&s.id)
                     .bind(&new.0)

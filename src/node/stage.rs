@@ -231,11 +231,14 @@ fn ensure_bucket(
         }
     }
     if let Some(t) = tenant.filter(|_| vol.tenant_wrapped_key.is_some()) {
-        if state
+        // Written when missing, and again when the tenant key changed (a
+        // rotation: the record opened with this key, the old check not).
+        let ctx = WrapContext::node_local(&vol.id);
+        let current = state
             .tenant_check(&id)
             .map_err(NodeError::bucket("reading the tenant check"))?
-            .is_none()
-        {
+            .is_some_and(|check| t.wrapped_current(&check, &ctx));
+        if !current {
             let check = t
                 .wrap_for(&secret, &WrapContext::node_local(&vol.id))
                 .map_err(|e| NodeError::Internal(format!("sealing the tenant check: {e}")))?;
