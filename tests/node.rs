@@ -89,6 +89,22 @@ impl Env {
             .volume_id
     }
 
+    /// A snapshot of `vol` named `name`; its id.
+    async fn snapshot(&mut self, vol: &str, name: &str) -> String {
+        self.ctl
+            .create_snapshot(CreateSnapshotRequest {
+                source_volume_id: vol.into(),
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap()
+            .snapshot_id
+    }
+
     fn stage_req(&self, id: &str, cap: VolumeCapability) -> NodeStageVolumeRequest {
         NodeStageVolumeRequest {
             volume_id: id.into(),
@@ -1065,19 +1081,7 @@ async fn the_cluster_kek_rotates_without_copying_data() {
     fs::write(pod.join("kept.txt"), b"before the rotation").unwrap();
     fsync_file(&pod.join("kept.txt"));
     e.wait_head_reported(&vol);
-    let snap = e
-        .ctl
-        .create_snapshot(CreateSnapshotRequest {
-            source_volume_id: vol.clone(),
-            name: "rot-snap".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .snapshot
-        .unwrap()
-        .snapshot_id;
+    let snap = e.snapshot(&vol, "rot-snap").await;
     let clone = e
         .create(
             "rot-clone",
@@ -1311,19 +1315,7 @@ async fn a_tenant_key_rotates_without_copying_data() {
     fs::write(e.path("pods/t/vol/data.txt"), b"tenant bytes").unwrap();
     fsync_file(&e.path("pods/t/vol/data.txt"));
     e.wait_head_reported(&id);
-    let snap = e
-        .ctl
-        .create_snapshot(CreateSnapshotRequest {
-            source_volume_id: id.clone(),
-            name: "tenant-rot-snap".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .snapshot
-        .unwrap()
-        .snapshot_id;
+    let snap = e.snapshot(&id, "tenant-rot-snap").await;
     e.unpublish(&id, "t").await;
 
     let (old_file, new_file) = (e.path("tenant-old.hex"), e.path("tenant-new.hex"));

@@ -142,21 +142,17 @@ pub fn signing_input(body_bytes: &[u8]) -> Vec<u8> {
 impl Manifest {
     /// Sign `body` with `identity`, which must hold one of its shares.
     pub fn sign(body: ManifestBody, identity: &Identity) -> Result<Self> {
-        let format = codec::MANIFEST_VERSION;
-        let bytes = codec::encode(format, codec::Tag::Manifest, &body)?;
-        let signature = identity.sign(&signing_input(&bytes));
-        Ok(Self {
-            body,
-            signature,
-            format,
-        })
+        Self::sign_as(codec::MANIFEST_VERSION, body, identity)
     }
 
     /// Sign `body` as format 1, as releases before the binding did (tests
     /// of upgrades and of forgeries made from old history).
     #[cfg(test)]
     pub fn sign_unbound(body: ManifestBody, identity: &Identity) -> Result<Self> {
-        let format = codec::MANIFEST_UNBOUND;
+        Self::sign_as(codec::MANIFEST_UNBOUND, body, identity)
+    }
+
+    fn sign_as(format: u8, body: ManifestBody, identity: &Identity) -> Result<Self> {
         let bytes = codec::encode(format, codec::Tag::Manifest, &body)?;
         let signature = identity.sign(&signing_input(&bytes));
         Ok(Self {

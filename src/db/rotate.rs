@@ -74,6 +74,38 @@ impl RewrapReport {
     }
 }
 
+/// Which layer a walk over the records re-seals.
+enum Layer<'k> {
+    /// The outer layer, by the current cluster KEK.
+    Cluster(&'k Kek),
+    /// One tenant's layer, by its current key (and the outer by `cluster`).
+    Tenant { cluster: &'k Kek, tenant: &'k Kek },
+}
+
+impl Layer<'_> {
+    fn take(&self, report: &mut RewrapReport, key: &HeadKey, what: String) -> Option<WrappedKey> {
+        match self {
+            Layer::Cluster(kek) => report.take(kek, key, what),
+            Layer::Tenant { cluster, tenant } => report.take_tenant(cluster, tenant, key, what),
+        }
+    }
+
+    /// A volume's copy wrapped by the tenant key alone, re-wrapped by its
+    /// current key when the previous one opens it (tenant rotations only).
+    fn tenant_copy(&self, volume: &VolumeRecord) -> Option<WrappedKey> {
+        let Layer::Tenant { tenant, .. } = self else {
+            return None;
+        };
+        let ctx = WrapContext::volume(&volume.id);
+        let copy = WrappedKey(volume.tenant_wrapped_key.clone()?);
+        if tenant.wrapped_current(&copy, &ctx) {
+            return None;
+        }
+        let secret = tenant.unwrap_for(&copy, &ctx, false).ok()?;
+        tenant.wrap_for(&secret, &ctx).ok()
+    }
+}
+
 impl Db {
     /// Re-wrap every volume's key, every clone's source key and every
     /// snapshot's key by `kek`'s current key (`kek` must still open the old
@@ -81,55 +113,7 @@ impl Db {
     /// concurrent CreateSnapshot or head fill waits for it. Nothing is
     /// written when any record does not open.
     pub async fn rewrap_keys(&self, kek: &Kek) -> DbResult<RewrapReport> {
-        let mut report = RewrapReport::default();
-        let mut tx = self.pool().begin().await?;
-        let volumes: Vec<VolumeRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {VOLUME_COLUMNS} FROM volumes ORDER BY seq FOR UPDATE"
-        )))
-        .fetch_all(&mut *tx)
-        .await?;
-        for v in &volumes {
-            let own = HeadKey::of_volume(v, None);
-            if let Some(new) = report.take(kek, &own, format!("volume {}", v.id)) {
-                sqlx::query("UPDATE volumes SET wrapped_key = $2 WHERE id = $1")
-                    .bind(&v.id)
-                    .bind(&new.0)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            if let Some(source) = HeadKey::of_clone_source(v) {
-                let what = format!("volume {} (its clone source's key)", v.id);
-                if let Some(new) = report.take(kek, &source, what) {
-                    sqlx::query("UPDATE volumes SET source_wrapped_key = $2 WHERE id = $1")
-                        .bind(&v.id)
-                        .bind(&new.0)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-        }
-        let snapshots: Vec<SnapshotRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots ORDER BY seq FOR UPDATE"
-        )))
-        .fetch_all(&mut *tx)
-        .await?;
-        for s in &snapshots {
-            let key = HeadKey::of_snapshot(s);
-            if let Some(new) = report.take(kek, &key, format!("snapshot {}", s.id)) {
-                sqlx::query("UPDATE snapshots SET wrapped_key = $2 WHERE id = $1")
-                    .bind(&s.id)
-                    .bind(&new.0)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        if report.unreadable.is_empty() {
-            tx.commit().await?;
-            report.committed = true;
-        } else {
-            tx.rollback().await?;
-        }
-        Ok(report)
+        self.rewrap(Layer::Cluster(kek)).await
     }
 
     /// A tenant's key rotation: every record whose tenant layer the key
@@ -139,6 +123,11 @@ impl Db {
     /// are. One transaction, rows locked; nothing is written when a
     /// record's cluster layer does not open.
     pub async fn rewrap_tenant_keys(&self, cluster: &Kek, tenant: &Kek) -> DbResult<RewrapReport> {
+        self.rewrap(Layer::Tenant { cluster, tenant }).await
+    }
+
+    /// Re-seal `layer` of every key record, in one transaction.
+    async fn rewrap(&self, layer: Layer<'_>) -> DbResult<RewrapReport> {
         let mut report = RewrapReport::default();
         let mut tx = self.pool().begin().await?;
         let volumes: Vec<VolumeRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -148,39 +137,30 @@ impl Db {
         .await?;
         for v in &volumes {
             let own = HeadKey::of_volume(v, None);
-            if let Some(new) = report.take_tenant(cluster, tenant, &own, format!("volume {}", v.id))
-            {
-                sqlx::query("UPDATE volumes SET wrapped_key = $2 WHERE id = $1")
-                    .bind(&v.id)
-                    .bind(&new.0)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            if let Some(copy) = &v.tenant_wrapped_key {
-                let ctx = WrapContext::volume(&v.id);
-                let copy = WrappedKey(copy.clone());
-                if !tenant.wrapped_current(&copy, &ctx) {
-                    if let Ok(secret) = tenant.unwrap_for(&copy, &ctx, false) {
-                        let new = tenant
-                            .wrap_for(&secret, &ctx)
-                            .map_err(|e| super::DbError::Query(e.to_string()))?;
-                        sqlx::query("UPDATE volumes SET tenant_wrapped_key = $2 WHERE id = $1")
-                            .bind(&v.id)
-                            .bind(&new.0)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                }
-            }
-            if let Some(source) = HeadKey::of_clone_source(v) {
-                let what = format!("volume {} (its clone source's key)", v.id);
-                if let Some(new) = report.take_tenant(cluster, tenant, &source, what) {
-                    sqlx::query("UPDATE volumes SET source_wrapped_key = $2 WHERE id = $1")
-                        .bind(&v.id)
-                        .bind(&new.0)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+            let source = HeadKey::of_clone_source(v);
+            let updates = [
+                (
+                    "wrapped_key",
+                    layer.take(&mut report, &own, format!("volume {}", v.id)),
+                ),
+                (
+                    "source_wrapped_key",
+                    source.and_then(|key| {
+                        let what = format!("volume {} (its clone source's key)", v.id);
+                        layer.take(&mut report, &key, what)
+                    }),
+                ),
+                ("tenant_wrapped_key", layer.tenant_copy(v)),
+            ];
+            for (column, new) in updates {
+                let Some(new) = new else { continue };
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE volumes SET {column} = $2 WHERE id = $1"
+                )))
+                .bind(&v.id)
+                .bind(&new.0)
+                .execute(&mut *tx)
+                .await?;
             }
         }
         let snapshots: Vec<SnapshotRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -190,9 +170,7 @@ impl Db {
         .await?;
         for s in &snapshots {
             let key = HeadKey::of_snapshot(s);
-            if let Some(new) =
-                report.take_tenant(cluster, tenant, &key, format!("snapshot {}", s.id))
-            {
+            if let Some(new) = layer.take(&mut report, &key, format!("snapshot {}", s.id)) {
                 sqlx::query("UPDATE snapshots SET wrapped_key = $2 WHERE id = $1")
                     .bind(&s.id)
                     .bind(&new.0)

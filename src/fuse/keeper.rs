@@ -439,12 +439,10 @@ fn receive(sock: BorrowedFd<'_>) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)> 
 mod tests {
     use super::*;
 
-    /// Keep, list, get (a duplicate of the same open file) and drop over a
-    /// real socket, with a pipe standing in for /dev/fuse.
-    #[test]
-    fn keeps_lists_gets_and_drops_descriptors() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keeper.sock");
+    /// A keeper serving `dir/keeper.sock` on a thread, and a client that
+    /// it answered.
+    fn keeper_in(dir: &Path) -> (PathBuf, KeeperClient) {
+        let path = dir.join("keeper.sock");
         let server_path = path.clone();
         std::thread::spawn(move || serve(&server_path));
         let client = KeeperClient::new(&path);
@@ -456,6 +454,15 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+        (path, client)
+    }
+
+    /// Keep, list, get (a duplicate of the same open file) and drop over a
+    /// real socket, with a pipe standing in for /dev/fuse.
+    #[test]
+    fn keeps_lists_gets_and_drops_descriptors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, client) = keeper_in(dir.path());
         let (read, write) = nix::unistd::pipe().unwrap();
         client.keep("vol-a", 42, read.as_fd()).unwrap();
         drop(read);
@@ -490,18 +497,7 @@ mod tests {
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = dir.path().join("keeper.sock");
-        let server_path = path.clone();
-        std::thread::spawn(move || serve(&server_path));
-        let client = KeeperClient::new(&path);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while client.list().is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "keeper never answered"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (path, client) = keeper_in(dir.path());
         let (read, _write) = nix::unistd::pipe().unwrap();
         client.keep("vol-a", 42, read.as_fd()).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
