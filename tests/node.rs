@@ -89,6 +89,21 @@ impl Env {
             .volume_id
     }
 
+    /// A request for a 64 MiB RWX volume of the tenant whose key is `key`.
+    fn tenant_volume_req(&self, name: &str, key: &str) -> CreateVolumeRequest {
+        CreateVolumeRequest {
+            name: name.into(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 64 << 20,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![rwx()],
+            parameters: [("tenantKeySecret".to_string(), "team-a".to_string())].into(),
+            secrets: [("tenantKey".to_string(), key.to_string())].into(),
+            ..Default::default()
+        }
+    }
+
     /// A snapshot of `vol` named `name`; its id.
     async fn snapshot(&mut self, vol: &str, name: &str) -> String {
         self.ctl
@@ -740,17 +755,7 @@ async fn tenant_keys_and_record_bindings_protect_volumes() {
     let secrets = |k: &str| -> std::collections::HashMap<String, String> {
         [("tenantKey".to_string(), k.to_string())].into()
     };
-    let mut req = CreateVolumeRequest {
-        name: "tenant".into(),
-        capacity_range: Some(CapacityRange {
-            required_bytes: 64 << 20,
-            limit_bytes: 0,
-        }),
-        volume_capabilities: vec![rwx()],
-        parameters: [("tenantKeySecret".to_string(), "team-a".to_string())].into(),
-        secrets: secrets(&key),
-        ..Default::default()
-    };
+    let mut req = e.tenant_volume_req("tenant", &key);
     let id = e
         .ctl
         .create_volume(req.clone())
@@ -1288,17 +1293,7 @@ async fn a_tenant_key_rotates_without_copying_data() {
     };
     let id = e
         .ctl
-        .create_volume(CreateVolumeRequest {
-            name: "tenant-rot".into(),
-            capacity_range: Some(CapacityRange {
-                required_bytes: 64 << 20,
-                limit_bytes: 0,
-            }),
-            volume_capabilities: vec![rwx()],
-            parameters: [("tenantKeySecret".to_string(), "team-r".to_string())].into(),
-            secrets: secrets(&old_key),
-            ..Default::default()
-        })
+        .create_volume(e.tenant_volume_req("tenant-rot", &old_key))
         .await
         .unwrap()
         .into_inner()

@@ -108,6 +108,24 @@ impl ManifestBody {
     }
 }
 
+impl ManifestBody {
+    /// This body as a forger makes it (tests of forged history): `author`
+    /// claims it, follows `previous` at `height`, and adds itself to the
+    /// shares with a copy of one that opens nothing for it.
+    #[cfg(test)]
+    pub fn claimed_by(&self, author: NodeId, previous: Option<Hash>, height: u64) -> Self {
+        let mut body = self.clone();
+        body.previous = previous;
+        body.merged = None;
+        body.height = height;
+        body.author = author;
+        let mut share = body.shares[0].clone();
+        share.recipient = author;
+        body.shares.push(share);
+        body
+    }
+}
+
 /// What a format 2 root key is bound to: a hash of the body with the
 /// sealed root key left out (it cannot cover itself).
 pub fn root_key_binding(body: &ManifestBody) -> Result<[u8; 32]> {

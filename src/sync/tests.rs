@@ -921,13 +921,7 @@ async fn a_forged_genesis_from_a_peer_without_the_secret_is_refused() {
     drop(m);
     let genuine = ab.manifest(&with_gone).unwrap();
     let stranger = crate::crypto::Identity::generate().unwrap();
-    let mut body = genuine.body.clone();
-    body.previous = None;
-    body.height = 0;
-    body.author = stranger.node_id();
-    let mut share = body.shares[0].clone();
-    share.recipient = stranger.node_id();
-    body.shares.push(share);
+    let mut body = genuine.body.claimed_by(stranger.node_id(), None, 0);
     let bound = Manifest::sign(body.clone(), &stranger).unwrap();
     // Format 1, as copied from history written before the binding.
     let key = ab.root_key_for_tests(&genuine);
@@ -1003,13 +997,7 @@ async fn a_forged_head_costs_no_disk_below_it() {
     let mut blobs = HashMap::new();
     let mut below: Option<Hash> = None;
     for height in 0..=40u64 {
-        let mut body = genuine.body.clone();
-        body.previous = below;
-        body.height = height;
-        body.author = stranger.node_id();
-        let mut share = body.shares[0].clone();
-        share.recipient = stranger.node_id();
-        body.shares.push(share);
+        let body = genuine.body.claimed_by(stranger.node_id(), below, height);
         let bytes = Manifest::sign(body, &stranger).unwrap().to_bytes().unwrap();
         let h = Hash::of(&bytes);
         blobs.insert(h, bytes);

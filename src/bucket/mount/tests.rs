@@ -330,13 +330,7 @@ fn only_a_holder_of_the_secret_makes_a_head_a_peer_takes() {
     let genuine = b.core.load_manifest(&real).unwrap();
     // A forged genesis by a stranger: the real tree and sealed root key,
     // no parent, the stranger among the shares.
-    let mut body = genuine.body.clone();
-    body.previous = None;
-    body.height = 0;
-    body.author = stranger.node_id();
-    let mut share = body.shares[0].clone();
-    share.recipient = stranger.node_id();
-    body.shares.push(share);
+    let mut body = genuine.body.claimed_by(stranger.node_id(), None, 0);
     let bound = Manifest::sign(body.clone(), &stranger).unwrap();
     let h = bound.store(&b.core.store).unwrap();
     let err = b.check_written_by_member(&h).unwrap_err();
