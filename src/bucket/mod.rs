@@ -197,12 +197,7 @@ impl BucketCore {
     }
 
     pub fn read_head(&self) -> Result<Hash> {
-        let p = self.head_path();
-        let text = std::fs::read_to_string(&p).map_err(BucketError::io(&p))?;
-        Hash::from_hex(text.trim()).map_err(|reason| BucketError::Format {
-            what: "HEAD file",
-            reason,
-        })
+        read_head_file(&self.head_path())
     }
 
     /// Atomically point HEAD at `hash` (temp file, fsync, rename, fsync
@@ -267,6 +262,15 @@ impl BucketCore {
             })?;
         Ok(KeyBytes(arr))
     }
+}
+
+/// The version a HEAD file names (as written, not checked).
+fn read_head_file(path: &Path) -> Result<Hash> {
+    let text = std::fs::read_to_string(path).map_err(BucketError::io(path))?;
+    Hash::from_hex(text.trim()).map_err(|reason| BucketError::Format {
+        what: "HEAD file",
+        reason,
+    })
 }
 
 /// A file of hex hashes, one a line (missing = none).
@@ -338,12 +342,7 @@ impl StateDir {
     /// The identities bucket `id`'s head shares its secret with (read from
     /// the signed manifest; no key needed).
     pub fn members_at_head(&self, id: &BucketId) -> Result<Vec<crate::crypto::NodeId>> {
-        let p = self.bucket_dir(id).join("HEAD");
-        let text = std::fs::read_to_string(&p).map_err(BucketError::io(&p))?;
-        let head = Hash::from_hex(text.trim()).map_err(|reason| BucketError::Format {
-            what: "HEAD file",
-            reason,
-        })?;
+        let head = read_head_file(&self.bucket_dir(id).join("HEAD"))?;
         let m = Manifest::load(&self.store, &head)?;
         Ok(m.body.shares.iter().map(|s| s.recipient).collect())
     }
@@ -395,15 +394,22 @@ impl StateDir {
         write_atomic(&dir.join("SOURCE"), source.to_hex().as_bytes())
     }
 
+    /// The bucket `id` was cloned from, if it is a clone (its `SOURCE`).
+    fn source_id(&self, id: &BucketId) -> Result<Option<BucketId>> {
+        let dir = self.bucket_dir(id);
+        match std::fs::read_to_string(dir.join("SOURCE")) {
+            Ok(s) => Ok(Some(BucketId::from_hex(s.trim())?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BucketError::io(&dir)(e)),
+        }
+    }
+
     /// The bucket `id` was cloned from, and its secret, if it is a clone.
     pub fn source_of(&self, id: &BucketId, kek: &Kek) -> Result<Option<(BucketId, SecretKey)>> {
-        let dir = self.bucket_dir(id);
-        let src = match std::fs::read_to_string(dir.join("SOURCE")) {
-            Ok(s) => BucketId::from_hex(s.trim())?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(BucketError::io(&dir)(e)),
+        let Some(src) = self.source_id(id)? else {
+            return Ok(None);
         };
-        let p = dir.join("source.wrapped");
+        let p = self.bucket_dir(id).join("source.wrapped");
         let wrapped = WrappedKey(std::fs::read(&p).map_err(BucketError::io(&p))?);
         let secret = kek
             .unwrap_for(&wrapped, &WrapContext::node_local(&src.to_hex()), false)
@@ -462,8 +468,8 @@ impl StateDir {
         for id in self.list_buckets()? {
             let dir = self.bucket_dir(&id);
             let mut files = vec![(dir.join("key.wrapped"), id)];
-            if let Ok(src) = std::fs::read_to_string(dir.join("SOURCE")) {
-                files.push((dir.join("source.wrapped"), BucketId::from_hex(src.trim())?));
+            if let Some(src) = self.source_id(&id)? {
+                files.push((dir.join("source.wrapped"), src));
             }
             for (p, of) in files {
                 let wrapped = WrappedKey(std::fs::read(&p).map_err(BucketError::io(&p))?);

@@ -198,12 +198,7 @@ pub fn serve(path: &Path) -> std::io::Result<()> {
         if let Err(why) = peer_allowed(conn.as_fd()) {
             tracing::warn!(reason = %why, "fd-keeper request refused");
             let _ = set_timeouts(conn.as_fd()).and_then(|()| receive(conn.as_fd()));
-            let body = serde_json::to_vec(&Envelope {
-                v: KEEPER_PROTOCOL,
-                body: refuse(why),
-            })
-            .expect("replies serialize");
-            let _ = send(conn.as_fd(), &body, None);
+            let _ = send_reply(conn.as_fd(), refuse(why), None);
             continue;
         }
         if let Err(e) = serve_one(conn.as_fd(), &mut kept) {
@@ -288,12 +283,21 @@ fn serve_one(
             }
         },
     }
+    send_reply(conn, reply, send_fd)
+}
+
+/// Send `reply` (with the descriptor `fd`, if any) in its envelope.
+fn send_reply(
+    conn: BorrowedFd<'_>,
+    reply: Reply,
+    fd: Option<BorrowedFd<'_>>,
+) -> std::io::Result<()> {
     let body = serde_json::to_vec(&Envelope {
         v: KEEPER_PROTOCOL,
         body: reply,
     })
     .expect("replies serialize");
-    send(conn, &body, send_fd)
+    send(conn, &body, fd)
 }
 
 fn refuse(error: String) -> Reply {

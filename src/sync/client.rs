@@ -624,10 +624,7 @@ fn check_head(
     was_held: bool,
 ) -> Result<(), SyncError> {
     let bucket = b.id();
-    let checked = b
-        .manifest(&head)
-        .and_then(|_| b.check_written_by_member(&head));
-    if let Err(source) = checked {
+    if let Err(source) = b.check_written_by_member(&head) {
         if !was_held {
             if let Err(e) = store.remove(&head) {
                 tracing::warn!(%bucket, %head, error = %e, "could not remove a head that did not verify");

@@ -228,15 +228,21 @@ impl Mount {
     /// writes a version without them); whether there were any.
     pub fn drop_revoked_members(&mut self) -> Result<bool> {
         self.check_writable()?;
-        let before = self.shares.len();
-        let me = self.core.identity.node_id();
-        self.shares
-            .retain(|s| s.recipient == me || !self.core.revoked.contains(&s.recipient));
-        let dropped = self.shares.len() != before;
+        let dropped = self.drop_shares_of_revoked();
         if dropped {
             self.changed = true;
         }
         Ok(dropped)
+    }
+
+    /// Remove the shares of revoked nodes (never this node's own); whether
+    /// there were any.
+    pub(crate) fn drop_shares_of_revoked(&mut self) -> bool {
+        let before = self.shares.len();
+        let me = self.core.identity.node_id();
+        self.shares
+            .retain(|s| s.recipient == me || !self.core.revoked.contains(&s.recipient));
+        self.shares.len() != before
     }
 
     /// Take in the shares of another version (a merged head): every member

@@ -222,9 +222,7 @@ impl Mount {
             })?;
         // A node removed from the cluster gets no share of what is written
         // now, whatever version brought its share here.
-        let me = self.core.identity.node_id();
-        self.shares
-            .retain(|s| s.recipient == me || !self.core.revoked.contains(&s.recipient));
+        self.drop_shares_of_revoked();
         let mut body = ManifestBody {
             bucket_id: self.core.id,
             height,
