@@ -89,6 +89,30 @@ impl Env {
             .volume_id
     }
 
+    /// Stage and publish the tenant volume `id` for `pod` with the tenant
+    /// key `key` in both requests' secrets; returns the pod's path.
+    async fn publish_with_key(&mut self, id: &str, pod: &str, key: &str) -> PathBuf {
+        let secrets: std::collections::HashMap<String, String> =
+            [("tenantKey".to_string(), key.to_string())].into();
+        let mut stage = self.stage_req(id, rwx());
+        stage.secrets = secrets.clone();
+        self.node.node_stage_volume(stage).await.unwrap();
+        let mut publish = self.publish_req(id, pod, false);
+        publish.secrets = secrets;
+        let target = PathBuf::from(&publish.target_path);
+        self.node.node_publish_volume(publish).await.unwrap();
+        target
+    }
+
+    /// Run the `jax-csi` binary with `args` and the cluster's database URL.
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_jax-csi"))
+            .args(args)
+            .args(["--database-url", &self.c.url()])
+            .output()
+            .unwrap()
+    }
+
     /// A request for a 64 MiB RWX volume of the tenant whose key is `key`.
     fn tenant_volume_req(&self, name: &str, key: &str) -> CreateVolumeRequest {
         CreateVolumeRequest {
@@ -196,6 +220,15 @@ impl Env {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Poll `done` every 20 ms until it holds; fail after `secs` seconds.
+fn wait_until(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -825,12 +858,7 @@ async fn tenant_keys_and_record_bindings_protect_volumes() {
         code(e.node.node_stage_volume(e.stage_req(&clone, rwx())).await).0,
         Code::InvalidArgument
     );
-    let mut r = e.stage_req(&clone, rwx());
-    r.secrets = secrets(&key);
-    e.node.node_stage_volume(r).await.unwrap();
-    let mut p = e.publish_req(&clone, "tc", false);
-    p.secrets = secrets(&key);
-    e.node.node_publish_volume(p).await.unwrap();
+    e.publish_with_key(&clone, "tc", &key).await;
     assert_eq!(
         fs::read(e.path("pods/tc/vol/secret.txt")).unwrap(),
         b"tenant data"
@@ -1061,14 +1089,16 @@ async fn deleted_volumes_are_collected_on_the_node() {
 
 /// Run `jax-csi kek rotate` against the cluster's database.
 fn rotate_kek(e: &Env, kek: &Path, previous: &Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_jax-csi"))
-        .args(["kek", "rotate", "-o", "json", "--database-url", &e.c.url()])
-        .arg("--kek-file")
-        .arg(kek)
-        .arg("--previous-kek-file")
-        .arg(previous)
-        .output()
-        .unwrap()
+    e.cli(&[
+        "kek",
+        "rotate",
+        "-o",
+        "json",
+        "--kek-file",
+        kek.to_str().unwrap(),
+        "--previous-kek-file",
+        previous.to_str().unwrap(),
+    ])
 }
 
 /// #26: the cluster KEK rotates without copying data. Every process is
@@ -1197,33 +1227,15 @@ async fn a_removed_node_is_refused_and_cannot_register_again() {
     let endpoint = |e: &Env| {
         e.c.psql("SELECT endpoint_id FROM nodes WHERE id = 'node-b'")
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while endpoint(&e).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "node-b never registered its sync endpoint"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("node-b registers its sync endpoint", 20, || {
+        !endpoint(&e).is_empty()
+    });
     let gone = endpoint(&e);
     assert!(
         members(&e).contains(&gone),
         "node-b enrolled: a member at node-a's head"
     );
-    let remove = |id: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_jax-csi"))
-            .args([
-                "node",
-                "remove",
-                id,
-                "-o",
-                "json",
-                "--database-url",
-                &e.c.url(),
-            ])
-            .output()
-            .unwrap()
-    };
+    let remove = |id: &str| e.cli(&["node", "remove", id, "-o", "json"]);
     let removed_at = Instant::now();
     let out = remove("node-b");
     assert!(
@@ -1232,44 +1244,30 @@ async fn a_removed_node_is_refused_and_cannot_register_again() {
         String::from_utf8_lossy(&out.stderr)
     );
     let revoked = e.c.node_state("node-a").join("REVOKED");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !fs::read_to_string(&revoked)
-        .unwrap_or_default()
-        .contains(&gone)
-    {
-        assert!(Instant::now() < deadline, "node-a never revoked node-b");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("node-a revokes node-b", 20, || {
+        fs::read_to_string(&revoked)
+            .unwrap_or_default()
+            .contains(&gone)
+    });
     println!(
         "node remove -> revoked on the other node after {} ms",
         removed_at.elapsed().as_millis()
     );
     // node-a's head of the shared volume drops node-b's key share.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while members(&e).contains(&gone) {
-        assert!(
-            Instant::now() < deadline,
-            "node-b still holds a share at node-a's head"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("node-b's share leaves node-a's head", 20, || {
+        !members(&e).contains(&gone)
+    });
     println!(
         "node remove -> a version without its share after {} ms",
         removed_at.elapsed().as_millis()
     );
     assert!(!members(&e).is_empty());
     // node-b's heartbeat is refused, and says so.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !fs::read_to_string(e.c.node_log("node-b"))
-        .unwrap_or_default()
-        .contains("this node is not registered")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "node-b's heartbeat was not refused"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("node-b's heartbeat is refused", 30, || {
+        fs::read_to_string(e.c.node_log("node-b"))
+            .unwrap_or_default()
+            .contains("this node is not registered")
+    });
     assert_eq!(
         e.c.psql("SELECT count(*) FROM nodes WHERE id = 'node-b'"),
         "0"
@@ -1301,12 +1299,7 @@ async fn a_tenant_key_rotates_without_copying_data() {
         .unwrap()
         .volume_id;
     let plain = e.create("not-a-tenant", None).await;
-    let mut stage = e.stage_req(&id, rwx());
-    stage.secrets = secrets(&old_key);
-    e.node.node_stage_volume(stage.clone()).await.unwrap();
-    let mut publish = e.publish_req(&id, "t", false);
-    publish.secrets = secrets(&old_key);
-    e.node.node_publish_volume(publish).await.unwrap();
+    e.publish_with_key(&id, "t", &old_key).await;
     fs::write(e.path("pods/t/vol/data.txt"), b"tenant bytes").unwrap();
     fsync_file(&e.path("pods/t/vol/data.txt"));
     e.wait_head_reported(&id);
@@ -1316,24 +1309,20 @@ async fn a_tenant_key_rotates_without_copying_data() {
     let (old_file, new_file) = (e.path("tenant-old.hex"), e.path("tenant-new.hex"));
     fs::write(&old_file, &old_key).unwrap();
     fs::write(&new_file, &new_key).unwrap();
+    let kek = e.path("kek");
     let rotate = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_jax-csi"))
-            .args([
-                "kek",
-                "rotate-tenant",
-                "-o",
-                "json",
-                "--database-url",
-                &e.c.url(),
-            ])
-            .arg("--kek-file")
-            .arg(e.path("kek"))
-            .arg("--tenant-key-file")
-            .arg(&new_file)
-            .arg("--previous-tenant-key-file")
-            .arg(&old_file)
-            .output()
-            .unwrap()
+        e.cli(&[
+            "kek",
+            "rotate-tenant",
+            "-o",
+            "json",
+            "--kek-file",
+            kek.to_str().unwrap(),
+            "--tenant-key-file",
+            new_file.to_str().unwrap(),
+            "--previous-tenant-key-file",
+            old_file.to_str().unwrap(),
+        ])
     };
     let out = rotate();
     assert!(
@@ -1354,16 +1343,11 @@ async fn a_tenant_key_rotates_without_copying_data() {
     assert_eq!(again["rewrapped"], 0, "{again}");
 
     // The old key opens nothing now; the new one stages it, data intact.
-    let mut with_old = stage.clone();
+    let mut with_old = e.stage_req(&id, rwx());
     with_old.secrets = secrets(&old_key);
     let (c, m) = code(e.node.node_stage_volume(with_old).await);
     assert_eq!(c, Code::PermissionDenied, "{m}");
-    let mut with_new = stage.clone();
-    with_new.secrets = secrets(&new_key);
-    e.node.node_stage_volume(with_new).await.unwrap();
-    let mut publish = e.publish_req(&id, "t2", false);
-    publish.secrets = secrets(&new_key);
-    e.node.node_publish_volume(publish).await.unwrap();
+    e.publish_with_key(&id, "t2", &new_key).await;
     assert_eq!(
         fs::read(e.path("pods/t2/vol/data.txt")).unwrap(),
         b"tenant bytes"
@@ -1390,12 +1374,7 @@ async fn a_tenant_key_rotates_without_copying_data() {
         .volume
         .unwrap()
         .volume_id;
-    let mut r = e.stage_req(&restored, rwx());
-    r.secrets = secrets(&new_key);
-    e.node.node_stage_volume(r).await.unwrap();
-    let mut p = e.publish_req(&restored, "r2", false);
-    p.secrets = secrets(&new_key);
-    e.node.node_publish_volume(p).await.unwrap();
+    e.publish_with_key(&restored, "r2", &new_key).await;
     assert_eq!(
         fs::read(e.path("pods/r2/vol/data.txt")).unwrap(),
         b"tenant bytes"
