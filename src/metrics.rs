@@ -29,6 +29,8 @@ pub const MOUNTS: &str = "jax_csi_mounts";
 pub const GC_RECLAIMED_BYTES: &str = "jax_csi_gc_reclaimed_bytes_total";
 pub const GC_BLOBS_REMOVED: &str = "jax_csi_gc_blobs_removed_total";
 pub const ORPHANS: &str = "jax_csi_orphans_total";
+pub const REBUILD_BYTES: &str = "jax_csi_replica_rebuild_bytes_total";
+pub const UNDER_REPLICATED: &str = "jax_csi_under_replicated_volumes";
 
 /// Latency buckets (seconds): 50 µs to 30 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -102,6 +104,15 @@ fn describe() {
         "Bytes freed by garbage collection"
     );
     describe_counter!(GC_BLOBS_REMOVED, "Blobs removed by garbage collection");
+    describe_counter!(
+        REBUILD_BYTES,
+        Unit::Bytes,
+        "Bytes blind replicas on this node fetched to catch up or rebuild"
+    );
+    describe_gauge!(
+        UNDER_REPLICATED,
+        "Volumes with fewer replicas in sync than they ask for (the controller leader)"
+    );
     describe_counter!(
         ORPHANS,
         "Orphans found (volume without PV, target whose pod is gone) and removed, by kind and action"
@@ -215,6 +226,16 @@ pub fn mounts(by_status: &[(&'static str, usize)]) {
 pub fn gc_reclaimed(blobs: usize, bytes: u64) {
     counter!(GC_BLOBS_REMOVED).increment(blobs as u64);
     counter!(GC_RECLAIMED_BYTES).increment(bytes);
+}
+
+/// A blind replica fetched `bytes` to catch up.
+pub fn rebuild_bytes(bytes: u64) {
+    counter!(REBUILD_BYTES).increment(bytes);
+}
+
+/// Volumes the leader found with fewer replicas in sync than asked.
+pub fn under_replicated(volumes: usize) {
+    metrics::gauge!(UNDER_REPLICATED).set(volumes as f64);
 }
 
 /// The controller's sweep marked and deleted volumes without a PersistentVolume.

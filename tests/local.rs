@@ -497,7 +497,19 @@ async fn operator_cli_and_metrics_against_a_local_cluster() {
     );
     let shown = cli_json(&["volume", "show", &id, "-o", "json", "--database-url", &url]);
     assert_eq!(shown["name"], "ops");
-    assert_eq!(shown["abnormal"], false);
+    // One node: the second replica a volume asks for by default has
+    // nowhere to go, and the volume says so.
+    assert_eq!(shown["replicas_wanted"], 2, "{shown}");
+    assert_eq!(shown["replicas_in_sync"], 1, "{shown}");
+    assert_eq!(shown["abnormal"], true, "{shown}");
+    assert!(
+        shown["condition"]
+            .as_str()
+            .unwrap()
+            .contains("1 of 2 replicas in sync: node-0 (stages, in sync)"),
+        "{shown}"
+    );
+    assert_eq!(shown["replicas"][0]["in_sync"], true, "{shown}");
     let nodes = cli_json(&["node", "list", "-o", "json", "--database-url", &url]);
     let n0 = &nodes.as_array().unwrap()[0];
     assert_eq!(n0["id"], "node-0");

@@ -582,7 +582,13 @@ async fn every_rpc_refuses_malformed_requests_clearly_and_mounts_nothing() {
             map(&[("chunkSize", &"9".repeat(1 << 20))]),
             "chunkSize",
         ),
-        ("replicas 2", map(&[("replicas", "2")]), "replicas"),
+        ("replicas 0", map(&[("replicas", "0")]), "replicas"),
+        ("replicas 17", map(&[("replicas", "17")]), "replicas"),
+        (
+            "syncReplicas 1 (not implemented)",
+            map(&[("syncReplicas", "1")]),
+            "syncReplicas",
+        ),
         (
             "replicas not a number",
             map(&[("replicas", "one")]),

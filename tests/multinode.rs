@@ -24,6 +24,8 @@ use jax_csi::netns::Net;
 use tonic::transport::Channel;
 
 const SYNC_PORT: u16 = 9810;
+
+type Secrets = std::collections::HashMap<String, String>;
 /// The log line of each GC pass.
 const GC_PASS: &str = "node::gc: garbage collection ";
 
@@ -54,10 +56,19 @@ impl Nodes {
 
     /// [`Nodes::start`], with the cluster's node settings changed first.
     async fn start_with(n: usize, configure: impl FnOnce(&mut Cluster)) -> Self {
+        Self::start_full(n, configure, &[]).await
+    }
+
+    /// [`Nodes::start_with`], the controller run with `controller_args`.
+    async fn start_full(
+        n: usize,
+        configure: impl FnOnce(&mut Cluster),
+        controller_args: &[&str],
+    ) -> Self {
         let mut c = Cluster::start();
         configure(&mut c);
         let net = Net::new(n);
-        let ctl = ControllerClient::new(c.controller(0).await);
+        let ctl = ControllerClient::new(c.controller_with(0, controller_args).await);
         let mut nodes = Self {
             c,
             net,
@@ -89,6 +100,17 @@ impl Nodes {
     }
 
     async fn create(&mut self, name: &str, source: Option<SourceType>) -> String {
+        self.create_with(name, source, &[], &Secrets::new()).await
+    }
+
+    /// [`Nodes::create`] with StorageClass parameters and secrets.
+    async fn create_with(
+        &mut self,
+        name: &str,
+        source: Option<SourceType>,
+        parameters: &[(&str, &str)],
+        secrets: &Secrets,
+    ) -> String {
         self.ctl
             .create_volume(CreateVolumeRequest {
                 name: name.into(),
@@ -98,6 +120,11 @@ impl Nodes {
                     limit_bytes: 0,
                 }),
                 volume_content_source: source.map(|t| VolumeContentSource { r#type: Some(t) }),
+                parameters: parameters
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                secrets: secrets.clone(),
                 ..Default::default()
             })
             .await
@@ -117,22 +144,37 @@ impl Nodes {
     }
 
     async fn stage(&mut self, i: usize, id: &str) -> Result<(), tonic::Status> {
+        self.stage_with(i, id, &Secrets::new()).await
+    }
+
+    async fn stage_with(
+        &mut self,
+        i: usize,
+        id: &str,
+        secrets: &Secrets,
+    ) -> Result<(), tonic::Status> {
         let req = NodeStageVolumeRequest {
             volume_id: id.into(),
             staging_target_path: self.staging(i, id).display().to_string(),
             volume_capability: Some(rwx()),
+            secrets: secrets.clone(),
             ..Default::default()
         };
         self.clients[i].node_stage_volume(req).await.map(|_| ())
     }
 
     async fn publish(&mut self, i: usize, id: &str) -> PathBuf {
-        self.stage(i, id).await.unwrap();
+        self.publish_with(i, id, &Secrets::new()).await
+    }
+
+    async fn publish_with(&mut self, i: usize, id: &str, secrets: &Secrets) -> PathBuf {
+        self.stage_with(i, id, secrets).await.unwrap();
         let req = NodePublishVolumeRequest {
             volume_id: id.into(),
             staging_target_path: self.staging(i, id).display().to_string(),
             target_path: self.target(i, id).display().to_string(),
             volume_capability: Some(rwx()),
+            secrets: secrets.clone(),
             ..Default::default()
         };
         self.clients[i].node_publish_volume(req).await.unwrap();
@@ -369,7 +411,11 @@ async fn a_killed_node_converges_and_postgres_is_not_needed_to_sync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_restore_from_any_holder() {
     let mut n = Nodes::start(3).await;
-    let id = n.create("snapped", None).await;
+    // One replica: no blind copy on the third node (the end of the test
+    // finds no holder left).
+    let id = n
+        .create_with("snapped", None, &[("replicas", "1")], &Secrets::new())
+        .await;
     let a = n.publish(0, &id).await;
     fs::write(a.join("keep.txt"), b"in the snapshot").unwrap();
     fsync(&a.join("keep.txt"));
@@ -803,4 +849,159 @@ async fn three_writers_converge_and_keep_every_acknowledged_line() {
         pct(50),
         pct(99),
     );
+}
+
+/// The nodes other than `writer` the leader assigned `id` to.
+fn assigned(n: &Nodes, id: &str) -> Vec<usize> {
+    n.c.psql(&format!(
+        "SELECT node_id FROM replicas WHERE volume_id = '{id}' ORDER BY node_id"
+    ))
+    .lines()
+    .filter_map(|l| l.trim().strip_prefix("node-")?.parse().ok())
+    .collect()
+}
+
+fn reported_head(n: &Nodes, i: usize, id: &str) -> String {
+    n.c.psql(&format!(
+        "SELECT head FROM bucket_heads WHERE volume_id = '{id}' AND node_id = '{}'",
+        name(i)
+    ))
+    .trim()
+    .to_string()
+}
+
+/// #28: a tenant's volume with two replicas on three nodes. The second copy
+/// is blind: a node that never saw the tenant key follows the writer's
+/// versions with no mount and no key that opens them. The writer is
+/// destroyed (process killed, state dir deleted); the third node stages
+/// the volume from the blind copy with every fsynced byte, the volume is
+/// on two nodes again, and a snapshot taken before restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_outlives_its_writer_on_a_blind_replica() {
+    let mut n = Nodes::start_full(3, |_| {}, &["--replica-timeout-secs", "15"]).await;
+    let tenant: Secrets = [("tenantKey".to_string(), "5a".repeat(32))].into();
+    let id = n
+        .create_with(
+            "durable",
+            None,
+            &[("tenantKeySecret", "team-a"), ("replicas", "2")],
+            &tenant,
+        )
+        .await;
+    let a = n.publish_with(0, &id, &tenant).await;
+    let big = pattern(8 << 20, 28);
+    fs::write(a.join("data.bin"), &big).unwrap();
+    fs::write(a.join("small.txt"), b"fsynced on the writer").unwrap();
+    fsync(&a.join("data.bin"));
+    fsync(&a.join("small.txt"));
+    n.wait_reported(0, &id);
+
+    // The leader puts the second copy on another node, which catches up
+    // with no mount: its head in Postgres is the writer's.
+    wait_for("a replica assigned", || !assigned(&n, &id).is_empty());
+    let r = assigned(&n, &id)[0];
+    assert_ne!(r, 0, "the writer counts as a replica already");
+    let c = (1..3).find(|i| *i != r).unwrap();
+    wait_for("the blind replica at the writer's head", || {
+        let want = reported_head(&n, 0, &id);
+        !want.is_empty() && reported_head(&n, r, &id) == want
+    });
+    let state = n.c.node_state(&name(r));
+    assert!(
+        !state.join("buckets").join(&id).exists(),
+        "the replica holds no bucket key"
+    );
+    let mut held: Vec<String> = fs::read_dir(state.join("replicas").join(&id))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    held.sort();
+    assert_eq!(held, ["HEAD", "proof.wrapped"], "a version and a proof key");
+    assert!(
+        n.c.psql(&format!(
+            "SELECT count(*) FROM mounts WHERE volume_id = '{id}' AND node_id = '{}'",
+            name(r)
+        ))
+        .trim()
+            == "0",
+        "no mount on the replica"
+    );
+    let (abnormal, message) = condition(&mut n, &id).await;
+    assert!(!abnormal, "two of two in sync: {message}");
+    assert!(message.contains("2 of 2 replicas in sync"), "{message}");
+
+    let snap = n
+        .ctl
+        .create_snapshot(CreateSnapshotRequest {
+            source_volume_id: id.clone(),
+            name: "before-the-loss".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+
+    // The writer is destroyed.
+    n.kill(0);
+    fs::remove_dir_all(n.c.node_state(&name(0))).unwrap();
+
+    // The third node, which held nothing, stages it from the blind copy.
+    let moved = n.publish_with(c, &id, &tenant).await;
+    assert_eq!(
+        fs::read(moved.join("small.txt")).unwrap(),
+        b"fsynced on the writer"
+    );
+    assert!(
+        fs::read(moved.join("data.bin")).unwrap() == big,
+        "8 MiB from the blind replica, intact"
+    );
+    fs::write(moved.join("after.txt"), b"written on the new node").unwrap();
+    fsync(&moved.join("after.txt"));
+
+    // Two replicas again once the writer's node counts as lost: the new
+    // stager and the blind copy, which follows the new node's versions.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (abnormal, message) = condition(&mut n, &id).await;
+        if !abnormal && message.contains("2 of 2 replicas in sync") && message.contains("node lost")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never whole again: {message}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The snapshot taken before the loss restores.
+    let restored = n
+        .create_with(
+            "restored",
+            Some(SourceType::Snapshot(SnapshotSource {
+                snapshot_id: snap.snapshot_id,
+            })),
+            &[("tenantKeySecret", "team-a")],
+            &tenant,
+        )
+        .await;
+    let back = n.publish_with(c, &restored, &tenant).await;
+    assert!(fs::read(back.join("data.bin")).unwrap() == big);
+    assert!(
+        !back.join("after.txt").exists(),
+        "the snapshot is from before"
+    );
+}
+
+/// Whether ControllerGetVolume calls `id` abnormal, and its message.
+async fn condition(n: &mut Nodes, id: &str) -> (bool, String) {
+    let got = n
+        .ctl
+        .controller_get_volume(ControllerGetVolumeRequest {
+            volume_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let c = got.status.unwrap().volume_condition.unwrap();
+    (c.abnormal, c.message)
 }

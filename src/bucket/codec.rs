@@ -26,6 +26,8 @@ pub const DIR_VERSION: u8 = 3;
 pub enum Tag {
     Manifest = 1,
     Dir = 2,
+    /// A blob set statement (`blob_set`).
+    BlobSet = 3,
 }
 
 /// Encode `value` as format `version` of `tag`.

@@ -13,7 +13,9 @@
 //! ```
 
 mod ancestry;
+pub mod blind;
 mod blob_index;
+pub mod blob_set;
 pub mod browse;
 mod buffers;
 mod chunk_map;
@@ -465,19 +467,40 @@ impl StateDir {
         let legacy = !self.local_keys_bound_path().exists();
         let mut rewrapped = 0;
         let mut all_bound = true;
+        let mut files = Vec::new();
         for id in self.list_buckets()? {
             let dir = self.bucket_dir(&id);
-            let mut files = vec![(dir.join("key.wrapped"), id)];
+            files.push((
+                id,
+                dir.join("key.wrapped"),
+                WrapContext::node_local(&id.to_hex()),
+            ));
             if let Some(src) = self.source_id(&id)? {
-                files.push((dir.join("source.wrapped"), src));
+                files.push((
+                    id,
+                    dir.join("source.wrapped"),
+                    WrapContext::node_local(&src.to_hex()),
+                ));
             }
-            for (p, of) in files {
+        }
+        // Blind replicas' proof keys were bound from the start: only a
+        // KEK rotation re-wraps them.
+        for id in self.list_blind()? {
+            let p = self
+                .root
+                .join("replicas")
+                .join(id.to_hex())
+                .join("proof.wrapped");
+            files.push((id, p, WrapContext::replica_proof(&id.to_hex())));
+        }
+        {
+            for (id, p, ctx) in files {
                 let wrapped = WrappedKey(std::fs::read(&p).map_err(BucketError::io(&p))?);
-                let ctx = WrapContext::node_local(&of.to_hex());
                 if kek.wrapped_current(&wrapped, &ctx) {
                     continue;
                 }
-                match kek.unwrap_for(&wrapped, &ctx, legacy) {
+                let blind = p.ends_with("proof.wrapped");
+                match kek.unwrap_for(&wrapped, &ctx, legacy && !blind) {
                     Ok(secret) => {
                         let bound = kek.wrap_for(&secret, &ctx)?;
                         crate::durable::write_atomic(&p, &bound.0, 0o600)
@@ -688,8 +711,19 @@ impl StateDir {
         buckets: &[&Bucket],
         grace: std::time::Duration,
     ) -> Result<crate::store::GcReport> {
+        self.gc_keeping(buckets, &HashSet::new(), grace)
+    }
+
+    /// [`StateDir::gc_older_than`] that also keeps `keep` (what blind
+    /// replicas hold: no bucket here references it).
+    pub fn gc_keeping(
+        &self,
+        buckets: &[&Bucket],
+        keep: &HashSet<Hash>,
+        grace: std::time::Duration,
+    ) -> Result<crate::store::GcReport> {
         let started = std::time::Instant::now();
-        let mut live = HashSet::new();
+        let mut live = keep.clone();
         let mut index_ms = 0;
         for b in buckets {
             // Each bucket's own: what its blob index becomes.
@@ -781,6 +815,12 @@ impl Bucket {
 
     pub fn id(&self) -> BucketId {
         self.core.id
+    }
+
+    /// The store this bucket's blobs are in (tests that copy them).
+    #[cfg(test)]
+    pub fn store_for_tests(&self) -> Arc<BlobStore> {
+        self.core.store.clone()
     }
 
     pub fn head(&self) -> Result<Hash> {

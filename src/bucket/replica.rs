@@ -32,6 +32,7 @@ pub struct DirContents {
 
 /// A key derived from the bucket secret: proves possession of the secret
 /// to a peer that holds it too, and reveals nothing of it.
+#[derive(Clone)]
 pub struct ProofKey([u8; 32]);
 
 impl Drop for ProofKey {
@@ -44,6 +45,27 @@ impl ProofKey {
     /// The proof key of the bucket whose secret is `secret`.
     pub fn of(secret: &SecretKey) -> Self {
         Self(blake3::derive_key("jax-csi sync proof v1", secret.expose()))
+    }
+
+    /// The key whose proofs ask a holder to share the bucket secret
+    /// (`Enroll`): derived apart from [`ProofKey::of`], so a blind replica,
+    /// which is given the proof key to fetch and serve ciphertext, cannot
+    /// make a member share the secret with it.
+    pub fn enroll_of(secret: &SecretKey) -> Self {
+        Self(blake3::derive_key(
+            "jax-csi enroll proof v1",
+            secret.expose(),
+        ))
+    }
+
+    /// A proof key kept wrapped (a blind replica's, see `bucket::blind`).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The key as a secret, to be wrapped by a KEK for a blind replica.
+    pub fn to_secret(&self) -> SecretKey {
+        SecretKey::from_bytes(self.0)
     }
 
     /// The proof that `requester` asks `responder` about this bucket.
@@ -140,6 +162,11 @@ impl Bucket {
     /// The key whose proofs tell a peer this node holds the bucket secret.
     pub fn proof_key(&self) -> ProofKey {
         ProofKey::of(&self.core.secret)
+    }
+
+    /// The key whose proofs ask a member to share the secret (`Enroll`).
+    pub fn enroll_key(&self) -> ProofKey {
+        ProofKey::enroll_of(&self.core.secret)
     }
 
     /// The version the head and `incoming` (fetched) both descend from, the

@@ -43,6 +43,7 @@ pub fn bench_controller(dir: &Path, volumes: usize, list_volumes: usize) -> anyh
             node_id: "bench-controller".into(),
             db_timeout: Duration::from_secs(10),
             orphans: None,
+            replica_timeout: std::time::Duration::from_secs(300),
         };
         let server = tokio::spawn(run_controller(cfg, async {
             let _ = stop_rx.await;

@@ -44,6 +44,11 @@ pub struct ControllerArgs {
     /// Seconds between orphan sweeps.
     #[arg(long, default_value_t = 300)]
     orphan_scan_secs: u64,
+    /// Seconds without a heartbeat (nodes send one every 5 s) after which a
+    /// node's replicas are replaced on other nodes and a volume counts it
+    /// as lost. At least 15.
+    #[arg(long, default_value_t = 300)]
+    replica_timeout_secs: u64,
 }
 
 pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
@@ -55,6 +60,15 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "controller".into())
     });
+    let heartbeat = jax_csi::node::records::HEARTBEAT.as_secs();
+    if args.replica_timeout_secs < 3 * heartbeat {
+        anyhow::bail!(
+            "--replica-timeout-secs {}: must be at least {} (three node heartbeats of {heartbeat} s), \
+             or a node that is only slow counts as lost",
+            args.replica_timeout_secs,
+            3 * heartbeat
+        );
+    }
     let rt = tokio::runtime::Runtime::new()?;
     let orphans = {
         let _in_runtime = rt.enter();
@@ -78,6 +92,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
             node_id,
             db_timeout: Duration::from_millis(args.db_timeout_ms),
             orphans,
+            replica_timeout: Duration::from_secs(args.replica_timeout_secs.max(1)),
         },
         shutdown_signal(),
     ))

@@ -11,6 +11,7 @@ use jax_csi::csi::admin_proto::{
     HistoryRequest, ListDirRequest, ReadFileRequest, RestoreRequest, Version, VersionSelector,
 };
 use jax_csi::db::operator::{volume_condition, ReplicaView, VolumeView};
+use jax_csi::db::replicas::{Health, DEFAULT_REPLICA_TIMEOUT_SECS};
 use serde::Serialize;
 
 use super::operator_db::{node_error, DbArgs, NodeArgs};
@@ -141,27 +142,88 @@ struct VolumeReport {
     used_bytes: Option<i64>,
     head: Option<String>,
     height: Option<i64>,
-    replicas: Vec<ReplicaView>,
+    /// Every node with a copy: its head and mount, its role, in sync or not.
+    replicas: Vec<ReplicaReport>,
+    /// Replicas the volume asks for.
+    replicas_wanted: u32,
+    /// Live replicas at the newest height.
+    replicas_in_sync: usize,
     abnormal: bool,
     condition: String,
     in_sync: bool,
 }
 
-fn report(volume: VolumeView, all: &[ReplicaView]) -> VolumeReport {
-    let replicas: Vec<ReplicaView> = all
+/// One node's copy as printed.
+#[derive(Debug, Serialize)]
+struct ReplicaReport {
+    #[serde(flatten)]
+    view: ReplicaView,
+    /// The node id again, under the name the replicas issue gives it.
+    node: String,
+    /// `stages` (a mount runs there), `replica` (assigned, held blind), or
+    /// `holder` (a copy kept from an earlier stage, not counted).
+    role: &'static str,
+    in_sync: bool,
+}
+
+fn report(volume: VolumeView, all: &[ReplicaView], health: Option<&Health>) -> VolumeReport {
+    let views: Vec<ReplicaView> = all
         .iter()
         .filter(|r| r.volume_id == volume.id)
         .cloned()
         .collect();
+    let held = |node: &str| health.and_then(|h| h.holders.iter().find(|x| x.node == node));
+    let mut replicas: Vec<ReplicaReport> = views
+        .into_iter()
+        .map(|view| {
+            let h = held(&view.node_id);
+            ReplicaReport {
+                node: view.node_id.clone(),
+                role: h.map_or("holder", |h| h.role),
+                in_sync: h.is_some_and(|h| h.in_sync && h.live),
+                view,
+            }
+        })
+        .collect();
+    // Assigned nodes that have reported nothing yet.
+    for h in health.map(|h| h.holders.as_slice()).unwrap_or(&[]) {
+        if !replicas.iter().any(|r| r.node == h.node) {
+            replicas.push(ReplicaReport {
+                node: h.node.clone(),
+                role: h.role,
+                in_sync: false,
+                view: ReplicaView {
+                    volume_id: volume.id.clone(),
+                    node_id: h.node.clone(),
+                    head: None,
+                    height: h.height,
+                    used_bytes: None,
+                    head_updated_secs: None,
+                    status: None,
+                    message: None,
+                    published: None,
+                },
+            });
+        }
+    }
+    let replicas_wanted = health.map_or(0, |h| h.wanted);
+    let replicas_in_sync = health.map_or(0, Health::in_sync);
     let newest = replicas
         .iter()
+        .map(|r| &r.view)
         .filter(|r| r.height.is_some())
         .max_by_key(|r| (r.height, r.head_updated_secs));
     let states: Vec<(String, String, Option<String>)> = replicas
         .iter()
+        .map(|r| &r.view)
         .filter_map(|r| Some((r.node_id.clone(), r.status.clone()?, r.message.clone())))
         .collect();
-    let (abnormal, condition) = volume_condition(&states);
+    let (mut abnormal, mut condition) = volume_condition(&states);
+    if let Some(h) = health {
+        let (under, message) = h.condition();
+        abnormal |= under;
+        condition = format!("{condition}; {message}");
+    }
     let height = newest.and_then(|r| r.height);
     VolumeReport {
         used_bytes: newest.and_then(|r| r.used_bytes),
@@ -169,11 +231,13 @@ fn report(volume: VolumeView, all: &[ReplicaView]) -> VolumeReport {
         height,
         in_sync: replicas
             .iter()
-            .filter(|r| r.height.is_some())
-            .all(|r| r.height == height),
+            .filter(|r| r.view.height.is_some())
+            .all(|r| r.view.height == height),
         abnormal,
         condition,
         replicas,
+        replicas_wanted,
+        replicas_in_sync,
         volume,
     }
 }
@@ -205,8 +269,17 @@ async fn volume(cmd: VolumeCommand) -> anyhow::Result<()> {
             let db = args.connect().await?;
             let volumes = db.volume_views(None).await?;
             let replicas = db.replica_views(None).await?;
-            let reports: Vec<VolumeReport> =
-                volumes.into_iter().map(|v| report(v, &replicas)).collect();
+            let ids: Vec<String> = volumes.iter().map(|v| v.id.clone()).collect();
+            let health = db
+                .replica_health(&ids, DEFAULT_REPLICA_TIMEOUT_SECS as i64)
+                .await?;
+            let reports: Vec<VolumeReport> = volumes
+                .into_iter()
+                .map(|v| {
+                    let h = health.get(&v.id);
+                    report(v, &replicas, h)
+                })
+                .collect();
             emit(args.output, &reports, |reports| {
                 let mut t = Table::new(&[
                     "ID",
@@ -226,8 +299,8 @@ async fn volume(cmd: VolumeCommand) -> anyhow::Result<()> {
                         r.used_bytes.map_or_else(|| "-".into(), bytes),
                         r.replicas
                             .iter()
-                            .filter(|x| x.head.is_some())
-                            .map(|x| x.node_id.as_str())
+                            .filter(|x| x.view.head.is_some())
+                            .map(|x| x.node.as_str())
                             .collect::<Vec<_>>()
                             .join(","),
                         opt(&r.height),
@@ -251,8 +324,11 @@ async fn volume(cmd: VolumeCommand) -> anyhow::Result<()> {
                 report: VolumeReport,
                 snapshots: Vec<SnapshotRow>,
             }
+            let health = db
+                .replica_health(std::slice::from_ref(&id), DEFAULT_REPLICA_TIMEOUT_SECS as i64)
+                .await?;
             let shown = Shown {
-                report: report(volume, &replicas),
+                report: report(volume, &replicas, health.get(&id)),
                 snapshots: snapshots.iter().map(SnapshotRow::from).collect(),
             };
             emit(args.output, &shown, |s| {
@@ -277,11 +353,14 @@ async fn volume(cmd: VolumeCommand) -> anyhow::Result<()> {
                 ]);
                 t.row(vec!["head".into(), opt(&r.head)]);
                 t.row(vec!["condition".into(), r.condition.clone()]);
-                for x in &r.replicas {
+                for r in &r.replicas {
+                    let x = &r.view;
                     t.row(vec![
                         format!("replica {}", x.node_id),
                         format!(
-                            "height {} head {} mount {}{}{}",
+                            "{}{} height {} head {} mount {}{}{}",
+                            r.role,
+                            if r.in_sync { ", in sync," } else { "," },
                             opt(&x.height),
                             short(&x.head),
                             x.status.as_deref().unwrap_or("none"),

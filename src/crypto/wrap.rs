@@ -55,6 +55,12 @@ impl WrapContext {
         Self::of("snapshot", &[snapshot_id, source_volume_id, head])
     }
 
+    /// A bucket's proof key (not its secret), for blind replicas: in the
+    /// volume's Postgres record and a replica's state dir.
+    pub fn replica_proof(volume_id: &str) -> Self {
+        Self::of("replica proof", &[volume_id])
+    }
+
     /// A bucket's secret in a node's own state dir.
     pub fn node_local(bucket_id: &str) -> Self {
         Self::of("node local", &[bucket_id])

@@ -36,11 +36,22 @@ const FRESH_NODE_SECS: i64 = 120;
 pub struct ControllerService {
     db: Db,
     kek: Arc<Kek>,
+    /// A holder whose node sent no heartbeat for this long counts as lost.
+    replica_timeout_secs: i64,
 }
 
 impl ControllerService {
     pub fn new(db: Db, kek: Arc<Kek>) -> Self {
-        Self { db, kek }
+        Self {
+            db,
+            kek,
+            replica_timeout_secs: 300,
+        }
+    }
+
+    pub fn with_replica_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.replica_timeout_secs = timeout.as_secs().max(1) as i64;
+        self
     }
 }
 
@@ -94,9 +105,17 @@ struct Source {
     size: i64,
 }
 
-/// The volume's condition from its mount states.
-fn condition_from(states: &[(String, String, Option<String>)]) -> VolumeCondition {
-    let (abnormal, message) = crate::db::operator::volume_condition(states);
+/// The volume's condition from its mount states and its replicas.
+fn condition_from(
+    states: &[(String, String, Option<String>)],
+    health: Option<&crate::db::replicas::Health>,
+) -> VolumeCondition {
+    let (mut abnormal, mut message) = crate::db::operator::volume_condition(states);
+    if let Some(h) = health {
+        let (under, replicas) = h.condition();
+        abnormal |= under;
+        message = format!("{message}; {replicas}");
+    }
     VolumeCondition { abnormal, message }
 }
 
@@ -352,7 +371,17 @@ impl Controller for ControllerService {
                 mutable_parameters: mutable,
             };
             let volume = match self.db.insert_volume(&new).await? {
-                Some(v) => v,
+                Some(v) => {
+                    // What blind replicas fetch and serve by (it opens nothing).
+                    let proof = crate::db::replicas::wrap_proof_key(
+                        &self.kek,
+                        &v.id,
+                        &crate::bucket::ProofKey::of(&secret),
+                    )
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                    self.db.ensure_proof_key(&v.id, &proof).await?;
+                    v
+                }
                 None => {
                     // Another request with this name won the race: answer as an idempotent repeat.
                     let existing = self
@@ -485,6 +514,10 @@ impl Controller for ControllerService {
             for (v, n, s, m) in self.db.mount_states_of(&ids).await? {
                 states.entry(v).or_default().push((n, s, m));
             }
+            let health = self
+                .db
+                .replica_health(&ids, self.replica_timeout_secs)
+                .await?;
             let entries = rows
                 .iter()
                 .map(|v| list_volumes_response::Entry {
@@ -493,6 +526,7 @@ impl Controller for ControllerService {
                         published_node_ids: published.remove(&v.id).unwrap_or_default(),
                         volume_condition: Some(condition_from(
                             states.get(&v.id).map(Vec::as_slice).unwrap_or(&[]),
+                            health.get(&v.id),
                         )),
                     }),
                 })
@@ -707,11 +741,15 @@ impl Controller for ControllerService {
                 .ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))?;
             let published_node_ids = self.db.publishing_nodes(id).await?;
             let states = self.db.mount_states(id).await?;
+            let health = self
+                .db
+                .replica_health(&[id.to_string()], self.replica_timeout_secs)
+                .await?;
             Ok(ControllerGetVolumeResponse {
                 volume: Some(volume_of(&vol)),
                 status: Some(controller_get_volume_response::VolumeStatus {
                     published_node_ids,
-                    volume_condition: Some(condition_from(&states)),
+                    volume_condition: Some(condition_from(&states, health.get(id))),
                 }),
             })
         })

@@ -13,13 +13,15 @@ use crate::bucket::{Retention, DEFAULT_CHUNK_SIZE};
 
 /// StorageClass parameter: chunk size in bytes (power of two, 64 KiB – 16 MiB).
 pub const PARAM_CHUNK_SIZE: &str = "chunkSize";
-/// StorageClass parameter: replicas a volume is kept on. Only 1 is accepted
-/// until background replication exists (a volume is kept, in sync, on
-/// every node that stages it).
-pub const PARAM_REPLICAS: &str = "replicas";
+/// StorageClass and mutable parameter: how many nodes keep a volume
+/// (default 2; 1 is "no redundancy"). See `db::placement`.
+pub use crate::db::replicas::{DEFAULT_REPLICAS, MAX_REPLICAS, PARAM_REPLICAS};
+/// StorageClass parameter: replicas an fsync waits for. Not implemented:
+/// refused unless 0, so that nobody counts on a wait that does not happen.
+pub const PARAM_SYNC_REPLICAS: &str = "syncReplicas";
 pub use crate::db::PARAM_HISTORY_RETENTION;
 /// Parameters ControllerModifyVolume may change.
-pub const MUTABLE_PARAMETERS: &[&str] = &[PARAM_HISTORY_RETENTION];
+pub const MUTABLE_PARAMETERS: &[&str] = &[PARAM_HISTORY_RETENTION, PARAM_REPLICAS];
 /// StorageClass parameter: the name of the Secret holding the tenant KEK;
 /// its `tenantKey` entry arrives in the CreateVolume secrets.
 pub const PARAM_TENANT_KEY_SECRET: &str = "tenantKeySecret";
@@ -81,11 +83,15 @@ pub fn parse_parameters(params: &HashMap<String, String>) -> Result<VolumeParams
                 chunk_size = n;
             }
             PARAM_REPLICAS => {
-                if v.trim() != "1" {
+                parse_replicas(k, v)?;
+            }
+            PARAM_SYNC_REPLICAS => {
+                if v.trim() != "0" {
                     return Err(bad(
                         k,
-                        "only 1 is supported yet: replicas on nodes that do not stage the volume \
-                         are not implemented (every node that stages a volume keeps it in sync)",
+                        "only 0 is supported yet: an fsync is durable on this node's disk and \
+                         reaches the other replicas in the background (waiting for replicas \
+                         is not implemented)",
                     ));
                 }
             }
@@ -121,6 +127,15 @@ pub fn check_no_parameters(params: &HashMap<String, String>) -> Result<(), Statu
     }
 }
 
+fn parse_replicas(k: &str, v: &str) -> Result<u32, Status> {
+    match v.trim().parse::<u32>() {
+        Ok(n) if (1..=MAX_REPLICAS).contains(&n) => Ok(n),
+        _ => Err(Status::invalid_argument(format!(
+            "parameter {k}: must be a whole number from 1 (no redundancy) to {MAX_REPLICAS}"
+        ))),
+    }
+}
+
 fn parse_retention(k: &str, v: &str) -> Result<Retention, Status> {
     v.parse::<Retention>()
         .map_err(|why| Status::invalid_argument(format!("parameter {k}: {why}")))
@@ -135,7 +150,10 @@ pub fn parse_mutable(params: &HashMap<String, String>) -> Result<String, Status>
             PARAM_HISTORY_RETENTION => {
                 parse_retention(k, v)?;
             }
-            PARAM_CHUNK_SIZE | PARAM_REPLICAS | PARAM_TENANT_KEY_SECRET => {
+            PARAM_REPLICAS => {
+                parse_replicas(k, v)?;
+            }
+            PARAM_CHUNK_SIZE | PARAM_SYNC_REPLICAS | PARAM_TENANT_KEY_SECRET => {
                 return Err(Status::invalid_argument(format!(
                     "mutable parameter {k}: it is fixed when the volume is created (mutable: {})",
                     MUTABLE_PARAMETERS.join(", ")
@@ -308,8 +326,20 @@ mod tests {
             .contains("bogus"));
         assert!(parse_parameters(&p(&[("csi.storage.k8s.io/pvc/name", "x")])).is_ok());
         assert!(parse_parameters(&p(&[("replicas", "1")])).is_ok());
-        let why = parse_parameters(&p(&[("replicas", "2")])).unwrap_err();
-        assert!(why.message().contains("only 1"), "{}", why.message());
+        assert!(parse_parameters(&p(&[("replicas", "3")])).is_ok());
+        for bad in ["0", "17", "two", "-1"] {
+            let why = parse_parameters(&p(&[("replicas", bad)])).unwrap_err();
+            assert!(why.message().contains("from 1"), "{}", why.message());
+        }
+        assert!(parse_parameters(&p(&[("syncReplicas", "0")])).is_ok());
+        let why = parse_parameters(&p(&[("syncReplicas", "1")])).unwrap_err();
+        assert!(
+            why.message().contains("not implemented"),
+            "{}",
+            why.message()
+        );
+        assert!(parse_mutable(&p(&[("replicas", "3")])).is_ok());
+        assert!(parse_mutable(&p(&[("replicas", "0")])).is_err());
         assert!(parse_parameters(&p(&[("historyRetention", "count=5")])).is_ok());
         assert!(parse_parameters(&p(&[("historyRetention", "lots")])).is_err());
         assert!(parse_mutable(&p(&[("historyRetention", "age=1d")])).is_ok());

@@ -32,6 +32,8 @@ pub struct ControllerConfig {
     /// The leader's sweep of volumes no PersistentVolume names (with a
     /// Kubernetes API server only).
     pub orphans: Option<OrphanSweep>,
+    /// A replica whose node sent no heartbeat for this long is replaced.
+    pub replica_timeout: Duration,
 }
 
 /// How the controller leader looks for orphaned volumes.
@@ -56,6 +58,7 @@ pub async fn run_controller(
         migrated.clone(),
         cfg.node_id.clone(),
         cfg.orphans.clone(),
+        cfg.replica_timeout,
     ));
 
     let ready: ReadyCheck = {
@@ -75,7 +78,10 @@ pub async fn run_controller(
             ))
         }
     };
-    let service = Arc::new(ControllerService::new(db.clone(), Arc::new(cfg.kek)));
+    let service = Arc::new(
+        ControllerService::new(db.clone(), Arc::new(cfg.kek))
+            .with_replica_timeout(cfg.replica_timeout),
+    );
     let controller = InterceptedService::new(
         ControllerServer::from_arc(service.clone()),
         schema_ready.clone(),
@@ -103,7 +109,13 @@ pub async fn run_controller(
 /// Run migrations (retrying while Postgres is down), then take part in the
 /// leader election: one replica holds a Postgres advisory lock and does the
 /// background work; the others keep serving requests.
-async fn background(db: Db, migrated: Arc<AtomicBool>, me: String, orphans: Option<OrphanSweep>) {
+async fn background(
+    db: Db,
+    migrated: Arc<AtomicBool>,
+    me: String,
+    orphans: Option<OrphanSweep>,
+    replica_timeout: Duration,
+) {
     let tick = orphans.as_ref().map_or(Duration::from_secs(5), |o| {
         o.every.min(Duration::from_secs(5))
     });
@@ -138,6 +150,22 @@ async fn background(db: Db, migrated: Arc<AtomicBool>, me: String, orphans: Opti
                         }
                         Ok(_) => {}
                         Err(e) => tracing::debug!(error = %e, "gc bookkeeping"),
+                    }
+                    // Every volume on as many nodes as it asks for.
+                    match crate::db::placement::place(&db, replica_timeout.as_secs() as i64).await {
+                        Ok(moves) if !moves.is_empty() => {
+                            tracing::info!(moves = moves.len(), "replica placement")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "replica placement skipped"),
+                    }
+                    let secs = replica_timeout.as_secs() as i64;
+                    if let Ok(all) = db.wanted_replicas().await {
+                        let ids: Vec<String> = all.into_iter().map(|(id, _)| id).collect();
+                        if let Ok(health) = db.replica_health(&ids, secs).await {
+                            let under = health.values().filter(|h| h.condition().0).count();
+                            crate::metrics::under_replicated(under);
+                        }
                     }
                     if let Some(o) = &orphans {
                         if last_sweep.is_none_or(|t| t.elapsed() >= o.every) {

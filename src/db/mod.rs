@@ -10,7 +10,9 @@ pub mod embedded;
 mod k8s_records;
 mod keys;
 pub mod operator;
+pub mod placement;
 mod records;
+pub mod replicas;
 mod rotate;
 
 pub use keys::{HeadKey, KeyError};

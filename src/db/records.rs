@@ -406,7 +406,7 @@ impl Db {
     }
 
     /// The nodes other than `me` that hold volume `volume_id` (a reported
-    /// head or a mount record), freshest head first, with their sync
+    /// head, a mount record or a replica assignment), freshest head first, with their sync
     /// endpoint and addresses.
     pub async fn sync_peers(&self, volume_id: &str, me: &str) -> DbResult<Vec<NodeSyncRow>> {
         Ok(sqlx::query_as(
@@ -414,7 +414,8 @@ impl Db {
                     h.height AS height \
              FROM nodes n LEFT JOIN bucket_heads h ON h.node_id = n.id AND h.volume_id = $1 \
              WHERE n.id <> $2 AND n.endpoint_id IS NOT NULL AND (h.volume_id IS NOT NULL OR EXISTS \
-                (SELECT 1 FROM mounts m WHERE m.node_id = n.id AND m.volume_id = $1)) \
+                (SELECT 1 FROM mounts m WHERE m.node_id = n.id AND m.volume_id = $1) OR EXISTS \
+                (SELECT 1 FROM replicas r WHERE r.node_id = n.id AND r.volume_id = $1)) \
              ORDER BY h.height DESC NULLS LAST, n.id",
         )
         .bind(volume_id)

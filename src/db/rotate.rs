@@ -90,6 +90,47 @@ impl Layer<'_> {
         }
     }
 
+    /// A volume's proof key (for blind replicas, cluster KEK only)
+    /// re-wrapped by the current KEK (cluster rotations only).
+    async fn proof_key(
+        &self,
+        report: &mut RewrapReport,
+        volume: &VolumeRecord,
+        tx: &mut sqlx::PgConnection,
+    ) -> DbResult<Option<WrappedKey>> {
+        let Layer::Cluster(kek) = self else {
+            return Ok(None);
+        };
+        let (wrapped,): (Option<Vec<u8>>,) =
+            sqlx::query_as("SELECT proof_key_wrapped FROM volumes WHERE id = $1")
+                .bind(&volume.id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let Some(wrapped) = wrapped.map(WrappedKey) else {
+            return Ok(None);
+        };
+        let ctx = WrapContext::replica_proof(&volume.id);
+        if kek.wrapped_current(&wrapped, &ctx) {
+            report.already_current += 1;
+            return Ok(None);
+        }
+        match kek
+            .unwrap_for(&wrapped, &ctx, false)
+            .and_then(|key| kek.wrap_for(&key, &ctx))
+        {
+            Ok(new) => {
+                report.rewrapped += 1;
+                Ok(Some(new))
+            }
+            Err(e) => {
+                report
+                    .unreadable
+                    .push(format!("volume {} (its proof key): {e}", volume.id));
+                Ok(None)
+            }
+        }
+    }
+
     /// A volume's copy wrapped by the tenant key alone, re-wrapped by its
     /// current key when the previous one opens it (tenant rotations only).
     fn tenant_copy(&self, volume: &VolumeRecord) -> Option<WrappedKey> {
@@ -151,6 +192,10 @@ impl Db {
                     }),
                 ),
                 ("tenant_wrapped_key", layer.tenant_copy(v)),
+                (
+                    "proof_key_wrapped",
+                    layer.proof_key(&mut report, v, &mut tx).await?,
+                ),
             ];
             for (column, new) in updates {
                 let Some(new) = new else { continue };

@@ -75,6 +75,9 @@ pub async fn pass(
         if manager.get(&id).is_ok() {
             continue; // still staged here: collected once unstaged
         }
+        if state.has_blind(&id) {
+            state.remove_blind(&id)?;
+        }
         if state.has_bucket(&id) {
             if db.has_snapshots(&vid).await? {
                 continue; // its snapshots still need their versions
@@ -159,9 +162,14 @@ fn collect(
         }
         buckets.push(b);
     }
+    // Blind replicas' blobs: the version each holds and the one it fetches.
+    let mut blind = HashSet::new();
+    for id in state.list_blind()? {
+        blind.extend(state.open_blind(&id, kek)?.live()?.iter().copied());
+    }
     let prune_ms = started.elapsed().as_millis() as u64;
     let refs: Vec<&Bucket> = buckets.iter().collect();
-    let report = state.gc_older_than(&refs, grace)?;
+    let report = state.gc_keeping(&refs, &blind, grace)?;
     tracing::debug!(prune_ms, "retention and blob collection");
     Ok((pruned, report))
 }

@@ -16,6 +16,7 @@ mod locks;
 pub mod peers;
 pub mod records;
 pub mod replicas;
+pub mod replication;
 mod revocation;
 mod stage;
 
@@ -214,6 +215,16 @@ impl NodeAgent {
             replicas.clone(),
             Duration::from_secs(2),
         ));
+        agent.spawn(
+            replication::Replication::new(
+                db.clone(),
+                cfg.node_id.clone(),
+                sync.clone(),
+                state.clone(),
+                kek.clone(),
+            )
+            .run(Duration::from_secs(2), sync.blind_announcements()),
+        );
         agent.spawn(peers::announce_commits(
             sync.clone(),
             manager.subscribe_sync_events(),

@@ -158,8 +158,9 @@ fn take_event(
     }
 }
 
-/// How often a node tells Postgres it is alive and how much room it has.
-const HEARTBEAT: Duration = Duration::from_secs(15);
+/// How often a node says it is alive (and its free space). The controller's
+/// replica timeout must be several of these (it refuses less than 3).
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Size and free bytes of the file system holding `dir`.
 pub fn disk_space(dir: &std::path::Path) -> (i64, i64) {

@@ -153,7 +153,11 @@ pub async fn announce_all(inner: &Arc<Inner>, bucket: BucketId, head: Hash) {
 
 /// Send `req` (a request answered with blob frames) to `peer` and wait
 /// for its `Noted`: the frames follow on the returned stream.
-async fn blob_answer(inner: &Inner, peer: &NodeId, req: &Request) -> Result<RecvStream, SyncError> {
+pub(super) async fn blob_answer_for(
+    inner: &Inner,
+    peer: &NodeId,
+    req: &Request,
+) -> Result<RecvStream, SyncError> {
     let mut recv = request(inner, peer, req).await?;
     match read_msg::<Response>(&mut recv)
         .await
@@ -190,7 +194,7 @@ async fn get_blobs_from(
             proof,
             hashes: hashes.to_vec(),
         };
-        let mut recv = blob_answer(inner, peer, &req).await?;
+        let mut recv = blob_answer_for(inner, peer, &req).await?;
         let wanted: HashSet<Hash> = hashes.iter().copied().collect();
         let mut missing = Vec::new();
         let mut got = 0;
@@ -265,6 +269,9 @@ fn proof_key(
 ) -> Result<ProofKey, SyncError> {
     match secret {
         Some(s) => Ok(ProofKey::of(s)),
+        None if !inner.state.has_bucket(bucket) && inner.state.has_blind(bucket) => {
+            Ok(inner.open_blind(bucket)?.proof_key().clone())
+        }
         None => Ok(inner.open(bucket)?.proof_key()),
     }
 }
@@ -439,6 +446,20 @@ pub(super) async fn ask_history(
     }
     have.truncate(super::proto::MAX_HAVE);
     let proof = b.proof_key().proof(&bucket, &inner.me.0, &peer.0);
+    history_answer(inner, &peer, bucket, proof, head, have).await
+}
+
+/// One peer's answer to a history request (see [`ask_history`]), each
+/// manifest checked against its address; empty when it did not answer.
+async fn history_answer(
+    inner: &Inner,
+    peer: &NodeId,
+    bucket: BucketId,
+    proof: Proof,
+    head: Hash,
+    have: Vec<Hash>,
+) -> HashMap<Hash, Prefetched> {
+    let peer = *peer;
     let ask = async {
         let req = Request::History {
             bucket,
@@ -446,7 +467,7 @@ pub(super) async fn ask_history(
             head,
             have,
         };
-        let mut recv = blob_answer(inner, &peer, &req).await?;
+        let mut recv = blob_answer_for(inner, &peer, &req).await?;
         let mut got = HashMap::new();
         let mut total = 0;
         while let Some(frame) = read_msg::<BlobFrame>(&mut recv)
@@ -485,6 +506,39 @@ pub(super) async fn ask_history(
             tracing::debug!(%peer, %bucket, "history request timed out; walking the chain level by level");
             HashMap::new()
         }
+    }
+}
+
+/// The manifests of `version`'s history a peer sends in one answer (down
+/// to `have`), for a blind replica: each stored once it verifies as a
+/// manifest of the bucket. Best effort: the version itself is what the
+/// replica needs; its history lets a node that stages from it merge.
+pub(super) async fn history_from(
+    inner: &Inner,
+    replica: &crate::bucket::blind::BlindReplica,
+    version: Hash,
+    have: &[Hash],
+) {
+    let bucket = replica.id();
+    let Some(peer) = inner.peers_of(&bucket).first().map(|p| p.node) else {
+        return;
+    };
+    let proof = replica.proof_key().proof(&bucket, &inner.me.0, &peer.0);
+    let got = history_answer(inner, &peer, bucket, proof, version, have.to_vec()).await;
+    let store = inner.state.store().clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        for (h, p) in got {
+            let ours = crate::bucket::Manifest::from_bytes(h, &p.bytes)
+                .is_ok_and(|m| m.body.bucket_id == bucket);
+            if ours && !store.contains(&h) {
+                store.put_with_outboard(h, &p.bytes, &p.outboard)?;
+            }
+        }
+        store.sync()
+    })
+    .await;
+    if !matches!(stored, Ok(Ok(()))) {
+        tracing::debug!(%bucket, "a blind replica's history not stored this time");
     }
 }
 
@@ -791,7 +845,22 @@ pub async fn fetch_new_bucket(
     secret: SecretKey,
 ) -> Result<Hash, SyncError> {
     let handle = inner.state.bucket_with_secret(&bucket, secret.clone());
-    let offers = collect_offers(inner, bucket, &secret).await;
+    let mut offers = Vec::new();
+    // This node's own blind replica (#28): every blob of its version is
+    // here, and it is checked like any peer's offer.
+    if let Ok(Some((version, _))) = inner.open_blind(&bucket).and_then(|r| {
+        r.head()
+            .map_err(|source| SyncError::Bucket { bucket, source })
+    }) {
+        offers.push(Offer {
+            peer: Peer {
+                node: inner.me,
+                addrs: Vec::new(),
+            },
+            head: version,
+        });
+    }
+    offers.extend(collect_offers(inner, bucket, &secret).await);
     let mut checked = Vec::new();
     for offer in offers {
         if checked
@@ -861,21 +930,56 @@ pub async fn fetch_new_bucket(
         }
     }
     let b = inner.open(&bucket)?;
-    Ok(b.head().unwrap_or(first))
+    let head = b.head().unwrap_or(first);
+    if !b.is_member_at(&head, &inner.me).unwrap_or(false) {
+        // Imported from a blind replica (no member answered): this node
+        // holds the secret, so it shares the bucket with itself, or the
+        // versions it writes would not verify anywhere.
+        if let Some(replicas) = inner.replicas.get().cloned() {
+            let me = inner.me;
+            let granted = tokio::task::spawn_blocking(move || replicas.grant(&bucket, &me))
+                .await
+                .map_err(|e| SyncError::Worker(e.to_string()))?
+                .map_err(|source| SyncError::Apply { bucket, source })?;
+            tracing::info!(%bucket, head = %granted, "imported from a replica without a member online; this node made itself a member");
+            return Ok(granted);
+        }
+    }
+    Ok(head)
 }
 
 /// Ask every peer of `bucket` at once to enroll this node; the heads
 /// offered by those that answered within [`OFFER_GRACE`] of the first.
 async fn collect_offers(inner: &Arc<Inner>, bucket: BucketId, secret: &SecretKey) -> Vec<Offer> {
     use futures::StreamExt;
-    let key = ProofKey::of(secret);
+    let enroll = ProofKey::enroll_of(secret);
+    let read = ProofKey::of(secret);
     let mut asks: futures::stream::FuturesUnordered<_> = inner
         .peers_of(&bucket)
         .into_iter()
         .map(|p| {
-            let proof = key.proof(&bucket, &inner.me.0, &p.node.0);
+            let proof = enroll.proof(&bucket, &inner.me.0, &p.node.0);
+            let read_proof = read.proof(&bucket, &inner.me.0, &p.node.0);
             async move {
-                let answer = ask(inner, &p.node, &Request::Enroll { bucket, proof }).await;
+                let answer = match ask(inner, &p.node, &Request::Enroll { bucket, proof }).await {
+                    // A blind replica (or a node that will not share) may
+                    // still hold the newest head: asked for it.
+                    Ok(Response::Refused { reason }) => {
+                        let heads = Request::Heads {
+                            buckets: vec![(bucket, read_proof)],
+                        };
+                        match ask(inner, &p.node, &heads).await {
+                            Ok(Response::Heads(h)) => match h.first() {
+                                Some((b, Some(head))) if *b == bucket => {
+                                    Ok(Response::Heads(vec![(bucket, Some(*head))]))
+                                }
+                                _ => Ok(Response::Refused { reason }),
+                            },
+                            _ => Ok(Response::Refused { reason }),
+                        }
+                    }
+                    other => other,
+                };
                 (p, answer)
             }
         })
@@ -896,6 +1000,12 @@ async fn collect_offers(inner: &Arc<Inner>, bucket: BucketId, secret: &SecretKey
                 deadline.get_or_insert_with(|| tokio::time::Instant::now() + OFFER_GRACE);
                 offers.push(Offer { peer, head });
             }
+            Ok(Response::Heads(h)) => {
+                if let Some((_, Some(head))) = h.first() {
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + OFFER_GRACE);
+                    offers.push(Offer { peer, head: *head });
+                }
+            }
             Ok(other) => {
                 tracing::warn!(peer = %peer.node, %bucket, answer = ?other, "peer did not enroll this node")
             }
@@ -907,6 +1017,9 @@ async fn collect_offers(inner: &Arc<Inner>, bucket: BucketId, secret: &SecretKey
 
 /// Ask `peer` first for `bucket`'s blobs: the head it offered is on it.
 fn prefer_peer(inner: &Inner, bucket: BucketId, peer: &Peer) {
+    if peer.node == inner.me {
+        return;
+    }
     let mut peers = inner.peers_of(&bucket);
     peers.retain(|o| o.node != peer.node);
     peers.insert(0, peer.clone());

@@ -34,6 +34,7 @@
 mod client;
 pub mod proto;
 mod pulls;
+pub mod replicate;
 mod server;
 #[cfg(test)]
 mod tests;
@@ -143,6 +144,9 @@ struct Inner {
     /// Where each peer was last reached or listed.
     addrs: Mutex<HashMap<NodeId, Vec<SocketAddr>>>,
     replicas: OnceLock<Arc<dyn Replicas>>,
+    /// Versions members announced for buckets held blind here, for the
+    /// node agent to replicate (see `SyncEngine::blind_announcements`).
+    blind_tx: OnceLock<tokio::sync::mpsc::UnboundedSender<(BucketId, Hash)>>,
     /// Asked when a node is not in `registered` (it may have just registered).
     registry: OnceLock<RegistryCheck>,
     /// Requests in progress per peer, and in all (see `server`).
@@ -239,6 +243,7 @@ impl SyncEngine {
             registered: Mutex::new(None),
             addrs: Mutex::new(HashMap::new()),
             replicas: OnceLock::new(),
+            blind_tx: OnceLock::new(),
             registry: OnceLock::new(),
             strangers: Mutex::new(Strangers::default()),
             peer_slots: Mutex::new(HashMap::new()),
@@ -410,6 +415,26 @@ impl SyncEngine {
         })
     }
 
+    /// The versions members announce of buckets held blind here (one
+    /// receiver: the node agent's replication loop).
+    pub fn blind_announcements(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<(BucketId, Hash)>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.inner.blind_tx.set(tx).ok().map(|()| rx)
+    }
+
+    /// Bring the blind replica of `bucket` to `version` (see
+    /// the `replicate` module): fetched from every peer at once, each
+    /// blob checked, and the blobs held before not fetched again.
+    pub async fn replicate(
+        &self,
+        bucket: BucketId,
+        version: Hash,
+    ) -> Result<replicate::Replicated, SyncError> {
+        replicate::replicate(&self.inner, bucket, version).await
+    }
+
     /// Pull `head` of `bucket` now (what an announcement or anti-entropy does).
     pub async fn pull(&self, bucket: BucketId, head: Hash) -> Result<(), SyncError> {
         client::pull(&self.inner, bucket, head, None).await
@@ -519,6 +544,25 @@ impl Inner {
                 bucket: *bucket,
                 source,
             })
+    }
+
+    fn open_blind(
+        &self,
+        bucket: &BucketId,
+    ) -> Result<crate::bucket::blind::BlindReplica, SyncError> {
+        self.state
+            .open_blind(bucket, &self.kek)
+            .map_err(|source| SyncError::Bucket {
+                bucket: *bucket,
+                source,
+            })
+    }
+
+    /// A member announced `version` of a bucket held blind here.
+    fn blind_announced(&self, bucket: BucketId, version: Hash) {
+        if let Some(tx) = self.blind_tx.get() {
+            let _ = tx.send((bucket, version));
+        }
     }
 
     async fn is_registered(&self, node: &NodeId) -> bool {

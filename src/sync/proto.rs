@@ -15,6 +15,8 @@ pub const ALPN: &[u8] = b"/jax-csi/sync/1";
 pub const MAX_MESSAGE: usize = 1 << 20;
 /// The largest blob a peer may send (a 16 MiB chunk, sealed, with room).
 pub const MAX_BLOB: usize = (16 << 20) + (1 << 20);
+/// Blobs a blob set answer holds at most: a statement, a root, 256 leaves.
+pub const MAX_SET_BLOBS: usize = 2 + 256;
 /// Blobs one request may ask for.
 pub const MAX_BLOBS_PER_REQUEST: usize = 4096;
 /// Buckets one heads request may ask about.
@@ -60,6 +62,15 @@ pub enum Request {
         proof: Proof,
         head: Hash,
         have: Vec<Hash>,
+    },
+    /// Send the blob set statement of `version` (see `bucket::blob_set`),
+    /// then its root and its leaves: what a blind replica checks a version
+    /// by. Answered as [`Request::GetBlobs`] is, the statement first. Added
+    /// with blind replicas: a node from before them drops the stream.
+    BlobSet {
+        bucket: BucketId,
+        proof: Proof,
+        version: Hash,
     },
 }
 

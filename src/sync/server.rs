@@ -17,6 +17,7 @@ use super::proto::{
 };
 use super::wire::{read_msg, write_msg};
 use super::Inner;
+use crate::bucket::blind::BlindReplica;
 use crate::bucket::{Bucket, BucketId};
 use crate::crypto::NodeId;
 use crate::store::Hash;
@@ -107,40 +108,146 @@ impl ProtocolHandler for Handler {
     }
 }
 
-/// The bucket, if `proof` shows `peer` holds its secret.
-fn proven(
-    inner: &Inner,
-    peer: &NodeId,
-    bucket: &BucketId,
-    proof: &Proof,
-) -> Result<Bucket, String> {
-    let b = inner
-        .open(bucket)
-        .map_err(|_| format!("bucket {bucket} is not on this node"))?;
-    let want = b.proof_key().proof(bucket, &peer.0, &inner.me.0);
-    if !constant_time_eq(&want, proof) {
+/// What this node holds of a bucket a peer asks about.
+enum Held {
+    /// With its key: staged here, or once was.
+    Keyed(Bucket),
+    /// Without any key that opens it (see `bucket::blind`).
+    Blind(BlindReplica),
+}
+
+impl Held {
+    fn proof(&self, bucket: &BucketId, requester: &NodeId, responder: &NodeId) -> Proof {
+        match self {
+            Held::Keyed(b) => b.proof_key().proof(bucket, &requester.0, &responder.0),
+            Held::Blind(r) => r.proof_key().proof(bucket, &requester.0, &responder.0),
+        }
+    }
+
+    fn head(&self) -> Option<Hash> {
+        match self {
+            Held::Keyed(b) => b.head().ok(),
+            Held::Blind(r) => r.head().ok().flatten().map(|(v, _)| v),
+        }
+    }
+
+    /// The blobs of the bucket this node serves (blocking).
+    fn served(&self) -> Result<Served, String> {
+        match self {
+            Held::Keyed(b) => b.blob_index().map(Served::Index),
+            Held::Blind(r) => r.live().map(Served::Set),
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// A bucket's blobs as this node serves them.
+#[derive(Clone)]
+enum Served {
+    Index(Arc<crate::bucket::BlobIndex>),
+    Set(Arc<std::collections::HashSet<Hash>>),
+}
+
+impl Served {
+    fn contains(&self, h: &Hash) -> bool {
+        match self {
+            Served::Index(i) => i.contains(h),
+            Served::Set(s) => s.contains(h),
+        }
+    }
+}
+
+/// What this node holds of `bucket`, if `proof` shows `peer` holds the
+/// bucket's proof key (its secret, or a blind replica's key).
+fn proven(inner: &Inner, peer: &NodeId, bucket: &BucketId, proof: &Proof) -> Result<Held, String> {
+    let held = if inner.state.has_bucket(bucket) {
+        inner.open(bucket).map(Held::Keyed)
+    } else {
+        inner.open_blind(bucket).map(Held::Blind)
+    }
+    .map_err(|_| format!("bucket {bucket} is not on this node"))?;
+    if !constant_time_eq(&held.proof(bucket, peer, &inner.me), proof) {
         inner.stats.refused.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%peer, %bucket, "sync request with a wrong proof; refused");
         return Err("the proof does not match the bucket's secret".into());
     }
-    Ok(b)
+    Ok(held)
 }
 
-/// [`proven`], and `peer` holds a share at this node's head.
-fn member(
-    inner: &Inner,
-    peer: &NodeId,
-    bucket: &BucketId,
-    proof: &Proof,
-) -> Result<Bucket, String> {
-    let b = proven(inner, peer, bucket, proof)?;
-    let head = b.head().map_err(|e| e.to_string())?;
-    if !b.is_member_at(&head, peer).map_err(|e| e.to_string())? {
+/// Whether `peer` may be made a member of `bucket`: it proved the secret
+/// itself (the enroll key, which a blind replica's proof key does not give).
+fn enrolling(inner: &Inner, peer: &NodeId, bucket: &BucketId, proof: &Proof) -> Result<(), String> {
+    if !inner.state.has_bucket(bucket) {
+        return Err(if inner.state.has_blind(bucket) {
+            format!("bucket {bucket} is held blind here (no key): its head is served, its secret cannot be shared")
+        } else {
+            format!("bucket {bucket} is not on this node")
+        });
+    }
+    let b = inner
+        .open(bucket)
+        .map_err(|_| format!("bucket {bucket} is not on this node"))?;
+    let want = b.enroll_key().proof(bucket, &peer.0, &inner.me.0);
+    if !constant_time_eq(&want, proof) {
+        inner.stats.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%peer, %bucket, "enroll request with a wrong proof; refused");
+        return Err("the proof does not show the bucket's secret".into());
+    }
+    Ok(())
+}
+
+/// Whether `peer` holds a share at this node's head of what it proved
+/// (a blind replica with no version yet takes a proven announcer's word
+/// for which version to fetch: it checks the version before keeping it).
+fn is_member(inner: &Inner, peer: &NodeId, bucket: &BucketId, held: &Held) -> Result<(), String> {
+    let member = match held {
+        Held::Keyed(b) => {
+            let head = b.head().map_err(|e| e.to_string())?;
+            b.is_member_at(&head, peer).map_err(|e| e.to_string())?
+        }
+        Held::Blind(r) => match r.head().map_err(|e| e.to_string())? {
+            None => true,
+            Some((v, _)) => crate::bucket::Manifest::load(inner.state.store(), &v)
+                .map_err(|e| e.to_string())?
+                .body
+                .shares
+                .iter()
+                .any(|s| s.recipient == *peer),
+        },
+    };
+    if !member {
         inner.stats.refused.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%peer, %bucket, "sync request from a node that is not a member of the bucket; refused");
         return Err("not a member of the bucket here (enroll first)".into());
     }
-    Ok(b)
+    Ok(())
+}
+
+/// The statement of `version`'s blob set, its root and its leaves, read
+/// (or, by a member, made) for a blind replica that asks (blocking).
+fn blob_set(
+    store: &crate::store::BlobStore,
+    held: Held,
+    version: &Hash,
+) -> Result<Vec<(Hash, Vec<u8>)>, String> {
+    let statement = match held {
+        Held::Keyed(b) => {
+            let index = b.blob_index().map_err(|e| e.to_string())?;
+            if !index.contains(version) {
+                return Err(format!("version {version} is not one of this node's"));
+            }
+            b.statement_for(version).map_err(|e| e.to_string())?
+        }
+        Held::Blind(r) => match r.head().map_err(|e| e.to_string())? {
+            Some((v, s)) if v == *version => s,
+            _ => return Err(format!("version {version} is not the one held here")),
+        },
+    };
+    let set = crate::bucket::blob_set::read_held(store, &statement).map_err(|e| e.to_string())?;
+    set.own_blobs
+        .iter()
+        .map(|h| Ok((*h, store.get(h).map_err(|e| e.to_string())?)))
+        .collect()
 }
 
 /// A blob the index lists for `bucket` is served unless it is another
@@ -159,7 +266,7 @@ fn belongs(bucket: &BucketId, hash: &Hash, bytes: &[u8]) -> bool {
 /// (versions of the proven bucket), as GetBlobs serves.
 fn history(
     store: &crate::store::BlobStore,
-    index: &crate::bucket::BlobIndex,
+    index: &Served,
     bucket: &BucketId,
     head: Hash,
     have: &[Hash],
@@ -251,7 +358,7 @@ async fn serve(
                 .map(|(b, proof)| {
                     let head = proven(&inner, &peer, b, proof)
                         .ok()
-                        .and_then(|b| b.head().ok());
+                        .and_then(|held| held.head());
                     (*b, head)
                 })
                 .collect();
@@ -264,14 +371,19 @@ async fn serve(
             proof,
             head,
         } => {
-            let answer = match member(&inner, &peer, &bucket, &proof) {
-                Ok(_) => {
+            let checked = proven(&inner, &peer, &bucket, &proof)
+                .and_then(|held| is_member(&inner, &peer, &bucket, &held).map(|()| held));
+            let answer = match checked {
+                Ok(held) => {
                     inner
                         .stats
                         .announcements_received
                         .fetch_add(1, Ordering::Relaxed);
                     inner.add_peer(&bucket, &peer);
-                    super::pulls::want(&inner, bucket, head, Some(peer));
+                    match held {
+                        Held::Keyed(_) => super::pulls::want(&inner, bucket, head, Some(peer)),
+                        Held::Blind(_) => inner.blind_announced(bucket, head),
+                    }
                     Response::Noted
                 }
                 Err(why) => refuse(why),
@@ -288,14 +400,13 @@ async fn serve(
             Err(why) => write_msg(&mut send, &refuse(why))
                 .await
                 .map_err(|e| e.to_string())?,
-            Ok(b) => {
+            Ok(held) => {
                 // Only blobs of the proven bucket: the store is shared by
                 // every bucket here, and a proof for one must not read
                 // another's manifests, directories or chunks.
-                let index = tokio::task::spawn_blocking(move || b.blob_index())
+                let index = tokio::task::spawn_blocking(move || held.served())
                     .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| e.to_string())??;
                 send_msg(&mut send, &Response::Noted).await?;
                 // Each blob is read (and checked against its address) on a
                 // blocking thread of its own, one ahead of the sending: a
@@ -338,10 +449,10 @@ async fn serve(
             Err(why) => write_msg(&mut send, &refuse(why))
                 .await
                 .map_err(|e| e.to_string())?,
-            Ok(b) => {
+            Ok(held) => {
                 let store = inner.state.store().clone();
                 let chain = tokio::task::spawn_blocking(move || {
-                    let index = b.blob_index().map_err(|e| e.to_string())?;
+                    let index = held.served()?;
                     Ok::<_, String>(history(&store, &index, &bucket, head, &have))
                 })
                 .await
@@ -353,9 +464,9 @@ async fn serve(
             }
         },
         Request::Enroll { bucket, proof } => {
-            let answer = match proven(&inner, &peer, &bucket, &proof) {
+            let answer = match enrolling(&inner, &peer, &bucket, &proof) {
                 Err(why) => refuse(why),
-                Ok(_) => match inner.replicas.get().cloned() {
+                Ok(()) => match inner.replicas.get().cloned() {
                     None => refuse("this node is starting".into()),
                     Some(replicas) => {
                         let granted =
@@ -384,6 +495,35 @@ async fn serve(
                 .await
                 .map_err(|e| e.to_string())?;
         }
+        Request::BlobSet {
+            bucket,
+            proof,
+            version,
+        } => match proven(&inner, &peer, &bucket, &proof) {
+            Err(why) => write_msg(&mut send, &refuse(why))
+                .await
+                .map_err(|e| e.to_string())?,
+            Ok(held) => {
+                let store = inner.state.store().clone();
+                let made = tokio::task::spawn_blocking(move || blob_set(&store, held, &version))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match made {
+                    Err(why) => {
+                        tracing::debug!(%peer, %bucket, %version, why, "no blob set statement for a replica");
+                        write_msg(&mut send, &refuse(why))
+                            .await
+                            .map_err(|e| e.to_string())?
+                    }
+                    Ok(blobs) => {
+                        send_msg(&mut send, &Response::Noted).await?;
+                        for (h, bytes) in &blobs {
+                            send_blob(&inner, &mut send, h, bytes).await?;
+                        }
+                    }
+                }
+            }
+        },
     }
     send.finish().map_err(|e| e.to_string())?;
     // Let the peer read everything before the stream goes.

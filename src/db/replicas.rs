@@ -1,0 +1,303 @@
+//! Where each volume is kept (#28): the nodes the leader assigned, the
+//! nodes that stage it, and how far each one's copy is.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use sqlx::FromRow;
+
+use super::{Db, DbResult};
+use crate::crypto::{Kek, WrapContext, WrappedKey};
+
+/// StorageClass (and mutable) parameter: how many nodes keep a volume.
+pub const PARAM_REPLICAS: &str = "replicas";
+/// Replicas a volume has when its parameters name none.
+pub const DEFAULT_REPLICAS: u32 = 2;
+/// Seconds without a heartbeat after which a node's replicas count as lost
+/// and are replaced (the controller's `--replica-timeout-secs` default).
+pub const DEFAULT_REPLICA_TIMEOUT_SECS: u64 = 300;
+/// The most replicas a volume may ask for.
+pub const MAX_REPLICAS: u32 = 16;
+
+/// A volume's replica count from its parameters (JSON maps): its mutable
+/// parameter, else its StorageClass parameter, else [`DEFAULT_REPLICAS`].
+pub fn replicas_of(parameters: &str, mutable_parameters: &str) -> u32 {
+    let get = |json: &str| -> Option<u32> {
+        let map: std::collections::BTreeMap<String, String> = serde_json::from_str(json).ok()?;
+        map.get(PARAM_REPLICAS)?.trim().parse().ok()
+    };
+    get(mutable_parameters)
+        .or_else(|| get(parameters))
+        .unwrap_or(DEFAULT_REPLICAS)
+}
+
+/// One node's copy of a volume.
+#[derive(Clone, Debug, FromRow, Serialize, PartialEq, Eq)]
+pub struct Holder {
+    pub volume_id: String,
+    pub node_id: String,
+    /// A pod's mount runs there (a keyed copy).
+    pub stages: bool,
+    /// The leader assigned it (a blind copy, unless it stages too).
+    pub assigned: bool,
+    pub head: Option<String>,
+    pub height: Option<i64>,
+    /// Its node sent a heartbeat within the replica timeout.
+    pub live: bool,
+}
+
+/// A volume's replicas as its condition reports them.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Health {
+    pub wanted: u32,
+    pub holders: Vec<HolderState>,
+}
+
+/// A holder and whether it is in sync.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct HolderState {
+    pub node: String,
+    pub role: &'static str,
+    pub height: Option<i64>,
+    pub in_sync: bool,
+    pub live: bool,
+}
+
+impl Health {
+    /// Live holders at the newest height any node reported.
+    pub fn in_sync(&self) -> usize {
+        self.holders.iter().filter(|h| h.live && h.in_sync).count()
+    }
+
+    /// Abnormal while fewer replicas than asked are in sync; the message
+    /// names each holder.
+    pub fn condition(&self) -> (bool, String) {
+        let listed: Vec<String> = self
+            .holders
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} ({}{})",
+                    h.node,
+                    h.role,
+                    match (h.live, h.in_sync) {
+                        (false, _) => ", node lost",
+                        (true, true) => ", in sync",
+                        (true, false) => ", catching up",
+                    }
+                )
+            })
+            .collect();
+        let n = self.in_sync();
+        let msg = format!(
+            "{n} of {} replicas in sync{}{}",
+            self.wanted,
+            if listed.is_empty() { "" } else { ": " },
+            listed.join(", ")
+        );
+        (n < self.wanted as usize, msg)
+    }
+}
+
+impl Db {
+    /// Record the proof key of a volume (wrapped by `kek`) unless one is
+    /// recorded: the controller at CreateVolume, a node that holds the
+    /// volume's key for volumes from before blind replicas.
+    pub async fn ensure_proof_key(&self, volume_id: &str, wrapped: &WrappedKey) -> DbResult<bool> {
+        let done = sqlx::query(
+            "UPDATE volumes SET proof_key_wrapped = $2 WHERE id = $1 AND proof_key_wrapped IS NULL",
+        )
+        .bind(volume_id)
+        .bind(&wrapped.0)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The volumes (of `ids`) with no proof key recorded yet.
+    pub async fn without_proof_key(&self, ids: &[String]) -> DbResult<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM volumes WHERE id = ANY($1) AND proof_key_wrapped IS NULL",
+        )
+        .bind(ids)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// The wrapped proof key of a volume, if recorded.
+    pub async fn proof_key(&self, volume_id: &str) -> DbResult<Option<WrappedKey>> {
+        let row: Option<(Option<Vec<u8>>,)> =
+            sqlx::query_as("SELECT proof_key_wrapped FROM volumes WHERE id = $1")
+                .bind(volume_id)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.and_then(|(k,)| k).map(WrappedKey))
+    }
+
+    /// The volumes the leader assigned to `node_id`.
+    pub async fn assigned_to(&self, node_id: &str) -> DbResult<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT volume_id FROM replicas WHERE node_id = $1 \
+             AND volume_id IN (SELECT id FROM volumes) ORDER BY volume_id",
+        )
+        .bind(node_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|(v,)| v).collect())
+    }
+
+    pub async fn assign_replica(&self, volume_id: &str, node_id: &str) -> DbResult<()> {
+        sqlx::query(
+            "INSERT INTO replicas (volume_id, node_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(volume_id)
+        .bind(node_id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Take an assignment back; the node's reported head of the volume
+    /// goes with it (it no longer holds the volume for anyone).
+    pub async fn unassign_replica(&self, volume_id: &str, node_id: &str) -> DbResult<()> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM replicas WHERE volume_id = $1 AND node_id = $2")
+            .bind(volume_id)
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "DELETE FROM bucket_heads WHERE volume_id = $1 AND node_id = $2 AND NOT EXISTS \
+             (SELECT 1 FROM mounts m WHERE m.volume_id = $1 AND m.node_id = $2)",
+        )
+        .bind(volume_id)
+        .bind(node_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every node that stages or was assigned one of `ids` (every volume
+    /// when `None`), with its reported head; a node is live when its last
+    /// heartbeat is younger than `timeout_secs`.
+    pub async fn holders(
+        &self,
+        ids: Option<&[String]>,
+        timeout_secs: i64,
+    ) -> DbResult<Vec<Holder>> {
+        Ok(sqlx::query_as(
+            "WITH held AS ( \
+                 SELECT volume_id, node_id, true AS stages, false AS assigned FROM mounts \
+                   WHERE status = 'running' \
+                 UNION ALL \
+                 SELECT volume_id, node_id, false, true FROM replicas) \
+             SELECT held.volume_id, held.node_id, bool_or(held.stages) AS stages, \
+                    bool_or(held.assigned) AS assigned, h.head, h.height, \
+                    COALESCE(n.last_seen > now() - make_interval(secs => $2), false) AS live \
+             FROM held \
+             JOIN volumes v ON v.id = held.volume_id \
+             LEFT JOIN nodes n ON n.id = held.node_id \
+             LEFT JOIN bucket_heads h ON h.volume_id = held.volume_id AND h.node_id = held.node_id \
+             WHERE ($1::TEXT[] IS NULL OR held.volume_id = ANY($1)) \
+             GROUP BY held.volume_id, held.node_id, h.head, h.height, n.last_seen \
+             ORDER BY held.volume_id, held.node_id",
+        )
+        .bind(ids)
+        .bind(timeout_secs as f64)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The replica health of each of `ids`.
+    pub async fn replica_health(
+        &self,
+        ids: &[String],
+        timeout_secs: i64,
+    ) -> DbResult<HashMap<String, Health>> {
+        let wanted: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT id, parameters, mutable_parameters FROM volumes WHERE id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(self.pool())
+        .await?;
+        let newest: Vec<(String, Option<i64>)> = sqlx::query_as(
+            "SELECT volume_id, MAX(height) FROM bucket_heads WHERE volume_id = ANY($1) GROUP BY volume_id",
+        )
+        .bind(ids)
+        .fetch_all(self.pool())
+        .await?;
+        let newest: HashMap<String, i64> = newest
+            .into_iter()
+            .filter_map(|(v, h)| Some((v, h?)))
+            .collect();
+        let mut out: HashMap<String, Health> = wanted
+            .into_iter()
+            .map(|(id, p, m)| {
+                let h = Health {
+                    wanted: replicas_of(&p, &m),
+                    holders: Vec::new(),
+                };
+                (id, h)
+            })
+            .collect();
+        for h in self.holders(Some(ids), timeout_secs).await? {
+            let best = newest.get(&h.volume_id).copied();
+            let in_sync = match (h.height, best) {
+                (Some(mine), Some(best)) => mine >= best,
+                // Nothing written anywhere yet: a node holding it is as
+                // far as any.
+                (None, None) => true,
+                _ => false,
+            };
+            if let Some(health) = out.get_mut(&h.volume_id) {
+                health.holders.push(HolderState {
+                    role: if h.stages { "stages" } else { "replica" },
+                    node: h.node_id,
+                    height: h.height,
+                    in_sync,
+                    live: h.live,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every live node (heartbeat younger than `timeout_secs`, not
+    /// removed): id, zone label, free bytes.
+    pub async fn live_nodes(&self, timeout_secs: i64) -> DbResult<Vec<(String, String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT id, labels, free_bytes FROM nodes \
+             WHERE last_seen > now() - make_interval(secs => $1) AND endpoint_id IS NOT NULL \
+             ORDER BY id",
+        )
+        .bind(timeout_secs as f64)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Every volume's id and replica count.
+    pub async fn wanted_replicas(&self) -> DbResult<Vec<(String, u32)>> {
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT id, parameters, mutable_parameters FROM volumes ORDER BY seq")
+                .fetch_all(self.pool())
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, p, m)| {
+                let n = replicas_of(&p, &m);
+                (id, n)
+            })
+            .collect())
+    }
+}
+
+/// A volume's proof key wrapped for Postgres.
+pub fn wrap_proof_key(
+    kek: &Kek,
+    volume_id: &str,
+    key: &crate::bucket::ProofKey,
+) -> Result<WrappedKey, crate::crypto::CryptoError> {
+    kek.wrap_for(&key.to_secret(), &WrapContext::replica_proof(volume_id))
+}

@@ -1,0 +1,204 @@
+//! The node agent's replicas of volumes no pod here mounts (#28): the
+//! volumes the controller's leader assigned to this node are held blind
+//! (`bucket::blind`), brought to the newest version any node reported and
+//! to every version a member announces, and reported to Postgres as any
+//! holder's head is. An assignment taken back drops the replica (its blobs
+//! go with the next GC). A node that holds a volume's key records the
+//! volume's proof key for volumes created before blind replicas.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::bucket::{BucketId, StateDir};
+use crate::crypto::Kek;
+use crate::db::Db;
+use crate::store::Hash;
+use crate::sync::SyncEngine;
+
+/// What the loop needs.
+#[derive(Clone)]
+pub struct Replication {
+    pub db: Db,
+    pub node_id: String,
+    pub sync: SyncEngine,
+    pub state: Arc<StateDir>,
+    pub kek: Arc<Kek>,
+    /// Volumes being brought to a version now (one task each).
+    busy: Arc<Mutex<HashSet<BucketId>>>,
+}
+
+impl Replication {
+    pub fn new(
+        db: Db,
+        node_id: String,
+        sync: SyncEngine,
+        state: Arc<StateDir>,
+        kek: Arc<Kek>,
+    ) -> Self {
+        Self {
+            db,
+            node_id,
+            sync,
+            state,
+            kek,
+            busy: Default::default(),
+        }
+    }
+
+    /// Follow the assignments every `every`, and each announcement at once.
+    pub async fn run(
+        self,
+        every: Duration,
+        mut announced: Option<UnboundedReceiver<(BucketId, Hash)>>,
+    ) {
+        loop {
+            let heard = async {
+                match announced.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {
+                    if let Err(e) = self.pass().await {
+                        tracing::debug!(error = %e, "replica assignments not followed this time (Postgres down?)");
+                    }
+                }
+                got = heard => match got {
+                    Some((bucket, version)) if self.state.has_blind(&bucket) => {
+                        self.bring(bucket, version);
+                    }
+                    Some(_) => {}
+                    None => announced = None,
+                },
+            }
+        }
+    }
+
+    /// One look at the assignments: start, follow and drop replicas.
+    pub async fn pass(&self) -> Result<(), crate::db::DbError> {
+        self.record_proof_keys().await?;
+        let assigned: HashSet<BucketId> = self
+            .db
+            .assigned_to(&self.node_id)
+            .await?
+            .iter()
+            .filter_map(|v| BucketId::from_hex(v).ok())
+            .collect();
+        for id in &assigned {
+            if self.state.has_bucket(id) {
+                // The volume's key is here (it is or was staged): that copy
+                // is the replica, synced as every staged volume is.
+                if self.state.has_blind(id) {
+                    self.drop_blind(id);
+                }
+                continue;
+            }
+            if !self.state.has_blind(id) {
+                let Some(wrapped) = self.db.proof_key(&id.to_hex()).await? else {
+                    tracing::warn!(volume = %id, "assigned a replica of a volume with no proof key recorded yet; a node that holds its key records it");
+                    continue;
+                };
+                if let Err(e) = self.state.create_blind(id, &wrapped, &self.kek) {
+                    tracing::error!(volume = %id, error = %e, "could not start a blind replica");
+                    continue;
+                }
+                tracing::info!(volume = %id, "holding a blind replica");
+            }
+            let peers = super::peers::peers_of(&self.db, id, &self.node_id).await?;
+            self.sync.set_peers(*id, peers);
+            let Some((head, _)) = self.db.latest_head(&id.to_hex()).await? else {
+                continue;
+            };
+            if let Ok(version) = head.parse::<Hash>() {
+                self.bring(*id, version);
+            }
+        }
+        for id in self.state.list_blind().unwrap_or_default() {
+            if !assigned.contains(&id) {
+                self.drop_blind(&id);
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_blind(&self, id: &BucketId) {
+        match self.state.remove_blind(id) {
+            Ok(()) => tracing::info!(volume = %id, "blind replica dropped"),
+            Err(e) => tracing::warn!(volume = %id, error = %e, "could not drop a blind replica"),
+        }
+    }
+
+    /// Bring the blind replica of `bucket` to `version` in a task of its
+    /// own, unless one runs (the next pass or announcement tries again).
+    fn bring(&self, bucket: BucketId, version: Hash) {
+        if let Ok(r) = self.state.open_blind(&bucket, &self.kek) {
+            if r.head().ok().flatten().is_some_and(|(v, _)| v == version) {
+                return;
+            }
+        }
+        if !self.busy.lock().unwrap().insert(bucket) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            match me.sync.replicate(bucket, version).await {
+                Ok(done) => {
+                    crate::metrics::rebuild_bytes(done.bytes_fetched);
+                    if let Err(e) = me
+                        .db
+                        .report_head(
+                            &bucket.to_hex(),
+                            &me.node_id,
+                            &version.to_string(),
+                            done.height as i64,
+                            None,
+                        )
+                        .await
+                    {
+                        tracing::debug!(volume = %bucket, error = %e, "replica head not reported yet");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(volume = %bucket, %version, error = %e, "blind replica not brought up to date; trying again")
+                }
+            }
+            me.busy.lock().unwrap().remove(&bucket);
+        });
+    }
+
+    /// Record the proof key of each volume whose key this node holds and
+    /// Postgres has none for (volumes from before blind replicas).
+    async fn record_proof_keys(&self) -> Result<(), crate::db::DbError> {
+        let held: Vec<String> = self
+            .state
+            .list_buckets()
+            .unwrap_or_default()
+            .iter()
+            .map(BucketId::to_hex)
+            .collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        for vid in self.db.without_proof_key(&held).await? {
+            let Ok(id) = BucketId::from_hex(&vid) else {
+                continue;
+            };
+            let Ok(b) = self.state.open_bucket(&id, &self.kek) else {
+                continue;
+            };
+            match crate::db::replicas::wrap_proof_key(&self.kek, &vid, &b.proof_key()) {
+                Ok(w) => {
+                    if self.db.ensure_proof_key(&vid, &w).await? {
+                        tracing::info!(volume = %vid, "recorded the volume's proof key for blind replicas");
+                    }
+                }
+                Err(e) => tracing::warn!(volume = %vid, error = %e, "could not wrap a proof key"),
+            }
+        }
+        Ok(())
+    }
+}
