@@ -325,7 +325,10 @@ async fn volume(cmd: VolumeCommand) -> anyhow::Result<()> {
                 snapshots: Vec<SnapshotRow>,
             }
             let health = db
-                .replica_health(std::slice::from_ref(&id), DEFAULT_REPLICA_TIMEOUT_SECS as i64)
+                .replica_health(
+                    std::slice::from_ref(&id),
+                    DEFAULT_REPLICA_TIMEOUT_SECS as i64,
+                )
                 .await?;
             let shown = Shown {
                 report: report(volume, &replicas, health.get(&id)),

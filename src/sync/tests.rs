@@ -1056,3 +1056,130 @@ async fn a_removed_node_is_refused_on_its_open_connection() {
         .iter()
         .all(|p| p.node != b.engine.node_id()));
 }
+
+/// Hold `id` blind on `n` with the proof key of `secret` (what the
+/// controller records and an assigned node starts from).
+fn hold_blind(n: &Node, kek: &Kek, id: &BucketId, secret: &SecretKey) {
+    let wrapped = crate::db::replicas::wrap_proof_key(
+        kek,
+        &id.to_hex(),
+        &crate::bucket::ProofKey::of(secret),
+    )
+    .unwrap();
+    n.state.create_blind(id, &wrapped, kek).unwrap();
+}
+
+/// #28: a blind replica fetches a version's blobs from every holder at
+/// once; one that stopped part way fetches only what it lacks; and a peer
+/// that claims a version it does not fully hold does not make a replica
+/// call itself in sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blind_replicas_fetch_from_every_holder_resume_and_are_not_fooled() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b) = (node(&kek).await, node(&kek).await);
+    let (c, d, liar, fooled) = (
+        node(&kek).await,
+        node(&kek).await,
+        node(&kek).await,
+        node(&kek).await,
+    );
+    register(&[&a, &b, &c, &d, &liar, &fooled]);
+    // Many chunks (64 KiB each, several batches), on both members.
+    let id = BucketId::generate().unwrap();
+    let secret = SecretKey::generate().unwrap();
+    let opts = BucketOptions {
+        chunk_size: 64 << 10,
+        ..Default::default()
+    };
+    let bucket = a
+        .state
+        .create_bucket_with_secret(id, secret.clone(), &kek, &opts)
+        .unwrap();
+    let mut m = bucket.mount().unwrap();
+    let data: Vec<u8> = (0..(6u32 << 20)).map(|i| (i % 251) as u8).collect();
+    path::write_file(&mut m, "/big.bin", &data).unwrap();
+    let head = m.save().unwrap().hash;
+    b.engine
+        .fetch_bucket(id, secret.clone(), vec![peer(&a)])
+        .await
+        .unwrap();
+    b.engine.complete(id).await.unwrap();
+    let head = b
+        .state
+        .open_bucket(&id, &kek)
+        .unwrap()
+        .head()
+        .unwrap_or(head);
+    // The member b's enrollment made is the version to follow; a has it too.
+    a.engine.set_peers(id, vec![peer(&b)]);
+    a.engine.pull(id, head).await.unwrap();
+    let holders = vec![peer(&a), peer(&b)];
+
+    hold_blind(&c, &kek, &id, &secret);
+    c.engine.set_peers(id, holders.clone());
+    let served = |n: &Node| n.engine.stats().blobs_served.load(Ordering::Relaxed);
+    let (a0, b0) = (served(&a), served(&b));
+    let done = c.engine.replicate(id, head).await.unwrap();
+    assert_eq!(done.fetched, done.blobs, "nothing was here before");
+    assert!(done.blobs > 96, "{done:?}");
+    assert!(
+        served(&a) > a0 && served(&b) > b0,
+        "both holders served: a {} b {}",
+        served(&a) - a0,
+        served(&b) - b0
+    );
+    let blind = c.state.open_blind(&id, &kek).unwrap();
+    assert_eq!(blind.head().unwrap().map(|(v, _)| v), Some(head));
+
+    // A rebuild that stopped: half the blobs are here already.
+    hold_blind(&d, &kek, &id, &secret);
+    d.engine.set_peers(id, holders.clone());
+    let (_, statement) = blind.head().unwrap().unwrap();
+    let set = blind.read_set(&statement).unwrap();
+    let mut members: Vec<Hash> = set.members.iter().copied().collect();
+    members.sort();
+    let half = members.len() / 2;
+    for h in &members[..half] {
+        d.state
+            .store()
+            .put(&c.state.store().get(h).unwrap())
+            .unwrap();
+    }
+    let resumed = d.engine.replicate(id, head).await.unwrap();
+    assert_eq!(
+        resumed.fetched,
+        (members.len() - half) as u64,
+        "what was here is not fetched again"
+    );
+
+    // A peer that lost a blob of the version it says it holds.
+    hold_blind(&liar, &kek, &id, &secret);
+    liar.engine.set_peers(id, holders);
+    liar.engine.replicate(id, head).await.unwrap();
+    let missing = members[half];
+    liar.state.store().remove(&missing).unwrap();
+    hold_blind(&fooled, &kek, &id, &secret);
+    fooled.engine.set_peers(id, vec![peer(&liar)]);
+    let err = fooled.engine.replicate(id, head).await.unwrap_err();
+    assert!(matches!(err, SyncError::NoPeer(_)), "{err}");
+    let f = fooled.state.open_blind(&id, &kek).unwrap();
+    assert_eq!(f.head().unwrap(), None, "not in sync without every blob");
+    assert!(!fooled.state.store().contains(&missing));
+
+    // And a node that holds the secret stages from a blind copy alone.
+    let e = node(&kek).await;
+    register(&[&a, &b, &c, &d, &liar, &fooled, &e]);
+    let imported = e
+        .engine
+        .fetch_bucket(id, secret.clone(), vec![peer(&c)])
+        .await
+        .unwrap();
+    let mine = e.state.open_bucket(&id, &kek).unwrap();
+    assert!(
+        mine.is_member_at(&imported, &e.engine.node_id()).unwrap(),
+        "it made itself a member"
+    );
+    e.engine.complete(id).await.unwrap();
+    let mut m = mine.mount().unwrap();
+    assert!(path::read_file(&mut m, "/big.bin").unwrap() == data);
+}
