@@ -104,6 +104,19 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// Building a blind replica (#28) from one and from two holders, beside
+    /// `cp` of the same blobs on the same disk and one raw QUIC stream.
+    Rebuild {
+        /// Where the nodes' state dirs live (a disk by default).
+        #[arg(long, default_value = "/var/tmp")]
+        dir: PathBuf,
+        /// Size of the large-file volume in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: usize,
+        /// Files of 4 KiB in the small-file volume (0: skip it).
+        #[arg(long, default_value_t = 10_000)]
+        files: usize,
+    },
     /// CSI controller RPC latency against a `SELECT 1` round trip to the same Postgres.
     Controller {
         /// Where to put Postgres's data directory.
@@ -188,6 +201,15 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             files,
             latency_samples,
             only,
+        }),
+        BenchCommand::Rebuild {
+            dir,
+            size_mib,
+            files,
+        } => super::bench_rebuild::bench_rebuild(super::bench_rebuild::RebuildBench {
+            dir,
+            size_mib,
+            files,
         }),
         BenchCommand::Controller {
             dir,

@@ -4,6 +4,7 @@ mod bench;
 mod bench_controller;
 mod bench_fuse;
 mod bench_pgbench;
+mod bench_rebuild;
 mod bench_sync;
 mod bucket_cmd;
 mod controller_cmd;

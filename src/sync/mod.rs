@@ -32,8 +32,10 @@
 //! keeps the peer lists current from Postgres.
 
 mod client;
+pub mod on_disk;
 pub mod proto;
 mod pulls;
+pub mod raw;
 pub mod replicate;
 mod server;
 #[cfg(test)]
@@ -197,43 +199,7 @@ impl SyncEngine {
         kek: Arc<Kek>,
     ) -> Result<Self, SyncError> {
         let key = iroh::SecretKey::from_bytes(&identity.seed_bytes());
-        let endpoint = Endpoint::builder(iroh::endpoint::presets::Minimal)
-            .secret_key(key)
-            .relay_mode(RelayMode::Disabled)
-            .clear_address_lookup()
-            .portmapper_config(iroh::endpoint::PortmapperConfig::Disabled)
-            .net_report_config(iroh::endpoint::NetReportConfig::minimal())
-            .alpns(vec![proto::ALPN.to_vec()])
-            // A peer that died is noticed within seconds, not at the QUIC
-            // default, so requests move on to the others.
-            .transport_config(
-                iroh::endpoint::QuicTransportConfig::builder()
-                    // Jumbo frames where the network has them (a datacenter
-                    // network often does): far fewer packets per chunk.
-                    .mtu_discovery_config(Some({
-                        let mut m = iroh::endpoint::MtuDiscoveryConfig::default();
-                        m.upper_bound(8952);
-                        m
-                    }))
-                    .keep_alive_interval(Duration::from_secs(2))
-                    .max_idle_timeout(Some(
-                        Duration::from_secs(8)
-                            .try_into()
-                            .expect("8 s is a valid idle timeout"),
-                    ))
-                    .build(),
-            )
-            .bind_addr(cfg.listen)
-            .map_err(|e| SyncError::Bind {
-                addr: cfg.listen,
-                why: e.to_string(),
-            })?
-            .bind()
-            .await
-            .map_err(|e| SyncError::Bind {
-                addr: cfg.listen,
-                why: e.to_string(),
-            })?;
+        let endpoint = bind_endpoint(key, cfg.listen, proto::ALPN).await?;
         let inner = Arc::new(Inner {
             endpoint: endpoint.clone(),
             state,
@@ -625,6 +591,53 @@ impl Inner {
             .or_default()
             .clone()
     }
+}
+
+/// Bind an endpoint as every sync endpoint is set up: relays, public
+/// address lookup and port mapping off, quick keep-alives, jumbo frames
+/// where the path has them.
+async fn bind_endpoint(
+    key: iroh::SecretKey,
+    listen: SocketAddr,
+    alpn: &[u8],
+) -> Result<Endpoint, SyncError> {
+    Endpoint::builder(iroh::endpoint::presets::Minimal)
+        .secret_key(key)
+        .relay_mode(RelayMode::Disabled)
+        .clear_address_lookup()
+        .portmapper_config(iroh::endpoint::PortmapperConfig::Disabled)
+        .net_report_config(iroh::endpoint::NetReportConfig::minimal())
+        .alpns(vec![alpn.to_vec()])
+        // A peer that died is noticed within seconds, not at the QUIC
+        // default, so requests move on to the others.
+        .transport_config(
+            iroh::endpoint::QuicTransportConfig::builder()
+                // Jumbo frames where the network has them (a datacenter
+                // network often does): far fewer packets per chunk.
+                .mtu_discovery_config(Some({
+                    let mut m = iroh::endpoint::MtuDiscoveryConfig::default();
+                    m.upper_bound(8952);
+                    m
+                }))
+                .keep_alive_interval(Duration::from_secs(2))
+                .max_idle_timeout(Some(
+                    Duration::from_secs(8)
+                        .try_into()
+                        .expect("8 s is a valid idle timeout"),
+                ))
+                .build(),
+        )
+        .bind_addr(listen)
+        .map_err(|e| SyncError::Bind {
+            addr: listen,
+            why: e.to_string(),
+        })?
+        .bind()
+        .await
+        .map_err(|e| SyncError::Bind {
+            addr: listen,
+            why: e.to_string(),
+        })
 }
 
 /// A node asked about and refused is not asked about again for this long.

@@ -8,30 +8,9 @@ use std::time::{Duration, Instant};
 
 use super::proto::{Request, Response};
 use super::*;
-use crate::bucket::{path, BucketOptions, ConflictFile, Manifest};
+use crate::bucket::{path, BucketOptions, Manifest};
 
-/// Heads applied to buckets on disk (what a node without mounts does).
-struct OnDisk {
-    state: Arc<StateDir>,
-    kek: Arc<Kek>,
-}
-
-impl Replicas for OnDisk {
-    fn apply_head(&self, bucket: &BucketId, head: &Hash) -> Result<Option<Hash>, ApplyError> {
-        let b = self.state.open_bucket(bucket, &self.kek)?;
-        let mut m = b.mount()?;
-        let r = m.merge_from(head, &ConflictFile)?;
-        let v = r.version.unwrap_or(*head);
-        Ok((v != *head).then_some(v))
-    }
-
-    fn grant(&self, bucket: &BucketId, node: &NodeId) -> Result<Hash, ApplyError> {
-        let b = self.state.open_bucket(bucket, &self.kek)?;
-        let mut m = b.mount()?;
-        m.grant(node)?;
-        Ok(m.save()?.hash)
-    }
-}
+use super::on_disk::OnDisk;
 
 struct Node {
     _dir: tempfile::TempDir,
