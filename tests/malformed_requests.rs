@@ -585,8 +585,8 @@ async fn every_rpc_refuses_malformed_requests_clearly_and_mounts_nothing() {
         ("replicas 0", map(&[("replicas", "0")]), "replicas"),
         ("replicas 17", map(&[("replicas", "17")]), "replicas"),
         (
-            "syncReplicas 1 (not implemented)",
-            map(&[("syncReplicas", "1")]),
+            "syncReplicas as many as replicas",
+            map(&[("syncReplicas", "2")]),
             "syncReplicas",
         ),
         (

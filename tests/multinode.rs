@@ -1005,3 +1005,68 @@ async fn condition(n: &mut Nodes, id: &str) -> (bool, String) {
     let c = got.status.unwrap().volume_condition.unwrap();
     (c.abnormal, c.message)
 }
+
+/// Append `line` to `file` and fsync it; the fsync's result.
+fn append_synced(file: &Path, line: &str) -> std::io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)?;
+    f.write_all(line.as_bytes())?;
+    f.sync_all()
+}
+
+/// #28: with `syncReplicas: 1` an fsync returns once the other replica
+/// holds what it made durable; with that replica's link cut it fails with
+/// EIO within the timeout (never a silent success); after healing, fsyncs
+/// succeed again, and every acknowledged line is on the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_fsync_waits_for_its_replica_or_fails() {
+    let mut n = Nodes::start(2).await;
+    let id = n
+        .create_with(
+            "synced",
+            None,
+            &[("replicas", "2"), ("syncReplicas", "1")],
+            &Secrets::new(),
+        )
+        .await;
+    let a = n.publish(0, &id).await;
+    wait_for("node-1 assigned the second replica", || {
+        assigned(&n, &id) == [1]
+    });
+    let blind = n.c.node_state("node-1").join("replicas").join(&id);
+    wait_for("node-1 holding the replica", || {
+        blind.join("proof.wrapped").exists()
+    });
+    let log = a.join("log");
+    append_synced(&log, "one\n").expect("an fsync the replica confirmed");
+    assert!(blind.join("HEAD").exists(), "the replica holds a version");
+
+    n.net.cut(1);
+    let started = Instant::now();
+    let err = append_synced(&log, "two\n").expect_err("no replica reachable");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "it fails within the timeout"
+    );
+    assert!(
+        n.log(0)
+            .contains("fsync failed: the replicas it waits for did not confirm"),
+        "a clear log line"
+    );
+
+    n.net.heal(1);
+    let mut tries = 0;
+    while let Err(e) = append_synced(&log, "three\n") {
+        tries += 1;
+        assert!(tries < 4, "fsyncs fail after healing: {e}");
+    }
+    // What the replica holds has every acknowledged line.
+    n.unpublish(0, &id).await;
+    let b = n.publish(1, &id).await;
+    let text = fs::read_to_string(b.join("log")).unwrap();
+    assert!(text.starts_with("one\n"), "{text:?}");
+    assert!(text.ends_with("three\n"), "{text:?}");
+}

@@ -193,6 +193,11 @@ impl Bucket {
         self.core.open_root_key(m).unwrap().0
     }
 
+    /// Whether `head` (held here) is `version` or descends from it.
+    pub fn contains_version(&self, head: &Hash, version: &Hash) -> Result<bool> {
+        Ok(head == version || self.core.is_ancestor(version, *head)?)
+    }
+
     /// Whether `version` is the head or one of its ancestors here.
     pub fn has_in_history(&self, version: &Hash) -> Result<bool> {
         self.core.is_ancestor(version, self.head()?)

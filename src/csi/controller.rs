@@ -296,6 +296,13 @@ impl Controller for ControllerService {
             let modes = check_capabilities(&req.volume_capabilities)?;
             let p = parse_parameters(&req.parameters)?;
             let mutable = parse_mutable(&req.mutable_parameters)?;
+            let waits = crate::db::replicas::sync_replicas_of(&p.canonical);
+            if waits >= crate::db::replicas::replicas_of(&p.canonical, &mutable) {
+                return Err(Status::invalid_argument(format!(
+                    "mutable parameter replicas: syncReplicas {waits} needs at least {} replicas",
+                    waits + 1
+                )));
+            }
             let capacity = capacity_for(req.capacity_range.as_ref())?;
             let source = self
                 .resolve_source(req.volume_content_source.as_ref())
@@ -781,10 +788,19 @@ impl Controller for ControllerService {
                     serde_json::from_str(&vol.mutable_parameters).unwrap_or_default();
                 merged.extend(req.mutable_parameters);
                 let json = parse_mutable(&merged)?;
+                let wanted = crate::db::replicas::replicas_of(&vol.parameters, &json);
+                let waits = crate::db::replicas::sync_replicas_of(&vol.parameters);
+                if waits >= wanted {
+                    return Err(Status::invalid_argument(format!(
+                        "mutable parameter replicas: the volume's fsyncs wait for {waits} other \
+                         replicas (syncReplicas), so it needs at least {}",
+                        waits + 1
+                    )));
+                }
                 if !self.db.set_mutable_parameters(id, &json).await? {
                     return Err(Status::not_found(format!("volume {id} does not exist")));
                 }
-                tracing::info!(parameters = %json, "volume modified; nodes apply it at their next pruning");
+                tracing::info!(parameters = %json, "volume modified: the leader places replicas within seconds, nodes apply retention at their next pruning");
                 Ok(ControllerModifyVolumeResponse {})
             },
         )

@@ -316,6 +316,7 @@ impl Node for NodeService {
             let options = MountOptions {
                 read_only: ask.read_only,
                 group: ask.group,
+                sync_replicas: crate::db::replicas::sync_replicas_of(&vol.parameters),
                 ..Default::default()
             };
             self.agent

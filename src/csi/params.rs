@@ -13,12 +13,12 @@ use crate::bucket::{Retention, DEFAULT_CHUNK_SIZE};
 
 /// StorageClass parameter: chunk size in bytes (power of two, 64 KiB – 16 MiB).
 pub const PARAM_CHUNK_SIZE: &str = "chunkSize";
+/// StorageClass parameter: other replicas an fsync waits for (0 to
+/// `replicas` - 1; fixed when the volume is created).
+pub use crate::db::replicas::PARAM_SYNC_REPLICAS;
 /// StorageClass and mutable parameter: how many nodes keep a volume
 /// (default 2; 1 is "no redundancy"). See `db::placement`.
 pub use crate::db::replicas::{DEFAULT_REPLICAS, MAX_REPLICAS, PARAM_REPLICAS};
-/// StorageClass parameter: replicas an fsync waits for. Not implemented:
-/// refused unless 0, so that nobody counts on a wait that does not happen.
-pub const PARAM_SYNC_REPLICAS: &str = "syncReplicas";
 pub use crate::db::PARAM_HISTORY_RETENTION;
 /// Parameters ControllerModifyVolume may change.
 pub const MUTABLE_PARAMETERS: &[&str] = &[PARAM_HISTORY_RETENTION, PARAM_REPLICAS];
@@ -73,6 +73,8 @@ pub fn parse_parameters(params: &HashMap<String, String>) -> Result<VolumeParams
     let mut chunk_size = DEFAULT_CHUNK_SIZE;
     let mut tenant_key_secret = None;
     let mut history_retention = None;
+    let mut replicas = DEFAULT_REPLICAS;
+    let mut sync_replicas = 0;
     for (k, v) in params {
         match k.as_str() {
             PARAM_CHUNK_SIZE => {
@@ -83,17 +85,13 @@ pub fn parse_parameters(params: &HashMap<String, String>) -> Result<VolumeParams
                 chunk_size = n;
             }
             PARAM_REPLICAS => {
-                parse_replicas(k, v)?;
+                replicas = parse_replicas(k, v)?;
             }
             PARAM_SYNC_REPLICAS => {
-                if v.trim() != "0" {
-                    return Err(bad(
-                        k,
-                        "only 0 is supported yet: an fsync is durable on this node's disk and \
-                         reaches the other replicas in the background (waiting for replicas \
-                         is not implemented)",
-                    ));
-                }
+                sync_replicas = v
+                    .trim()
+                    .parse::<u32>()
+                    .map_err(|_| bad(k, "must be a whole number of replicas (0: none)"))?;
             }
             PARAM_HISTORY_RETENTION => history_retention = Some(parse_retention(k, v)?),
             PARAM_TENANT_KEY_SECRET => {
@@ -105,6 +103,16 @@ pub fn parse_parameters(params: &HashMap<String, String>) -> Result<VolumeParams
             other if other.starts_with(SIDECAR_PREFIX) => {}
             other => return Err(bad(other, "unknown parameter")),
         }
+    }
+    if sync_replicas >= replicas {
+        return Err(bad(
+            PARAM_SYNC_REPLICAS,
+            &format!(
+                "an fsync can wait for at most {} other replicas of {replicas} \
+                 (replicas - 1)",
+                replicas - 1
+            ),
+        ));
     }
     let sorted: BTreeMap<&String, &String> = params.iter().collect();
     Ok(VolumeParams {
@@ -332,12 +340,11 @@ mod tests {
             assert!(why.message().contains("from 1"), "{}", why.message());
         }
         assert!(parse_parameters(&p(&[("syncReplicas", "0")])).is_ok());
-        let why = parse_parameters(&p(&[("syncReplicas", "1")])).unwrap_err();
-        assert!(
-            why.message().contains("not implemented"),
-            "{}",
-            why.message()
-        );
+        assert!(parse_parameters(&p(&[("syncReplicas", "1")])).is_ok());
+        let why = parse_parameters(&p(&[("syncReplicas", "2")])).unwrap_err();
+        assert!(why.message().contains("at most 1"), "{}", why.message());
+        assert!(parse_parameters(&p(&[("syncReplicas", "2"), ("replicas", "3")])).is_ok());
+        assert!(parse_parameters(&p(&[("syncReplicas", "x")])).is_err());
         assert!(parse_mutable(&p(&[("replicas", "3")])).is_ok());
         assert!(parse_mutable(&p(&[("replicas", "0")])).is_err());
         assert!(parse_parameters(&p(&[("historyRetention", "count=5")])).is_ok());

@@ -31,6 +31,18 @@ pub fn replicas_of(parameters: &str, mutable_parameters: &str) -> u32 {
         .unwrap_or(DEFAULT_REPLICAS)
 }
 
+/// StorageClass parameter: other replicas an fsync waits for.
+pub const PARAM_SYNC_REPLICAS: &str = "syncReplicas";
+
+/// A volume's `syncReplicas` (0 when its parameters name none).
+pub fn sync_replicas_of(parameters: &str) -> u32 {
+    let map: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(parameters).unwrap_or_default();
+    map.get(PARAM_SYNC_REPLICAS)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// One node's copy of a volume.
 #[derive(Clone, Debug, FromRow, Serialize, PartialEq, Eq)]
 pub struct Holder {

@@ -68,8 +68,13 @@ struct Shared {
     on_commit: Mutex<Option<CommitHook>>,
     /// The hook, and when it last ran.
     on_quota: Mutex<(Option<QuotaHook>, Option<Instant>)>,
+    /// `syncReplicas`: what an fsync waits for after its version.
+    replica_wait: Mutex<Option<ReplicaWait>>,
     debounce: Duration,
 }
+
+/// Waits until enough other replicas hold a version (or says why not).
+pub type ReplicaWait = Box<dyn Fn(&crate::store::Hash) -> Result<(), String> + Send + Sync>;
 
 /// A bucket Mount behind a lock, committed in the background by the
 /// process's shared committer pool.
@@ -88,6 +93,7 @@ impl LiveMount {
             pending: Mutex::new(Pending::default()),
             on_commit: Mutex::new(None),
             on_quota: Mutex::new((None, None)),
+            replica_wait: Mutex::new(None),
             debounce,
         });
         Self { shared }
@@ -183,6 +189,15 @@ impl LiveMount {
     /// the journal, shared by the fsyncs that wait meanwhile; a version
     /// follows soon. Without a journal, or past what it takes, a version.
     pub fn sync_changes(&self) -> Result<(), BucketError> {
+        if let Some(wait) = self.shared.replica_wait.lock().unwrap().as_ref() {
+            // `syncReplicas`: replicas confirm versions, so the fsync makes
+            // one now (no journal) and returns once they hold it.
+            let saved = commit(&self.shared)?;
+            return wait(&saved.hash).map_err(|why| {
+                tracing::error!(version = %saved.hash, why, "fsync failed: the replicas it waits for did not confirm");
+                BucketError::Unavailable(format!("fsync: {why}"))
+            });
+        }
         let one_at_a_time = self.shared.lock_committing();
         // Taken under the commit lock: a version cut meanwhile holds them.
         let batch = self.lock().take_journal_batch();
@@ -202,6 +217,11 @@ impl LiveMount {
                 commit(&self.shared).map(drop)
             }
         }
+    }
+
+    /// Make every fsync wait, after a version, for `wait` (`syncReplicas`).
+    pub fn set_replica_wait(&self, wait: ReplicaWait) {
+        *self.shared.replica_wait.lock().unwrap() = Some(wait);
     }
 
     /// Have the committer write a version soon (see [`FSYNC_VERSION_DELAY`]).

@@ -58,6 +58,13 @@ pub struct MountOptions {
     pub cache_ttl_ms: u64,
     /// Group that owns the volume's root (`fsGroup` / `volume_mount_group`).
     pub group: Option<u32>,
+    /// Other replicas an fsync waits for (`syncReplicas`); 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sync_replicas: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Default for MountOptions {
@@ -68,6 +75,7 @@ impl Default for MountOptions {
             cache_chunks: 32,
             cache_ttl_ms: 1000,
             group: None,
+            sync_replicas: 0,
         }
     }
 }
@@ -232,10 +240,15 @@ pub struct MountManager {
     mirror: Option<mpsc::UnboundedSender<MountRecord>>,
     debounce: Duration,
     remote: Arc<Mutex<Option<RemoteProvider>>>,
+    replica_waiter: Arc<Mutex<Option<ReplicaWaiter>>>,
     /// Holds a clone of each session's descriptor, so mounts outlive this
     /// process (see `fuse::keeper` and `fuse::handover`).
     pub(super) keeper: Arc<Mutex<Option<KeeperClient>>>,
 }
+
+/// Waits until `n` other replicas of a volume hold a version (or says why
+/// not): what an fsync of a volume with `syncReplicas` does after its version.
+pub type ReplicaWaiter = Arc<dyn Fn(&BucketId, &Hash, u32) -> Result<(), String> + Send + Sync>;
 
 /// Gives a mount of a bucket the fetcher of chunks this node lacks.
 pub type RemoteProvider =
@@ -278,6 +291,7 @@ impl MountManager {
             mirror,
             debounce: DEFAULT_DEBOUNCE,
             remote: Arc::new(Mutex::new(None)),
+            replica_waiter: Arc::new(Mutex::new(None)),
             keeper: Arc::new(Mutex::new(None)),
         })
     }
@@ -293,6 +307,12 @@ impl MountManager {
     /// Where mounts fetch chunks this node lacks (the sync engine).
     pub fn set_remote_provider(&self, provider: RemoteProvider) {
         *self.remote.lock().unwrap() = Some(provider);
+    }
+
+    /// How a mount with `sync_replicas` waits for its replicas (the sync
+    /// engine): called with the volume, the version and how many.
+    pub fn set_replica_waiter(&self, waiter: ReplicaWaiter) {
+        *self.replica_waiter.lock().unwrap() = Some(waiter);
     }
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -515,6 +535,16 @@ impl MountManager {
         live.set_quota_hook(Box::new(move || {
             let _ = notices.send(Notice::QuotaReached { volume_id: volume });
         }));
+        let k = rec.options.sync_replicas;
+        if k > 0 && !rec.options.read_only {
+            let Some(waiter) = self.replica_waiter.lock().unwrap().clone() else {
+                return Err(load(crate::bucket::BucketError::Unavailable(
+                    "the volume's fsyncs wait for replicas, and this node has no sync engine"
+                        .into(),
+                )));
+            };
+            live.set_replica_wait(Box::new(move |version| waiter(&volume, version, k)));
+        }
         Ok(live)
     }
 

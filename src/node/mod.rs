@@ -36,6 +36,10 @@ use crate::db::Db;
 use crate::fuse::MountManager;
 use crate::sync::SyncEngine;
 
+/// How long an fsync of a volume with `syncReplicas` waits for its
+/// replicas before it fails with EIO.
+pub const SYNC_REPLICA_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What a node agent needs.
 pub struct NodeConfig {
     pub node_id: String,
@@ -164,6 +168,16 @@ impl NodeAgent {
         {
             let s = sync.clone();
             manager.set_remote_provider(Arc::new(move |b| s.remote_for(*b)));
+        }
+        {
+            // `syncReplicas`: a FUSE worker (not a runtime thread) waits.
+            let s = sync.clone();
+            let rt = tokio::runtime::Handle::current();
+            manager.set_replica_waiter(Arc::new(move |volume, version, k| {
+                rt.block_on(s.wait_held(*volume, *version, k as usize, SYNC_REPLICA_TIMEOUT))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }));
         }
         let registration = crate::db::NodeSync {
             endpoint_id: state.identity().node_id().to_hex(),

@@ -1135,3 +1135,59 @@ pub(super) fn is_known_ancestor(inner: &Inner, bucket: &BucketId, head: &Hash) -
     };
     b.has_in_history(head).unwrap_or(false)
 }
+
+/// See `SyncEngine::wait_held`: every holder's head asked for every 10 ms
+/// until `k` of them hold `version`.
+pub async fn wait_held(
+    inner: &Arc<Inner>,
+    bucket: BucketId,
+    version: Hash,
+    k: usize,
+    timeout: Duration,
+) -> Result<usize, SyncError> {
+    let started = tokio::time::Instant::now();
+    let deadline = started + timeout;
+    let key = proof_key(inner, &bucket, None)?;
+    let mine = inner.open(&bucket).ok();
+    loop {
+        let asks = inner.peers_of(&bucket).into_iter().map(|p| {
+            let proof = key.proof(&bucket, &inner.me.0, &p.node.0);
+            async move {
+                let req = Request::Heads {
+                    buckets: vec![(bucket, proof)],
+                };
+                match tokio::time::timeout_at(deadline, ask(inner, &p.node, &req)).await {
+                    Ok(Ok(Response::Heads(h))) => h
+                        .into_iter()
+                        .find(|(b, _)| *b == bucket)
+                        .and_then(|(_, head)| head),
+                    _ => None,
+                }
+            }
+        });
+        let heads = futures::future::join_all(asks).await;
+        let held = heads
+            .iter()
+            .flatten()
+            .filter(|head| {
+                **head == version
+                    || mine
+                        .as_ref()
+                        .is_some_and(|b| b.contains_version(head, &version).unwrap_or(false))
+            })
+            .count();
+        if held >= k {
+            return Ok(held);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(SyncError::ReplicasBehind {
+                bucket,
+                version,
+                held,
+                wanted: k,
+                secs: timeout.as_secs(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

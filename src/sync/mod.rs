@@ -78,6 +78,15 @@ pub enum SyncError {
         #[source]
         source: ApplyError,
     },
+    /// Fewer replicas than asked confirmed a version in time.
+    #[error("bucket {bucket}: {held} of the {wanted} other replicas asked for hold version {version} after {secs} s")]
+    ReplicasBehind {
+        bucket: BucketId,
+        version: Hash,
+        held: usize,
+        wanted: usize,
+        secs: u64,
+    },
     /// A blocking task of the sync engine died.
     #[error("a sync worker failed: {0}")]
     Worker(String),
@@ -399,6 +408,19 @@ impl SyncEngine {
         version: Hash,
     ) -> Result<replicate::Replicated, SyncError> {
         replicate::replicate(&self.inner, bucket, version).await
+    }
+
+    /// Wait until `k` other holders of `bucket` hold `version` (their head
+    /// is it or descends from it), at most `timeout` (`syncReplicas`).
+    /// Returns how many did.
+    pub async fn wait_held(
+        &self,
+        bucket: BucketId,
+        version: Hash,
+        k: usize,
+        timeout: Duration,
+    ) -> Result<usize, SyncError> {
+        client::wait_held(&self.inner, bucket, version, k, timeout).await
     }
 
     /// Pull `head` of `bucket` now (what an announcement or anti-entropy does).
