@@ -2,7 +2,8 @@
 //! records its labels, posts Events on the claim and the pod (a full volume,
 //! an orphaned mount removed) and removes targets whose pod is gone; the
 //! controller leader deletes volumes no PersistentVolume names, after a
-//! grace period, and never while the API fails.
+//! grace period, and never while the API fails, and tells a claim when its
+//! volume is under-replicated and when it is whole again.
 
 mod cluster;
 mod k8s_api;
@@ -273,4 +274,60 @@ async fn the_leader_deletes_volumes_without_a_persistent_volume() {
             "SELECT volume_id FROM gc_queue WHERE volume_id = '{lost}'"
         ))
         .contains(&lost));
+}
+
+/// #28: a volume with fewer replicas in sync than it asks for gets a
+/// Warning on its claim (after two looks of the leader), and a Normal
+/// Event once a second node holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_under_replicated_volume_is_told_on_its_claim() {
+    let api = ScriptedApi::start().await;
+    let mut c = Cluster::start();
+    let url = api.url.clone();
+    let mut ctl = ControllerClient::new(c.controller_with(0, &["--kubernetes", &url]).await);
+    let mut node = NodeClient::new(c.node("node-a").await);
+    let id = provision(&mut ctl, "lonely", 1 << 20).await;
+    node.node_stage_volume(NodeStageVolumeRequest {
+        volume_id: id.clone(),
+        staging_target_path: c.dir.path().join("staging/lonely").display().to_string(),
+        volume_capability: Some(rwx()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let on_claim = |reason: &str, kind: &str| {
+        api.events_with_reason(reason).iter().any(|e| {
+            e["involvedObject"]["kind"] == "PersistentVolumeClaim"
+                && e["involvedObject"]["name"] == "lonely"
+                && e["involvedObject"]["namespace"] == "apps"
+                && e["type"] == kind
+        })
+    };
+    eventually(
+        60,
+        "a VolumeUnderReplicated Warning on the claim",
+        || async { on_claim("VolumeUnderReplicated", "Warning") },
+    )
+    .await;
+    let warning = api.events_with_reason("VolumeUnderReplicated").remove(0);
+    assert!(
+        warning["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 of 2 replicas in sync: node-a (stages, in sync)"),
+        "{warning}"
+    );
+    assert!(!on_claim("VolumeReplicasInSync", "Normal"));
+
+    // A second node: the leader places the replica there, it catches up.
+    let _b = c.node("node-b").await;
+    eventually(60, "a VolumeReplicasInSync Event on the claim", || async {
+        on_claim("VolumeReplicasInSync", "Normal")
+    })
+    .await;
+    assert_eq!(
+        api.events_with_reason("VolumeUnderReplicated").len(),
+        1,
+        "said once"
+    );
 }

@@ -875,7 +875,8 @@ fn reported_head(n: &Nodes, i: usize, id: &str) -> String {
 /// versions with no mount and no key that opens them. The writer is
 /// destroyed (process killed, state dir deleted); the third node stages
 /// the volume from the blind copy with every fsynced byte, the volume is
-/// on two nodes again, and a snapshot taken before restores.
+/// on two nodes again, and a snapshot taken before the last write restores
+/// from the version the blind copy kept pinned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_volume_outlives_its_writer_on_a_blind_replica() {
     let mut n = Nodes::start_full(3, |_| {}, &["--replica-timeout-secs", "15"]).await;
@@ -942,6 +943,16 @@ async fn a_volume_outlives_its_writer_on_a_blind_replica() {
         .into_inner()
         .snapshot
         .unwrap();
+    // The writer goes on; the replica follows, and keeps the snapshot's
+    // version beside its new head.
+    fs::write(a.join("small.txt"), b"changed after the snapshot").unwrap();
+    fsync(&a.join("small.txt"));
+    n.wait_reported(0, &id);
+    let pinned = state.join("replicas").join(&id).join("PINNED");
+    wait_for("the replica at the new head, the snapshot pinned", || {
+        let want = reported_head(&n, 0, &id);
+        reported_head(&n, r, &id) == want && fs::read(&pinned).is_ok_and(|p| p.len() == 64)
+    });
 
     // The writer is destroyed.
     n.kill(0);
@@ -951,7 +962,7 @@ async fn a_volume_outlives_its_writer_on_a_blind_replica() {
     let moved = n.publish_with(c, &id, &tenant).await;
     assert_eq!(
         fs::read(moved.join("small.txt")).unwrap(),
-        b"fsynced on the writer"
+        b"changed after the snapshot"
     );
     assert!(
         fs::read(moved.join("data.bin")).unwrap() == big,
@@ -986,6 +997,11 @@ async fn a_volume_outlives_its_writer_on_a_blind_replica() {
         .await;
     let back = n.publish_with(c, &restored, &tenant).await;
     assert!(fs::read(back.join("data.bin")).unwrap() == big);
+    assert_eq!(
+        fs::read(back.join("small.txt")).unwrap(),
+        b"fsynced on the writer",
+        "the snapshot's own bytes, which only the replica's pinned version kept"
+    );
     assert!(
         !back.join("after.txt").exists(),
         "the snapshot is from before"

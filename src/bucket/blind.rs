@@ -171,6 +171,20 @@ impl BlindReplica {
     /// version held. The blobs must be in the store already; what is
     /// missing is named in the error.
     pub fn take(&self, version: &Hash, statement: &Hash) -> Result<()> {
+        self.check_complete(version, statement)?;
+        let mut line = version.0.to_vec();
+        line.extend_from_slice(&statement.0);
+        super::write_atomic(&self.dir.join("HEAD"), &line)?;
+        let _ = std::fs::remove_file(self.dir.join("PENDING"));
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.dir);
+        Ok(())
+    }
+
+    /// `statement` vouches for `version` and every blob it lists is here
+    /// (made durable).
+    fn check_complete(&self, version: &Hash, statement: &Hash) -> Result<()> {
         let m = Manifest::load(&self.store, version)?;
         let held = read_held(&self.store, statement)?;
         held.statement.vouches_for(&self.id, version, &m)?;
@@ -186,13 +200,66 @@ impl BlindReplica {
             });
         }
         self.store.sync()?;
-        let mut line = version.0.to_vec();
-        line.extend_from_slice(&statement.0);
-        super::write_atomic(&self.dir.join("HEAD"), &line)?;
-        let _ = std::fs::remove_file(self.dir.join("PENDING"));
+        Ok(())
+    }
+
+    /// Versions kept beside the head (snapshots and clone sources of the
+    /// volume), each with its statement: `PINNED`, 64 bytes a version.
+    pub fn pinned(&self) -> Result<Vec<(Hash, Hash)>> {
+        let p = self.dir.join("PINNED");
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(BucketError::io(&p)(e)),
+        };
+        Ok(bytes
+            .chunks_exact(64)
+            .map(|c| {
+                (
+                    Hash(c[..32].try_into().expect("32 bytes")),
+                    Hash(c[32..].try_into().expect("32 bytes")),
+                )
+            })
+            .collect())
+    }
+
+    fn write_pinned(&self, pinned: &[(Hash, Hash)]) -> Result<()> {
+        let mut bytes = Vec::with_capacity(64 * pinned.len());
+        for (v, st) in pinned {
+            bytes.extend_from_slice(&v.0);
+            bytes.extend_from_slice(&st.0);
+        }
+        super::write_atomic(&self.dir.join("PINNED"), &bytes)?;
         LIVE.lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.dir);
+        Ok(())
+    }
+
+    /// Keep `version` beside the head (a snapshot's), with the same checks
+    /// as [`BlindReplica::take`].
+    pub fn take_pinned(&self, version: &Hash, statement: &Hash) -> Result<()> {
+        self.check_complete(version, statement)?;
+        let mut pinned = self.pinned()?;
+        pinned.retain(|(v, _)| v != version);
+        pinned.push((*version, *statement));
+        self.write_pinned(&pinned)?;
+        let _ = std::fs::remove_file(self.dir.join("PENDING"));
+        Ok(())
+    }
+
+    /// Keep only the pinned versions in `keep` (a snapshot deleted lets its
+    /// version go at the next GC).
+    pub fn keep_pinned_only(&self, keep: &HashSet<Hash>) -> Result<()> {
+        let pinned = self.pinned()?;
+        let kept: Vec<(Hash, Hash)> = pinned
+            .iter()
+            .filter(|(v, _)| keep.contains(v))
+            .copied()
+            .collect();
+        if kept.len() != pinned.len() {
+            self.write_pinned(&kept)?;
+        }
         Ok(())
     }
 
@@ -219,32 +286,42 @@ impl BlindReplica {
 
     /// Every blob this replica keeps and serves: the held version's blob
     /// set, its statement, root and leaves, and the manifests of that
-    /// version and of its ancestors that are in the store.
+    /// version and of its ancestors that are in the store; the same of
+    /// each pinned version; and the set of a fetch in progress.
     pub fn live(&self) -> Result<Arc<HashSet<Hash>>> {
+        let head = self.head()?;
+        let pending = self.pending();
+        if pending.is_none() {
+            let cached = LIVE
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&self.dir)
+                .cloned();
+            if let (Some((v, set)), Some((version, _))) = (cached, head) {
+                if v == version {
+                    return Ok(set);
+                }
+            }
+        }
         let mut live = HashSet::new();
-        if let Some(pending) = self.pending() {
-            // Blobs of a fetch in progress stay (and are not served yet
-            // as a version held: a peer asks for them by the set it holds).
-            if let Ok(set) = read_held(&self.store, &pending) {
+        // Blobs of a fetch in progress stay (a stopped rebuild resumes
+        // with them).
+        let fetching = pending.into_iter().map(|st| (None, st));
+        let pinned = self.pinned()?.into_iter().map(|(v, st)| (Some(v), st));
+        for (version, statement) in fetching.chain(pinned) {
+            if let Ok(set) = read_held(&self.store, &statement) {
                 live.extend(set.members);
                 live.extend(set.own_blobs);
+                live.extend(version);
             }
         }
-        let Some((version, statement)) = self.head()? else {
+        let Some((version, statement)) = head else {
             return Ok(Arc::new(live));
         };
-        if let Some((v, set)) = LIVE
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&self.dir)
-        {
-            if *v == version && live.is_empty() {
-                return Ok(set.clone());
-            }
-        }
         let held = read_held(&self.store, &statement)?;
         live.extend(held.members);
         live.extend(held.own_blobs);
+        // The manifests of the version's history held here.
         let mut seen = HashSet::new();
         let mut queue = vec![version];
         while let Some(h) = queue.pop() {

@@ -186,7 +186,10 @@ async fn workload(
         replica.state.create_blind(&id, &wrapped, &kek)?;
         replica.engine.set_peers(id, sources);
         let started = Instant::now();
-        let done = replica.engine.replicate(id, head).await?;
+        let done = replica
+            .engine
+            .replicate(id, head, jax_csi::sync::replicate::Keep::Head)
+            .await?;
         times.push(started.elapsed());
         anyhow::ensure!(
             done.blobs == set.members.len() as u64,

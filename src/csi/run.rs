@@ -136,6 +136,11 @@ async fn background(
         match db.try_lead().await {
             Ok(Some(mut conn)) => {
                 tracing::info!(replica = %me, "became the controller leader");
+                // Events on claims whose volumes are under-replicated
+                // (with a Kubernetes API only).
+                let mut events = orphans
+                    .as_ref()
+                    .map(|o| crate::k8s::replicas::ReplicaEvents::new(o.client.clone(), &me));
                 let mut last_sweep: Option<tokio::time::Instant> = None;
                 loop {
                     tokio::time::sleep(tick).await;
@@ -165,6 +170,9 @@ async fn background(
                         if let Ok(health) = db.replica_health(&ids, secs).await {
                             let under = health.values().filter(|h| h.condition().0).count();
                             crate::metrics::under_replicated(under);
+                            if let Some(events) = events.as_mut() {
+                                events.observe(&db, &health).await;
+                            }
                         }
                     }
                     if let Some(o) = &orphans {

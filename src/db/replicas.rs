@@ -84,6 +84,13 @@ impl Health {
     /// Abnormal while fewer replicas than asked are in sync; the message
     /// names each holder.
     pub fn condition(&self) -> (bool, String) {
+        if self.holders.is_empty() {
+            // Never staged nor placed: nothing was written to lose.
+            return (
+                false,
+                format!("no replica yet of {} (never staged)", self.wanted),
+            );
+        }
         let listed: Vec<String> = self
             .holders
             .iter()
@@ -145,6 +152,19 @@ impl Db {
                 .fetch_optional(self.pool())
                 .await?;
         Ok(row.and_then(|(k,)| k).map(WrappedKey))
+    }
+
+    /// The versions of a volume its snapshots and clones name: what a
+    /// blind replica keeps beside the newest.
+    pub async fn snapshot_heads(&self, volume_id: &str) -> DbResult<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT head FROM snapshots WHERE COALESCE(bucket_id, source_volume_id) = $1 AND head IS NOT NULL \
+             UNION SELECT source_head FROM volumes WHERE source_volume_id = $1 AND source_head IS NOT NULL",
+        )
+        .bind(volume_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|(h,)| h).collect())
     }
 
     /// The volumes the leader assigned to `node_id`.

@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod orphans;
+pub mod replicas;
 
 use std::collections::BTreeMap;
 

@@ -55,15 +55,9 @@ pub async fn label_node(client: kube::Client, db: Db, node_id: String) {
     }
 }
 
-/// The claim a volume was provisioned for (the provisioner's
-/// `--extra-create-metadata` parameters), from its Postgres record.
+/// The claim a volume was provisioned for, from its Postgres record.
 async fn claim_of(db: &Db, volume: &BucketId) -> Option<Involved> {
-    let v = db.volume_by_id(&volume.to_hex()).await.ok()??;
-    let params: HashMap<String, String> = serde_json::from_str(&v.parameters).ok()?;
-    Some(Involved::claim(
-        params.get("csi.storage.k8s.io/pvc/namespace")?,
-        params.get("csi.storage.k8s.io/pvc/name")?,
-    ))
+    crate::k8s::replicas::claim_of(db, &volume.to_hex()).await
 }
 
 fn pods_of(manager: &MountManager, volume: &BucketId) -> Vec<PodRef> {

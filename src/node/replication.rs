@@ -16,6 +16,7 @@ use crate::bucket::{BucketId, StateDir};
 use crate::crypto::Kek;
 use crate::db::Db;
 use crate::store::Hash;
+use crate::sync::replicate::Keep;
 use crate::sync::SyncEngine;
 
 /// What the loop needs.
@@ -69,7 +70,7 @@ impl Replication {
                 }
                 got = heard => match got {
                     Some((bucket, version)) if self.state.has_blind(&bucket) => {
-                        self.bring(bucket, version);
+                        self.bring(bucket, version, None);
                     }
                     Some(_) => {}
                     None => announced = None,
@@ -113,8 +114,15 @@ impl Replication {
             let Some((head, _)) = self.db.latest_head(&id.to_hex()).await? else {
                 continue;
             };
+            let pins: Vec<Hash> = self
+                .db
+                .snapshot_heads(&id.to_hex())
+                .await?
+                .iter()
+                .filter_map(|h| h.parse().ok())
+                .collect();
             if let Ok(version) = head.parse::<Hash>() {
-                self.bring(*id, version);
+                self.bring(*id, version, Some(pins));
             }
         }
         for id in self.state.list_blind().unwrap_or_default() {
@@ -132,42 +140,75 @@ impl Replication {
         }
     }
 
-    /// Bring the blind replica of `bucket` to `version` in a task of its
-    /// own, unless one runs (the next pass or announcement tries again).
-    fn bring(&self, bucket: BucketId, version: Hash) {
-        if let Ok(r) = self.state.open_blind(&bucket, &self.kek) {
-            if r.head().ok().flatten().is_some_and(|(v, _)| v == version) {
-                return;
-            }
+    /// Bring the blind replica of `bucket` to `version`, and keep exactly
+    /// `pins` (snapshots' versions) beside it when given, in a task of its
+    /// own unless one runs (the next pass or announcement tries again).
+    fn bring(&self, bucket: BucketId, version: Hash, pins: Option<Vec<Hash>>) {
+        let Ok(r) = self.state.open_blind(&bucket, &self.kek) else {
+            return;
+        };
+        let head_done = r.head().ok().flatten().is_some_and(|(v, _)| v == version);
+        let held: HashSet<Hash> = r
+            .pinned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect();
+        let pins_done = pins
+            .as_ref()
+            .is_none_or(|p| p.iter().copied().collect::<HashSet<_>>() == held);
+        if head_done && pins_done {
+            return;
         }
         if !self.busy.lock().unwrap().insert(bucket) {
             return;
         }
         let me = self.clone();
         tokio::spawn(async move {
-            match me.sync.replicate(bucket, version).await {
-                Ok(done) => {
-                    crate::metrics::rebuild_bytes(done.bytes_fetched);
-                    if let Err(e) = me
-                        .db
-                        .report_head(
-                            &bucket.to_hex(),
-                            &me.node_id,
-                            &version.to_string(),
-                            done.height as i64,
-                            None,
-                        )
-                        .await
-                    {
-                        tracing::debug!(volume = %bucket, error = %e, "replica head not reported yet");
+            if !head_done {
+                me.follow(bucket, version).await;
+            }
+            for pin in pins.iter().flatten().filter(|p| !held.contains(p)) {
+                match me.sync.replicate(bucket, *pin, Keep::Pinned).await {
+                    Ok(done) => crate::metrics::rebuild_bytes(done.bytes_fetched),
+                    Err(e) => {
+                        tracing::warn!(volume = %bucket, version = %pin, error = %e, "a snapshot's version not replicated yet; trying again")
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(volume = %bucket, %version, error = %e, "blind replica not brought up to date; trying again")
+            }
+            if let Some(pins) = &pins {
+                let keep: HashSet<Hash> = pins.iter().copied().collect();
+                if let Err(e) = r.keep_pinned_only(&keep) {
+                    tracing::warn!(volume = %bucket, error = %e, "could not drop the versions of deleted snapshots");
                 }
             }
             me.busy.lock().unwrap().remove(&bucket);
         });
+    }
+
+    /// Bring the replica's head to `version` and report it.
+    async fn follow(&self, bucket: BucketId, version: Hash) {
+        match self.sync.replicate(bucket, version, Keep::Head).await {
+            Ok(done) => {
+                crate::metrics::rebuild_bytes(done.bytes_fetched);
+                if let Err(e) = self
+                    .db
+                    .report_head(
+                        &bucket.to_hex(),
+                        &self.node_id,
+                        &version.to_string(),
+                        done.height as i64,
+                        None,
+                    )
+                    .await
+                {
+                    tracing::debug!(volume = %bucket, error = %e, "replica head not reported yet");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(volume = %bucket, %version, error = %e, "blind replica not brought up to date; trying again")
+            }
+        }
     }
 
     /// Record the proof key of each volume whose key this node holds and

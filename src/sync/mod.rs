@@ -406,8 +406,9 @@ impl SyncEngine {
         &self,
         bucket: BucketId,
         version: Hash,
+        keep: replicate::Keep,
     ) -> Result<replicate::Replicated, SyncError> {
-        replicate::replicate(&self.inner, bucket, version).await
+        replicate::replicate(&self.inner, bucket, version, keep).await
     }
 
     /// Wait until `k` other holders of `bucket` hold `version` (their head

@@ -43,11 +43,21 @@ pub struct Replicated {
     pub ms: u64,
 }
 
+/// Which place a replicated version takes in the replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// The version the replica follows (the newest).
+    Head,
+    /// Kept beside the head: a snapshot's or a clone source's version.
+    Pinned,
+}
+
 /// See the module docs.
 pub(super) async fn replicate(
     inner: &Arc<Inner>,
     bucket: BucketId,
     version: Hash,
+    keep: Keep,
 ) -> Result<Replicated, SyncError> {
     let lock = inner.pull_lock(&bucket);
     let _one = lock.lock().await;
@@ -70,7 +80,12 @@ pub(super) async fn replicate(
             reason: format!("version {version} belongs to bucket {}", m.body.bucket_id),
         }));
     }
-    if held.is_some_and(|(v, _)| v == version) {
+    let pinned = replica.pinned().map_err(err)?;
+    let done_already = match keep {
+        Keep::Head => held.is_some_and(|(v, _)| v == version),
+        Keep::Pinned => pinned.iter().any(|(v, _)| *v == version),
+    };
+    if done_already {
         return Ok(Replicated {
             version,
             height: m.body.height,
@@ -105,10 +120,13 @@ pub(super) async fn replicate(
     }
     // 4. Every blob here: the version is held.
     let r = replica.clone();
-    tokio::task::spawn_blocking(move || r.take(&version, &statement))
-        .await
-        .map_err(|e| SyncError::Worker(e.to_string()))?
-        .map_err(err)?;
+    tokio::task::spawn_blocking(move || match keep {
+        Keep::Head => r.take(&version, &statement),
+        Keep::Pinned => r.take_pinned(&version, &statement),
+    })
+    .await
+    .map_err(|e| SyncError::Worker(e.to_string()))?
+    .map_err(err)?;
     let done = Replicated {
         version,
         height: m.body.height,
@@ -121,7 +139,7 @@ pub(super) async fn replicate(
             .saturating_sub(bytes_before),
         ms: started.elapsed().as_millis() as u64,
     };
-    tracing::info!(%bucket, %version, height = done.height, blobs = done.blobs, fetched = done.fetched, bytes = done.bytes_fetched, ms = done.ms, "blind replica holds a new version");
+    tracing::info!(%bucket, %version, ?keep, height = done.height, blobs = done.blobs, fetched = done.fetched, bytes = done.bytes_fetched, ms = done.ms, "blind replica holds a new version");
     Ok(done)
 }
 

@@ -238,10 +238,14 @@ fn blob_set(
             }
             b.statement_for(version).map_err(|e| e.to_string())?
         }
-        Held::Blind(r) => match r.head().map_err(|e| e.to_string())? {
-            Some((v, s)) if v == *version => s,
-            _ => return Err(format!("version {version} is not the one held here")),
-        },
+        Held::Blind(r) => {
+            let head = r.head().map_err(|e| e.to_string())?;
+            let pinned = r.pinned().map_err(|e| e.to_string())?;
+            match head.into_iter().chain(pinned).find(|(v, _)| v == version) {
+                Some((_, s)) => s,
+                None => return Err(format!("version {version} is not one held here")),
+            }
+        }
     };
     let set = crate::bucket::blob_set::read_held(store, &statement).map_err(|e| e.to_string())?;
     set.own_blobs

@@ -1098,7 +1098,11 @@ async fn blind_replicas_fetch_from_every_holder_resume_and_are_not_fooled() {
     c.engine.set_peers(id, holders.clone());
     let served = |n: &Node| n.engine.stats().blobs_served.load(Ordering::Relaxed);
     let (a0, b0) = (served(&a), served(&b));
-    let done = c.engine.replicate(id, head).await.unwrap();
+    let done = c
+        .engine
+        .replicate(id, head, replicate::Keep::Head)
+        .await
+        .unwrap();
     assert_eq!(done.fetched, done.blobs, "nothing was here before");
     assert!(done.blobs > 96, "{done:?}");
     assert!(
@@ -1124,7 +1128,11 @@ async fn blind_replicas_fetch_from_every_holder_resume_and_are_not_fooled() {
             .put(&c.state.store().get(h).unwrap())
             .unwrap();
     }
-    let resumed = d.engine.replicate(id, head).await.unwrap();
+    let resumed = d
+        .engine
+        .replicate(id, head, replicate::Keep::Head)
+        .await
+        .unwrap();
     assert_eq!(
         resumed.fetched,
         (members.len() - half) as u64,
@@ -1134,12 +1142,19 @@ async fn blind_replicas_fetch_from_every_holder_resume_and_are_not_fooled() {
     // A peer that lost a blob of the version it says it holds.
     hold_blind(&liar, &kek, &id, &secret);
     liar.engine.set_peers(id, holders);
-    liar.engine.replicate(id, head).await.unwrap();
+    liar.engine
+        .replicate(id, head, replicate::Keep::Head)
+        .await
+        .unwrap();
     let missing = members[half];
     liar.state.store().remove(&missing).unwrap();
     hold_blind(&fooled, &kek, &id, &secret);
     fooled.engine.set_peers(id, vec![peer(&liar)]);
-    let err = fooled.engine.replicate(id, head).await.unwrap_err();
+    let err = fooled
+        .engine
+        .replicate(id, head, replicate::Keep::Head)
+        .await
+        .unwrap_err();
     assert!(matches!(err, SyncError::NoPeer(_)), "{err}");
     let f = fooled.state.open_blind(&id, &kek).unwrap();
     assert_eq!(f.head().unwrap(), None, "not in sync without every blob");
