@@ -1006,6 +1006,23 @@ async fn a_volume_outlives_its_writer_on_a_blind_replica() {
         !back.join("after.txt").exists(),
         "the snapshot is from before"
     );
+
+    // The replica's node comes back with an empty disk: Postgres no longer
+    // counts its lost copy, and it rebuilds from the node that stages it.
+    n.kill(r);
+    fs::remove_dir_all(n.c.node_state(&name(r))).unwrap();
+    n.restart(r).await;
+    wait_for(
+        "the wiped node's stale head forgotten, then rebuilt",
+        || {
+            let want = reported_head(&n, c, &id);
+            n.log(r)
+                .contains("Postgres said this node held volumes its state dir does not have")
+                && state.join("replicas").join(&id).join("HEAD").exists()
+                && !want.is_empty()
+                && reported_head(&n, r, &id) == want
+        },
+    );
 }
 
 /// Whether ControllerGetVolume calls `id` abnormal, and its message.

@@ -167,6 +167,52 @@ impl Db {
         Ok(rows.into_iter().map(|(h,)| h).collect())
     }
 
+    /// Forget what Postgres says `node_id` holds and the node no longer
+    /// does (its state dir was lost or replaced): its reported heads of
+    /// volumes not in `held`, and its mount records of volumes not in
+    /// `mounted`, among the rows older than `since_epoch` (rows a request
+    /// wrote since are left alone). Otherwise a node back with an empty
+    /// disk counts as a holder in sync. Returns the rows removed.
+    pub async fn forget_lost_copies(
+        &self,
+        node_id: &str,
+        held: &[String],
+        mounted: &[String],
+        since_epoch: f64,
+    ) -> DbResult<u64> {
+        let mut tx = self.pool().begin().await?;
+        let heads = sqlx::query(
+            "DELETE FROM bucket_heads WHERE node_id = $1 AND NOT (volume_id = ANY($2)) \
+             AND updated_at < to_timestamp($3)",
+        )
+        .bind(node_id)
+        .bind(held)
+        .bind(since_epoch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let mounts = sqlx::query(
+            "DELETE FROM mounts WHERE node_id = $1 AND NOT (volume_id = ANY($2)) \
+             AND updated_at < to_timestamp($3)",
+        )
+        .bind(node_id)
+        .bind(mounted)
+        .bind(since_epoch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(heads + mounts)
+    }
+
+    /// Postgres's clock, as seconds since the epoch.
+    pub async fn now_epoch(&self) -> DbResult<f64> {
+        let (t,): (f64,) = sqlx::query_as("SELECT extract(epoch FROM now())::FLOAT8")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(t)
+    }
+
     /// The volumes the leader assigned to `node_id`.
     pub async fn assigned_to(&self, node_id: &str) -> DbResult<Vec<String>> {
         let rows: Vec<(String,)> = sqlx::query_as(

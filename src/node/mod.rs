@@ -229,15 +229,17 @@ impl NodeAgent {
             replicas.clone(),
             Duration::from_secs(2),
         ));
+        let replication = replication::Replication::new(
+            db.clone(),
+            cfg.node_id.clone(),
+            sync.clone(),
+            state.clone(),
+            kek.clone(),
+        );
         agent.spawn(
-            replication::Replication::new(
-                db.clone(),
-                cfg.node_id.clone(),
-                sync.clone(),
-                state.clone(),
-                kek.clone(),
-            )
-            .run(Duration::from_secs(2), sync.blind_announcements()),
+            replication
+                .clone()
+                .run(Duration::from_secs(2), sync.blind_announcements()),
         );
         agent.spawn(peers::announce_commits(
             sync.clone(),
@@ -255,6 +257,8 @@ impl NodeAgent {
             agent.start_k8s(k);
         }
         agent.restore_mounts(cfg.handover_socket).await?;
+        // After the mounts are back: what they hold is in the records.
+        agent.spawn(replication.forget_lost_copies(manager.clone()));
         Ok(agent)
     }
 

@@ -211,6 +211,54 @@ impl Replication {
         }
     }
 
+    /// Once Postgres answers: drop the records that say this node holds a
+    /// volume it does not (a node back with a new or wiped state dir), so
+    /// the leader places those copies elsewhere at once.
+    pub async fn forget_lost_copies(self, manager: crate::fuse::MountManager) {
+        loop {
+            let done = async {
+                // Postgres's time first: a stage after it keeps its rows.
+                let since = self.db.now_epoch().await?;
+                let mut held: Vec<String> = self
+                    .state
+                    .list_buckets()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(BucketId::to_hex)
+                    .collect();
+                for id in self.state.list_blind().unwrap_or_default() {
+                    let has_version = self
+                        .state
+                        .open_blind(&id, &self.kek)
+                        .is_ok_and(|r| r.head().ok().flatten().is_some());
+                    if has_version {
+                        held.push(id.to_hex());
+                    }
+                }
+                let mounted: Vec<String> = manager
+                    .list()
+                    .iter()
+                    .map(|r| r.volume_id.to_hex())
+                    .collect();
+                self.db
+                    .forget_lost_copies(&self.node_id, &held, &mounted, since)
+                    .await
+            }
+            .await;
+            match done {
+                Ok(0) => return,
+                Ok(n) => {
+                    tracing::warn!(records = n, "Postgres said this node held volumes its state dir does not have; those records are gone, and the leader places the copies elsewhere");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "records of lost copies not checked yet");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
+    }
+
     /// Record the proof key of each volume whose key this node holds and
     /// Postgres has none for (volumes from before blind replicas).
     async fn record_proof_keys(&self) -> Result<(), crate::db::DbError> {
