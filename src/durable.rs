@@ -45,6 +45,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// Replace `path` with `bytes` atomically (a reader sees the old file or
+/// the new one), not durably: for caches and hints a crash may lose.
+pub fn replace_quickly(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = temp_beside(path);
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// fsync a directory, so the names created, renamed or removed in it persist.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -267,7 +267,10 @@ impl BlindReplica {
     /// the fetch runs, and a fetch that stopped finds them when it starts
     /// again. `take` ends it.
     pub fn begin(&self, statement: &Hash) -> Result<()> {
-        super::write_atomic(&self.dir.join("PENDING"), &statement.0)?;
+        // Not made durable: after a crash the blobs it covers are younger
+        // than GC's grace, and the next fetch writes it again.
+        let p = self.dir.join("PENDING");
+        crate::durable::replace_quickly(&p, &statement.0).map_err(BucketError::io(&p))?;
         LIVE.lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.dir);

@@ -290,7 +290,8 @@ impl super::Bucket {
         let made = self.core.store.put(&statement.to_bytes()?)?;
         let mut line = version.0.to_vec();
         line.extend_from_slice(&made.0);
-        super::write_atomic(&cache, &line)?;
+        // A cache: lost in a crash, it is made again when asked.
+        crate::durable::replace_quickly(&cache, &line).map_err(BucketError::io(&cache))?;
         Ok(made)
     }
 }

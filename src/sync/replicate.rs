@@ -96,9 +96,13 @@ pub(super) async fn replicate(
         });
     }
     let have: Vec<Hash> = held.map(|(v, _)| v).into_iter().collect();
-    history_from(inner, &replica, version, &have).await;
-    // 2. The statement of its blob set, from the first peer with one.
-    let statement = statement_of(inner, &replica, version, &m).await?;
+    // 2. The statement of its blob set, from the first peer with one
+    // (asked while the history comes).
+    let (_, statement) = tokio::join!(
+        history_from(inner, &replica, version, &have),
+        statement_of(inner, &replica, version, &m)
+    );
+    let statement = statement?;
     let set = replica.read_set(&statement).map_err(err)?;
     replica.begin(&statement).map_err(err)?;
     // 3. What is not here yet, from every peer at once.
@@ -229,11 +233,12 @@ async fn statement_from(
     }
     let statement = *statement;
     let store = inner.state.store().clone();
+    // Made durable with the version's blobs, before the version is taken.
     tokio::task::spawn_blocking(move || {
         for (_, bytes) in &blobs {
             store.put(bytes)?;
         }
-        store.sync()
+        Ok::<_, crate::store::StoreError>(())
     })
     .await
     .map_err(|e| SyncError::Worker(e.to_string()))?
