@@ -135,6 +135,21 @@ impl Nodes {
             .volume_id
     }
 
+    /// CreateSnapshot of `id` named `name`.
+    async fn snapshot(&mut self, id: &str, name: &str) -> Snapshot {
+        self.ctl
+            .create_snapshot(CreateSnapshotRequest {
+                source_volume_id: id.into(),
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap()
+    }
+
     fn staging(&self, i: usize, id: &str) -> PathBuf {
         self.c.dir.path().join(format!("{}/staging/{id}", name(i)))
     }
@@ -424,18 +439,7 @@ async fn snapshots_restore_from_any_holder() {
     assert_eq!(fs::read(b.join("keep.txt")).unwrap(), b"in the snapshot");
     n.wait_reported(1, &id);
     n.kill(0);
-    let snap = n
-        .ctl
-        .create_snapshot(CreateSnapshotRequest {
-            source_volume_id: id.clone(),
-            name: "while-a-is-down".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .snapshot
-        .unwrap();
+    let snap = n.snapshot(&id, "while-a-is-down").await;
     assert!(snap.ready_to_use);
     let restored = n
         .create(
@@ -931,18 +935,7 @@ async fn a_volume_outlives_its_writer_on_a_blind_replica() {
     assert!(!abnormal, "two of two in sync: {message}");
     assert!(message.contains("2 of 2 replicas in sync"), "{message}");
 
-    let snap = n
-        .ctl
-        .create_snapshot(CreateSnapshotRequest {
-            source_volume_id: id.clone(),
-            name: "before-the-loss".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .snapshot
-        .unwrap();
+    let snap = n.snapshot(&id, "before-the-loss").await;
     // The writer goes on; the replica follows, and keeps the snapshot's
     // version beside its new head.
     fs::write(a.join("small.txt"), b"changed after the snapshot").unwrap();

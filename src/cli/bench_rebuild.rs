@@ -19,6 +19,8 @@ use jax_csi::store::Hash;
 use jax_csi::sync::on_disk::OnDisk;
 use jax_csi::sync::{Peer, SyncConfig, SyncEngine};
 
+use super::bench_sync::pattern;
+
 pub struct RebuildBench {
     pub dir: PathBuf,
     pub size_mib: usize,
@@ -50,15 +52,7 @@ async fn node(root: &Path, name: &str, kek: &Arc<Kek>) -> anyhow::Result<Node> {
 }
 
 fn peer(n: &Node) -> Peer {
-    Peer {
-        node: n.engine.node_id(),
-        addrs: n
-            .engine
-            .local_addrs()
-            .into_iter()
-            .filter(|a| a.is_ipv4())
-            .collect(),
-    }
+    n.engine.as_peer()
 }
 
 /// One workload's figures.
@@ -119,15 +113,6 @@ pub fn bench_rebuild(b: RebuildBench) -> anyhow::Result<()> {
     })?;
     print_table(&b, &rows);
     Ok(())
-}
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&seed.to_le_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    out
 }
 
 /// Write a volume with `fill` on a member A, copy it whole to a member

@@ -40,7 +40,8 @@ fn mtu() -> u32 {
         .unwrap_or(1500)
 }
 
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
+/// `len` bytes derived from `seed` (incompressible, distinct per seed).
+pub(super) fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut out = vec![0u8; len];
     blake3::Hasher::new()
         .update(&seed.to_le_bytes())

@@ -245,6 +245,19 @@ impl SyncEngine {
         Ok(engine)
     }
 
+    /// This node as a peer of others: its id and its IPv4 addresses
+    /// (tools and tests that wire engines together by hand).
+    pub fn as_peer(&self) -> Peer {
+        Peer {
+            node: self.node_id(),
+            addrs: self
+                .local_addrs()
+                .into_iter()
+                .filter(|a| a.is_ipv4())
+                .collect(),
+        }
+    }
+
     /// The addresses this endpoint is bound to.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.inner.endpoint.bound_sockets()

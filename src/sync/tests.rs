@@ -40,15 +40,7 @@ async fn node(kek: &Arc<Kek>) -> Node {
 }
 
 fn peer(n: &Node) -> Peer {
-    Peer {
-        node: n.engine.node_id(),
-        addrs: n
-            .engine
-            .local_addrs()
-            .into_iter()
-            .filter(|a| a.is_ipv4())
-            .collect(),
-    }
+    n.engine.as_peer()
 }
 
 fn register(nodes: &[&Node]) {
