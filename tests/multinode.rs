@@ -1096,3 +1096,44 @@ async fn an_fsync_waits_for_its_replica_or_fails() {
     assert!(text.starts_with("one\n"), "{text:?}");
     assert!(text.ends_with("three\n"), "{text:?}");
 }
+
+/// #28: a replica whose node is lost (no heartbeat for the replica
+/// timeout) is replaced: the leader assigns the third node, which catches
+/// up from the node that stages the volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_replica_is_replaced_on_another_node() {
+    let mut n = Nodes::start_full(3, |_| {}, &["--replica-timeout-secs", "15"]).await;
+    let id = n.create("replaced", None).await;
+    let a = n.publish(0, &id).await;
+    let data = pattern(4 << 20, 6);
+    fs::write(a.join("data.bin"), &data).unwrap();
+    fsync(&a.join("data.bin"));
+    n.wait_reported(0, &id);
+    wait_for("a replica in sync", || {
+        let r = assigned(&n, &id);
+        r.len() == 1 && reported_head(&n, r[0], &id) == reported_head(&n, 0, &id)
+    });
+    let lost = assigned(&n, &id)[0];
+    let other = (1..3).find(|i| *i != lost).unwrap();
+    n.kill(lost);
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(90);
+    loop {
+        let now = assigned(&n, &id);
+        let head = reported_head(&n, 0, &id);
+        if now == [other] && reported_head(&n, other, &id) == head {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not replaced: assigned {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // For the note: the replica timeout (15 s here) plus placement and
+    // the rebuild.
+    eprintln!(
+        "two replicas in sync again {:.1} s after the replica's node was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    let (abnormal, message) = condition(&mut n, &id).await;
+    assert!(!abnormal, "{message}");
+    assert!(message.contains("2 of 2 replicas in sync"), "{message}");
+}
