@@ -181,6 +181,25 @@ csi "$node0" unpublish "$vol" "$pod0"
 csi "$node0" unstage "$vol" "$stage0"
 echo "node-1 still has every byte: $(wc -l <"$pod1/reports/2026/numbers.txt") lines in numbers.txt"
 
+say "replicas: 2 keeps a second copy on node-1, with no mount and no key that opens it"
+dur=$(csi "$ctl" create-volume demo-durable --size $((64 << 20)) --param replicas=2 | field volume_id)
+dstage="$kubelet/node-0/plugins/csi.jax.dev/$dur/globalmount"
+dpod="$kubelet/node-0/pods/durable/volumes/data"
+csi "$node0" stage "$dur" "$dstage"
+csi "$node0" publish "$dur" "$dstage" "$dpod"
+echo "kept on two nodes" >"$dpod/kept.txt"
+sync "$dpod/kept.txt"
+t=$(now_ms)
+both_in_sync() {
+  ops volume show "$dur" --database-url "$db_url" -o json | grep -q '"replicas_in_sync": 2'
+}
+until_true both_in_sync
+note "blind replica on node-1 in sync with node-0" "$t"
+ops volume show "$dur" --database-url "$db_url" -o json | grep '"condition"'
+echo "node-1 holds of it: $(cd "$state/cluster/nodes/node-1/replicas/$dur" && printf '%s ' *)(ciphertext in its store)"
+csi "$node0" unpublish "$dur" "$dpod"
+csi "$node0" unstage "$dur" "$dstage"
+
 say "what the nodes stored: ciphertext only"
 for n in node-0 node-1; do
   store="$state/cluster/nodes/$n/store"
