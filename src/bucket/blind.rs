@@ -12,7 +12,7 @@
 //! its other replicas are gone.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use super::blob_set::{read_held, HeldSet};
@@ -41,6 +41,41 @@ impl std::fmt::Debug for BlindReplica {
 type Held = (Hash, Arc<HashSet<Hash>>);
 static LIVE: LazyLock<Mutex<std::collections::HashMap<PathBuf, Held>>> =
     LazyLock::new(Default::default);
+
+/// Drop the cached live set of the replica at `dir` (what it holds changed).
+fn forget_live(dir: &Path) {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).remove(dir);
+}
+
+/// A small file's bytes, `None` when it does not exist.
+fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(BucketError::io(path)(e)),
+    }
+}
+
+/// (version, statement) pairs as `HEAD` (one) and `PINNED` store them:
+/// 64 bytes each (a partial pair at the end is ignored).
+fn pairs(bytes: &[u8]) -> Vec<(Hash, Hash)> {
+    bytes
+        .chunks_exact(64)
+        .map(|c| {
+            (
+                Hash(c[..32].try_into().expect("32 bytes")),
+                Hash(c[32..].try_into().expect("32 bytes")),
+            )
+        })
+        .collect()
+}
+
+fn encode_pairs(pairs: &[(Hash, Hash)]) -> Vec<u8> {
+    pairs
+        .iter()
+        .flat_map(|(v, st)| v.0.iter().chain(&st.0).copied())
+        .collect()
+}
 
 impl StateDir {
     fn blind_dir(&self, id: &BucketId) -> PathBuf {
@@ -102,13 +137,8 @@ impl StateDir {
     pub fn open_blind(&self, id: &BucketId, kek: &Kek) -> Result<BlindReplica> {
         let dir = self.blind_dir(id);
         let p = dir.join("proof.wrapped");
-        let wrapped = match std::fs::read(&p) {
-            Ok(w) => WrappedKey(w),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(BucketError::BucketNotFound(id.to_hex()))
-            }
-            Err(e) => return Err(BucketError::io(&p)(e)),
-        };
+        let wrapped =
+            WrappedKey(read_file(&p)?.ok_or_else(|| BucketError::BucketNotFound(id.to_hex()))?);
         let key = kek
             .unwrap_for(&wrapped, &WrapContext::replica_proof(&id.to_hex()), false)
             .map_err(|_| BucketError::WrongKey(id.to_hex()))?;
@@ -123,7 +153,7 @@ impl StateDir {
     /// Stop holding bucket `id` blind; its blobs go at the next GC.
     pub fn remove_blind(&self, id: &BucketId) -> Result<()> {
         let dir = self.blind_dir(id);
-        LIVE.lock().unwrap_or_else(|e| e.into_inner()).remove(&dir);
+        forget_live(&dir);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -143,26 +173,13 @@ impl BlindReplica {
 
     /// The complete version held, and its statement's address.
     pub fn head(&self) -> Result<Option<(Hash, Hash)>> {
-        let p = self.dir.join("HEAD");
-        match std::fs::read(&p) {
-            Ok(b) if b.len() == 64 => Ok(Some((
-                Hash(b[..32].try_into().expect("32 bytes")),
-                Hash(b[32..].try_into().expect("32 bytes")),
-            ))),
-            Ok(_) => Err(BucketError::Format {
+        match read_file(&self.dir.join("HEAD"))? {
+            None => Ok(None),
+            Some(b) if b.len() == 64 => Ok(pairs(&b).pop()),
+            Some(_) => Err(BucketError::Format {
                 what: "blind replica HEAD",
                 reason: "not 64 bytes".into(),
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(BucketError::io(&p)(e)),
-        }
-    }
-
-    /// The height of the version held (0 when none).
-    pub fn height(&self) -> Result<Option<u64>> {
-        match self.head()? {
-            Some((v, _)) => Ok(Some(Manifest::load(&self.store, &v)?.body.height)),
-            None => Ok(None),
         }
     }
 
@@ -172,13 +189,11 @@ impl BlindReplica {
     /// missing is named in the error.
     pub fn take(&self, version: &Hash, statement: &Hash) -> Result<()> {
         self.check_complete(version, statement)?;
-        let mut line = version.0.to_vec();
-        line.extend_from_slice(&statement.0);
-        super::write_atomic(&self.dir.join("HEAD"), &line)?;
-        let _ = std::fs::remove_file(self.dir.join("PENDING"));
-        LIVE.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.dir);
+        super::write_atomic(
+            &self.dir.join("HEAD"),
+            &encode_pairs(&[(*version, *statement)]),
+        )?;
+        self.fetched();
         Ok(())
     }
 
@@ -206,33 +221,14 @@ impl BlindReplica {
     /// Versions kept beside the head (snapshots and clone sources of the
     /// volume), each with its statement: `PINNED`, 64 bytes a version.
     pub fn pinned(&self) -> Result<Vec<(Hash, Hash)>> {
-        let p = self.dir.join("PINNED");
-        let bytes = match std::fs::read(&p) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(BucketError::io(&p)(e)),
-        };
-        Ok(bytes
-            .chunks_exact(64)
-            .map(|c| {
-                (
-                    Hash(c[..32].try_into().expect("32 bytes")),
-                    Hash(c[32..].try_into().expect("32 bytes")),
-                )
-            })
-            .collect())
+        Ok(read_file(&self.dir.join("PINNED"))?
+            .map(|b| pairs(&b))
+            .unwrap_or_default())
     }
 
     fn write_pinned(&self, pinned: &[(Hash, Hash)]) -> Result<()> {
-        let mut bytes = Vec::with_capacity(64 * pinned.len());
-        for (v, st) in pinned {
-            bytes.extend_from_slice(&v.0);
-            bytes.extend_from_slice(&st.0);
-        }
-        super::write_atomic(&self.dir.join("PINNED"), &bytes)?;
-        LIVE.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.dir);
+        super::write_atomic(&self.dir.join("PINNED"), &encode_pairs(pinned))?;
+        forget_live(&self.dir);
         Ok(())
     }
 
@@ -244,7 +240,7 @@ impl BlindReplica {
         pinned.retain(|(v, _)| v != version);
         pinned.push((*version, *statement));
         self.write_pinned(&pinned)?;
-        let _ = std::fs::remove_file(self.dir.join("PENDING"));
+        self.fetched();
         Ok(())
     }
 
@@ -271,10 +267,14 @@ impl BlindReplica {
         // than GC's grace, and the next fetch writes it again.
         let p = self.dir.join("PENDING");
         crate::durable::replace_quickly(&p, &statement.0).map_err(BucketError::io(&p))?;
-        LIVE.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.dir);
+        forget_live(&self.dir);
         Ok(())
+    }
+
+    /// The fetch that [`BlindReplica::begin`] started is over.
+    fn fetched(&self) {
+        let _ = std::fs::remove_file(self.dir.join("PENDING"));
+        forget_live(&self.dir);
     }
 
     fn pending(&self) -> Option<Hash> {

@@ -114,12 +114,7 @@ impl Statement {
         if m.body.bucket_id != *bucket {
             return Err(refused("the version belongs to another bucket".into()));
         }
-        if !m
-            .body
-            .shares
-            .iter()
-            .any(|s| s.recipient == self.body.signer)
-        {
+        if !m.body.shares_with(&self.body.signer) {
             return Err(refused(format!(
                 "signed by {}, which is not a member at that version",
                 self.body.signer

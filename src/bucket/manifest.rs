@@ -99,6 +99,12 @@ pub struct ManifestBody {
 }
 
 impl ManifestBody {
+    /// Whether this version shares the bucket with `node` (a member: it may
+    /// read the bucket and write the next version).
+    pub fn shares_with(&self, node: &NodeId) -> bool {
+        self.shares.iter().any(|s| s.recipient == *node)
+    }
+
     /// Seal `root_key` into this body, bound to everything else in it: call
     /// it last, once every other field has its final value.
     pub fn seal_root_key(&mut self, secret: &SecretKey, root_key: &[u8; 32]) -> Result<()> {
@@ -240,7 +246,7 @@ impl Manifest {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(content, ());
         }
-        if !body.shares.iter().any(|s| s.recipient == body.author) {
+        if !body.shares_with(&body.author) {
             return Err(BucketError::BadSignature {
                 manifest: hash,
                 reason: format!("author {} holds no key share of the bucket", body.author),
@@ -320,12 +326,9 @@ pub fn check_link_held(
     // Only an identity the previous version shares the bucket with may
     // write the next one: a node cannot add itself and sign its way in.
     if !some_pruned
-        && !parents.iter().any(|p| {
-            p.body
-                .shares
-                .iter()
-                .any(|s| s.recipient == child.body.author)
-        })
+        && !parents
+            .iter()
+            .any(|p| p.body.shares_with(&child.body.author))
     {
         return Err(broken(format!(
             "author {} holds no share of the version it follows",

@@ -205,13 +205,7 @@ impl Bucket {
 
     /// Whether `node` holds a share of the version `head` (may write after it).
     pub fn is_member_at(&self, head: &Hash, node: &crate::crypto::NodeId) -> Result<bool> {
-        Ok(self
-            .core
-            .load_manifest(head)?
-            .body
-            .shares
-            .iter()
-            .any(|s| s.recipient == *node))
+        Ok(self.core.load_manifest(head)?.body.shares_with(node))
     }
 }
 

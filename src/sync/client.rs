@@ -440,8 +440,8 @@ struct Chain {
 /// A manifest a history answer brought, verified against its address, not
 /// yet stored.
 pub(super) struct Prefetched {
-    bytes: Vec<u8>,
-    outboard: Vec<[u8; 32]>,
+    pub bytes: Vec<u8>,
+    pub outboard: Vec<[u8; 32]>,
 }
 
 /// Ask one peer (the announcer, else the first the control plane lists)
@@ -468,6 +468,50 @@ pub(super) async fn ask_history(
     history_answer(inner, &peer, bucket, proof, head, have).await
 }
 
+/// What a blob-frame answer may hold.
+pub(super) struct FrameLimits {
+    /// Blobs, bytes of one blob, bytes in all.
+    pub blobs: usize,
+    pub blob_bytes: usize,
+    pub total_bytes: usize,
+    /// What the error says when a peer sends more.
+    pub too_much: &'static str,
+}
+
+/// Read the blob frames of an answer to the end, each checked against its
+/// address (with its outboard computed), within `limits`.
+pub(super) async fn read_checked_blobs(
+    recv: &mut RecvStream,
+    peer: &NodeId,
+    limits: &FrameLimits,
+) -> Result<Vec<(Hash, Prefetched)>, SyncError> {
+    let mut got = Vec::new();
+    let mut total = 0;
+    while let Some(frame) = read_msg::<BlobFrame>(recv)
+        .await
+        .map_err(|e| peer_err(peer, e))?
+    {
+        let BlobFrame::Blob { hash, len } = frame else {
+            continue;
+        };
+        let len = len as usize;
+        total += len;
+        if len > limits.blob_bytes || got.len() >= limits.blobs || total > limits.total_bytes {
+            return Err(peer_err(peer, limits.too_much));
+        }
+        let bytes = read_bytes(recv, len).await.map_err(|e| peer_err(peer, e))?;
+        let (actual, outboard) = slices::hash_with_outboard(&bytes);
+        if actual != hash {
+            return Err(peer_err(
+                peer,
+                format!("sent {hash} with bytes hashing to {actual}"),
+            ));
+        }
+        got.push((hash, Prefetched { bytes, outboard }));
+    }
+    Ok(got)
+}
+
 /// One peer's answer to a history request (see [`ask_history`]), each
 /// manifest checked against its address; empty when it did not answer.
 async fn history_answer(
@@ -487,33 +531,14 @@ async fn history_answer(
             have,
         };
         let mut recv = blob_answer_for(inner, &peer, &req).await?;
-        let mut got = HashMap::new();
-        let mut total = 0;
-        while let Some(frame) = read_msg::<BlobFrame>(&mut recv)
-            .await
-            .map_err(|e| peer_err(&peer, e))?
-        {
-            let BlobFrame::Blob { hash, len } = frame else {
-                continue;
-            };
-            let len = len as usize;
-            total += len;
-            if len > MAX_MESSAGE || got.len() >= MAX_HISTORY || total > MAX_HISTORY_BYTES {
-                return Err(peer_err(&peer, "sent more history than a request allows"));
-            }
-            let bytes = read_bytes(&mut recv, len)
-                .await
-                .map_err(|e| peer_err(&peer, e))?;
-            let (actual, outboard) = slices::hash_with_outboard(&bytes);
-            if actual != hash {
-                return Err(peer_err(
-                    &peer,
-                    format!("sent {hash} with bytes hashing to {actual}"),
-                ));
-            }
-            got.insert(hash, Prefetched { bytes, outboard });
-        }
-        Ok(got)
+        let limits = FrameLimits {
+            blobs: MAX_HISTORY,
+            blob_bytes: MAX_MESSAGE,
+            total_bytes: MAX_HISTORY_BYTES,
+            too_much: "sent more history than a request allows",
+        };
+        let got = read_checked_blobs(&mut recv, &peer, &limits).await?;
+        Ok::<_, SyncError>(got.into_iter().collect::<HashMap<_, _>>())
     };
     match tokio::time::timeout(REQUEST_TIMEOUT, ask).await {
         Ok(Ok(got)) => got,
@@ -867,10 +892,8 @@ pub async fn fetch_new_bucket(
     let mut offers = Vec::new();
     // This node's own blind replica (#28): every blob of its version is
     // here, and it is checked like any peer's offer.
-    if let Ok(Some((version, _))) = inner.open_blind(&bucket).and_then(|r| {
-        r.head()
-            .map_err(|source| SyncError::Bucket { bucket, source })
-    }) {
+    let own = inner.open_blind(&bucket).ok();
+    if let Some((version, _)) = own.and_then(|r| r.head().ok().flatten()) {
         offers.push(Offer {
             peer: Peer {
                 node: inner.me,
@@ -967,6 +990,21 @@ pub async fn fetch_new_bucket(
     Ok(head)
 }
 
+/// `peer`'s head of `bucket` (None: it holds none, refused, or did not
+/// answer in time).
+async fn head_of(inner: &Inner, peer: &NodeId, bucket: BucketId, proof: Proof) -> Option<Hash> {
+    let req = Request::Heads {
+        buckets: vec![(bucket, proof)],
+    };
+    match ask(inner, peer, &req).await {
+        Ok(Response::Heads(h)) => h
+            .into_iter()
+            .find(|(b, _)| *b == bucket)
+            .and_then(|(_, head)| head),
+        _ => None,
+    }
+}
+
 /// Ask every peer of `bucket` at once to enroll this node; the heads
 /// offered by those that answered within [`OFFER_GRACE`] of the first.
 async fn collect_offers(inner: &Arc<Inner>, bucket: BucketId, secret: &SecretKey) -> Vec<Offer> {
@@ -984,18 +1022,10 @@ async fn collect_offers(inner: &Arc<Inner>, bucket: BucketId, secret: &SecretKey
                     // A blind replica (or a node that will not share) may
                     // still hold the newest head: asked for it.
                     Ok(Response::Refused { reason }) => {
-                        let heads = Request::Heads {
-                            buckets: vec![(bucket, read_proof)],
-                        };
-                        match ask(inner, &p.node, &heads).await {
-                            Ok(Response::Heads(h)) => match h.first() {
-                                Some((b, Some(head))) if *b == bucket => {
-                                    Ok(Response::Heads(vec![(bucket, Some(*head))]))
-                                }
-                                _ => Ok(Response::Refused { reason }),
-                            },
-                            _ => Ok(Response::Refused { reason }),
-                        }
+                        Ok(match head_of(inner, &p.node, bucket, read_proof).await {
+                            Some(head) => Response::Heads(vec![(bucket, Some(head))]),
+                            None => Response::Refused { reason },
+                        })
                     }
                     other => other,
                 };
@@ -1172,16 +1202,10 @@ pub async fn wait_held(
         let asks = inner.peers_of(&bucket).into_iter().map(|p| {
             let proof = key.proof(&bucket, &inner.me.0, &p.node.0);
             async move {
-                let req = Request::Heads {
-                    buckets: vec![(bucket, proof)],
-                };
-                match tokio::time::timeout_at(deadline, ask(inner, &p.node, &req)).await {
-                    Ok(Ok(Response::Heads(h))) => h
-                        .into_iter()
-                        .find(|(b, _)| *b == bucket)
-                        .and_then(|(_, head)| head),
-                    _ => None,
-                }
+                tokio::time::timeout_at(deadline, head_of(inner, &p.node, bucket, proof))
+                    .await
+                    .ok()
+                    .flatten()
             }
         });
         let heads = futures::future::join_all(asks).await;

@@ -20,9 +20,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::client::{blob_answer_for, fetch_blobs, history_from};
-use super::proto::{BlobFrame, Request, MAX_BLOB, MAX_SET_BLOBS};
-use super::wire::{read_bytes, read_msg};
+use super::client::{blob_answer_for, fetch_blobs, history_from, read_checked_blobs, FrameLimits};
+use super::proto::{Request, MAX_BLOB, MAX_SET_BLOBS};
 use super::{Inner, SyncError};
 use crate::bucket::blind::BlindReplica;
 use crate::bucket::blob_set::{decode_root, Statement};
@@ -192,40 +191,28 @@ async fn statement_from(
         version,
     };
     let mut recv = blob_answer_for(inner, peer, &req).await?;
-    let mut blobs = Vec::new();
-    while let Some(frame) = read_msg::<BlobFrame>(&mut recv)
-        .await
-        .map_err(|e| bad(e.to_string()))?
-    {
-        let BlobFrame::Blob { hash, len } = frame else {
-            continue;
-        };
-        if len as usize > MAX_BLOB || blobs.len() >= MAX_SET_BLOBS {
-            return Err(bad("sent more than a blob set".into()));
-        }
-        let bytes = read_bytes(&mut recv, len as usize)
-            .await
-            .map_err(|e| bad(e.to_string()))?;
-        if Hash::of(&bytes) != hash {
-            return Err(bad(format!("sent {hash} with bytes that hash elsewhere")));
-        }
-        blobs.push((hash, bytes));
-    }
+    let limits = FrameLimits {
+        blobs: MAX_SET_BLOBS,
+        blob_bytes: MAX_BLOB,
+        total_bytes: usize::MAX,
+        too_much: "sent more than a blob set",
+    };
+    let blobs = read_checked_blobs(&mut recv, peer, &limits).await?;
     // The statement first, signed by a member at the version; then the
     // root it names; then exactly the leaves the root names.
-    let Some(((statement, s_bytes), rest)) = blobs.split_first() else {
+    let Some(((statement, s_blob), rest)) = blobs.split_first() else {
         return Err(bad("sent no statement".into()));
     };
-    let s = Statement::from_bytes(s_bytes).map_err(|e| bad(e.to_string()))?;
+    let s = Statement::from_bytes(&s_blob.bytes).map_err(|e| bad(e.to_string()))?;
     s.vouches_for(&bucket, &version, m)
         .map_err(|e| bad(e.to_string()))?;
-    let Some(((root, root_bytes), leaves)) = rest.split_first() else {
+    let Some(((root, root_blob), leaves)) = rest.split_first() else {
         return Err(bad("sent no blob set root".into()));
     };
     if *root != s.body.root {
         return Err(bad("sent a root the statement does not name".into()));
     }
-    let (_, named) = decode_root(root_bytes).map_err(|e| bad(e.to_string()))?;
+    let (_, named) = decode_root(&root_blob.bytes).map_err(|e| bad(e.to_string()))?;
     let named: HashSet<Hash> = named.into_iter().map(|(_, h)| h).collect();
     let sent: HashSet<Hash> = leaves.iter().map(|(h, _)| *h).collect();
     if named != sent {
@@ -235,8 +222,8 @@ async fn statement_from(
     let store = inner.state.store().clone();
     // Made durable with the version's blobs, before the version is taken.
     tokio::task::spawn_blocking(move || {
-        for (_, bytes) in &blobs {
-            store.put(bytes)?;
+        for (hash, blob) in &blobs {
+            store.put_with_outboard(*hash, &blob.bytes, &blob.outboard)?;
         }
         Ok::<_, crate::store::StoreError>(())
     })

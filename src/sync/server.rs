@@ -210,9 +210,7 @@ fn is_member(inner: &Inner, peer: &NodeId, bucket: &BucketId, held: &Held) -> Re
             Some((v, _)) => crate::bucket::Manifest::load(inner.state.store(), &v)
                 .map_err(|e| e.to_string())?
                 .body
-                .shares
-                .iter()
-                .any(|s| s.recipient == *peer),
+                .shares_with(peer),
         },
     };
     if !member {
