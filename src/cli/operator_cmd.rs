@@ -271,7 +271,7 @@ async fn volume(cmd: VolumeCommand) -> anyhow::Result<()> {
             let replicas = db.replica_views(None).await?;
             let ids: Vec<String> = volumes.iter().map(|v| v.id.clone()).collect();
             let health = db
-                .replica_health(&ids, DEFAULT_REPLICA_TIMEOUT_SECS as i64)
+                .replica_health(Some(&ids), DEFAULT_REPLICA_TIMEOUT_SECS as i64)
                 .await?;
             let reports: Vec<VolumeReport> = volumes
                 .into_iter()
@@ -326,7 +326,7 @@ async fn volume(cmd: VolumeCommand) -> anyhow::Result<()> {
             }
             let health = db
                 .replica_health(
-                    std::slice::from_ref(&id),
+                    Some(std::slice::from_ref(&id)),
                     DEFAULT_REPLICA_TIMEOUT_SECS as i64,
                 )
                 .await?;

@@ -523,7 +523,7 @@ impl Controller for ControllerService {
             }
             let health = self
                 .db
-                .replica_health(&ids, self.replica_timeout_secs)
+                .replica_health(Some(&ids), self.replica_timeout_secs)
                 .await?;
             let entries = rows
                 .iter()
@@ -750,7 +750,7 @@ impl Controller for ControllerService {
             let states = self.db.mount_states(id).await?;
             let health = self
                 .db
-                .replica_health(&[id.to_string()], self.replica_timeout_secs)
+                .replica_health(Some(&[id.to_string()]), self.replica_timeout_secs)
                 .await?;
             Ok(ControllerGetVolumeResponse {
                 volume: Some(volume_of(&vol)),

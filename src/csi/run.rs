@@ -165,14 +165,11 @@ async fn background(
                         Err(e) => tracing::warn!(error = %e, "replica placement skipped"),
                     }
                     let secs = replica_timeout.as_secs() as i64;
-                    if let Ok(all) = db.wanted_replicas().await {
-                        let ids: Vec<String> = all.into_iter().map(|(id, _)| id).collect();
-                        if let Ok(health) = db.replica_health(&ids, secs).await {
-                            let under = health.values().filter(|h| h.condition().0).count();
-                            crate::metrics::under_replicated(under);
-                            if let Some(events) = events.as_mut() {
-                                events.observe(&db, &health).await;
-                            }
+                    if let Ok(health) = db.replica_health(None, secs).await {
+                        let under = health.values().filter(|h| h.condition().0).count();
+                        crate::metrics::under_replicated(under);
+                        if let Some(events) = events.as_mut() {
+                            events.observe(&db, &health).await;
                         }
                     }
                     if let Some(o) = &orphans {

@@ -13,8 +13,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::replicas::Holder;
 use super::{Db, DbResult};
 
-/// The zone label nodes carry in Kubernetes.
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// The zone of a node from its Kubernetes labels (as recorded in Postgres),
+/// if it has one: the standard label, else the deprecated beta one.
+pub fn zone(labels: &BTreeMap<String, String>) -> Option<&str> {
+    labels
+        .get("topology.kubernetes.io/zone")
+        .or_else(|| labels.get("failure-domain.beta.kubernetes.io/zone"))
+        .map(String::as_str)
+}
 
 /// A live node a replica may go to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,10 +47,6 @@ pub fn plan(wanted: &[(String, u32)], holders: &[Holder], nodes: &[Candidate]) -
     let zone_of: HashMap<&str, Option<&str>> = nodes
         .iter()
         .map(|n| (n.id.as_str(), n.zone.as_deref()))
-        .collect();
-    let newest: HashMap<&str, Option<i64>> = by_volume
-        .iter()
-        .map(|(v, hs)| (*v, hs.iter().filter_map(|h| h.height).max()))
         .collect();
     let mut moves = Vec::new();
     for (volume, count) in wanted {
@@ -86,7 +88,7 @@ pub fn plan(wanted: &[(String, u32)], holders: &[Holder], nodes: &[Candidate]) -
                 });
             }
         } else if held.len() > want {
-            let best = newest.get(volume.as_str()).copied().flatten();
+            let best = hs.iter().filter_map(|h| h.height).max();
             let in_sync = |h: &Holder| h.height.is_some() && h.height >= best;
             let synced = live.iter().filter(|h| in_sync(h)).count();
             // Assigned copies that do not stage, the furthest behind first.
@@ -117,7 +119,7 @@ pub fn plan(wanted: &[(String, u32)], holders: &[Holder], nodes: &[Candidate]) -
 
 /// One placement pass of the leader: read, plan, apply. Returns the moves.
 pub async fn place(db: &Db, timeout_secs: i64) -> DbResult<Vec<Move>> {
-    let wanted = db.wanted_replicas().await?;
+    let wanted = db.wanted_replicas(None).await?;
     let holders = db.holders(None, timeout_secs).await?;
     let nodes: Vec<Candidate> = db
         .live_nodes(timeout_secs)
@@ -128,7 +130,7 @@ pub async fn place(db: &Db, timeout_secs: i64) -> DbResult<Vec<Move>> {
                 serde_json::from_str(&labels).unwrap_or_default();
             Candidate {
                 id,
-                zone: labels.get(ZONE_LABEL).cloned(),
+                zone: zone(&labels).map(str::to_string),
                 free_bytes,
             }
         })

@@ -750,16 +750,25 @@ const LEADER_LOCK: i64 = 0x6a61_7863_7369;
 /// volume keeps (`count=N,age=D`, see [`Retention`]); mutable.
 pub const PARAM_HISTORY_RETENTION: &str = "historyRetention";
 
-/// A volume's history retention from its parameters (JSON maps): its
-/// mutable parameter, else its StorageClass parameter, else the default.
-pub fn retention_of(parameters: &str, mutable_parameters: &str) -> Retention {
-    let get = |json: &str| -> Option<Retention> {
+/// A volume's parameter `key` from its parameters (JSON maps, as stored):
+/// its mutable value when set and valid, else its StorageClass value when
+/// valid.
+pub fn parameter<T: std::str::FromStr>(
+    parameters: &str,
+    mutable_parameters: &str,
+    key: &str,
+) -> Option<T> {
+    let get = |json: &str| -> Option<T> {
         let map: BTreeMap<String, String> = serde_json::from_str(json).ok()?;
-        map.get(PARAM_HISTORY_RETENTION)?.parse().ok()
+        map.get(key)?.trim().parse().ok()
     };
-    get(mutable_parameters)
-        .or_else(|| get(parameters))
-        .unwrap_or_default()
+    get(mutable_parameters).or_else(|| get(parameters))
+}
+
+/// A volume's history retention from its parameters (see [`parameter`]),
+/// else the default.
+pub fn retention_of(parameters: &str, mutable_parameters: &str) -> Retention {
+    parameter(parameters, mutable_parameters, PARAM_HISTORY_RETENTION).unwrap_or_default()
 }
 
 impl VolumeRecord {

@@ -19,28 +19,20 @@ pub const DEFAULT_REPLICA_TIMEOUT_SECS: u64 = 300;
 /// The most replicas a volume may ask for.
 pub const MAX_REPLICAS: u32 = 16;
 
-/// A volume's replica count from its parameters (JSON maps): its mutable
-/// parameter, else its StorageClass parameter, else [`DEFAULT_REPLICAS`].
+/// A volume's replica count from its parameters (see
+/// `records::parameter`), else [`DEFAULT_REPLICAS`].
 pub fn replicas_of(parameters: &str, mutable_parameters: &str) -> u32 {
-    let get = |json: &str| -> Option<u32> {
-        let map: std::collections::BTreeMap<String, String> = serde_json::from_str(json).ok()?;
-        map.get(PARAM_REPLICAS)?.trim().parse().ok()
-    };
-    get(mutable_parameters)
-        .or_else(|| get(parameters))
+    super::records::parameter(parameters, mutable_parameters, PARAM_REPLICAS)
         .unwrap_or(DEFAULT_REPLICAS)
 }
 
 /// StorageClass parameter: other replicas an fsync waits for.
 pub const PARAM_SYNC_REPLICAS: &str = "syncReplicas";
 
-/// A volume's `syncReplicas` (0 when its parameters name none).
+/// A volume's `syncReplicas` (0 when its parameters name none; it is not
+/// mutable).
 pub fn sync_replicas_of(parameters: &str) -> u32 {
-    let map: std::collections::BTreeMap<String, String> =
-        serde_json::from_str(parameters).unwrap_or_default();
-    map.get(PARAM_SYNC_REPLICAS)
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    super::records::parameter(parameters, "{}", PARAM_SYNC_REPLICAS).unwrap_or(0)
 }
 
 /// One node's copy of a volume.
@@ -109,9 +101,8 @@ impl Health {
             .collect();
         let n = self.in_sync();
         let msg = format!(
-            "{n} of {} replicas in sync{}{}",
+            "{n} of {} replicas in sync: {}",
             self.wanted,
-            if listed.is_empty() { "" } else { ": " },
             listed.join(", ")
         );
         (n < self.wanted as usize, msg)
@@ -288,20 +279,15 @@ impl Db {
         .await?)
     }
 
-    /// The replica health of each of `ids`.
+    /// The replica health of each of `ids` (every volume when `None`).
     pub async fn replica_health(
         &self,
-        ids: &[String],
+        ids: Option<&[String]>,
         timeout_secs: i64,
     ) -> DbResult<HashMap<String, Health>> {
-        let wanted: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT id, parameters, mutable_parameters FROM volumes WHERE id = ANY($1)",
-        )
-        .bind(ids)
-        .fetch_all(self.pool())
-        .await?;
         let newest: Vec<(String, Option<i64>)> = sqlx::query_as(
-            "SELECT volume_id, MAX(height) FROM bucket_heads WHERE volume_id = ANY($1) GROUP BY volume_id",
+            "SELECT volume_id, MAX(height) FROM bucket_heads \
+             WHERE ($1::TEXT[] IS NULL OR volume_id = ANY($1)) GROUP BY volume_id",
         )
         .bind(ids)
         .fetch_all(self.pool())
@@ -310,17 +296,19 @@ impl Db {
             .into_iter()
             .filter_map(|(v, h)| Some((v, h?)))
             .collect();
-        let mut out: HashMap<String, Health> = wanted
+        let mut out: HashMap<String, Health> = self
+            .wanted_replicas(ids)
+            .await?
             .into_iter()
-            .map(|(id, p, m)| {
+            .map(|(id, wanted)| {
                 let h = Health {
-                    wanted: replicas_of(&p, &m),
+                    wanted,
                     holders: Vec::new(),
                 };
                 (id, h)
             })
             .collect();
-        for h in self.holders(Some(ids), timeout_secs).await? {
+        for h in self.holders(ids, timeout_secs).await? {
             let best = newest.get(&h.volume_id).copied();
             let in_sync = match (h.height, best) {
                 (Some(mine), Some(best)) => mine >= best,
@@ -355,12 +343,15 @@ impl Db {
         .await?)
     }
 
-    /// Every volume's id and replica count.
-    pub async fn wanted_replicas(&self) -> DbResult<Vec<(String, u32)>> {
-        let rows: Vec<(String, String, String)> =
-            sqlx::query_as("SELECT id, parameters, mutable_parameters FROM volumes ORDER BY seq")
-                .fetch_all(self.pool())
-                .await?;
+    /// The id and replica count of each of `ids` (every volume when `None`).
+    pub async fn wanted_replicas(&self, ids: Option<&[String]>) -> DbResult<Vec<(String, u32)>> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT id, parameters, mutable_parameters FROM volumes \
+             WHERE ($1::TEXT[] IS NULL OR id = ANY($1)) ORDER BY seq",
+        )
+        .bind(ids)
+        .fetch_all(self.pool())
+        .await?;
         Ok(rows
             .into_iter()
             .map(|(id, p, m)| {

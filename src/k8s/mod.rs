@@ -72,13 +72,8 @@ pub async fn node_labels(
     Ok(node.metadata.labels.unwrap_or_default())
 }
 
-/// The zone label of a node, if it has one.
-pub fn zone(labels: &BTreeMap<String, String>) -> Option<&str> {
-    labels
-        .get("topology.kubernetes.io/zone")
-        .or_else(|| labels.get("failure-domain.beta.kubernetes.io/zone"))
-        .map(String::as_str)
-}
+/// The zone label of a node, if it has one (the one reading placement uses).
+pub use crate::db::placement::zone;
 
 /// True for a 404 from the API server.
 pub fn is_not_found(e: &kube::Error) -> bool {

@@ -107,8 +107,7 @@ async fn refresh_once(
         .filter_map(|b| state.source_of(b, kek).ok().flatten().map(|(s, _)| s))
         .collect();
     buckets.extend(sources);
-    // Buckets held blind (peers to fetch from and to serve).
-    buckets.extend(state.list_blind().unwrap_or_default());
+    // (Buckets held blind get their peers from `replication`, each pass.)
     buckets.sort();
     buckets.dedup();
     for b in buckets {
