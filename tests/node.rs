@@ -1263,6 +1263,60 @@ async fn a_removed_node_is_refused_and_cannot_register_again() {
         removed_at.elapsed().as_millis()
     );
     assert!(!members(&e).is_empty());
+    // That version is sealed under a new secret: node-b, with the base
+    // secret (Postgres's, under the cluster KEK) and its old share, opens
+    // what it held and not node-a's head; node-a's pod reads and writes on.
+    let kek = jax_csi::crypto::Kek::from_file(&e.path("kek")).unwrap();
+    let id: jax_csi::bucket::BucketId = vol.parse().unwrap();
+    let on_a = jax_csi::bucket::StateDir::open(&e.c.node_state("node-a")).unwrap();
+    let head_on_a = |on_a: &jax_csi::bucket::StateDir| {
+        let bucket = on_a.open_bucket(&id, &kek).unwrap();
+        let head = bucket.head().unwrap();
+        (
+            bucket.epochs(),
+            head,
+            jax_csi::bucket::Manifest::load(on_a.store(), &head).unwrap(),
+        )
+    };
+    let (epochs, _, rotated) = head_on_a(&on_a);
+    assert_eq!(epochs, 1, "node-a rotated the secret once");
+    let held_by_b = jax_csi::bucket::StateDir::open(&e.c.node_state("node-b"))
+        .unwrap()
+        .open_bucket(&id, &kek)
+        .unwrap();
+    assert!(
+        !held_by_b.can_open(&rotated),
+        "the removed node opens a version written after its removal"
+    );
+    fs::write(pod.join("after.txt"), b"after the removal").unwrap();
+    fsync_file(&pod.join("after.txt"));
+    assert_eq!(fs::read(pod.join("f.txt")).unwrap(), b"from a");
+    // On demand: `volume rotate-secret` on the node that stages it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jax-csi"))
+        .args([
+            "volume",
+            "rotate-secret",
+            &vol,
+            "-o",
+            "json",
+            "--node-endpoint",
+        ])
+        .arg(format!("unix://{}", e.c.node_socket("node-a").display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (epochs, head, _) = head_on_a(&on_a);
+    assert_eq!(epochs, 2, "rotated again on demand");
+    assert_eq!(shown["head"]["hash"], head.to_hex());
+    assert_eq!(
+        fs::read(pod.join("after.txt")).unwrap(),
+        b"after the removal"
+    );
     // node-b's heartbeat is refused, and says so.
     wait_until("node-b's heartbeat is refused", 30, || {
         fs::read_to_string(e.c.node_log("node-b"))

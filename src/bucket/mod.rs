@@ -21,6 +21,7 @@ mod buffers;
 mod chunk_map;
 mod chunks;
 mod codec;
+mod epochs;
 mod error;
 pub mod journal;
 mod links;
@@ -120,7 +121,10 @@ pub struct BucketCore {
     pub dir: PathBuf,
     pub store: Arc<BlobStore>,
     pub identity: Arc<Identity>,
+    /// The base secret (Postgres's): it makes the sync proofs.
     pub secret: SecretKey,
+    /// The base secret and the epochs rotations added (`epochs.rs`).
+    ring: std::sync::RwLock<crate::crypto::Keyring>,
     /// Nodes removed from the cluster: never given a share again.
     pub revoked: Arc<Revoked>,
 }
@@ -247,14 +251,18 @@ impl BucketCore {
         read_hashes(&self.roots_path())
     }
 
+    /// The root key of version `m`, opened with whichever of the bucket's
+    /// secrets sealed it. A version sealed under an epoch this node has not
+    /// seen yet carries it in this node's share, when it is a member.
     pub fn open_root_key(&self, m: &Manifest) -> Result<KeyBytes> {
-        let opened = if m.is_bound() {
-            let binding = manifest::root_key_binding(&m.body)?;
-            self.secret.open_with_aad(&m.body.root_key, &binding)
-        } else {
-            self.secret.open(&m.body.root_key)
+        let bytes = match self.try_open_root_key(m)? {
+            Some(bytes) => bytes,
+            None => match self.learn_from_share(m)? {
+                true => self.try_open_root_key(m)?,
+                false => None,
+            }
+            .ok_or_else(|| BucketError::WrongKey(self.id.to_hex()))?,
         };
-        let bytes = opened.map_err(|_| BucketError::WrongKey(self.id.to_hex()))?;
         let arr: [u8; 32] = bytes
             .as_slice()
             .try_into()
@@ -263,6 +271,20 @@ impl BucketCore {
                 reason: "root key is not 32 bytes".into(),
             })?;
         Ok(KeyBytes(arr))
+    }
+
+    /// The root key's bytes when a secret this node knows opens them.
+    fn try_open_root_key(&self, m: &Manifest) -> Result<Option<Vec<u8>>> {
+        let binding = m
+            .is_bound()
+            .then(|| manifest::root_key_binding(&m.body))
+            .transpose()?;
+        let ring = self.ring();
+        let opened = ring.newest_first().find_map(|secret| match &binding {
+            Some(b) => secret.open_with_aad(&m.body.root_key, b).ok(),
+            None => secret.open(&m.body.root_key).ok(),
+        });
+        Ok(opened)
     }
 }
 
@@ -613,14 +635,27 @@ impl StateDir {
         crate::durable::create_dir_all(&dir).map_err(BucketError::io(&dir))?;
         let wrapped = kek.wrap_for(&secret, &WrapContext::node_local(&id.to_hex()))?;
         write_atomic(&dir.join("key.wrapped"), &wrapped.0)?;
-        Ok(BucketCore {
+        Ok(self.core_with(id, crate::crypto::Keyring::of(secret)))
+    }
+
+    /// The core of bucket `id` holding `ring`.
+    fn core_with(&self, id: BucketId, ring: crate::crypto::Keyring) -> BucketCore {
+        BucketCore {
             id,
-            dir,
+            dir: self.bucket_dir(&id),
             store: self.store.clone(),
             identity: self.identity.clone(),
-            secret,
+            secret: ring.base.clone(),
+            ring: std::sync::RwLock::new(ring),
             revoked: self.revoked.clone(),
-        })
+        }
+    }
+
+    /// The core of bucket `id` with base secret `secret` and the epochs
+    /// this node keeps for it.
+    fn core_of(&self, id: BucketId, secret: SecretKey) -> BucketCore {
+        let ring = epochs::load(&self.bucket_dir(&id), &id, secret);
+        self.core_with(id, ring)
     }
 
     /// Open a bucket, unwrapping its secret with `kek`.
@@ -639,14 +674,7 @@ impl StateDir {
             .unwrap_for(&wrapped, &WrapContext::node_local(&id.to_hex()), legacy)
             .map_err(|_| BucketError::WrongKey(id.to_hex()))?;
         Ok(Bucket {
-            core: Arc::new(BucketCore {
-                id: *id,
-                dir,
-                store: self.store.clone(),
-                identity: self.identity.clone(),
-                secret,
-                revoked: self.revoked.clone(),
-            }),
+            core: Arc::new(self.core_of(*id, secret)),
         })
     }
 
@@ -656,28 +684,16 @@ impl StateDir {
     /// is what cloning from a snapshot of it needs.
     pub fn bucket_with_secret(&self, id: &BucketId, secret: SecretKey) -> Bucket {
         Bucket {
-            core: Arc::new(BucketCore {
-                id: *id,
-                dir: self.bucket_dir(id),
-                store: self.store.clone(),
-                identity: self.identity.clone(),
-                secret,
-                revoked: self.revoked.clone(),
-            }),
+            core: Arc::new(self.core_of(*id, secret)),
         }
     }
 
     /// Open a bucket through this node's key share in its head manifest.
     pub fn open_bucket_shared(&self, id: &BucketId) -> Result<Bucket> {
-        let dir = self.bucket_dir(id);
-        let probe = BucketCore {
-            id: *id,
-            dir,
-            store: self.store.clone(),
-            identity: self.identity.clone(),
-            secret: SecretKey::from_bytes([0; 32]),
-            revoked: self.revoked.clone(),
-        };
+        let probe = self.core_with(
+            *id,
+            crate::crypto::Keyring::of(SecretKey::from_bytes([0; 32])),
+        );
         let head = probe
             .read_head()
             .map_err(|_| BucketError::BucketNotFound(id.to_hex()))?;
@@ -689,11 +705,13 @@ impl StateDir {
             .iter()
             .find(|s| s.recipient == me)
             .ok_or_else(|| BucketError::WrongKey(id.to_hex()))?;
-        let secret = share
+        let ring = share
             .open(&self.identity)
             .map_err(|_| BucketError::WrongKey(id.to_hex()))?;
+        let core = self.core_of(*id, ring.base.clone());
+        core.learn_ring(&ring)?;
         Ok(Bucket {
-            core: Arc::new(BucketCore { secret, ..probe }),
+            core: Arc::new(core),
         })
     }
 
@@ -781,11 +799,11 @@ impl BucketCore {
             quota,
             used_bytes: used,
             entries,
-            shares: vec![KeyShare::create(&self.secret, &self.identity.node_id())?],
+            shares: vec![KeyShare::create(&self.ring(), &self.identity.node_id())?],
             author: self.identity.node_id(),
             created_at: Timestamp::now(),
         };
-        body.seal_root_key(&self.secret, &root_key.0)?;
+        body.seal_root_key(&self.current_secret(), &root_key.0)?;
         let m = Manifest::sign(body, &self.identity)?;
         let hash = m.store(&self.store)?;
         self.write_head(&hash)?;
@@ -811,6 +829,34 @@ impl Bucket {
     #[doc(hidden)]
     pub fn secret_for_audit(&self) -> [u8; 32] {
         *self.core.secret.expose()
+    }
+
+    /// Whether this node can open version `m` (a secret it knows, or a share
+    /// of it, seals its root key).
+    pub fn can_open(&self, m: &Manifest) -> bool {
+        self.core.open_root_key(m).is_ok()
+    }
+
+    /// How many rotations of the secret this node knows of.
+    pub fn epochs(&self) -> usize {
+        self.core.epoch_count()
+    }
+
+    /// Whether this node can open `version` (in its store).
+    pub fn can_open_version(&self, version: &Hash) -> Result<bool> {
+        Ok(self.can_open(&self.core.load_manifest(version)?))
+    }
+
+    /// Every secret of the bucket sealed to `node` (a peer that proved the
+    /// bucket's secret as an enrolling member does).
+    pub fn keyring_share(&self, node: &crate::crypto::NodeId) -> Result<KeyShare> {
+        Ok(KeyShare::create(&self.core.ring(), node)?)
+    }
+
+    /// Take in the epochs of `ring` (this bucket's, from a peer), kept on
+    /// this node's disk; how many were new.
+    pub fn learn_ring(&self, ring: &crate::crypto::Keyring) -> Result<usize> {
+        self.core.learn_ring(ring)
     }
 
     pub fn id(&self) -> BucketId {

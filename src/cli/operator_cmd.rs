@@ -8,7 +8,8 @@ use std::io::Write;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use jax_csi::csi::admin_proto::{
-    HistoryRequest, ListDirRequest, ReadFileRequest, RestoreRequest, Version, VersionSelector,
+    HistoryRequest, ListDirRequest, ReadFileRequest, RestoreRequest, RotateSecretRequest, Version,
+    VersionSelector,
 };
 use jax_csi::db::operator::{volume_condition, ReplicaView, VolumeView};
 use jax_csi::db::replicas::{Health, DEFAULT_REPLICA_TIMEOUT_SECS};
@@ -65,6 +66,17 @@ pub enum VolumeCommand {
         id: String,
         #[command(flatten)]
         at: VersionArgs,
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long, short = 'o', value_enum, default_value_t = super::output::Output::Table)]
+        output: super::output::Output,
+    },
+    /// Rotate the volume's secret (on a node that stages it): the new head
+    /// and every version after it are sealed under a secret that only the
+    /// current members' key shares carry. `node remove` does this for every
+    /// volume the removed node held.
+    RotateSecret {
+        id: String,
         #[command(flatten)]
         node: NodeArgs,
         #[arg(long, short = 'o', value_enum, default_value_t = super::output::Output::Table)]
@@ -532,6 +544,32 @@ async fn volume(cmd: VolumeCommand) -> anyhow::Result<()> {
                             time(v.created_unix_seconds),
                         ]);
                     }
+                }
+                t
+            })
+        }
+        VolumeCommand::RotateSecret { id, node, output } => {
+            let mut admin = node.admin().await?;
+            let r = admin
+                .rotate_secret(RotateSecretRequest {
+                    volume_id: id.clone(),
+                })
+                .await
+                .map_err(node_error)?
+                .into_inner();
+            #[derive(Serialize)]
+            struct Rotated {
+                volume: String,
+                head: Option<VersionRow>,
+            }
+            let rotated = Rotated {
+                volume: id,
+                head: r.head.as_ref().map(VersionRow::from),
+            };
+            emit(output, &rotated, |r| {
+                let mut t = Table::new(&["VOLUME", "NEW HEAD", "HEIGHT"]);
+                if let Some(v) = &r.head {
+                    t.row(vec![r.volume.clone(), v.hash.clone(), v.height.to_string()]);
                 }
                 t
             })

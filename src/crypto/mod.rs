@@ -6,11 +6,13 @@
 
 mod frames;
 mod identity;
+mod keyring;
 mod secret;
 mod wrap;
 
 pub use frames::{FrameLayout, FRAME_LEN};
 pub use identity::{Identity, NodeId, SIGNATURE_LEN};
+pub use keyring::{Epoch, Keyring, MAX_EPOCHS};
 pub use secret::{SecretKey, SEAL_OVERHEAD};
 pub use wrap::{
     is_tenant_wrapped, rewrap_outer, rewrap_tenant, rewrap_to_current, unwrap_layered,

@@ -17,7 +17,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{CryptoError, Identity, NodeId, SecretKey};
+use super::{CryptoError, Identity, Keyring, NodeId, SecretKey};
 
 /// The associated data of wraps written before contexts existed (node-local
 /// key files only still use it, for buckets made by earlier builds).
@@ -409,8 +409,10 @@ fn share_key(shared: &[u8; 32], ephemeral: &[u8; 32], recipient: &NodeId) -> Sec
 }
 
 impl KeyShare {
-    /// Seal `secret` so that only `recipient`'s identity can open it.
-    pub fn create(secret: &SecretKey, recipient: &NodeId) -> Result<Self, CryptoError> {
+    /// Seal `ring` (the bucket's secrets) so that only `recipient`'s
+    /// identity can open it. A ring never rotated seals its base secret
+    /// alone, as shares did before rotations.
+    pub fn create(ring: &Keyring, recipient: &NodeId) -> Result<Self, CryptoError> {
         let their = ed25519_dalek::VerifyingKey::from_bytes(&recipient.0)
             .map_err(|_| CryptoError::Malformed("recipient is not an Ed25519 key"))?
             .to_montgomery()
@@ -422,12 +424,12 @@ impl KeyShare {
         Ok(Self {
             recipient: *recipient,
             ephemeral: eph_pub,
-            sealed: key.seal(secret.expose())?,
+            sealed: key.seal(&ring.encode())?,
         })
     }
 
     /// Open the share with the recipient's identity.
-    pub fn open(&self, identity: &Identity) -> Result<SecretKey, CryptoError> {
+    pub fn open(&self, identity: &Identity) -> Result<Keyring, CryptoError> {
         if identity.node_id() != self.recipient {
             return Err(CryptoError::WrongKey);
         }
@@ -436,11 +438,7 @@ impl KeyShare {
             .diffie_hellman(&x25519_dalek::PublicKey::from(self.ephemeral));
         let key = share_key(shared.as_bytes(), &self.ephemeral, &self.recipient);
         let bytes = Zeroizing::new(key.open(&self.sealed).map_err(|_| CryptoError::WrongKey)?);
-        let arr: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| CryptoError::Malformed("share does not hold 32 bytes"))?;
-        Ok(SecretKey::from_bytes(arr))
+        Keyring::decode(&bytes)
     }
 }
 
@@ -564,8 +562,8 @@ mod tests {
         let a = Identity::generate().unwrap();
         let b = Identity::generate().unwrap();
         let secret = SecretKey::generate().unwrap();
-        let share = KeyShare::create(&secret, &a.node_id()).unwrap();
-        assert_eq!(share.open(&a).unwrap(), secret);
+        let share = KeyShare::create(&Keyring::of(secret.clone()), &a.node_id()).unwrap();
+        assert_eq!(share.open(&a).unwrap(), Keyring::of(secret));
         assert!(matches!(share.open(&b), Err(CryptoError::WrongKey)));
         let mut forged = share.clone();
         forged.recipient = b.node_id();

@@ -285,4 +285,31 @@ impl Admin for Arc<AdminService> {
         })
         .await
     }
+
+    async fn rotate_secret(
+        &self,
+        request: Request<RotateSecretRequest>,
+    ) -> Result<Response<RotateSecretResponse>, Status> {
+        let req = request.into_inner();
+        let this = self.clone();
+        traced("AdminRotateSecret", &req.volume_id.clone(), async move {
+            require_id(&req.volume_id, "volume_id")?;
+            blocking(move || {
+                // Only a staged volume, as for every other operator request.
+                let volume = this.staged(&req.volume_id)?;
+                let saved = this.agent.replicas().rotate_secret(&volume)?;
+                tracing::info!(volume = %req.volume_id, head = %saved.hash, "rotated the volume's secret");
+                let head = this
+                    .history_of(&req.volume_id)?
+                    .into_iter()
+                    .find(|v| v.hash == saved.hash)
+                    .ok_or_else(|| Status::internal("the new head is not in the history"))?;
+                Ok(RotateSecretResponse {
+                    head: Some(version_message(&head)),
+                })
+            })
+            .await
+        })
+        .await
+    }
 }

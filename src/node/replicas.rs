@@ -20,8 +20,11 @@ enum Change<'a> {
     Restore(&'a Hash),
     /// Share the bucket with another node (a peer that proved the secret).
     Grant(&'a NodeId),
-    /// Drop the shares of nodes removed from the cluster.
+    /// Drop the shares of nodes removed from the cluster, and rotate the
+    /// secret so they cannot open what is written after.
     DropRevoked,
+    /// Rotate the bucket secret (an operator's request).
+    RotateSecret,
 }
 
 impl Change<'_> {
@@ -31,6 +34,7 @@ impl Change<'_> {
             Change::Restore(_) => "restoring a version",
             Change::Grant(_) => "sharing the volume with a node",
             Change::DropRevoked => "dropping removed nodes from the volume's members",
+            Change::RotateSecret => "rotating the volume's secret",
         }
     }
 
@@ -41,7 +45,11 @@ impl Change<'_> {
             Change::Merge(head) => Ok(m.merge_from(head, &ConflictFile)?.conflicts.len()),
             Change::Restore(version) => m.restore_version(version).map(|()| 0),
             Change::Grant(node) => m.grant(node).map(|()| 0),
-            Change::DropRevoked => m.drop_revoked_members().map(|_| 0),
+            Change::DropRevoked => {
+                m.drop_revoked_members()?;
+                m.rotate_secret().map(|_| 0)
+            }
+            Change::RotateSecret => m.rotate_secret().map(|_| 0),
         }
     }
 
@@ -109,6 +117,13 @@ impl Replicas {
     pub fn drop_revoked(&self, volume: &BucketId) -> Result<Hash, NodeError> {
         self.change(volume, Change::DropRevoked)
             .map(|(saved, _)| saved.hash)
+    }
+
+    /// Rotate `volume`'s secret in a new version (see
+    /// `Mount::rotate_secret`); returns that version.
+    pub fn rotate_secret(&self, volume: &BucketId) -> Result<Saved, NodeError> {
+        self.change(volume, Change::RotateSecret)
+            .map(|(saved, _)| saved)
     }
 
     /// The one path every change takes (see the module docs); the head

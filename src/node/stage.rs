@@ -72,20 +72,41 @@ impl NodeAgent {
         }
         if let Some(src) = HeadKey::of_clone_source(vol) {
             let head = source_head(&src)?;
-            if !self.state.store().contains(&head) {
-                let src_secret = src.open(
+            let src_id = parse_id(&src.bucket)?;
+            let src_secret = || {
+                src.open(
                     &self.kek,
                     tenant,
                     &format!("the source of volume {}", vol.id),
-                )?;
-                let src_id = parse_id(&src.bucket)?;
+                )
+            };
+            if !self.state.store().contains(&head) {
                 let peers = peers_of(&self.db, &src_id, &self.node_id).await?;
                 self.sync
-                    .fetch_foreign_version(src_id, src_secret, head, peers)
+                    .fetch_foreign_version(src_id, src_secret()?, head, peers)
                     .await
                     .map_err(|e| {
                         NodeError::PeersUnavailable(format!(
                             "the version volume {} starts from is on no node that answered: {e}",
+                            vol.id
+                        ))
+                    })?;
+            }
+            // A version written after a rotation of the source's secret
+            // opens with the source's key ring, which its members seal to
+            // a node that proves the base secret.
+            let source = self.state.bucket_with_secret(&src_id, src_secret()?);
+            let opens = source
+                .can_open_version(&head)
+                .map_err(NodeError::bucket("reading the source version"))?;
+            if !opens {
+                let peers = peers_of(&self.db, &src_id, &self.node_id).await?;
+                self.sync
+                    .fetch_keyring(src_id, src_secret()?, peers)
+                    .await
+                    .map_err(|e| {
+                        NodeError::PeersUnavailable(format!(
+                            "the version volume {} starts from was sealed after a rotation of its source's secret, and no member of the source answered with it: {e}",
                             vol.id
                         ))
                     })?;

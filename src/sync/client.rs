@@ -1082,10 +1082,64 @@ pub async fn fetch_foreign(
     secret: SecretKey,
     head: Hash,
 ) -> Result<(), SyncError> {
+    // The head's address comes from Postgres: its manifest says which of
+    // the bucket's secrets opens it, before its tree is walked.
+    if !inner.state.store().contains(&head) {
+        fetch_blobs_with(inner, bucket, &[head], Some(&secret)).await?;
+    }
+    let opens = inner
+        .state
+        .bucket_with_secret(&bucket, secret.clone())
+        .can_open_version(&head)
+        .map_err(|source| SyncError::Bucket { bucket, source })?;
+    if !opens {
+        fetch_keyring(inner, bucket, secret.clone()).await?;
+    }
     let handle = inner.state.bucket_with_secret(&bucket, secret.clone());
     fetch_version(inner, &handle, head, 1, false, Some(&secret))
         .await
         .map(|_| ())
+}
+
+/// Ask `bucket`'s peers, one after another, to seal this node the bucket's
+/// key ring (see [`Request::Keyring`]), and keep what it adds. Starting
+/// from the base secret, what lets a clone open a version written after a
+/// rotation; a removed node is refused by every peer.
+pub async fn fetch_keyring(
+    inner: &Arc<Inner>,
+    bucket: BucketId,
+    secret: SecretKey,
+) -> Result<usize, SyncError> {
+    let enroll = ProofKey::enroll_of(&secret);
+    let handle = inner.state.bucket_with_secret(&bucket, secret.clone());
+    let mut last = SyncError::NoPeer(bucket);
+    for p in inner.peers_of(&bucket) {
+        let proof = enroll.proof(&bucket, &inner.me.0, &p.node.0);
+        let share = match ask(inner, &p.node, &Request::Keyring { bucket, proof }).await {
+            Ok(Response::Keyring { share }) => share,
+            Ok(other) => {
+                last = refused(&p.node, other);
+                continue;
+            }
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        let learned = share
+            .open(&inner.state.identity())
+            .map_err(|e| peer_err(&p.node, format!("a key ring that does not open: {e}")))
+            .and_then(|ring| {
+                handle
+                    .learn_ring(&ring)
+                    .map_err(|source| SyncError::Bucket { bucket, source })
+            });
+        match learned {
+            Ok(n) => return Ok(n),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Fetch every chunk of the head's tree this node lacks.

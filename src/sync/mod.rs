@@ -389,6 +389,19 @@ impl SyncEngine {
         client::fetch_foreign(&self.inner, bucket, secret, head).await
     }
 
+    /// Get `bucket`'s key ring from `peers` (see `client::fetch_keyring`):
+    /// how a node that is not a member opens a version of it written after
+    /// a rotation (a clone's source). How many epochs were new.
+    pub async fn fetch_keyring(
+        &self,
+        bucket: BucketId,
+        secret: SecretKey,
+        peers: Vec<Peer>,
+    ) -> Result<usize, SyncError> {
+        self.set_peers(bucket, peers);
+        client::fetch_keyring(&self.inner, bucket, secret).await
+    }
+
     /// Fetch every chunk of `bucket`'s head this node lacks (after a first
     /// stage; reads fetch what they need sooner).
     pub async fn complete(&self, bucket: BucketId) -> Result<usize, SyncError> {

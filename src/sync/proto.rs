@@ -72,6 +72,12 @@ pub enum Request {
         proof: Proof,
         version: Hash,
     },
+    /// Seal me the bucket's secrets (its key ring: the base and every
+    /// rotation's epoch), under the same proof as [`Request::Enroll`] but
+    /// without making me a member: what a node cloning a version written
+    /// after a rotation needs to open it. Added with rotations: a node
+    /// from before them drops the stream.
+    Keyring { bucket: BucketId, proof: Proof },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +90,8 @@ pub enum Response {
     Enrolled { head: Hash },
     /// Refused: not a registered node, a wrong proof, a bucket not here.
     Refused { reason: String },
+    /// The bucket's key ring, sealed to the requester's identity.
+    Keyring { share: crate::crypto::KeyShare },
 }
 
 /// What precedes each blob in a [`Request::GetBlobs`] answer.

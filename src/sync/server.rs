@@ -497,6 +497,21 @@ async fn serve(
                 .await
                 .map_err(|e| e.to_string())?;
         }
+        Request::Keyring { bucket, proof } => {
+            let answer = match enrolling(&inner, &peer, &bucket, &proof)
+                .and_then(|()| inner.open(&bucket).map_err(|e| e.to_string()))
+                .and_then(|b| b.keyring_share(&peer).map_err(|e| e.to_string()))
+            {
+                Ok(share) => {
+                    tracing::info!(%bucket, %peer, "sealed the bucket's key ring to a peer");
+                    Response::Keyring { share }
+                }
+                Err(why) => refuse(why),
+            };
+            write_msg(&mut send, &answer)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         Request::BlobSet {
             bucket,
             proof,

@@ -1169,3 +1169,139 @@ async fn blind_replicas_fetch_from_every_holder_resume_and_are_not_fooled() {
     let mut m = mine.mount().unwrap();
     assert!(path::read_file(&mut m, "/big.bin").unwrap() == data);
 }
+
+/// #26: a rotation of the bucket secret after a node's removal. The
+/// removed node keeps the base secret (Postgres's, under the cluster KEK)
+/// and every version it held, but opens no version written after; the
+/// remaining member learns the new secret from its share on the next pull;
+/// a node that stages the volume later, starting from the base secret as
+/// NodeStage does, gets it by enrolling; versions from before the rotation
+/// still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_reaches_members_but_not_a_removed_node() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b, gone) = (node(&kek).await, node(&kek).await, node(&kek).await);
+    register(&[&a, &b, &gone]);
+    let (id, secret) = shared(&a, &b, &kek).await;
+    gone.engine
+        .fetch_bucket(id, secret.clone(), vec![peer(&a)])
+        .await
+        .unwrap();
+    let ab = a.state.open_bucket(&id, &kek).unwrap();
+    let before = ab.head().unwrap();
+    assert!(a
+        .state
+        .members_at_head(&id)
+        .unwrap()
+        .contains(&gone.engine.node_id()));
+    a.state.revoked().add([gone.engine.node_id()]).unwrap();
+    let mut m = ab.mount().unwrap();
+    assert!(m.drop_revoked_members().unwrap());
+    assert_eq!(m.rotate_secret().unwrap(), 1);
+    path::write_file(&mut m, "/after.txt", b"written after the removal").unwrap();
+    let rotated = m.save().unwrap().hash;
+    drop(m);
+    assert_eq!(ab.epochs(), 1);
+    let manifest = Manifest::load(a.state.store(), &rotated).unwrap();
+    assert!(!manifest.body.shares_with(&gone.engine.node_id()));
+
+    // The removed node, with the base secret and its old share, opens what
+    // it held and not the rotated version.
+    let held = gone.state.open_bucket(&id, &kek).unwrap();
+    assert!(held.can_open(&Manifest::load(a.state.store(), &before).unwrap()));
+    assert!(
+        !held.can_open(&manifest),
+        "the removed node opens a version written after"
+    );
+    assert_eq!(held.epochs(), 0);
+    let base_only = a.state.bucket_with_secret(&id, secret.clone());
+    assert_eq!(base_only.epochs(), 1, "a's own epochs are on its disk");
+
+    // b, a member, takes the rotated head and learns the secret from its share.
+    a.engine.announce(id, rotated).await;
+    let bb = b.state.open_bucket(&id, &kek).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bb.head().unwrap() != rotated {
+        assert!(Instant::now() < deadline, "b never took the rotated head");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bb = b.state.open_bucket(&id, &kek).unwrap();
+    assert_eq!(bb.epochs(), 1, "b keeps the learned epoch on its disk");
+    let mut m = bb.mount().unwrap();
+    assert_eq!(
+        path::read_file(&mut m, "/after.txt").unwrap(),
+        b"written after the removal"
+    );
+    // b writes on: its version is sealed under the new secret too.
+    path::write_file(&mut m, "/from-b.txt", b"b").unwrap();
+    let from_b = m.save().unwrap().hash;
+    drop(m);
+    let from_b = Manifest::load(b.state.store(), &from_b).unwrap();
+    assert!(!held.can_open(&from_b));
+    assert!(a.state.open_bucket(&id, &kek).unwrap().can_open(&from_b));
+
+    // A node staging the volume later starts from the base secret.
+    let late = node(&kek).await;
+    register(&[&a, &b, &late]);
+    late.engine
+        .fetch_bucket(id, secret.clone(), vec![peer(&a)])
+        .await
+        .unwrap();
+    let lb = late.state.open_bucket(&id, &kek).unwrap();
+    late.engine.complete(id).await.unwrap();
+    let mut m = lb.mount().unwrap();
+    assert_eq!(
+        path::read_file(&mut m, "/after.txt").unwrap(),
+        b"written after the removal"
+    );
+    assert_eq!(path::read_file(&mut m, "/f.txt").unwrap(), b"original");
+    assert_eq!(lb.epochs(), 1);
+
+    // A node cloning the rotated version (a snapshot's) starts from the
+    // base secret too, and is not made a member: a member seals it the
+    // key ring. The removed node asking the same is refused.
+    let cloner = node(&kek).await;
+    register(&[&a, &b, &late, &cloner, &gone]);
+    a.state.revoked().add([gone.engine.node_id()]).unwrap();
+    let base_only = cloner.state.bucket_with_secret(&id, secret.clone());
+    assert_eq!(base_only.epochs(), 0);
+    cloner
+        .engine
+        .fetch_foreign_version(id, secret.clone(), rotated, vec![peer(&a)])
+        .await
+        .unwrap();
+    let source = cloner.state.bucket_with_secret(&id, secret.clone());
+    assert!(source.can_open_version(&rotated).unwrap());
+    let clone_id = BucketId::generate().unwrap();
+    let clone = cloner
+        .state
+        .clone_bucket_with_secret(
+            clone_id,
+            SecretKey::generate().unwrap(),
+            &source,
+            &rotated,
+            &kek,
+        )
+        .unwrap();
+    // The clone's tree opens (its chunks come from the source's peers on read).
+    let mut m = clone.mount().unwrap();
+    let after = m.lookup(crate::bucket::ROOT_INO, b"after.txt").unwrap();
+    assert_eq!(after.size, b"written after the removal".len() as u64);
+    assert!(!a
+        .state
+        .members_at_head(&id)
+        .unwrap()
+        .contains(&cloner.engine.node_id()));
+    let refused = gone
+        .engine
+        .fetch_keyring(id, secret.clone(), vec![peer(&a)])
+        .await;
+    assert!(refused.is_err(), "a removed node got the key ring");
+    assert_eq!(held.epochs(), 0);
+
+    // Versions from before the rotation still open on a.
+    let ab = a.state.open_bucket(&id, &kek).unwrap();
+    let mut old = ab.open_version(&before).unwrap();
+    assert_eq!(path::read_file(&mut old, "/f.txt").unwrap(), b"original");
+    assert!(path::read_file(&mut old, "/after.txt").is_err());
+}

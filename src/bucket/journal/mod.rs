@@ -122,7 +122,7 @@ impl Journal {
     }
 
     fn frame(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
-        let sealed = self.core.secret.seal_with_aad(plain, aad)?;
+        let sealed = self.core.current_secret().seal_with_aad(plain, aad)?;
         let mut out = Vec::with_capacity(4 + sealed.len());
         out.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
         out.extend_from_slice(&sealed);
@@ -310,6 +310,7 @@ impl Journal {
         let mut base = None;
         let mut epoch = [0u8; 16];
         let mut changes = Vec::new();
+        let ring = self.core.ring();
         let stop = |at: usize, why: &str| {
             if at < bytes.len() {
                 tracing::warn!(
@@ -336,15 +337,16 @@ impl Journal {
                 break;
             };
             let aad_base = base.unwrap_or(Hash([0; 32]));
-            let plain = match index {
+            let aad = match index {
                 // The header's own base is inside it: bind it to nothing yet.
-                0 => self.core.secret.open_with_aad(sealed, &self.header_aad()),
-                _ => self
-                    .core
-                    .secret
-                    .open_with_aad(sealed, &self.aad(&aad_base, &epoch, index)),
+                0 => self.header_aad(),
+                _ => self.aad(&aad_base, &epoch, index),
             };
-            let Ok(plain) = plain else {
+            // Frames written before a rotation are sealed with an older secret.
+            let plain = ring
+                .newest_first()
+                .find_map(|secret| secret.open_with_aad(sealed, &aad).ok());
+            let Some(plain) = plain else {
                 stop(at, "does not open");
                 break;
             };

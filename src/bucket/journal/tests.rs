@@ -301,3 +301,38 @@ fn a_reused_spare_never_replays_its_earlier_life() {
         "the removed file came back from the spare's earlier frames"
     );
 }
+
+/// #26: a rotation between an fsync and the next version (the process
+/// dies after the new epoch is kept, before a version is sealed under it):
+/// the frames sealed under the older secret still replay, and the version
+/// recovery writes is sealed under the new one.
+#[test]
+fn frames_sealed_before_a_rotation_replay_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = test_bucket(dir.path(), 4096);
+    let mut m = journaled(&b);
+    busy_day(&mut m);
+    let before = picture(&mut m);
+    assert_eq!(m.rotate_secret().unwrap(), 1);
+    drop(m);
+    // Opened again from disk, as after a restart.
+    let state = crate::bucket::StateDir::open(dir.path()).unwrap();
+    let base = crate::crypto::SecretKey::from_bytes(b.secret_for_audit());
+    let reopened = state.bucket_with_secret(&b.id(), base.clone());
+    assert_eq!(
+        reopened.epochs(),
+        1,
+        "the epoch was kept before any version"
+    );
+    let mut again = journaled(&reopened);
+    assert_eq!(picture(&mut again), before);
+    drop(again);
+    let head = reopened.head().unwrap();
+    let m = crate::bucket::Manifest::load(state.store(), &head).unwrap();
+    assert!(reopened.can_open(&m));
+    let base_only = state.core_with(b.id(), crate::crypto::Keyring::of(base));
+    assert!(
+        base_only.try_open_root_key(&m).unwrap().is_none(),
+        "recovery sealed its version with the old secret"
+    );
+}

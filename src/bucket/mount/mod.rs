@@ -85,6 +85,10 @@ pub struct Mount {
     ops: OpsLog,
     /// Identities the bucket secret is shared with (carried into each new version).
     shares: Vec<KeyShare>,
+    /// How many epochs the ring had when `shares` were sealed by this
+    /// mount; `None` when they came from a version (whose writer's ring is
+    /// not known), so they are sealed again once the ring has epochs.
+    shares_epochs: Option<usize>,
     /// Anything changed since `base`.
     changed: bool,
     /// Inodes the user of the mount holds on to (see `pins`): a pinned
@@ -139,6 +143,7 @@ impl Mount {
             entries: manifest.body.entries,
             quota: manifest.body.quota,
             shares: manifest.body.shares.clone(),
+            shares_epochs: None,
             base: manifest,
             base_hash: hash,
             read_only,
@@ -217,7 +222,7 @@ impl Mount {
         }
         self.start_change()?;
         if !self.shares.iter().any(|s| s.recipient == *node) {
-            self.shares.push(KeyShare::create(&self.core.secret, node)?);
+            self.shares.push(KeyShare::create(&self.core.ring(), node)?);
             self.changed = true;
             self.record(|| Change::Grant { node: *node });
         }
@@ -246,14 +251,54 @@ impl Mount {
     }
 
     /// Take in the shares of another version (a merged head): every member
-    /// of either side stays a member.
+    /// of either side stays a member. A share made under the other side's
+    /// ring is sealed again under this one's before the next version.
     pub(crate) fn adopt_shares(&mut self, shares: &[KeyShare]) {
         for s in shares {
             if !self.shares.iter().any(|m| m.recipient == s.recipient) {
                 self.shares.push(s.clone());
                 self.changed = true;
+                self.shares_epochs = None;
             }
         }
+    }
+
+    /// Seal every share again under `ring` when it is not the ring they
+    /// were made under (a rotation, or epochs learned from a peer), so
+    /// every member can open what this node writes next.
+    pub(super) fn refresh_shares(&mut self, ring: &crate::crypto::Keyring) -> Result<()> {
+        let made_under = self.shares_epochs.or(ring.epochs().is_empty().then_some(0));
+        if made_under == Some(ring.epochs().len()) {
+            return Ok(());
+        }
+        self.shares = self
+            .shares
+            .iter()
+            .map(|s| KeyShare::create(ring, &s.recipient))
+            .collect::<std::result::Result<_, _>>()?;
+        self.shares_epochs = Some(ring.epochs().len());
+        Ok(())
+    }
+
+    /// Rotate the bucket secret: the next version, and every one after it,
+    /// is sealed under a new epoch secret that only the current members'
+    /// shares carry, and the root directory gets a new key. Nodes removed
+    /// before (which keep the older secrets) cannot open it. Takes effect
+    /// with the next save; returns the epoch's number.
+    pub fn rotate_secret(&mut self) -> Result<u32> {
+        self.check_writable()?;
+        let number = self.core.rotate_secret()?;
+        if let Some(node) = self.inodes.get_mut(&ROOT_INO) {
+            if let inodes::Body::Dir(d) = &mut node.body {
+                d.key = crate::bucket::tree::KeyBytes::generate()?;
+            }
+        }
+        self.mark_dirty(ROOT_INO);
+        self.shares_epochs = None;
+        self.changed = true;
+        // Not a change a journal frame can replay: the next fsync writes a version.
+        self.journal_breaks();
+        Ok(number)
     }
 
     /// The identities that hold a share of the bucket secret.

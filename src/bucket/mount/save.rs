@@ -223,6 +223,8 @@ impl Mount {
         // A node removed from the cluster gets no share of what is written
         // now, whatever version brought its share here.
         self.drop_shares_of_revoked();
+        let ring = self.core.ring();
+        self.refresh_shares(&ring)?;
         let mut body = ManifestBody {
             bucket_id: self.core.id,
             height,
@@ -238,7 +240,7 @@ impl Mount {
             author: self.core.identity.node_id(),
             created_at: Timestamp::now(),
         };
-        body.seal_root_key(&self.core.secret, &root_key.0)?;
+        body.seal_root_key(ring.current(), &root_key.0)?;
         let manifest = Manifest::sign(body, &self.core.identity)?;
         let hash = manifest.store(&self.core.store)?;
         crate::crash_point::hit("manifest-written");
@@ -304,6 +306,7 @@ impl Mount {
         self.entries = manifest.body.entries;
         self.quota = manifest.body.quota;
         self.shares = manifest.body.shares.clone();
+        self.shares_epochs = None;
         self.base = manifest;
         self.base_hash = hash;
         let dropped = std::mem::replace(&mut self.changed, false);
