@@ -443,8 +443,13 @@ fn an_author_must_be_allowed_by_the_version_it_follows() {
     body.author = intruder.node_id();
     // A share to itself of some secret: enough to pass the manifest's own check.
     let any = jax_csi::crypto::SecretKey::generate().unwrap();
-    body.shares
-        .push(jax_csi::crypto::KeyShare::create(&any, &intruder.node_id()).unwrap());
+    body.shares.push(
+        jax_csi::crypto::KeyShare::create(
+            &jax_csi::crypto::Keyring::of(any.clone()),
+            &intruder.node_id(),
+        )
+        .unwrap(),
+    );
     let h = Manifest::sign(body, &intruder)
         .unwrap()
         .store(f.state.store())

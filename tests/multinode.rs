@@ -1137,3 +1137,381 @@ async fn a_lost_replica_is_replaced_on_another_node() {
     assert!(!abnormal, "{message}");
     assert!(message.contains("2 of 2 replicas in sync"), "{message}");
 }
+
+/// What the harness tells the hostile process (see [`hostile_peer_process`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HostileSpec {
+    /// The compromised node's state dir and the cluster KEK file.
+    state: PathBuf,
+    kek: PathBuf,
+    /// The honest node attacked: its sync identity and address.
+    target_id: String,
+    target_addr: String,
+    /// A volume the compromised node was never given, and its head there.
+    victim: String,
+    victim_head: String,
+    /// The compromised node's own volume, which the honest node holds too.
+    own: String,
+    /// Every blob address in the honest node's store (what a peer could
+    /// learn or guess).
+    guesses: Vec<String>,
+    /// Written by the hostile process once its stalled requests are open;
+    /// it lets them go when the harness writes `done`.
+    ready: PathBuf,
+    done: PathBuf,
+}
+
+/// #26's hostile-node harness: a node is compromised (its process is
+/// killed and its identity, state dir and the cluster KEK are taken over by
+/// a process in its network namespace that speaks the real protocol with
+/// none of an honest client's restraint). It asks an honest node for
+/// another volume's blobs under its own volume's proof, for that volume's
+/// history, to be enrolled in it or sealed its key ring, announces a head
+/// for it, sends junk and an oversized length, and holds hundreds of
+/// requests open. The honest node serves it nothing of the other volume,
+/// installs nothing, stays within a bound of disk and memory, and keeps
+/// serving its pods (a line written on it is read on a third node, and a
+/// new volume stages) while the requests are held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_node_reaches_nothing_it_was_not_given() {
+    let mut n = Nodes::start(3).await;
+    let one = [("replicas", "1")];
+    let victim = n.create_with("victim", None, &one, &Secrets::new()).await;
+    let on_0 = n.publish(0, &victim).await;
+    fs::write(on_0.join("secret.txt"), b"not for node-2").unwrap();
+    fsync(&on_0.join("secret.txt"));
+    n.wait_reported(0, &victim);
+    let on_1 = n.publish(1, &victim).await;
+    let own = n.create_with("own", None, &one, &Secrets::new()).await;
+    let own_on_2 = n.publish(2, &own).await;
+    fs::write(own_on_2.join("mine.txt"), b"node-2's own").unwrap();
+    fsync(&own_on_2.join("mine.txt"));
+    n.wait_reported(2, &own);
+    n.stage(0, &own).await.unwrap();
+    n.wait_reported(0, &own);
+    assert!(
+        assigned(&n, &victim).iter().all(|i| *i != 2),
+        "node-2 was never given the victim volume"
+    );
+
+    // node-2 is compromised: its process stops, its identity and state
+    // are someone else's now.
+    n.kill(2);
+    let state_2 = n.c.node_state(&name(2));
+    let held_by_2: std::collections::HashSet<String> = blob_names(&state_2);
+    let state_0 = n.c.node_state(&name(0));
+    let guesses: Vec<String> = blob_names(&state_0).into_iter().collect();
+    assert!(guesses.len() > held_by_2.len() / 2);
+    let kek_file = n.c.dir.path().join("hostile-kek");
+    n.c.kek.write_file(&kek_file).unwrap();
+    let victim_head = reported_head(&n, 0, &victim);
+    let spec = HostileSpec {
+        state: state_2.clone(),
+        kek: kek_file,
+        target_id: n
+            .c
+            .psql("SELECT endpoint_id FROM nodes WHERE id = 'node-0'"),
+        target_addr: format!("{}:{SYNC_PORT}", n.net.addr(0)),
+        victim: victim.clone(),
+        victim_head,
+        own: own.clone(),
+        guesses,
+        ready: n.c.dir.path().join("hostile-ready"),
+        done: n.c.dir.path().join("hostile-done"),
+    };
+    let spec_file = n.c.dir.path().join("hostile-spec.json");
+    fs::write(&spec_file, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let disk_before = dir_bytes(&state_0);
+    let pid_0 =
+        n.c.nodes
+            .iter()
+            .find(|(id, _)| *id == name(0))
+            .unwrap()
+            .1
+            .id();
+    let rss_before = rss_kib(pid_0);
+
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "hostile_peer_process",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("JAX_HOSTILE_SPEC", &spec_file)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::inherit());
+    n.net.enter(2, &mut cmd);
+    let hostile = cmd.spawn().unwrap();
+
+    // While its requests are held open, the honest nodes serve their pods.
+    wait_for("the hostile process holds its requests open", || {
+        spec.ready.exists()
+    });
+    let rss_held = rss_kib(pid_0);
+    let started = Instant::now();
+    append_synced(&on_0.join("during.log"), "written while attacked").unwrap();
+    wait_for("node-1 reads a line node-0 wrote while attacked", || {
+        fs::read_to_string(on_1.join("during.log"))
+            .is_ok_and(|s| s.contains("written while attacked"))
+    });
+    let seen_after = started.elapsed();
+    let fresh = n
+        .create_with("staged-while-attacked", None, &one, &Secrets::new())
+        .await;
+    let fresh_on_0 = n.publish(0, &fresh).await;
+    fs::write(fresh_on_0.join("ok"), b"ok").unwrap();
+    fs::write(&spec.done, b"").unwrap();
+    let out = hostile.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the hostile process failed:\n{stdout}"
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("HOSTILE-RESULTS ").map(|(_, r)| r))
+        .unwrap_or_else(|| panic!("no results from the hostile process:\n{stdout}"));
+    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    println!("hostile requests and what they got: {r:#}");
+    println!(
+        "node-0 while attacked: a line seen on node-1 after {} ms; RSS {} -> {} KiB",
+        seen_after.as_millis(),
+        rss_before,
+        rss_held
+    );
+
+    // Nothing of the victim volume, under the compromised node's own proof.
+    let sent: Vec<String> =
+        serde_json::from_value(r["blobs_asked_under_own_proof"].clone()).unwrap();
+    assert!(
+        !sent.is_empty(),
+        "its own volume's blobs are served: the probe works"
+    );
+    for h in &sent {
+        assert!(
+            held_by_2.contains(h),
+            "node-0 served blob {h}, which node-2 never held"
+        );
+    }
+    assert_eq!(r["victim_history_under_own_proof"], 0);
+    for refused in [
+        "victim_blobs_with_a_made_up_proof",
+        "enroll_in_victim_with_own_proof",
+        "keyring_of_victim_with_own_proof",
+        "announce_for_victim",
+        "junk",
+        "oversized_length",
+    ] {
+        assert_eq!(r[refused], "refused", "{refused}: {}", r[refused]);
+    }
+    // Bounded: requests beyond the per-peer cap wait unaccepted, and no
+    // announced length is allocated ahead of its bytes.
+    let opened = r["stalled_opened"].as_u64().unwrap();
+    println!("stalled requests the hostile process opened: {opened} of 600");
+    assert!(
+        rss_held < rss_before + 256 * 1024,
+        "node-0 grew from {rss_before} to {rss_held} KiB"
+    );
+    let disk_after = dir_bytes(&state_0);
+    assert!(
+        disk_after < disk_before + (16 << 20),
+        "node-0's state dir grew from {disk_before} to {disk_after} bytes"
+    );
+    // Nothing forged was installed: node-0's victim head is its own.
+    assert_eq!(
+        fs::read(on_0.join("secret.txt")).unwrap(),
+        b"not for node-2"
+    );
+    assert!(
+        !members_include_2(&n, &victim),
+        "node-2 became a member of the victim"
+    );
+}
+
+/// Every blob address in a node's store.
+fn blob_names(state: &Path) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    for shard in fs::read_dir(state.join("store/blobs")).unwrap().flatten() {
+        for blob in fs::read_dir(shard.path()).unwrap().flatten() {
+            out.insert(blob.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+/// A process's resident memory.
+fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Whether node-2's identity holds a share at node-0's head of `id`.
+fn members_include_2(n: &Nodes, id: &str) -> bool {
+    let endpoint =
+        n.c.psql("SELECT endpoint_id FROM nodes WHERE id = 'node-2'");
+    jax_csi::bucket::StateDir::open(&n.c.node_state(&name(0)))
+        .unwrap()
+        .members_at_head(&id.parse().unwrap())
+        .unwrap()
+        .iter()
+        .any(|m| endpoint.contains(&m.to_hex()))
+}
+
+/// The hostile process of [`a_hostile_node_reaches_nothing_it_was_not_given`]:
+/// run by the harness in the compromised node's namespace; on its own (no
+/// spec in the environment) it does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peer_process() {
+    use jax_csi::bucket::{BucketId, StateDir};
+    use jax_csi::crypto::{Kek, NodeId};
+    use jax_csi::store::Hash;
+    use jax_csi::sync::proto::{Request, Response};
+    use jax_csi::sync::{Peer, SyncConfig, SyncEngine};
+
+    let Ok(spec_file) = std::env::var("JAX_HOSTILE_SPEC") else {
+        return;
+    };
+    let spec: HostileSpec = serde_json::from_slice(&fs::read(spec_file).unwrap()).unwrap();
+    let kek = Arc::new(Kek::from_file(&spec.kek).unwrap());
+    let state = Arc::new(StateDir::open(&spec.state).unwrap());
+    let identity = state.identity().clone();
+    let cfg = SyncConfig {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        anti_entropy: Duration::from_secs(3600),
+    };
+    let engine = SyncEngine::start(&cfg, &identity, state.clone(), kek.clone())
+        .await
+        .unwrap();
+    let target = Peer {
+        node: NodeId::from_hex(&spec.target_id).unwrap(),
+        addrs: vec![spec.target_addr.parse().unwrap()],
+    };
+    let (victim, own): (BucketId, BucketId) =
+        (spec.victim.parse().unwrap(), spec.own.parse().unwrap());
+    engine.hostile_know(own, target.clone());
+    let mine = state.open_bucket(&own, &kek).unwrap();
+    let me = identity.node_id();
+    let own_proof = mine.proof_key().proof(&own, &me.0, &target.node.0);
+    // A node that registered a moment ago is let in once the honest
+    // node's list names it (a 2 s refresh).
+    let heads = Request::Heads {
+        buckets: vec![(own, own_proof)],
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(
+        engine.hostile_ask(&target, &heads).await,
+        Ok(Response::Heads(_))
+    ) {
+        assert!(
+            Instant::now() < deadline,
+            "never let in as a registered node"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let own_enroll = mine.enroll_key().proof(&own, &me.0, &target.node.0);
+    let made_up = [7u8; 32];
+    let victim_head = Hash::from_hex(&spec.victim_head).unwrap();
+    let verdict = |answer: Result<Response, _>| -> serde_json::Value {
+        match answer {
+            Ok(Response::Refused { .. }) | Err(_) => "refused".into(),
+            Ok(other) => format!("answered {other:?}").into(),
+        }
+    };
+    let mut r = serde_json::Map::new();
+
+    // Finding 1: any blob of the store, by address, under its own proof.
+    let mut sent = Vec::new();
+    for batch in spec.guesses.chunks(4096) {
+        let hashes = batch.iter().map(|h| Hash::from_hex(h).unwrap()).collect();
+        let req = Request::GetBlobs {
+            bucket: own,
+            proof: own_proof,
+            hashes,
+        };
+        let (got, _) = engine.hostile_blobs(&target, &req).await.unwrap();
+        sent.extend(got.into_iter().map(|(h, _)| h.to_hex()));
+    }
+    r.insert("blobs_asked_under_own_proof".into(), sent.into());
+    let req = Request::History {
+        bucket: own,
+        proof: own_proof,
+        head: victim_head,
+        have: vec![],
+    };
+    let history = engine
+        .hostile_blobs(&target, &req)
+        .await
+        .map(|(got, _)| got.len())
+        .unwrap_or(0);
+    r.insert("victim_history_under_own_proof".into(), history.into());
+    let req = Request::GetBlobs {
+        bucket: victim,
+        proof: made_up,
+        hashes: vec![victim_head],
+    };
+    let got = engine.hostile_blobs(&target, &req).await;
+    r.insert(
+        "victim_blobs_with_a_made_up_proof".into(),
+        match got {
+            Ok((sent, _)) if !sent.is_empty() => "answered with blobs".into(),
+            _ => "refused".into(),
+        },
+    );
+    // Findings 2 and 6: membership, the key ring, a head for the victim.
+    for (name, req) in [
+        (
+            "enroll_in_victim_with_own_proof",
+            Request::Enroll {
+                bucket: victim,
+                proof: own_enroll,
+            },
+        ),
+        (
+            "keyring_of_victim_with_own_proof",
+            Request::Keyring {
+                bucket: victim,
+                proof: own_enroll,
+            },
+        ),
+        (
+            "announce_for_victim",
+            Request::Announce {
+                bucket: victim,
+                proof: own_proof,
+                head: Hash::of(b"a head node-2 made up"),
+            },
+        ),
+    ] {
+        r.insert(
+            name.into(),
+            verdict(engine.hostile_ask(&target, &req).await),
+        );
+    }
+    // Finding 4: junk, an oversized length, and requests held open.
+    let junk = engine.hostile_junk(&target, b"\x05\x00\x00\x00junk!").await;
+    r.insert(
+        "junk".into(),
+        if junk { "answered" } else { "refused" }.into(),
+    );
+    let oversized = engine.hostile_junk(&target, &u32::MAX.to_le_bytes()).await;
+    r.insert(
+        "oversized_length".into(),
+        if oversized { "answered" } else { "refused" }.into(),
+    );
+    let stalled = engine
+        .hostile_stall(&target, 600, 1 << 20, Duration::from_secs(2))
+        .await;
+    r.insert("stalled_opened".into(), stalled.opened.into());
+    fs::write(&spec.ready, b"").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !spec.done.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stalled);
+    println!("HOSTILE-RESULTS {}", serde_json::Value::Object(r));
+}

@@ -36,7 +36,7 @@ use jax_csi::bucket::{
 };
 use jax_csi::crypto::{
     is_tenant_wrapped, rewrap_outer, unwrap_layered, wrap_layered, FrameLayout, Identity, Kek,
-    KeyShare, NodeId, SecretKey, WrapContext, WrappedKey, SIGNATURE_LEN,
+    KeyShare, Keyring, NodeId, SecretKey, WrapContext, WrappedKey, SIGNATURE_LEN,
 };
 use jax_csi::fuse::MountRecord;
 use jax_csi::store::{slices, BlobStore, Hash, StoreError};
@@ -153,8 +153,8 @@ fn check_manifest(m: &Manifest, bytes: &[u8]) {
     );
     let me = fx.identity.node_id();
     for share in m.body.shares.iter().filter(|s| s.recipient == me) {
-        if let Ok(secret) = share.open(&fx.identity) {
-            let _ = secret.open(&m.body.root_key);
+        if let Ok(ring) = share.open(&fx.identity) {
+            let _ = ring.current().open(&m.body.root_key);
         }
     }
     let h = Hash::of(bytes);
@@ -497,17 +497,17 @@ pub fn state_files(data: &[u8]) -> bool {
         let dir = s.dir.join("bucket");
         std::fs::create_dir_all(&dir).expect("creating a scratch bucket dir");
         std::fs::write(dir.join("HEAD"), data).expect("writing a scratch HEAD");
-        let core = BucketCore {
-            id: BucketId([7; 16]),
-            dir: dir.clone(),
-            store: s.store.clone(),
-            identity: Arc::new(fx.identity.clone()),
-            secret: fx.bucket_secret.clone(),
-            revoked: Arc::new(
+        let core = BucketCore::new(
+            BucketId([7; 16]),
+            dir.clone(),
+            s.store.clone(),
+            Arc::new(fx.identity.clone()),
+            Keyring::of(fx.bucket_secret.clone()),
+            Arc::new(
                 jax_csi::bucket::Revoked::at(&s.dir.join("REVOKED"))
                     .expect("an empty revoked list"),
             ),
-        };
+        );
         // No version is stored: HEAD must not open, whatever it says.
         assert!(core.head().is_err());
         let path = dir.join("PRUNED");
@@ -680,7 +680,9 @@ pub fn regressions() -> Vec<(&'static str, String, Vec<u8>)> {
         quota: None,
         used_bytes: 0,
         entries: 0,
-        shares: vec![KeyShare::create(&fx.bucket_secret, &me).expect("a share")],
+        shares: vec![
+            KeyShare::create(&Keyring::of(fx.bucket_secret.clone()), &me).expect("a share"),
+        ],
         author: me,
         created_at: ts(0, 0),
     };
@@ -743,7 +745,8 @@ fn meta(mode: u32, xattrs: &[(&[u8], &[u8])]) -> Meta {
 fn manifest_seeds() -> Vec<(String, Vec<u8>)> {
     let fx = fixture();
     let me = fx.identity.node_id();
-    let share = KeyShare::create(&fx.bucket_secret, &me).expect("a share for the fixture");
+    let share = KeyShare::create(&Keyring::of(fx.bucket_secret.clone()), &me)
+        .expect("a share for the fixture");
     let body = |height: u64, previous: Option<Hash>, merged: Option<Hash>| ManifestBody {
         bucket_id: BucketId([7; 16]),
         height,
@@ -1069,7 +1072,8 @@ fn key_seeds() -> Vec<(String, Vec<u8>)> {
         .kek
         .wrap_for(&secret, &WrapContext::node_local("b"))
         .expect("wrapping");
-    let share = KeyShare::create(&secret, &fx.identity.node_id()).expect("a share");
+    let share =
+        KeyShare::create(&Keyring::of(secret.clone()), &fx.identity.node_id()).expect("a share");
     vec![
         ("raw-32".into(), vec![0x42; 32]),
         (

@@ -130,6 +130,26 @@ pub struct BucketCore {
 }
 
 impl BucketCore {
+    /// The core of bucket `id` in `dir`, holding `ring`.
+    pub fn new(
+        id: BucketId,
+        dir: PathBuf,
+        store: Arc<BlobStore>,
+        identity: Arc<Identity>,
+        ring: crate::crypto::Keyring,
+        revoked: Arc<Revoked>,
+    ) -> Self {
+        Self {
+            id,
+            dir,
+            store,
+            identity,
+            secret: ring.base.clone(),
+            ring: std::sync::RwLock::new(ring),
+            revoked,
+        }
+    }
+
     fn head_path(&self) -> PathBuf {
         self.dir.join("HEAD")
     }
@@ -640,15 +660,14 @@ impl StateDir {
 
     /// The core of bucket `id` holding `ring`.
     fn core_with(&self, id: BucketId, ring: crate::crypto::Keyring) -> BucketCore {
-        BucketCore {
+        BucketCore::new(
             id,
-            dir: self.bucket_dir(&id),
-            store: self.store.clone(),
-            identity: self.identity.clone(),
-            secret: ring.base.clone(),
-            ring: std::sync::RwLock::new(ring),
-            revoked: self.revoked.clone(),
-        }
+            self.bucket_dir(&id),
+            self.store.clone(),
+            self.identity.clone(),
+            ring,
+            self.revoked.clone(),
+        )
     }
 
     /// The core of bucket `id` with base secret `secret` and the epochs

@@ -125,7 +125,7 @@ impl Keyring {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CryptoError> {
         let malformed = CryptoError::Malformed("a key ring is 32 bytes and 36 per epoch");
-        if bytes.len() < 32 || (bytes.len() - 32) % 36 != 0 {
+        if bytes.len() < 32 || !(bytes.len() - 32).is_multiple_of(36) {
             return Err(malformed);
         }
         let key_at = |at: usize| {

@@ -29,7 +29,7 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 const BATCH: usize = 64;
 const IN_FLIGHT: usize = 4;
 
-fn peer_err(peer: &NodeId, why: impl std::fmt::Display) -> SyncError {
+pub(super) fn peer_err(peer: &NodeId, why: impl std::fmt::Display) -> SyncError {
     SyncError::Peer {
         peer: peer.to_hex()[..16].to_string(),
         why: why.to_string(),
@@ -37,7 +37,7 @@ fn peer_err(peer: &NodeId, why: impl std::fmt::Display) -> SyncError {
 }
 
 /// A connection to `peer`, reused while it lives.
-async fn connection(inner: &Inner, peer: &NodeId) -> Result<Connection, SyncError> {
+pub(super) async fn connection(inner: &Inner, peer: &NodeId) -> Result<Connection, SyncError> {
     if let Some(c) = inner.conns.lock().await.get(peer) {
         if c.close_reason().is_none() {
             return Ok(c.clone());
@@ -81,7 +81,11 @@ async fn request(inner: &Inner, peer: &NodeId, req: &Request) -> Result<RecvStre
 }
 
 /// A request with one message as its answer.
-async fn ask(inner: &Inner, peer: &NodeId, req: &Request) -> Result<Response, SyncError> {
+pub(super) async fn ask(
+    inner: &Inner,
+    peer: &NodeId,
+    req: &Request,
+) -> Result<Response, SyncError> {
     tokio::time::timeout(ASK_TIMEOUT, async {
         let mut recv = request(inner, peer, req).await?;
         read_msg::<Response>(&mut recv)
@@ -1127,7 +1131,7 @@ pub async fn fetch_keyring(
             }
         };
         let learned = share
-            .open(&inner.state.identity())
+            .open(inner.state.identity())
             .map_err(|e| peer_err(&p.node, format!("a key ring that does not open: {e}")))
             .and_then(|ring| {
                 handle

@@ -32,6 +32,8 @@
 //! keeps the peer lists current from Postgres.
 
 mod client;
+#[doc(hidden)]
+pub mod hostile;
 pub mod on_disk;
 pub mod proto;
 mod pulls;
