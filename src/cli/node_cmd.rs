@@ -126,7 +126,7 @@ pub fn run(cli: NodeCli) -> anyhow::Result<()> {
     }
     let serve = Serve {
         socket,
-        kubelet_dir: args.kubelet_dir,
+        kubelet_dir: args.kubelet_dir.clone(),
     };
     rt.block_on(run_node(
         NodeConfig {
@@ -143,6 +143,7 @@ pub fn run(cli: NodeCli) -> anyhow::Result<()> {
             anti_entropy: Duration::from_secs(args.anti_entropy_secs.max(1)),
             k8s,
             handover_socket: args.handover_socket,
+            kubelet_dir: Some(args.kubelet_dir),
         },
         serve,
         jax_csi::node::stop_signal(),
