@@ -477,7 +477,7 @@ scenario_delete() {
   # While the claim exists, the node holds the volume.
   plugin="$(plugin_on "$node")"
   kc -n "$NAMESPACE" exec "${plugin:-pod/x}" -c jax-csi -- \
-    jax-csi volume ls "$id" --node-endpoint unix:///csi/csi.sock >/dev/null \
+    jax-csi volume ls "$id" >/dev/null \
     || fail "node $node does not list volume $id while it is mounted"
   t delete pod gone --wait=true --timeout="${TIMEOUT}s"
   t delete pvc gone --wait=true --timeout="${TIMEOUT}s"

@@ -69,6 +69,9 @@ note "cluster up (Postgres, controller, 2 nodes)" "$t"
 ctl="$state/cluster/controller.sock"
 node0="$state/cluster/node-0.sock"
 node1="$state/cluster/node-1.sock"
+# Each node's operator (Admin) service has its own socket, apart from csi.sock.
+admin0="$state/cluster/node-0-admin.sock"
+admin1="$state/cluster/node-1-admin.sock"
 csi() { "$bin" csi --endpoint "$1" "${@:2}"; }
 field() { sed -n "s/.*\"$1\":\"\\([^\"]*\\)\".*/\\1/p"; }
 kubelet="$(sed -n 's/.*"kubelet_dir":"\([^"]*\)".*/\1/p' "$ready")"
@@ -161,20 +164,20 @@ ops node list --database-url "$db_url"
 ops mount list --database-url "$db_url"
 
 say "history and restore of an old version, through node-1 (the pods see it)"
-ops volume history "$vol" --node-endpoint "unix://$node1" | head -n 6
-first=$(ops volume history "$vol" --node-endpoint "unix://$node1" -o json |
+ops volume history "$vol" --node-endpoint "unix://$admin1" | head -n 6
+first=$(ops volume history "$vol" --node-endpoint "unix://$admin1" -o json |
   sed -n 's/.*"hash": "\([0-9a-f]*\)".*/\1/p' | while read -r h; do
-    if [ "$(ops volume cat "$vol" /hello.txt --version "$h" --node-endpoint "unix://$node1" 2>/dev/null)" = "hello from the pod on node-0" ]; then
+    if [ "$(ops volume cat "$vol" /hello.txt --version "$h" --node-endpoint "unix://$admin1" 2>/dev/null)" = "hello from the pod on node-0" ]; then
       echo "$h"
     fi
   done | tail -n 1)
 echo "the version where hello.txt first said hello: ${first:0:16}…"
 t=$(now_ms)
-ops volume restore "$vol" --version "$first" --node-endpoint "unix://$node1"
+ops volume restore "$vol" --version "$first" --node-endpoint "unix://$admin1"
 until_true grep -qx "hello from the pod on node-0" "$pod0/hello.txt"
 note "restore on node-1 seen by the pod on node-0" "$t"
 echo "node-0 reads again: $(cat "$pod0/hello.txt")"
-ops volume ls "$vol" / --node-endpoint "unix://$node0"
+ops volume ls "$vol" / --node-endpoint "unix://$admin0"
 
 say "the pod on node-0 moves to node-1: unpublish + unstage on node-0"
 csi "$node0" unpublish "$vol" "$pod0"

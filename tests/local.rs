@@ -89,6 +89,15 @@ impl Local {
             .to_string()
     }
 
+    /// Node `i`'s Admin socket (`admin` in the ready line), apart from its
+    /// CSI socket.
+    fn admin_endpoint(&self, i: usize) -> String {
+        self.ready["nodes"][i]["admin"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     fn database_url(&self) -> String {
         self.ready["database_url"].as_str().unwrap().to_string()
     }
@@ -447,7 +456,7 @@ async fn operator_cli_and_metrics_against_a_local_cluster() {
     let state = dir.path().join("jax");
     let local = Local::up(&state, 1);
     let url = local.database_url();
-    let node = local.node_endpoint(0);
+    let node = local.admin_endpoint(0);
     let mut ctl = local.controller().await;
     let id = csi::create_volume(&mut ctl, "ops", 64 << 20).await;
     // One refused request, to see its code counted.
@@ -542,6 +551,10 @@ async fn operator_cli_and_metrics_against_a_local_cluster() {
     let (ok, cat, _) = cli(&["volume", "cat", &id, "/notes.txt", "--node-endpoint", &node]);
     assert!(ok);
     assert_eq!(cat, "second, longer");
+    // The CSI socket (what the sidecars reach) does not serve Admin.
+    let csi = local.node_endpoint(0);
+    let (ok, _, err) = cli(&["volume", "cat", &id, "/notes.txt", "--node-endpoint", &csi]);
+    assert!(!ok && err.to_lowercase().contains("unimplemented"), "{err}");
     let history = history();
     let history = history.as_array().unwrap();
     assert!(history.len() >= 3, "{history:?}");

@@ -1,5 +1,6 @@
 //! Malformed CSI requests, table-driven over every RPC of Identity,
-//! Controller, GroupController, Node and the node's Admin service: each
+//! Controller, GroupController, Node and the node's Admin service (on its
+//! own socket; the CSI socket answers it UNIMPLEMENTED): each
 //! required field missing, ids that are not ours (malformed, unknown, 1 MiB,
 //! NUL, odd unicode), capacity ranges inverted, negative and huge, bad
 //! capabilities, unknown and malformed parameters and secrets, paths that are
@@ -271,7 +272,8 @@ async fn every_rpc_refuses_malformed_requests_clearly_and_mounts_nothing() {
     let mut ctl = ControllerClient::new(ctl_ch.clone());
     let group = GroupControllerClient::new(ctl_ch.clone());
     let mut node = NodeClient::new(node_ch.clone());
-    let admin = AdminClient::new(node_ch.clone());
+    let admin_ch = c.node_admin("node-a").await;
+    let admin = AdminClient::new(admin_ch.clone());
     let id_ctl = IdentityClient::new(ctl_ch.clone());
     let id_node = IdentityClient::new(node_ch.clone());
     let dir = c.dir.path().to_path_buf();
@@ -2964,8 +2966,10 @@ async fn every_rpc_refuses_malformed_requests_clearly_and_mounts_nothing() {
             "decode",
         ),
     ] {
-        let ch = if method.starts_with("/csi.v1.Node") || method.starts_with("/jaxcsi") {
+        let ch = if method.starts_with("/csi.v1.Node") {
             node_ch.clone()
+        } else if method.starts_with("/jaxcsi") {
+            admin_ch.clone()
         } else {
             ctl_ch.clone()
         };
@@ -2977,6 +2981,24 @@ async fn every_rpc_refuses_malformed_requests_clearly_and_mounts_nothing() {
             call: Box::pin(raw_call(ch, method, body)),
         });
     }
+
+    // The CSI socket (what the sidecars reach) does not serve Admin.
+    t.cases.push(Case {
+        rpc: "Admin.ListDir",
+        what: "on the CSI socket".into(),
+        expect: Code::Unimplemented,
+        needle: String::new(),
+        call: Box::pin(raw_call(
+            node_ch.clone(),
+            "/jaxcsi.admin.v1.Admin/ListDir",
+            ListDirRequest {
+                volume_id: good.clone(),
+                path: "/".into(),
+                select: None,
+            }
+            .encode_to_vec(),
+        )),
+    });
 
     // ---- Run the table ----
     let inputs = t.cases.len();

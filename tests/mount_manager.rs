@@ -445,3 +445,67 @@ fn a_full_disk_loses_nothing_and_says_so() {
     );
     bucket.verify().unwrap();
 }
+
+/// Below the kubelet dir every mount goes through a descriptor opened
+/// without following links (`fuse::safe_path`): the FUSE staging mount and
+/// a read-only bind land at their paths (mountinfo), unmount cleanly, and a
+/// target through a symlink is refused with nothing mounted outside.
+#[test]
+fn mounts_below_the_kubelet_dir_go_through_descriptors() {
+    use jax_csi::fuse::safe_path::SafePathError;
+    use jax_csi::fuse::session::{is_mount_point, mount_source, source_of};
+    use jax_csi::fuse::Target;
+    let s = setup();
+    let kubelet = s.dir.path().join("kubelet");
+    fs::create_dir(&kubelet).unwrap();
+    let m = s.manager().with_kubelet_dir(Some(kubelet.clone()));
+    let staging = kubelet.join("plugins/staging/vol");
+    m.make_mount_point(&staging).unwrap();
+    m.create_mount(&s.volume, &staging, MountOptions::default())
+        .unwrap();
+    m.start(&s.volume).unwrap();
+    assert_eq!(mount_source(&staging), Some(source_of(&s.volume)));
+    fs::write(staging.join("hello"), b"through the descriptor").unwrap();
+
+    let target = kubelet.join("pods/p/volumes/vol");
+    let t = Target {
+        path: target.clone(),
+        read_only: true,
+        pod: None,
+    };
+    m.add_target(&s.volume, t).unwrap();
+    assert_eq!(mount_source(&target), Some(source_of(&s.volume)));
+    assert_eq!(
+        fs::read(target.join("hello")).unwrap(),
+        b"through the descriptor"
+    );
+    let e = fs::write(target.join("nope"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "the bind is read-only");
+
+    // A pod dir swapped for a link out of the kubelet dir is refused.
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), kubelet.join("pods/evil")).unwrap();
+    let evil = Target {
+        path: kubelet.join("pods/evil/vol"),
+        read_only: false,
+        pod: None,
+    };
+    let e = m.add_target(&s.volume, evil).unwrap_err();
+    assert!(
+        matches!(e, MountError::UnsafePath(SafePathError::Symlink(_))),
+        "{e}"
+    );
+    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!info.contains(&*outside.path().to_string_lossy()));
+    // And a mount point outside the kubelet dir is not one.
+    assert!(matches!(
+        m.create_mount(&s.volume, &s.mnt(), MountOptions::default()),
+        Err(MountError::UnsafePath(SafePathError::Outside { .. }))
+    ));
+
+    assert!(m.remove_target(&s.volume, &target).unwrap());
+    assert!(!is_mount_point(&target));
+    m.stop(&s.volume).unwrap();
+    assert!(!is_mount_point(&staging));
+}

@@ -46,7 +46,7 @@ struct Env {
     c: Cluster,
     ctl: ControllerClient<Channel>,
     node: NodeClient<Channel>,
-    /// The operator's service on the node's socket.
+    /// The operator's service, on the node's admin socket.
     admin: AdminClient<Channel>,
 }
 
@@ -54,8 +54,8 @@ async fn env() -> Env {
     let mut c = Cluster::start();
     let ctl = ControllerClient::new(c.controller(0).await);
     let channel = c.node("node-a").await;
-    let node = NodeClient::new(channel.clone());
-    let admin = AdminClient::new(channel);
+    let node = NodeClient::new(channel);
+    let admin = AdminClient::new(c.node_admin("node-a").await);
     Env {
         c,
         ctl,
@@ -1028,7 +1028,10 @@ async fn deleted_volumes_are_collected_on_the_node() {
     c.gc_grace = "2";
     let ctl = ControllerClient::new(c.controller(0).await);
     let channel = c.node("node-a").await;
-    let (node, admin) = (NodeClient::new(channel.clone()), AdminClient::new(channel));
+    let (node, admin) = (
+        NodeClient::new(channel),
+        AdminClient::new(c.node_admin("node-a").await),
+    );
     let mut e = Env {
         c,
         ctl,
@@ -1301,7 +1304,10 @@ async fn a_removed_node_is_refused_and_cannot_register_again() {
             "json",
             "--node-endpoint",
         ])
-        .arg(format!("unix://{}", e.c.node_socket("node-a").display()))
+        .arg(format!(
+            "unix://{}",
+            e.c.node_state("node-a").join("admin.sock").display()
+        ))
         .output()
         .unwrap();
     assert!(

@@ -363,6 +363,88 @@ fn the_node_daemonset_can_mount_fuse_into_pods() {
     assert!(containers(pod).any(|c| c.name == "liveness-probe"));
 }
 
+/// Finding 7 of issue 26: the node's sidecars must not reach the Admin
+/// service (it opens any volume with the cluster KEK). It is served on its
+/// own socket in the state dir, which only the plugin container mounts; the
+/// liveness probe is not root and reaches csi.sock through its group.
+#[test]
+fn the_node_sidecars_cannot_reach_the_admin_socket() {
+    for name in ["default", "all-options"] {
+        let objects = render(name);
+        let pod = daemonset(&objects, "-node")
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        let plugin = containers(pod).find(|c| c.name == "jax-csi").unwrap();
+        let args = plugin.args.as_ref().unwrap();
+        let flag = |f: &str| {
+            args.iter()
+                .find_map(|a| a.strip_prefix(&format!("--{f}=")))
+                .unwrap_or_else(|| panic!("{name}: the plugin has no --{f}: {args:?}"))
+                .to_string()
+        };
+        let admin = PathBuf::from(flag("admin-endpoint").trim_start_matches("unix://"));
+        let csi = PathBuf::from(flag("endpoint").trim_start_matches("unix://"));
+        let state = PathBuf::from(flag("state-dir"));
+        assert!(
+            admin.starts_with(&state),
+            "{name}: {admin:?} not in {state:?}"
+        );
+        assert_ne!(
+            admin.parent(),
+            csi.parent(),
+            "{name}: the admin socket beside csi.sock"
+        );
+        let env = plugin.env.as_ref().unwrap();
+        let cli = env.iter().find(|e| e.name == "JAX_NODE_ENDPOINT").unwrap();
+        assert_eq!(
+            cli.value.as_deref(),
+            Some(&*format!("unix://{}", admin.display()))
+        );
+        // The host directories holding the admin socket, as pod volumes.
+        let volumes = pod.volumes.as_ref().unwrap();
+        let holds_admin = |volume: &str| {
+            let host = volumes
+                .iter()
+                .find(|v| v.name == volume)
+                .and_then(|v| v.host_path.as_ref())
+                .map(|h| PathBuf::from(&h.path));
+            host.is_some_and(|h| admin.starts_with(&h) || h.starts_with(&state))
+        };
+        for c in containers(pod).filter(|c| c.name != "jax-csi") {
+            for m in c.volume_mounts.iter().flatten() {
+                assert!(
+                    !holds_admin(&m.name) && !admin.starts_with(&m.mount_path),
+                    "{name}: sidecar {} mounts {} ({}), which holds the admin socket",
+                    c.name,
+                    m.name,
+                    m.mount_path
+                );
+            }
+        }
+        let probe = containers(pod)
+            .find(|c| c.name == "liveness-probe")
+            .unwrap();
+        let sc = probe.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true), "{name}");
+        assert_ne!(sc.run_as_user, Some(0), "{name}");
+        let group = flag("endpoint-group");
+        assert_eq!(
+            sc.run_as_group.map(|g| g.to_string()),
+            Some(group),
+            "{name}"
+        );
+        for c in containers(pod).filter(|c| c.name != "jax-csi") {
+            let sc = c.security_context.as_ref().unwrap();
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+            let caps = sc.capabilities.as_ref().and_then(|c| c.drop.clone());
+            assert_eq!(caps, Some(vec!["ALL".to_string()]), "{}", c.name);
+        }
+    }
+}
+
 #[test]
 fn the_controller_runs_the_sidecars_with_leader_election() {
     let objects = render("all-options");

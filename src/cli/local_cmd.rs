@@ -181,6 +181,11 @@ fn node_spec(
     let args: Vec<OsString> = vec![
         "node".into(),
         format!("--endpoint=unix://{}", socket.display()).into(),
+        format!(
+            "--admin-endpoint=unix://{}",
+            layout.admin_socket(id).display()
+        )
+        .into(),
         format!("--node-id={id}").into(),
         format!("--state-dir={}", layout.node_state(id).display()).into(),
         format!("--database-url={}", pg.database_url()).into(),
@@ -213,6 +218,7 @@ fn ready_line(
             serde_json::json!({
                 "id": id,
                 "endpoint": format!("unix://{}", layout.node_socket(id).display()),
+                "admin": format!("unix://{}", layout.admin_socket(id).display()),
                 "state_dir": layout.node_state(id).display().to_string(),
                 "fd_keeper": layout.keeper_socket(id).display().to_string(),
                 "sync": format!("127.0.0.1:{}", p.sync),

@@ -41,6 +41,10 @@ impl Layout {
     pub fn node_socket(&self, node: &str) -> PathBuf {
         self.root.join(format!("{node}.sock"))
     }
+    /// Node `node`'s operator (Admin) service, apart from its CSI socket.
+    pub fn admin_socket(&self, node: &str) -> PathBuf {
+        self.root.join(format!("{node}-admin.sock"))
+    }
     /// The fd-keeper that holds node `node`'s FUSE connections.
     pub fn keeper_socket(&self, node: &str) -> PathBuf {
         self.root.join(format!("{node}-fd-keeper.sock"))

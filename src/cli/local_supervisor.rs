@@ -65,8 +65,11 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new(layout: Layout) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding the jax-csi executable")?;
-        std::fs::create_dir_all(layout.logs())
-            .with_context(|| format!("creating {}", layout.logs().display()))?;
+        // The nodes' kubelet dir exists before them, as a real kubelet's
+        // does: mount points are opened below it, never the root made.
+        for dir in [layout.logs(), layout.kubelet()] {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
         Ok(Self {
             exe,
             layout,

@@ -1,6 +1,9 @@
 //! `jax-csi node`: the node agent (this node's replicas, FUSE mounts, sync
-//! and background duties) served over the CSI socket: Identity, Node and
-//! the operator's Admin service.
+//! and background duties) served over the CSI socket (Identity and Node,
+//! what kubelet and the sidecars use) and, on a socket of its own, the
+//! operator's Admin service. The Admin service opens any volume with the
+//! cluster KEK, so it is not on the socket the sidecars mount: its default
+//! lives in the state dir, which only the plugin container mounts.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -31,6 +34,17 @@ pub struct NodeArgs {
     /// Where to serve: `unix:///path/csi.sock` or a bare path.
     #[arg(long, env = "CSI_ENDPOINT", required = true)]
     endpoint: Option<String>,
+    /// Group allowed to connect to `--endpoint` (the socket becomes
+    /// root:GID, mode 0660), so a sidecar such as the liveness probe can run
+    /// as that group instead of root. Unset: root only (mode 0700).
+    #[arg(long, env = "JAX_ENDPOINT_GROUP")]
+    endpoint_group: Option<u32>,
+    /// Where the operator's Admin service is served (what `jax-csi volume …
+    /// --node-endpoint` connects to); default `unix://STATE_DIR/admin.sock`.
+    /// Never on `--endpoint`: the sidecars that share that socket's
+    /// directory must not reach it.
+    #[arg(long, env = "JAX_ADMIN_ENDPOINT")]
+    admin_endpoint: Option<String>,
     /// This node's id (the Kubernetes node name).
     #[arg(long, env = "NODE_ID", required = true)]
     node_id: Option<String>,
@@ -105,6 +119,16 @@ pub fn run(cli: NodeCli) -> anyhow::Result<()> {
     let args = cli.serve;
     let required = "clap requires it when no subcommand is given";
     let socket = parse_endpoint(&args.endpoint.expect(required))?;
+    let state_dir = args.state_dir.expect(required);
+    let admin_socket = parse_endpoint(
+        &args
+            .admin_endpoint
+            .unwrap_or_else(|| default_admin_endpoint(&state_dir)),
+    )
+    .context("the admin endpoint (--admin-endpoint, default STATE_DIR/admin.sock)")?;
+    if admin_socket == socket {
+        anyhow::bail!("--admin-endpoint must not be --endpoint: the sidecars reach that socket");
+    }
     let kek = super::kek_cmd::load(
         &args.kek_file.expect(required),
         args.previous_kek_file.as_deref(),
@@ -126,12 +150,14 @@ pub fn run(cli: NodeCli) -> anyhow::Result<()> {
     }
     let serve = Serve {
         socket,
-        kubelet_dir: args.kubelet_dir,
+        socket_group: args.endpoint_group,
+        admin_socket,
+        kubelet_dir: args.kubelet_dir.clone(),
     };
     rt.block_on(run_node(
         NodeConfig {
             node_id: args.node_id.expect(required),
-            state_dir: args.state_dir.expect(required),
+            state_dir,
             database_url: args.database_url.expect(required),
             kek,
             max_volumes: args.max_volumes,
@@ -143,22 +169,33 @@ pub fn run(cli: NodeCli) -> anyhow::Result<()> {
             anti_entropy: Duration::from_secs(args.anti_entropy_secs.max(1)),
             k8s,
             handover_socket: args.handover_socket,
+            kubelet_dir: Some(args.kubelet_dir),
         },
         serve,
         jax_csi::node::stop_signal(),
     ))
 }
 
+/// The Admin service's default endpoint: in the state dir, which the
+/// plugin container alone mounts.
+pub fn default_admin_endpoint(state_dir: &std::path::Path) -> String {
+    format!("unix://{}", state_dir.join("admin.sock").display())
+}
+
 /// Where and how the CSI services are served.
 struct Serve {
     socket: PathBuf,
+    /// Group given access to `socket` (mode 0660), if any.
+    socket_group: Option<u32>,
+    /// The Admin service's own socket (mode 0700).
+    admin_socket: PathBuf,
     /// Staging and target paths must lie under it.
     kubelet_dir: PathBuf,
 }
 
-/// Start the node agent, serve Identity + Node + Admin on the socket until
-/// `shutdown` resolves, then stop the agent as it says (hand the mounts
-/// over, or unmount them cleanly).
+/// Start the node agent, serve Identity + Node on the CSI socket and Admin
+/// on its own socket until `shutdown` resolves, then stop the agent as it
+/// says (hand the mounts over, or unmount them cleanly).
 async fn run_node(
     cfg: NodeConfig,
     serve: Serve,
@@ -170,29 +207,83 @@ async fn run_node(
 
     let node_id = cfg.node_id.clone();
     let agent = NodeAgent::start(cfg).await?;
-    let listener = jax_csi::csi::server::bind_unix(&serve.socket).await?;
+    let admin_listener = jax_csi::csi::server::bind_unix(&serve.admin_socket).await?;
+    let listener =
+        jax_csi::csi::server::bind_unix_for_group(&serve.socket, serve.socket_group).await?;
     let ready: ReadyCheck = Arc::new(|| Box::pin(async { true }));
     let admin = Arc::new(jax_csi::csi::admin::AdminService::new(agent.clone()));
     let node = jax_csi::csi::node::NodeService::new(agent.clone(), Some(serve.kubelet_dir));
-    tracing::info!(socket = %serve.socket.display(), node = %node_id, "node serving");
+    tracing::info!(socket = %serve.socket.display(), admin = %serve.admin_socket.display(), node = %node_id, "node serving");
     let stop = Arc::new(std::sync::Mutex::new(NodeStop::Unmount));
+    // One signal ends both servers.
+    let (stopped_tx, stopped) = tokio::sync::watch::channel(false);
     let shutdown = {
         let stop = stop.clone();
         async move {
             let how = shutdown.await;
             *stop.lock().unwrap() = how;
+            let _ = stopped_tx.send(true);
         }
     };
-    let served = Server::builder()
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let csi = Server::builder()
         .add_service(IdentityServer::new(IdentityService::new(false, ready)))
         .add_service(NodeServer::new(node))
+        .serve_with_incoming_shutdown(
+            jax_csi::csi::server::incoming(listener),
+            until_stopped(stopped.clone()),
+        );
+    let operator = Server::builder()
         .add_service(AdminServer::new(admin))
-        .serve_with_incoming_shutdown(jax_csi::csi::server::incoming(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(
+            jax_csi::csi::server::incoming(admin_listener),
+            until_stopped(stopped),
+        );
+    let (_, served, admin_served) = tokio::join!(shutdown, csi, operator);
     let _ = std::fs::remove_file(&serve.socket);
+    let _ = std::fs::remove_file(&serve.admin_socket);
     let how = *stop.lock().unwrap();
     agent.stop(how).await?;
     served?;
+    admin_served?;
     tracing::info!("node stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        node: NodeCli,
+    }
+
+    /// Kubelet's usual root is the default: a chart that leaves
+    /// `--kubelet-dir` out still confines every path below it.
+    #[test]
+    fn the_kubelet_dir_defaults_to_var_lib_kubelet() {
+        let cli = Cli::try_parse_from([
+            "jax-csi",
+            "--endpoint=/csi/csi.sock",
+            "--node-id=n",
+            "--state-dir=/var/lib/jax-csi",
+            "--database-url=postgres://x",
+            "--kek-file=/k",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.node.serve.kubelet_dir,
+            PathBuf::from("/var/lib/kubelet")
+        );
+        assert_eq!(cli.node.serve.admin_endpoint, None);
+        assert_eq!(
+            default_admin_endpoint(std::path::Path::new("/var/lib/jax-csi")),
+            "unix:///var/lib/jax-csi/admin.sock"
+        );
+    }
 }

@@ -19,7 +19,7 @@ use super::proto::*;
 use super::status::{bucket_status, require_id, require_some, shown, traced};
 use crate::bucket::BucketId;
 use crate::db::{DbError, HeadKey};
-use crate::fuse::{session, MountOptions, Target};
+use crate::fuse::{safe_path, session, MountError, MountOptions, Target};
 use crate::node::NodeAgent;
 
 /// Inodes reported as the total in volume stats.
@@ -424,6 +424,7 @@ impl Node for NodeService {
             let pod = pod_of(&req.volume_context);
             let manager = mounts.clone();
             let flags = ask.flags;
+            let kubelet_dir = self.kubelet_dir.clone();
             blocking(move || {
                 manager.add_target(
                     &id,
@@ -433,9 +434,7 @@ impl Node for NodeService {
                         pod,
                     },
                 )?;
-                apply_flags(&target, &flags, read_only).map_err(|e| {
-                    Status::internal(format!("mount flags on {}: {e}", target.display()))
-                })
+                apply_flags(kubelet_dir.as_deref(), &target, &flags, read_only)
             })
             .await?;
             Ok(NodePublishVolumeResponse {})
@@ -631,8 +630,14 @@ fn answers(path: &Path) -> bool {
     std::fs::metadata(path).is_ok()
 }
 
-/// Apply mount flags to a pod's bind mount with a remount.
-fn apply_flags(target: &Path, flags: &[String], read_only: bool) -> std::io::Result<()> {
+/// Apply mount flags to a pod's bind mount with a remount; below the
+/// kubelet dir through the target opened without following a link.
+fn apply_flags(
+    kubelet_dir: Option<&Path>,
+    target: &Path,
+    flags: &[String],
+    read_only: bool,
+) -> Result<(), Status> {
     use nix::mount::{mount, MsFlags};
     let mut ms = MsFlags::empty();
     for f in flags {
@@ -651,12 +656,20 @@ fn apply_flags(target: &Path, flags: &[String], read_only: bool) -> std::io::Res
     if read_only {
         ms |= MsFlags::MS_RDONLY;
     }
+    // Opened after the bind, so the walk reaches the bind mount's root.
+    let dir = match kubelet_dir {
+        Some(root) => Some(safe_path::open_below(root, target, false).map_err(MountError::from)?),
+        None => None,
+    };
+    let at = dir
+        .as_ref()
+        .map_or_else(|| target.to_path_buf(), safe_path::OpenDir::proc_path);
     mount(
         None::<&str>,
-        target,
+        &at,
         None::<&str>,
         MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | ms,
         None::<&str>,
     )
-    .map_err(std::io::Error::from)
+    .map_err(|e| Status::internal(format!("mount flags on {}: {e}", target.display())))
 }

@@ -30,6 +30,13 @@ pub fn parse_endpoint(endpoint: &str) -> anyhow::Result<PathBuf> {
 /// Bind the socket: a stale socket file is removed, a live one (another
 /// process answering) is an error. The socket is made mode 0700.
 pub async fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+    bind_unix_for_group(path, None).await
+}
+
+/// [`bind_unix`], and with `group` the socket is given to that group with
+/// mode 0660: a sidecar (the liveness probe) then connects as a non-root
+/// user of that group, while every other non-root user is still refused.
+pub async fn bind_unix_for_group(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -43,7 +50,15 @@ pub async fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+    let mode = match group {
+        Some(gid) => {
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .with_context(|| format!("chgrp {gid} {}", path.display()))?;
+            0o660
+        }
+        None => 0o700,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("chmod {}", path.display()))?;
     Ok(listener)
 }
@@ -99,5 +114,20 @@ mod tests {
         assert!(parse_endpoint("tcp://1.2.3.4:5").is_err());
         assert!(parse_endpoint("unix://").is_err());
         assert!(parse_endpoint(&format!("/{}", "x".repeat(120))).is_err());
+    }
+
+    #[tokio::test]
+    async fn sockets_are_root_only_unless_given_to_a_group() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+        let _a = bind_unix(&a).await.unwrap();
+        let _b = bind_unix_for_group(&b, Some(65532)).await.unwrap();
+        let (ma, mb) = (
+            std::fs::metadata(&a).unwrap(),
+            std::fs::metadata(&b).unwrap(),
+        );
+        assert_eq!(ma.mode() & 0o777, 0o700);
+        assert_eq!((mb.mode() & 0o777, mb.gid()), (0o660, 65532));
     }
 }

@@ -9,6 +9,7 @@ use super::params::SECRET_TENANT_KEY;
 use crate::bucket::BucketError;
 use crate::crypto::UnwrapError;
 use crate::db::{DbError, KeyError};
+use crate::fuse::safe_path::SafePathError;
 use crate::fuse::MountError;
 use crate::node::NodeError;
 
@@ -126,6 +127,11 @@ impl From<MountError> for Status {
             MountError::SpawnFailed { .. }
             | MountError::UnmountFailed { .. }
             | MountError::Database(_) => Code::Internal,
+            MountError::UnsafePath(p) => match p {
+                SafePathError::Symlink(_) | SafePathError::Outside { .. } => Code::InvalidArgument,
+                SafePathError::NotADirectory(_) => Code::FailedPrecondition,
+                SafePathError::Io { .. } => Code::Internal,
+            },
         };
         Status::new(code, e.to_string())
     }

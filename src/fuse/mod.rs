@@ -13,6 +13,7 @@ pub mod live;
 pub mod lookups;
 pub mod mount_manager;
 pub mod reactor;
+pub mod safe_path;
 pub mod session;
 
 pub use fs::{FsOptions, JaxFs};

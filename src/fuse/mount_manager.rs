@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::keeper::KeeperClient;
 use super::live::{CommitHook, LiveMount, DEFAULT_DEBOUNCE};
+use super::safe_path::{open_below, OpenDir, SafePathError};
 use super::session::{self, FuseSession, SessionOptions};
 use super::FsOptions;
 use crate::bucket::{BucketError, BucketId, Saved, StateDir};
@@ -199,6 +200,10 @@ pub enum MountError {
     },
     #[error("mount records: {0}")]
     Database(String),
+    /// A mount point below the kubelet dir goes through a symbolic link,
+    /// is not a directory, or is not below it at all.
+    #[error(transparent)]
+    UnsafePath(#[from] SafePathError),
 }
 
 /// A running volume: its live Mount and kernel session.
@@ -244,6 +249,10 @@ pub struct MountManager {
     /// Holds a clone of each session's descriptor, so mounts outlive this
     /// process (see `fuse::keeper` and `fuse::handover`).
     pub(super) keeper: Arc<Mutex<Option<KeeperClient>>>,
+    /// Kubelet's root: every mount point must lie below it and is opened
+    /// without following symbolic links (`safe_path`). None (tests, tools):
+    /// mount points are used by path.
+    kubelet_dir: Option<PathBuf>,
 }
 
 /// Waits until `n` other replicas of a volume hold a version (or says why
@@ -293,7 +302,27 @@ impl MountManager {
             remote: Arc::new(Mutex::new(None)),
             replica_waiter: Arc::new(Mutex::new(None)),
             keeper: Arc::new(Mutex::new(None)),
+            kubelet_dir: None,
         })
+    }
+
+    /// Confine every mount point to below `dir` (kubelet's root), opened
+    /// component by component without following a symbolic link.
+    pub fn with_kubelet_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.kubelet_dir = dir;
+        self
+    }
+
+    /// Make the directory `path` (and its parents) to mount on: below the
+    /// kubelet dir through [`open_below`], refusing any symbolic link.
+    pub fn make_mount_point(&self, path: &Path) -> Result<(), MountError> {
+        match &self.kubelet_dir {
+            Some(root) => open_below(root, path, true).map(drop).map_err(Into::into),
+            None => std::fs::create_dir_all(path).map_err(|source| MountError::SpawnFailed {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
     }
 
     pub fn state(&self) -> &Arc<StateDir> {
@@ -352,7 +381,7 @@ impl MountManager {
         if !self.state.has_bucket(volume) {
             return Err(MountError::BucketNotFound(*volume));
         }
-        check_mount_point(mount_point)?;
+        open_mount_point(self.kubelet_dir.as_deref(), mount_point, false)?;
         let mut inner = self.lock();
         if inner.running.contains_key(volume) {
             return Err(MountError::AlreadyRunning(*volume));
@@ -473,9 +502,15 @@ impl MountManager {
                 source,
             })?;
         }
-        check_mount_point(path)?;
+        // Held open until the kernel has mounted on it.
+        let dir = open_mount_point(self.kubelet_dir.as_deref(), path, false)?;
+        let via = dir
+            .as_ref()
+            .map_or_else(|| path.clone(), OpenDir::proc_path);
         let live = self.open_live(rec, |_| Ok(()))?;
-        let session = match session::mount(live.clone(), path, &session_options(rec)) {
+        let mounted = session::mount_via(live.clone(), path, &via, &session_options(rec));
+        drop(dir);
+        let session = match mounted {
             Ok(s) => s,
             Err(source) => {
                 let _ = live.shutdown();
@@ -581,7 +616,7 @@ impl MountManager {
         }
         if let Err(source) = live.shutdown() {
             for t in &targets {
-                if let Err(e) = bind_target(&mount_point, t) {
+                if let Err(e) = bind_target(self.kubelet_dir.as_deref(), &mount_point, t) {
                     tracing::error!(%volume, target = %t.path.display(), error = %e, "re-binding a pod target after a failed commit");
                 }
             }
@@ -641,7 +676,7 @@ impl MountManager {
                 volume_id: rec.volume_id,
             });
             for t in &rec.targets {
-                if let Err(e) = bind_target(&rec.mount_point, t) {
+                if let Err(e) = bind_target(self.kubelet_dir.as_deref(), &rec.mount_point, t) {
                     tracing::error!(volume = %rec.volume_id, target = %t.path.display(), error = %e, "re-binding a pod target failed");
                 }
             }
@@ -756,10 +791,7 @@ impl MountManager {
     /// Bind the staged volume into a pod path and remember it for restarts.
     pub fn add_target(&self, volume: &BucketId, target: Target) -> Result<(), MountError> {
         let rec = self.get(volume)?;
-        bind_target(&rec.mount_point, &target).map_err(|source| MountError::SpawnFailed {
-            path: target.path.clone(),
-            source,
-        })?;
+        bind_target(self.kubelet_dir.as_deref(), &rec.mount_point, &target)?;
         let mut inner = self.lock();
         if let Some(r) = inner.records.get_mut(volume) {
             r.targets.retain(|t| t.path != target.path);
@@ -874,6 +906,35 @@ pub(super) fn session_options(rec: &MountRecord) -> SessionOptions {
     }
 }
 
+/// The mount point `path` opened below `root` (see `safe_path`), or with
+/// no root, checked by path (None: mount by path).
+fn open_mount_point(
+    root: Option<&Path>,
+    path: &Path,
+    create: bool,
+) -> Result<Option<OpenDir>, MountError> {
+    match root {
+        Some(root) => match open_below(root, path, create) {
+            Ok(dir) => Ok(Some(dir)),
+            Err(SafePathError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Err(MountError::MountPointMissing(path.to_path_buf()))
+            }
+            Err(e) => Err(e.into()),
+        },
+        None => {
+            if create {
+                std::fs::create_dir_all(path).map_err(|source| MountError::SpawnFailed {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            }
+            check_mount_point(path).map(|()| None)
+        }
+    }
+}
+
 fn check_mount_point(path: &Path) -> Result<(), MountError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
@@ -901,9 +962,16 @@ fn apply_group(mount: &mut crate::bucket::Mount, group: u32) -> crate::bucket::R
 }
 
 /// Bind-mount `source` at `t.path` (read-only if asked). Idempotent.
-pub fn bind_target(source: &Path, t: &Target) -> std::io::Result<()> {
+/// With `root` (kubelet's dir), both are opened below it without following
+/// a symbolic link and the mount goes through their descriptors, so a
+/// component swapped meanwhile cannot move it elsewhere on the host.
+pub fn bind_target(root: Option<&Path>, source: &Path, t: &Target) -> Result<(), MountError> {
     use nix::mount::{mount, MsFlags};
     use std::os::unix::fs::MetadataExt;
+    let failed = |source: std::io::Error| MountError::SpawnFailed {
+        path: t.path.clone(),
+        source,
+    };
     if session::is_mount_point(&t.path) {
         // Already bound to this very mount: nothing to do. Anything else
         // there (a bind of a mount whose daemon died, answering or not)
@@ -915,31 +983,65 @@ pub fn bind_target(source: &Path, t: &Target) -> std::io::Result<()> {
         if same {
             return Ok(());
         }
-        session::lazy_unmount(&t.path)?;
+        session::lazy_unmount(&t.path).map_err(failed)?;
     } else if session::is_stale(&t.path) {
-        session::lazy_unmount(&t.path)?;
+        session::lazy_unmount(&t.path).map_err(failed)?;
     }
-    std::fs::create_dir_all(&t.path)?;
+    let from = open_mount_point(root, source, false)?;
+    let to = open_mount_point(root, &t.path, true)?;
+    let via = |dir: &Option<OpenDir>, path: &Path| {
+        dir.as_ref()
+            .map_or_else(|| path.to_path_buf(), OpenDir::proc_path)
+    };
     mount(
-        Some(source),
-        &t.path,
+        Some(&via(&from, source)),
+        &via(&to, &t.path),
         None::<&str>,
         MsFlags::MS_BIND,
         None::<&str>,
     )
-    .map_err(std::io::Error::from)?;
+    .map_err(|e| failed(e.into()))?;
     if t.read_only {
         let flags = MsFlags::MS_BIND
             | MsFlags::MS_REMOUNT
             | MsFlags::MS_RDONLY
             | MsFlags::MS_NOSUID
             | MsFlags::MS_NODEV;
-        if let Err(e) = mount(None::<&str>, &t.path, None::<&str>, flags, None::<&str>) {
+        // The descriptor taken before the bind names the directory under
+        // it; the walk again (no link followed) reaches the new mount.
+        let remounted = match (root, &from) {
+            (Some(root), Some(from)) => open_bound(root, &t.path, from).and_then(|top| {
+                mount(
+                    None::<&str>,
+                    &top.proc_path(),
+                    None::<&str>,
+                    flags,
+                    None::<&str>,
+                )
+                .map_err(|e| failed(e.into()))
+            }),
+            _ => mount(None::<&str>, &t.path, None::<&str>, flags, None::<&str>)
+                .map_err(|e| failed(e.into())),
+        };
+        if let Err(e) = remounted {
             let _ = session::lazy_unmount(&t.path);
-            return Err(e.into());
+            return Err(e);
         }
     }
     Ok(())
+}
+
+/// `path` opened below `root` after a bind of `source` onto it: the bind's
+/// root, or an error when what is there now is not that mount.
+fn open_bound(root: &Path, path: &Path, source: &OpenDir) -> Result<OpenDir, MountError> {
+    let top = open_below(root, path, false)?;
+    if top.dev()? != source.dev()? {
+        return Err(MountError::SpawnFailed {
+            path: path.to_path_buf(),
+            source: std::io::Error::other("the bind mount is not where it was made"),
+        });
+    }
+    Ok(top)
 }
 
 /// Undo a bind mount; a missing path or a dead mount is not an error.

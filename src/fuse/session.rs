@@ -53,6 +53,19 @@ impl std::fmt::Debug for FuseSession {
 
 /// Mount `live` at `path` and wait until the kernel answers on it.
 pub fn mount(live: LiveMount, path: &Path, opts: &SessionOptions) -> io::Result<FuseSession> {
+    mount_via(live, path, path, opts)
+}
+
+/// [`mount`] with the kernel mounting on `via` (`/proc/self/fd/N` of the
+/// directory `path` was opened as, see `safe_path`), so the mount lands on
+/// that directory even if a component of `path` is swapped meanwhile.
+/// `path` stays the session's name for readiness, mountinfo and unmount.
+pub fn mount_via(
+    live: LiveMount,
+    path: &Path,
+    via: &Path,
+    opts: &SessionOptions,
+) -> io::Result<FuseSession> {
     let mut options = vec![
         MountOption::FSName(opts.fs_name.clone()),
         MountOption::Subtype("jax".into()),
@@ -66,8 +79,8 @@ pub fn mount(live: LiveMount, path: &Path, opts: &SessionOptions) -> io::Result<
     }
     let mut config = session_config();
     config.mount_options = options;
-    let before = std::fs::metadata(path)?.dev();
-    let session = Session::new(JaxFs::new(live, opts.fs.clone()), path, &config)?;
+    let before = std::fs::metadata(via)?.dev();
+    let session = Session::new(JaxFs::new(live, opts.fs.clone()), via, &config)?;
     let mut s = FuseSession::spawn(session, path, 0)?;
     s.connection = wait_answering(path, before, Duration::from_secs(10))?;
     raise_readahead(s.connection);

@@ -66,6 +66,9 @@ pub struct NodeConfig {
     pub handover_socket: Option<PathBuf>,
     /// Kubernetes: node labels, Events, orphaned targets (with an API server only).
     pub k8s: Option<k8s::NodeK8s>,
+    /// Kubelet's root: mount points below it are opened without following
+    /// a symbolic link (see `fuse::safe_path`). None: mounted by path.
+    pub kubelet_dir: Option<PathBuf>,
 }
 
 /// How a node agent ends.
@@ -141,7 +144,8 @@ impl NodeAgent {
             kek.clone(),
             cfg.state_dir.join("mounts.json"),
             Some(mirror_tx),
-        )?;
+        )?
+        .with_kubelet_dir(cfg.kubelet_dir.clone());
         let sync = SyncEngine::start(
             &crate::sync::SyncConfig {
                 listen: cfg.sync_listen,

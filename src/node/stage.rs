@@ -132,11 +132,8 @@ impl NodeAgent {
         let quota = vol.capacity_bytes as u64;
         tokio::task::spawn_blocking(move || {
             ensure_bucket(&state, &kek, &vol, secret, tenant.as_ref())?;
-            std::fs::create_dir_all(&staging).map_err(|source| NodeError::Io {
-                what: "creating",
-                path: staging.clone(),
-                source,
-            })?;
+            // Below the kubelet dir, made without following any link.
+            manager.make_mount_point(&staging)?;
             manager.create_mount(&id, &staging, options)?;
             manager.start(&id)?;
             // The volume's capacity is its quota on every node.

@@ -106,6 +106,13 @@ impl Cluster {
         self.dir.path().join("nodes").join(id)
     }
 
+    /// Node `id`'s operator (Admin) service: its own socket in the node's
+    /// state dir (the default `--admin-endpoint`), never the CSI socket.
+    pub async fn node_admin(&self, id: &str) -> Channel {
+        let socket = self.node_state(id).join("admin.sock");
+        jax_csi::csi::server::connect_unix(&socket).await.unwrap()
+    }
+
     pub fn node_log(&self, id: &str) -> PathBuf {
         self.dir.path().join(format!("{id}.log"))
     }

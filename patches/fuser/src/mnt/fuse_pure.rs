@@ -64,7 +64,15 @@ impl MountImpl {
         options: &[MountOption],
         acl: SessionACL,
     ) -> io::Result<(Arc<DevFuse>, MountImpl)> {
-        let mountpoint = mountpoint.canonicalize()?;
+        // A descriptor's magic link (`/proc/self/fd/N`) is mounted on as
+        // given: canonicalizing it would turn it back into a path that is
+        // looked up again, which is what mounting through a descriptor
+        // avoids (jax-csi patch, see PATCH.md).
+        let mountpoint = if mountpoint.starts_with("/proc/self/fd") {
+            mountpoint.to_path_buf()
+        } else {
+            mountpoint.canonicalize()?
+        };
         let (file, sock) = fuse_mount_pure(mountpoint.as_os_str(), options, acl)?;
         let file = Arc::new(file);
         Ok((
