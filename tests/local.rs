@@ -613,6 +613,39 @@ async fn operator_cli_and_metrics_against_a_local_cluster() {
     assert!(ok, "{err}");
     assert_eq!(cat, "first");
 
+    // The volume's secret rotated on demand: the pod reads and writes on,
+    // and versions from before still open.
+    let rotated = cli_json(&[
+        "volume",
+        "rotate-secret",
+        &id,
+        "-o",
+        "json",
+        "--node-endpoint",
+        &node,
+    ]);
+    assert_eq!(rotated["volume"], id.as_str(), "{rotated}");
+    assert!(
+        rotated["head"]["height"].as_u64().unwrap() > restored["head"]["height"].as_u64().unwrap()
+    );
+    assert_eq!(fs::read(target.join("notes.txt")).unwrap(), b"first");
+    cluster::write_synced(&target.join("after.txt"), b"sealed under the new secret").unwrap();
+    let (ok, cat, err) = cli(&["volume", "cat", &id, "/after.txt", "--node-endpoint", &node]);
+    assert!(ok, "{err}");
+    assert_eq!(cat, "sealed under the new secret");
+    let (ok, cat, err) = cli(&[
+        "volume",
+        "cat",
+        &id,
+        "/notes.txt",
+        "--version",
+        first["hash"].as_str().unwrap(),
+        "--node-endpoint",
+        &node,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(cat, "first", "a version from before the rotation");
+
     // Clear errors.
     let (ok, _, err) = cli(&["volume", "show", "feedface", "--database-url", &url]);
     assert!(!ok && err.contains("no volume feedface"), "{err}");
@@ -666,6 +699,14 @@ async fn operator_cli_and_metrics_against_a_local_cluster() {
             &node_metrics,
             "jax_csi_csi_requests_total",
             &[("method", "AdminRestore"), ("code", "OK")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &node_metrics,
+            "jax_csi_csi_requests_total",
+            &[("method", "AdminRotateSecret"), ("code", "OK")]
         ),
         1.0
     );

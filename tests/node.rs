@@ -1443,3 +1443,44 @@ async fn a_tenant_key_rotates_without_copying_data() {
     // The plain volume still stages with no key at all.
     e.publish(&plain, "p").await;
 }
+
+/// #26: a volume has one first version. Two nodes stage a new volume at
+/// the same moment: one claims the making of its first version in Postgres
+/// and makes it, the other waits for it and fetches it, instead of each
+/// making its own (two histories that would merge against nothing). Both
+/// end up recording the same first version, the one Postgres holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_first_stages_make_one_first_version() {
+    let mut e = env().await;
+    let mut node_b = NodeClient::new(e.c.node("node-b").await);
+    for round in 0..3 {
+        let vol = e.create(&format!("born-once-{round}"), None).await;
+        let on_a = e.stage_req(&vol, rwx());
+        let mut on_b = e.stage_req(&vol, rwx());
+        on_b.staging_target_path = e.path(&format!("staging-b/{vol}")).display().to_string();
+        let mut node_a = e.node.clone();
+        let (a, b) = tokio::join!(
+            node_a.node_stage_volume(on_a),
+            node_b.node_stage_volume(on_b)
+        );
+        a.unwrap();
+        b.unwrap();
+        let recorded =
+            e.c.psql(&format!("SELECT genesis FROM volumes WHERE id = '{vol}'"));
+        assert_eq!(
+            recorded.len(),
+            64,
+            "the first version is recorded: {recorded:?}"
+        );
+        for node in ["node-a", "node-b"] {
+            let local = fs::read_to_string(
+                e.c.node_state(node)
+                    .join("buckets")
+                    .join(&vol)
+                    .join("GENESIS"),
+            )
+            .unwrap();
+            assert_eq!(local.trim(), recorded, "{node}'s copy begins elsewhere");
+        }
+    }
+}

@@ -112,6 +112,9 @@ impl<'a> Walk<'a> {
         if cut && parents.is_empty() {
             return Ok(());
         }
+        if parents.is_empty() {
+            self.core.check_genesis(h)?;
+        }
         let ps: Vec<Manifest> = parents.iter().map(|p| self.loaded[p].clone()).collect();
         manifest::check_link_held(*h, &self.loaded[h], &ps, cut)
     }

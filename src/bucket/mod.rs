@@ -23,6 +23,7 @@ mod chunks;
 mod codec;
 mod epochs;
 mod error;
+mod genesis;
 pub mod journal;
 mod links;
 mod manifest;
@@ -825,6 +826,7 @@ impl BucketCore {
         body.seal_root_key(&self.current_secret(), &root_key.0)?;
         let m = Manifest::sign(body, &self.identity)?;
         let hash = m.store(&self.store)?;
+        self.record_genesis(&hash)?;
         self.write_head(&hash)?;
         Ok(hash)
     }

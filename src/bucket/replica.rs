@@ -151,6 +151,9 @@ impl Bucket {
         if ended && parents.is_empty() {
             return Ok(());
         }
+        if parents.is_empty() {
+            self.core.check_genesis(version)?;
+        }
         super::manifest::check_link_held(*version, &m, &parents, ended)
     }
 

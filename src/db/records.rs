@@ -277,6 +277,49 @@ impl Db {
         .await?)
     }
 
+    /// Claim the making of volume `volume_id`'s first version for node
+    /// `node_id`: whether this node may make it. It may when nobody claimed
+    /// it, when it did before, or when the claim is older than
+    /// [`GENESIS_CLAIM_SECS`] and no node reported a head (its node died
+    /// before it made one).
+    pub async fn claim_genesis(&self, volume_id: &str, node_id: &str) -> DbResult<bool> {
+        let claimed = sqlx::query(
+            "UPDATE volumes SET genesis_claimed_by = $2, genesis_claimed_at = now() \
+             WHERE id = $1 AND (genesis_claimed_by IS NULL OR genesis_claimed_by = $2 \
+               OR (genesis IS NULL AND genesis_claimed_at < now() - make_interval(secs => $3) \
+                   AND NOT EXISTS (SELECT 1 FROM bucket_heads WHERE volume_id = $1)))",
+        )
+        .bind(volume_id)
+        .bind(node_id)
+        .bind(GENESIS_CLAIM_SECS as f64)
+        .execute(self.pool())
+        .await?;
+        Ok(claimed.rows_affected() == 1)
+    }
+
+    /// Record the version volume `volume_id`'s history begins with (once:
+    /// a record is never replaced).
+    pub async fn record_genesis(&self, volume_id: &str, genesis: &str) -> DbResult<()> {
+        sqlx::query("UPDATE volumes SET genesis = $2 WHERE id = $1 AND genesis IS NULL")
+            .bind(volume_id)
+            .bind(genesis)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The version volume `volume_id`'s history begins with, when recorded;
+    /// and the node that claimed its making.
+    pub async fn genesis_of(&self, volume_id: &str) -> DbResult<(Option<String>, Option<String>)> {
+        Ok(
+            sqlx::query_as("SELECT genesis, genesis_claimed_by FROM volumes WHERE id = $1")
+                .bind(volume_id)
+                .fetch_optional(self.pool())
+                .await?
+                .unwrap_or((None, None)),
+        )
+    }
+
     /// Record a node's head for a volume (nodes call this after each commit).
     pub async fn report_head(
         &self,
@@ -744,6 +787,10 @@ impl Db {
 }
 
 /// Advisory lock key of the controller leader ("jaxcsi" in ASCII).
+/// How long a claim on making a volume's first version holds with no head
+/// reported: after it, another node may make it (the claimer died first).
+pub const GENESIS_CLAIM_SECS: u64 = 60;
+
 const LEADER_LOCK: i64 = 0x6a61_7863_7369;
 
 /// StorageClass or VolumeAttributesClass parameter: how much history a

@@ -13,6 +13,9 @@ use crate::db::{HeadKey, KeyError, VolumeRecord};
 use crate::fuse::MountOptions;
 use crate::store::Hash;
 
+/// How long a NodeStage waits for the node making a volume's first version.
+const FIRST_VERSION_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 fn parse_id(id: &str) -> Result<BucketId, NodeError> {
     BucketId::from_hex(id)
         .map_err(|_| NodeError::Internal(format!("malformed bucket id {id:?} in a record")))
@@ -46,7 +49,22 @@ impl NodeAgent {
         if self.state.has_bucket(&id) {
             return Ok(());
         }
-        if self.db.latest_head(&vol.id).await?.is_some() {
+        let mut held_elsewhere = self.db.latest_head(&vol.id).await?.is_some();
+        if !held_elsewhere && !self.db.claim_genesis(&vol.id, &self.node_id).await? {
+            // Another node is making the volume's first version: it is
+            // taken from there, never made twice.
+            held_elsewhere = self.wait_for_first_version(&vol.id).await?;
+        }
+        if held_elsewhere {
+            // What the history begins with, known before any version is taken.
+            if let (Some(genesis), _) = self.db.genesis_of(&vol.id).await? {
+                let genesis: Hash = genesis.parse().map_err(|_| {
+                    NodeError::Internal("malformed first version in the volume record".into())
+                })?;
+                self.state
+                    .set_genesis(&id, &genesis)
+                    .map_err(NodeError::bucket("recording the volume's first version"))?;
+            }
             let peers = peers_of(&self.db, &id, &self.node_id).await?;
             self.sync
                 .fetch_bucket(id, secret.clone(), peers)
@@ -115,6 +133,26 @@ impl NodeAgent {
         Ok(())
     }
 
+    /// Wait (up to [`FIRST_VERSION_WAIT`]) for the node that claimed the
+    /// making of `volume`'s first version to report a head; whether one
+    /// did.
+    async fn wait_for_first_version(&self, volume: &str) -> Result<bool, NodeError> {
+        let deadline = tokio::time::Instant::now() + FIRST_VERSION_WAIT;
+        loop {
+            if self.db.latest_head(volume).await?.is_some() {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let (_, by) = self.db.genesis_of(volume).await?;
+                return Err(NodeError::PeersUnavailable(format!(
+                    "node {} is making volume {volume}'s first version and has not reported it yet",
+                    by.unwrap_or_default()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Mount `vol`'s bucket (made if it is not here yet, see
     /// [`ensure_bucket`]) at `staging` with `options`, give it the volume's
     /// capacity as its quota, and report its head to Postgres.
@@ -151,6 +189,17 @@ impl NodeAgent {
         })
         .await
         .map_err(|e| NodeError::Internal(format!("mount worker failed: {e}")))??;
+        // The first version this node made (before the head: a node waiting
+        // for the head reads it next).
+        if let Some(genesis) = self
+            .state
+            .genesis_of(&id)
+            .map_err(NodeError::bucket("reading the volume's first version"))?
+        {
+            self.db
+                .record_genesis(&id.to_hex(), &genesis.to_hex())
+                .await?;
+        }
         self.report_head(&id).await;
         Ok(())
     }

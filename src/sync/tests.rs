@@ -1305,3 +1305,70 @@ async fn a_rotated_secret_reaches_members_but_not_a_removed_node() {
     assert_eq!(path::read_file(&mut old, "/f.txt").unwrap(), b"original");
     assert!(path::read_file(&mut old, "/after.txt").is_err());
 }
+
+/// #26: a second first version. A node holding the secret makes a history
+/// of its own for the bucket (a genesis bound like any, so it verifies) and
+/// announces its head: a node that knows where the bucket's history begins
+/// (what Postgres recorded) refuses the chain and keeps its head. Without
+/// that record, the same announcement merges the made-up history in (the
+/// control: the check is what refuses it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_first_version_is_refused() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b, m) = (node(&kek).await, node(&kek).await, node(&kek).await);
+    register(&[&a, &b, &m]);
+    let (id, secret) = shared(&a, &b, &kek).await;
+    let ab = a.state.open_bucket(&id, &kek).unwrap();
+    assert!(
+        a.state.genesis_of(&id).unwrap().is_some(),
+        "the maker records it"
+    );
+    // m is a member (it enrolled), then throws its copy away and makes a
+    // history of its own under the same secret.
+    m.engine
+        .fetch_bucket(id, secret.clone(), vec![peer(&a)])
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(m._dir.path().join("buckets").join(id.to_hex())).unwrap();
+    let before = ab.head().unwrap();
+    let made_up = m
+        .state
+        .create_bucket_with_secret(id, secret.clone(), &kek, &BucketOptions::default())
+        .unwrap();
+    let mut mm = made_up.mount().unwrap();
+    path::write_file(&mut mm, "/resurrected.txt", b"deleted long ago").unwrap();
+    let forged = mm.save().unwrap().hash;
+    drop(mm);
+    m.engine.set_peers(id, vec![peer(&a)]);
+    a.engine.set_peers(id, vec![peer(&b), peer(&m)]);
+    m.engine.announce(id, forged).await;
+    // The announcement is pulled and refused: a's head stays.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        assert_eq!(ab.head().unwrap(), before, "a took a second history");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut am = ab.mount().unwrap();
+    assert!(path::read_file(&mut am, "/resurrected.txt").is_err());
+    drop(am);
+
+    // The control: with no record of the first version, it merges.
+    let genesis_file = a
+        ._dir
+        .path()
+        .join("buckets")
+        .join(id.to_hex())
+        .join("GENESIS");
+    std::fs::remove_file(genesis_file).unwrap();
+    m.engine.announce(id, forged).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ab.head().unwrap() == before {
+        assert!(Instant::now() < deadline, "the control never merged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut am = ab.mount().unwrap();
+    assert_eq!(
+        path::read_file(&mut am, "/resurrected.txt").unwrap(),
+        b"deleted long ago"
+    );
+}
