@@ -1473,13 +1473,8 @@ async fn two_first_stages_make_one_first_version() {
             "the first version is recorded: {recorded:?}"
         );
         for node in ["node-a", "node-b"] {
-            let local = fs::read_to_string(
-                e.c.node_state(node)
-                    .join("buckets")
-                    .join(&vol)
-                    .join("GENESIS"),
-            )
-            .unwrap();
+            let local =
+                fs::read_to_string(e.c.node_state(node).join("genesis").join(&vol)).unwrap();
             assert_eq!(local.trim(), recorded, "{node}'s copy begins elsewhere");
         }
     }

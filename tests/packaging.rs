@@ -364,9 +364,11 @@ fn the_node_daemonset_can_mount_fuse_into_pods() {
 }
 
 /// Finding 7 of issue 26: the node's sidecars must not reach the Admin
-/// service (it opens any volume with the cluster KEK). It is served on its
-/// own socket in the state dir, which only the plugin container mounts; the
-/// liveness probe is not root and reaches csi.sock through its group.
+/// service (it opens any volume with the cluster KEK), nor may another pod
+/// on the node (the fd-keeper mounts the state dir). It is served on its own
+/// socket in a pod-private directory (an emptyDir) only the plugin container
+/// mounts; the liveness probe is not root and reaches csi.sock through its
+/// group.
 #[test]
 fn the_node_sidecars_cannot_reach_the_admin_socket() {
     for name in ["default", "all-options"] {
@@ -389,8 +391,25 @@ fn the_node_sidecars_cannot_reach_the_admin_socket() {
         let csi = PathBuf::from(flag("endpoint").trim_start_matches("unix://"));
         let state = PathBuf::from(flag("state-dir"));
         assert!(
-            admin.starts_with(&state),
-            "{name}: {admin:?} not in {state:?}"
+            !admin.starts_with(&state),
+            "{name}: {admin:?} in the state dir, which the fd-keeper mounts too"
+        );
+        let private = plugin
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| admin.starts_with(&m.mount_path))
+            .unwrap_or_else(|| panic!("{name}: no volume holds {admin:?}"));
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == private.name)
+            .unwrap();
+        assert!(
+            volume.empty_dir.is_some(),
+            "{name}: {admin:?} is on {}, not a pod-private emptyDir",
+            private.name
         );
         assert_ne!(
             admin.parent(),

@@ -1,7 +1,7 @@
 //! The version a bucket's history begins with. Binding the root key to
 //! the manifest (format 2) stops a node without the secret from making a
 //! history; the genesis check stops a second one from anybody: the node
-//! that makes a volume's first version records it (in `GENESIS` here and,
+//! that makes a volume's first version records it (in `genesis/<id>` here and,
 //! by the node agent, in Postgres, claimed before it is made so two first
 //! stages never make two), a node that fetches the volume writes Postgres's
 //! record here before it takes any version, and a chain that reaches any
@@ -13,8 +13,25 @@ use std::path::PathBuf;
 use super::{read_head_file, write_atomic, BucketCore, BucketError, BucketId, Result, StateDir};
 use crate::store::Hash;
 
+/// `<state>/genesis/<id>`, beside `buckets/` rather than in the bucket's
+/// directory: it is written before the bucket exists here (before a fetch),
+/// and a bucket directory with no HEAD would be taken for a broken bucket.
 fn genesis_path(bucket_dir: &std::path::Path) -> PathBuf {
-    bucket_dir.join("GENESIS")
+    let id = bucket_dir.file_name().unwrap_or_default();
+    bucket_dir
+        .parent()
+        .and_then(|buckets| buckets.parent())
+        .unwrap_or(bucket_dir)
+        .join("genesis")
+        .join(id)
+}
+
+/// Write `version` as the first version recorded at `path`.
+fn write_genesis_file(path: &std::path::Path, version: &Hash) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        crate::durable::create_dir_all(dir).map_err(BucketError::io(dir))?;
+    }
+    write_atomic(path, version.to_hex().as_bytes())
 }
 
 impl BucketCore {
@@ -39,7 +56,7 @@ impl BucketCore {
 
     /// Record `version` as the first of this bucket's history.
     pub(super) fn record_genesis(&self, version: &Hash) -> Result<()> {
-        write_atomic(&genesis_path(&self.dir), version.to_hex().as_bytes())
+        write_genesis_file(&genesis_path(&self.dir), version)
     }
 }
 
@@ -64,11 +81,16 @@ impl StateDir {
                 at: *version,
                 reason: format!("this node's copy of the volume began at {known}"),
             }),
-            None => {
-                let dir = self.bucket_dir(id);
-                crate::durable::create_dir_all(&dir).map_err(BucketError::io(&dir))?;
-                write_atomic(&genesis_path(&dir), version.to_hex().as_bytes())
-            }
+            None => write_genesis_file(&genesis_path(&self.bucket_dir(id)), version),
+        }
+    }
+
+    /// Forget the first version of `id` (the bucket is removed here).
+    pub(super) fn forget_genesis(&self, id: &BucketId) -> Result<()> {
+        let path = genesis_path(&self.bucket_dir(id));
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(BucketError::io(&path)(e)),
+            _ => Ok(()),
         }
     }
 }

@@ -10,6 +10,8 @@
 //! store/blobs/..               every bucket's blobs (ciphertext and manifests)
 //! buckets/<id>/HEAD            the manifest hash of the bucket's head
 //! buckets/<id>/key.wrapped     the bucket secret wrapped by the KEK
+//! buckets/<id>/epochs/         the secrets rotations added (`epochs.rs`)
+//! genesis/<id>                 the version the bucket's history begins with
 //! ```
 
 mod ancestry;
@@ -789,6 +791,7 @@ impl StateDir {
     pub fn remove_bucket(&self, id: &BucketId) -> Result<()> {
         let dir = self.bucket_dir(id);
         blob_index::forget(&dir);
+        self.forget_genesis(id)?;
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

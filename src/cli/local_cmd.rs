@@ -22,6 +22,8 @@ pub enum LocalCommand {
     /// Start Postgres, a controller and N node plugins as supervised
     /// processes; print one JSON line when all are ready; run until
     /// SIGINT/SIGTERM, then stop them all (no mount, process or socket left).
+    /// The KEK is `STATE_DIR/kek.hex`; a `kek.previous.hex` beside it (a
+    /// rotation in progress) is given to every process as the previous KEK.
     Up {
         /// State directory (Postgres data, KEK, sockets, logs, node state);
         /// reused across runs: the volumes and their data are kept.
@@ -145,16 +147,30 @@ fn controller_spec(layout: &Layout, pg: &EmbeddedPostgres, metrics: u16) -> Chil
         format!("--endpoint=unix://{}", socket.display()).into(),
         format!("--database-url={}", pg.database_url()).into(),
         format!("--kek-file={}", layout.kek().display()).into(),
-        "--node-id=local-controller".into(),
-        "--kubernetes=off".into(),
-        format!("--metrics-addr=127.0.0.1:{metrics}").into(),
     ];
+    let args: Vec<OsString> = args
+        .into_iter()
+        .chain(previous_kek_arg(layout))
+        .chain([
+            "--node-id=local-controller".into(),
+            "--kubernetes=off".into(),
+            format!("--metrics-addr=127.0.0.1:{metrics}").into(),
+        ])
+        .collect();
     ChildSpec {
         name: "controller".into(),
         args,
         socket,
         kind: ChildKind::Csi,
     }
+}
+
+/// `--previous-kek-file` when a rotation is in progress (see `Up`).
+fn previous_kek_arg(layout: &Layout) -> Option<OsString> {
+    let previous = layout.previous_kek();
+    previous
+        .exists()
+        .then(|| format!("--previous-kek-file={}", previous.display()).into())
 }
 
 /// The fd-keeper of node `id`: started before it, stopped after it.
@@ -196,6 +212,7 @@ fn node_spec(
         format!("--metrics-addr=127.0.0.1:{}", ports.metrics).into(),
         format!("--handover-socket={}", layout.keeper_socket(id).display()).into(),
     ];
+    let args = args.into_iter().chain(previous_kek_arg(layout)).collect();
     ChildSpec {
         name: id.to_string(),
         args,
@@ -232,6 +249,10 @@ fn ready_line(
         "controller_metrics": format!("http://127.0.0.1:{}/metrics", ports.controller_metrics),
         "database_url": pg.database_url(),
         "kek_file": layout.kek().display().to_string(),
+        "previous_kek_file": layout
+            .previous_kek()
+            .exists()
+            .then(|| layout.previous_kek().display().to_string()),
         "kubelet_dir": layout.kubelet().display().to_string(),
         "logs": layout.logs().display().to_string(),
         "nodes": nodes,

@@ -32,6 +32,10 @@ impl Layout {
     pub fn kek(&self) -> PathBuf {
         self.root.join("kek.hex")
     }
+    /// A KEK rotation in progress: the previous KEK, beside the current one.
+    pub fn previous_kek(&self) -> PathBuf {
+        self.root.join("kek.previous.hex")
+    }
     pub fn postgres(&self) -> PathBuf {
         self.root.join("postgres")
     }

@@ -1353,12 +1353,7 @@ async fn a_second_first_version_is_refused() {
     drop(am);
 
     // The control: with no record of the first version, it merges.
-    let genesis_file = a
-        ._dir
-        .path()
-        .join("buckets")
-        .join(id.to_hex())
-        .join("GENESIS");
+    let genesis_file = a._dir.path().join("genesis").join(id.to_hex());
     std::fs::remove_file(genesis_file).unwrap();
     m.engine.announce(id, forged).await;
     let deadline = Instant::now() + Duration::from_secs(10);
