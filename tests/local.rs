@@ -182,6 +182,17 @@ async fn volume_names(ctl: &mut ControllerClient<Channel>) -> Vec<String> {
 
 /// Stage and publish `id` on node `i`; returns the pod's target path.
 async fn publish(local: &Local, i: usize, id: &str, pod: &str) -> PathBuf {
+    publish_with(local, i, id, pod, &HashMap::new()).await
+}
+
+/// [`publish`] with the secrets the sidecars would send.
+async fn publish_with(
+    local: &Local,
+    i: usize,
+    id: &str,
+    pod: &str,
+    secrets: &HashMap<String, String>,
+) -> PathBuf {
     let mut node = local.node(i).await;
     let staging = local
         .kubelet()
@@ -191,6 +202,7 @@ async fn publish(local: &Local, i: usize, id: &str, pod: &str) -> PathBuf {
         volume_id: id.into(),
         staging_target_path: staging.display().to_string(),
         volume_capability: Some(csi::rwx()),
+        secrets: secrets.clone(),
         ..Default::default()
     })
     .await
@@ -200,6 +212,7 @@ async fn publish(local: &Local, i: usize, id: &str, pod: &str) -> PathBuf {
         staging_target_path: staging.display().to_string(),
         target_path: target.display().to_string(),
         volume_capability: Some(csi::rwx()),
+        secrets: secrets.clone(),
         ..Default::default()
     })
     .await
@@ -948,5 +961,78 @@ async fn a_node_is_removed_in_local_up() {
     assert!(!removed_id.trim().is_empty());
     cluster::write_synced(&target.join("after"), b"after the removal").unwrap();
     assert_eq!(fs::read(target.join("f")).unwrap(), b"shared");
+    local.stop();
+}
+
+/// #26: a tenant's key rotates in `local up` without copying data: `kek
+/// rotate-tenant` re-seals the tenant layer of its volume's record; then a
+/// NodeStage carrying the old key is refused and one carrying the new key
+/// stages it, and a pod reads what was written under the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_key_rotates_in_local_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("jax");
+    let local = Local::up(&state, 1);
+    let (old_key, new_key) = (hex::encode([3u8; 32]), hex::encode([4u8; 32]));
+    let secrets =
+        |k: &str| -> HashMap<String, String> { [("tenantKey".to_string(), k.to_string())].into() };
+    let mut ctl = local.controller().await;
+    let id = ctl
+        .create_volume(CreateVolumeRequest {
+            name: "tenant".into(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 64 << 20,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![csi::rwx()],
+            parameters: [("tenantKeySecret".to_string(), "team-a".to_string())].into(),
+            secrets: secrets(&old_key),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let target = publish_with(&local, 0, &id, "t", &secrets(&old_key)).await;
+    cluster::write_synced(&target.join("data.txt"), b"tenant bytes").unwrap();
+
+    let (old_file, new_file) = (dir.path().join("old.hex"), dir.path().join("new.hex"));
+    fs::write(&old_file, &old_key).unwrap();
+    fs::write(&new_file, &new_key).unwrap();
+    let report = cli_json(&[
+        "kek",
+        "rotate-tenant",
+        "-o",
+        "json",
+        "--database-url",
+        &local.database_url(),
+        "--kek-file",
+        local.ready["kek_file"].as_str().unwrap(),
+        "--tenant-key-file",
+        new_file.to_str().unwrap(),
+        "--previous-tenant-key-file",
+        old_file.to_str().unwrap(),
+    ]);
+    assert_eq!(report["rewrapped"], 1, "{report}");
+
+    let stage = |key: &str| NodeStageVolumeRequest {
+        volume_id: id.clone(),
+        staging_target_path: local
+            .kubelet()
+            .join(format!("plugins/jax/{id}/globalmount"))
+            .display()
+            .to_string(),
+        volume_capability: Some(csi::rwx()),
+        secrets: secrets(key),
+        ..Default::default()
+    };
+    let mut node = local.node(0).await;
+    let refused = node.node_stage_volume(stage(&old_key)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    node.node_stage_volume(stage(&new_key)).await.unwrap();
+    let again = publish_with(&local, 0, &id, "t2", &secrets(&new_key)).await;
+    assert_eq!(fs::read(again.join("data.txt")).unwrap(), b"tenant bytes");
     local.stop();
 }
