@@ -3,7 +3,8 @@
 //! an orphaned mount removed) and removes targets whose pod is gone; the
 //! controller leader deletes volumes no PersistentVolume names, after a
 //! grace period, and never while the API fails, and tells a claim when its
-//! volume is under-replicated and when it is whole again.
+//! volume is under-replicated and when it is whole again, and removes a node
+//! whose Kubernetes Node was deleted.
 
 mod cluster;
 mod k8s_api;
@@ -329,5 +330,60 @@ async fn an_under_replicated_volume_is_told_on_its_claim() {
         api.events_with_reason("VolumeUnderReplicated").len(),
         1,
         "said once"
+    );
+}
+
+/// #26: a node whose Kubernetes Node is deleted is removed as `jax-csi
+/// node remove` removes it, once the grace has passed; a Node list with no
+/// Node at all (an API that is not the cluster's) removes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_kubernetes_node_is_deleted_is_removed() {
+    let api = ScriptedApi::start().await;
+    let mut c = Cluster::start();
+    let url = api.url.clone();
+    let _ctl = ControllerClient::new(
+        c.controller_with(
+            0,
+            &[
+                "--kubernetes",
+                &url,
+                "--orphan-scan-secs",
+                "1",
+                "--node-gone-grace-secs",
+                "2",
+            ],
+        )
+        .await,
+    );
+    c.node("node-a").await;
+    c.node("node-b").await;
+    let registered =
+        |c: &Cluster| c.psql("SELECT count(*) FROM nodes WHERE endpoint_id IS NOT NULL");
+    eventually(30, "both nodes register their sync endpoints", || {
+        let n = registered(&c);
+        async move { n == "2" }
+    })
+    .await;
+    let before = api.count("GET /api/v1/nodes?");
+    eventually(60, "three empty Node lists", || async {
+        api.count("GET /api/v1/nodes?") >= before + 3
+    })
+    .await;
+    assert_eq!(c.psql("SELECT count(*) FROM removed_nodes"), "0");
+
+    // node-b's Node is deleted: node-b goes after the grace, node-a stays.
+    api.state
+        .lock()
+        .unwrap()
+        .nodes
+        .insert("node-a".into(), Default::default());
+    eventually(60, "node-b is removed", || {
+        let removed = c.psql("SELECT node_id FROM removed_nodes");
+        async move { removed == "node-b" }
+    })
+    .await;
+    assert_eq!(
+        c.psql("SELECT id FROM nodes WHERE endpoint_id IS NOT NULL"),
+        "node-a"
     );
 }

@@ -41,9 +41,14 @@ pub struct ControllerArgs {
     /// orphan sweep deletes it.
     #[arg(long, default_value_t = 3600)]
     orphan_grace_secs: u64,
-    /// Seconds between orphan sweeps.
+    /// Seconds between orphan sweeps (and looks for deleted Nodes).
     #[arg(long, default_value_t = 300)]
     orphan_scan_secs: u64,
+    /// Seconds a registered node may go without a Kubernetes Node before
+    /// it is removed as `jax-csi node remove` removes it (with a Kubernetes
+    /// API only).
+    #[arg(long, default_value_t = 60)]
+    node_gone_grace_secs: u64,
     /// Seconds without a heartbeat (nodes send one every 5 s) after which a
     /// node's replicas are replaced on other nodes and a volume counts it
     /// as lost. At least 15.
@@ -78,6 +83,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 client,
                 grace: Duration::from_secs(args.orphan_grace_secs),
                 every: Duration::from_secs(args.orphan_scan_secs.max(1)),
+                node_gone_grace: Duration::from_secs(args.node_gone_grace_secs),
             })
     };
     if let Some(addr) = args.metrics_addr {

@@ -44,6 +44,9 @@ pub struct OrphanSweep {
     pub grace: Duration,
     /// How often to look.
     pub every: Duration,
+    /// How long a registered node may go without a Kubernetes Node before
+    /// it is removed (`k8s::nodes`).
+    pub node_gone_grace: Duration,
 }
 
 /// Serve Identity + Controller until `shutdown` resolves.
@@ -142,6 +145,7 @@ async fn background(
                     .as_ref()
                     .map(|o| crate::k8s::replicas::ReplicaEvents::new(o.client.clone(), &me));
                 let mut last_sweep: Option<tokio::time::Instant> = None;
+                let mut node_sweep = crate::k8s::nodes::NodeSweep::default();
                 loop {
                     tokio::time::sleep(tick).await;
                     if sqlx::query("SELECT 1").execute(&mut *conn).await.is_err() {
@@ -188,6 +192,13 @@ async fn background(
                                 }
                                 Ok(_) => {}
                                 Err(e) => tracing::warn!(error = %e, "orphan sweep skipped"),
+                            }
+                            match node_sweep.pass(&o.client, &db, o.node_gone_grace).await {
+                                Ok(removed) if !removed.is_empty() => {
+                                    tracing::info!(?removed, "nodes whose Kubernetes Node is gone")
+                                }
+                                Ok(_) => {}
+                                Err(e) => tracing::warn!(error = %e, "deleted-Node sweep skipped"),
                             }
                         }
                     }

@@ -3,6 +3,7 @@
 //! here is optional: without an API server (local mode) none of it runs.
 
 pub mod events;
+pub mod nodes;
 pub mod orphans;
 pub mod replicas;
 

@@ -83,6 +83,21 @@ fn route(state: &Mutex<State>, method: &str, path: &str, body: &[u8]) -> (u16, s
     let path_only = path.split('?').next().unwrap_or_default();
     let parts: Vec<&str> = path_only.trim_start_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
+        ("GET", ["api", "v1", "nodes"]) => {
+            let items: Vec<serde_json::Value> = st
+                .nodes
+                .iter()
+                .map(|(name, labels)| {
+                    serde_json::json!({"apiVersion": "v1", "kind": "Node",
+                        "metadata": {"name": name, "labels": labels}})
+                })
+                .collect();
+            (
+                200,
+                serde_json::json!({"apiVersion": "v1", "kind": "NodeList",
+                    "metadata": {"resourceVersion": "1"}, "items": items}),
+            )
+        }
         ("GET", ["api", "v1", "nodes", name]) => match st.nodes.get(*name) {
             Some(labels) => (
                 200,
