@@ -953,7 +953,7 @@ async fn a_node_is_removed_in_local_up() {
     ]);
     println!("node remove: {removed}");
     let node_0 = PathBuf::from(local.ready["nodes"][0]["state_dir"].as_str().unwrap());
-    let epochs = node_0.join("buckets").join(&id).join("epochs");
+    let epochs = node_0.join("epochs").join(&id);
     eventually(30, "node-0 rotates the shared volume's secret", || {
         fs::read_dir(&epochs).is_ok_and(|d| d.count() >= 1)
     });

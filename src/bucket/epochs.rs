@@ -1,6 +1,8 @@
 //! A bucket's rotated secrets on this node (see `crypto::keyring`).
 //!
-//! Each epoch secret is kept in `buckets/<id>/epochs/<number>-<tag>.sealed`,
+//! Each epoch secret is kept in `epochs/<id>/<number>-<tag>.sealed` (beside
+//! `buckets/`: a clone's node keeps its source's ring without holding the
+//! source, and a bucket directory with no HEAD is taken for a broken one),
 //! sealed with the bucket's base secret (itself wrapped by the KEK in
 //! `key.wrapped`) and bound to the bucket and the epoch's number. An epoch is
 //! written here, durably, before any version sealed with it is, so a crash
@@ -15,7 +17,16 @@ use super::{BucketCore, BucketError, BucketId, Manifest, Result};
 const AAD: &[u8] = b"jax-csi epoch secret v1\0";
 
 fn epochs_dir(bucket_dir: &Path) -> PathBuf {
-    bucket_dir.join("epochs")
+    super::beside_buckets(bucket_dir, "epochs")
+}
+
+/// Forget the epochs kept for the bucket in `bucket_dir` (it is removed).
+pub(super) fn forget(bucket_dir: &Path) -> Result<()> {
+    let dir = epochs_dir(bucket_dir);
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(BucketError::io(&dir)(e)),
+        _ => Ok(()),
+    }
 }
 
 fn binding(id: &BucketId, number: u32) -> Vec<u8> {
@@ -33,8 +44,10 @@ pub(super) fn load(bucket_dir: &Path, id: &BucketId, base: SecretKey) -> Keyring
     let Ok(entries) = std::fs::read_dir(epochs_dir(bucket_dir)) else {
         return ring;
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
+    // In number order: a ring takes no epoch above the highest plus one.
+    let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for path in entries {
         let Some(number) = path
             .file_name()
             .and_then(|n| n.to_str())

@@ -17,13 +17,7 @@ use crate::store::Hash;
 /// directory: it is written before the bucket exists here (before a fetch),
 /// and a bucket directory with no HEAD would be taken for a broken bucket.
 fn genesis_path(bucket_dir: &std::path::Path) -> PathBuf {
-    let id = bucket_dir.file_name().unwrap_or_default();
-    bucket_dir
-        .parent()
-        .and_then(|buckets| buckets.parent())
-        .unwrap_or(bucket_dir)
-        .join("genesis")
-        .join(id)
+    super::beside_buckets(bucket_dir, "genesis")
 }
 
 /// Write `version` as the first version recorded at `path`.

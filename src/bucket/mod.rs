@@ -10,7 +10,7 @@
 //! store/blobs/..               every bucket's blobs (ciphertext and manifests)
 //! buckets/<id>/HEAD            the manifest hash of the bucket's head
 //! buckets/<id>/key.wrapped     the bucket secret wrapped by the KEK
-//! buckets/<id>/epochs/         the secrets rotations added (`epochs.rs`)
+//! epochs/<id>/                 the secrets rotations added (`epochs.rs`)
 //! genesis/<id>                 the version the bucket's history begins with
 //! ```
 
@@ -309,6 +309,18 @@ impl BucketCore {
         });
         Ok(opened)
     }
+}
+
+/// `<state>/<kind>/<id>` for the bucket in `<state>/buckets/<id>`: what is
+/// kept of a bucket before (or without) its directory, which a HEAD makes.
+fn beside_buckets(bucket_dir: &Path, kind: &str) -> PathBuf {
+    let id = bucket_dir.file_name().unwrap_or_default();
+    bucket_dir
+        .parent()
+        .and_then(|buckets| buckets.parent())
+        .unwrap_or(bucket_dir)
+        .join(kind)
+        .join(id)
 }
 
 /// The version a HEAD file names (as written, not checked).
@@ -658,7 +670,8 @@ impl StateDir {
         crate::durable::create_dir_all(&dir).map_err(BucketError::io(&dir))?;
         let wrapped = kek.wrap_for(&secret, &WrapContext::node_local(&id.to_hex()))?;
         write_atomic(&dir.join("key.wrapped"), &wrapped.0)?;
-        Ok(self.core_with(id, crate::crypto::Keyring::of(secret)))
+        // Epochs learned before the bucket was here (a clone's source).
+        Ok(self.core_of(id, secret))
     }
 
     /// The core of bucket `id` holding `ring`.
@@ -792,6 +805,7 @@ impl StateDir {
         let dir = self.bucket_dir(id);
         blob_index::forget(&dir);
         self.forget_genesis(id)?;
+        epochs::forget(&dir)?;
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

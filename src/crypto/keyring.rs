@@ -5,7 +5,12 @@
 //! that seals the root key of every version written after it. Epoch secrets
 //! travel only inside key shares (sealed to each member's identity), so a
 //! node removed before a rotation, which still holds the base secret and
-//! the cluster KEK, cannot open what is written after it.
+//! the cluster KEK, cannot open the root of what is written after it (what
+//! it can still read is said in ARCHITECTURE.md, *Bucket secret rotation*).
+//!
+//! Epoch numbers grow by one per rotation and a ring never skips one: an
+//! epoch more than one above the highest known is refused, so a member
+//! cannot plant an epoch that every later rotation would sort below.
 
 use zeroize::Zeroizing;
 
@@ -72,19 +77,32 @@ impl Keyring {
             .chain(std::iter::once(&self.base))
     }
 
+    fn highest(&self) -> u32 {
+        self.epochs.last().map_or(0, |e| e.number)
+    }
+
     /// A new epoch after every one known here.
     pub fn next_epoch(&self) -> Result<Epoch, CryptoError> {
-        let number = self.epochs.last().map_or(0, |e| e.number).saturating_add(1);
+        let number = self
+            .highest()
+            .checked_add(1)
+            .ok_or(CryptoError::Malformed("no epoch number is left"))?;
         Ok(Epoch {
             number,
             key: SecretKey::generate()?,
         })
     }
 
-    /// Add `epoch` in its place; whether it was new.
+    /// Add `epoch` in its place; whether it was new. An epoch more than one
+    /// above the highest known is refused (rings never skip a number).
     pub fn add(&mut self, epoch: Epoch) -> Result<bool, CryptoError> {
         if self.epochs.iter().any(|e| e.key == epoch.key) {
             return Ok(false);
+        }
+        if epoch.number == 0 || epoch.number > self.highest().saturating_add(1) {
+            return Err(CryptoError::Malformed(
+                "an epoch number that skips past the ring's highest",
+            ));
         }
         if self.epochs.len() >= MAX_EPOCHS {
             return Err(CryptoError::Malformed(
@@ -156,14 +174,20 @@ mod tests {
     fn epochs_order_by_number_then_bytes_and_the_newest_seals() {
         let mut ring = Keyring::of(key(0));
         assert_eq!(ring.current(), &key(0));
-        ring.add(Epoch {
-            number: 2,
-            key: key(5),
-        })
-        .unwrap();
+        let skip = |n: u32| Epoch {
+            number: n,
+            key: key(8),
+        };
+        assert!(ring.add(skip(2)).is_err(), "a ring never skips a number");
+        assert!(ring.add(skip(u32::MAX)).is_err());
         ring.add(Epoch {
             number: 1,
             key: key(9),
+        })
+        .unwrap();
+        ring.add(Epoch {
+            number: 2,
+            key: key(5),
         })
         .unwrap();
         ring.add(Epoch {

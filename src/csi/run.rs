@@ -177,6 +177,14 @@ async fn background(
                         }
                     }
                     if let Some(o) = &orphans {
+                        // Every tick, so the grace is what it says.
+                        match node_sweep.pass(&o.client, &db, o.node_gone_grace).await {
+                            Ok(removed) if !removed.is_empty() => {
+                                tracing::info!(?removed, "nodes whose Kubernetes Node is gone")
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "deleted-Node sweep skipped"),
+                        }
                         if last_sweep.is_none_or(|t| t.elapsed() >= o.every) {
                             last_sweep = Some(tokio::time::Instant::now());
                             match crate::k8s::orphans::sweep_volumes(&o.client, &db, o.grace).await
@@ -192,13 +200,6 @@ async fn background(
                                 }
                                 Ok(_) => {}
                                 Err(e) => tracing::warn!(error = %e, "orphan sweep skipped"),
-                            }
-                            match node_sweep.pass(&o.client, &db, o.node_gone_grace).await {
-                                Ok(removed) if !removed.is_empty() => {
-                                    tracing::info!(?removed, "nodes whose Kubernetes Node is gone")
-                                }
-                                Ok(_) => {}
-                                Err(e) => tracing::warn!(error = %e, "deleted-Node sweep skipped"),
                             }
                         }
                     }

@@ -298,14 +298,14 @@ impl Db {
     }
 
     /// Record the version volume `volume_id`'s history begins with (once:
-    /// a record is never replaced).
-    pub async fn record_genesis(&self, volume_id: &str, genesis: &str) -> DbResult<()> {
+    /// a record is never replaced); the one recorded after it.
+    pub async fn record_genesis(&self, volume_id: &str, genesis: &str) -> DbResult<Option<String>> {
         sqlx::query("UPDATE volumes SET genesis = $2 WHERE id = $1 AND genesis IS NULL")
             .bind(volume_id)
             .bind(genesis)
             .execute(self.pool())
             .await?;
-        Ok(())
+        Ok(self.genesis_of(volume_id).await?.0)
     }
 
     /// The version volume `volume_id`'s history begins with, when recorded;

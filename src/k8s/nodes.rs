@@ -2,7 +2,10 @@
 //! whose Kubernetes Node was deleted (a machine retired, or taken out
 //! because it was compromised) is removed as `jax-csi node remove` removes
 //! it: every node refuses its sync identity, drops its key share and
-//! rotates the secret of the volumes it held.
+//! rotates the secret of the volumes it held. The leader looks every few
+//! seconds; a Node deleted under a live kubelet is registered again by it
+//! within seconds, well inside the grace, so only a machine whose kubelet
+//! is gone for the whole grace loses its node plugin's registration.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};

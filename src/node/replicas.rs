@@ -47,7 +47,11 @@ impl Change<'_> {
             Change::Grant(node) => m.grant(node).map(|()| 0),
             Change::DropRevoked => {
                 m.drop_revoked_members()?;
-                m.rotate_secret().map(|_| 0)
+                // The shares go whatever happens to the rotation.
+                if let Err(e) = m.rotate_secret() {
+                    tracing::error!(error = %e, "a removed node's share is dropped but the volume's secret was not rotated");
+                }
+                Ok(0)
             }
             Change::RotateSecret => m.rotate_secret().map(|_| 0),
         }

@@ -49,7 +49,10 @@ impl NodeAgent {
         if self.state.has_bucket(&id) {
             return Ok(());
         }
-        let mut held_elsewhere = self.db.latest_head(&vol.id).await?.is_some();
+        // A head reported, or a first version recorded (its holders may
+        // all be replicas, or removed): never made again.
+        let mut held_elsewhere = self.db.latest_head(&vol.id).await?.is_some()
+            || self.db.genesis_of(&vol.id).await?.0.is_some();
         if !held_elsewhere && !self.db.claim_genesis(&vol.id, &self.node_id).await? {
             // Another node is making the volume's first version: it is
             // taken from there, never made twice.
@@ -196,9 +199,18 @@ impl NodeAgent {
             .genesis_of(&id)
             .map_err(NodeError::bucket("reading the volume's first version"))?
         {
-            self.db
+            let recorded = self
+                .db
                 .record_genesis(&id.to_hex(), &genesis.to_hex())
                 .await?;
+            if recorded.as_deref().is_some_and(|r| r != genesis.to_hex()) {
+                // Another node made the volume first (this one's claim
+                // lapsed): peers refuse this copy's history.
+                return Err(NodeError::Internal(format!(
+                    "this node's copy of volume {id} began at {genesis}, but the volume's history begins at {}; unstage it here and remove buckets/{id} from this node's state dir to take the volume from its holders",
+                    recorded.unwrap_or_default()
+                )));
+            }
         }
         self.report_head(&id).await;
         Ok(())

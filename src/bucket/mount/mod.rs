@@ -283,8 +283,10 @@ impl Mount {
     /// Rotate the bucket secret: the next version, and every one after it,
     /// is sealed under a new epoch secret that only the current members'
     /// shares carry, and the root directory gets a new key. Nodes removed
-    /// before (which keep the older secrets) cannot open it. Takes effect
-    /// with the next save; returns the epoch's number.
+    /// before (which keep the older secrets) cannot open its root; keys of
+    /// files and directories below it that they already held are kept (see
+    /// ARCHITECTURE.md). Takes effect with the next save; returns the
+    /// epoch's number.
     pub fn rotate_secret(&mut self) -> Result<u32> {
         self.check_writable()?;
         let number = self.core.rotate_secret()?;
