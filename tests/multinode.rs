@@ -1288,6 +1288,11 @@ async fn a_hostile_node_reaches_nothing_it_was_not_given() {
         !sent.is_empty(),
         "its own volume's blobs are served: the probe works"
     );
+    println!(
+        "asked under its own volume's proof for {} blob addresses (node-0's whole store): {} sent",
+        spec.guesses.len(),
+        sent.len()
+    );
     for h in &sent {
         assert!(
             held_by_2.contains(h),

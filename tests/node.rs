@@ -1295,6 +1295,7 @@ async fn a_removed_node_is_refused_and_cannot_register_again() {
     fsync_file(&pod.join("after.txt"));
     assert_eq!(fs::read(pod.join("f.txt")).unwrap(), b"from a");
     // On demand: `volume rotate-secret` on the node that stages it.
+    let asked = Instant::now();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_jax-csi"))
         .args([
             "volume",
@@ -1314,6 +1315,10 @@ async fn a_removed_node_is_refused_and_cannot_register_again() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "volume rotate-secret: {} ms, the CLI process included",
+        asked.elapsed().as_millis()
     );
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let (epochs, head, _) = head_on_a(&on_a);
