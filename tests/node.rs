@@ -1484,3 +1484,70 @@ async fn two_first_stages_make_one_first_version() {
         }
     }
 }
+
+/// #28: `replicas` changes through ControllerModifyVolume (a
+/// VolumeAttributesClass): raised, the leader places a copy on the idle
+/// node, which holds it blind; lowered again, the copy is taken back once
+/// the others are in sync. And a replica timeout shorter than three node
+/// heartbeats is refused at the controller's start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_change_through_modify_volume() {
+    let mut e = env().await;
+    let _node_b = NodeClient::new(e.c.node("node-b").await);
+    let mut req = e.tenant_volume_req("modified", "");
+    req.parameters = [("replicas".to_string(), "1".to_string())].into();
+    req.secrets.clear();
+    let vol = e
+        .ctl
+        .create_volume(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let pod = e.publish(&vol, "a").await;
+    fs::write(pod.join("f.txt"), b"kept twice").unwrap();
+    fsync_file(&pod.join("f.txt"));
+    e.wait_head_reported(&vol);
+    let assigned = |e: &Env| {
+        e.c.psql(&format!(
+            "SELECT string_agg(node_id, ',') FROM replicas WHERE volume_id = '{vol}'"
+        ))
+    };
+    assert_eq!(assigned(&e), "", "one copy asked for, one held");
+    let modify = |replicas: &str| ControllerModifyVolumeRequest {
+        volume_id: vol.clone(),
+        mutable_parameters: [("replicas".to_string(), replicas.to_string())].into(),
+        ..Default::default()
+    };
+    e.ctl.controller_modify_volume(modify("2")).await.unwrap();
+    wait_until("the leader places a second copy on node-b", 30, || {
+        assigned(&e) == "node-b"
+    });
+    let held =
+        e.c.node_state("node-b")
+            .join("replicas")
+            .join(&vol)
+            .join("HEAD");
+    wait_until("node-b holds the volume blind", 30, || held.exists());
+    e.ctl.controller_modify_volume(modify("1")).await.unwrap();
+    wait_until("the second copy is taken back", 30, || {
+        assigned(&e).is_empty()
+    });
+    assert_eq!(fs::read(pod.join("f.txt")).unwrap(), b"kept twice");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jax-csi"))
+        .args(["controller", "--replica-timeout-secs", "10", "--endpoint"])
+        .arg(format!("unix://{}", e.path("refused.sock").display()))
+        .args(["--database-url", &e.c.url(), "--kek-file"])
+        .arg(e.path("kek"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--replica-timeout-secs 10: must be at least 15"),
+        "{err}"
+    );
+}
