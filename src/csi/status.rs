@@ -130,6 +130,12 @@ impl From<MountError> for Status {
             MountError::UnsafePath(p) => match p {
                 SafePathError::Symlink(_) | SafePathError::Outside { .. } => Code::InvalidArgument,
                 SafePathError::NotADirectory(_) => Code::FailedPrecondition,
+                // The kubelet directory (or a part of it) is not there.
+                SafePathError::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Code::FailedPrecondition
+                }
                 SafePathError::Io { .. } => Code::Internal,
             },
         };

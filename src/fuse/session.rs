@@ -348,7 +348,10 @@ fn unescape_mount_path(s: &str) -> String {
 
 /// Detach whatever is mounted at `path` (lazy unmount); fine if nothing is.
 pub fn lazy_unmount(path: &Path) -> io::Result<()> {
-    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+    // Never through a link put in the path's place: a symlink is not a
+    // mount point, so it reads as "not mounted" (EINVAL).
+    let flags = nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW;
+    match nix::mount::umount2(path, flags) {
         Ok(()) => Ok(()),
         Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
         Err(e) => Err(io::Error::from(e)),
@@ -358,6 +361,29 @@ pub fn lazy_unmount(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// #26 finding 9: an unmount by path does not follow a symbolic link
+    /// put in the path's place (it would detach whatever the link names).
+    #[test]
+    fn a_lazy_unmount_never_follows_a_link_in_the_paths_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("mounted");
+        std::fs::create_dir(&target).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &target,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        lazy_unmount(&link).unwrap();
+        assert!(is_mount_point(&target), "unmounted through the link");
+        lazy_unmount(&target).unwrap();
+        assert!(!is_mount_point(&target));
+    }
 
     #[test]
     fn mountinfo_paths_unescape() {
