@@ -113,8 +113,8 @@ impl Env {
             .unwrap()
     }
 
-    /// A request for a 64 MiB RWX volume of the tenant whose key is `key`.
-    fn tenant_volume_req(&self, name: &str, key: &str) -> CreateVolumeRequest {
+    /// A request for a 64 MiB RWX volume with StorageClass `parameters`.
+    fn volume_req(&self, name: &str, parameters: &[(&str, &str)]) -> CreateVolumeRequest {
         CreateVolumeRequest {
             name: name.into(),
             capacity_range: Some(CapacityRange {
@@ -122,9 +122,19 @@ impl Env {
                 limit_bytes: 0,
             }),
             volume_capabilities: vec![rwx()],
-            parameters: [("tenantKeySecret".to_string(), "team-a".to_string())].into(),
-            secrets: [("tenantKey".to_string(), key.to_string())].into(),
+            parameters: parameters
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..Default::default()
+        }
+    }
+
+    /// A request for a 64 MiB RWX volume of the tenant whose key is `key`.
+    fn tenant_volume_req(&self, name: &str, key: &str) -> CreateVolumeRequest {
+        CreateVolumeRequest {
+            secrets: [("tenantKey".to_string(), key.to_string())].into(),
+            ..self.volume_req(name, &[("tenantKeySecret", "team-a")])
         }
     }
 
@@ -1494,12 +1504,9 @@ async fn two_first_stages_make_one_first_version() {
 async fn replicas_change_through_modify_volume() {
     let mut e = env().await;
     let _node_b = NodeClient::new(e.c.node("node-b").await);
-    let mut req = e.tenant_volume_req("modified", "");
-    req.parameters = [("replicas".to_string(), "1".to_string())].into();
-    req.secrets.clear();
     let vol = e
         .ctl
-        .create_volume(req)
+        .create_volume(e.volume_req("modified", &[("replicas", "1")]))
         .await
         .unwrap()
         .into_inner()

@@ -142,8 +142,7 @@ impl BucketCore {
     /// Learn the epochs `m`'s share for this node carries, when it has one
     /// of this bucket; whether any was new.
     pub(super) fn learn_from_share(&self, m: &Manifest) -> Result<bool> {
-        let me = self.identity.node_id();
-        let Some(share) = m.body.shares.iter().find(|s| s.recipient == me) else {
+        let Some(share) = m.body.share_for(&self.identity.node_id()) else {
             return Ok(false);
         };
         let Ok(ring) = share.open(&self.identity) else {

@@ -102,7 +102,12 @@ impl ManifestBody {
     /// Whether this version shares the bucket with `node` (a member: it may
     /// read the bucket and write the next version).
     pub fn shares_with(&self, node: &NodeId) -> bool {
-        self.shares.iter().any(|s| s.recipient == *node)
+        self.share_for(node).is_some()
+    }
+
+    /// The share sealed to `node`, when it is a member.
+    pub fn share_for(&self, node: &NodeId) -> Option<&KeyShare> {
+        self.shares.iter().find(|s| s.recipient == *node)
     }
 
     /// Seal `root_key` into this body, bound to everything else in it: call

@@ -733,12 +733,9 @@ impl StateDir {
             .read_head()
             .map_err(|_| BucketError::BucketNotFound(id.to_hex()))?;
         let m = probe.load_manifest(&head)?;
-        let me = self.identity.node_id();
         let share = m
             .body
-            .shares
-            .iter()
-            .find(|s| s.recipient == me)
+            .share_for(&self.identity.node_id())
             .ok_or_else(|| BucketError::WrongKey(id.to_hex()))?;
         let ring = share
             .open(&self.identity)

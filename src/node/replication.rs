@@ -219,13 +219,7 @@ impl Replication {
             let done = async {
                 // Postgres's time first: a stage after it keeps its rows.
                 let since = self.db.now_epoch().await?;
-                let mut held: Vec<String> = self
-                    .state
-                    .list_buckets()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(BucketId::to_hex)
-                    .collect();
+                let mut held = self.keyed_volumes();
                 for id in self.state.list_blind().unwrap_or_default() {
                     let has_version = self
                         .state
@@ -259,16 +253,20 @@ impl Replication {
         }
     }
 
-    /// Record the proof key of each volume whose key this node holds and
-    /// Postgres has none for (volumes from before blind replicas).
-    async fn record_proof_keys(&self) -> Result<(), crate::db::DbError> {
-        let held: Vec<String> = self
-            .state
+    /// The volumes whose key (bucket) this node holds, as ids.
+    fn keyed_volumes(&self) -> Vec<String> {
+        self.state
             .list_buckets()
             .unwrap_or_default()
             .iter()
             .map(BucketId::to_hex)
-            .collect();
+            .collect()
+    }
+
+    /// Record the proof key of each volume whose key this node holds and
+    /// Postgres has none for (volumes from before blind replicas).
+    async fn record_proof_keys(&self) -> Result<(), crate::db::DbError> {
+        let held = self.keyed_volumes();
         if held.is_empty() {
             return Ok(());
         }

@@ -51,16 +51,17 @@ impl NodeAgent {
         }
         // A head reported, or a first version recorded (its holders may
         // all be replicas, or removed): never made again.
-        let mut held_elsewhere = self.db.latest_head(&vol.id).await?.is_some()
-            || self.db.genesis_of(&vol.id).await?.0.is_some();
+        let (mut genesis, _) = self.db.genesis_of(&vol.id).await?;
+        let mut held_elsewhere = genesis.is_some() || self.db.latest_head(&vol.id).await?.is_some();
         if !held_elsewhere && !self.db.claim_genesis(&vol.id, &self.node_id).await? {
             // Another node is making the volume's first version: it is
-            // taken from there, never made twice.
+            // taken from there, never made twice (and recorded meanwhile).
             held_elsewhere = self.wait_for_first_version(&vol.id).await?;
+            genesis = self.db.genesis_of(&vol.id).await?.0;
         }
         if held_elsewhere {
             // What the history begins with, known before any version is taken.
-            if let (Some(genesis), _) = self.db.genesis_of(&vol.id).await? {
+            if let Some(genesis) = genesis {
                 let genesis: Hash = genesis.parse().map_err(|_| {
                     NodeError::Internal("malformed first version in the volume record".into())
                 })?;
@@ -101,33 +102,24 @@ impl NodeAgent {
                     &format!("the source of volume {}", vol.id),
                 )
             };
-            if !self.state.store().contains(&head) {
+            // Here and openable, or fetched: the version, and (when it was
+            // written after a rotation of the source's secret) the source's
+            // key ring, which its members seal to a node that proves the
+            // base secret.
+            let opens = self.state.store().contains(&head)
+                && self
+                    .state
+                    .bucket_with_secret(&src_id, src_secret()?)
+                    .can_open_version(&head)
+                    .map_err(NodeError::bucket("reading the source version"))?;
+            if !opens {
                 let peers = peers_of(&self.db, &src_id, &self.node_id).await?;
                 self.sync
                     .fetch_foreign_version(src_id, src_secret()?, head, peers)
                     .await
                     .map_err(|e| {
                         NodeError::PeersUnavailable(format!(
-                            "the version volume {} starts from is on no node that answered: {e}",
-                            vol.id
-                        ))
-                    })?;
-            }
-            // A version written after a rotation of the source's secret
-            // opens with the source's key ring, which its members seal to
-            // a node that proves the base secret.
-            let source = self.state.bucket_with_secret(&src_id, src_secret()?);
-            let opens = source
-                .can_open_version(&head)
-                .map_err(NodeError::bucket("reading the source version"))?;
-            if !opens {
-                let peers = peers_of(&self.db, &src_id, &self.node_id).await?;
-                self.sync
-                    .fetch_keyring(src_id, src_secret()?, peers)
-                    .await
-                    .map_err(|e| {
-                        NodeError::PeersUnavailable(format!(
-                            "the version volume {} starts from was sealed after a rotation of its source's secret, and no member of the source answered with it: {e}",
+                            "the version volume {} starts from (or its source's key ring) is on no node that answered: {e}",
                             vol.id
                         ))
                     })?;

@@ -391,9 +391,10 @@ impl SyncEngine {
         client::fetch_foreign(&self.inner, bucket, secret, head).await
     }
 
-    /// Get `bucket`'s key ring from `peers` (see `client::fetch_keyring`):
-    /// how a node that is not a member opens a version of it written after
-    /// a rotation (a clone's source). How many epochs were new.
+    /// Get `bucket`'s key ring from `peers` (see `client::fetch_keyring`;
+    /// the driver asks through [`SyncEngine::fetch_foreign_version`]). How
+    /// many epochs were new.
+    #[cfg(test)]
     pub async fn fetch_keyring(
         &self,
         bucket: BucketId,
