@@ -244,6 +244,23 @@ impl Drop for Nodes {
             for i in 0..self.clients.len() {
                 eprintln!("----- log of {} -----\n{}", name(i), self.log(i));
             }
+            // Warnings and errors last: a CI report keeps the start and the
+            // end of what a failed test printed, not the middle.
+            for i in 0..self.clients.len() {
+                let log = self.log(i);
+                let bad: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                    .collect();
+                let shown = &bad[bad.len().saturating_sub(20)..];
+                eprintln!(
+                    "----- {} warnings and errors on {} (the last {}) -----\n{}",
+                    bad.len(),
+                    name(i),
+                    shown.len(),
+                    shown.join("\n")
+                );
+            }
         }
     }
 }
@@ -278,7 +295,8 @@ fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
                 stack.push(p);
                 out.push((rel + "/", Vec::new()));
             } else {
-                out.push((rel, fs::read(&p).unwrap()));
+                let bytes = fs::read(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
+                out.push((rel, bytes));
             }
         }
     }

@@ -908,6 +908,13 @@ impl Bucket {
         self.core.head()
     }
 
+    /// Whether a HEAD was ever written here: false for a bucket being
+    /// fetched for the first time (its history is not here yet, and
+    /// that is no damage to recover from).
+    pub fn has_head(&self) -> bool {
+        self.core.head_path().exists()
+    }
+
     /// A read-write mount of the head.
     pub fn mount(&self) -> Result<Mount> {
         let mut m = Mount::open(self.core.clone(), self.head()?, false)?;

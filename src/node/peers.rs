@@ -4,17 +4,14 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
 
 use crate::bucket::{BucketId, StateDir};
-use crate::coalesce::Coalesced;
 use crate::crypto::{Kek, NodeId};
 use crate::db::{Db, NodeSyncRow};
 use crate::fuse::SyncEvent;
-use crate::store::Hash;
 use crate::sync::{Peer, SyncEngine};
 
 /// The `ip:port` addresses to register for a sync endpoint bound to `bound`.
@@ -119,14 +116,10 @@ async fn refresh_once(
 /// Announce every local commit (and the head a pulled merge produced is
 /// announced by the engine itself).
 pub async fn announce_commits(engine: SyncEngine, mut events: broadcast::Receiver<SyncEvent>) {
-    let waiting = Arc::new(Announcements::default());
     loop {
         match events.recv().await {
-            Ok(SyncEvent::Committed { volume, head, .. }) => {
-                if waiting.offer(volume, (), head) {
-                    tokio::spawn(announce_newest(engine.clone(), waiting.clone(), volume));
-                }
-            }
+            // Queued per peer and coalesced there: returns at once.
+            Ok(SyncEvent::Committed { volume, head, .. }) => engine.announce(volume, head).await,
             Ok(SyncEvent::MountInvalidated { .. }) => {}
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(
@@ -136,17 +129,5 @@ pub async fn announce_commits(engine: SyncEngine, mut events: broadcast::Receive
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
-    }
-}
-
-/// Heads committed and not announced yet, coalesced per volume: under a
-/// load of many commits a second, one announcement is in flight per
-/// volume and the next one carries the newest head (it contains the heads
-/// committed meanwhile), instead of one round of messages per commit.
-type Announcements = Coalesced<BucketId, (), Hash>;
-
-async fn announce_newest(engine: SyncEngine, waiting: Arc<Announcements>, volume: BucketId) {
-    while let Some(((), head)) = waiting.next(&volume) {
-        engine.announce(volume, head).await;
     }
 }

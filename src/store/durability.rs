@@ -20,7 +20,9 @@ impl BlobStore {
     pub fn put_hashed(&self, hash: Hash, bytes: &[u8]) -> Result<(), StoreError> {
         debug_assert_eq!(hash, Hash::of(bytes));
         let dest = self.path_of(&hash);
-        if self.durability.pending.contains(&hash) || dest.exists() {
+        // Already here: claimed, so a collection running now keeps it for
+        // whoever names it next.
+        if self.contains(&hash) {
             return Ok(());
         }
         // The fan-out directory first: the outboard goes there at once.

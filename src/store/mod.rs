@@ -99,6 +99,13 @@ pub struct BlobStore {
     /// When each blob a collection found unreferenced was first found so
     /// (this process's passes only: a restart starts the wait again).
     unreferenced_since: Mutex<HashMap<Hash, std::time::Instant>>,
+    /// When each blob was last found here by someone about to rely on it
+    /// ([`BlobStore::contains`], a put of bytes already stored): a pull
+    /// that skips fetching a blob it holds, a merge that writes a
+    /// directory node it wrote before. A collection keeps a blob claimed
+    /// within its grace, and the lock orders a claim and a removal, so a
+    /// blob is either claimed and kept, or removed and then not found.
+    claims: Mutex<HashMap<Hash, std::time::Instant>>,
 }
 
 /// The blobs waiting to be made durable, and what making them so needs.
@@ -163,6 +170,7 @@ impl BlobStore {
             verified: Mutex::new(BoundedMap::new(VERIFIED_OUTBOARDS)),
             open_files: Mutex::new(BoundedMap::new(open_blobs_kept())),
             unreferenced_since: Mutex::new(HashMap::new()),
+            claims: Mutex::new(HashMap::new()),
         })
     }
 
@@ -223,8 +231,16 @@ impl BlobStore {
             .is_ok_and(|()| buf == prefix)
     }
 
+    /// True when blob `hash` is here. Whoever asks may rely on it from now
+    /// on (it is claimed): a collection running meanwhile keeps it for its
+    /// grace, long enough for a version naming it to be written.
     pub fn contains(&self, hash: &Hash) -> bool {
-        self.durability.pending.contains(hash) || self.path_of(hash).exists()
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        let here = self.durability.pending.contains(hash) || self.path_of(hash).exists();
+        if here {
+            claims.insert(*hash, std::time::Instant::now());
+        }
+        here
     }
 
     /// Remove one blob; removing a missing blob is not an error.
@@ -303,11 +319,25 @@ impl BlobStore {
                 report.kept += 1;
                 continue;
             }
+            // Under the claims lock: a claim either came first (kept) or
+            // comes after the removal (and finds nothing).
+            let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+            if claims.get(&h).is_some_and(|at| at.elapsed() < grace) {
+                report.kept += 1;
+                continue;
+            }
+            claims.remove(&h);
             since.remove(&h);
             report.bytes_freed += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
             self.remove(&h)?;
+            drop(claims);
             report.removed += 1;
         }
+        // Claims older than the grace protect nothing any more.
+        self.claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, at| at.elapsed() < grace);
         // Outboards whose blob is gone (removed by an interrupted pass).
         for ob in self.outboards()? {
             if !ob.with_extension("").exists() {

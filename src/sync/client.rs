@@ -23,6 +23,8 @@ use crate::store::{slices, Hash};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a blob request may take before the peer counts as unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a peer may take to begin answering a blob request.
+const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a small request (heads, announce, enroll) may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Hashes per GetBlobs request, and requests in flight at once.
@@ -86,15 +88,21 @@ pub(super) async fn ask(
     peer: &NodeId,
     req: &Request,
 ) -> Result<Response, SyncError> {
-    tokio::time::timeout(ASK_TIMEOUT, async {
+    let answer = tokio::time::timeout(ASK_TIMEOUT, async {
         let mut recv = request(inner, peer, req).await?;
         read_msg::<Response>(&mut recv)
             .await
             .map_err(|e| peer_err(peer, e))?
             .ok_or_else(|| peer_err(peer, "no answer"))
     })
-    .await
-    .map_err(|_| peer_err(peer, "request timed out"))?
+    .await;
+    match answer {
+        Ok(answer) => answer,
+        Err(_) => {
+            inner.lost(peer).await;
+            Err(peer_err(peer, "request timed out"))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -136,23 +144,10 @@ pub async fn announce(
     }
 }
 
-/// Announce `head` of `bucket` to all its peers.
+/// Announce `head` of `bucket` to all its peers (queued per peer, see
+/// `announcements`: returns at once).
 pub async fn announce_all(inner: &Arc<Inner>, bucket: BucketId, head: Hash) {
-    let Ok(b) = inner.open(&bucket) else { return };
-    inner.recent.note(bucket, head);
-    let key = b.proof_key();
-    let sends = inner.peers_of(&bucket).into_iter().map(|p| {
-        let proof = key.proof(&bucket, &inner.me.0, &p.node.0);
-        async move {
-            match announce(inner, &p, bucket, proof, head).await {
-                Ok(()) => {
-                    inner.stats.announcements_sent.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => tracing::debug!(peer = %p.node, %bucket, error = %e, "announcement not delivered"),
-            }
-        }
-    });
-    futures::future::join_all(sends).await;
+    super::announcements::to_all(inner, bucket, head);
 }
 
 /// Send `req` (a request answered with blob frames) to `peer` and wait
@@ -162,14 +157,27 @@ pub(super) async fn blob_answer_for(
     peer: &NodeId,
     req: &Request,
 ) -> Result<RecvStream, SyncError> {
-    let mut recv = request(inner, peer, req).await?;
-    match read_msg::<Response>(&mut recv)
-        .await
-        .map_err(|e| peer_err(peer, e))?
-    {
-        Some(Response::Noted) => Ok(recv),
-        Some(other) => Err(refused(peer, other)),
-        None => Err(peer_err(peer, "no answer")),
+    // A peer that answers at all says Noted at once: one that does not
+    // (a cut link under an open connection) is given up on early, so the
+    // caller asks the next peer instead of waiting out the connection.
+    let answer = tokio::time::timeout(FIRST_ANSWER_TIMEOUT, async {
+        let mut recv = request(inner, peer, req).await?;
+        match read_msg::<Response>(&mut recv)
+            .await
+            .map_err(|e| peer_err(peer, e))?
+        {
+            Some(Response::Noted) => Ok(recv),
+            Some(other) => Err(refused(peer, other)),
+            None => Err(peer_err(peer, "no answer")),
+        }
+    })
+    .await;
+    match answer {
+        Ok(answer) => answer,
+        Err(_) => {
+            inner.lost(peer).await;
+            Err(peer_err(peer, "no answer in time"))
+        }
     }
 }
 
@@ -260,9 +268,13 @@ async fn get_blobs_from(
         missing.dedup();
         Ok(missing)
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, fut)
-        .await
-        .map_err(|_| peer_err(peer, "request timed out"))?
+    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            inner.lost(peer).await;
+            Err(peer_err(peer, "request timed out"))
+        }
+    }
 }
 
 /// The proof key of `bucket`: from the local bucket, or from `secret`.
@@ -352,6 +364,16 @@ async fn fetch_blobs_detail(
         return Err(SyncError::NoPeer(bucket));
     }
     let batches: Vec<Vec<Hash>> = todo.chunks(BATCH).map(|c| c.to_vec()).collect();
+    // One batch goes to the first peer (the one that announced the head,
+    // when a pull preferred it); more are spread over every peer that
+    // answers lately (a rebuild reads from all). Peers that did not
+    // answer lately come last either way.
+    let up = peers
+        .iter()
+        .filter(|p| !inner.is_down(&p.node))
+        .count()
+        .max(1);
+    let spread = batches.len() > 1;
     let progress =
         crate::progress::Progress::new("fetching blobs", bucket.to_string(), todo.len() as u64);
     let progress = &progress;
@@ -362,9 +384,10 @@ async fn fetch_blobs_detail(
         let asked = batch.len() as u64;
         let mut left = batch;
         let mut unreachable = false;
-        // Spread batches over the peers; each falls back to the others.
+        // Each batch falls back to the other peers in turn.
+        let first = if spread { i % up } else { 0 };
         for k in 0..peers.len() {
-            let p = &peers[(i + k) % peers.len()];
+            let p = &peers[(first + k) % peers.len()];
             let proof = key.proof(&bucket, &inner.me.0, &p.node.0);
             match get_blobs_from(inner, &p.node, bucket, proof, &left).await {
                 Ok(missing) => left = missing,
@@ -660,7 +683,7 @@ async fn fetch_chain(
     // held from a pull that failed part way may lack its parents: the walk
     // goes on through it, fetching only what is not held.
     // (A bucket being fetched for the first time has no history yet.)
-    let history = b.blob_index().ok();
+    let history = b.has_head().then(|| b.blob_index().ok()).flatten();
     let in_history = |p: &Hash| history.as_ref().is_none_or(|h| h.contains(p));
     let mut seen = HashSet::from([head]);
     let mut want = vec![head];
@@ -798,15 +821,14 @@ pub async fn pull(
         return Ok(());
     }
     if let Some(p) = from {
-        // The announcer may be missing from the list the control plane gave.
-        let mut peers = inner.peers_of(&bucket);
-        if !peers.iter().any(|x| x.node == p) {
-            peers.push(Peer {
-                node: p,
-                addrs: Vec::new(),
-            });
-            inner.peers.lock().unwrap().insert(bucket, peers);
-        }
+        // The announcer holds the head (and may be missing from the list
+        // the control plane gave): asked first.
+        let known = inner.peers_of(&bucket).into_iter().find(|x| x.node == p);
+        let announcer = known.unwrap_or(Peer {
+            node: p,
+            addrs: Vec::new(),
+        });
+        prefer_peer(inner, bucket, &announcer);
     }
     let started = std::time::Instant::now();
     let fetched_before = inner.stats.bytes_fetched.load(Ordering::Relaxed);

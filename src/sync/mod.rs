@@ -31,6 +31,7 @@
 //! the node agent (`crate::node`) wires its replicas in as [`Replicas`] and
 //! keeps the peer lists current from Postgres.
 
+mod announcements;
 mod client;
 #[doc(hidden)]
 pub mod hostile;
@@ -93,6 +94,9 @@ pub enum SyncError {
     #[error("a sync worker failed: {0}")]
     Worker(String),
 }
+
+/// How long a peer that failed to answer is asked last.
+const DOWN_FOR: Duration = Duration::from_secs(30);
 
 /// A peer: its node id and the addresses it listens on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,6 +182,8 @@ struct Inner {
     pull_queue: pulls::PullQueue,
     /// Heads this node held lately, per bucket (named in history requests).
     recent: pulls::RecentHeads,
+    /// Heads waiting to be announced, coalesced per bucket and peer.
+    announce_queue: announcements::AnnounceQueue,
     stats: SyncStats,
     /// Woken when peers or their addresses change (a read waiting for a
     /// peer tries again at once).
@@ -229,6 +235,7 @@ impl SyncEngine {
             pulls: Mutex::new(HashMap::new()),
             pull_queue: Default::default(),
             recent: Default::default(),
+            announce_queue: Default::default(),
             down: Mutex::new(HashMap::new()),
             learnt: Mutex::new(HashMap::new()),
             stats: SyncStats::default(),
@@ -490,13 +497,25 @@ impl Inner {
             .get(bucket)
             .cloned()
             .unwrap_or_default();
-        let down = self.down.lock().unwrap();
-        let recent = |p: &Peer| {
-            down.get(&p.node)
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(30))
-        };
-        peers.sort_by_key(|p| recent(p));
+        peers.sort_by_key(|p| self.is_down(&p.node));
         peers
+    }
+
+    /// `node` failed to answer in the last [`DOWN_FOR`]: asked last.
+    fn is_down(&self, node: &NodeId) -> bool {
+        self.down
+            .lock()
+            .unwrap()
+            .get(node)
+            .is_some_and(|t| t.elapsed() < DOWN_FOR)
+    }
+
+    /// `node` did not answer in time: asked last from now on, and its
+    /// connection dropped (a link cut with the connection open leaves it
+    /// open until the idle timeout, and each request would wait as long).
+    async fn lost(&self, node: &NodeId) {
+        self.mark_down(node);
+        self.conns.lock().await.remove(node);
     }
 
     /// `node` holds `bucket` too (it enrolled, or announced to us): it is

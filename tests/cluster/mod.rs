@@ -32,7 +32,12 @@ pub struct Cluster {
 impl Cluster {
     pub fn start() -> Self {
         let pg = EmbeddedPostgres::start_temp().expect("throwaway postgres");
-        let dir = tempfile::tempdir().unwrap();
+        let mut dir = tempfile::tempdir().unwrap();
+        // `JAX_TEST_KEEP_DIR=1` keeps the nodes' logs and state to read after.
+        if std::env::var_os("JAX_TEST_KEEP_DIR").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("test cluster kept in {}", dir.path().display());
+        }
         let kek = Kek::generate().unwrap();
         kek.write_file(&dir.path().join("kek")).unwrap();
         Self {
