@@ -760,6 +760,9 @@ async fn validate_expand_get_and_capacity() {
         &[("chunkSize", "65536")][..],
         &[("bogus", "1")],
         &[("historyRetention", "forever")],
+        &[("syncReplicas", "one")],
+        // As many as the volume's replicas (2): no other replica to wait for.
+        &[("syncReplicas", "2")],
     ] {
         let (k, m) = code(ctl.controller_modify_volume(modify(bad)).await);
         assert_eq!(k, Code::InvalidArgument, "{bad:?}: {m}");

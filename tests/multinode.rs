@@ -739,10 +739,23 @@ async fn three_writers_converge_and_keep_every_acknowledged_line() {
                 *w = (*w).max(*d);
             }
         }
+        // The longest time the reader saw no new line (from when, into
+        // the run): a view that froze while the writer went on.
+        let stall = seen
+            .windows(2)
+            .map(|w| (w[1].saturating_duration_since(w[0]), w[0]))
+            .max()
+            .map(|(d, from)| {
+                (
+                    d.as_millis(),
+                    from.saturating_duration_since(started).as_millis(),
+                )
+            });
         println!(
-            "node {i} sees w{}.log: worst delay per 5 s {:?} ms",
+            "node {i} sees w{}.log: worst delay per 5 s {:?} ms; longest stall (ms, from ms) {:?}",
             (i + 1) % 3,
-            worst.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
+            worst.iter().map(|d| d.as_millis()).collect::<Vec<_>>(),
+            stall
         );
         delays.extend(mine.into_iter().map(|(_, d)| d));
     }
@@ -1113,6 +1126,73 @@ async fn an_fsync_waits_for_its_replica_or_fails() {
     let text = fs::read_to_string(b.join("log")).unwrap();
     assert!(text.starts_with("one\n"), "{text:?}");
     assert!(text.ends_with("three\n"), "{text:?}");
+}
+
+/// #28: `syncReplicas` changes through ControllerModifyVolume on a mount
+/// that runs: raised, an fsync waits for the replica (EIO when it is cut
+/// off); lowered again, fsyncs are durable on the node alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_replicas_changes_on_a_running_mount() {
+    let mut n = Nodes::start(2).await;
+    let id = n
+        .create_with("modified", None, &[("replicas", "2")], &Secrets::new())
+        .await;
+    let a = n.publish(0, &id).await;
+    wait_for("node-1 assigned the second replica", || {
+        assigned(&n, &id) == [1]
+    });
+    let blind = n.c.node_state("node-1").join("replicas").join(&id);
+    wait_for("node-1 holding the replica", || {
+        blind.join("proof.wrapped").exists()
+    });
+    let log = a.join("log");
+    let modify = |k: &str| ControllerModifyVolumeRequest {
+        volume_id: id.clone(),
+        mutable_parameters: [("syncReplicas".to_string(), k.to_string())].into(),
+        secrets: Default::default(),
+    };
+    n.net.cut(1);
+    append_synced(&log, "alone\n").expect("no replica is waited for yet");
+
+    n.ctl.controller_modify_volume(modify("1")).await.unwrap();
+    // Within a pass of the node's loop, an fsync waits for node-1, cut off.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let err = loop {
+        match append_synced(&log, "waits\n") {
+            Ok(()) => assert!(Instant::now() < deadline, "fsyncs never waited"),
+            Err(e) => break e,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        n.log(0).contains("syncReplicas changed"),
+        "the node says so"
+    );
+    n.net.heal(1);
+    let mut tries = 0;
+    while let Err(e) = append_synced(&log, "confirmed\n") {
+        tries += 1;
+        assert!(tries < 4, "fsyncs fail after healing: {e}");
+    }
+
+    n.ctl.controller_modify_volume(modify("0")).await.unwrap();
+    n.net.cut(1);
+    // Applied within seconds: until then an fsync may still wait and fail.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while append_synced(&log, "alone again\n").is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "fsyncs still wait for the cut replica"
+        );
+    }
+    let started = Instant::now();
+    append_synced(&log, "at once\n").expect("durable here alone");
+    assert!(
+        started.elapsed() < jax_csi::node::SYNC_REPLICA_TIMEOUT,
+        "an fsync waited for the replica after syncReplicas went to 0"
+    );
+    n.net.heal(1);
 }
 
 /// #28: a replica whose node is lost (no heartbeat for the replica

@@ -296,7 +296,7 @@ impl Controller for ControllerService {
             let modes = check_capabilities(&req.volume_capabilities)?;
             let p = parse_parameters(&req.parameters)?;
             let mutable = parse_mutable(&req.mutable_parameters)?;
-            let waits = crate::db::replicas::sync_replicas_of(&p.canonical);
+            let waits = crate::db::replicas::sync_replicas_of(&p.canonical, &mutable);
             if waits >= crate::db::replicas::replicas_of(&p.canonical, &mutable) {
                 return Err(Status::invalid_argument(format!(
                     "mutable parameter replicas: syncReplicas {waits} needs at least {} replicas",
@@ -789,18 +789,20 @@ impl Controller for ControllerService {
                 merged.extend(req.mutable_parameters);
                 let json = parse_mutable(&merged)?;
                 let wanted = crate::db::replicas::replicas_of(&vol.parameters, &json);
-                let waits = crate::db::replicas::sync_replicas_of(&vol.parameters);
+                let waits = crate::db::replicas::sync_replicas_of(&vol.parameters, &json);
                 if waits >= wanted {
                     return Err(Status::invalid_argument(format!(
-                        "mutable parameter replicas: the volume's fsyncs wait for {waits} other \
-                         replicas (syncReplicas), so it needs at least {}",
-                        waits + 1
+                        "mutable parameters: the volume's fsyncs would wait for {waits} other \
+                         replicas (syncReplicas) of {wanted} (replicas), so replicas must be at \
+                         least {} or syncReplicas at most {}",
+                        waits + 1,
+                        wanted.saturating_sub(1)
                     )));
                 }
                 if !self.db.set_mutable_parameters(id, &json).await? {
                     return Err(Status::not_found(format!("volume {id} does not exist")));
                 }
-                tracing::info!(parameters = %json, "volume modified: the leader places replicas within seconds, nodes apply retention at their next pruning");
+                tracing::info!(parameters = %json, "volume modified: the leader places replicas within seconds, nodes that stage the volume apply syncReplicas within seconds and retention at their next pruning");
                 Ok(ControllerModifyVolumeResponse {})
             },
         )

@@ -316,7 +316,10 @@ impl Node for NodeService {
             let options = MountOptions {
                 read_only: ask.read_only,
                 group: ask.group,
-                sync_replicas: crate::db::replicas::sync_replicas_of(&vol.parameters),
+                sync_replicas: crate::db::replicas::sync_replicas_of(
+                    &vol.parameters,
+                    &vol.mutable_parameters,
+                ),
                 ..Default::default()
             };
             self.agent

@@ -21,7 +21,8 @@ pub use crate::db::replicas::PARAM_SYNC_REPLICAS;
 pub use crate::db::replicas::{DEFAULT_REPLICAS, MAX_REPLICAS, PARAM_REPLICAS};
 pub use crate::db::PARAM_HISTORY_RETENTION;
 /// Parameters ControllerModifyVolume may change.
-pub const MUTABLE_PARAMETERS: &[&str] = &[PARAM_HISTORY_RETENTION, PARAM_REPLICAS];
+pub const MUTABLE_PARAMETERS: &[&str] =
+    &[PARAM_HISTORY_RETENTION, PARAM_REPLICAS, PARAM_SYNC_REPLICAS];
 /// StorageClass parameter: the name of the Secret holding the tenant KEK;
 /// its `tenantKey` entry arrives in the CreateVolume secrets.
 pub const PARAM_TENANT_KEY_SECRET: &str = "tenantKeySecret";
@@ -88,10 +89,7 @@ pub fn parse_parameters(params: &HashMap<String, String>) -> Result<VolumeParams
                 replicas = parse_replicas(k, v)?;
             }
             PARAM_SYNC_REPLICAS => {
-                sync_replicas = v
-                    .trim()
-                    .parse::<u32>()
-                    .map_err(|_| bad(k, "must be a whole number of replicas (0: none)"))?;
+                sync_replicas = parse_sync_replicas(k, v)?;
             }
             PARAM_HISTORY_RETENTION => history_retention = Some(parse_retention(k, v)?),
             PARAM_TENANT_KEY_SECRET => {
@@ -152,6 +150,16 @@ fn parse_retention(k: &str, v: &str) -> Result<Retention, Status> {
 /// Mutable parameters (CreateVolume's `mutable_parameters`, or
 /// ControllerModifyVolume's): known mutable keys only, each valid.
 /// Returns them in canonical JSON.
+/// `syncReplicas`: other replicas an fsync waits for (0: none).
+fn parse_sync_replicas(k: &str, v: &str) -> Result<u32, Status> {
+    v.trim().parse::<u32>().map_err(|_| {
+        Status::invalid_argument(format!(
+            "parameter {}: must be a whole number of replicas (0: none)",
+            shown(k)
+        ))
+    })
+}
+
 pub fn parse_mutable(params: &HashMap<String, String>) -> Result<String, Status> {
     for (k, v) in params {
         match k.as_str() {
@@ -161,7 +169,10 @@ pub fn parse_mutable(params: &HashMap<String, String>) -> Result<String, Status>
             PARAM_REPLICAS => {
                 parse_replicas(k, v)?;
             }
-            PARAM_CHUNK_SIZE | PARAM_SYNC_REPLICAS | PARAM_TENANT_KEY_SECRET => {
+            PARAM_SYNC_REPLICAS => {
+                parse_sync_replicas(k, v)?;
+            }
+            PARAM_CHUNK_SIZE | PARAM_TENANT_KEY_SECRET => {
                 return Err(Status::invalid_argument(format!(
                     "mutable parameter {k}: it is fixed when the volume is created (mutable: {})",
                     MUTABLE_PARAMETERS.join(", ")

@@ -477,6 +477,16 @@ impl Db {
             .unwrap_or_default())
     }
 
+    /// For each of `ids` that exists: (id, parameters, mutable parameters).
+    pub async fn parameters_of(&self, ids: &[String]) -> DbResult<Vec<(String, String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT id, parameters, mutable_parameters FROM volumes WHERE id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     /// For each of `ids`, the nodes where it is published, sorted.
     pub async fn published_nodes(
         &self,

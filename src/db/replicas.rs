@@ -29,10 +29,10 @@ pub fn replicas_of(parameters: &str, mutable_parameters: &str) -> u32 {
 /// StorageClass parameter: other replicas an fsync waits for.
 pub const PARAM_SYNC_REPLICAS: &str = "syncReplicas";
 
-/// A volume's `syncReplicas` (0 when its parameters name none; it is not
-/// mutable).
-pub fn sync_replicas_of(parameters: &str) -> u32 {
-    super::records::parameter(parameters, "{}", PARAM_SYNC_REPLICAS).unwrap_or(0)
+/// A volume's `syncReplicas`: its mutable parameters' (ControllerModifyVolume)
+/// over its StorageClass's, 0 when neither names it.
+pub fn sync_replicas_of(parameters: &str, mutable_parameters: &str) -> u32 {
+    super::records::parameter(parameters, mutable_parameters, PARAM_SYNC_REPLICAS).unwrap_or(0)
 }
 
 /// One node's copy of a volume.

@@ -74,7 +74,7 @@ struct Shared {
 }
 
 /// Waits until enough other replicas hold a version (or says why not).
-pub type ReplicaWait = Box<dyn Fn(&crate::store::Hash) -> Result<(), String> + Send + Sync>;
+pub type ReplicaWait = Arc<dyn Fn(&crate::store::Hash) -> Result<(), String> + Send + Sync>;
 
 /// A bucket Mount behind a lock, committed in the background by the
 /// process's shared committer pool.
@@ -189,7 +189,10 @@ impl LiveMount {
     /// the journal, shared by the fsyncs that wait meanwhile; a version
     /// follows soon. Without a journal, or past what it takes, a version.
     pub fn sync_changes(&self) -> Result<(), BucketError> {
-        if let Some(wait) = self.shared.replica_wait.lock().unwrap().as_ref() {
+        // Taken out of the lock: a change of `syncReplicas` does not wait
+        // for an fsync that waits for its replicas.
+        let wait = self.shared.replica_wait.lock().unwrap().clone();
+        if let Some(wait) = wait {
             // `syncReplicas`: replicas confirm versions, so the fsync makes
             // one now (no journal) and returns once they hold it.
             let saved = commit(&self.shared)?;
@@ -219,9 +222,10 @@ impl LiveMount {
         }
     }
 
-    /// Make every fsync wait, after a version, for `wait` (`syncReplicas`).
-    pub fn set_replica_wait(&self, wait: ReplicaWait) {
-        *self.shared.replica_wait.lock().unwrap() = Some(wait);
+    /// Make every fsync wait, after a version, for `wait` (`syncReplicas`);
+    /// `None`: fsyncs are durable here alone again.
+    pub fn set_replica_wait(&self, wait: Option<ReplicaWait>) {
+        *self.shared.replica_wait.lock().unwrap() = wait;
     }
 
     /// Have the committer write a version soon (see [`FSYNC_VERSION_DELAY`]).

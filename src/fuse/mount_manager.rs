@@ -570,17 +570,55 @@ impl MountManager {
         live.set_quota_hook(Box::new(move || {
             let _ = notices.send(Notice::QuotaReached { volume_id: volume });
         }));
-        let k = rec.options.sync_replicas;
-        if k > 0 && !rec.options.read_only {
-            let Some(waiter) = self.replica_waiter.lock().unwrap().clone() else {
-                return Err(load(crate::bucket::BucketError::Unavailable(
-                    "the volume's fsyncs wait for replicas, and this node has no sync engine"
-                        .into(),
-                )));
-            };
-            live.set_replica_wait(Box::new(move |version| waiter(&volume, version, k)));
-        }
+        live.set_replica_wait(self.replica_wait(&volume, &rec.options).map_err(load)?);
         Ok(live)
+    }
+
+    /// What an fsync of `volume` mounted with `options` waits for after
+    /// its version (`syncReplicas`), if anything.
+    fn replica_wait(
+        &self,
+        volume: &BucketId,
+        options: &MountOptions,
+    ) -> Result<Option<crate::fuse::live::ReplicaWait>, crate::bucket::BucketError> {
+        let k = options.sync_replicas;
+        if k == 0 || options.read_only {
+            return Ok(None);
+        }
+        let Some(waiter) = self.replica_waiter.lock().unwrap().clone() else {
+            return Err(crate::bucket::BucketError::Unavailable(
+                "the volume's fsyncs wait for replicas, and this node has no sync engine".into(),
+            ));
+        };
+        let volume = *volume;
+        Ok(Some(Arc::new(move |version| waiter(&volume, version, k))))
+    }
+
+    /// Change how many other replicas an fsync of `volume` waits for
+    /// (`syncReplicas`, changed by ControllerModifyVolume): kept in its
+    /// record, and applied at once to its running mount. Whether it changed.
+    pub fn set_sync_replicas(&self, volume: &BucketId, k: u32) -> Result<bool, MountError> {
+        let mut inner = self.lock();
+        let rec = inner
+            .records
+            .get_mut(volume)
+            .ok_or(MountError::MountNotFound(*volume))?;
+        if rec.options.sync_replicas == k {
+            return Ok(false);
+        }
+        rec.options.sync_replicas = k;
+        let rec = rec.clone();
+        if let Some(r) = inner.running.get(volume) {
+            let wait = self.replica_wait(volume, &rec.options).map_err(|source| {
+                MountError::LoadFailed {
+                    volume: *volume,
+                    source,
+                }
+            })?;
+            r.live.set_replica_wait(wait);
+        }
+        self.persist(&inner, Some(&rec))?;
+        Ok(true)
     }
 
     /// Unmount after a final commit. Stopping a stopped mount is fine.

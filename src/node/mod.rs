@@ -13,6 +13,7 @@ mod error;
 pub mod gc;
 pub mod k8s;
 mod locks;
+mod mutable;
 pub mod peers;
 pub mod records;
 pub mod replicas;
@@ -245,6 +246,11 @@ impl NodeAgent {
                 .clone()
                 .run(Duration::from_secs(2), sync.blind_announcements()),
         );
+        agent.spawn(mutable::follow(
+            db.clone(),
+            manager.clone(),
+            Duration::from_secs(2),
+        ));
         agent.spawn(peers::announce_commits(
             sync.clone(),
             manager.subscribe_sync_events(),
