@@ -738,7 +738,16 @@ async fn operator_cli_and_metrics_against_a_local_cluster() {
             &[("op", "write")]
         ) >= 2
     );
-    let ctl_metrics = scrape(local.ready["controller_metrics"].as_str().unwrap());
+    let ctl_url = local.ready["controller_metrics"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // One node, and the volume asks for two replicas: the leader counts it
+    // under-replicated (the condition above says abnormal for the same reason).
+    eventually(30, "the leader counts one under-replicated volume", || {
+        counter(&scrape(&ctl_url), "jax_csi_under_replicated_volumes", &[]) == 1.0
+    });
+    let ctl_metrics = scrape(&ctl_url);
     assert_eq!(
         counter(
             &ctl_metrics,

@@ -1050,7 +1050,33 @@ async fn a_volume_outlives_its_writer_on_a_blind_replica() {
 }
 
 /// Whether ControllerGetVolume calls `id` abnormal, and its message.
+/// ListVolumes must report the same condition: checked whenever the
+/// condition held still across the two calls (it changes as replicas
+/// catch up).
 async fn condition(n: &mut Nodes, id: &str) -> (bool, String) {
+    let got = get_condition(n, id).await;
+    let listed = n
+        .ctl
+        .list_volumes(ListVolumesRequest {
+            max_entries: 0,
+            starting_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .into_iter()
+        .find(|e| e.volume.as_ref().is_some_and(|v| v.volume_id == id))
+        .and_then(|e| e.status?.volume_condition)
+        .map(|c| (c.abnormal, c.message))
+        .expect("ListVolumes lists the volume with its condition");
+    if get_condition(n, id).await == got {
+        assert_eq!(listed, got, "ListVolumes and ControllerGetVolume disagree");
+    }
+    got
+}
+
+async fn get_condition(n: &mut Nodes, id: &str) -> (bool, String) {
     let got = n
         .ctl
         .controller_get_volume(ControllerGetVolumeRequest {
