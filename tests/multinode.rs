@@ -420,7 +420,7 @@ async fn a_killed_node_converges_and_postgres_is_not_needed_to_sync() {
     wait_for("b's remount", || b.join("big.bin").exists());
     assert!(fs::read(b.join("big.bin")).unwrap() == big);
     // Postgres goes away; both nodes keep the peers they knew.
-    n.c.pg.take().unwrap().stop().unwrap();
+    n.c.pg.as_mut().unwrap().pause().unwrap();
     fs::write(a.join("while-pg-down.txt"), b"still syncing").unwrap();
     fsync(&a.join("while-pg-down.txt"));
     wait_for("a write on a reaching b without Postgres", || {
@@ -436,6 +436,27 @@ async fn a_killed_node_converges_and_postgres_is_not_needed_to_sync() {
         fs::read(a.join("while-pg-down.txt")).ok().as_deref()
             == Some(&b"still syncing both ways"[..])
     });
+    // b crashes while Postgres is still down: started again, it knows its
+    // peers from its state dir (`peers.json`) and syncs both ways at once.
+    n.kill(1);
+    n.restart(1).await;
+    wait_for("b's remount without Postgres", || {
+        b.join("while-pg-down.txt").exists()
+    });
+    fs::write(a.join("after-b-restarted.txt"), b"to b").unwrap();
+    fsync(&a.join("after-b-restarted.txt"));
+    wait_for("a write on a reaching the restarted b", || {
+        fs::read(b.join("after-b-restarted.txt")).ok().as_deref() == Some(&b"to b"[..])
+    });
+    fs::write(b.join("from-restarted-b.txt"), b"to a").unwrap();
+    fsync(&b.join("from-restarted-b.txt"));
+    wait_for("a write on the restarted b reaching a", || {
+        fs::read(a.join("from-restarted-b.txt")).ok().as_deref() == Some(&b"to a"[..])
+    });
+    assert!(
+        n.log(1).contains("peer lists from the state dir in force"),
+        "the restarted node used the lists it kept"
+    );
 }
 
 /// A snapshot taken while the node that wrote it is offline is complete
@@ -621,6 +642,13 @@ fn dir_bytes(dir: &Path) -> u64 {
 /// writers stop: one tree on every node, every acknowledged line in every
 /// copy of its log in order with no gap, no conflict copy of a file only
 /// one node wrote, and no new version while nobody writes.
+/// In the last third, with every link up, node 0's process is SIGKILLed
+/// and started again at once (its mounts live on in its fd-keeper, as
+/// under a supervisor), then the controller's Postgres is stopped for 2 s
+/// and started again (`JAX_SOAK_NO_KILLS` leaves both alone). The crash
+/// may fail the one request node 0's writer had in flight
+/// (ECONNABORTED): that writer stops there, and its log holds every line
+/// it had acknowledged and at most that one more.
 /// `JAX_SOAK_SECS` sets how long the writers run (default 20).
 /// The nodes collect garbage every 5 s with a grace of
 /// `JAX_SOAK_GC_GRACE_SECS` (default 15; 0 keeps the cluster's 300 s,
@@ -637,10 +665,14 @@ async fn three_writers_converge_and_keep_every_acknowledged_line() {
         Ok(s) => s.parse().ok().filter(|g| *g > 0),
         Err(_) => Some(15),
     };
+    let faults = std::env::var("JAX_SOAK_NO_KILLS").is_err();
     let mut n = Nodes::start_with(3, |c| {
         if let Some(g) = gc_grace {
             c.gc_interval = "5";
             c.gc_grace = Box::leak(g.to_string().into_boxed_str());
+        }
+        if faults {
+            c.fd_keeper_for(&name(0));
         }
     })
     .await;
@@ -679,12 +711,37 @@ async fn three_writers_converge_and_keep_every_acknowledged_line() {
         n.net.heal(cut);
         tokio::time::sleep(around).await;
     }
-    tokio::time::sleep(third).await;
+    let mut crash = None;
+    if faults {
+        tokio::time::sleep(third / 4).await;
+        let killed = Instant::now();
+        n.kill(0);
+        n.restart(0).await;
+        crash = Some(killed.elapsed());
+        tokio::time::sleep(third / 4).await;
+        n.c.pg.as_mut().unwrap().pause().unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        n.c.pg
+            .as_mut()
+            .unwrap()
+            .resume(jax_csi::db::embedded::EmbeddedPostgresOptions { fsync: false })
+            .unwrap();
+        tokio::time::sleep((third / 2).saturating_sub(Duration::from_secs(2))).await;
+    } else {
+        tokio::time::sleep(third).await;
+    }
     stop.store(true, Ordering::Relaxed);
     let written: Vec<Written> = writers.into_iter().map(|w| w.join().unwrap()).collect();
     let stopped = Instant::now();
     for (i, w) in written.iter().enumerate() {
-        assert!(w.errors.is_empty(), "writer {i} saw errors: {:?}", w.errors);
+        // The request in flight when node 0 was killed may fail, no other.
+        let crashed = faults && i == 0;
+        let allowed = |e: &String| crashed && e.contains("os error 103");
+        assert!(
+            w.errors.len() <= usize::from(crashed) && w.errors.iter().all(allowed),
+            "writer {i} saw errors: {:?}",
+            w.errors
+        );
     }
 
     // One tree (and one head) everywhere.
@@ -717,8 +774,11 @@ async fn three_writers_converge_and_keep_every_acknowledged_line() {
     let mut delays: Vec<Duration> = Vec::new();
     for (i, w) in watchers.into_iter().enumerate() {
         let (seen, read_errors) = w.join().unwrap();
+        // Node 0's crash may fail the one read it had in flight.
+        let crashed = faults && i == 0;
         assert!(
-            read_errors.is_empty(),
+            read_errors.len() <= usize::from(crashed)
+                && read_errors.iter().all(|e| e.contains("os error 103")),
             "node {i}: {} reads of a peer's log failed, the first: {:?}",
             read_errors.len(),
             &read_errors[..read_errors.len().min(3)]
@@ -778,8 +838,10 @@ async fn three_writers_converge_and_keep_every_acknowledged_line() {
             .find(|(p, _)| *p == format!("w{i}.log"))
             .map(|(_, c)| String::from_utf8_lossy(c).into_owned())
             .unwrap_or_default();
+        // A writer the crash stopped: its append in flight may have landed.
+        let in_flight = format!("{expected}w{i} {}\n", w.acked.unwrap() + 1);
         assert!(
-            log == expected,
+            log == expected || (!w.errors.is_empty() && log == in_flight),
             "w{i}.log holds {} bytes, {} expected (acknowledged up to line {:?})",
             log.len(),
             expected.len(),
@@ -879,10 +941,12 @@ async fn three_writers_converge_and_keep_every_acknowledged_line() {
         "three writers, {secs} s: acknowledged lines {:?}; a line seen on the next node after p50 {:?}, \
          p99 {:?} (cuts: {cutting}); one tree {converged:?} after the writers stopped; \
          conflict copies of the shared file {shared_copies}; state dirs {state:?} bytes, \
-         {collected:?} after a GC",
+         {collected:?} after a GC; node 0 SIGKILLed and serving again after {crash:?}, \
+         writer errors {:?}",
         written.iter().map(|w| w.acked.map_or(0, |a| a + 1)).collect::<Vec<_>>(),
         pct(50),
         pct(99),
+        written.iter().map(|w| w.errors.len()).collect::<Vec<_>>(),
     );
 }
 

@@ -14,6 +14,7 @@ pub mod gc;
 pub mod k8s;
 mod locks;
 mod mutable;
+mod peer_cache;
 pub mod peers;
 pub mod records;
 pub mod replicas;

@@ -2,7 +2,6 @@
 //! Postgres (freshest head first; the last lists stay in force while
 //! Postgres is down), and every local commit announced to the peers.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -72,9 +71,30 @@ pub async fn refresh_peers(
     kek: std::sync::Arc<Kek>,
     every: Duration,
 ) {
+    // What Postgres said last, until it answers (it may be down now).
+    let mut kept = super::peer_cache::load(state.root());
+    if let Some(lists) = &kept {
+        lists.apply(&engine);
+        tracing::info!(
+            registered = lists.registered.len(),
+            buckets = lists.buckets.len(),
+            "peer lists from the state dir in force until Postgres answers"
+        );
+    }
     loop {
-        if let Err(e) = refresh_once(&db, &me, &engine, &state, &kek).await {
-            tracing::debug!(error = %e, "peer lists not refreshed (Postgres down?); the last ones stay in force");
+        match refresh_once(&db, &me, &engine, &state, &kek).await {
+            Ok(lists) if kept.as_ref() != Some(&lists) => {
+                match super::peer_cache::save(state.root(), &lists) {
+                    Ok(()) => kept = Some(lists),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not keep the peer lists in the state dir")
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "peer lists not refreshed (Postgres down?); the last ones stay in force");
+            }
         }
         tokio::time::sleep(every).await;
     }
@@ -86,17 +106,13 @@ async fn refresh_once(
     engine: &SyncEngine,
     state: &StateDir,
     kek: &Kek,
-) -> Result<(), crate::db::DbError> {
+) -> Result<super::peer_cache::PeerLists, crate::db::DbError> {
     let nodes: Vec<Peer> = db
         .registered_nodes()
         .await?
         .iter()
         .filter_map(peer_of)
         .collect();
-    for p in &nodes {
-        engine.set_addresses(p.node, p.addrs.clone());
-    }
-    engine.set_registered(nodes.iter().map(|p| p.node).collect::<HashSet<NodeId>>());
     let mut buckets: Vec<BucketId> = state.list_buckets().unwrap_or_default();
     // A clone's source, for the chunks the clone reads from its tree.
     let sources: Vec<BucketId> = buckets
@@ -107,10 +123,14 @@ async fn refresh_once(
     // (Buckets held blind get their peers from `replication`, each pass.)
     buckets.sort();
     buckets.dedup();
+    let mut held = Vec::new();
     for b in buckets {
-        engine.set_peers(b, peers_of(db, &b, me).await?);
+        held.push((b, peers_of(db, &b, me).await?));
     }
-    Ok(())
+    // Told to the engine only once all of it was read.
+    let lists = super::peer_cache::PeerLists::new(&nodes, &held);
+    lists.apply(engine);
+    Ok(lists)
 }
 
 /// Announce every local commit (and the head a pulled merge produced is

@@ -23,6 +23,8 @@ pub struct Cluster {
     pub nodes: Vec<(String, Child)>,
     /// fd-keepers (stopped after the nodes).
     pub keepers: Vec<Child>,
+    /// Nodes started with an fd-keeper of their own: its socket.
+    pub handover: std::collections::HashMap<String, PathBuf>,
     /// `--gc-grace-secs` of the nodes started from now on.
     pub gc_grace: &'static str,
     /// `--gc-interval-secs` of the nodes started from now on.
@@ -47,6 +49,7 @@ impl Cluster {
             controllers: vec![],
             nodes: vec![],
             keepers: vec![],
+            handover: Default::default(),
             gc_grace: "300",
             gc_interval: "1",
         }
@@ -164,6 +167,9 @@ impl Cluster {
             )
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some(socket) = self.handover.get(id) {
+            cmd.arg("--handover-socket").arg(socket);
+        }
         setup(&mut cmd);
         let child = cmd.spawn().expect("spawning jax-csi node");
         self.nodes.push((id.to_string(), child));
@@ -187,12 +193,25 @@ impl Cluster {
 
     /// Start a `jax-csi fd-keeper`; returns its socket once it answers.
     pub fn fd_keeper(&mut self) -> PathBuf {
-        let socket = self.dir.path().join("fd-keeper.sock");
+        self.spawn_keeper("fd-keeper")
+    }
+
+    /// An fd-keeper for node `id` alone (as each node of a cluster has its
+    /// own): the node is started with it from now on, so a node killed and
+    /// started again serves its mounts on.
+    pub fn fd_keeper_for(&mut self, id: &str) -> PathBuf {
+        let socket = self.spawn_keeper(&format!("fd-keeper-{id}"));
+        self.handover.insert(id.to_string(), socket.clone());
+        socket
+    }
+
+    fn spawn_keeper(&mut self, name: &str) -> PathBuf {
+        let socket = self.dir.path().join(format!("{name}.sock"));
         let child = Command::new(env!("CARGO_BIN_EXE_jax-csi"))
             .args(["fd-keeper", "--socket"])
             .arg(&socket)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.path().join("fd-keeper.log")).unwrap())
+            .stderr(std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap())
             .spawn()
             .expect("spawning jax-csi fd-keeper");
         self.keepers.push(child);
