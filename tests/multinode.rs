@@ -1285,6 +1285,108 @@ async fn sync_replicas_changes_on_a_running_mount() {
     n.net.heal(1);
 }
 
+/// #28: a rebuild is paced (`--rebuild-mib-per-sec`) and resumes where it
+/// stopped: a second replica is asked for a volume that holds 48 MiB, its
+/// node is killed part way through the rebuild and started again, and it
+/// fetches only what it did not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_killed_part_way_resumes_and_is_paced() {
+    const RATE_MIB: u64 = 16;
+    let mut n = Nodes::start_with(2, |c| {
+        c.node_args = vec!["--rebuild-mib-per-sec".into(), RATE_MIB.to_string()];
+    })
+    .await;
+    let id = n
+        .create_with("rebuilt", None, &[("replicas", "1")], &Secrets::new())
+        .await;
+    let a = n.publish(0, &id).await;
+    let data = pattern(48 << 20, 9);
+    fs::write(a.join("data.bin"), &data).unwrap();
+    fsync(&a.join("data.bin"));
+    n.wait_reported(0, &id);
+    assert!(assigned(&n, &id).is_empty(), "one replica: nothing placed");
+
+    n.ctl
+        .controller_modify_volume(ControllerModifyVolumeRequest {
+            volume_id: id.clone(),
+            mutable_parameters: [("replicas".to_string(), "2".to_string())].into(),
+            secrets: Default::default(),
+        })
+        .await
+        .unwrap();
+    // Part way: some blobs durable on node-1 (a paced rebuild syncs each
+    // group of 16), the version not taken yet.
+    let blobs = n.c.node_state("node-1").join("store").join("blobs");
+    let head =
+        n.c.node_state("node-1")
+            .join("replicas")
+            .join(&id)
+            .join("HEAD");
+    let named = || -> usize {
+        fs::read_dir(&blobs)
+            .map(|d| {
+                d.flatten()
+                    .map(|f| {
+                        // Blobs only: an outboard (`.ob`) is written before
+                        // its blob is durable.
+                        fs::read_dir(f.path()).map_or(0, |e| {
+                            e.flatten()
+                                .filter(|b| b.path().extension().is_none())
+                                .count()
+                        })
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    wait_for("part of the rebuild durable on node-1", || named() >= 16);
+    assert!(
+        !head.exists(),
+        "the rebuild finished before it could be cut"
+    );
+    n.kill(1);
+    let kept = named();
+    n.restart(1).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let line = loop {
+        let log = n.log(1);
+        if let Some(l) = log
+            .lines()
+            .rfind(|l| l.contains("blind replica holds a new version"))
+        {
+            break l.to_string();
+        }
+        assert!(Instant::now() < deadline, "the rebuild never finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let field = |k: &str| -> u64 {
+        line.split(&format!(" {k}="))
+            .nth(1)
+            .and_then(|v| v.split(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {k}= in {line}"))
+    };
+    let (all, fetched, bytes, ms) = (
+        field("blobs"),
+        field("fetched"),
+        field("bytes"),
+        field("ms"),
+    );
+    assert!(fetched < all, "started again from 0%: {line}");
+    // Paced: never faster than the rate (slower on a busy machine).
+    assert!(
+        ms as f64 >= (bytes as f64 / (RATE_MIB << 20) as f64) * 1000.0 * 0.9,
+        "faster than {RATE_MIB} MiB/s: {line}"
+    );
+    wait_for("the replica at the writer's head", || {
+        reported_head(&n, 1, &id) == reported_head(&n, 0, &id)
+    });
+    println!(
+        "rebuild killed with {kept} blobs of every kind durable on node-1; after the restart it fetched {fetched} of {all} \
+         ({bytes} bytes in {ms} ms, paced at {RATE_MIB} MiB/s)"
+    );
+}
+
 /// #28: a replica whose node is lost (no heartbeat for the replica
 /// timeout) is replaced: the leader assigns the third node, which catches
 /// up from the node that stages the volume.
@@ -1576,6 +1678,7 @@ async fn hostile_peer_process() {
     let cfg = SyncConfig {
         listen: "0.0.0.0:0".parse().unwrap(),
         anti_entropy: Duration::from_secs(3600),
+        rebuild_bytes_per_sec: None,
     };
     let engine = SyncEngine::start(&cfg, &identity, state.clone(), kek.clone())
         .await

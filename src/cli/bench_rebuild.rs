@@ -38,6 +38,7 @@ async fn node(root: &Path, name: &str, kek: &Arc<Kek>) -> anyhow::Result<Node> {
         &SyncConfig {
             listen: "127.0.0.1:0".parse()?,
             anti_entropy: Duration::from_secs(3600),
+            rebuild_bytes_per_sec: None,
         },
         state.identity(),
         state.clone(),

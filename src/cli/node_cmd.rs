@@ -93,6 +93,11 @@ pub struct NodeArgs {
     /// Seconds between comparisons of heads with every peer (anti-entropy).
     #[arg(long, default_value_t = 5)]
     anti_entropy_secs: u64,
+    /// Most MiB a second a blind replica on this node fetches while it
+    /// catches up (a rebuild), so the nodes serving it keep their disks and
+    /// CPU for their pods; 0: as fast as the links and disks allow.
+    #[arg(long, env = "JAX_REBUILD_MIB_PER_SEC", default_value_t = 0)]
+    rebuild_mib_per_sec: u64,
     /// The Kubernetes API: `auto` (in-cluster when run in a pod, none
     /// otherwise), `off`, or a URL. With it the node records its labels,
     /// posts Events on claims and pods, and removes targets whose pod is gone.
@@ -167,6 +172,7 @@ pub fn run(cli: NodeCli) -> anyhow::Result<()> {
             sync_listen: args.listen,
             advertise_ip: args.advertise_ip,
             anti_entropy: Duration::from_secs(args.anti_entropy_secs.max(1)),
+            rebuild_bytes_per_sec: Some(args.rebuild_mib_per_sec << 20).filter(|r| *r > 0),
             k8s,
             handover_socket: args.handover_socket,
             kubelet_dir: Some(args.kubelet_dir),

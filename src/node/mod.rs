@@ -63,6 +63,8 @@ pub struct NodeConfig {
     pub advertise_ip: Option<std::net::IpAddr>,
     /// How often heads are compared with every peer.
     pub anti_entropy: Duration,
+    /// See `SyncConfig::rebuild_bytes_per_sec`.
+    pub rebuild_bytes_per_sec: Option<u64>,
     /// The fd-keeper's socket: mounts survive this process (upgrades,
     /// crashes) while it runs. None: mounts end with the process.
     pub handover_socket: Option<PathBuf>,
@@ -152,6 +154,7 @@ impl NodeAgent {
             &crate::sync::SyncConfig {
                 listen: cfg.sync_listen,
                 anti_entropy: cfg.anti_entropy,
+                rebuild_bytes_per_sec: cfg.rebuild_bytes_per_sec,
             },
             state.identity(),
             state.clone(),

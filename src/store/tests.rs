@@ -194,8 +194,8 @@ fn a_blob_unreferenced_just_now_stays_for_the_grace() {
 /// A blob found here by someone about to rely on it (a pull that skips
 /// fetching it, a put of the same bytes) is kept for the grace from then,
 /// however long it was unreferenced: the version naming it may be written
-/// after a collection listed what is live and before it swept. Found by
-/// the three-writer soak in CI: a read of a synced file was EIO.
+/// after a collection listed what is live and before it swept (a likely
+/// cause of one EIO the three-writer soak read in CI).
 #[test]
 fn a_blob_claimed_while_unreferenced_stays_for_the_grace() {
     let dir = tempfile::tempdir().unwrap();

@@ -147,6 +147,10 @@ pub struct SyncConfig {
     pub listen: SocketAddr,
     /// How often heads are compared with every peer.
     pub anti_entropy: Duration,
+    /// Most bytes a second a blind replica fetches while it catches up (a
+    /// rebuild), so the nodes serving it keep their disks and CPU for their
+    /// pods; `None`: as fast as the links and disks allow.
+    pub rebuild_bytes_per_sec: Option<u64>,
 }
 
 struct Inner {
@@ -184,6 +188,8 @@ struct Inner {
     recent: pulls::RecentHeads,
     /// Heads waiting to be announced, coalesced per bucket and peer.
     announce_queue: announcements::AnnounceQueue,
+    /// See [`SyncConfig::rebuild_bytes_per_sec`].
+    rebuild_rate: Option<u64>,
     stats: SyncStats,
     /// Woken when peers or their addresses change (a read waiting for a
     /// peer tries again at once).
@@ -236,6 +242,7 @@ impl SyncEngine {
             pull_queue: Default::default(),
             recent: Default::default(),
             announce_queue: Default::default(),
+            rebuild_rate: cfg.rebuild_bytes_per_sec.filter(|r| *r > 0),
             down: Mutex::new(HashMap::new()),
             learnt: Mutex::new(HashMap::new()),
             stats: SyncStats::default(),

@@ -18,7 +18,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::client::{blob_answer_for, fetch_blobs, history_from, read_checked_blobs, FrameLimits};
 use super::proto::{Request, MAX_BLOB, MAX_SET_BLOBS};
@@ -52,6 +52,46 @@ pub enum Keep {
 }
 
 /// See the module docs.
+/// Blobs a paced rebuild fetches between two looks at its rate.
+const PACED_GROUP: usize = 16;
+
+/// Fetch `missing` at most `rate` bytes a second on average: a group of
+/// blobs at a time, made durable (a rebuild killed part way resumes after
+/// the last group), then a pause until the bytes so far fit the rate.
+/// Returns the hashes no peer sent.
+async fn fetch_paced(
+    inner: &Arc<Inner>,
+    bucket: BucketId,
+    missing: &[Hash],
+    rate: u64,
+) -> Result<Vec<Hash>, SyncError> {
+    let started = Instant::now();
+    let fetched = || {
+        inner
+            .stats
+            .bytes_fetched
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = fetched();
+    let mut left = Vec::new();
+    for group in missing.chunks(PACED_GROUP) {
+        left.extend(fetch_blobs(inner, bucket, group).await?);
+        let store = inner.state.store().clone();
+        tokio::task::spawn_blocking(move || store.sync())
+            .await
+            .map_err(|e| SyncError::Worker(e.to_string()))?
+            .map_err(|source| SyncError::Bucket {
+                bucket,
+                source: source.into(),
+            })?;
+        let due = Duration::from_secs_f64(fetched().saturating_sub(before) as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    Ok(left)
+}
+
 pub(super) async fn replicate(
     inner: &Arc<Inner>,
     bucket: BucketId,
@@ -115,7 +155,10 @@ pub(super) async fn replicate(
     };
     let fetched = missing.len() as u64;
     if !missing.is_empty() {
-        let left = fetch_blobs(inner, bucket, &missing).await?;
+        let left = match inner.rebuild_rate {
+            None => fetch_blobs(inner, bucket, &missing).await?,
+            Some(rate) => fetch_paced(inner, bucket, &missing, rate).await?,
+        };
         if !left.is_empty() {
             tracing::warn!(%bucket, %version, missing = left.len(), "no peer sent every blob of the version; the replica keeps what it has and tries again");
             return Err(SyncError::NoPeer(bucket));

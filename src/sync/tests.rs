@@ -24,6 +24,7 @@ async fn node(kek: &Arc<Kek>) -> Node {
     let cfg = SyncConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         anti_entropy: Duration::from_secs(3600),
+        rebuild_bytes_per_sec: None,
     };
     let engine = SyncEngine::start(&cfg, state.identity(), state.clone(), kek.clone())
         .await

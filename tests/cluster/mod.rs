@@ -25,6 +25,8 @@ pub struct Cluster {
     pub keepers: Vec<Child>,
     /// Nodes started with an fd-keeper of their own: its socket.
     pub handover: std::collections::HashMap<String, PathBuf>,
+    /// More arguments for the nodes started from now on.
+    pub node_args: Vec<String>,
     /// `--gc-grace-secs` of the nodes started from now on.
     pub gc_grace: &'static str,
     /// `--gc-interval-secs` of the nodes started from now on.
@@ -50,6 +52,7 @@ impl Cluster {
             nodes: vec![],
             keepers: vec![],
             handover: Default::default(),
+            node_args: Vec::new(),
             gc_grace: "300",
             gc_interval: "1",
         }
@@ -167,6 +170,7 @@ impl Cluster {
             )
             .stdout(Stdio::null())
             .stderr(log);
+        cmd.args(&self.node_args);
         if let Some(socket) = self.handover.get(id) {
             cmd.arg("--handover-socket").arg(socket);
         }
