@@ -438,6 +438,7 @@ async fn a_killed_node_converges_and_postgres_is_not_needed_to_sync() {
     });
     // b crashes while Postgres is still down: started again, it knows its
     // peers from its state dir (`peers.json`) and syncs both ways at once.
+    let logged_before = n.log(1).len();
     n.kill(1);
     n.restart(1).await;
     wait_for("b's remount without Postgres", || {
@@ -454,7 +455,7 @@ async fn a_killed_node_converges_and_postgres_is_not_needed_to_sync() {
         fs::read(a.join("from-restarted-b.txt")).ok().as_deref() == Some(&b"to a"[..])
     });
     assert!(
-        n.log(1).contains("peer lists from the state dir in force"),
+        n.log(1)[logged_before..].contains("peer lists from the state dir in force"),
         "the restarted node used the lists it kept"
     );
 }
@@ -644,11 +645,13 @@ fn dir_bytes(dir: &Path) -> u64 {
 /// one node wrote, and no new version while nobody writes.
 /// In the last third, with every link up, node 0's process is SIGKILLed
 /// and started again at once (its mounts live on in its fd-keeper, as
-/// under a supervisor), then the controller's Postgres is stopped for 2 s
-/// and started again (`JAX_SOAK_NO_KILLS` leaves both alone). The crash
-/// may fail the one request node 0's writer had in flight
-/// (ECONNABORTED): that writer stops there, and its log holds every line
-/// it had acknowledged and at most that one more.
+/// under a supervisor; `JAX_SOAK_NO_KILLS` leaves it alone), then the
+/// controller's Postgres is stopped for 2 s and started again
+/// (`JAX_SOAK_NO_PG_RESTART` leaves it alone). The crash may fail the one
+/// request node 0's writer had in flight (ECONNABORTED) and the first
+/// fsync of its file after it (EIO: writes the dead process had not made
+/// durable are lost): that writer stops at its first error, and its log
+/// holds every line it had acknowledged and at most one more.
 /// `JAX_SOAK_SECS` sets how long the writers run (default 20).
 /// The nodes collect garbage every 5 s with a grace of
 /// `JAX_SOAK_GC_GRACE_SECS` (default 15; 0 keeps the cluster's 300 s,
@@ -718,6 +721,11 @@ async fn three_writers_converge_and_keep_every_acknowledged_line() {
         n.kill(0);
         n.restart(0).await;
         crash = Some(killed.elapsed());
+    } else {
+        tokio::time::sleep(third / 4).await;
+    }
+    let pg_restart = std::env::var("JAX_SOAK_NO_PG_RESTART").is_err();
+    if pg_restart {
         tokio::time::sleep(third / 4).await;
         n.c.pg.as_mut().unwrap().pause().unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -728,17 +736,20 @@ async fn three_writers_converge_and_keep_every_acknowledged_line() {
             .unwrap();
         tokio::time::sleep((third / 2).saturating_sub(Duration::from_secs(2))).await;
     } else {
-        tokio::time::sleep(third).await;
+        tokio::time::sleep(third * 3 / 4).await;
     }
     stop.store(true, Ordering::Relaxed);
     let written: Vec<Written> = writers.into_iter().map(|w| w.join().unwrap()).collect();
     let stopped = Instant::now();
     for (i, w) in written.iter().enumerate() {
-        // The request in flight when node 0 was killed may fail, no other.
+        // Node 0's crash may fail the request in flight (ECONNABORTED) and
+        // the first fsync of each file after it (EIO: writes the dead
+        // process had answered but not made durable are lost); no other.
         let crashed = faults && i == 0;
-        let allowed = |e: &String| crashed && e.contains("os error 103");
+        let allowed =
+            |e: &String| crashed && (e.contains("os error 103") || e.contains("os error 5)"));
         assert!(
-            w.errors.len() <= usize::from(crashed) && w.errors.iter().all(allowed),
+            w.errors.len() <= 2 * usize::from(crashed) && w.errors.iter().all(allowed),
             "writer {i} saw errors: {:?}",
             w.errors
         );
@@ -840,13 +851,33 @@ async fn three_writers_converge_and_keep_every_acknowledged_line() {
             .unwrap_or_default();
         // A writer the crash stopped: its append in flight may have landed.
         let in_flight = format!("{expected}w{i} {}\n", w.acked.unwrap() + 1);
-        assert!(
-            log == expected || (!w.errors.is_empty() && log == in_flight),
-            "w{i}.log holds {} bytes, {} expected (acknowledged up to line {:?})",
-            log.len(),
-            expected.len(),
-            w.acked
-        );
+        if !(log == expected || (!w.errors.is_empty() && log == in_flight)) {
+            // Where the copy leaves the acknowledged lines, to see what
+            // went missing, came twice or came back.
+            let at = log
+                .lines()
+                .zip(expected.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(log.lines().count().min(expected.lines().count()));
+            let around = |text: &str| -> Vec<String> {
+                text.lines()
+                    .skip(at.saturating_sub(2))
+                    .take(5)
+                    .map(str::to_owned)
+                    .collect()
+            };
+            panic!(
+                "w{i}.log holds {} bytes ({} lines), {} expected (acknowledged up to line {:?}, \
+                 writer errors {:?}); first difference at line {at}: holds {:?}, expected {:?}",
+                log.len(),
+                log.lines().count(),
+                expected.len(),
+                w.acked,
+                w.errors,
+                around(&log),
+                around(&expected)
+            );
+        }
     }
     let copies: Vec<&String> = t
         .iter()
@@ -1153,6 +1184,19 @@ async fn get_condition(n: &mut Nodes, id: &str) -> (bool, String) {
     (c.abnormal, c.message)
 }
 
+/// Wait for the leader to assign `id`'s second replica to node-1 and for
+/// node-1 to hold it blind; the replica's directory there.
+fn wait_blind_on_node_1(n: &Nodes, id: &str) -> PathBuf {
+    wait_for("node-1 assigned the second replica", || {
+        assigned(n, id) == [1]
+    });
+    let blind = n.c.node_state("node-1").join("replicas").join(id);
+    wait_for("node-1 holding the replica", || {
+        blind.join("proof.wrapped").exists()
+    });
+    blind
+}
+
 /// Append `line` to `file` and fsync it; the fsync's result.
 fn append_synced(file: &Path, line: &str) -> std::io::Result<()> {
     let mut f = fs::OpenOptions::new()
@@ -1179,13 +1223,7 @@ async fn an_fsync_waits_for_its_replica_or_fails() {
         )
         .await;
     let a = n.publish(0, &id).await;
-    wait_for("node-1 assigned the second replica", || {
-        assigned(&n, &id) == [1]
-    });
-    let blind = n.c.node_state("node-1").join("replicas").join(&id);
-    wait_for("node-1 holding the replica", || {
-        blind.join("proof.wrapped").exists()
-    });
+    let blind = wait_blind_on_node_1(&n, &id);
     let log = a.join("log");
     append_synced(&log, "one\n").expect("an fsync the replica confirmed");
     assert!(blind.join("HEAD").exists(), "the replica holds a version");
@@ -1228,13 +1266,7 @@ async fn sync_replicas_changes_on_a_running_mount() {
         .create_with("modified", None, &[("replicas", "2")], &Secrets::new())
         .await;
     let a = n.publish(0, &id).await;
-    wait_for("node-1 assigned the second replica", || {
-        assigned(&n, &id) == [1]
-    });
-    let blind = n.c.node_state("node-1").join("replicas").join(&id);
-    wait_for("node-1 holding the replica", || {
-        blind.join("proof.wrapped").exists()
-    });
+    wait_blind_on_node_1(&n, &id);
     let log = a.join("log");
     let modify = |k: &str| ControllerModifyVolumeRequest {
         volume_id: id.clone(),
@@ -1344,13 +1376,14 @@ async fn a_rebuild_killed_part_way_resumes_and_is_paced() {
         !head.exists(),
         "the rebuild finished before it could be cut"
     );
+    let logged_before = n.log(1).len();
     n.kill(1);
     let kept = named();
     n.restart(1).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let line = loop {
         let log = n.log(1);
-        if let Some(l) = log
+        if let Some(l) = log[logged_before..]
             .lines()
             .rfind(|l| l.contains("blind replica holds a new version"))
         {

@@ -203,11 +203,7 @@ impl BlindReplica {
         let m = Manifest::load(&self.store, version)?;
         let held = read_held(&self.store, statement)?;
         held.statement.vouches_for(&self.id, version, &m)?;
-        let missing = held
-            .members
-            .iter()
-            .filter(|h| !self.store.contains(h))
-            .count();
+        let missing = held.members.iter().filter(|h| !self.store.holds(h)).count();
         if missing > 0 {
             return Err(BucketError::Format {
                 what: "blind replica",

@@ -134,7 +134,10 @@ impl JaxFs {
 
     /// fsync and fsyncdir: make every change durable (the journal; see
     /// [`LiveMount::sync_changes`]).
-    fn sync(&self, op: Op, reply: ReplyEmpty) {
+    fn sync(&self, op: Op, ino: INodeNo, reply: ReplyEmpty) {
+        if let Some(e) = self.live.lost_in_crash(ino.0) {
+            return op.fail(reply, e);
+        }
         match self.live.sync_changes() {
             Ok(_) => reply.ok(),
             Err(e) => op.fail(reply, e),
@@ -492,12 +495,12 @@ impl Filesystem for JaxFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.sync(Op::start("fsync"), reply)
+        self.sync(Op::start("fsync"), ino, reply)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -599,12 +602,12 @@ impl Filesystem for JaxFs {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.sync(Op::start("fsyncdir"), reply)
+        self.sync(Op::start("fsyncdir"), ino, reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

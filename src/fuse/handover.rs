@@ -154,7 +154,13 @@ impl MountManager {
             Ok(())
         })?;
         // Nothing serves this Mount yet: the references are taken over
-        // before the first request.
+        // before the first request. Without a handover state the previous
+        // process crashed, and what it had not made durable is lost: the
+        // first fsync of each inode says so.
+        if state.is_none() {
+            live.resumed_after_crash();
+            tracing::warn!(volume = %volume, "resumed after a crash: writes not fsynced before it are lost, and the first fsync of each file reports EIO once");
+        }
         let refs = state.map_or(0, |s| live.adopt_kernel_refs(&s.refs));
         self.lock().reserve_stopped(volume)?;
         let resumed = session::resume(

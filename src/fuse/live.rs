@@ -70,6 +70,11 @@ struct Shared {
     on_quota: Mutex<(Option<QuotaHook>, Option<Instant>)>,
     /// `syncReplicas`: what an fsync waits for after its version.
     replica_wait: Mutex<Option<ReplicaWait>>,
+    /// Resumed after the previous process crashed: writes it had answered
+    /// but not made durable are gone, and the kernel does not know. The
+    /// first fsync of each inode reports it (EIO, once), as Linux reports
+    /// a lost writeback; the inodes that have reported it are listed.
+    crash: Mutex<Option<std::collections::HashSet<crate::bucket::Ino>>>,
     debounce: Duration,
 }
 
@@ -94,6 +99,7 @@ impl LiveMount {
             on_commit: Mutex::new(None),
             on_quota: Mutex::new((None, None)),
             replica_wait: Mutex::new(None),
+            crash: Mutex::new(None),
             debounce,
         });
         Self { shared }
@@ -123,6 +129,30 @@ impl LiveMount {
     pub fn kernel_refs(&self) -> Vec<KernelRef> {
         let m = self.lock();
         self.lookups().refs(&m)
+    }
+
+    /// This mount was resumed after its previous process crashed (see
+    /// [`LiveMount::lost_in_crash`]).
+    pub fn resumed_after_crash(&self) {
+        *self.shared.crash.lock().unwrap() = Some(Default::default());
+    }
+
+    /// An fsync of `ino` must fail once because writes to it that the
+    /// crashed process had answered may be lost: the error for the first
+    /// fsync of each inode after a crash, `None` after.
+    pub fn lost_in_crash(&self, ino: crate::bucket::Ino) -> Option<BucketError> {
+        let mut crash = self.shared.crash.lock().unwrap();
+        let reported = crash.as_mut()?;
+        if !reported.insert(ino) {
+            return None;
+        }
+        tracing::error!(
+            ino,
+            "fsync failed once: the node plugin crashed, and writes to this inode it had not made durable may be lost"
+        );
+        Some(BucketError::Unavailable(
+            "writes not made durable before the node plugin crashed may be lost".into(),
+        ))
     }
 
     /// Take over a predecessor's references ([`Lookups::adopt`]); returns

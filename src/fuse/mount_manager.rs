@@ -606,15 +606,19 @@ impl MountManager {
         if rec.options.sync_replicas == k {
             return Ok(false);
         }
-        rec.options.sync_replicas = k;
-        let rec = rec.clone();
-        if let Some(r) = inner.running.get(volume) {
-            let wait = self.replica_wait(volume, &rec.options).map_err(|source| {
-                MountError::LoadFailed {
+        // The wait first: when it cannot be made, nothing changes and the
+        // next pass tries again.
+        let mut options = rec.options.clone();
+        options.sync_replicas = k;
+        let wait =
+            self.replica_wait(volume, &options)
+                .map_err(|source| MountError::LoadFailed {
                     volume: *volume,
                     source,
-                }
-            })?;
+                })?;
+        rec.options = options;
+        let rec = rec.clone();
+        if let Some(r) = inner.running.get(volume) {
             r.live.set_replica_wait(wait);
         }
         self.persist(&inner, Some(&rec))?;

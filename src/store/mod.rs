@@ -81,6 +81,11 @@ pub struct GcReport {
     pub bytes_freed: u64,
 }
 
+/// Claims kept before old ones are dropped between collections, and how
+/// long a claim is worth keeping then (longer than the default grace).
+const CLAIMS_PRUNED_AT: usize = 1 << 16;
+const CLAIMS_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// A directory of immutable, hash-addressed blobs.
 #[derive(Debug)]
 pub struct BlobStore {
@@ -236,11 +241,23 @@ impl BlobStore {
     /// grace, long enough for a version naming it to be written.
     pub fn contains(&self, hash: &Hash) -> bool {
         let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
-        let here = self.durability.pending.contains(hash) || self.path_of(hash).exists();
+        let here = self.holds(hash);
         if here {
+            if claims.len() >= CLAIMS_PRUNED_AT {
+                // No collection ran for long (Postgres down): claims older
+                // than any grace we use protect nothing.
+                claims.retain(|_, at| at.elapsed() < CLAIMS_KEPT_FOR);
+            }
             claims.insert(*hash, std::time::Instant::now());
         }
         here
+    }
+
+    /// True when blob `hash` is here, without claiming it: for checks of
+    /// many blobs that something else keeps live (a blind replica's
+    /// pending version).
+    pub fn holds(&self, hash: &Hash) -> bool {
+        self.durability.pending.contains(hash) || self.path_of(hash).exists()
     }
 
     /// Remove one blob; removing a missing blob is not an error.

@@ -148,6 +148,20 @@ fn gc_keeps_only_live() {
     assert!(s.contains(&a) && !s.contains(&b));
 }
 
+/// `bytes` stored and made durable, its file dated an hour back.
+fn stored_long_ago(s: &BlobStore, bytes: &[u8]) -> Hash {
+    let h = s.put(bytes).unwrap();
+    s.sync().unwrap();
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(s.path_of(&h))
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    h
+}
+
 /// A blob written long ago that a pass first finds unreferenced (its
 /// version was just pruned) stays for the grace from then: a peer a few
 /// seconds behind may still fetch that version. Found by the three-writer
@@ -157,15 +171,7 @@ fn gc_keeps_only_live() {
 fn a_blob_unreferenced_just_now_stays_for_the_grace() {
     let dir = tempfile::tempdir().unwrap();
     let s = BlobStore::open(dir.path()).unwrap();
-    let old = s.put(b"written long ago").unwrap();
-    s.sync().unwrap();
-    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-    std::fs::File::options()
-        .write(true)
-        .open(s.path_of(&old))
-        .unwrap()
-        .set_modified(long_ago)
-        .unwrap();
+    let old = stored_long_ago(&s, b"written long ago");
     let grace = std::time::Duration::from_millis(300);
     let referenced: HashSet<Hash> = [old].into_iter().collect();
     s.gc(&referenced, grace).unwrap();
@@ -200,15 +206,7 @@ fn a_blob_unreferenced_just_now_stays_for_the_grace() {
 fn a_blob_claimed_while_unreferenced_stays_for_the_grace() {
     let dir = tempfile::tempdir().unwrap();
     let s = BlobStore::open(dir.path()).unwrap();
-    let old = s.put(b"unreferenced for long").unwrap();
-    s.sync().unwrap();
-    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-    std::fs::File::options()
-        .write(true)
-        .open(s.path_of(&old))
-        .unwrap()
-        .set_modified(long_ago)
-        .unwrap();
+    let old = stored_long_ago(&s, b"unreferenced for long");
     let grace = std::time::Duration::from_millis(300);
     let none = HashSet::new();
     s.gc(&none, grace).unwrap();

@@ -23,8 +23,9 @@ use crate::store::{slices, Hash};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a blob request may take before the peer counts as unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a peer may take to begin answering a blob request.
-const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a peer may take to begin answering a request for blobs (its
+/// blob index may wait for a garbage collection pass on a busy node).
+const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a small request (heads, announce, enroll) may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Hashes per GetBlobs request, and requests in flight at once.
@@ -157,22 +158,29 @@ pub(super) async fn blob_answer_for(
     peer: &NodeId,
     req: &Request,
 ) -> Result<RecvStream, SyncError> {
-    // A peer that answers at all says Noted at once: one that does not
-    // (a cut link under an open connection) is given up on early, so the
-    // caller asks the next peer instead of waiting out the connection.
-    let answer = tokio::time::timeout(FIRST_ANSWER_TIMEOUT, async {
-        let mut recv = request(inner, peer, req).await?;
-        match read_msg::<Response>(&mut recv)
-            .await
-            .map_err(|e| peer_err(peer, e))?
-        {
-            Some(Response::Noted) => Ok(recv),
-            Some(other) => Err(refused(peer, other)),
-            None => Err(peer_err(peer, "no answer")),
-        }
-    })
-    .await;
-    match answer {
+    let mut recv = request(inner, peer, req).await?;
+    match read_msg::<Response>(&mut recv)
+        .await
+        .map_err(|e| peer_err(peer, e))?
+    {
+        Some(Response::Noted) => Ok(recv),
+        Some(other) => Err(refused(peer, other)),
+        None => Err(peer_err(peer, "no answer")),
+    }
+}
+
+/// [`blob_answer_for`] for a request whose `Noted` comes at once (a
+/// GetBlobs: the peer checks the proof and looks up its blob index): a
+/// peer that does not say it within [`FIRST_ANSWER_TIMEOUT`] (a cut link
+/// under an open connection) counts as lost, so the caller asks the next
+/// peer instead of waiting out the connection. Requests whose answer the
+/// peer must first compute (a history, a blob set statement) wait longer.
+async fn quick_blob_answer_for(
+    inner: &Inner,
+    peer: &NodeId,
+    req: &Request,
+) -> Result<RecvStream, SyncError> {
+    match tokio::time::timeout(FIRST_ANSWER_TIMEOUT, blob_answer_for(inner, peer, req)).await {
         Ok(answer) => answer,
         Err(_) => {
             inner.lost(peer).await;
@@ -206,7 +214,7 @@ async fn get_blobs_from(
             proof,
             hashes: hashes.to_vec(),
         };
-        let mut recv = blob_answer_for(inner, peer, &req).await?;
+        let mut recv = quick_blob_answer_for(inner, peer, &req).await?;
         let wanted: HashSet<Hash> = hashes.iter().copied().collect();
         let mut missing = Vec::new();
         let mut got = 0;
@@ -1095,10 +1103,11 @@ fn prefer_peer(inner: &Inner, bucket: BucketId, peer: &Peer) {
     if peer.node == inner.me {
         return;
     }
-    let mut peers = inner.peers_of(&bucket);
+    // Under the lock: a refresh or a revocation meanwhile is not undone.
+    let mut all = inner.peers.lock().unwrap();
+    let peers = all.entry(bucket).or_default();
     peers.retain(|o| o.node != peer.node);
     peers.insert(0, peer.clone());
-    inner.peers.lock().unwrap().insert(bucket, peers);
 }
 
 /// Fetch a version of a bucket this node does not hold (a clone's source).

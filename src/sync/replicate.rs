@@ -56,9 +56,10 @@ pub enum Keep {
 const PACED_GROUP: usize = 16;
 
 /// Fetch `missing` at most `rate` bytes a second on average: a group of
-/// blobs at a time, made durable (a rebuild killed part way resumes after
-/// the last group), then a pause until the bytes so far fit the rate.
-/// Returns the hashes no peer sent.
+/// blobs at a time (each group is made durable by the fetch, so a rebuild
+/// killed part way resumes after the last group), then a pause until the
+/// bytes this rebuild fetched so far fit the rate. Returns the hashes no
+/// peer sent.
 async fn fetch_paced(
     inner: &Arc<Inner>,
     bucket: BucketId,
@@ -66,25 +67,19 @@ async fn fetch_paced(
     rate: u64,
 ) -> Result<Vec<Hash>, SyncError> {
     let started = Instant::now();
-    let fetched = || {
-        inner
-            .stats
-            .bytes_fetched
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
-    let before = fetched();
+    let store = inner.state.store().clone();
+    let mut bytes = 0u64;
     let mut left = Vec::new();
     for group in missing.chunks(PACED_GROUP) {
-        left.extend(fetch_blobs(inner, bucket, group).await?);
-        let store = inner.state.store().clone();
-        tokio::task::spawn_blocking(move || store.sync())
-            .await
-            .map_err(|e| SyncError::Worker(e.to_string()))?
-            .map_err(|source| SyncError::Bucket {
-                bucket,
-                source: source.into(),
-            })?;
-        let due = Duration::from_secs_f64(fetched().saturating_sub(before) as f64 / rate as f64);
+        let not_sent = fetch_blobs(inner, bucket, group).await?;
+        bytes += group
+            .iter()
+            .filter(|h| !not_sent.contains(h))
+            .filter_map(|h| std::fs::metadata(store.path_of(h)).ok())
+            .map(|m| m.len())
+            .sum::<u64>();
+        left.extend(not_sent);
+        let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
         if let Some(wait) = due.checked_sub(started.elapsed()) {
             tokio::time::sleep(wait).await;
         }
@@ -149,7 +144,7 @@ pub(super) async fn replicate(
         let store = inner.state.store();
         set.members
             .iter()
-            .filter(|h| !store.contains(h))
+            .filter(|h| !store.holds(h))
             .copied()
             .collect()
     };

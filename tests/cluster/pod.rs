@@ -109,6 +109,19 @@ impl Pod {
 
 /// Errors and the longest operation among the ops that ended between
 /// `from` and `to` (an op in flight across a disturbance ends after it).
+/// What a crash of the node plugin may cost a pod: the one request the
+/// dead process had read (ECONNABORTED), and the first fsync of its file
+/// (EIO, once: writes the dead process had answered but not made durable
+/// are lost, and the new one says so). Anything else fails the test.
+pub fn assert_crash_errors(errors: &[String]) {
+    let aborted = errors.iter().filter(|e| e.contains("os error 103")).count();
+    let reported = errors.iter().filter(|e| e.contains("os error 5)")).count();
+    assert!(
+        aborted <= 1 && reported <= 1 && aborted + reported == errors.len(),
+        "a crash may fail the request in flight and, once, the first fsync: {errors:?}"
+    );
+}
+
 pub fn window(ops: &[Op], from: Instant, to: Instant) -> (Vec<String>, Duration) {
     let inside: Vec<&Op> = ops
         .iter()
