@@ -73,19 +73,39 @@ pass() {
   local name="$1" endpoint="$2" mutable="$3"; shift 3
   local out="$state/$name.out" rc summary p f s
   echo "== csi-sanity: $name"
-  set +e
-  timeout "$SANITY_TIMEOUT" "$sanity" \
-    -csi.endpoint="$endpoint" \
-    -csi.controllerendpoint="$controller" \
-    -csi.stagingdir="$kubelet/sanity-staging" \
-    -csi.mountdir="$kubelet/sanity-target" \
-    -csi.testvolumesize=$((64 << 20)) \
-    -csi.testvolumeexpandsize=$((128 << 20)) \
-    -csi.testvolumemutableparameters="$mutable" \
-    -csi.junitfile="$report_dir/$name.xml" \
-    -ginkgo.no-color "$@" >"$out" 2>&1
-  rc=$?
-  set -e
+  # With the controller's socket as the node endpoint too, csi-sanity
+  # shares one connection (no -csi.controllerendpoint): each extra dial is
+  # one more chance of the client-side race below.
+  local controller_flag=(-csi.controllerendpoint="$controller")
+  [ "$endpoint" = "$controller" ] && controller_flag=()
+  local attempt
+  for attempt in 1 2; do
+    set +e
+    timeout "$SANITY_TIMEOUT" "$sanity" \
+      -csi.endpoint="$endpoint" \
+      "${controller_flag[@]}" \
+      -csi.stagingdir="$kubelet/sanity-staging" \
+      -csi.mountdir="$kubelet/sanity-target" \
+      -csi.testvolumesize=$((64 << 20)) \
+      -csi.testvolumeexpandsize=$((128 << 20)) \
+      -csi.testvolumemutableparameters="$mutable" \
+      -csi.junitfile="$report_dir/$name.xml" \
+      -ginkgo.no-color "$@" >"$out" 2>&1
+    rc=$?
+    set -e
+    # csi-sanity's connect helper (grpc.NewClient, Connect, wait for READY)
+    # can stay IDLE for its whole minute when the channel falls back to
+    # IDLE between Connect and the wait (grpc-go #7686, #8620): seen once
+    # in CI, with the driver answering the very next spec at once. A pass
+    # whose only trouble was that is run once more, and says so.
+    if [ "$attempt" = 1 ] && [ "$rc" -ne 0 ] && grep -q 'Connection timed out' "$out" \
+      && [ "$(grep -c '^\s*\[FAIL\]' "$out")" = "$(grep -cE '^\s+Connection timed out$' "$out")" ]; then
+      echo "   $name: csi-sanity's client timed out connecting (a client-side race); running the pass again"
+      cp "$out" "$out.first"
+      continue
+    fi
+    break
+  done
   grep -vE '^\s*STEP: |^\s*$' "$out" | grep -E '\[FAIL|FAILED|Expected|to equal|unexpected error|Ran [0-9]+ of' || true
   # Ginkgo's summary: "P Passed | F Failed | N Pending | S Skipped".
   summary="$(grep -Eo '[0-9]+ Passed \| [0-9]+ Failed \| [0-9]+ Pending \| [0-9]+ Skipped' "$out" | tail -n 1)"
