@@ -6,7 +6,10 @@
 # a node that never held it, snapshot it, restore the snapshot as a new
 # volume, clone it, look at it with the operator CLI (records, history,
 # restore of an old version) and show that nothing but ciphertext reached
-# the nodes' disks. Ends with a summary of timings; nothing stays mounted.
+# the nodes' disks. Then a `replicas: 2` volume: kept blind on a second
+# node, its writer's node lost (process killed, state dir deleted), the
+# volume published on the third node with every byte and two replicas
+# again. Ends with a summary of timings; nothing stays mounted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -47,10 +50,10 @@ until_true() {
 say "the bucket engine on its own"
 "$bin" demo --state-dir "$state/engine" | tail -n 12
 
-say "jax-csi local up --state-dir $state/cluster --nodes 2"
+say "jax-csi local up --state-dir $state/cluster --nodes 3"
 ready="$state/ready.json"
 : >"$ready"
-"$bin" local up --state-dir "$state/cluster" --nodes 2 >"$ready" 2>"$state/cluster.log" &
+"$bin" local up --state-dir "$state/cluster" --nodes 3 >"$ready" 2>"$state/cluster.log" &
 cluster=$!
 cleanup() {
   kill -TERM "$cluster" 2>/dev/null || true
@@ -65,10 +68,11 @@ for _ in $(seq 600); do
 done
 [ -s "$ready" ] || { echo "local up did not print its ready line" >&2; exit 1; }
 cat "$ready"
-note "cluster up (Postgres, controller, 2 nodes)" "$t"
+note "cluster up (Postgres, controller, 3 nodes)" "$t"
 ctl="$state/cluster/controller.sock"
 node0="$state/cluster/node-0.sock"
 node1="$state/cluster/node-1.sock"
+node2="$state/cluster/node-2.sock"
 # Each node's operator (Admin) service has its own socket, apart from csi.sock.
 admin0="$state/cluster/node-0-admin.sock"
 admin1="$state/cluster/node-1-admin.sock"
@@ -184,27 +188,61 @@ csi "$node0" unpublish "$vol" "$pod0"
 csi "$node0" unstage "$vol" "$stage0"
 echo "node-1 still has every byte: $(wc -l <"$pod1/reports/2026/numbers.txt") lines in numbers.txt"
 
-say "replicas: 2 keeps a second copy on node-1, with no mount and no key that opens it"
+say "replicas: 2 keeps a second copy on another node, with no mount and no key that opens it"
 dur=$(csi "$ctl" create-volume demo-durable --size $((64 << 20)) --param replicas=2 | field volume_id)
 dstage="$kubelet/node-0/plugins/csi.jax.dev/$dur/globalmount"
 dpod="$kubelet/node-0/pods/durable/volumes/data"
 csi "$node0" stage "$dur" "$dstage"
 csi "$node0" publish "$dur" "$dstage" "$dpod"
 echo "kept on two nodes" >"$dpod/kept.txt"
-sync "$dpod/kept.txt"
+seq 1 200000 >"$dpod/numbers.txt"
+sync "$dpod/kept.txt" "$dpod/numbers.txt"
 t=$(now_ms)
-both_in_sync() {
-  ops volume show "$dur" --database-url "$db_url" -o json | grep -q '"replicas_in_sync": 2'
-}
-until_true both_in_sync
-note "blind replica on node-1 in sync with node-0" "$t"
-ops volume show "$dur" --database-url "$db_url" -o json | grep '"condition"'
-echo "node-1 holds of it: $(cd "$state/cluster/nodes/node-1/replicas/$dur" && printf '%s ' *)(ciphertext in its store)"
-csi "$node0" unpublish "$dur" "$dpod"
-csi "$node0" unstage "$dur" "$dstage"
+durable_json() { ops volume show "$dur" --database-url "$db_url" -o json; }
+# in_sync_as ROLE...: the replicas in sync, as `node:role` lines.
+in_sync() { durable_json | python3 -c '
+import json, sys
+for r in json.load(sys.stdin)["replicas"]:
+    if r["in_sync"]:
+        print(r["node"] + ":" + r["role"])'; }
+two_in_sync() { [ "$(in_sync | wc -l)" -ge 2 ] && durable_json | grep -q '"replicas_in_sync": 2'; }
+until_true two_in_sync
+note "blind replica in sync with node-0" "$t"
+blind=$(in_sync | sed -n 's/:replica$//p' | head -n 1)
+[ -n "$blind" ] || { echo "no blind replica in sync: $(in_sync)" >&2; exit 1; }
+durable_json | grep '"condition"'
+echo "$blind holds of it, with no mount: $(cd "$state/cluster/nodes/$blind/replicas/$dur" && printf '%s ' *)(ciphertext in its store)"
+test ! -e "$state/cluster/nodes/$blind/buckets/$dur"
+echo "$blind holds no key that opens it"
+
+say "node-0 is lost: its process killed, its state dir deleted (jax-csi local lose-node)"
+ops local lose-node --state-dir "$state/cluster" --node node-0
+test ! -e "$state/cluster/nodes/node-0/buckets/$dur"
+third=node-2
+[ "$blind" = node-2 ] && third=node-1
+third_sock="$state/cluster/$third.sock"
+say "the volume published on $third, which never held it: every byte from the blind copy on $blind"
+tstage="$kubelet/$third/plugins/csi.jax.dev/$dur/globalmount"
+tpod="$kubelet/$third/pods/durable/volumes/data"
+t=$(now_ms)
+csi "$third_sock" stage "$dur" "$tstage"
+csi "$third_sock" publish "$dur" "$tstage" "$tpod"
+note "stage on $third after node-0 was lost" "$t"
+echo "$third reads: $(cat "$tpod/kept.txt"), and $(wc -l <"$tpod/numbers.txt") lines of numbers.txt"
+grep -qx "kept on two nodes" "$tpod/kept.txt"
+seq 1 200000 | cmp - "$tpod/numbers.txt"
+echo "written on $third after the loss" >"$tpod/after.txt"
+sync "$tpod/after.txt"
+t=$(now_ms)
+whole_again() { two_in_sync && in_sync | grep -qx "$third:stages" && in_sync | grep -qx "$blind:replica"; }
+until_true whole_again
+note "two replicas in sync again ($third, $blind)" "$t"
+in_sync | sed 's/^/   in sync: /'
+csi "$third_sock" unpublish "$dur" "$tpod"
+csi "$third_sock" unstage "$dur" "$tstage"
 
 say "what the nodes stored: ciphertext only"
-for n in node-0 node-1; do
+for n in node-0 node-1 node-2; do
   store="$state/cluster/nodes/$n/store"
   echo "$n: $(find "$store" -type f | wc -l) blobs, $(du -sh "$store" | cut -f1)"
   if grep -rqa "hello from the pod" "$store"; then

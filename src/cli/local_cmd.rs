@@ -1,7 +1,8 @@
-//! `jax-csi local up|down|upgrade`: a whole cluster on one machine (an
-//! embedded Postgres, a controller, node plugins and their fd-keepers, each
-//! its own supervised process) for the demo, the tests and trying jax-csi
-//! out; `upgrade` replaces a node plugin the way a DaemonSet update does.
+//! `jax-csi local up|down|upgrade|lose-node`: a whole cluster on one machine
+//! (an embedded Postgres, a controller, node plugins and their fd-keepers,
+//! each its own supervised process) for the demo, the tests and trying
+//! jax-csi out; `upgrade` replaces a node plugin the way a DaemonSet update
+//! does, `lose-node` loses one the way a machine is lost.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,19 @@ pub enum LocalCommand {
         #[arg(long)]
         node: String,
     },
+    /// Lose one node of a running `local up` the way a machine is lost:
+    /// its node plugin is killed (SIGKILL), the mounts of its pods are
+    /// detached and its state dir (blob store, keys, records) is deleted;
+    /// the supervisor then starts it again with an empty state dir. Its
+    /// volumes live on where the leader placed their other replicas.
+    /// Prints one JSON line.
+    LoseNode {
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The node to lose (`node-0`, …).
+        #[arg(long)]
+        node: String,
+    },
 }
 
 pub fn run(cmd: LocalCommand) -> anyhow::Result<()> {
@@ -58,6 +72,7 @@ pub fn run(cmd: LocalCommand) -> anyhow::Result<()> {
         LocalCommand::Up { state_dir, nodes } => up(&state_dir, nodes),
         LocalCommand::Down { state_dir } => down(&state_dir),
         LocalCommand::Upgrade { state_dir, node } => upgrade(&state_dir, &node),
+        LocalCommand::LoseNode { state_dir, node } => lose_node(&state_dir, &node),
     }
 }
 
@@ -314,20 +329,7 @@ fn down(state_dir: &Path) -> anyhow::Result<()> {
 /// answers Probe.
 fn upgrade(state_dir: &Path, node: &str) -> anyhow::Result<()> {
     let layout = Layout::new(state_dir)?;
-    if lock(&layout).is_ok() {
-        anyhow::bail!(
-            "no `local up` runs on {}; start it first",
-            layout.root().display()
-        );
-    }
-    let pids = Pids::load(&layout).context("reading the pids of `local up`")?;
-    let old = *pids.children.get(node).ok_or_else(|| {
-        anyhow::anyhow!(
-            "`local up` on {} runs no node {node} (it runs {:?})",
-            layout.root().display(),
-            pids.children.keys().collect::<Vec<_>>()
-        )
-    })?;
+    let old = running_node(&layout, node)?;
     let keeper = jax_csi::fuse::keeper::KeeperClient::new(layout.keeper_socket(node));
     let held = keeper
         .list()
@@ -345,13 +347,29 @@ fn upgrade(state_dir: &Path, node: &str) -> anyhow::Result<()> {
         anyhow::bail!("{node} (pid {old}) did not stop within 60 s");
     }
     let exited = started.elapsed();
+    let new = wait_replaced(&layout, node, old)?;
+    let line = serde_json::json!({
+        "node": node,
+        "old_pid": old,
+        "new_pid": new,
+        "mounts_kept": held,
+        "old_exited_ms": exited.as_millis() as u64,
+        "new_ready_ms": started.elapsed().as_millis() as u64,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// Wait (up to 60 s) until the supervisor runs a new process for `node`
+/// (not `old`) and it answers Probe; its pid.
+fn wait_replaced(layout: &Layout, node: &str, old: i32) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let new = rt.block_on(async {
+    rt.block_on(async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let new = Pids::load(&layout)
+            let new = Pids::load(layout)
                 .and_then(|p| p.children.get(node).copied())
                 .filter(|&p| p != old);
             if let Some(new) = new {
@@ -367,17 +385,87 @@ fn upgrade(state_dir: &Path, node: &str) -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-    })?;
-    let line = serde_json::json!({
-        "node": node,
-        "old_pid": old,
-        "new_pid": new,
-        "mounts_kept": held,
-        "old_exited_ms": exited.as_millis() as u64,
-        "new_ready_ms": started.elapsed().as_millis() as u64,
-    });
-    println!("{line}");
-    Ok(())
+    })
+}
+
+/// `local lose-node`: what losing a machine does to one node. SIGKILL the
+/// node plugin (held down meanwhile), detach the mounts its records name
+/// (its pods are gone with it), delete its state dir, and let the
+/// supervisor start it again with nothing: a node back with an empty disk,
+/// which forgets the copies Postgres says it held.
+fn lose_node(state_dir: &Path, node: &str) -> anyhow::Result<()> {
+    let layout = Layout::new(state_dir)?;
+    let old = running_node(&layout, node)?;
+    let records = layout.node_state(node).join("mounts.json");
+    let mounts: Vec<jax_csi::fuse::MountRecord> = match std::fs::read(&records) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading {}", records.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", records.display())),
+    };
+    let hold = layout.hold_marker(node);
+    std::fs::write(&hold, b"").with_context(|| format!("writing {}", hold.display()))?;
+    let result = (|| {
+        let started = std::time::Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(old),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .with_context(|| format!("killing {node} (pid {old})"))?;
+        if !jax_csi::db::embedded::wait_exited(old, Duration::from_secs(30)) {
+            anyhow::bail!("{node} (pid {old}) did not die within 30 s");
+        }
+        // Targets before their staging mount: deepest first.
+        let mounted = jax_csi::fuse::session::mounts_under(layout.root());
+        let mut detached = 0;
+        for record in &mounts {
+            let paths = record.targets.iter().map(|t| &t.path);
+            for path in paths.chain([&record.mount_point]) {
+                if mounted.contains(path) {
+                    jax_csi::fuse::session::lazy_unmount(path)
+                        .with_context(|| format!("detaching {}", path.display()))?;
+                    detached += 1;
+                }
+            }
+        }
+        let wiped = layout.node_state(node);
+        std::fs::remove_dir_all(&wiped).with_context(|| format!("deleting {}", wiped.display()))?;
+        std::fs::remove_file(&hold).with_context(|| format!("removing {}", hold.display()))?;
+        let new = wait_replaced(&layout, node, old)?;
+        println!(
+            "{}",
+            serde_json::json!({
+                "node": node,
+                "old_pid": old,
+                "new_pid": new,
+                "mounts_detached": detached,
+                "state_deleted": wiped.display().to_string(),
+                "new_ready_ms": started.elapsed().as_millis() as u64,
+            })
+        );
+        Ok(())
+    })();
+    // Never leave the node held down, whatever failed.
+    let _ = std::fs::remove_file(&hold);
+    result
+}
+
+/// The pid of node `node` of the `local up` running on `layout`.
+fn running_node(layout: &Layout, node: &str) -> anyhow::Result<i32> {
+    if lock(layout).is_ok() {
+        anyhow::bail!(
+            "no `local up` runs on {}; start it first",
+            layout.root().display()
+        );
+    }
+    let pids = Pids::load(layout).context("reading the pids of `local up`")?;
+    pids.children.get(node).copied().ok_or_else(|| {
+        anyhow::anyhow!(
+            "`local up` on {} runs no node {node} (it runs {:?})",
+            layout.root().display(),
+            pids.children.keys().collect::<Vec<_>>()
+        )
+    })
 }
 
 /// One Probe: true if the socket answers ready.

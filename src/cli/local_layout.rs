@@ -57,6 +57,11 @@ impl Layout {
     pub fn upgrade_marker(&self, node: &str) -> PathBuf {
         self.root.join(format!("{node}.upgrade"))
     }
+    /// Left by `local lose-node`: the supervisor does not restart
+    /// process `name` while it exists.
+    pub fn hold_marker(&self, name: &str) -> PathBuf {
+        self.root.join(format!("{name}.hold"))
+    }
     pub fn node_state(&self, node: &str) -> PathBuf {
         self.root.join("nodes").join(node)
     }

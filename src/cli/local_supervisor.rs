@@ -4,7 +4,8 @@
 //! stopped with SIGINT (then SIGKILL) when the supervisor stops: a node
 //! plugin then unmounts, where SIGTERM (an upgrade, `local upgrade`) would
 //! hand its mounts over to its fd-keeper. A node whose upgrade marker is
-//! set is started again at once.
+//! set is started again at once; one whose hold marker is set (`local
+//! lose-node` wiping its state) is started once the marker is gone.
 //!
 //! Runs on a current-thread runtime: children are spawned from the main
 //! thread, so their parent-death signal (sent when the spawning *thread*
@@ -196,6 +197,13 @@ impl Supervisor {
             tokio::select! {
                 _ = shutdown.as_mut() => return,
                 _ = tokio::time::sleep(backoff) => {}
+            }
+            let hold = self.layout.hold_marker(&self.children[i].spec.name);
+            while hold.exists() {
+                tokio::select! {
+                    _ = shutdown.as_mut() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
             }
             let spec = self.children[i].spec.clone();
             match self.spawn(&spec) {
