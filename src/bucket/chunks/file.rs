@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{mpsc, Arc};
 
 use super::io::{seal_dirty, seal_store, ChunkIo};
-use super::patch::ChunkEdits;
+use super::patch::{ChunkEdits, Overlay};
 use super::workers::{
     par_map, worker_pool, Job, Sealed, SealedChunk, SealsInFlight, MAX_UNRECORDED_SEALS,
 };
@@ -29,6 +29,10 @@ pub struct FileData {
     /// What changed in the dirty chunks loaded from stored content (a
     /// chunk absent here is sealed whole).
     edits: BTreeMap<u64, ChunkEdits>,
+    /// Small writes into stored chunks that were not loaded (see
+    /// [`Overlay`]); a chunk is in at most one of `dirty`, `overlays`
+    /// and `pending`.
+    pub(super) overlays: BTreeMap<u64, Overlay>,
     /// Full chunks being sealed in the background, by index.
     pending: BTreeMap<u64, mpsc::Receiver<Sealed>>,
     /// How many of `pending` still run.
@@ -84,6 +88,7 @@ impl FileData {
             data_chunks: 0,
             dirty: BTreeMap::new(),
             edits: BTreeMap::new(),
+            overlays: BTreeMap::new(),
             pending: BTreeMap::new(),
             seals: Arc::default(),
             last_read_end: 0,
@@ -110,6 +115,7 @@ impl FileData {
             data_chunks: node.chunks.len(),
             dirty: BTreeMap::new(),
             edits: BTreeMap::new(),
+            overlays: BTreeMap::new(),
             pending: BTreeMap::new(),
             seals: Arc::default(),
             last_read_end: 0,
@@ -121,10 +127,7 @@ impl FileData {
 
     /// The persisted form; only valid when nothing is dirty.
     pub fn to_node(&self) -> FileNode {
-        debug_assert!(
-            self.dirty.is_empty() && self.pending.is_empty(),
-            "flush before persisting"
-        );
+        debug_assert!(!self.is_dirty(), "flush before persisting");
         FileNode {
             size: self.size,
             key: self.key.clone(),
@@ -196,11 +199,12 @@ impl FileData {
     }
 
     pub fn dirty_bytes(&self) -> u64 {
-        self.dirty.values().map(|b| b.len() as u64).sum()
+        let overlays: usize = self.overlays.values().map(Overlay::bytes).sum();
+        self.dirty.values().map(|b| b.len() as u64).sum::<u64>() + overlays as u64
     }
 
     pub fn is_dirty(&self) -> bool {
-        !self.dirty.is_empty() || !self.pending.is_empty()
+        !self.dirty.is_empty() || !self.pending.is_empty() || !self.overlays.is_empty()
     }
 
     /// Hand full chunk `i` to the seal workers.
@@ -279,6 +283,12 @@ impl FileData {
     /// `overwrite_all` (what changes in a loaded one is noted in `edits`).
     fn dirty_chunk(&mut self, io: &ChunkIo, i: u64, overwrite_all: bool) -> Result<&mut Vec<u8>> {
         self.wait_pending(io, i)?;
+        if let Some(overlay) = self.overlays.remove(&i) {
+            if let Err(e) = self.load_under(io, i, &overlay) {
+                self.overlays.insert(i, overlay);
+                return Err(e);
+            }
+        }
         if !self.dirty.contains_key(&i) {
             let mut buf = io.chunk_buffer();
             match self.chunks.get_ref(i) {
@@ -291,6 +301,34 @@ impl FileData {
             self.dirty.insert(i, buf);
         }
         Ok(self.dirty.get_mut(&i).expect("just inserted"))
+    }
+
+    /// Make overlaid chunk `i` an ordinary dirty chunk: its stored content
+    /// loaded, the overlay applied and noted as edits.
+    fn load_under(&mut self, io: &ChunkIo, i: u64, overlay: &Overlay) -> Result<()> {
+        let chunk = self.chunks.get_ref(i).ok_or_else(|| {
+            BucketError::Integrity(format!("an overlay on chunk {i}, which is not stored"))
+        })?;
+        let mut buf = io.chunk_buffer();
+        buf.extend_from_slice(&io.load(&self.key.key(), &chunk)?);
+        let mut edits = ChunkEdits::loaded(buf.len());
+        overlay.apply(&mut buf);
+        for r in overlay.ranges() {
+            edits.wrote(r);
+        }
+        self.edits.insert(i, edits);
+        self.dirty.insert(i, buf);
+        Ok(())
+    }
+
+    /// Whether a write of `n` bytes into chunk `i` (not covering its old
+    /// bytes) goes to an overlay rather than a loaded chunk: a stored
+    /// chunk not loaded or sealing, with room for a patch.
+    fn overlay_takes(&self, i: u64, n: usize, cs: u64) -> bool {
+        !self.dirty.contains_key(&i)
+            && !self.pending.contains_key(&i)
+            && self.chunks.contains(i)
+            && Overlay::fits(self.overlays.get(&i), n, self.chunks.patches(i).len(), cs)
     }
 
     /// Write `data` at `offset`, extending the file as needed.
@@ -319,9 +357,14 @@ impl FileData {
             // Nothing old to keep if the write covers the chunk's old bytes.
             let old_len_in_chunk = old_size.saturating_sub(chunk_start).min(cs) as usize;
             let overwrite_all = in_chunk == 0 && n >= old_len_in_chunk;
+            let src = &data[(pos - offset) as usize..(pos - offset) as usize + n];
+            if !overwrite_all && self.overlay_takes(i, n, cs) {
+                self.overlays.entry(i).or_default().write(in_chunk, src);
+                pos += n as u64;
+                continue;
+            }
             let was_data = self.is_data(i);
             let buf = self.dirty_chunk(io, i, overwrite_all)?;
-            let src = &data[(pos - offset) as usize..(pos - offset) as usize + n];
             if buf.len() < in_chunk {
                 buf.resize(in_chunk, 0);
             }
@@ -357,6 +400,7 @@ impl FileData {
             self.chunks.truncate(count as u64);
             self.dirty.retain(|i, _| (*i as usize) < count);
             self.edits.retain(|i, _| (*i as usize) < count);
+            self.overlays.retain(|i, _| (*i as usize) < count);
             let tail = (new_size % cs) as usize;
             let i = new_size / cs;
             // A hole needs no trimming (and must stay a hole).
@@ -394,7 +438,21 @@ impl FileData {
             }
             let patches = self.chunks.patches(index).len();
             let edits = edits.filter(|e| e.worth_a_patch(patches, cs));
-            out.push(DirtyChunk { index, buf, edits });
+            out.push(DirtyChunk {
+                index,
+                buf,
+                edits,
+                overlay: None,
+            });
+        }
+        // Overlays are small by construction: always taken.
+        for (index, overlay) in std::mem::take(&mut self.overlays) {
+            out.push(DirtyChunk {
+                index,
+                buf: Vec::new(),
+                edits: None,
+                overlay: Some(overlay),
+            });
         }
         Ok(out)
     }
@@ -404,7 +462,22 @@ impl FileData {
     pub fn apply_sealed(&mut self, io: &ChunkIo, results: Vec<SealedChunk>) -> Result<()> {
         let mut first_err = None;
         for (chunk, r) in results {
-            let DirtyChunk { index, buf, edits } = chunk;
+            let DirtyChunk {
+                index,
+                buf,
+                edits,
+                overlay,
+            } = chunk;
+            if let Some(overlay) = overlay {
+                match r {
+                    Ok(h) => self.chunks.add_patch(index, h),
+                    Err(e) => {
+                        self.overlays.insert(index, overlay);
+                        first_err.get_or_insert(e);
+                    }
+                }
+                continue;
+            }
             match (r, edits) {
                 (Ok(h), Some(_)) => {
                     self.chunks.add_patch(index, h);
@@ -431,7 +504,7 @@ impl FileData {
                 Err(e)
             }
             None => {
-                if self.dirty.is_empty() && self.pending.is_empty() {
+                if !self.is_dirty() {
                     self.store_failed = false;
                 }
                 Ok(())
@@ -460,5 +533,6 @@ fn whole(index: u64, buf: Vec<u8>) -> DirtyChunk {
         index,
         buf,
         edits: None,
+        overlay: None,
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use super::patch::{apply_patch, seal_patch};
+use super::patch::{apply_patch, seal_overlay, seal_patch};
 use super::workers::{par_map, worker_pool, Job};
 use super::DirtyChunk;
 use crate::bucket::chunk_map::ChunkRef;
@@ -348,6 +348,9 @@ pub(super) fn seal_dirty(
     key: &SecretKey,
     chunk: &mut DirtyChunk,
 ) -> Result<Hash> {
+    if let Some(overlay) = &chunk.overlay {
+        return seal_overlay(store, key, overlay);
+    }
     match &chunk.edits {
         Some(edits) => seal_patch(store, key, &chunk.buf, edits),
         None => seal_store(store, key, &mut chunk.buf),

@@ -22,7 +22,7 @@ pub use file::{allocated, FileData};
 pub(crate) use io::open_chunk;
 pub use io::{ChunkIo, ReadBuf, RemoteBlobs};
 pub(crate) use patch::apply_patch;
-pub use patch::ChunkEdits;
+pub use patch::{ChunkEdits, Overlay};
 pub use read::ReadPlan;
 pub use workers::{SealedChunk, SealsInFlight};
 
@@ -33,12 +33,14 @@ use crate::store::slices;
 const _: () = assert!(FRAME_LEN == slices::SLICE_LEN);
 
 /// A dirty chunk taken to be sealed: as a patch of `edits` over its stored
-/// content when it has them, else whole.
+/// content when it has them, as an overlay patch when it has an `overlay`
+/// (and no `buf`: it was never loaded), else whole.
 pub struct DirtyChunk {
     pub index: u64,
-    /// The chunk's plaintext as it is now.
+    /// The chunk's plaintext as it is now (empty with an overlay).
     pub buf: Vec<u8>,
     pub edits: Option<ChunkEdits>,
+    pub overlay: Option<Overlay>,
 }
 
 /// Default chunk size: 1 MiB.
@@ -184,6 +186,91 @@ mod tests {
             reader.read_buf(&fresh, 0, 200_000).unwrap().into_vec(),
             model
         );
+    }
+
+    /// A small write into a stored chunk loads nothing: it is kept as an
+    /// overlay, read back through it, and sealed as a small patch.
+    #[test]
+    fn a_small_write_into_a_stored_chunk_loads_nothing() {
+        let cs: u64 = 64 << 10;
+        let d = tempfile::tempdir().unwrap();
+        let io = io(d.path(), cs as u32);
+        let mut f = FileData::empty().unwrap();
+        let mut model: Vec<u8> = (0..200_000u32).map(|i| (i % 249) as u8).collect();
+        f.write(&io, 0, &model).unwrap();
+        f.flush(&io, false).unwrap();
+        io.set_cache_capacity(0);
+        f.write(&io, 70_000, &[9u8; 4096]).unwrap();
+        model[70_000..74_096].fill(9);
+        assert!(f.dirty.is_empty(), "no chunk was loaded");
+        assert_eq!(f.overlays.len(), 1);
+        assert_eq!(f.dirty_bytes(), 4096);
+        assert_eq!(
+            f.read_buf(&io, 69_000, 6_000).unwrap().into_vec(),
+            model[69_000..75_000]
+        );
+        f.flush(&io, false).unwrap();
+        assert!(!f.is_dirty());
+        assert_eq!(f.chunks.patches(1).len(), 1);
+        let mut reader = FileData::from_node(&f.to_node(), cs).unwrap();
+        assert_eq!(reader.read_buf(&io, 0, 300_000).unwrap().into_vec(), model);
+    }
+
+    #[derive(Clone, Debug)]
+    enum FileStep {
+        Write(u64, Vec<u8>),
+        Truncate(u64),
+        Flush,
+    }
+
+    fn file_step() -> impl proptest::strategy::Strategy<Value = FileStep> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0u64..20_000, prop::collection::vec(any::<u8>(), 1..400))
+                .prop_map(|(at, b)| FileStep::Write(at, b)),
+            1 => (0u64..20_000).prop_map(FileStep::Truncate),
+            2 => Just(FileStep::Flush),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever mix of writes (into overlays or loaded chunks),
+        /// truncates and flushes a file sees, it reads as a plain byte
+        /// vector given the same steps, and so does a fresh reader of what
+        /// was stored, with no cache.
+        #[test]
+        fn a_file_reads_as_its_model(steps in proptest::collection::vec(file_step(), 1..40)) {
+            let cs = 4096u32;
+            let d = tempfile::tempdir().unwrap();
+            let io = io(d.path(), cs);
+            let mut f = FileData::empty().unwrap();
+            let mut model: Vec<u8> = Vec::new();
+            for step in steps {
+                match step {
+                    FileStep::Write(at, b) => {
+                        f.write(&io, at, &b).unwrap();
+                        let end = at as usize + b.len();
+                        if model.len() < end {
+                            model.resize(end, 0);
+                        }
+                        model[at as usize..end].copy_from_slice(&b);
+                    }
+                    FileStep::Truncate(n) => {
+                        f.truncate(&io, n).unwrap();
+                        model.resize(n as usize, 0);
+                    }
+                    FileStep::Flush => f.flush(&io, false).unwrap(),
+                }
+                proptest::prop_assert_eq!(f.size, model.len() as u64);
+                proptest::prop_assert_eq!(&f.read_buf(&io, 0, 40_000).unwrap().into_vec(), &model);
+            }
+            f.flush(&io, false).unwrap();
+            io.store.sync().unwrap();
+            let fresh = self::io(d.path(), cs);
+            fresh.set_cache_capacity(0);
+            let mut reader = FileData::from_node(&f.to_node(), cs as u64).unwrap();
+            proptest::prop_assert_eq!(&reader.read_buf(&fresh, 0, 40_000).unwrap().into_vec(), &model);
+        }
     }
 
     /// A write's reply goes at once while seals have room, and otherwise

@@ -10,6 +10,16 @@
 //! applies a chunk's patches in order over its base; past
 //! [`MAX_PATCHES`] patches, or when the changes are large, the chunk is
 //! sealed whole again and its patches are dropped from the tree.
+//!
+//! A small write into a stored chunk that is not loaded need not load it at
+//! all: an [`Overlay`] keeps the written bytes by offset, and is sealed as a
+//! patch of format 2, which only grows the chunk (to the end of its edits)
+//! and never cuts it, so it applies without knowing the chunk's length. A
+//! database's 8 KiB page write then costs 8 KiB, not a 1 MiB chunk read,
+//! verified, decrypted and copied (that was 16% of the FUSE threads' time
+//! under pgbench).
+
+use std::collections::BTreeMap;
 
 use std::ops::Range;
 
@@ -27,7 +37,10 @@ const _: () = assert!(MAX_PATCHES <= crate::bucket::chunk_map::MAX_STORED_PATCHE
 const PATCH_SHARE: u64 = 16;
 /// Bound to what a patch may hold, for the format byte and its purpose.
 const PATCH_AAD: &[u8] = b"jax-csi chunk patch v1";
+/// Cut to `cut`, then zero-extend to `len`, then the edits.
 const PATCH_FORMAT: u8 = 1;
+/// Zero-extend to `len` if shorter (never cut), then the edits: an overlay.
+const OVERLAY_FORMAT: u8 = 2;
 
 /// What changed in a dirty chunk since it was loaded from its stored
 /// content: the shortest it was cut to, and the ranges written since.
@@ -93,6 +106,111 @@ impl ChunkEdits {
     }
 }
 
+/// Writes into a stored chunk that was not loaded: the bytes by offset
+/// within the chunk, never overlapping. The chunk is its stored content,
+/// zero-extended to the end of the overlay if shorter, with these bytes on top.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overlay {
+    pieces: BTreeMap<usize, Vec<u8>>,
+    bytes: usize,
+}
+
+impl Overlay {
+    /// Whether a chunk carrying `patches` may take `more` bytes of
+    /// overlay beyond what `overlay` holds (small changes only, as for
+    /// [`ChunkEdits::worth_a_patch`]).
+    pub fn fits(overlay: Option<&Overlay>, more: usize, patches: usize, chunk_size: u64) -> bool {
+        let held = overlay.map_or(0, |o| o.bytes);
+        patches < MAX_PATCHES && ((held + more) as u64) * PATCH_SHARE <= chunk_size
+    }
+
+    /// Bytes `data` were written at `at`: merged with the pieces they
+    /// overlap or touch.
+    pub fn write(&mut self, at: usize, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let end = at + data.len();
+        // Pieces that start at or before `end` and end at or after `at`.
+        let touching: Vec<usize> = self
+            .pieces
+            .range(..=end)
+            .rev()
+            .take_while(|(s, b)| *s + b.len() >= at)
+            .map(|(s, _)| *s)
+            .collect();
+        let mut start = at;
+        let mut stop = end;
+        for s in &touching {
+            start = start.min(*s);
+            stop = stop.max(s + self.pieces[s].len());
+        }
+        let mut merged = vec![0u8; stop - start];
+        for s in touching {
+            let old = self.pieces.remove(&s).expect("listed above");
+            self.bytes -= old.len();
+            merged[s - start..s - start + old.len()].copy_from_slice(&old);
+        }
+        merged[at - start..end - start].copy_from_slice(data);
+        self.bytes += merged.len();
+        self.pieces.insert(start, merged);
+    }
+
+    /// Bytes the overlay holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The chunk is at least this long with the overlay applied.
+    fn end(&self) -> usize {
+        self.pieces
+            .iter()
+            .next_back()
+            .map_or(0, |(s, b)| s + b.len())
+    }
+
+    /// The written ranges, in order.
+    pub fn ranges(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+        self.pieces.iter().map(|(s, b)| *s..s + b.len())
+    }
+
+    /// Apply to the chunk's whole content.
+    pub fn apply(&self, chunk: &mut Vec<u8>) {
+        if chunk.len() < self.end() {
+            chunk.resize(self.end(), 0);
+        }
+        for (s, b) in &self.pieces {
+            chunk[*s..s + b.len()].copy_from_slice(b);
+        }
+    }
+
+    /// Copy what the overlay holds of chunk bytes `range` into `out`,
+    /// which holds those bytes (`out[0]` is chunk byte `range.start`).
+    pub fn copy_into(&self, range: Range<usize>, out: &mut [u8]) {
+        for (s, b) in &self.pieces {
+            let (from, to) = ((*s).max(range.start), (s + b.len()).min(range.end));
+            if from < to {
+                out[from - range.start..to - range.start].copy_from_slice(&b[from - s..to - s]);
+            }
+        }
+    }
+}
+
+/// Seal an overlay as a patch (format 2) and store it; returns its address.
+pub fn seal_overlay(store: &BlobStore, key: &SecretKey, overlay: &Overlay) -> Result<Hash> {
+    let body = PatchBody {
+        format: OVERLAY_FORMAT,
+        cut: 0,
+        len: overlay.end() as u32,
+        edits: overlay
+            .pieces
+            .iter()
+            .map(|(s, b)| (*s as u32, b.clone()))
+            .collect(),
+    };
+    seal_body(store, key, &body)
+}
+
 #[derive(Serialize, Deserialize)]
 struct PatchBody {
     format: u8,
@@ -119,7 +237,11 @@ pub fn seal_patch(
             .map(|r| (r.start as u32, plain[r.clone()].to_vec()))
             .collect(),
     };
-    let encoded = postcard::to_stdvec(&body).map_err(|e| BucketError::Format {
+    seal_body(store, key, &body)
+}
+
+fn seal_body(store: &BlobStore, key: &SecretKey, body: &PatchBody) -> Result<Hash> {
+    let encoded = postcard::to_stdvec(body).map_err(|e| BucketError::Format {
         what: "chunk patch",
         reason: e.to_string(),
     })?;
@@ -146,7 +268,7 @@ pub fn apply_patch(
         .map_err(|_| bad("does not decrypt"))?;
     let body: PatchBody = postcard::from_bytes(&plain).map_err(|_| bad("does not decode"))?;
     let (cut, len) = (body.cut as usize, body.len as usize);
-    let fits = body.format == PATCH_FORMAT
+    let fits = (body.format == PATCH_FORMAT || body.format == OVERLAY_FORMAT)
         && len as u64 <= chunk_size
         && body.edits.iter().all(|(at, b)| {
             (*at as usize)
@@ -156,8 +278,12 @@ pub fn apply_patch(
     if !fits {
         return Err(bad("does not fit its chunk"));
     }
-    chunk.truncate(cut);
-    chunk.resize(len, 0);
+    if body.format == PATCH_FORMAT {
+        chunk.truncate(cut);
+        chunk.resize(len, 0);
+    } else if chunk.len() < len {
+        chunk.resize(len, 0);
+    }
     for (at, bytes) in body.edits {
         let at = at as usize;
         chunk[at..at + bytes.len()].copy_from_slice(&bytes);
@@ -226,6 +352,45 @@ mod tests {
             if edits.unchanged(chunk.len()) {
                 prop_assert_eq!(chunk, base);
             }
+        }
+    }
+
+    proptest! {
+        /// An overlay, sealed and applied over the chunk it was written
+        /// on (of any length), is that chunk grown as the writes grew it
+        /// with the writes on top; and so is what it copies into a read.
+        #[test]
+        fn an_overlay_rebuilds_what_was_written(
+            base in prop::collection::vec(any::<u8>(), 0..300),
+            writes in prop::collection::vec(
+                (0usize..400, prop::collection::vec(any::<u8>(), 1..40)), 1..12),
+            read in (0usize..450, 0usize..450),
+        ) {
+            let d = tempfile::tempdir().unwrap();
+            let store = BlobStore::open(d.path()).unwrap();
+            let key = SecretKey::generate().unwrap();
+            let mut want = base.clone();
+            let mut overlay = Overlay::default();
+            for (at, data) in &writes {
+                if want.len() < at + data.len() {
+                    want.resize(at + data.len(), 0);
+                }
+                want[*at..at + data.len()].copy_from_slice(data);
+                overlay.write(*at, data);
+            }
+            prop_assert_eq!(overlay.bytes(), overlay.ranges().map(|r| r.len()).sum::<usize>());
+            let h = seal_overlay(&store, &key, &overlay).unwrap();
+            let mut rebuilt = base.clone();
+            apply_patch(&key, &h, &store.get(&h).unwrap(), &mut rebuilt, 1 << 20).unwrap();
+            prop_assert_eq!(&rebuilt, &want);
+            let mut applied = base.clone();
+            overlay.apply(&mut applied);
+            prop_assert_eq!(&applied, &want);
+            let (a, b) = (read.0.min(read.1), read.0.max(read.1));
+            let mut out: Vec<u8> = (a..b).map(|i| base.get(i).copied().unwrap_or(0)).collect();
+            overlay.copy_into(a..b, &mut out);
+            let expected: Vec<u8> = (a..b).map(|i| want.get(i).copied().unwrap_or(0)).collect();
+            prop_assert_eq!(out, expected);
         }
     }
 

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::io::{load_range, ChunkIo, ReadBuf};
+use super::patch::Overlay;
 use super::workers::par_map;
 use super::FileData;
 use crate::bucket::chunk_map::ChunkRef;
@@ -46,13 +47,18 @@ impl ReadPlan {
                 data.resize(len, 0);
                 Ok(ReadBuf::Owned(data))
             }
-            other => other.assemble(io, &BTreeMap::new()),
+            other => other.assemble(io, &BTreeMap::new(), &BTreeMap::new()),
         }
     }
 
     /// The bytes of a `Chunks` plan, with `dirty` buffers taking the place
-    /// of stored chunks.
-    fn assemble(self, io: &ChunkIo, dirty: &BTreeMap<u64, Vec<u8>>) -> Result<ReadBuf> {
+    /// of stored chunks and `overlays` laid over them.
+    fn assemble(
+        self,
+        io: &ChunkIo,
+        dirty: &BTreeMap<u64, Vec<u8>>,
+        overlays: &BTreeMap<u64, Overlay>,
+    ) -> Result<ReadBuf> {
         let (key, offset, end, wanted) = match self {
             ReadPlan::Ready(buf) => return Ok(buf),
             ReadPlan::Frames { .. } => return self.run(io),
@@ -73,7 +79,7 @@ impl ReadPlan {
         for (i, r) in loaded {
             fetched.insert(i, r?);
         }
-        if first == last && !dirty.contains_key(&first) {
+        if first == last && !dirty.contains_key(&first) && !overlays.contains_key(&first) {
             if let Some(chunk) = fetched.get(&first) {
                 if in_chunk.end <= chunk.len() {
                     return Ok(ReadBuf::Shared(chunk.clone(), in_chunk));
@@ -92,8 +98,12 @@ impl ReadPlan {
             // Bytes past a chunk's stored length (holes, extended files) read as zeros.
             let have_to = (to as usize).min(data.len());
             let have_from = (from as usize).min(have_to);
+            let at = out.len();
             out.extend_from_slice(&data[have_from..have_to]);
             out.resize(out.len() + (to - from) as usize - (have_to - have_from), 0);
+            if let Some(overlay) = overlays.get(&i) {
+                overlay.copy_into(from as usize..to as usize, &mut out[at..]);
+            }
         }
         Ok(ReadBuf::Owned(out))
     }
@@ -162,6 +172,7 @@ impl FileData {
             && !revisit
             && (end - offset) * 4 <= cs
             && !self.dirty.contains_key(&first)
+            && !self.overlays.contains_key(&first)
         {
             // A patched chunk is read whole (its patches apply to all of it).
             if let Some(h) = self
@@ -189,9 +200,13 @@ impl FileData {
             end,
             wanted,
         };
-        if (first..=last).any(|i| self.dirty.contains_key(&i)) {
+        if (first..=last).any(|i| self.dirty.contains_key(&i) || self.overlays.contains_key(&i)) {
             // Unsaved bytes are read under the caller's lock, as they are.
-            return Ok(ReadPlan::Ready(plan.assemble(io, &self.dirty)?));
+            return Ok(ReadPlan::Ready(plan.assemble(
+                io,
+                &self.dirty,
+                &self.overlays,
+            )?));
         }
         Ok(plan)
     }
