@@ -72,7 +72,6 @@ note "cluster up (Postgres, controller, 3 nodes)" "$t"
 ctl="$state/cluster/controller.sock"
 node0="$state/cluster/node-0.sock"
 node1="$state/cluster/node-1.sock"
-node2="$state/cluster/node-2.sock"
 # Each node's operator (Admin) service has its own socket, apart from csi.sock.
 admin0="$state/cluster/node-0-admin.sock"
 admin1="$state/cluster/node-1-admin.sock"

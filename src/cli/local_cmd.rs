@@ -338,14 +338,7 @@ fn upgrade(state_dir: &Path, node: &str) -> anyhow::Result<()> {
     std::fs::write(layout.upgrade_marker(node), b"")
         .with_context(|| format!("writing {}", layout.upgrade_marker(node).display()))?;
     let started = std::time::Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(old),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .with_context(|| format!("signalling {node} (pid {old})"))?;
-    if !jax_csi::db::embedded::wait_exited(old, Duration::from_secs(60)) {
-        anyhow::bail!("{node} (pid {old}) did not stop within 60 s");
-    }
+    signal_and_wait(node, old, nix::sys::signal::Signal::SIGTERM)?;
     let exited = started.elapsed();
     let new = wait_replaced(&layout, node, old)?;
     let line = serde_json::json!({
@@ -407,14 +400,7 @@ fn lose_node(state_dir: &Path, node: &str) -> anyhow::Result<()> {
     std::fs::write(&hold, b"").with_context(|| format!("writing {}", hold.display()))?;
     let result = (|| {
         let started = std::time::Instant::now();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(old),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .with_context(|| format!("killing {node} (pid {old})"))?;
-        if !jax_csi::db::embedded::wait_exited(old, Duration::from_secs(30)) {
-            anyhow::bail!("{node} (pid {old}) did not die within 30 s");
-        }
+        signal_and_wait(node, old, nix::sys::signal::Signal::SIGKILL)?;
         // Targets before their staging mount: deepest first.
         let mounted = jax_csi::fuse::session::mounts_under(layout.root());
         let mut detached = 0;
@@ -448,6 +434,16 @@ fn lose_node(state_dir: &Path, node: &str) -> anyhow::Result<()> {
     // Never leave the node held down, whatever failed.
     let _ = std::fs::remove_file(&hold);
     result
+}
+
+/// Send `signal` to `node`'s process `pid` and wait (up to 60 s) until it is gone.
+fn signal_and_wait(node: &str, pid: i32, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+        .with_context(|| format!("sending {signal} to {node} (pid {pid})"))?;
+    if !jax_csi::db::embedded::wait_exited(pid, Duration::from_secs(60)) {
+        anyhow::bail!("{node} (pid {pid}) did not exit within 60 s of {signal}");
+    }
+    Ok(())
 }
 
 /// The pid of node `node` of the `local up` running on `layout`.
