@@ -198,7 +198,7 @@ seq 1 200000 >"$dpod/numbers.txt"
 sync "$dpod/kept.txt" "$dpod/numbers.txt"
 t=$(now_ms)
 durable_json() { ops volume show "$dur" --database-url "$db_url" -o json; }
-# in_sync_as ROLE...: the replicas in sync, as `node:role` lines.
+# in_sync: the replicas in sync, as `node:role` lines.
 in_sync() { durable_json | python3 -c '
 import json, sys
 for r in json.load(sys.stdin)["replicas"]:

@@ -389,13 +389,9 @@ fn wait_replaced(layout: &Layout, node: &str, old: i32) -> anyhow::Result<i32> {
 fn lose_node(state_dir: &Path, node: &str) -> anyhow::Result<()> {
     let layout = Layout::new(state_dir)?;
     let old = running_node(&layout, node)?;
-    let records = layout.node_state(node).join("mounts.json");
-    let mounts: Vec<jax_csi::fuse::MountRecord> = match std::fs::read(&records) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .with_context(|| format!("reading {}", records.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", records.display())),
-    };
+    use jax_csi::fuse::mount_manager::{read_records, RECORDS_FILE};
+    let mounts = read_records(&layout.node_state(node).join(RECORDS_FILE))
+        .with_context(|| format!("reading {node}'s mount records"))?;
     let hold = layout.hold_marker(node);
     std::fs::write(&hold, b"").with_context(|| format!("writing {}", hold.display()))?;
     let result = (|| {

@@ -263,6 +263,19 @@ pub type ReplicaWaiter = Arc<dyn Fn(&BucketId, &Hash, u32) -> Result<(), String>
 pub type RemoteProvider =
     Arc<dyn Fn(&BucketId) -> Arc<dyn crate::bucket::RemoteBlobs> + Send + Sync>;
 
+/// The node-local mount records' file in a node's state dir.
+pub const RECORDS_FILE: &str = "mounts.json";
+
+/// The mount records kept at `path` (a missing file is none).
+pub fn read_records(path: &Path) -> Result<Vec<MountRecord>, MountError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| MountError::Database(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(MountError::Database(format!("{}: {e}", path.display()))),
+    }
+}
+
 impl MountManager {
     /// Load the node-local records from `records_path` (missing = none).
     /// `mirror`, when given, receives every record change for Postgres.
@@ -272,20 +285,10 @@ impl MountManager {
         records_path: PathBuf,
         mirror: Option<mpsc::UnboundedSender<MountRecord>>,
     ) -> Result<Self, MountError> {
-        let records = match std::fs::read(&records_path) {
-            Ok(bytes) => serde_json::from_slice::<Vec<MountRecord>>(&bytes)
-                .map_err(|e| MountError::Database(format!("{}: {e}", records_path.display())))?
-                .into_iter()
-                .map(|r| (r.volume_id, r))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => {
-                return Err(MountError::Database(format!(
-                    "{}: {e}",
-                    records_path.display()
-                )))
-            }
-        };
+        let records = read_records(&records_path)?
+            .into_iter()
+            .map(|r| (r.volume_id, r))
+            .collect();
         Ok(Self {
             state,
             kek,

@@ -146,7 +146,7 @@ impl NodeAgent {
         let manager = MountManager::new(
             state.clone(),
             kek.clone(),
-            cfg.state_dir.join("mounts.json"),
+            cfg.state_dir.join(crate::fuse::mount_manager::RECORDS_FILE),
             Some(mirror_tx),
         )?
         .with_kubelet_dir(cfg.kubelet_dir.clone());

@@ -20,7 +20,6 @@
 //! under pgbench).
 
 use std::collections::BTreeMap;
-
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
@@ -102,8 +101,14 @@ impl ChunkEdits {
     /// Whether these changes should be sealed as a patch over a chunk that
     /// carries `patches` already, rather than the chunk sealed whole.
     pub fn worth_a_patch(&self, patches: usize, chunk_size: u64) -> bool {
-        patches < MAX_PATCHES && self.cut > 0 && self.bytes() * PATCH_SHARE <= chunk_size
+        self.cut > 0 && patch_sized(self.bytes(), patches, chunk_size)
     }
+}
+
+/// Whether `bytes` of change to a chunk carrying `patches` may be sealed
+/// as one more patch: at most [`MAX_PATCHES`], each small.
+fn patch_sized(bytes: u64, patches: usize, chunk_size: u64) -> bool {
+    patches < MAX_PATCHES && bytes * PATCH_SHARE <= chunk_size
 }
 
 /// Writes into a stored chunk that was not loaded: the bytes by offset
@@ -121,7 +126,7 @@ impl Overlay {
     /// [`ChunkEdits::worth_a_patch`]).
     pub fn fits(overlay: Option<&Overlay>, more: usize, patches: usize, chunk_size: u64) -> bool {
         let held = overlay.map_or(0, |o| o.bytes);
-        patches < MAX_PATCHES && ((held + more) as u64) * PATCH_SHARE <= chunk_size
+        patch_sized((held + more) as u64, patches, chunk_size)
     }
 
     /// Bytes `data` were written at `at`: merged with the pieces they
@@ -139,6 +144,21 @@ impl Overlay {
             .take_while(|(s, b)| *s + b.len() >= at)
             .map(|(s, _)| *s)
             .collect();
+        // The common case, an append or overwrite within or at the end of
+        // one piece that starts at or before `at`: grow it in place rather
+        // than copying it into a new one.
+        if let [only] = touching[..] {
+            if only <= at {
+                let piece = self.pieces.get_mut(&only).expect("listed above");
+                let before = piece.len();
+                if piece.len() < end - only {
+                    piece.resize(end - only, 0);
+                }
+                piece[at - only..end - only].copy_from_slice(data);
+                self.bytes += piece.len() - before;
+                return;
+            }
+        }
         let mut start = at;
         let mut stop = end;
         for s in &touching {
