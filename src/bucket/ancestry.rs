@@ -40,7 +40,7 @@ impl Ancestry {
 /// A walk over manifests in decreasing height, each loaded once.
 struct Walk<'a> {
     core: &'a BucketCore,
-    pruned: HashSet<Hash>,
+    pruned: std::sync::Arc<HashSet<Hash>>,
     queue: BinaryHeap<(u64, Hash)>,
     flags: HashMap<Hash, u8>,
     loaded: HashMap<Hash, Manifest>,

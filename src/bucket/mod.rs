@@ -26,6 +26,7 @@ mod codec;
 mod epochs;
 mod error;
 mod genesis;
+mod hash_lists;
 pub mod journal;
 mod links;
 mod manifest;
@@ -264,8 +265,8 @@ impl BucketCore {
     }
 
     /// Versions removed on purpose by retention, where history may end.
-    fn pruned(&self) -> Result<HashSet<Hash>> {
-        read_hashes(&self.pruned_path())
+    fn pruned(&self) -> Result<Arc<HashSet<Hash>>> {
+        hash_lists::read_shared(&self.pruned_path())
     }
 
     /// Versions kept apart from the head's history (pinned by snapshots
@@ -334,31 +335,13 @@ fn read_head_file(path: &Path) -> Result<Hash> {
 
 /// A file of hex hashes, one a line (missing = none).
 pub fn read_hashes(path: &Path) -> Result<HashSet<Hash>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                Hash::from_hex(l.trim()).map_err(|reason| BucketError::Format {
-                    what: "list of versions",
-                    reason,
-                })
-            })
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashSet::new()),
-        Err(e) => Err(BucketError::io(path)(e)),
-    }
+    hash_lists::read(path)
 }
 
 pub fn write_hashes(path: &Path, hashes: &HashSet<Hash>) -> Result<()> {
-    let mut sorted: Vec<String> = hashes.iter().map(Hash::to_hex).collect();
-    sorted.sort();
-    let mut text = sorted.join("\n");
-    text.push('\n');
-    write_atomic(path, text.as_bytes())
+    hash_lists::write(path, hashes)
 }
 
-/// Write a small file atomically and durably (see [`crate::durable`]).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     crate::durable::write_atomic(path, bytes, 0o600).map_err(BucketError::io(path))
 }
@@ -1004,7 +987,7 @@ impl Bucket {
         // Record the cut before removing anything, so a crash in between
         // leaves a history that still verifies.
         let _one = PRUNED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let mut pruned = self.core.pruned()?;
+        let mut pruned = read_hashes(&self.core.pruned_path())?;
         pruned.extend(drop.iter().copied());
         let still_named: HashSet<Hash> = versions
             .iter()

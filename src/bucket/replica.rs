@@ -158,7 +158,7 @@ impl Bucket {
     }
 
     /// Versions where history ends on purpose here (pruned, or never fetched).
-    pub fn pruned_versions(&self) -> Result<HashSet<Hash>> {
+    pub fn pruned_versions(&self) -> Result<std::sync::Arc<HashSet<Hash>>> {
         self.core.pruned()
     }
 

@@ -85,7 +85,7 @@ impl Cluster {
     }
 
     pub fn spawn_with(&self, n: usize, extra: &[&str]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_jax-csi"))
+        Command::new(jax_bin())
             .args(["controller", "--endpoint"])
             .arg(format!("unix://{}", self.socket(n).display()))
             .args(["--database-url", &self.url(), "--kek-file"])
@@ -146,7 +146,7 @@ impl Cluster {
             .append(true)
             .open(self.node_log(id))
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_jax-csi"));
+        let mut cmd = Command::new(jax_bin());
         cmd.args(["node", "--endpoint"])
             .arg(format!("unix://{}", self.node_socket(id).display()))
             .args(["--node-id", id, "--state-dir"])
@@ -211,7 +211,7 @@ impl Cluster {
 
     fn spawn_keeper(&mut self, name: &str) -> PathBuf {
         let socket = self.dir.path().join(format!("{name}.sock"));
-        let child = Command::new(env!("CARGO_BIN_EXE_jax-csi"))
+        let child = Command::new(jax_bin())
             .args(["fd-keeper", "--socket"])
             .arg(&socket)
             .stdout(Stdio::null())
@@ -298,4 +298,12 @@ pub async fn wait_ready(socket: &Path) -> Channel {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// The jax-csi binary the cluster runs: this build's, or `JAX_TEST_BIN`
+/// (a release build, to measure what users run).
+pub fn jax_bin() -> PathBuf {
+    std::env::var_os("JAX_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_jax-csi")))
 }
