@@ -981,6 +981,23 @@ async fn three_writers_converge_and_keep_every_acknowledged_line() {
     );
 }
 
+/// A metric's value (summed over its series) from node `i`'s
+/// `--metrics-addr 127.0.0.1:9808`, read inside its network namespace.
+fn metric(n: &Nodes, i: usize, name: &str) -> f64 {
+    let out = n
+        .net
+        .exec(i, "curl")
+        .args(["-sf", "http://127.0.0.1:9808/metrics"])
+        .output()
+        .expect("running curl");
+    assert!(out.status.success(), "node {i} served no metrics");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The nodes other than `writer` the leader assigned `id` to.
 fn assigned(n: &Nodes, id: &str) -> Vec<usize> {
     n.c.psql(&format!(
@@ -1325,7 +1342,13 @@ async fn sync_replicas_changes_on_a_running_mount() {
 async fn a_rebuild_killed_part_way_resumes_and_is_paced() {
     const RATE_MIB: u64 = 16;
     let mut n = Nodes::start_with(2, |c| {
-        c.node_args = vec!["--rebuild-mib-per-sec".into(), RATE_MIB.to_string()];
+        c.node_args = vec![
+            "--rebuild-mib-per-sec".into(),
+            RATE_MIB.to_string(),
+            // Each node in its own network namespace: one port for all.
+            "--metrics-addr".into(),
+            "127.0.0.1:9808".into(),
+        ];
     })
     .await;
     let id = n
@@ -1414,9 +1437,16 @@ async fn a_rebuild_killed_part_way_resumes_and_is_paced() {
     wait_for("the replica at the writer's head", || {
         reported_head(&n, 1, &id) == reported_head(&n, 0, &id)
     });
+    // The restarted node's counter: what it fetched for the rebuild (the
+    // same bytes its log line names; nothing else was replicated since).
+    let counted = metric(&n, 1, "jax_csi_replica_rebuild_bytes_total");
+    assert!(
+        counted >= bytes as f64 && counted <= (data.len() + (1 << 20)) as f64,
+        "rebuild bytes metric {counted}, the rebuild fetched {bytes}: {line}"
+    );
     println!(
         "rebuild killed with {kept} blobs of every kind durable on node-1; after the restart it fetched {fetched} of {all} \
-         ({bytes} bytes in {ms} ms, paced at {RATE_MIB} MiB/s)"
+         ({bytes} bytes in {ms} ms, paced at {RATE_MIB} MiB/s; rebuild bytes metric {counted})"
     );
 }
 

@@ -23,6 +23,14 @@ impl DirRef {
     }
 }
 
+/// What one directory node lists beyond an older version of it (see
+/// [`Bucket::dir_changes`]).
+#[derive(Clone, Debug, Default)]
+pub struct DirChanges {
+    pub dirs: Vec<(DirRef, Option<DirRef>)>,
+    pub chunks: Vec<Hash>,
+}
+
 /// What one directory node lists: its subdirectories and its files' chunks.
 #[derive(Clone, Debug, Default)]
 pub struct DirContents {
@@ -100,6 +108,45 @@ impl Bucket {
             match e.kind {
                 EntryKind::Dir(l) => out.dirs.push(DirRef(l)),
                 EntryKind::File(f) => out.chunks.extend(f.chunks.blobs()),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// What `dir` lists that `before` (the same directory in a version
+    /// held here, if any) does not: its subdirectories that differ, each
+    /// with its counterpart in `before`, and the chunks of its files that
+    /// `before`'s file of the same name does not name. A pull walks only
+    /// what changed since the local head this way, not the whole tree
+    /// (every file's chunks looked up in the store, each pull).
+    pub fn dir_changes(&self, dir: &DirRef, before: Option<&DirRef>) -> Result<DirChanges> {
+        let node = DirNode::load(&self.core.store, &dir.0)?;
+        // A counterpart that does not load (not held) compares as empty.
+        let old = before
+            .filter(|b| b.hash() != dir.hash())
+            .and_then(|b| DirNode::load(&self.core.store, &b.0).ok());
+        let mut out = DirChanges::default();
+        if let Some(l) = node.links {
+            let was = old.as_ref().and_then(|o| o.links.clone()).map(DirRef);
+            if was.as_ref().map(DirRef::hash) != Some(l.hash) {
+                out.dirs.push((DirRef(l), was));
+            }
+        }
+        for e in node.entries {
+            let was = old.as_ref().and_then(|o| o.get(&e.name)).map(|w| &w.kind);
+            match (e.kind, was) {
+                (EntryKind::Dir(l), Some(EntryKind::Dir(w))) if w.hash == l.hash => {}
+                (EntryKind::Dir(l), Some(EntryKind::Dir(w))) => {
+                    out.dirs.push((DirRef(l), Some(DirRef(w.clone()))))
+                }
+                (EntryKind::Dir(l), _) => out.dirs.push((DirRef(l), None)),
+                (EntryKind::File(f), Some(EntryKind::File(w))) => {
+                    let had: HashSet<Hash> = w.chunks.blobs().collect();
+                    out.chunks
+                        .extend(f.chunks.blobs().filter(|h| !had.contains(h)));
+                }
+                (EntryKind::File(f), _) => out.chunks.extend(f.chunks.blobs()),
                 _ => {}
             }
         }
@@ -256,5 +303,64 @@ fn check_bound(core: &super::BucketCore, version: &Hash, m: &Manifest) -> Result
             "its root key does not open with the bucket secret for this body: not written by a member",
         )),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::bucket::{test_bucket, ROOT_INO};
+    use crate::store::Hash;
+    use std::collections::HashSet;
+
+    /// Against the version before, a directory lists only the subdirectory
+    /// that changed (with its counterpart) and the chunks a changed or new
+    /// file names; a directory the same in both lists nothing.
+    #[test]
+    fn a_directory_lists_what_changed_since_a_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = test_bucket(dir.path(), 4096);
+        let mut m = b.mount().unwrap();
+        let write = |m: &mut crate::bucket::Mount, parent, name: &[u8], bytes: &[u8]| {
+            let f = m.create(parent, name, 0o644, 0, 0).unwrap().ino;
+            m.write(f, 0, bytes).unwrap();
+            f
+        };
+        let kept = m.mkdir(ROOT_INO, b"kept", 0o755, 0, 0).unwrap().ino;
+        write(&mut m, kept, b"k", &[1; 5000]);
+        let sub = m.mkdir(ROOT_INO, b"sub", 0o755, 0, 0).unwrap().ino;
+        write(&mut m, sub, b"x", &[2; 5000]);
+        let a = write(&mut m, ROOT_INO, b"a", &[3; 9000]);
+        write(&mut m, ROOT_INO, b"same", &[4; 100]);
+        let v1 = m.save().unwrap().hash;
+        m.write(a, 4096, &[5; 10]).unwrap();
+        write(&mut m, sub, b"y", &[6; 100]);
+        write(&mut m, ROOT_INO, b"new", &[7; 100]);
+        let v2 = m.save().unwrap().hash;
+
+        let root = |v: &Hash| b.root_dir(&b.manifest(v).unwrap()).unwrap();
+        let all = b.dir_changes(&root(&v2), None).unwrap();
+        let diff = b.dir_changes(&root(&v2), Some(&root(&v1))).unwrap();
+        assert_eq!(all.dirs.len(), 2, "kept and sub");
+        assert_eq!(diff.dirs.len(), 1, "only sub changed: {:?}", diff.dirs);
+        assert!(
+            diff.dirs[0].1.is_some(),
+            "sub is compared with its old self"
+        );
+        let before: HashSet<Hash> = b
+            .dir_changes(&root(&v1), None)
+            .unwrap()
+            .chunks
+            .into_iter()
+            .collect();
+        assert!(!diff.chunks.is_empty());
+        assert!(
+            diff.chunks.iter().all(|c| !before.contains(c)),
+            "a chunk held in the version before is listed again"
+        );
+        assert!(diff.chunks.len() < all.chunks.len());
+        let sub_changes = b
+            .dir_changes(&diff.dirs[0].0, diff.dirs[0].1.as_ref())
+            .unwrap();
+        assert_eq!(sub_changes.chunks.len(), 1, "y's one chunk, not x's");
     }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use iroh::endpoint::{Connection, RecvStream};
 
 use super::proto::{
-    BlobFrame, Proof, Request, Response, ALPN, MAX_BLOB, MAX_HISTORY, MAX_HISTORY_BYTES,
-    MAX_MESSAGE,
+    BlobFrame, Proof, Request, Response, ALPN, MAX_BLOB, MAX_BUNDLE_TREE_BLOBS,
+    MAX_BUNDLE_TREE_BYTES, MAX_HISTORY, MAX_HISTORY_BYTES, MAX_MESSAGE,
 };
 use super::wire::{read_bytes, read_msg, write_msg};
 use super::{Inner, Peer, SyncError};
@@ -456,11 +456,11 @@ async fn fetch_version(
         head,
         HeadFrom::Record,
         max_chain,
-        HashMap::new(),
+        &mut HashMap::new(),
         secret,
     )
     .await?;
-    fetch_tree(inner, b, head, with_chunks, secret).await?;
+    fetch_tree(inner, b, head, with_chunks, secret, None, None).await?;
     Ok(chain)
 }
 
@@ -472,8 +472,8 @@ struct Chain {
     versions: Vec<Hash>,
 }
 
-/// A manifest a history answer brought, verified against its address, not
-/// yet stored.
+/// A blob a history or bundle answer brought, verified against its
+/// address, not yet stored.
 pub(super) struct Prefetched {
     pub bytes: Vec<u8>,
     pub outboard: Vec<[u8; 32]>,
@@ -484,11 +484,14 @@ pub(super) struct Prefetched {
 /// one round trip instead of one per level. Nothing is stored here; the
 /// walk in [`fetch_chain`] takes what it reaches from this answer and asks
 /// level by level for the rest (all of it when the peer cannot answer).
+/// A bundle brings the changed part of `head`'s tree as well (see
+/// [`Request::Bundle`]), which [`fetch_tree`] takes from the answer.
 pub(super) async fn ask_history(
     inner: &Inner,
     b: &Bucket,
     head: Hash,
     from: Option<NodeId>,
+    asking: Ask,
 ) -> HashMap<Hash, Prefetched> {
     let bucket = b.id();
     let Some(peer) = from.or_else(|| inner.peers_of(&bucket).first().map(|p| p.node)) else {
@@ -500,7 +503,16 @@ pub(super) async fn ask_history(
     }
     have.truncate(super::proto::MAX_HAVE);
     let proof = b.proof_key().proof(&bucket, &inner.me.0, &peer.0);
-    history_answer(inner, &peer, bucket, proof, head, have).await
+    history_answer(inner, &peer, bucket, proof, head, have, asking).await
+}
+
+/// What a history answer is asked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ask {
+    History,
+    /// The history and the changed part of the head's tree; a peer that
+    /// drops the request is asked for the history.
+    Bundle,
 }
 
 /// What a blob-frame answer may hold.
@@ -548,7 +560,7 @@ pub(super) async fn read_checked_blobs(
 }
 
 /// One peer's answer to a history request (see [`ask_history`]), each
-/// manifest checked against its address; empty when it did not answer.
+/// blob checked against its address; empty when it did not answer.
 async fn history_answer(
     inner: &Inner,
     peer: &NodeId,
@@ -556,34 +568,63 @@ async fn history_answer(
     proof: Proof,
     head: Hash,
     have: Vec<Hash>,
+    asking: Ask,
 ) -> HashMap<Hash, Prefetched> {
     let peer = *peer;
-    let ask = async {
-        let req = Request::History {
-            bucket,
-            proof,
-            head,
-            have,
-        };
-        let mut recv = blob_answer_for(inner, &peer, &req).await?;
-        let limits = FrameLimits {
-            blobs: MAX_HISTORY,
-            blob_bytes: MAX_MESSAGE,
-            total_bytes: MAX_HISTORY_BYTES,
-            too_much: "sent more history than a request allows",
-        };
-        let got = read_checked_blobs(&mut recv, &peer, &limits).await?;
-        Ok::<_, SyncError>(got.into_iter().collect::<HashMap<_, _>>())
-    };
-    match tokio::time::timeout(REQUEST_TIMEOUT, ask).await {
-        Ok(Ok(got)) => got,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, %bucket, error = %e, "history request failed; walking the chain level by level");
-            HashMap::new()
+    let ask = |asking: Ask| {
+        let have = have.clone();
+        async move {
+            let (req, limits) = match asking {
+                Ask::History => (
+                    Request::History {
+                        bucket,
+                        proof,
+                        head,
+                        have,
+                    },
+                    FrameLimits {
+                        blobs: MAX_HISTORY,
+                        blob_bytes: MAX_MESSAGE,
+                        total_bytes: MAX_HISTORY_BYTES,
+                        too_much: "sent more history than a request allows",
+                    },
+                ),
+                Ask::Bundle => (
+                    Request::Bundle {
+                        bucket,
+                        proof,
+                        head,
+                        have,
+                    },
+                    FrameLimits {
+                        blobs: MAX_HISTORY + MAX_BUNDLE_TREE_BLOBS,
+                        blob_bytes: MAX_BLOB,
+                        total_bytes: MAX_HISTORY_BYTES + MAX_BUNDLE_TREE_BYTES,
+                        too_much: "sent a bigger bundle than a request allows",
+                    },
+                ),
+            };
+            let mut recv = blob_answer_for(inner, &peer, &req).await?;
+            let got = read_checked_blobs(&mut recv, &peer, &limits).await?;
+            Ok::<_, SyncError>(got.into_iter().collect::<HashMap<_, _>>())
         }
-        Err(_) => {
-            tracing::debug!(%peer, %bucket, "history request timed out; walking the chain level by level");
-            HashMap::new()
+    };
+    let mut asking = asking;
+    loop {
+        match tokio::time::timeout(REQUEST_TIMEOUT, ask(asking)).await {
+            Ok(Ok(got)) => return got,
+            Ok(Err(e)) if asking == Ask::Bundle => {
+                tracing::debug!(%peer, %bucket, error = %e, "bundle request failed; asking for the history alone");
+                asking = Ask::History;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, %bucket, error = %e, "history request failed; walking the chain level by level");
+                return HashMap::new();
+            }
+            Err(_) => {
+                tracing::debug!(%peer, %bucket, "history request timed out; walking the chain level by level");
+                return HashMap::new();
+            }
         }
     }
 }
@@ -603,7 +644,16 @@ pub(super) async fn history_from(
         return;
     };
     let proof = replica.proof_key().proof(&bucket, &inner.me.0, &peer.0);
-    let got = history_answer(inner, &peer, bucket, proof, version, have.to_vec()).await;
+    let got = history_answer(
+        inner,
+        &peer,
+        bucket,
+        proof,
+        version,
+        have.to_vec(),
+        Ask::History,
+    )
+    .await;
     let store = inner.state.store().clone();
     let stored = tokio::task::spawn_blocking(move || {
         for (h, p) in got {
@@ -671,7 +721,7 @@ async fn fetch_chain(
     head: Hash,
     head_from: HeadFrom,
     max_chain: usize,
-    mut prefetched: HashMap<Hash, Prefetched>,
+    prefetched: &mut HashMap<Hash, Prefetched>,
     secret: Option<&SecretKey>,
 ) -> Result<Chain, SyncError> {
     let bucket = b.id();
@@ -699,7 +749,7 @@ async fn fetch_chain(
     let mut versions = Vec::new();
     let mut depth = 0;
     while !want.is_empty() {
-        let ask = store_prefetched(inner, &mut prefetched, &want).await?;
+        let ask = store_prefetched(inner, prefetched, &want).await?;
         let got = fetch_blobs_detail(inner, bucket, &ask, secret).await?;
         if (depth == 0 && !got.missing.is_empty()) || got.unreachable {
             return Err(SyncError::NoPeer(bucket));
@@ -770,27 +820,48 @@ fn check_head(
 }
 
 /// Fetch every directory node of version `version`'s tree not held here
-/// and, with `with_chunks`, the chunks they name.
+/// and, with `with_chunks`, the chunks they name. With `since` (a version
+/// whose tree is all here: the local head), only what differs from it is
+/// walked, and chunks only when every chunk of the local head's tree is
+/// known to be here (`Inner::complete_trees`); otherwise the whole tree,
+/// which then marks the bucket complete if nothing is left missing.
 async fn fetch_tree(
     inner: &Inner,
     b: &Bucket,
     version: Hash,
     with_chunks: bool,
     secret: Option<&SecretKey>,
+    since: Option<Hash>,
+    mut bundle: Option<&mut HashMap<Hash, Prefetched>>,
 ) -> Result<(), SyncError> {
     let bucket = b.id();
     let store = inner.state.store().clone();
     let err = |source| SyncError::Bucket { bucket, source };
+    let known_complete = || {
+        inner
+            .complete_trees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&bucket)
+    };
+    let since = since.filter(|_| !with_chunks || known_complete());
+    let before = match since {
+        Some(v) => b.manifest(&v).and_then(|m| b.root_dir(&m)).ok(),
+        None => None,
+    };
     // One level of directories at a time.
     let m = b.manifest(&version).map_err(err)?;
-    let mut level: Vec<DirRef> = vec![b.root_dir(&m).map_err(err)?];
+    let mut level: Vec<(DirRef, Option<DirRef>)> = vec![(b.root_dir(&m).map_err(err)?, before)];
     let mut chunks = Vec::new();
     while !level.is_empty() {
-        let need: Vec<Hash> = level
+        let mut need: Vec<Hash> = level
             .iter()
-            .map(DirRef::hash)
+            .map(|(d, _)| d.hash())
             .filter(|h| !store.contains(h))
             .collect();
+        if let Some(bundle) = bundle.as_deref_mut() {
+            need = store_prefetched(inner, bundle, &need).await?;
+        }
         if !need.is_empty()
             && !fetch_blobs_with(inner, bucket, &need, secret)
                 .await?
@@ -799,18 +870,37 @@ async fn fetch_tree(
             return Err(SyncError::NoPeer(bucket));
         }
         let mut next = Vec::new();
-        for d in &level {
-            let c = b.dir_contents(d).map_err(err)?;
+        for (d, was) in &level {
+            if was.as_ref().map(DirRef::hash) == Some(d.hash()) {
+                continue;
+            }
+            let c = b.dir_changes(d, was.as_ref()).map_err(err)?;
             next.extend(c.dirs);
             chunks.extend(c.chunks.into_iter().filter(|h| !store.contains(h)));
         }
         level = next;
     }
-    if with_chunks && !chunks.is_empty() {
-        let left = fetch_blobs_with(inner, bucket, &chunks, secret).await?;
-        if !left.is_empty() {
-            tracing::warn!(%bucket, missing = left.len(), "some chunks are on no reachable peer yet; reads will fetch them");
-        }
+    if !with_chunks {
+        return Ok(());
+    }
+    if let Some(bundle) = bundle {
+        chunks = store_prefetched(inner, bundle, &chunks).await?;
+    }
+    let left = match chunks.is_empty() {
+        true => Vec::new(),
+        false => fetch_blobs_with(inner, bucket, &chunks, secret).await?,
+    };
+    let mut complete = inner
+        .complete_trees
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if left.is_empty() {
+        // A walk of what changed keeps a complete tree complete; a whole
+        // walk with nothing missing makes it so.
+        complete.insert(bucket);
+    } else {
+        complete.remove(&bucket);
+        tracing::warn!(%bucket, missing = left.len(), "some chunks are on no reachable peer yet; reads will fetch them");
     }
     Ok(())
 }
@@ -825,7 +915,8 @@ pub async fn pull(
     let lock = inner.pull_lock(&bucket);
     let _one = lock.lock().await;
     let b = inner.open(&bucket)?;
-    if b.head().ok() == Some(head) {
+    let local_head = b.head().ok();
+    if local_head == Some(head) {
         return Ok(());
     }
     if let Some(p) = from {
@@ -840,10 +931,21 @@ pub async fn pull(
     }
     let started = std::time::Instant::now();
     let fetched_before = inner.stats.bytes_fetched.load(Ordering::Relaxed);
-    let history = ask_history(inner, &b, head, from).await;
-    let chain = fetch_chain(inner, &b, head, HeadFrom::Peer, usize::MAX, history, None).await?;
+    let mut bundle = ask_history(inner, &b, head, from, Ask::Bundle).await;
+    let history_ms = started.elapsed().as_millis() as u64;
+    let chain = fetch_chain(
+        inner,
+        &b,
+        head,
+        HeadFrom::Peer,
+        usize::MAX,
+        &mut bundle,
+        None,
+    )
+    .await?;
     let chain_ms = started.elapsed().as_millis() as u64;
-    fetch_tree(inner, &b, head, true, None).await?;
+    fetch_tree(inner, &b, head, true, None, local_head, Some(&mut bundle)).await?;
+    let tree_ms = started.elapsed().as_millis() as u64;
     // Every link of what came is checked before anything is written for
     // it: a cut noted in PRUNED makes later walks stop there, so a chain
     // that does not verify must not leave one behind.
@@ -864,7 +966,7 @@ pub async fn pull(
     // must be here too (this node may know that version only by its
     // manifest, from a chain it fast-forwarded through).
     if let Ok(Some(base)) = b.merge_base(&head) {
-        if let Err(e) = fetch_tree(inner, &b, base, false, None).await {
+        if let Err(e) = fetch_tree(inner, &b, base, false, None, local_head, None).await {
             tracing::warn!(%bucket, %base, error = %e, "the merge base's tree is on no reachable peer; merging without it");
         }
     }
@@ -872,7 +974,9 @@ pub async fn pull(
         %bucket,
         %head,
         ms = started.elapsed().as_millis() as u64,
+        history_ms,
         chain_ms,
+        tree_ms,
         versions,
         bytes = inner.stats.bytes_fetched.load(Ordering::Relaxed) - fetched_before,
         "pulled a head"
@@ -954,7 +1058,7 @@ pub async fn fetch_new_bucket(
                 offer.head,
                 from,
                 1,
-                HashMap::new(),
+                &mut HashMap::new(),
                 Some(&secret),
             )
             .await?;
@@ -979,7 +1083,7 @@ pub async fn fetch_new_bucket(
             continue;
         }
         prefer_peer(inner, bucket, &offer.peer);
-        match fetch_tree(inner, &handle, offer.head, false, Some(&secret)).await {
+        match fetch_tree(inner, &handle, offer.head, false, Some(&secret), None, None).await {
             Ok(()) => {
                 inner
                     .state
@@ -1203,9 +1307,15 @@ pub async fn complete(inner: &Inner, bucket: BucketId) -> Result<usize, SyncErro
     }
     let total = chunks.len();
     let left = fetch_blobs(inner, bucket, &chunks).await?;
+    let mut complete = inner
+        .complete_trees
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     if !left.is_empty() {
+        complete.remove(&bucket);
         return Err(SyncError::NoPeer(bucket));
     }
+    complete.insert(bucket);
     Ok(total)
 }
 

@@ -186,6 +186,10 @@ struct Inner {
     pull_queue: pulls::PullQueue,
     /// Heads this node held lately, per bucket (named in history requests).
     recent: pulls::RecentHeads,
+    /// Buckets whose head's tree was last seen with every chunk here: a
+    /// pull then walks only what changed since the local head (see
+    /// `client::fetch_tree`). Not known after a start, until a full walk.
+    complete_trees: Mutex<HashSet<BucketId>>,
     /// Heads waiting to be announced, coalesced per bucket and peer.
     announce_queue: announcements::AnnounceQueue,
     /// See [`SyncConfig::rebuild_bytes_per_sec`].
@@ -241,6 +245,7 @@ impl SyncEngine {
             pulls: Mutex::new(HashMap::new()),
             pull_queue: Default::default(),
             recent: Default::default(),
+            complete_trees: Mutex::new(HashSet::new()),
             announce_queue: Default::default(),
             rebuild_rate: cfg.rebuild_bytes_per_sec.filter(|r| *r > 0),
             down: Mutex::new(HashMap::new()),

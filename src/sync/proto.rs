@@ -24,6 +24,9 @@ pub const MAX_BUCKETS_PER_REQUEST: usize = 4096;
 /// Manifests one history answer holds at most, and their bytes.
 pub const MAX_HISTORY: usize = 1024;
 pub const MAX_HISTORY_BYTES: usize = 8 << 20;
+/// Tree blobs a bundle answer holds beyond its history, and their bytes.
+pub const MAX_BUNDLE_TREE_BLOBS: usize = 1024;
+pub const MAX_BUNDLE_TREE_BYTES: usize = 8 << 20;
 /// Versions a history request may name as held.
 pub const MAX_HAVE: usize = 256;
 
@@ -58,6 +61,21 @@ pub enum Request {
     /// protocol: a node from before it drops the stream, and the asker
     /// walks the chain with GetBlobs instead.
     History {
+        bucket: BucketId,
+        proof: Proof,
+        head: Hash,
+        have: Vec<Hash>,
+    },
+    /// [`Request::History`], followed by what the asker needs of `head`'s
+    /// tree: the directory nodes and chunks that differ from the newest
+    /// version in `have` this node holds (at most [`MAX_BUNDLE_TREE_BLOBS`]
+    /// and [`MAX_BUNDLE_TREE_BYTES`]; the asker fetches any rest). A pull
+    /// behind by a few versions then takes one round trip, not one per
+    /// level of the chain and of the tree. Answered as
+    /// [`Request::GetBlobs`] is. Added with the pull bundles: a node from
+    /// before them drops the stream, and the asker sends a
+    /// [`Request::History`].
+    Bundle {
         bucket: BucketId,
         proof: Proof,
         head: Hash,

@@ -12,13 +12,13 @@ use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 
 use super::proto::{
-    BlobFrame, Proof, Request, Response, MAX_BLOBS_PER_REQUEST, MAX_BUCKETS_PER_REQUEST, MAX_HAVE,
-    MAX_HISTORY, MAX_HISTORY_BYTES,
+    BlobFrame, Proof, Request, Response, MAX_BLOBS_PER_REQUEST, MAX_BUCKETS_PER_REQUEST,
+    MAX_BUNDLE_TREE_BLOBS, MAX_BUNDLE_TREE_BYTES, MAX_HAVE, MAX_HISTORY, MAX_HISTORY_BYTES,
 };
 use super::wire::{read_msg, write_msg};
 use super::Inner;
 use crate::bucket::blind::BlindReplica;
-use crate::bucket::{Bucket, BucketId};
+use crate::bucket::{Bucket, BucketId, DirRef};
 use crate::crypto::NodeId;
 use crate::store::Hash;
 
@@ -299,6 +299,111 @@ fn history(
     out
 }
 
+/// Answer a history request: the manifests of `head` down to `have`, and
+/// with `with_tree` (a bundle) the blobs of `head`'s tree that differ from
+/// the newest version of `have` held here.
+#[allow(clippy::too_many_arguments)]
+async fn answer_history(
+    inner: &Arc<Inner>,
+    peer: &NodeId,
+    send: &mut SendStream,
+    bucket: BucketId,
+    proof: Proof,
+    head: Hash,
+    have: Vec<Hash>,
+    with_tree: bool,
+) -> Result<(), String> {
+    let held = match proven(inner, peer, &bucket, &proof) {
+        Err(why) => {
+            return write_msg(send, &Response::Refused { reason: why })
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Ok(held) => held,
+    };
+    let store = inner.state.store().clone();
+    let blobs = tokio::task::spawn_blocking(move || {
+        let index = held.served()?;
+        let mut out = history(&store, &index, &bucket, head, &have);
+        if let (true, Held::Keyed(b)) = (with_tree, &held) {
+            out.extend(tree_since(b, &store, &index, head, &have));
+        }
+        Ok::<_, String>(out)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    send_msg(send, &Response::Noted).await?;
+    for (h, bytes) in &blobs {
+        send_blob(inner, send, h, bytes).await?;
+    }
+    Ok(())
+}
+
+/// The directory nodes and chunks of `head`'s tree that differ from the
+/// first version of `have` held here (all of them when none is), within a
+/// bundle's limits; nothing when `head` is not this bucket's here.
+fn tree_since(
+    b: &Bucket,
+    store: &crate::store::BlobStore,
+    index: &Served,
+    head: Hash,
+    have: &[Hash],
+) -> Vec<(Hash, Vec<u8>)> {
+    if !index.contains(&head) {
+        return Vec::new();
+    }
+    let root_of = |v: &Hash| b.manifest(v).and_then(|m| b.root_dir(&m)).ok();
+    let Some(root) = root_of(&head) else {
+        return Vec::new();
+    };
+    let since = have
+        .iter()
+        .take(MAX_HAVE)
+        .find(|v| index.contains(v))
+        .and_then(root_of);
+    let mut out = Vec::new();
+    let mut bytes_out = 0;
+    let mut take = |h: Hash, out: &mut Vec<(Hash, Vec<u8>)>| -> bool {
+        if out.len() >= MAX_BUNDLE_TREE_BLOBS || !index.contains(&h) {
+            return false;
+        }
+        let Ok(bytes) = store.get(&h) else {
+            return false;
+        };
+        bytes_out += bytes.len();
+        if bytes_out > MAX_BUNDLE_TREE_BYTES {
+            return false;
+        }
+        out.push((h, bytes));
+        true
+    };
+    let mut level = vec![(root, since)];
+    let mut chunks = Vec::new();
+    while !level.is_empty() {
+        let mut next = Vec::new();
+        for (d, was) in level {
+            if was.as_ref().map(DirRef::hash) == Some(d.hash()) {
+                continue;
+            }
+            if !take(d.hash(), &mut out) {
+                return out;
+            }
+            let Ok(c) = b.dir_changes(&d, was.as_ref()) else {
+                return out;
+            };
+            next.extend(c.dirs);
+            chunks.extend(c.chunks);
+        }
+        level = next;
+    }
+    for c in chunks {
+        if !take(c, &mut out) {
+            break;
+        }
+    }
+    out
+}
+
 /// Send one blob frame and its bytes, counted.
 async fn send_blob(
     inner: &Inner,
@@ -447,24 +552,13 @@ async fn serve(
             proof,
             head,
             have,
-        } => match proven(&inner, &peer, &bucket, &proof) {
-            Err(why) => write_msg(&mut send, &refuse(why))
-                .await
-                .map_err(|e| e.to_string())?,
-            Ok(held) => {
-                let store = inner.state.store().clone();
-                let chain = tokio::task::spawn_blocking(move || {
-                    let index = held.served()?;
-                    Ok::<_, String>(history(&store, &index, &bucket, head, &have))
-                })
-                .await
-                .map_err(|e| e.to_string())??;
-                send_msg(&mut send, &Response::Noted).await?;
-                for (h, bytes) in &chain {
-                    send_blob(&inner, &mut send, h, bytes).await?;
-                }
-            }
-        },
+        } => answer_history(&inner, &peer, &mut send, bucket, proof, head, have, false).await?,
+        Request::Bundle {
+            bucket,
+            proof,
+            head,
+            have,
+        } => answer_history(&inner, &peer, &mut send, bucket, proof, head, have, true).await?,
         Request::Enroll { bucket, proof } => {
             let answer = match enrolling(&inner, &peer, &bucket, &proof) {
                 Err(why) => refuse(why),

@@ -834,17 +834,33 @@ async fn a_history_answer_stops_at_the_askers_head_and_at_its_bucket() {
     let held = xb.head().unwrap();
     let written: HashSet<Hash> = write_versions(&xa, 30).into_iter().collect();
     let head = xa.head().unwrap();
-    let got = client::ask_history(&b.engine.inner, &xb, head, Some(a.engine.node_id())).await;
-    let got: HashSet<Hash> = got.into_keys().collect();
+    let ask = |head, asking| {
+        client::ask_history(&b.engine.inner, &xb, head, Some(a.engine.node_id()), asking)
+    };
+    let got: HashSet<Hash> = ask(head, client::Ask::History).await.into_keys().collect();
     assert!(!got.contains(&held), "the asker's own head came back");
     assert_eq!(got, written, "exactly the versions b lacks");
 
-    let (_, _, y_head) = bucket_with_file(&a, &kek, b"another tenant's file");
-    let got = client::ask_history(&b.engine.inner, &xb, y_head, Some(a.engine.node_id())).await;
+    // A bundle: the same history, and the head's tree where it differs
+    // from b's head (its root and the one chunk of /n), nothing more.
+    let bundle: HashSet<Hash> = ask(head, client::Ask::Bundle).await.into_keys().collect();
+    let tree: HashSet<Hash> = bundle.difference(&written).copied().collect();
+    let root = xa.manifest(&head).unwrap().body.root;
+    assert!(bundle.is_superset(&written));
     assert!(
-        got.is_empty(),
-        "another bucket's manifests came under X's proof"
+        tree.contains(&root),
+        "the head's root directory is not in the bundle"
     );
+    assert_eq!(tree.len(), 2, "the root and /n's chunk: {tree:?}");
+    assert!(!tree.iter().any(|h| b.state.store().contains(h)));
+
+    let (_, _, y_head) = bucket_with_file(&a, &kek, b"another tenant's file");
+    for asking in [client::Ask::History, client::Ask::Bundle] {
+        assert!(
+            ask(y_head, asking).await.is_empty(),
+            "another bucket's blobs came under X's proof"
+        );
+    }
 }
 
 /// A pull that failed part way leaves manifests whose parents this node
