@@ -203,7 +203,7 @@ impl Bucket {
                 if known.contains(&link.hash) || seen.contains(&link.hash) {
                     continue;
                 }
-                let Ok(node) = DirNode::load(&self.core.store, &link) else {
+                let Ok(node) = DirNode::load_cached(&self.core.store, &link) else {
                     continue;
                 };
                 seen.insert(link.hash);

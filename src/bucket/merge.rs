@@ -143,7 +143,7 @@ impl Mount {
                     hash: m.body.root,
                     key: core.open_root_key(&m)?,
                 };
-                match DirNode::load(&core.store, &link) {
+                match DirNode::load_cached(&core.store, &link) {
                     Ok(node) => Some(node),
                     // The base's tree is gone everywhere (pruned): merge as
                     // if there were none. Clocks still order one writer's
@@ -162,8 +162,8 @@ impl Mount {
             resolver,
             report: MergeReport::default(),
         };
-        let local_node = DirNode::load(&core.store, &local_root)?;
-        let remote_node = DirNode::load(&core.store, &remote_root)?;
+        let local_node = DirNode::load_cached(&core.store, &local_root)?;
+        let remote_node = DirNode::load_cached(&core.store, &remote_root)?;
         // Both replicas must write the same merged tree, so every choice
         // is made from the two sides alone (never "which side is local").
         let root_key = min_key(&local_root.key, &remote_root.key);
@@ -254,7 +254,7 @@ fn totals(core: &BucketCore, root: &Link, cs: u64) -> Result<(u64, u64)> {
     let mut entries = 0;
     let mut stack = vec![root.clone()];
     while let Some(link) = stack.pop() {
-        let node = DirNode::load(&core.store, &link)?;
+        let node = DirNode::load_cached(&core.store, &link)?;
         if let Some(table) = &node.links {
             // Hard-linked files: their bytes count once, their names below.
             for e in DirNode::load(&core.store, table)?.entries {
@@ -728,12 +728,12 @@ impl MergeCtx<'_> {
     ) -> Result<Entry> {
         let load = |link: Option<&Link>| -> Result<DirNode> {
             match link {
-                Some(l) => DirNode::load(self.store, l),
+                Some(l) => DirNode::load_cached(self.store, l),
                 None => Ok(DirNode::default()),
             }
         };
         let base_node = match base_dir {
-            Some(l) => Some(DirNode::load(self.store, l)?),
+            Some(l) => Some(DirNode::load_cached(self.store, l)?),
             None => None,
         };
         let ln = load(ll)?;

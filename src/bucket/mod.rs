@@ -23,6 +23,7 @@ mod buffers;
 mod chunk_map;
 mod chunks;
 mod codec;
+mod dir_cache;
 mod epochs;
 mod error;
 mod genesis;

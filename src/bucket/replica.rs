@@ -98,7 +98,7 @@ impl Bucket {
     /// The subdirectories and chunk addresses listed by `dir`, whose node
     /// must be in the local store (verified and decrypted here).
     pub fn dir_contents(&self, dir: &DirRef) -> Result<DirContents> {
-        let node = DirNode::load(&self.core.store, &dir.0)?;
+        let node = DirNode::load_cached(&self.core.store, &dir.0)?;
         let mut out = DirContents::default();
         // The root's link table is a node like a directory's.
         if let Some(l) = node.links {
@@ -121,11 +121,11 @@ impl Bucket {
     /// what changed since the local head this way, not the whole tree
     /// (every file's chunks looked up in the store, each pull).
     pub fn dir_changes(&self, dir: &DirRef, before: Option<&DirRef>) -> Result<DirChanges> {
-        let node = DirNode::load(&self.core.store, &dir.0)?;
+        let node = DirNode::load_cached(&self.core.store, &dir.0)?;
         // A counterpart that does not load (not held) compares as empty.
         let old = before
             .filter(|b| b.hash() != dir.hash())
-            .and_then(|b| DirNode::load(&self.core.store, &b.0).ok());
+            .and_then(|b| DirNode::load_cached(&self.core.store, &b.0).ok());
         let mut out = DirChanges::default();
         if let Some(l) = node.links {
             let was = old.as_ref().and_then(|o| o.links.clone()).map(DirRef);

@@ -320,6 +320,19 @@ impl DirNode {
         Ok(store.put(&sealed)?)
     }
 
+    /// The node at `link` as [`DirNode::load`] gives it, or from the nodes
+    /// loaded this way lately (`dir_cache`): for the sync and merge paths,
+    /// which open the same roots again and again. Reads of a mount and
+    /// checks of the store load from the disk.
+    pub fn load_cached(store: &BlobStore, link: &Link) -> Result<Self> {
+        if let Some(node) = super::dir_cache::get(link) {
+            return Ok(node.as_ref().clone());
+        }
+        let node = Self::load(store, link)?;
+        super::dir_cache::keep(link, std::sync::Arc::new(node.clone()));
+        Ok(node)
+    }
+
     /// Load, verify and decrypt the node at `link` (either format version).
     pub fn load(store: &BlobStore, link: &Link) -> Result<Self> {
         let sealed = store.get(&link.hash)?;
