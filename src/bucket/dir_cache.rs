@@ -7,7 +7,8 @@
 //! decode each time: 18% of a node's CPU with three writers. A node is
 //! keyed by its address *and* its key (a digest of it), so a load with
 //! another key still fails as the blob does; what is cached was verified
-//! against its address when it was read. A mount's reads and the store's
+//! against its address when it was read (or is what a merge just wrote).
+//! A mount's reads and the store's
 //! checks (`verify`, GC) load from the disk, so a blob damaged there is
 //! still found.
 

@@ -177,6 +177,12 @@ impl Mount {
         let mut report = ctx.report;
 
         let root_hash = merged.store(&core.store, &root_key)?;
+        // Counted and installed next: from memory, not decrypted again.
+        let merged_link = Link {
+            hash: root_hash,
+            key: root_key.clone(),
+        };
+        super::dir_cache::keep(&merged_link, std::sync::Arc::new(merged));
         let fast_forward = base_hash == Some(local_base) && !self.has_unsaved_changes();
         // Two heads with the same tree (each side merged the other already):
         // both replicas settle on the higher head instead of merging again,
@@ -216,22 +222,8 @@ impl Mount {
             self.journal_breaks();
             self.adopt_shares(&remote.body.shares);
             let cs = self.chunk_size();
-            let (used, entries) = totals(
-                &core,
-                &Link {
-                    hash: root_hash,
-                    key: root_key.clone(),
-                },
-                cs,
-            )?;
-            self.replace_tree(
-                Link {
-                    hash: root_hash,
-                    key: root_key,
-                },
-                used,
-                entries,
-            )?;
+            let (used, entries) = totals(&core, &merged_link, cs)?;
+            self.replace_tree(merged_link, used, entries)?;
             let saved = self.commit(Some((*incoming, remote.body.height)))?;
             report.version = Some(saved.hash);
         }

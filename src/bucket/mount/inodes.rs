@@ -66,9 +66,15 @@ impl Inode {
 }
 
 impl Mount {
-    /// Replace the whole tree with the root at `link` (used on open and after a merge).
-    pub(super) fn install_root(&mut self, link: Link) -> Result<()> {
-        let node = DirNode::load(&self.core.store, &link)?;
+    /// Replace the whole tree with the root at `link` (used on open and after
+    /// a merge or sync). `from_cache`: the root may come from the nodes the
+    /// sync and merge paths loaded lately (a mount's first open reads the
+    /// disk).
+    pub(super) fn install_root(&mut self, link: Link, from_cache: bool) -> Result<()> {
+        let node = match from_cache {
+            true => DirNode::load_cached(&self.core.store, &link)?,
+            false => DirNode::load(&self.core.store, &link)?,
+        };
         let meta = node.root_meta.clone().ok_or_else(|| BucketError::Format {
             what: "root directory node",
             reason: "missing root metadata".into(),

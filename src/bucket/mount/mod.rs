@@ -160,7 +160,7 @@ impl Mount {
             replaying: None,
             drawn: Default::default(),
         };
-        mount.install_root(root_link)?;
+        mount.install_root(root_link, false)?;
         Ok(mount)
     }
 

@@ -282,7 +282,7 @@ impl Mount {
 
     /// Replace the tree by the one at `root` (a merge result) with the given totals.
     pub(crate) fn replace_tree(&mut self, root: Link, used_bytes: u64, entries: u64) -> Result<()> {
-        self.install_root(root)?;
+        self.install_root(root, true)?;
         // The installed root is a new tree: it must be written out on commit.
         self.inodes.get_mut(&ROOT_INO).expect("root").dirty = true;
         self.used_bytes = used_bytes;
@@ -301,7 +301,7 @@ impl Mount {
             hash: manifest.body.root,
             key: self.core.open_root_key(&manifest)?,
         };
-        self.install_root(root)?;
+        self.install_root(root, true)?;
         self.used_bytes = manifest.body.used_bytes;
         self.entries = manifest.body.entries;
         self.quota = manifest.body.quota;
