@@ -905,12 +905,25 @@ async fn fetch_tree(
     Ok(())
 }
 
-/// Pull `head` of a bucket this node holds, then apply it.
+/// Pull `head` of a bucket this node holds (its chunks too), then apply it.
 pub async fn pull(
     inner: &Arc<Inner>,
     bucket: BucketId,
     head: Hash,
     from: Option<NodeId>,
+) -> Result<(), SyncError> {
+    pull_with(inner, bucket, head, from, true).await
+}
+
+/// [`pull`], with the chunks the new tree names only when `with_chunks`
+/// (a first stage merging in another peer's head leaves them to reads and
+/// the background `complete`, so the pod starts at once).
+async fn pull_with(
+    inner: &Arc<Inner>,
+    bucket: BucketId,
+    head: Hash,
+    from: Option<NodeId>,
+    with_chunks: bool,
 ) -> Result<(), SyncError> {
     let lock = inner.pull_lock(&bucket);
     let _one = lock.lock().await;
@@ -931,7 +944,12 @@ pub async fn pull(
     }
     let started = std::time::Instant::now();
     let fetched_before = inner.stats.bytes_fetched.load(Ordering::Relaxed);
-    let mut bundle = ask_history(inner, &b, head, from, Ask::Bundle).await;
+    // Without chunks, a bundle would bring up to 8 MiB of them for nothing.
+    let asking = match with_chunks {
+        true => Ask::Bundle,
+        false => Ask::History,
+    };
+    let mut bundle = ask_history(inner, &b, head, from, asking).await;
     let history_ms = started.elapsed().as_millis() as u64;
     let chain = fetch_chain(
         inner,
@@ -944,7 +962,16 @@ pub async fn pull(
     )
     .await?;
     let chain_ms = started.elapsed().as_millis() as u64;
-    fetch_tree(inner, &b, head, true, None, local_head, Some(&mut bundle)).await?;
+    fetch_tree(
+        inner,
+        &b,
+        head,
+        with_chunks,
+        None,
+        local_head,
+        Some(&mut bundle),
+    )
+    .await?;
     let tree_ms = started.elapsed().as_millis() as u64;
     // Every link of what came is checked before anything is written for
     // it: a cut noted in PRUNED makes later walks stop there, so a chain
@@ -1105,7 +1132,7 @@ pub async fn fetch_new_bucket(
             continue;
         }
         // Not fatal: anti-entropy asks that peer again in a few seconds.
-        if let Err(e) = pull(inner, bucket, offer.head, Some(offer.peer.node)).await {
+        if let Err(e) = pull_with(inner, bucket, offer.head, Some(offer.peer.node), false).await {
             tracing::warn!(peer = %offer.peer.node, %bucket, head = %offer.head, error = %e, "could not merge in a head another peer offered; it comes with the next comparison of heads");
         }
     }
