@@ -87,6 +87,11 @@ impl ProofKey {
 }
 
 impl Bucket {
+    /// The root directory of `version`, whose manifest is held here.
+    pub fn root_of(&self, version: &Hash) -> Result<DirRef> {
+        self.root_dir(&self.manifest(version)?)
+    }
+
     /// The root directory of version `m`.
     pub fn root_dir(&self, m: &Manifest) -> Result<DirRef> {
         Ok(DirRef(Link {
@@ -117,15 +122,17 @@ impl Bucket {
     /// What `dir` lists that `before` (the same directory in a version
     /// held here, if any) does not: its subdirectories that differ, each
     /// with its counterpart in `before`, and the chunks of its files that
-    /// `before`'s file of the same name does not name. A pull walks only
-    /// what changed since the local head this way, not the whole tree
-    /// (every file's chunks looked up in the store, each pull).
+    /// `before`'s file of the same name does not name; nothing when
+    /// `before` is the same node. A pull walks only what changed since the
+    /// local head this way, not the whole tree (every file's chunks looked
+    /// up in the store, each pull).
     pub fn dir_changes(&self, dir: &DirRef, before: Option<&DirRef>) -> Result<DirChanges> {
+        if before.map(DirRef::hash) == Some(dir.hash()) {
+            return Ok(DirChanges::default());
+        }
         let node = DirNode::load_cached(&self.core.store, &dir.0)?;
         // A counterpart that does not load (not held) compares as empty.
-        let old = before
-            .filter(|b| b.hash() != dir.hash())
-            .and_then(|b| DirNode::load_cached(&self.core.store, &b.0).ok());
+        let old = before.and_then(|b| DirNode::load_cached(&self.core.store, &b.0).ok());
         let mut out = DirChanges::default();
         if let Some(l) = node.links {
             let was = old.as_ref().and_then(|o| o.links.clone()).map(DirRef);
@@ -337,7 +344,7 @@ mod tests {
         write(&mut m, ROOT_INO, b"new", &[7; 100]);
         let v2 = m.save().unwrap().hash;
 
-        let root = |v: &Hash| b.root_dir(&b.manifest(v).unwrap()).unwrap();
+        let root = |v: &Hash| b.root_of(v).unwrap();
         let all = b.dir_changes(&root(&v2), None).unwrap();
         let diff = b.dir_changes(&root(&v2), Some(&root(&v1))).unwrap();
         assert_eq!(all.dirs.len(), 2, "kept and sub");
@@ -362,5 +369,7 @@ mod tests {
             .dir_changes(&diff.dirs[0].0, diff.dirs[0].1.as_ref())
             .unwrap();
         assert_eq!(sub_changes.chunks.len(), 1, "y's one chunk, not x's");
+        let same = b.dir_changes(&root(&v2), Some(&root(&v2))).unwrap();
+        assert!(same.dirs.is_empty() && same.chunks.is_empty());
     }
 }

@@ -837,18 +837,8 @@ async fn fetch_tree(
     let bucket = b.id();
     let store = inner.state.store().clone();
     let err = |source| SyncError::Bucket { bucket, source };
-    let known_complete = || {
-        inner
-            .complete_trees
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&bucket)
-    };
-    let since = since.filter(|_| !with_chunks || known_complete());
-    let before = match since {
-        Some(v) => b.manifest(&v).and_then(|m| b.root_dir(&m)).ok(),
-        None => None,
-    };
+    let since = since.filter(|_| !with_chunks || inner.tree_complete(&bucket));
+    let before = since.and_then(|v| b.root_of(&v).ok());
     // One level of directories at a time.
     let m = b.manifest(&version).map_err(err)?;
     let mut level: Vec<(DirRef, Option<DirRef>)> = vec![(b.root_dir(&m).map_err(err)?, before)];
@@ -871,9 +861,6 @@ async fn fetch_tree(
         }
         let mut next = Vec::new();
         for (d, was) in &level {
-            if was.as_ref().map(DirRef::hash) == Some(d.hash()) {
-                continue;
-            }
             let c = b.dir_changes(d, was.as_ref()).map_err(err)?;
             next.extend(c.dirs);
             chunks.extend(c.chunks.into_iter().filter(|h| !store.contains(h)));
@@ -890,16 +877,10 @@ async fn fetch_tree(
         true => Vec::new(),
         false => fetch_blobs_with(inner, bucket, &chunks, secret).await?,
     };
-    let mut complete = inner
-        .complete_trees
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if left.is_empty() {
-        // A walk of what changed keeps a complete tree complete; a whole
-        // walk with nothing missing makes it so.
-        complete.insert(bucket);
-    } else {
-        complete.remove(&bucket);
+    // A walk of what changed keeps a complete tree complete; a whole walk
+    // with nothing missing makes it so.
+    inner.note_tree_complete(bucket, left.is_empty());
+    if !left.is_empty() {
         tracing::warn!(%bucket, missing = left.len(), "some chunks are on no reachable peer yet; reads will fetch them");
     }
     Ok(())
@@ -1334,15 +1315,10 @@ pub async fn complete(inner: &Inner, bucket: BucketId) -> Result<usize, SyncErro
     }
     let total = chunks.len();
     let left = fetch_blobs(inner, bucket, &chunks).await?;
-    let mut complete = inner
-        .complete_trees
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    inner.note_tree_complete(bucket, left.is_empty());
     if !left.is_empty() {
-        complete.remove(&bucket);
         return Err(SyncError::NoPeer(bucket));
     }
-    complete.insert(bucket);
     Ok(total)
 }
 

@@ -666,6 +666,26 @@ impl Inner {
         Some(addr)
     }
 
+    /// Whether `bucket`'s head's tree is known to have every chunk here.
+    fn tree_complete(&self, bucket: &BucketId) -> bool {
+        self.complete_trees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(bucket)
+    }
+
+    /// A walk of `bucket`'s tree left nothing missing (`complete`), or not.
+    fn note_tree_complete(&self, bucket: BucketId, complete: bool) {
+        let mut trees = self
+            .complete_trees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match complete {
+            true => trees.insert(bucket),
+            false => trees.remove(&bucket),
+        };
+    }
+
     fn pull_lock(&self, bucket: &BucketId) -> Arc<tokio::sync::Mutex<()>> {
         self.pulls
             .lock()

@@ -352,15 +352,14 @@ fn tree_since(
     if !index.contains(&head) {
         return Vec::new();
     }
-    let root_of = |v: &Hash| b.manifest(v).and_then(|m| b.root_dir(&m)).ok();
-    let Some(root) = root_of(&head) else {
+    let Ok(root) = b.root_of(&head) else {
         return Vec::new();
     };
     let since = have
         .iter()
         .take(MAX_HAVE)
         .find(|v| index.contains(v))
-        .and_then(root_of);
+        .and_then(|v| b.root_of(v).ok());
     let mut out = Vec::new();
     let mut bytes_out = 0;
     let mut take = |h: Hash, out: &mut Vec<(Hash, Vec<u8>)>| -> bool {
@@ -382,6 +381,8 @@ fn tree_since(
     while !level.is_empty() {
         let mut next = Vec::new();
         for (d, was) in level {
+            // The asker holds a directory its version has too (only the
+            // root can be one: the walk goes on only where they differ).
             if was.as_ref().map(DirRef::hash) == Some(d.hash()) {
                 continue;
             }
