@@ -11,6 +11,7 @@ fn bench_fuse(workloads: &str) -> std::process::Output {
     Command::new(BIN)
         .args(["bench", "fuse", "--only", "raw", "--size-mib", "2"])
         .args(["--files", "20", "--random-reads", "10", "--mixed-ops", "50"])
+        .args(["--fsx-ops", "50"])
         .args(["--idle-volumes", "0", "--workloads", workloads, "--dir"])
         .arg(dir.path())
         .output()
@@ -35,7 +36,13 @@ fn workloads_pick_the_rows_printed() {
     ] {
         assert!(table.contains(row), "no {row:?} row in:\n{table}");
     }
-    for row in ["seq write", "4K rand big p50", "mixed ops", "pgbench"] {
+    for row in [
+        "seq write",
+        "4K rand big p50",
+        "mixed ops",
+        "fsx ops",
+        "pgbench",
+    ] {
         assert!(!table.contains(row), "a {row:?} row in:\n{table}");
     }
 }
@@ -47,7 +54,7 @@ fn an_unknown_workload_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("unknown workload \"bogus\"")
-            && err.contains("seq, random, mixed, readers, small, pgbench"),
+            && err.contains("seq, random, mixed, fsx, readers, small, pgbench"),
         "{err}"
     );
 }

@@ -660,6 +660,40 @@ fn random_operations_match_a_plain_directory() {
     );
 }
 
+/// The integrity workload of `bench fuse` (`fsx`): random reads, writes,
+/// truncates, and reads and writes through shared mappings with
+/// `msync(MS_SYNC)`, every byte compared with a model. Run by the binary in
+/// a child process (a process that maps a file of a mount it serves can
+/// deadlock on its own address space); small chunks put many chunk edges
+/// under the 4 MiB file.
+#[test]
+fn the_integrity_workload_reads_back_every_byte_written() {
+    let t = mount_bucket(BucketOptions {
+        chunk_size: 16 << 10,
+        ..Default::default()
+    });
+    for seed in [1u64, 0xfeed] {
+        let out = Command::new(env!("CARGO_BIN_EXE_jax-csi"))
+            .args([
+                "bench",
+                "fsx-ops",
+                "--ops",
+                "1500",
+                "--seed",
+                &seed.to_string(),
+            ])
+            .arg("--path")
+            .arg(t.p("fsx.bin"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "seed {seed}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn a_directory_read_while_its_entries_are_removed_loses_none() {
     // rm -r reads a directory in batches while unlinking from it: offsets

@@ -57,12 +57,17 @@ pub enum BenchCommand {
         /// truncates, mmap reads and writes).
         #[arg(long, default_value_t = 100_000)]
         mixed_ops: usize,
+        /// Operations of the integrity workload (`fsx`): random reads,
+        /// writes, truncates and mapped reads and writes with msync on one
+        /// file of up to 4 MiB, every byte checked.
+        #[arg(long, default_value_t = 20_000)]
+        fsx_ops: usize,
         /// Idle cost: volumes mounted at once (as a node stages them) to
         /// measure memory, threads and descriptors per volume (0 = skip).
         #[arg(long, default_value_t = 200)]
         idle_volumes: usize,
         /// Run only these workloads (comma-separated: seq, random, mixed,
-        /// readers, small, pgbench; all by default). `random` and `readers`
+        /// fsx, readers, small, pgbench; all by default). `random` and `readers`
         /// write the sequential file first.
         #[arg(long, value_delimiter = ',')]
         workloads: Vec<String>,
@@ -85,6 +90,18 @@ pub enum BenchCommand {
         path: PathBuf,
         #[arg(long)]
         ops: usize,
+    },
+    /// The integrity workload of `bench fuse` (`fsx`) on one file, in a
+    /// process of its own for the same reason. Prints seconds; a byte that
+    /// differs from the model fails with its offset.
+    #[command(hide = true)]
+    FsxOps {
+        #[arg(long)]
+        path: PathBuf,
+        #[arg(long)]
+        ops: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Node-to-node sync against syncthing between the same two network namespaces (root, `--release`).
     Sync {
@@ -138,6 +155,11 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             println!("{}", took.as_secs_f64());
             Ok(())
         }
+        BenchCommand::FsxOps { path, ops, seed } => {
+            let took = super::bench_fsx::fsx_ops(&path, ops, seed)?;
+            println!("{}", took.as_secs_f64());
+            Ok(())
+        }
         BenchCommand::Bucket {
             dir,
             size_mib,
@@ -168,6 +190,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             chunk_size,
             only,
             mixed_ops,
+            fsx_ops,
             idle_volumes,
             workloads,
             pgbench_clients,
@@ -181,6 +204,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 scale: pgbench_scale,
             },
             mixed_ops,
+            fsx_ops,
             dir,
             size_mib,
             files,

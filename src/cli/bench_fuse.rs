@@ -35,6 +35,8 @@ pub struct FuseBench {
     pub only: Vec<String>,
     /// Random mixed operations on a 4 MiB file.
     pub mixed_ops: usize,
+    /// Operations of the integrity workload (`fsx`).
+    pub fsx_ops: usize,
     /// Volumes mounted at once for the idle-cost table (0 = skip).
     pub idle_volumes: usize,
     /// Workloads to run (all when empty): see [`WORKLOADS`].
@@ -44,7 +46,9 @@ pub struct FuseBench {
 }
 
 /// The workload groups `--workloads` picks from.
-pub const WORKLOADS: [&str; 6] = ["seq", "random", "mixed", "readers", "small", "pgbench"];
+pub const WORKLOADS: [&str; 7] = [
+    "seq", "random", "mixed", "fsx", "readers", "small", "pgbench",
+];
 
 impl FuseBench {
     fn runs(&self, workload: &str) -> bool {
@@ -92,6 +96,8 @@ struct Results {
     cached_with_writer: BesideWriter,
     /// The random mixed workload.
     mixed: Duration,
+    /// The integrity workload (`fsx`).
+    fsx: Duration,
     rand_big: (Duration, Duration),
     rand_small: (Duration, Duration),
     create: Duration,
@@ -297,22 +303,23 @@ pub fn mixed_ops(path: &Path, n: usize) -> anyhow::Result<Duration> {
     Ok(took)
 }
 
-/// [`mixed_ops`] in a child process: this process serves our FUSE mount,
-/// and a munmap here that waits for write-back through the mount, while a
-/// serving thread faults in a page of its buffer, would deadlock on the
-/// address-space lock.
-fn mixed_ops_in_child(path: &Path, n: usize) -> anyhow::Result<Duration> {
+/// A mapping workload (`bench mixed-ops` or `bench fsx-ops`, `n`
+/// operations on `path`) in a child process: this process serves our FUSE
+/// mount, and a munmap here that waits for write-back through the mount,
+/// while a serving thread faults in a page of its buffer, would deadlock on
+/// the address-space lock.
+fn in_child(subcommand: &str, path: &Path, n: usize) -> anyhow::Result<Duration> {
     let out = Command::new(std::env::current_exe()?)
-        .args(["bench", "mixed-ops", "--ops", &n.to_string(), "--path"])
+        .args(["bench", subcommand, "--ops", &n.to_string(), "--path"])
         .arg(path)
         .stderr(std::process::Stdio::inherit())
         .output()
-        .context("running the mixed workload")?;
-    anyhow::ensure!(out.status.success(), "mixed workload: {}", out.status);
+        .with_context(|| format!("running bench {subcommand}"))?;
+    anyhow::ensure!(out.status.success(), "bench {subcommand}: {}", out.status);
     let secs: f64 = String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
-        .context("the mixed workload's time")?;
+        .with_context(|| format!("bench {subcommand}'s time"))?;
     Ok(Duration::from_secs_f64(secs))
 }
 
@@ -433,7 +440,10 @@ fn run_workloads(root: &Path, b: &FuseBench, block: &[u8]) -> anyhow::Result<Res
         fs::remove_file(&small)?;
     }
     if b.runs("mixed") {
-        r.mixed = mixed_ops_in_child(&root.join("mixed.bin"), b.mixed_ops)?;
+        r.mixed = in_child("mixed-ops", &root.join("mixed.bin"), b.mixed_ops)?;
+    }
+    if b.runs("fsx") {
+        r.fsx = in_child("fsx-ops", &root.join("fsx.bin"), b.fsx_ops)?;
     }
     if b.runs("readers") {
         // Two readers of two files at once (cold), against one reader above.
@@ -814,7 +824,7 @@ fn table(b: &FuseBench, rows: &[(&str, Option<Results>)]) -> String {
     /// (row label, value, higher is better)
     type Metric = (&'static str, fn(&Results) -> f64, bool);
     // Each workload's rows.
-    let workloads: [(&str, &[Metric]); 6] = [
+    let workloads: [(&str, &[Metric]); 7] = [
         (
             "seq",
             &[
@@ -887,6 +897,14 @@ fn table(b: &FuseBench, rows: &[(&str, Option<Results>)]) -> String {
         (
             "mixed",
             &[("mixed ops on 4 MiB (s)", |r| r.mixed.as_secs_f64(), false)],
+        ),
+        (
+            "fsx",
+            &[(
+                "fsx ops, msync, checked (s)",
+                |r| r.fsx.as_secs_f64(),
+                false,
+            )],
         ),
         (
             "pgbench",

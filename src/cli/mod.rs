@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_controller;
+mod bench_fsx;
 mod bench_fuse;
 mod bench_pgbench;
 mod bench_rebuild;
