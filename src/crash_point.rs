@@ -42,6 +42,18 @@ pub const JOURNAL_POINTS: &[&str] = &[
     "head-moved",
 ];
 
+/// The journal's points when an fsync comes while a version is made
+/// durable, in the order they are passed: the fsync's append (the second
+/// append), the tail written to the version's new file, the old file
+/// retired, the new one not yet renamed to be the active file.
+pub const TAIL_POINTS: &[&str] = &[
+    "journal-appended:2",
+    "journal-next-written",
+    "journal-next-pending",
+    "journal-retired",
+    "head-moved",
+];
+
 fn armed() -> Option<&'static (String, u64)> {
     static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
     ARMED

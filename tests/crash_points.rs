@@ -10,7 +10,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use jax_csi::crash_point::{ENV, JOURNAL_POINTS, POINTS};
+use jax_csi::crash_point::{ENV, JOURNAL_POINTS, POINTS, TAIL_POINTS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_jax-csi");
 
@@ -117,6 +117,99 @@ fn a_journaled_write_killed_at_any_step_loses_nothing_acknowledged() {
             assert_eq!(&ok(got, path), want, "{point}: {path} after recovery");
         }
     }
+}
+
+/// An fsync that comes while a version is being made durable (it does
+/// not wait for it: the journal takes the change on the new version),
+/// killed at every step of the append and of the version's retiring:
+/// both fsynced files are there once the bucket is mounted again.
+#[test]
+fn an_fsync_during_a_commit_killed_at_any_step_loses_nothing_acknowledged() {
+    for point in TAIL_POINTS {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, first) = bucket_with_first(dir.path());
+        let second = content(2, 300_000);
+        let out = bucket(
+            dir.path(),
+            &["put", &id, "/second", "--journal"],
+            &second,
+            None,
+        );
+        ok(out, "put /second");
+        let third = content(3, 200_000);
+        let out = bucket(
+            dir.path(),
+            &[
+                "put",
+                &id,
+                "/third",
+                "--journal",
+                "--fsync-during-commit",
+                "/fourth",
+            ],
+            &third,
+            Some(point),
+        );
+        assert_killed_at(&out, point);
+        // The next writable mount recovers the journal, then writes.
+        let fifth = content(5, 70_000);
+        ok(
+            bucket(
+                dir.path(),
+                &["put", &id, "/fifth", "--journal"],
+                &fifth,
+                None,
+            ),
+            "put /fifth after the crash",
+        );
+        ok(
+            bucket(dir.path(), &["verify", &id], b"", None),
+            "verify after recovery",
+        );
+        for (path, want) in [
+            ("/first", &first),
+            ("/second", &second),
+            ("/third", &third),
+            ("/fourth", &third),
+            ("/fifth", &fifth),
+        ] {
+            let got = bucket(dir.path(), &["cat", &id, path], b"", None);
+            assert_eq!(&ok(got, path), want, "{point}: {path} after recovery");
+        }
+    }
+    // Not killed: the version is named, and the fsync after its cut is in
+    // the journal on it, replayed at the next mount.
+    let dir = tempfile::tempdir().unwrap();
+    let (id, _) = bucket_with_first(dir.path());
+    let third = content(3, 200_000);
+    ok(
+        bucket(
+            dir.path(),
+            &[
+                "put",
+                &id,
+                "/third",
+                "--journal",
+                "--fsync-during-commit",
+                "/fourth",
+            ],
+            &third,
+            None,
+        ),
+        "put with an fsync during the commit",
+    );
+    let fifth = content(5, 1000);
+    ok(
+        bucket(
+            dir.path(),
+            &["put", &id, "/fifth", "--journal"],
+            &fifth,
+            None,
+        ),
+        "put /fifth",
+    );
+    let got = bucket(dir.path(), &["cat", &id, "/fourth"], b"", None);
+    assert_eq!(ok(got, "/fourth"), third);
 }
 
 #[test]

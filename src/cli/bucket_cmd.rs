@@ -60,6 +60,12 @@ enum BucketCommand {
         /// fsync in a mounted volume does), then save the version.
         #[arg(long)]
         journal: bool,
+        /// Tests: after the journal append, cut the version, then write
+        /// stdin again to this path and fsync it while the version is not
+        /// yet durable (what a live mount's fsync does during a commit),
+        /// and then name the version.
+        #[arg(long, hide = true, requires = "journal")]
+        fsync_during_commit: Option<String>,
     },
     /// Show the version history, newest first.
     History { id: BucketId },
@@ -144,6 +150,7 @@ pub fn run(args: BucketArgs) -> anyhow::Result<()> {
             id,
             path: p,
             journal,
+            fsync_during_commit,
         } => {
             let bucket = open(&id)?;
             // A journal a crash left is replayed first, whatever the flag.
@@ -154,7 +161,18 @@ pub fn run(args: BucketArgs) -> anyhow::Result<()> {
             if journal {
                 m.sync_to_journal()?;
             }
-            let saved = m.save()?;
+            let saved = match fsync_during_commit {
+                Some(later) => {
+                    let prepared = m.prepare_save()?.context("nothing to save")?;
+                    path::write_file(&mut m, &later, &data)?;
+                    m.sync_to_journal()?;
+                    m.blob_store().sync()?;
+                    let saved = prepared.version();
+                    prepared.name_head().map_err(|e| e.error)?;
+                    saved
+                }
+                None => m.save()?,
+            };
             writeln!(out, "{} (height {})", saved.hash, saved.height)?;
         }
         BucketCommand::History { id } => {

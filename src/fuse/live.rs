@@ -64,6 +64,10 @@ struct Shared {
     lookups: Mutex<Lookups>,
     /// Held for a whole commit (see [`commit`]).
     committing: Mutex<()>,
+    /// Held while an fsync takes its batch and appends it, and while a
+    /// version is cut: a batch taken before a cut is appended before the
+    /// changes after it. Taken after `committing`, before `mount`.
+    journal_order: Mutex<()>,
     pending: Mutex<Pending>,
     on_commit: Mutex<Option<CommitHook>>,
     /// The hook, and when it last ran.
@@ -95,6 +99,7 @@ impl LiveMount {
             mount: Mutex::new(mount),
             lookups: Mutex::new(Lookups::default()),
             committing: Mutex::new(()),
+            journal_order: Mutex::new(()),
             pending: Mutex::new(Pending::default()),
             on_commit: Mutex::new(None),
             on_quota: Mutex::new((None, None)),
@@ -167,8 +172,10 @@ impl LiveMount {
     /// so none names an older version as HEAD after the merge.
     pub fn lock_to_merge(&self) -> MergeGuard<'_> {
         let committing = self.shared.lock_committing();
+        let in_order = self.shared.lock_journal_order();
         MergeGuard {
             mount: self.lock(),
+            _in_order: in_order,
             _committing: committing,
         }
     }
@@ -231,12 +238,14 @@ impl LiveMount {
                 BucketError::Unavailable(format!("fsync: {why}"))
             });
         }
-        let one_at_a_time = self.shared.lock_committing();
-        // Taken under the commit lock: a version cut meanwhile holds them.
+        // Not the commit lock: a version being made durable meanwhile does
+        // not hold the fsync up (the journal takes changes on it, see
+        // `bucket::journal`); only the cut waits for an append in flight.
+        let in_order = self.shared.lock_journal_order();
         let batch = self.lock().take_journal_batch();
         // The append runs without the Mount: readers and writers go on.
         let appended = batch.append();
-        drop(one_at_a_time);
+        drop(in_order);
         match appended {
             Appended::Nothing => Ok(()),
             Appended::Done => {
@@ -318,11 +327,19 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    fn lock_journal_order(&self) -> MutexGuard<'_, ()> {
+        self.journal_order
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// The Mount, with commits of it held off (see [`LiveMount::lock_to_merge`]).
 pub struct MergeGuard<'a> {
+    // Dropped in this order: the reverse of taking them.
     mount: MutexGuard<'a, Mount>,
+    _in_order: MutexGuard<'a, ()>,
     _committing: MutexGuard<'a, ()>,
 }
 
@@ -388,6 +405,7 @@ fn commit(shared: &Shared) -> Result<Saved, BucketError> {
 /// version differs from the base before.
 fn save_without_blocking_others(shared: &Shared) -> Result<(Saved, bool), BucketError> {
     let (prepared, store) = {
+        let _in_order = shared.lock_journal_order();
         let mut m = shared.lock_mount();
         if m.is_read_only() {
             return Ok((m.base(), false));
@@ -404,7 +422,7 @@ fn save_without_blocking_others(shared: &Shared) -> Result<(Saved, bool), Bucket
     // Merges take `committing` too, so the base is still this version;
     // HEAD is written without the Mount, like the blobs.
     if !shared.lock_mount().is_base(&prepared) {
-        return Ok((prepared.version(), true));
+        return Ok((prepared.abandon(), true));
     }
     match prepared.name_head() {
         Ok(()) => Ok((prepared.version(), true)),
@@ -455,6 +473,63 @@ impl Committable for Shared {
 mod tests {
     use super::*;
     use crate::bucket::{test_bucket, BucketOptions, ROOT_INO};
+
+    /// An fsync while a commit waits for the store does not wait for the
+    /// commit: the journal takes the change on the version being made
+    /// durable, and a mount after a crash (no shutdown) has it.
+    #[test]
+    fn an_fsync_during_a_commit_returns_before_the_commit_and_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = test_bucket(dir.path(), BucketOptions::default().chunk_size);
+        let live = LiveMount::new(bucket.mount_journaled().unwrap(), Duration::from_secs(3600));
+        let f = {
+            let mut m = live.lock();
+            let f = m.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap().ino;
+            m.write(f, 0, b"before the cut").unwrap();
+            f
+        };
+        let store = live.lock().blob_store();
+        let held = store.hold_syncs();
+        let committer = {
+            let live = live.clone();
+            std::thread::spawn(move || live.commit_now())
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while live.lock().has_unsaved_changes() {
+            assert!(
+                Instant::now() < deadline,
+                "the commit never cut its version"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let g = {
+            let mut m = live.lock();
+            let g = m.create(ROOT_INO, b"g", 0o644, 0, 0).unwrap().ino;
+            m.write(g, 0, b"after the cut").unwrap();
+            g
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let syncer = {
+            let live = live.clone();
+            std::thread::spawn(move || tx.send(live.sync_changes()).unwrap())
+        };
+        let synced = rx.recv_timeout(Duration::from_secs(10));
+        assert!(
+            matches!(synced, Ok(Ok(()))),
+            "the fsync waited for the commit's sync: {synced:?}"
+        );
+        syncer.join().unwrap();
+        drop(held);
+        committer.join().unwrap().unwrap();
+        // A crash: the process goes without a final commit (and its
+        // committer writes no version meanwhile).
+        live.shared.pending.lock().unwrap().stop = true;
+        committers::forget(live.shared.id);
+        std::mem::forget(live);
+        let mut m = bucket.mount_journaled().unwrap();
+        assert_eq!(m.read(f, 0, 64).unwrap(), b"before the cut");
+        assert_eq!(m.read(g, 0, 64).unwrap(), b"after the cut");
+    }
 
     /// While a commit waits for the store to make its blobs durable, the
     /// Mount is free (a reader of the volume goes on) and HEAD still names

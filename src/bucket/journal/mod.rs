@@ -20,6 +20,18 @@
 //! altered or left from the file's earlier life does not open. A frame cut
 //! short by a crash was never acknowledged: reading stops there.
 //!
+//! A version is cut (its tree written) before it is durable, and an fsync
+//! does not wait for that. Its changes recorded after the cut apply to
+//! the new version, but the active file still holds changes on the old
+//! base; so until the version is retired, such an fsync appends to the
+//! active file behind the cut's own changes that no fsync had journaled
+//! yet (written with it), keeping the file one sequence on its base. When
+//! the version is retired, those later changes (the *tail*) are first
+//! written to `next`, a file on the new version, which becomes the active
+//! file once the old one is renamed. Recovery: `next` beside an active
+//! file is a copy of the active file's end (removed); alone, it is the
+//! active file (the rename that was cut short is finished).
+//!
 //! A retired file is kept as the `spare` and written over from its start
 //! by the next active file: an fsync then rewrites blocks the file already
 //! has, so its fdatasync flushes the data alone (an append that grows a
@@ -35,7 +47,7 @@ pub use record::{Change, Draws, Recorded};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +56,8 @@ use crate::bucket::BucketCore;
 use crate::store::Hash;
 
 const ACTIVE: &str = "active";
+/// The tail of a version being retired, on that version (see the module docs).
+const NEXT: &str = "next";
 const SPARE: &str = "spare";
 const RETIRED_PREFIX: &str = "retired-";
 /// A new active file (no spare) is first filled with zeros to this size.
@@ -67,7 +81,33 @@ struct Header {
 pub struct Journal {
     core: Arc<BucketCore>,
     dir: PathBuf,
-    active: Mutex<Option<Active>>,
+    state: Mutex<State>,
+    /// Signalled when a cut is retired or handed back (an append that
+    /// must wait for its version, see [`Journal::append`]).
+    cut_settled: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    active: Option<Active>,
+    cut: Option<Cut>,
+}
+
+/// A version cut from the recorded changes that is not durable and
+/// retired yet (see the module docs).
+struct Cut {
+    /// The base of the changes it holds (the active file's).
+    base: Hash,
+    version: Hash,
+    /// The cut's changes no fsync had journaled, until the first append
+    /// of a change on the version writes them ahead of it.
+    untold: Option<Vec<Recorded>>,
+    /// The changes on the version appended so far.
+    tail: Vec<Recorded>,
+    /// False when changes went unrecorded before the cut (a merge, a
+    /// broken recording): the file cannot stand for the version, so an
+    /// append on it waits until it is retired.
+    takes_tail: bool,
 }
 
 impl std::fmt::Debug for Journal {
@@ -104,12 +144,53 @@ impl Journal {
         Ok(Self {
             core,
             dir,
-            active: Mutex::new(None),
+            state: Mutex::new(State::default()),
+            cut_settled: Condvar::new(),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Active>> {
-        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `version` was cut from the changes on `base`: `untold` are those of
+    /// its changes no fsync journaled. Changes on `version` may be
+    /// appended from now on (unless `takes_tail` is false); [`retire`] or
+    /// [`unmark_cut`] ends it.
+    ///
+    /// [`retire`]: Journal::retire
+    /// [`unmark_cut`]: Journal::unmark_cut
+    pub fn mark_cut(&self, base: Hash, version: Hash, untold: Vec<Recorded>, takes_tail: bool) {
+        let mut st = self.lock();
+        let mut cut = Cut {
+            base,
+            version,
+            untold: Some(untold),
+            tail: Vec::new(),
+            takes_tail,
+        };
+        // One never settled (a commit that neither named nor handed back
+        // its version): its changes come first, on its base.
+        if let Some(old) = st.cut.take() {
+            let mut untold = old.untold.unwrap_or_default();
+            untold.extend(cut.untold.take().unwrap_or_default());
+            cut.untold = Some(untold);
+            cut.base = old.base;
+        }
+        st.cut = Some(cut);
+    }
+
+    /// `version` will not be named: the cut ends. Its untold changes come
+    /// back unless an append wrote them already.
+    pub fn unmark_cut(&self, version: &Hash) -> Option<Vec<Recorded>> {
+        let mut st = self.lock();
+        let given = match st.cut.take_if(|c| c.version == *version) {
+            Some(cut) => cut.untold,
+            None => None,
+        };
+        drop(st);
+        self.cut_settled.notify_all();
+        given
     }
 
     fn aad(&self, base: &Hash, epoch: &[u8; 16], index: u64) -> Vec<u8> {
@@ -130,11 +211,42 @@ impl Journal {
     }
 
     /// Append `changes` (made on top of `base`) and make them durable.
-    /// The first append after a version starts a new active file.
+    /// The first append after a version starts a new active file. Changes
+    /// on a version cut but not yet retired go to the active file behind
+    /// the cut's untold changes (or wait for the version, when the file
+    /// cannot stand for it).
     pub fn append(&self, base: &Hash, changes: &[Recorded]) -> Result<()> {
+        let mut st = self.lock();
+        while st
+            .cut
+            .as_ref()
+            .is_some_and(|c| c.version == *base && !c.takes_tail)
+        {
+            st = self.cut_settled.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        let State { active, cut } = &mut *st;
+        match cut.as_mut().filter(|c| c.version == *base) {
+            Some(cut) => {
+                let mut batch = cut.untold.take().unwrap_or_default();
+                batch.extend_from_slice(changes);
+                self.write_frame(active, &cut.base, &batch)?;
+                cut.tail.extend_from_slice(changes);
+                Ok(())
+            }
+            None => self.write_frame(active, base, changes),
+        }
+    }
+
+    /// One frame of `changes` on `base`, written and fdatasynced (the file
+    /// started if there is none).
+    fn write_frame(
+        &self,
+        active: &mut Option<Active>,
+        base: &Hash,
+        changes: &[Recorded],
+    ) -> Result<()> {
         let path = self.dir.join(ACTIVE);
         let io = |e| BucketError::io(&path)(e);
-        let mut active = self.lock();
         if active.as_ref().is_some_and(|a| a.base != *base) {
             return Err(BucketError::Integrity(format!(
                 "journal of bucket {}: changes on {base} while the active file holds changes on {}",
@@ -142,14 +254,11 @@ impl Journal {
                 active.as_ref().map(|a| a.base).expect("checked")
             )));
         }
-        let mut bytes = Vec::new();
         let created = active.is_none();
+        let mut bytes = Vec::new();
         if created {
-            let mut epoch = [0u8; 16];
-            crate::crypto::random_bytes(&mut epoch)?;
-            let header =
-                postcard::to_stdvec(&Header { base: *base, epoch }).map_err(format_error)?;
-            bytes.extend(self.frame(&self.header_aad(), &header)?);
+            let (header, epoch) = self.header(base)?;
+            bytes.extend(header);
             *active = Some(Active {
                 file: self.new_active_file(&path).map_err(io)?,
                 base: *base,
@@ -183,6 +292,14 @@ impl Journal {
         Ok(())
     }
 
+    /// A new file's header frame on `base`, and the file's fresh epoch.
+    fn header(&self, base: &Hash) -> Result<(Vec<u8>, [u8; 16])> {
+        let mut epoch = [0u8; 16];
+        crate::crypto::random_bytes(&mut epoch)?;
+        let header = postcard::to_stdvec(&Header { base: *base, epoch }).map_err(format_error)?;
+        Ok((self.frame(&self.header_aad(), &header)?, epoch))
+    }
+
     /// The file a new active file is written in: the spare, renamed (its
     /// blocks are there already), or a new file filled with zeros.
     fn new_active_file(&self, path: &Path) -> std::io::Result<File> {
@@ -199,22 +316,76 @@ impl Journal {
         Ok(file)
     }
 
-    /// `version` holds every change journaled so far and is durable: mark
-    /// the active file as its (before HEAD names it; see the module docs).
+    /// `version` holds every change journaled so far on the active file's
+    /// base and is durable: mark the active file as its (before HEAD
+    /// names it; see the module docs). Changes on `version` appended
+    /// meanwhile move to a new active file on it.
     pub fn retire(&self, version: &Hash) -> Result<()> {
-        let mut active = self.lock();
-        if active.is_none() && !self.dir.join(ACTIVE).exists() {
+        let mut st = self.lock();
+        let tail = match &st.cut {
+            Some(cut) if cut.version == *version => cut.tail.clone(),
+            _ => Vec::new(),
+        };
+        let State { active, .. } = &mut *st;
+        self.retire_file(active, version, &tail)?;
+        st.cut.take_if(|c| c.version == *version);
+        drop(st);
+        self.cut_settled.notify_all();
+        crate::crash_point::hit("journal-retired");
+        Ok(())
+    }
+
+    fn retire_file(
+        &self,
+        active: &mut Option<Active>,
+        version: &Hash,
+        tail: &[Recorded],
+    ) -> Result<()> {
+        let from = self.dir.join(ACTIVE);
+        if active.is_none() && !from.exists() {
             return Ok(());
         }
         let to = self
             .dir
             .join(format!("{RETIRED_PREFIX}{}", version.to_hex()));
-        let from = self.dir.join(ACTIVE);
+        // The tail first, durably, in a file of its own on the version.
+        let next = match tail {
+            [] => None,
+            tail => Some(self.write_next(version, tail)?),
+        };
         std::fs::rename(&from, &to).map_err(BucketError::io(&from))?;
         *active = None;
+        if next.is_some() {
+            crate::crash_point::hit("journal-next-pending");
+            let path = self.dir.join(NEXT);
+            std::fs::rename(&path, &from).map_err(BucketError::io(&path))?;
+        }
         crate::durable::sync_dir(&self.dir).map_err(BucketError::io(&self.dir))?;
-        crate::crash_point::hit("journal-retired");
+        *active = next;
         Ok(())
+    }
+
+    /// `next`: a file on `version` holding `tail`, fdatasynced.
+    fn write_next(&self, version: &Hash, tail: &[Recorded]) -> Result<Active> {
+        let path = self.dir.join(NEXT);
+        let io = |e| BucketError::io(&path)(e);
+        let (mut bytes, epoch) = self.header(version)?;
+        let plain = postcard::to_stdvec(tail).map_err(format_error)?;
+        bytes.extend(self.frame(&self.aad(version, &epoch, 1), &plain)?);
+        let end = bytes.len() as u64;
+        bytes.extend_from_slice(&[0; 4]);
+        let file = self.new_active_file(&path).map_err(io)?;
+        file.write_all_at(&bytes, 0)
+            .and_then(|()| file.sync_data())
+            .map_err(io)?;
+        crate::crash_point::hit("journal-next-written");
+        Ok(Active {
+            file,
+            base: *version,
+            epoch,
+            frames: 2,
+            end,
+        })
     }
 
     /// HEAD names a version holding every retired file's changes: keep
@@ -251,8 +422,9 @@ impl Journal {
 
     /// Remove everything (recovery put all of it into HEAD).
     pub(crate) fn clear(&self) -> Result<()> {
-        let mut active = self.lock();
-        *active = None;
+        let mut st = self.lock();
+        st.active = None;
+        st.cut = None;
         let path = self.dir.join(ACTIVE);
         // Its changes must never be read again: a spare is never read.
         if path.exists() {
@@ -283,6 +455,7 @@ impl Journal {
 
     /// Read back what the directory holds (for recovery).
     pub fn scan(&self) -> Result<Found> {
+        self.settle_next()?;
         let mut found = Found::default();
         for (path, version) in self.retired_files() {
             match version {
@@ -300,6 +473,23 @@ impl Journal {
         };
         found.active = self.read_active(&path, &bytes)?;
         Ok(found)
+    }
+
+    /// A `next` file a crash left (see the module docs): beside an active
+    /// file it copies the active file's end, so it goes; alone, it is the
+    /// active file.
+    fn settle_next(&self) -> Result<()> {
+        let next = self.dir.join(NEXT);
+        if !next.exists() {
+            return Ok(());
+        }
+        let active = self.dir.join(ACTIVE);
+        if active.exists() {
+            std::fs::remove_file(&next).map_err(BucketError::io(&next))?;
+        } else {
+            std::fs::rename(&next, &active).map_err(BucketError::io(&next))?;
+        }
+        crate::durable::sync_dir(&self.dir).map_err(BucketError::io(&self.dir))
     }
 
     /// The frames of an active file, up to the first that is cut short or
@@ -378,7 +568,7 @@ pub fn holds_changes(dir: &Path) -> bool {
         rd.flatten().any(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            name == ACTIVE || name.starts_with(RETIRED_PREFIX)
+            name == ACTIVE || name == NEXT || name.starts_with(RETIRED_PREFIX)
         })
     })
 }

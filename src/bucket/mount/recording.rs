@@ -94,7 +94,8 @@ impl JournalBatch {
 pub(crate) struct JournalCut {
     pub(super) journal: Arc<Journal>,
     base: Hash,
-    changes: Vec<Recorded>,
+    /// The version cut (the journal holds its unjournaled changes).
+    pub(super) version: Hash,
     bytes: u64,
     broken: bool,
 }
@@ -218,16 +219,21 @@ impl Mount {
         }
     }
 
-    /// A version's cut: it holds every change so far; the ones recorded
-    /// from now on apply to it (`version`, set once it is written).
-    pub(super) fn cut_journal(&mut self) -> Option<JournalCut> {
+    /// `version`'s cut: it holds every change so far; the ones recorded
+    /// from now on apply to it. Its changes no fsync journaled go to the
+    /// journal, which writes them ahead of the first fsync on `version`
+    /// that comes before the version is durable.
+    pub(super) fn cut_journal(&mut self, version: Hash) -> Option<JournalCut> {
         let rec = self.recording.as_mut()?;
+        let broken = std::mem::take(&mut rec.broken);
+        let untold = std::mem::take(&mut rec.changes);
+        rec.journal.mark_cut(rec.base, version, untold, !broken);
         Some(JournalCut {
             journal: rec.journal.clone(),
             base: rec.base,
-            changes: std::mem::take(&mut rec.changes),
+            version,
             bytes: std::mem::take(&mut rec.bytes),
-            broken: std::mem::take(&mut rec.broken),
+            broken,
         })
     }
 
@@ -243,7 +249,8 @@ impl Mount {
     pub(super) fn uncut_journal(&mut self, cut: JournalCut) {
         if let Some(rec) = &mut self.recording {
             rec.base = cut.base;
-            let later = std::mem::replace(&mut rec.changes, cut.changes);
+            let untold = cut.journal.unmark_cut(&cut.version).unwrap_or_default();
+            let later = std::mem::replace(&mut rec.changes, untold);
             rec.changes.extend(later);
             rec.bytes += cut.bytes;
             rec.broken |= cut.broken;

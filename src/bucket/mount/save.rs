@@ -46,6 +46,16 @@ impl PreparedVersion {
         self.saved
     }
 
+    /// Something else became the base meanwhile (never expected: merges
+    /// wait for commits): the version stays unnamed, and its cut of the
+    /// journal ends so no fsync waits for it.
+    pub fn abandon(self) -> Saved {
+        if let Some(cut) = &self.cut {
+            let _ = cut.journal.unmark_cut(&cut.version);
+        }
+        self.saved
+    }
+
     /// Make HEAD name this version: the journal's changes are marked as
     /// held by it first (see `bucket::journal`). Only once the store is
     /// synced, and while nothing else may write HEAD (the caller holds off
@@ -112,7 +122,7 @@ impl Mount {
                 used_bytes: manifest.body.used_bytes,
             },
             core: self.core.clone(),
-            cut: self.cut_journal(),
+            cut: self.cut_journal(hash),
         };
         self.journal_rebase(hash);
         let named = self
@@ -149,7 +159,7 @@ impl Mount {
             return Ok(None);
         }
         let (manifest, hash) = self.write_manifest(None)?;
-        let cut = self.cut_journal();
+        let cut = self.cut_journal(hash);
         self.journal_rebase(hash);
         self.take_as_base(manifest, hash);
         Ok(Some(PreparedVersion {
