@@ -62,6 +62,25 @@ fn assert_killed_at(out: &Output, point: &str) {
     );
 }
 
+/// After a crash at `point`, the next writable mount recovers the journal
+/// and writes `/next`; the bucket verifies, and every file of `want` (and
+/// `/next`) reads back as it was written.
+fn recovered_holds(dir: &Path, id: &str, point: &str, want: &[(&str, &[u8])]) {
+    let next = content(9, 70_000);
+    ok(
+        bucket(dir, &["put", id, "/next", "--journal"], &next, None),
+        "put /next after the crash",
+    );
+    ok(
+        bucket(dir, &["verify", id], b"", None),
+        "verify after recovery",
+    );
+    for &(path, bytes) in want.iter().chain([("/next", next.as_slice())].iter()) {
+        let got = bucket(dir, &["cat", id, path], b"", None);
+        assert_eq!(ok(got, path), bytes, "{point}: {path} after recovery");
+    }
+}
+
 /// A new bucket (64 KiB chunks) in a new state dir, with `/first` saved.
 fn bucket_with_first(dir: &Path) -> (String, Vec<u8>) {
     jax_csi::crypto::Kek::generate()
@@ -97,25 +116,8 @@ fn a_journaled_write_killed_at_any_step_loses_nothing_acknowledged() {
             Some(point),
         );
         assert_killed_at(&out, point);
-        // The next writable mount recovers the journal, then writes.
-        let third = content(3, 70_000);
-        ok(
-            bucket(
-                dir.path(),
-                &["put", &id, "/third", "--journal"],
-                &third,
-                None,
-            ),
-            "put /third after the crash",
-        );
-        ok(
-            bucket(dir.path(), &["verify", &id], b"", None),
-            "verify after recovery",
-        );
-        for (path, want) in [("/first", &first), ("/second", &second), ("/third", &third)] {
-            let got = bucket(dir.path(), &["cat", &id, path], b"", None);
-            assert_eq!(&ok(got, path), want, "{point}: {path} after recovery");
-        }
+        let want = [("/first", first.as_slice()), ("/second", &second)];
+        recovered_holds(dir.path(), &id, point, &want);
     }
 }
 
@@ -151,31 +153,13 @@ fn an_fsync_during_a_commit_killed_at_any_step_loses_nothing_acknowledged() {
             Some(point),
         );
         assert_killed_at(&out, point);
-        // The next writable mount recovers the journal, then writes.
-        let fifth = content(5, 70_000);
-        ok(
-            bucket(
-                dir.path(),
-                &["put", &id, "/fifth", "--journal"],
-                &fifth,
-                None,
-            ),
-            "put /fifth after the crash",
-        );
-        ok(
-            bucket(dir.path(), &["verify", &id], b"", None),
-            "verify after recovery",
-        );
-        for (path, want) in [
-            ("/first", &first),
+        let want = [
+            ("/first", first.as_slice()),
             ("/second", &second),
             ("/third", &third),
             ("/fourth", &third),
-            ("/fifth", &fifth),
-        ] {
-            let got = bucket(dir.path(), &["cat", &id, path], b"", None);
-            assert_eq!(&ok(got, path), want, "{point}: {path} after recovery");
-        }
+        ];
+        recovered_holds(dir.path(), &id, point, &want);
     }
     // Not killed: the version is named, and the fsync after its cut is in
     // the journal on it, replayed at the next mount.

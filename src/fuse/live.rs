@@ -474,6 +474,20 @@ mod tests {
     use super::*;
     use crate::bucket::{test_bucket, BucketOptions, ROOT_INO};
 
+    /// A new file `name` in the root of `live`, holding `data`.
+    fn file_with(live: &LiveMount, name: &[u8], data: &[u8]) -> crate::bucket::Ino {
+        let mut m = live.lock();
+        let f = m.create(ROOT_INO, name, 0o644, 0, 0).unwrap().ino;
+        m.write(f, 0, data).unwrap();
+        f
+    }
+
+    /// A commit of `live`, run on a thread of its own.
+    fn commit_in_a_thread(live: &LiveMount) -> std::thread::JoinHandle<Result<Saved, BucketError>> {
+        let live = live.clone();
+        std::thread::spawn(move || live.commit_now())
+    }
+
     /// An fsync while a commit waits for the store does not wait for the
     /// commit: the journal takes the change on the version being made
     /// durable, and a mount after a crash (no shutdown) has it.
@@ -482,18 +496,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bucket = test_bucket(dir.path(), BucketOptions::default().chunk_size);
         let live = LiveMount::new(bucket.mount_journaled().unwrap(), Duration::from_secs(3600));
-        let f = {
-            let mut m = live.lock();
-            let f = m.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap().ino;
-            m.write(f, 0, b"before the cut").unwrap();
-            f
-        };
+        let f = file_with(&live, b"f", b"before the cut");
         let store = live.lock().blob_store();
         let held = store.hold_syncs();
-        let committer = {
-            let live = live.clone();
-            std::thread::spawn(move || live.commit_now())
-        };
+        let committer = commit_in_a_thread(&live);
         let deadline = Instant::now() + Duration::from_secs(10);
         while live.lock().has_unsaved_changes() {
             assert!(
@@ -502,12 +508,7 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(1));
         }
-        let g = {
-            let mut m = live.lock();
-            let g = m.create(ROOT_INO, b"g", 0o644, 0, 0).unwrap().ino;
-            m.write(g, 0, b"after the cut").unwrap();
-            g
-        };
+        let g = file_with(&live, b"g", b"after the cut");
         let (tx, rx) = std::sync::mpsc::channel();
         let syncer = {
             let live = live.clone();
@@ -540,18 +541,10 @@ mod tests {
         let bucket = test_bucket(dir.path(), BucketOptions::default().chunk_size);
         let before = bucket.head().unwrap();
         let live = LiveMount::new(bucket.mount().unwrap(), Duration::from_secs(3600));
-        let f = {
-            let mut m = live.lock();
-            let f = m.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap().ino;
-            m.write(f, 0, b"data").unwrap();
-            f
-        };
+        let f = file_with(&live, b"f", b"data");
         let store = live.lock().blob_store();
         let held = store.hold_syncs();
-        let committer = {
-            let live = live.clone();
-            std::thread::spawn(move || live.commit_now())
-        };
+        let committer = commit_in_a_thread(&live);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let written = live

@@ -335,6 +335,8 @@ impl Journal {
         Ok(())
     }
 
+    /// Rename the active file for `version`, `tail` (its changes on the
+    /// version) moved first into the file that becomes the active one.
     fn retire_file(
         &self,
         active: &mut Option<Active>,
