@@ -91,7 +91,13 @@ pub struct Journal {
 struct State {
     active: Option<Active>,
     cut: Option<Cut>,
+    /// The last versions cut and then handed back (never durable): a
+    /// batch of changes on one of them, taken before, is refused.
+    abandoned: Vec<Hash>,
 }
+
+/// How many handed-back versions [`State::abandoned`] remembers.
+const ABANDONED_KEPT: usize = 8;
 
 /// A version cut from the recorded changes that is not durable and
 /// retired yet (see the module docs).
@@ -188,6 +194,10 @@ impl Journal {
             Some(cut) => cut.untold,
             None => None,
         };
+        if st.abandoned.len() >= ABANDONED_KEPT {
+            st.abandoned.remove(0);
+        }
+        st.abandoned.push(*version);
         drop(st);
         self.cut_settled.notify_all();
         given
@@ -224,7 +234,15 @@ impl Journal {
         {
             st = self.cut_settled.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        let State { active, cut } = &mut *st;
+        if st.abandoned.contains(base) {
+            // Never a file on a version that may not be durable: the
+            // caller writes a version instead.
+            return Err(BucketError::Integrity(format!(
+                "journal of bucket {}: changes on version {base}, which was not made durable",
+                self.core.id
+            )));
+        }
+        let State { active, cut, .. } = &mut *st;
         match cut.as_mut().filter(|c| c.version == *base) {
             Some(cut) => {
                 let mut batch = cut.untold.take().unwrap_or_default();

@@ -336,3 +336,34 @@ fn frames_sealed_before_a_rotation_replay_after_it() {
         "recovery sealed its version with the old secret"
     );
 }
+
+/// A batch of changes on a version that was cut and then handed back
+/// (its commit failed, so it may never be durable) is refused: no journal
+/// file names such a version as its base, and the fsync writes a version.
+#[test]
+fn changes_on_a_version_handed_back_are_not_journaled_on_it() {
+    use crate::bucket::Appended;
+    let dir = tempfile::tempdir().unwrap();
+    let b = test_bucket(dir.path(), 4096);
+    let mut m = journaled(&b);
+    let f = m.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap().ino;
+    m.write(f, 0, b"cut").unwrap();
+    let prepared = m.prepare_save().unwrap().expect("a change to save");
+    m.write(f, 3, b" after").unwrap();
+    // Taken on the cut version; the commit then fails before it is durable.
+    let batch = m.take_journal_batch();
+    m.unpublished(prepared, false);
+    assert!(matches!(batch.append(), Appended::Failed));
+    let jdir = find(&dir.path().join("buckets"), "journal").unwrap();
+    assert!(
+        !jdir.join("active").exists(),
+        "a journal file was started on a version that is not durable"
+    );
+    // What a failed append leads to: a version holds everything.
+    m.journal_breaks();
+    m.save().unwrap();
+    drop(m);
+    let mut again = journaled(&b);
+    let f = lookup(&mut again, ROOT_INO, "f");
+    assert_eq!(again.read(f, 0, 100).unwrap(), b"cut after");
+}
