@@ -238,9 +238,8 @@ impl super::Bucket {
     /// root's link table among them) and their chunks and patches. The
     /// directory nodes must be in the local store; chunks need not be.
     pub fn blobs_of(&self, version: &Hash) -> Result<HashSet<Hash>> {
-        let m = self.manifest(version)?;
         let mut out = HashSet::new();
-        let mut level = vec![self.root_dir(&m)?];
+        let mut level = vec![self.root_of(version)?];
         while let Some(dir) = level.pop() {
             if !out.insert(dir.hash()) {
                 continue;

@@ -840,8 +840,8 @@ async fn fetch_tree(
     let since = since.filter(|_| !with_chunks || inner.tree_complete(&bucket));
     let before = since.and_then(|v| b.root_of(&v).ok());
     // One level of directories at a time.
-    let m = b.manifest(&version).map_err(err)?;
-    let mut level: Vec<(DirRef, Option<DirRef>)> = vec![(b.root_dir(&m).map_err(err)?, before)];
+    let root = b.root_of(&version).map_err(err)?;
+    let mut level: Vec<(DirRef, Option<DirRef>)> = vec![(root, before)];
     let mut chunks = Vec::new();
     while !level.is_empty() {
         let mut need: Vec<Hash> = level
@@ -1294,9 +1294,8 @@ pub async fn complete(inner: &Inner, bucket: BucketId) -> Result<usize, SyncErro
     let b = inner.open(&bucket)?;
     let err = |source| SyncError::Bucket { bucket, source };
     let head = b.head().map_err(err)?;
-    let m = b.manifest(&head).map_err(err)?;
     let store = inner.state.store().clone();
-    let mut level = vec![b.root_dir(&m).map_err(err)?];
+    let mut level = vec![b.root_of(&head).map_err(err)?];
     let mut chunks = Vec::new();
     while !level.is_empty() {
         let need: Vec<Hash> = level

@@ -255,16 +255,33 @@ impl Journal {
         }
     }
 
-    /// One frame of `changes` on `base`, written and fdatasynced (the file
-    /// started if there is none).
+    /// One frame of `changes` on `base` appended to the active file and
+    /// fdatasynced (the file started if there is none).
     fn write_frame(
         &self,
         active: &mut Option<Active>,
         base: &Hash,
         changes: &[Recorded],
     ) -> Result<()> {
-        let path = self.dir.join(ACTIVE);
-        let io = |e| BucketError::io(&path)(e);
+        let created = self.write_frame_at(&self.dir.join(ACTIVE), active, base, changes)?;
+        crate::crash_point::hit("journal-appended");
+        if created {
+            crate::durable::sync_dir(&self.dir).map_err(BucketError::io(&self.dir))?;
+        }
+        Ok(())
+    }
+
+    /// One frame of `changes` on `base` written to `active`, the file at
+    /// `path` (started on `base` if there is none), and fdatasynced;
+    /// whether the file was started.
+    fn write_frame_at(
+        &self,
+        path: &Path,
+        active: &mut Option<Active>,
+        base: &Hash,
+        changes: &[Recorded],
+    ) -> Result<bool> {
+        let io = |e| BucketError::io(path)(e);
         if active.as_ref().is_some_and(|a| a.base != *base) {
             return Err(BucketError::Integrity(format!(
                 "journal of bucket {}: changes on {base} while the active file holds changes on {}",
@@ -275,10 +292,13 @@ impl Journal {
         let created = active.is_none();
         let mut bytes = Vec::new();
         if created {
-            let (header, epoch) = self.header(base)?;
-            bytes.extend(header);
+            let mut epoch = [0u8; 16];
+            crate::crypto::random_bytes(&mut epoch)?;
+            let header =
+                postcard::to_stdvec(&Header { base: *base, epoch }).map_err(format_error)?;
+            bytes.extend(self.frame(&self.header_aad(), &header)?);
             *active = Some(Active {
-                file: self.new_active_file(&path).map_err(io)?,
+                file: self.new_active_file(path).map_err(io)?,
                 base: *base,
                 epoch,
                 frames: 1,
@@ -303,19 +323,7 @@ impl Journal {
         }
         a.frames += 1;
         a.end += frame_len;
-        crate::crash_point::hit("journal-appended");
-        if created {
-            crate::durable::sync_dir(&self.dir).map_err(BucketError::io(&self.dir))?;
-        }
-        Ok(())
-    }
-
-    /// A new file's header frame on `base`, and the file's fresh epoch.
-    fn header(&self, base: &Hash) -> Result<(Vec<u8>, [u8; 16])> {
-        let mut epoch = [0u8; 16];
-        crate::crypto::random_bytes(&mut epoch)?;
-        let header = postcard::to_stdvec(&Header { base: *base, epoch }).map_err(format_error)?;
-        Ok((self.frame(&self.header_aad(), &header)?, epoch))
+        Ok(created)
     }
 
     /// The file a new active file is written in: the spare, renamed (its
@@ -385,27 +393,13 @@ impl Journal {
         Ok(())
     }
 
-    /// `next`: a file on `version` holding `tail`, fdatasynced.
+    /// `next`: a file on `version` holding `tail`, fdatasynced (its
+    /// directory entry is made durable by the retire's directory sync).
     fn write_next(&self, version: &Hash, tail: &[Recorded]) -> Result<Active> {
-        let path = self.dir.join(NEXT);
-        let io = |e| BucketError::io(&path)(e);
-        let (mut bytes, epoch) = self.header(version)?;
-        let plain = postcard::to_stdvec(tail).map_err(format_error)?;
-        bytes.extend(self.frame(&self.aad(version, &epoch, 1), &plain)?);
-        let end = bytes.len() as u64;
-        bytes.extend_from_slice(&[0; 4]);
-        let file = self.new_active_file(&path).map_err(io)?;
-        file.write_all_at(&bytes, 0)
-            .and_then(|()| file.sync_data())
-            .map_err(io)?;
+        let mut next = None;
+        self.write_frame_at(&self.dir.join(NEXT), &mut next, version, tail)?;
         crate::crash_point::hit("journal-next-written");
-        Ok(Active {
-            file,
-            base: *version,
-            epoch,
-            frames: 2,
-            end,
-        })
+        Ok(next.expect("started by the write"))
     }
 
     /// HEAD names a version holding every retired file's changes: keep
