@@ -9,7 +9,7 @@
 #
 # Volumes: `replicas: 1` (only copy here), `replicas: 2` (a blind copy on
 # node-1 follows in the background) and `replicas: 2, syncReplicas: 1` (each
-# fsync waits until node-1 holds its version).
+# fsync waits until node-1 holds a copy of its journal frame).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --bin jax-csi

@@ -1273,6 +1273,64 @@ async fn an_fsync_waits_for_its_replica_or_fails() {
     assert!(text.ends_with("three\n"), "{text:?}");
 }
 
+/// #28: with `syncReplicas: 1` what an fsync acknowledged is on the
+/// replica before the fsync returns (a copy of the journal frame, not a
+/// version), and survives the writer: killed at once, its state dir
+/// deleted, before the version that holds the line can reach the replica.
+/// The third node stages the volume from the blind replica and replays
+/// the copy: every acknowledged line is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_fsync_its_replica_confirmed_survives_the_writer() {
+    let mut n = Nodes::start_full(3, |_| {}, &["--replica-timeout-secs", "15"]).await;
+    let id = n
+        .create_with(
+            "confirmed",
+            None,
+            &[("replicas", "2"), ("syncReplicas", "1")],
+            &Secrets::new(),
+        )
+        .await;
+    let a = n.publish(0, &id).await;
+    wait_for("a replica assigned", || !assigned(&n, &id).is_empty());
+    let r = assigned(&n, &id)[0];
+    let c = (1..3).find(|i| *i != r).unwrap();
+    let log = a.join("log");
+    append_synced(&log, "one\n").expect("an fsync the replica confirmed");
+    n.wait_reported(0, &id);
+    wait_for("the replica at the writer's head", || {
+        let want = reported_head(&n, 0, &id);
+        !want.is_empty() && reported_head(&n, r, &id) == want
+    });
+
+    // Acknowledged: the replica holds a copy of the journal frame.
+    let copies = n.c.node_state(&name(r)).join("journal-copies").join(&id);
+    let started = Instant::now();
+    append_synced(&log, "two\n").expect("an fsync the replica confirmed");
+    let confirmed_in = started.elapsed();
+    n.kill(0);
+    let held: Vec<_> = fs::read_dir(&copies)
+        .expect("the replica keeps journal copies")
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .collect();
+    assert!(
+        held.len() == 1 && held[0] > 0,
+        "one copy of the writer's journal file: {held:?}"
+    );
+    fs::remove_dir_all(n.c.node_state(&name(0))).unwrap();
+
+    let moved = n.publish(c, &id).await;
+    assert_eq!(
+        fs::read_to_string(moved.join("log")).unwrap(),
+        "one\ntwo\n",
+        "every acknowledged line (the last confirmed in {confirmed_in:?})"
+    );
+    assert!(
+        n.log(c)
+            .contains("replayed a replica's copy of a node's journal"),
+        "the stager replayed the replica's copy"
+    );
+}
+
 /// #28: `syncReplicas` changes through ControllerModifyVolume on a mount
 /// that runs: raised, an fsync waits for the replica (EIO when it is cut
 /// off); lowered again, fsyncs are durable on the node alone.

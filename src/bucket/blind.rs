@@ -154,6 +154,9 @@ impl StateDir {
     pub fn remove_blind(&self, id: &BucketId) -> Result<()> {
         let dir = self.blind_dir(id);
         forget_live(&dir);
+        if !self.has_bucket(id) {
+            crate::bucket::journal::copies::remove(self.root(), id);
+        }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -785,6 +785,9 @@ impl StateDir {
     pub fn remove_bucket(&self, id: &BucketId) -> Result<()> {
         let dir = self.bucket_dir(id);
         blob_index::forget(&dir);
+        if !self.has_blind(id) {
+            journal::copies::remove(&self.root, id);
+        }
         self.forget_genesis(id)?;
         epochs::forget(&dir)?;
         match std::fs::remove_dir_all(&dir) {

@@ -72,7 +72,7 @@ struct Shared {
     on_commit: Mutex<Option<CommitHook>>,
     /// The hook, and when it last ran.
     on_quota: Mutex<(Option<QuotaHook>, Option<Instant>)>,
-    /// `syncReplicas`: what an fsync waits for after its version.
+    /// `syncReplicas`: what an fsync waits for after its append (or version).
     replica_wait: Mutex<Option<ReplicaWait>>,
     /// Resumed after the previous process crashed: writes it had answered
     /// but not made durable are gone, and the kernel does not know. The
@@ -82,8 +82,18 @@ struct Shared {
     debounce: Duration,
 }
 
-/// Waits until enough other replicas hold a version (or says why not).
-pub type ReplicaWait = Arc<dyn Fn(&crate::store::Hash) -> Result<(), String> + Send + Sync>;
+/// What an fsync made durable here, for other replicas to hold too.
+pub enum Durable<'a> {
+    /// A version (the journal could not take the changes).
+    Version(&'a crate::store::Hash),
+    /// Frames appended to the journal: replicas keep a copy of the
+    /// active file up to its end.
+    Journal(&'a Arc<crate::bucket::journal::Journal>),
+}
+
+/// Waits until enough other replicas hold what an fsync made durable (or
+/// says why not).
+pub type ReplicaWait = Arc<dyn Fn(Durable<'_>) -> Result<(), String> + Send + Sync>;
 
 /// A bucket Mount behind a lock, committed in the background by the
 /// process's shared committer pool.
@@ -229,39 +239,53 @@ impl LiveMount {
         // Taken out of the lock: a change of `syncReplicas` does not wait
         // for an fsync that waits for its replicas.
         let wait = self.shared.replica_wait.lock().unwrap().clone();
-        if let Some(wait) = wait {
-            // `syncReplicas`: replicas confirm versions, so the fsync makes
-            // one now (no journal) and returns once they hold it.
-            let saved = commit(&self.shared)?;
-            return wait(&saved.hash).map_err(|why| {
-                tracing::error!(version = %saved.hash, why, "fsync failed: the replicas it waits for did not confirm");
-                BucketError::Unavailable(format!("fsync: {why}"))
-            });
-        }
         // Not the commit lock: a version being made durable meanwhile does
         // not hold the fsync up (the journal takes changes on it, see
         // `bucket::journal`); only the cut waits for an append in flight.
         let in_order = self.shared.lock_journal_order();
-        let batch = self.lock().take_journal_batch();
+        let (batch, journal) = {
+            let mut m = self.lock();
+            (m.take_journal_batch(), m.journal())
+        };
         // The append runs without the Mount: readers and writers go on.
         let appended = batch.append();
         drop(in_order);
-        match appended {
-            Appended::Nothing => Ok(()),
-            Appended::Done => {
-                self.version_soon();
-                Ok(())
+        let version = match appended {
+            Appended::Nothing | Appended::Done => {
+                if matches!(appended, Appended::Done) {
+                    self.version_soon();
+                }
+                None
             }
-            Appended::NeedsVersion => commit(&self.shared).map(drop),
+            Appended::NeedsVersion => Some(commit(&self.shared)?),
             Appended::Failed => {
                 // The changes are still in the Mount: a version holds them.
                 self.lock().journal_breaks();
-                commit(&self.shared).map(drop)
+                Some(commit(&self.shared)?)
             }
-        }
+        };
+        let Some(wait) = wait else {
+            return Ok(());
+        };
+        // `syncReplicas`: the fsync returns once enough replicas hold
+        // what it made durable: the journal's frames (the usual case; an
+        // fsync with nothing new still waits for the frames an earlier
+        // one appended), or the version.
+        let what = match (&version, &journal) {
+            (Some(saved), _) => Durable::Version(&saved.hash),
+            (None, Some(journal)) => Durable::Journal(journal),
+            (None, None) => return Ok(()),
+        };
+        wait(what).map_err(|why| {
+            tracing::error!(
+                why,
+                "fsync failed: the replicas it waits for did not confirm"
+            );
+            BucketError::Unavailable(format!("fsync: {why}"))
+        })
     }
 
-    /// Make every fsync wait, after a version, for `wait` (`syncReplicas`);
+    /// Make every fsync wait, once durable here, for `wait` (`syncReplicas`);
     /// `None`: fsyncs are durable here alone again.
     pub fn set_replica_wait(&self, wait: Option<ReplicaWait>) {
         *self.shared.replica_wait.lock().unwrap() = wait;

@@ -255,9 +255,11 @@ pub struct MountManager {
     kubelet_dir: Option<PathBuf>,
 }
 
-/// Waits until `n` other replicas of a volume hold a version (or says why
-/// not): what an fsync of a volume with `syncReplicas` does after its version.
-pub type ReplicaWaiter = Arc<dyn Fn(&BucketId, &Hash, u32) -> Result<(), String> + Send + Sync>;
+/// Waits until `n` other replicas of a volume hold what an fsync made
+/// durable (its journal frames, or a version), or says why not: what an
+/// fsync of a volume with `syncReplicas` does before it returns.
+pub type ReplicaWaiter =
+    Arc<dyn Fn(&BucketId, crate::fuse::live::Durable<'_>, u32) -> Result<(), String> + Send + Sync>;
 
 /// Gives a mount of a bucket the fetcher of chunks this node lacks.
 pub type RemoteProvider =
@@ -577,8 +579,8 @@ impl MountManager {
         Ok(live)
     }
 
-    /// What an fsync of `volume` mounted with `options` waits for after
-    /// its version (`syncReplicas`), if anything.
+    /// What an fsync of `volume` mounted with `options` waits for before
+    /// it returns (`syncReplicas`), if anything.
     fn replica_wait(
         &self,
         volume: &BucketId,
@@ -594,7 +596,7 @@ impl MountManager {
             ));
         };
         let volume = *volume;
-        Ok(Some(Arc::new(move |version| waiter(&volume, version, k))))
+        Ok(Some(Arc::new(move |what| waiter(&volume, what, k))))
     }
 
     /// Change how many other replicas an fsync of `volume` waits for

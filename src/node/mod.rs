@@ -180,12 +180,23 @@ impl NodeAgent {
         }
         {
             // `syncReplicas`: a FUSE worker (not a runtime thread) waits.
+            use crate::fuse::live::Durable;
             let s = sync.clone();
             let rt = tokio::runtime::Handle::current();
-            manager.set_replica_waiter(Arc::new(move |volume, version, k| {
-                rt.block_on(s.wait_held(*volume, *version, k as usize, SYNC_REPLICA_TIMEOUT))
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+            manager.set_replica_waiter(Arc::new(move |volume, what, k| {
+                let (k, volume) = (k as usize, *volume);
+                let waited = match what {
+                    Durable::Version(version) => {
+                        rt.block_on(s.wait_held(volume, *version, k, SYNC_REPLICA_TIMEOUT))
+                    }
+                    Durable::Journal(journal) => rt.block_on(s.wait_journal_held(
+                        volume,
+                        journal.clone(),
+                        k,
+                        SYNC_REPLICA_TIMEOUT,
+                    )),
+                };
+                waited.map(drop).map_err(|e| e.to_string())
             }));
         }
         let registration = crate::db::NodeSync {

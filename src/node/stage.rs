@@ -47,6 +47,11 @@ impl NodeAgent {
     ) -> Result<(), NodeError> {
         let id = parse_id(&vol.id)?;
         if self.state.has_bucket(&id) {
+            if self.manager.get_live_mount(&id).is_none() {
+                // A writer lost since may have left fsyncs only its
+                // replicas' journal copies hold (`syncReplicas`).
+                self.sync.replay_journal_copies(id, false).await;
+            }
             return Ok(());
         }
         // A head reported, or a first version recorded (its holders may
@@ -79,6 +84,10 @@ impl NodeAgent {
                         vol.id
                     ))
                 })?;
+            // The fsyncs a lost writer made durable only on its replicas
+            // (`syncReplicas`), this node's own included when its state
+            // dir was lost.
+            self.sync.replay_journal_copies(id, true).await;
             let sync = self.sync.clone();
             tokio::spawn(async move {
                 match sync.complete(id).await {

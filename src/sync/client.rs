@@ -67,7 +67,11 @@ pub(super) async fn connection(inner: &Inner, peer: &NodeId) -> Result<Connectio
 }
 
 /// Send `req` on a new stream; the answer's stream.
-async fn request(inner: &Inner, peer: &NodeId, req: &Request) -> Result<RecvStream, SyncError> {
+pub(super) async fn request(
+    inner: &Inner,
+    peer: &NodeId,
+    req: &Request,
+) -> Result<RecvStream, SyncError> {
     let conn = connection(inner, peer).await?;
     let (mut send, recv) = match conn.open_bi().await {
         Ok(s) => s,
@@ -286,7 +290,7 @@ async fn get_blobs_from(
 }
 
 /// The proof key of `bucket`: from the local bucket, or from `secret`.
-fn proof_key(
+pub(super) fn proof_key(
     inner: &Inner,
     bucket: &BucketId,
     secret: Option<&SecretKey>,
@@ -899,7 +903,7 @@ pub async fn pull(
 /// [`pull`], with the chunks the new tree names only when `with_chunks`
 /// (a first stage merging in another peer's head leaves them to reads and
 /// the background `complete`, so the pod starts at once).
-async fn pull_with(
+pub(super) async fn pull_with(
     inner: &Arc<Inner>,
     bucket: BucketId,
     head: Hash,

@@ -35,6 +35,7 @@ mod announcements;
 mod client;
 #[doc(hidden)]
 pub mod hostile;
+mod journal_copies;
 pub mod on_disk;
 pub mod proto;
 mod pulls;
@@ -86,6 +87,14 @@ pub enum SyncError {
     ReplicasBehind {
         bucket: BucketId,
         version: Hash,
+        held: usize,
+        wanted: usize,
+        secs: u64,
+    },
+    /// Fewer replicas than asked confirmed an fsync's journal frames in time.
+    #[error("bucket {bucket}: {held} of the {wanted} other replicas asked for hold the fsync's journal frames after {secs} s")]
+    JournalNotHeld {
+        bucket: BucketId,
         held: usize,
         wanted: usize,
         secs: u64,
@@ -186,6 +195,8 @@ struct Inner {
     pull_queue: pulls::PullQueue,
     /// Heads this node held lately, per bucket (named in history requests).
     recent: pulls::RecentHeads,
+    /// How far each peer's copy of each journal goes (`syncReplicas`).
+    journal_shipped: journal_copies::Shipped,
     /// Buckets whose head's tree was last seen with every chunk here: a
     /// pull then walks only what changed since the local head (see
     /// `client::fetch_tree`). Not known after a start, until a full walk.
@@ -245,6 +256,7 @@ impl SyncEngine {
             pulls: Mutex::new(HashMap::new()),
             pull_queue: Default::default(),
             recent: Default::default(),
+            journal_shipped: Default::default(),
             complete_trees: Mutex::new(HashSet::new()),
             announce_queue: Default::default(),
             rebuild_rate: cfg.rebuild_bytes_per_sec.filter(|r| *r > 0),
@@ -470,6 +482,26 @@ impl SyncEngine {
         timeout: Duration,
     ) -> Result<usize, SyncError> {
         client::wait_held(&self.inner, bucket, version, k, timeout).await
+    }
+
+    /// Wait until `k` other replicas hold a copy of `journal`'s active
+    /// file to its end (`syncReplicas` on an fsync the journal took).
+    pub async fn wait_journal_held(
+        &self,
+        bucket: BucketId,
+        journal: Arc<crate::bucket::journal::Journal>,
+        k: usize,
+        timeout: Duration,
+    ) -> Result<usize, SyncError> {
+        journal_copies::wait_journal_held(&self.inner, bucket, journal, k, timeout).await
+    }
+
+    /// Replay the journal copies of `bucket` held here and by its peers
+    /// (a writer may have been lost with fsyncs only they hold); how many
+    /// added changes. `own_too`: this node's own journal copies too (its
+    /// state dir was lost).
+    pub async fn replay_journal_copies(&self, bucket: BucketId, own_too: bool) -> usize {
+        journal_copies::replay_gathered(&self.inner, bucket, own_too).await
     }
 
     /// Pull `head` of `bucket` now (what an announcement or anti-entropy does).

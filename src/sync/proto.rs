@@ -96,6 +96,25 @@ pub enum Request {
     /// after a rotation needs to open it. Added with rotations: a node
     /// from before them drops the stream.
     Keyring { bucket: BucketId, proof: Proof },
+    /// Keep these bytes of my active journal file (`syncReplicas`: my
+    /// fsync returns once enough replicas hold its frames), written at
+    /// `offset` of your copy and made durable before you answer
+    /// [`Response::JournalHeld`]. Refused while `file`'s base version is
+    /// not held here (it is fetched meanwhile): the copy is replayed on
+    /// it. At most [`MAX_COPY_BYTES`]. Added with journal copies: a node
+    /// from before them drops the stream.
+    JournalCopy {
+        bucket: BucketId,
+        proof: Proof,
+        file: crate::bucket::journal::FileId,
+        offset: u64,
+        #[serde(with = "crate::bucket::journal::serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Send every journal copy you hold of `bucket` (what a node staging
+    /// it replays: the writer may be gone). Answered by `Noted`, then a
+    /// [`CopyFrame`] and its bytes per copy, until the stream ends.
+    JournalCopies { bucket: BucketId, proof: Proof },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,7 +129,25 @@ pub enum Response {
     Refused { reason: String },
     /// The bucket's key ring, sealed to the requester's identity.
     Keyring { share: crate::crypto::KeyShare },
+    /// The copy of `file` here holds its first `have` bytes, durably.
+    JournalHeld {
+        file: crate::bucket::journal::FileId,
+        have: u64,
+    },
 }
+
+/// What precedes each copy in a [`Request::JournalCopies`] answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyFrame {
+    pub writer: crate::crypto::NodeId,
+    pub file: crate::bucket::journal::FileId,
+    pub len: u32,
+}
+
+/// Bytes one [`Request::JournalCopy`] carries at most (within [`MAX_MESSAGE`]).
+pub const MAX_COPY_BYTES: usize = 768 << 10;
+/// The largest journal copy a peer may send.
+pub const MAX_COPY: usize = 512 << 20;
 
 /// What precedes each blob in a [`Request::GetBlobs`] answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,12 +12,14 @@ use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 
 use super::proto::{
-    BlobFrame, Proof, Request, Response, MAX_BLOBS_PER_REQUEST, MAX_BUCKETS_PER_REQUEST,
-    MAX_BUNDLE_TREE_BLOBS, MAX_BUNDLE_TREE_BYTES, MAX_HAVE, MAX_HISTORY, MAX_HISTORY_BYTES,
+    BlobFrame, CopyFrame, Proof, Request, Response, MAX_BLOBS_PER_REQUEST, MAX_BUCKETS_PER_REQUEST,
+    MAX_BUNDLE_TREE_BLOBS, MAX_BUNDLE_TREE_BYTES, MAX_COPY, MAX_COPY_BYTES, MAX_HAVE, MAX_HISTORY,
+    MAX_HISTORY_BYTES,
 };
 use super::wire::{read_msg, write_msg};
 use super::Inner;
 use crate::bucket::blind::BlindReplica;
+use crate::bucket::journal::FileId;
 use crate::bucket::{Bucket, BucketId, DirRef};
 use crate::crypto::NodeId;
 use crate::store::Hash;
@@ -250,6 +252,49 @@ fn blob_set(
         .iter()
         .map(|h| Ok((*h, store.get(h).map_err(|e| e.to_string())?)))
         .collect()
+}
+
+/// Keep `bytes` of `writer`'s journal `file` (see [`Request::JournalCopy`]),
+/// once `file`'s base version is held here (fetched first, if not).
+async fn keep_journal_copy(
+    inner: &Arc<Inner>,
+    writer: NodeId,
+    bucket: BucketId,
+    held: Held,
+    file: FileId,
+    offset: u64,
+    bytes: Vec<u8>,
+) -> Result<Response, String> {
+    if bytes.len() > MAX_COPY_BYTES || offset.saturating_add(bytes.len() as u64) > MAX_COPY as u64 {
+        return Err("journal copy over the size limit".into());
+    }
+    let keyed = matches!(held, Held::Keyed(_));
+    let base = file.base;
+    let has_base = tokio::task::spawn_blocking(move || held.served().map(|s| s.contains(&base)))
+        .await
+        .map_err(|e| e.to_string())??;
+    if !has_base {
+        // The writer announced it; this makes sure it comes.
+        if keyed {
+            super::pulls::want(inner, bucket, base, Some(writer));
+        } else {
+            inner.blind_announced(bucket, base);
+        }
+        return Err(format!(
+            "version {base} (the journal's base) is not held here yet"
+        ));
+    }
+    let root = inner.state.root().to_path_buf();
+    let have = tokio::task::spawn_blocking(move || {
+        crate::bucket::journal::copies::write(&root, &bucket, &writer, &file, offset, &bytes)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| {
+        tracing::warn!(%bucket, %writer, error = %e, "could not keep a journal copy");
+        format!("could not keep the journal copy: {e}")
+    })?;
+    Ok(Response::JournalHeld { file, have })
 }
 
 /// A blob the index lists for `bucket` is served unless it is another
@@ -633,6 +678,48 @@ async fn serve(
                             send_blob(&inner, &mut send, h, bytes).await?;
                         }
                     }
+                }
+            }
+        },
+        Request::JournalCopy {
+            bucket,
+            proof,
+            file,
+            offset,
+            bytes,
+        } => {
+            let answer = match proven(&inner, &peer, &bucket, &proof)
+                .and_then(|held| is_member(&inner, &peer, &bucket, &held).map(|()| held))
+            {
+                Err(why) => refuse(why),
+                Ok(held) => keep_journal_copy(&inner, peer, bucket, held, file, offset, bytes)
+                    .await
+                    .unwrap_or_else(refuse),
+            };
+            write_msg(&mut send, &answer)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Request::JournalCopies { bucket, proof } => match proven(&inner, &peer, &bucket, &proof) {
+            Err(why) => write_msg(&mut send, &refuse(why))
+                .await
+                .map_err(|e| e.to_string())?,
+            Ok(_) => {
+                let root = inner.state.root().to_path_buf();
+                let copies = tokio::task::spawn_blocking(move || {
+                    crate::bucket::journal::copies::read_all(&root, &bucket)
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                send_msg(&mut send, &Response::Noted).await?;
+                for copy in copies.iter().filter(|c| c.bytes.len() <= MAX_COPY) {
+                    let frame = CopyFrame {
+                        writer: copy.writer,
+                        file: copy.file,
+                        len: copy.bytes.len() as u32,
+                    };
+                    send_msg(&mut send, &frame).await?;
+                    write_within(&mut send, &copy.bytes).await?;
                 }
             }
         },

@@ -37,11 +37,13 @@
 //! has, so its fdatasync flushes the data alone (an append that grows a
 //! file also commits the file system's journal: two flushes, not one).
 
+pub mod copies;
 mod record;
 pub(crate) mod recover;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use record::bytes as serde_bytes;
 pub use record::{Change, Draws, Recorded};
 
 use std::fs::{File, OpenOptions};
@@ -133,6 +135,25 @@ struct Active {
     end: u64,
 }
 
+/// Which active file a copy of journal bytes belongs to: its base and
+/// epoch (a file reused for another base, or started afresh, is another).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileId {
+    pub base: Hash,
+    pub epoch: [u8; 16],
+}
+
+/// Bytes of the active file from `offset`, for a replica to keep a copy
+/// of (`syncReplicas`: an fsync returns once replicas hold its frame).
+#[derive(Debug)]
+pub struct CopiedBytes {
+    pub file: FileId,
+    pub offset: u64,
+    pub bytes: Vec<u8>,
+    /// Where the file's frames end (at most `offset + bytes.len()` is sent).
+    pub end: u64,
+}
+
 /// What a journal directory holds, read back.
 #[derive(Debug, Default)]
 pub struct Found {
@@ -153,6 +174,46 @@ impl Journal {
             state: Mutex::new(State::default()),
             cut_settled: Condvar::new(),
         })
+    }
+
+    /// The active file's bytes from `from` (or from its start, when `have`
+    /// names another file), at most `max` of them; `None`: no active
+    /// file (every fsynced change is in a durable version).
+    pub fn copy_since(
+        &self,
+        have: Option<(FileId, u64)>,
+        max: usize,
+    ) -> Result<Option<CopiedBytes>> {
+        let st = self.lock();
+        let Some(a) = &st.active else {
+            return Ok(None);
+        };
+        let file = FileId {
+            base: a.base,
+            epoch: a.epoch,
+        };
+        let offset = match have {
+            Some((id, at)) if id == file => at.min(a.end),
+            _ => 0,
+        };
+        let len = (a.end - offset).min(max as u64) as usize;
+        let mut bytes = vec![0; len];
+        let path = self.dir.join(ACTIVE);
+        std::fs::File::open(&path)
+            .and_then(|f| f.read_exact_at(&mut bytes, offset))
+            .map_err(BucketError::io(&path))?;
+        Ok(Some(CopiedBytes {
+            file,
+            offset,
+            bytes,
+            end: a.end,
+        }))
+    }
+
+    /// The base and changes of a copy of an active file (a replica's, of
+    /// another node's journal): read as recovery reads the file here.
+    pub fn read_copy(&self, bytes: &[u8]) -> Result<Option<(Hash, Vec<Recorded>)>> {
+        self.read_active(Path::new("<a replica's copy>"), bytes)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -185,7 +185,7 @@ pub struct Recorded {
 /// Byte strings as one length and the bytes (serde's default for a
 /// `Vec<u8>` is a sequence of single bytes: the same bytes with postcard,
 /// but one call per byte).
-mod bytes {
+pub(crate) mod bytes {
     use serde::{de, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {

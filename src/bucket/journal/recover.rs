@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 
-use super::Journal;
+use super::{Journal, Recorded};
 use crate::bucket::error::{BucketError, Result};
-use crate::bucket::{Bucket, ConflictFile, Mount};
+use crate::bucket::{Bucket, BucketCore, ConflictFile, Mount};
+use crate::store::Hash;
 
 impl Bucket {
     /// A read-write mount of the head that records its changes for the
@@ -29,36 +30,70 @@ impl Bucket {
             }
         }
         if let Some((base, changes)) = found.active.filter(|(_, c)| !c.is_empty()) {
-            let head = core.head()?;
-            let mut m = Mount::open(core.clone(), base, false).map_err(|e| {
-                BucketError::Integrity(format!(
-                    "the journal's changes apply to version {base}, which does not load ({e}); they stay in {}",
-                    journal.dir.display()
-                ))
-            })?;
-            let total = changes.len();
-            let mut skipped = 0usize;
-            for change in changes {
-                if let Err(e) = m.replay(change) {
-                    // Only a change to a file unlinked while open (alive
-                    // then, gone in a fresh mount) fails the second time.
-                    skipped += 1;
-                    tracing::debug!(bucket = %core.id, error = %e, "a journaled change does not apply again");
+            replay_on(core, base, changes).map_err(|e| match e {
+                BucketError::Integrity(why) => {
+                    BucketError::Integrity(format!("{why}; they stay in {}", journal.dir.display()))
                 }
-            }
-            let saved = if base == head {
-                m.save()?.hash
-            } else {
-                // HEAD moved without these changes (a peer's head taken
-                // in before this mount opened): merge them.
-                m.merge_from(&head, &ConflictFile)?;
-                m.base().hash
-            };
-            tracing::info!(bucket = %core.id, replayed = total - skipped, skipped, version = %saved, "journaled changes a crash left are in HEAD");
+                other => other,
+            })?;
         }
         journal.clear()?;
         let mut m = self.mount()?;
         m.attach_journal(journal);
         Ok(m)
     }
+
+    /// Put the changes of `bytes`, a replica's copy of another node's
+    /// journal (`syncReplicas`), into HEAD as recovery does with this
+    /// node's own; the version that holds them, or `None` when the copy
+    /// holds no change. Changes HEAD has already (the same edits) make
+    /// no conflict.
+    pub fn replay_journal_copy(&self, bytes: &[u8]) -> Result<Option<Hash>> {
+        let journal = Journal::open(self.core.clone())?;
+        let Some((base, changes)) = journal.read_copy(bytes)?.filter(|(_, c)| !c.is_empty()) else {
+            return Ok(None);
+        };
+        let me = self.core.identity.node_id();
+        if self.is_member_at(&base, &me)? {
+            return replay_on(&self.core, base, changes).map(Some);
+        }
+        // A version this node writes on `base` would not verify (it was
+        // no member then; it made itself one since, when it imported the
+        // bucket from a replica): the changes go on HEAD, which holds
+        // `base` and the share (the same tree, unless HEAD moved on).
+        let head = self.core.head()?;
+        tracing::info!(bucket = %self.core.id, %base, %head, "this node was no member at the copy's base: its changes are replayed on the head");
+        replay_on(&self.core, head, changes).map(Some)
+    }
+}
+
+/// Replay `changes` on `base` and save them, merged with HEAD if HEAD
+/// moved past `base` without them; the version that holds them.
+fn replay_on(core: &Arc<BucketCore>, base: Hash, changes: Vec<Recorded>) -> Result<Hash> {
+    let head = core.head()?;
+    let mut m = Mount::open(core.clone(), base, false).map_err(|e| {
+        BucketError::Integrity(format!(
+            "journaled changes apply to version {base}, which does not load ({e})"
+        ))
+    })?;
+    let total = changes.len();
+    let mut skipped = 0usize;
+    for change in changes {
+        if let Err(e) = m.replay(change) {
+            // Only a change to a file unlinked while open (alive
+            // then, gone in a fresh mount) fails the second time.
+            skipped += 1;
+            tracing::debug!(bucket = %core.id, error = %e, "a journaled change does not apply again");
+        }
+    }
+    let saved = if base == head {
+        m.save()?.hash
+    } else {
+        // HEAD moved without these changes (a peer's head taken
+        // in before this mount opened): merge them.
+        m.merge_from(&head, &ConflictFile)?;
+        m.base().hash
+    };
+    tracing::info!(bucket = %core.id, replayed = total - skipped, skipped, version = %saved, "journaled changes are in HEAD");
+    Ok(saved)
 }

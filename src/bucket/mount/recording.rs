@@ -113,6 +113,11 @@ impl Mount {
         });
     }
 
+    /// The journal this mount records into, if any.
+    pub fn journal(&self) -> Option<Arc<Journal>> {
+        self.recording.as_ref().map(|r| r.journal.clone())
+    }
+
     /// Whether changes are recorded for a journal.
     pub fn is_journaled(&self) -> bool {
         self.recording.is_some()
