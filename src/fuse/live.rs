@@ -21,6 +21,11 @@ pub const MAX_COMMIT_DELAY: Duration = Duration::from_secs(5);
 /// this soon (fsyncs that follow at once share it; peers see the write
 /// within about this plus a pull) ...
 pub const FSYNC_VERSION_DELAY: Duration = Duration::from_millis(2);
+/// With `syncReplicas`, the version follows an fsync this late instead: the
+/// first fsync on a new version waits until a replica holds that version
+/// (its journal copy is replayed on it), so a version after every fsync
+/// would make every other fsync wait for a version's replication.
+pub const FSYNC_VERSION_DELAY_REPLICATED: Duration = Duration::from_millis(100);
 /// ... unless versions come back to back: the next one starts no sooner
 /// than this many times the last one's cost after it ended, so versions
 /// take at most a fifth of the time of a volume under constant fsyncs (a
@@ -86,9 +91,12 @@ struct Shared {
 pub enum Durable<'a> {
     /// A version (the journal could not take the changes).
     Version(&'a crate::store::Hash),
-    /// Frames appended to the journal: replicas keep a copy of the
-    /// active file up to its end.
-    Journal(&'a Arc<crate::bucket::journal::Journal>),
+    /// Frames appended to the journal, up to `upto`: replicas keep a
+    /// copy of the file up to there.
+    Journal {
+        journal: &'a Arc<crate::bucket::journal::Journal>,
+        upto: crate::bucket::journal::Position,
+    },
 }
 
 /// Waits until enough other replicas hold what an fsync made durable (or
@@ -249,32 +257,42 @@ impl LiveMount {
         };
         // The append runs without the Mount: readers and writers go on.
         let appended = batch.append();
+        // Nothing new: an fsync that ran meanwhile appended these changes
+        // (under the same lock), up to where the file ends now.
+        let nothing_since = match (&appended, &journal) {
+            (Appended::Nothing, Some(j)) if wait.is_some() => j.position(),
+            _ => None,
+        };
         drop(in_order);
-        let version = match appended {
-            Appended::Nothing | Appended::Done => {
-                if matches!(appended, Appended::Done) {
-                    self.version_soon();
-                }
-                None
+        let (version, upto) = match appended {
+            Appended::Nothing => (None, nothing_since),
+            Appended::Done(at) => {
+                self.version_soon(wait.is_some());
+                (None, Some(at))
             }
-            Appended::NeedsVersion => Some(commit(&self.shared)?),
+            Appended::NeedsVersion => (Some(commit(&self.shared)?), None),
             Appended::Failed => {
                 // The changes are still in the Mount: a version holds them.
                 self.lock().journal_breaks();
-                Some(commit(&self.shared)?)
+                (Some(commit(&self.shared)?), None)
             }
         };
         let Some(wait) = wait else {
             return Ok(());
         };
         // `syncReplicas`: the fsync returns once enough replicas hold
-        // what it made durable: the journal's frames (the usual case; an
-        // fsync with nothing new still waits for the frames an earlier
-        // one appended), or the version.
-        let what = match (&version, &journal) {
-            (Some(saved), _) => Durable::Version(&saved.hash),
-            (None, Some(journal)) => Durable::Journal(journal),
-            (None, None) => return Ok(()),
+        // what it made durable: the journal's frames (the usual case), or
+        // the version.
+        let base;
+        let what = match (&version, &journal, upto) {
+            (Some(saved), _, _) => Durable::Version(&saved.hash),
+            (None, Some(journal), Some(upto)) => Durable::Journal { journal, upto },
+            // Every change is in a durable version already (perhaps by an
+            // fsync that ran meanwhile and whose replicas are not done).
+            _ => {
+                base = self.lock().base().hash;
+                Durable::Version(&base)
+            }
         };
         wait(what).map_err(|why| {
             tracing::error!(
@@ -291,8 +309,9 @@ impl LiveMount {
         *self.shared.replica_wait.lock().unwrap() = wait;
     }
 
-    /// Have the committer write a version soon (see [`FSYNC_VERSION_DELAY`]).
-    fn version_soon(&self) {
+    /// Have the committer write a version soon (see [`FSYNC_VERSION_DELAY`];
+    /// `replicated`: the mount's fsyncs wait for replicas).
+    fn version_soon(&self, replicated: bool) {
         let mut p = self.shared.pending.lock().unwrap();
         if p.stop {
             return;
@@ -301,9 +320,12 @@ impl LiveMount {
         let paced = p
             .last_done
             .map_or(now, |done| done + p.last_cost * VERSION_COST_FACTOR);
-        let at = paced
-            .max(now + FSYNC_VERSION_DELAY)
-            .min(now + FSYNC_VERSION_DELAY_MAX);
+        let delay = if replicated {
+            FSYNC_VERSION_DELAY_REPLICATED
+        } else {
+            FSYNC_VERSION_DELAY
+        };
+        let at = paced.max(now + delay).min(now + FSYNC_VERSION_DELAY_MAX);
         p.since.get_or_insert(now);
         p.last.get_or_insert(now);
         if p.soon.is_none_or(|s| s > at) {

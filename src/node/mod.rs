@@ -189,9 +189,10 @@ impl NodeAgent {
                     Durable::Version(version) => {
                         rt.block_on(s.wait_held(volume, *version, k, SYNC_REPLICA_TIMEOUT))
                     }
-                    Durable::Journal(journal) => rt.block_on(s.wait_journal_held(
+                    Durable::Journal { journal, upto } => rt.block_on(s.wait_journal_held(
                         volume,
                         journal.clone(),
+                        upto,
                         k,
                         SYNC_REPLICA_TIMEOUT,
                     )),

@@ -46,10 +46,14 @@ impl NodeAgent {
         tenant: Option<&Kek>,
     ) -> Result<(), NodeError> {
         let id = parse_id(&vol.id)?;
+        // Only a volume whose fsyncs wait for replicas leaves journal
+        // copies on them.
+        let copied =
+            crate::db::replicas::sync_replicas_of(&vol.parameters, &vol.mutable_parameters) > 0;
         if self.state.has_bucket(&id) {
-            if self.manager.get_live_mount(&id).is_none() {
+            if copied && self.manager.get_live_mount(&id).is_none() {
                 // A writer lost since may have left fsyncs only its
-                // replicas' journal copies hold (`syncReplicas`).
+                // replicas' journal copies hold.
                 self.sync.replay_journal_copies(id, false).await;
             }
             return Ok(());
@@ -84,10 +88,12 @@ impl NodeAgent {
                         vol.id
                     ))
                 })?;
-            // The fsyncs a lost writer made durable only on its replicas
-            // (`syncReplicas`), this node's own included when its state
-            // dir was lost.
-            self.sync.replay_journal_copies(id, true).await;
+            if copied {
+                // The fsyncs a lost writer made durable only on its
+                // replicas, this node's own included when its state dir
+                // was lost.
+                self.sync.replay_journal_copies(id, true).await;
+            }
             let sync = self.sync.clone();
             tokio::spawn(async move {
                 match sync.complete(id).await {

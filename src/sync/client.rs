@@ -1142,7 +1142,12 @@ pub async fn fetch_new_bucket(
 
 /// `peer`'s head of `bucket` (None: it holds none, refused, or did not
 /// answer in time).
-async fn head_of(inner: &Inner, peer: &NodeId, bucket: BucketId, proof: Proof) -> Option<Hash> {
+pub(super) async fn head_of(
+    inner: &Inner,
+    peer: &NodeId,
+    bucket: BucketId,
+    proof: Proof,
+) -> Option<Hash> {
     let req = Request::Heads {
         buckets: vec![(bucket, proof)],
     };

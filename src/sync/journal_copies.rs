@@ -21,13 +21,16 @@ use super::proto::{CopyFrame, Request, Response, MAX_COPY, MAX_COPY_BYTES};
 use super::wire::{read_bytes, read_msg};
 use super::{Inner, SyncError};
 use crate::bucket::journal::copies::{self as copy_store, Copy};
-use crate::bucket::journal::{FileId, Journal};
+use crate::bucket::journal::{Copyable, FileId, Journal, Position};
 use crate::bucket::BucketId;
 use crate::crypto::NodeId;
 
 /// How long a peer that refused (its base not there yet) or failed is
 /// left before it is asked again.
 const RETRY_AFTER: Duration = Duration::from_millis(5);
+/// Failed requests in a row after which a peer is taken for one that
+/// does not take journal copies (see [`held_in_a_version`]).
+const OLD_PEER_AFTER: u32 = 3;
 /// How long one round of sending lasts before the peer list is read again.
 const ROUND: Duration = Duration::from_secs(1);
 /// How long to wait for the control plane to list a peer of the bucket.
@@ -54,28 +57,30 @@ impl Shipped {
 
 /// Whether a peer's copy covers what was asked.
 enum Covered {
-    /// It holds the active file to its end.
+    /// It holds the file to the fsync's frames.
     File,
-    /// No active file: every change is in a durable version.
-    NoFile,
+    /// The file went with an older version than the last one: the peer
+    /// must hold HEAD's history instead.
+    Gone,
 }
 
-/// Wait until `k` of `bucket`'s peers hold a copy of `journal`'s active
-/// file to its end (taken now): how many did.
+/// Wait until `k` of `bucket`'s peers hold a copy of `journal` up to
+/// `upto` (where an fsync's append ended): how many did.
 pub async fn wait_journal_held(
     inner: &Arc<Inner>,
     bucket: BucketId,
     journal: Arc<Journal>,
+    upto: Position,
     k: usize,
     timeout: Duration,
 ) -> Result<usize, SyncError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let key = proof_key(inner, &bucket, None)?;
     let mut held = std::collections::HashSet::new();
-    let mut no_file = false;
+    let mut gone = false;
     // In rounds: the peers the control plane lists may change meanwhile
     // (a replica just assigned is not listed yet).
-    while held.len() < k && !no_file && tokio::time::Instant::now() < deadline {
+    while held.len() < k && !gone && tokio::time::Instant::now() < deadline {
         let round_ends = deadline.min(tokio::time::Instant::now() + ROUND);
         let peers: Vec<_> = inner
             .peers_of(&bucket)
@@ -93,7 +98,7 @@ pub async fn wait_journal_held(
                 let proof = key.proof(&bucket, &inner.me.0, &p.node.0);
                 let journal = journal.clone();
                 async move {
-                    let shipped = ship_to(inner, bucket, p.node, proof, &journal);
+                    let shipped = ship_to(inner, bucket, p.node, proof, &journal, upto);
                     (
                         p.node,
                         tokio::time::timeout_at(round_ends, shipped).await.ok(),
@@ -106,7 +111,7 @@ pub async fn wait_journal_held(
                 Some(Covered::File) => {
                     held.insert(peer);
                 }
-                Some(Covered::NoFile) => no_file = true,
+                Some(Covered::Gone) => gone = true,
                 None => {}
             }
             if held.len() >= k {
@@ -114,11 +119,8 @@ pub async fn wait_journal_held(
             }
         }
     }
-    if held.len() >= k {
-        return Ok(held.len());
-    }
-    if no_file {
-        // Retired into a version meanwhile: the replicas must hold that.
+    if gone {
+        // Two versions went by meanwhile: the replicas must hold HEAD.
         let head = inner
             .open(&bucket)?
             .head()
@@ -134,34 +136,31 @@ pub async fn wait_journal_held(
     })
 }
 
-/// Bring `peer`'s copy of `journal` up to the active file's end, asking
-/// again (until the caller's deadline) while it refuses or fails.
+/// Bring `peer`'s copy of `upto`'s file to `upto`'s end (or further),
+/// asking again (until the caller's deadline) while it refuses or fails.
 async fn ship_to(
     inner: &Arc<Inner>,
     bucket: BucketId,
     peer: NodeId,
     proof: [u8; 32],
     journal: &Arc<Journal>,
+    upto: Position,
 ) -> Covered {
     let state = inner.journal_shipped.of(bucket, peer);
     let mut have = state.lock().await;
+    let mut failed = 0;
     loop {
-        let j = journal.clone();
-        let from = *have;
-        let copy = tokio::task::spawn_blocking(move || j.copy_since(from, MAX_COPY_BYTES)).await;
-        let copy = match copy {
-            Ok(Ok(Some(copy))) => copy,
-            Ok(Ok(None)) => return Covered::NoFile,
-            Ok(Err(e)) => {
-                tracing::warn!(%bucket, error = %e, "reading the journal for a replica");
-                tokio::time::sleep(RETRY_AFTER).await;
-                continue;
-            }
-            Err(_) => return Covered::NoFile,
-        };
-        if *have == Some((copy.file, copy.end)) {
+        if failed >= OLD_PEER_AFTER {
+            drop(have);
+            return held_in_a_version(inner, bucket, peer, proof, journal, upto).await;
+        }
+        if have.is_some_and(|(file, at)| file == upto.file && at >= upto.end) {
             return Covered::File;
         }
+        let copy = match journal.copy_for(&upto.file, *have, MAX_COPY_BYTES) {
+            Copyable::Bytes(copy) => copy,
+            Copyable::Gone => return Covered::Gone,
+        };
         let req = Request::JournalCopy {
             bucket,
             proof,
@@ -172,6 +171,7 @@ async fn ship_to(
         match ask(inner, &peer, &req).await {
             Ok(Response::JournalHeld { file, have: at }) if file == copy.file => {
                 *have = Some((file, at));
+                failed = 0;
             }
             Ok(other) => {
                 tracing::debug!(%bucket, %peer, answer = ?other, "a replica did not take a journal copy yet");
@@ -179,9 +179,40 @@ async fn ship_to(
             }
             Err(e) => {
                 tracing::debug!(%bucket, %peer, error = %e, "sending a journal copy");
+                failed += 1;
                 tokio::time::sleep(RETRY_AFTER).await;
             }
         }
+    }
+}
+
+/// For a peer that does not take journal copies (a build from before
+/// them drops the request; or it fails): wait until a version holds the
+/// frames (the file was retired) and the peer's head holds that version.
+async fn held_in_a_version(
+    inner: &Arc<Inner>,
+    bucket: BucketId,
+    peer: NodeId,
+    proof: [u8; 32],
+    journal: &Arc<Journal>,
+    upto: Position,
+) -> Covered {
+    loop {
+        if journal.position().is_none_or(|at| at.file != upto.file) {
+            let head = inner.open(&bucket).ok().and_then(|b| {
+                let head = b.head().ok()?;
+                Some((b, head))
+            });
+            if let (Some((b, mine)), Some(theirs)) = (
+                head,
+                super::client::head_of(inner, &peer, bucket, proof).await,
+            ) {
+                if theirs == mine || b.contains_version(&theirs, &mine).unwrap_or(false) {
+                    return Covered::File;
+                }
+            }
+        }
+        tokio::time::sleep(RETRY_AFTER).await;
     }
 }
 

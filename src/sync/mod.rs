@@ -484,16 +484,17 @@ impl SyncEngine {
         client::wait_held(&self.inner, bucket, version, k, timeout).await
     }
 
-    /// Wait until `k` other replicas hold a copy of `journal`'s active
-    /// file to its end (`syncReplicas` on an fsync the journal took).
+    /// Wait until `k` other replicas hold a copy of `journal` up to
+    /// `upto` (`syncReplicas` on an fsync the journal took).
     pub async fn wait_journal_held(
         &self,
         bucket: BucketId,
         journal: Arc<crate::bucket::journal::Journal>,
+        upto: crate::bucket::journal::Position,
         k: usize,
         timeout: Duration,
     ) -> Result<usize, SyncError> {
-        journal_copies::wait_journal_held(&self.inner, bucket, journal, k, timeout).await
+        journal_copies::wait_journal_held(&self.inner, bucket, journal, upto, k, timeout).await
     }
 
     /// Replay the journal copies of `bucket` held here and by its peers

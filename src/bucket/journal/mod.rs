@@ -92,6 +92,9 @@ pub struct Journal {
 #[derive(Default)]
 struct State {
     active: Option<Active>,
+    /// The file the last retire took over, its bytes kept for a replica
+    /// whose copy had not reached its end yet.
+    previous: Option<(FileId, Vec<u8>)>,
     cut: Option<Cut>,
     /// The last versions cut and then handed back (never durable): a
     /// batch of changes on one of them, taken before, is refused.
@@ -133,6 +136,18 @@ struct Active {
     frames: u64,
     /// Where the next frame goes.
     end: u64,
+    /// The file's bytes up to `end` (frames since the last version: small),
+    /// for replicas' copies (`syncReplicas`).
+    bytes: Vec<u8>,
+}
+
+impl Active {
+    fn id(&self) -> FileId {
+        FileId {
+            base: self.base,
+            epoch: self.epoch,
+        }
+    }
 }
 
 /// Which active file a copy of journal bytes belongs to: its base and
@@ -143,15 +158,30 @@ pub struct FileId {
     pub epoch: [u8; 16],
 }
 
-/// Bytes of the active file from `offset`, for a replica to keep a copy
+/// Where an append left a journal file: its frames end at `end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub file: FileId,
+    pub end: u64,
+}
+
+/// Bytes of a journal file from `offset`, for a replica to keep a copy
 /// of (`syncReplicas`: an fsync returns once replicas hold its frame).
 #[derive(Debug)]
 pub struct CopiedBytes {
     pub file: FileId,
     pub offset: u64,
     pub bytes: Vec<u8>,
-    /// Where the file's frames end (at most `offset + bytes.len()` is sent).
-    pub end: u64,
+}
+
+/// What [`Journal::copy_for`] found.
+#[derive(Debug)]
+pub enum Copyable {
+    /// The file's bytes from where the replica's copy ends.
+    Bytes(CopiedBytes),
+    /// The file went with an older version than the last one retired:
+    /// its changes are in HEAD's history, which replicas hold instead.
+    Gone,
 }
 
 /// What a journal directory holds, read back.
@@ -176,38 +206,34 @@ impl Journal {
         })
     }
 
-    /// The active file's bytes from `from` (or from its start, when `have`
-    /// names another file), at most `max` of them; `None`: no active
-    /// file (every fsynced change is in a durable version).
-    pub fn copy_since(
-        &self,
-        have: Option<(FileId, u64)>,
-        max: usize,
-    ) -> Result<Option<CopiedBytes>> {
+    /// Where the active file's frames end now, if there is one.
+    pub fn position(&self) -> Option<Position> {
+        self.lock().active.as_ref().map(|a| Position {
+            file: a.id(),
+            end: a.end,
+        })
+    }
+
+    /// The bytes of `file` (the active file, or the one the last retire
+    /// took over) a replica needs after the first `have` of it, at most
+    /// `max` of them (from its start when `have` names another file).
+    pub fn copy_for(&self, file: &FileId, have: Option<(FileId, u64)>, max: usize) -> Copyable {
         let st = self.lock();
-        let Some(a) = &st.active else {
-            return Ok(None);
-        };
-        let file = FileId {
-            base: a.base,
-            epoch: a.epoch,
+        let bytes = match (&st.active, &st.previous) {
+            (Some(a), _) if a.id() == *file => &a.bytes,
+            (_, Some((id, bytes))) if id == file => bytes,
+            _ => return Copyable::Gone,
         };
         let offset = match have {
-            Some((id, at)) if id == file => at.min(a.end),
+            Some((id, at)) if id == *file => (at as usize).min(bytes.len()),
             _ => 0,
         };
-        let len = (a.end - offset).min(max as u64) as usize;
-        let mut bytes = vec![0; len];
-        let path = self.dir.join(ACTIVE);
-        std::fs::File::open(&path)
-            .and_then(|f| f.read_exact_at(&mut bytes, offset))
-            .map_err(BucketError::io(&path))?;
-        Ok(Some(CopiedBytes {
-            file,
-            offset,
-            bytes,
-            end: a.end,
-        }))
+        let len = (bytes.len() - offset).min(max);
+        Copyable::Bytes(CopiedBytes {
+            file: *file,
+            offset: offset as u64,
+            bytes: bytes[offset..offset + len].to_vec(),
+        })
     }
 
     /// The base and changes of a copy of an active file (a replica's, of
@@ -286,7 +312,7 @@ impl Journal {
     /// on a version cut but not yet retired go to the active file behind
     /// the cut's untold changes (or wait for the version, when the file
     /// cannot stand for it).
-    pub fn append(&self, base: &Hash, changes: &[Recorded]) -> Result<()> {
+    pub fn append(&self, base: &Hash, changes: &[Recorded]) -> Result<Position> {
         let mut st = self.lock();
         while st
             .cut
@@ -310,10 +336,14 @@ impl Journal {
                 batch.extend_from_slice(changes);
                 self.write_frame(active, &cut.base, &batch)?;
                 cut.tail.extend_from_slice(changes);
-                Ok(())
             }
-            None => self.write_frame(active, base, changes),
+            None => self.write_frame(active, base, changes)?,
         }
+        let a = active.as_ref().expect("written above");
+        Ok(Position {
+            file: a.id(),
+            end: a.end,
+        })
     }
 
     /// One frame of `changes` on `base` appended to the active file and
@@ -364,6 +394,7 @@ impl Journal {
                 epoch,
                 frames: 1,
                 end: 0,
+                bytes: Vec::new(),
             });
         }
         let a = active.as_mut().expect("opened above");
@@ -384,6 +415,7 @@ impl Journal {
         }
         a.frames += 1;
         a.end += frame_len;
+        a.bytes.extend_from_slice(&bytes[..frame_len as usize]);
         Ok(created)
     }
 
@@ -414,7 +446,9 @@ impl Journal {
             _ => Vec::new(),
         };
         let State { active, .. } = &mut *st;
-        self.retire_file(active, version, &tail)?;
+        if let Some(old) = self.retire_file(active, version, &tail)? {
+            st.previous = Some((old.id(), old.bytes));
+        }
         st.cut.take_if(|c| c.version == *version);
         drop(st);
         self.cut_settled.notify_all();
@@ -423,16 +457,17 @@ impl Journal {
     }
 
     /// Rename the active file for `version`, `tail` (its changes on the
-    /// version) moved first into the file that becomes the active one.
+    /// version) moved first into the file that becomes the active one;
+    /// the file it took over, if it was open.
     fn retire_file(
         &self,
         active: &mut Option<Active>,
         version: &Hash,
         tail: &[Recorded],
-    ) -> Result<()> {
+    ) -> Result<Option<Active>> {
         let from = self.dir.join(ACTIVE);
         if active.is_none() && !from.exists() {
-            return Ok(());
+            return Ok(None);
         }
         let to = self
             .dir
@@ -443,7 +478,7 @@ impl Journal {
             tail => Some(self.write_next(version, tail)?),
         };
         std::fs::rename(&from, &to).map_err(BucketError::io(&from))?;
-        *active = None;
+        let old = active.take();
         if next.is_some() {
             crate::crash_point::hit("journal-next-pending");
             let path = self.dir.join(NEXT);
@@ -451,7 +486,7 @@ impl Journal {
         }
         crate::durable::sync_dir(&self.dir).map_err(BucketError::io(&self.dir))?;
         *active = next;
-        Ok(())
+        Ok(old)
     }
 
     /// `next`: a file on `version` holding `tail`, fdatasynced (its
@@ -499,6 +534,7 @@ impl Journal {
     pub(crate) fn clear(&self) -> Result<()> {
         let mut st = self.lock();
         st.active = None;
+        st.previous = None;
         st.cut = None;
         let path = self.dir.join(ACTIVE);
         // Its changes must never be read again: a spare is never read.

@@ -367,3 +367,119 @@ fn changes_on_a_version_handed_back_are_not_journaled_on_it() {
     let f = lookup(&mut again, ROOT_INO, "f");
     assert_eq!(again.read(f, 0, 100).unwrap(), b"cut after");
 }
+
+fn copied(
+    journal: &crate::bucket::journal::Journal,
+    have: Option<(super::FileId, u64)>,
+) -> super::CopiedBytes {
+    let at = journal.position().expect("an active file");
+    match journal.copy_for(&at.file, have, usize::MAX) {
+        super::Copyable::Bytes(c) => c,
+        super::Copyable::Gone => panic!("the active file is gone"),
+    }
+}
+
+/// A replica's copy of a journal whose changes HEAD already holds (the
+/// writer made its version, then changed the file again) is replayed by
+/// the next node to stage: nothing goes back, and no conflict copy.
+#[test]
+fn a_copy_whose_changes_head_holds_changes_nothing_when_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = test_bucket(dir.path(), 4096);
+    let mut m = journaled(&b);
+    let f = m.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap().ino;
+    m.write(f, 0, b"first").unwrap();
+    fsync(&mut m);
+    let journal = m.journal().expect("journaled");
+    let copy = copied(&journal, None);
+    assert_eq!(copy.offset, 0);
+    // What the replica gets is what the file holds.
+    let active = find(&dir.path().join("buckets"), "active").unwrap();
+    let on_disk = std::fs::read(active).unwrap();
+    assert_eq!(&on_disk[..copy.bytes.len()], &copy.bytes[..]);
+    m.save().unwrap();
+    m.write(f, 0, b"second, later").unwrap();
+    m.save().unwrap();
+    let want = picture(&mut m);
+    drop(m);
+
+    b.replay_journal_copy(&copy.bytes).unwrap();
+    let mut after = b.mount().unwrap();
+    assert_eq!(
+        picture(&mut after),
+        want,
+        "the copy's stale bytes came back"
+    );
+}
+
+/// The bytes a peer lacks are sent from where its copy ends, and a file
+/// a version took over is still sent (one version back, not two).
+#[test]
+fn a_copy_grows_from_where_it_ends_and_outlives_its_file_by_one_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = test_bucket(dir.path(), 4096);
+    let mut m = journaled(&b);
+    let f = m.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap().ino;
+    m.write(f, 0, b"whole").unwrap();
+    fsync(&mut m);
+    let journal = m.journal().unwrap();
+    let whole = copied(&journal, None);
+    let first = journal.position().unwrap();
+    m.write(f, 5, b" and more").unwrap();
+    fsync(&mut m);
+    let rest = copied(&journal, Some((first.file, first.end)));
+    assert_eq!(
+        (rest.file, rest.offset),
+        (first.file, first.end),
+        "from where the copy left off"
+    );
+    assert_eq!(whole.bytes.len() as u64, first.end);
+
+    // A version takes the file over: it is still there for a replica
+    // that lacks its end, until the next version.
+    m.save().unwrap();
+    assert!(
+        journal.position().is_none(),
+        "no active file after the version"
+    );
+    assert!(matches!(
+        journal.copy_for(&first.file, Some((first.file, first.end)), usize::MAX),
+        super::Copyable::Bytes(c) if c.bytes == rest.bytes
+    ));
+    m.write(f, 0, b"W").unwrap();
+    fsync(&mut m);
+    m.save().unwrap();
+    assert!(matches!(
+        journal.copy_for(&first.file, None, usize::MAX),
+        super::Copyable::Gone
+    ));
+    drop(m);
+}
+
+/// A copy that a peer holds only in part (a frame cut short by the
+/// copy's end) is replayed up to its last whole frame.
+#[test]
+fn a_copy_cut_short_replays_its_whole_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = test_bucket(dir.path(), 4096);
+    let mut m = journaled(&b);
+    let f = m.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap().ino;
+    m.write(f, 0, b"whole").unwrap();
+    fsync(&mut m);
+    let journal = m.journal().unwrap();
+    let whole = copied(&journal, None);
+    m.write(f, 5, b" and more").unwrap();
+    fsync(&mut m);
+    let all = copied(&journal, None);
+    drop(m);
+    let mut bytes = whole.bytes.clone();
+    bytes.extend_from_slice(
+        &all.bytes[whole.bytes.len()..(whole.bytes.len() + all.bytes.len()) / 2],
+    );
+    // (This bucket's own journal, with both frames, is not read by a
+    // plain mount: what HEAD gets is the copy's doing.)
+    b.replay_journal_copy(&bytes).unwrap();
+    let mut after = b.mount().unwrap();
+    let f = lookup(&mut after, ROOT_INO, "f");
+    assert_eq!(after.read(f, 0, 100).unwrap(), b"whole");
+}

@@ -52,8 +52,8 @@ pub enum JournalBatch {
 pub enum Appended {
     /// Nothing was waiting: every change is durable already.
     Nothing,
-    /// One journal append made the changes durable.
-    Done,
+    /// One journal append made the changes durable; where it ended.
+    Done(crate::bucket::journal::Position),
     /// Only a version makes them durable (no journal, or it cannot
     /// take them).
     NeedsVersion,
@@ -80,7 +80,7 @@ impl JournalBatch {
         let appended = journal.append(&base, &changes);
         crate::metrics::journal_append(appended.is_ok());
         match appended {
-            Ok(()) => Appended::Done,
+            Ok(at) => Appended::Done(at),
             Err(e) => {
                 tracing::warn!(error = %e, "appending to the journal failed; writing a version instead");
                 Appended::Failed
@@ -215,7 +215,7 @@ impl Mount {
     /// outside its lock). A version when the journal cannot take them.
     pub fn sync_to_journal(&mut self) -> Result<()> {
         match self.take_journal_batch().append() {
-            Appended::Nothing | Appended::Done => Ok(()),
+            Appended::Nothing | Appended::Done(_) => Ok(()),
             Appended::NeedsVersion => self.save().map(drop),
             Appended::Failed => {
                 self.journal_breaks();
