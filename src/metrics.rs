@@ -167,9 +167,21 @@ impl FuseOp {
 
 impl Drop for FuseOp {
     fn drop(&mut self) {
+        let took = self.start.elapsed();
+        FUSE_BUSY_NANOS.fetch_add(took.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
         counter!(FUSE_OPS, "op" => self.op).increment(1);
-        histogram!(FUSE_OP_SECONDS, "op" => self.op).record(self.start.elapsed().as_secs_f64());
+        histogram!(FUSE_OP_SECONDS, "op" => self.op).record(took.as_secs_f64());
     }
+}
+
+/// Nanoseconds FUSE requests have taken in this process, summed: how busy
+/// the pods on this node keep it (a rebuild served from here yields to
+/// them, see `sync::pace::PodLoad`).
+static FUSE_BUSY_NANOS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// See [`FUSE_BUSY_NANOS`].
+pub fn fuse_busy_nanos() -> u64 {
+    FUSE_BUSY_NANOS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A FUSE operation answered with an errno.

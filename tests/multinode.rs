@@ -305,13 +305,15 @@ fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 /// A pod moves: written and fsynced on node 0, unstaged there, staged on
-/// node 1, which never held the volume: every byte is there.
+/// node 1, which never held the volume: every byte is there. The stage
+/// does not wait for the chunks (#28: a pod that moves works at once):
+/// a read fetches what it needs, the rest comes in the background.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_moves_and_takes_every_byte_with_it() {
     let mut n = Nodes::start(2).await;
     let id = n.create("moving", None).await;
     let a = n.publish(0, &id).await;
-    let big = pattern(64 << 20, 1);
+    let big = pattern(128 << 20, 1);
     fs::write(a.join("data.bin"), &big).unwrap();
     fs::create_dir_all(a.join("dir/sub")).unwrap();
     fs::write(a.join("dir/sub/small.txt"), b"small").unwrap();
@@ -321,10 +323,26 @@ async fn a_pod_moves_and_takes_every_byte_with_it() {
     n.wait_reported(0, &id);
     let b = n.publish(1, &id).await;
     assert_eq!(fs::read(b.join("dir/sub/small.txt")).unwrap(), b"small");
+    // Near the end of the file, before the background has it all.
+    let mut tail = vec![0u8; 4096];
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::open(b.join("data.bin")).unwrap();
+        f.read_exact_at(&mut tail, (120 << 20) + 123).unwrap();
+    }
+    let complete_before_reads = n.log(1).contains("bucket complete on this node");
+    assert_eq!(tail, big[(120 << 20) + 123..][..4096]);
+    assert!(
+        !complete_before_reads,
+        "the stage (or the first reads) waited for every chunk"
+    );
     assert!(
         fs::read(b.join("data.bin")).unwrap() == big,
-        "64 MiB arrive intact"
+        "128 MiB arrive intact"
     );
+    wait_for("the rest fetched in the background", || {
+        n.log(1).contains("bucket complete on this node")
+    });
 }
 
 /// RWX across nodes: writes, deletes and renames go both ways, `ls` shows
@@ -1800,6 +1818,7 @@ async fn hostile_peer_process() {
         listen: "0.0.0.0:0".parse().unwrap(),
         anti_entropy: Duration::from_secs(3600),
         rebuild_bytes_per_sec: None,
+        rebuild_yields: false,
     };
     let engine = SyncEngine::start(&cfg, &identity, state.clone(), kek.clone())
         .await

@@ -94,8 +94,8 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = 5)]
     anti_entropy_secs: u64,
     /// Most MiB a second a blind replica on this node fetches while it
-    /// catches up (a rebuild), so the nodes serving it keep their disks and
-    /// CPU for their pods; 0: as fast as the links and disks allow.
+    /// catches up (a rebuild), on top of its yielding to load on the nodes
+    /// serving it (it rests while their fetches are slow); 0: no cap.
     #[arg(long, env = "JAX_REBUILD_MIB_PER_SEC", default_value_t = 0)]
     rebuild_mib_per_sec: u64,
     /// The Kubernetes API: `auto` (in-cluster when run in a pod, none

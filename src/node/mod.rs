@@ -155,6 +155,7 @@ impl NodeAgent {
                 listen: cfg.sync_listen,
                 anti_entropy: cfg.anti_entropy,
                 rebuild_bytes_per_sec: cfg.rebuild_bytes_per_sec,
+                rebuild_yields: true,
             },
             state.identity(),
             state.clone(),

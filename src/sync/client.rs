@@ -213,12 +213,30 @@ async fn get_blobs_from(
     hashes: &[Hash],
 ) -> Result<Vec<Hash>, SyncError> {
     let fut = async {
-        let req = Request::GetBlobs {
+        let plain = Request::GetBlobs {
             bucket,
             proof,
             hashes: hashes.to_vec(),
         };
-        let mut recv = quick_blob_answer_for(inner, peer, &req).await?;
+        let mut recv = if inner.rebuilds_in_background(&bucket, peer) {
+            // A blind replica's rebuild: the peer yields to its pods.
+            let req = Request::GetBlobsBackground {
+                bucket,
+                proof,
+                hashes: hashes.to_vec(),
+            };
+            match quick_blob_answer_for(inner, peer, &req).await {
+                Ok(recv) => recv,
+                Err(e) => {
+                    // A node from before background requests drops them.
+                    tracing::debug!(%peer, %bucket, error = %e, "a background blob request failed; asking plainly");
+                    inner.no_background(peer);
+                    quick_blob_answer_for(inner, peer, &plain).await?
+                }
+            }
+        } else {
+            quick_blob_answer_for(inner, peer, &plain).await?
+        };
         let wanted: HashSet<Hash> = hashes.iter().copied().collect();
         let mut missing = Vec::new();
         let mut got = 0;

@@ -37,6 +37,7 @@ mod client;
 pub mod hostile;
 mod journal_copies;
 pub mod on_disk;
+pub mod pace;
 pub mod proto;
 mod pulls;
 pub mod raw;
@@ -157,9 +158,12 @@ pub struct SyncConfig {
     /// How often heads are compared with every peer.
     pub anti_entropy: Duration,
     /// Most bytes a second a blind replica fetches while it catches up (a
-    /// rebuild), so the nodes serving it keep their disks and CPU for their
-    /// pods; `None`: as fast as the links and disks allow.
+    /// rebuild), on top of [`SyncConfig::rebuild_yields`]; `None`: no cap.
     pub rebuild_bytes_per_sec: Option<u64>,
+    /// Whether a rebuild yields to load on the nodes it fetches from (its
+    /// fetch times grow): see `sync::pace`. On in a node; benchmarks
+    /// compare it with a rebuild that does not.
+    pub rebuild_yields: bool,
 }
 
 struct Inner {
@@ -205,6 +209,11 @@ struct Inner {
     announce_queue: announcements::AnnounceQueue,
     /// See [`SyncConfig::rebuild_bytes_per_sec`].
     rebuild_rate: Option<u64>,
+    /// See [`SyncConfig::rebuild_yields`].
+    rebuild_yields: bool,
+    /// Peers whose background blob request failed lately (a node from
+    /// before them drops it), and when: asked plainly for a while.
+    plain_blob_peers: Mutex<HashMap<NodeId, std::time::Instant>>,
     stats: SyncStats,
     /// Woken when peers or their addresses change (a read waiting for a
     /// peer tries again at once).
@@ -260,6 +269,8 @@ impl SyncEngine {
             complete_trees: Mutex::new(HashSet::new()),
             announce_queue: Default::default(),
             rebuild_rate: cfg.rebuild_bytes_per_sec.filter(|r| *r > 0),
+            rebuild_yields: cfg.rebuild_yields,
+            plain_blob_peers: Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
             learnt: Mutex::new(HashMap::new()),
             stats: SyncStats::default(),
@@ -532,7 +543,34 @@ impl SyncEngine {
     }
 }
 
+/// How long a peer whose background blob request failed is asked plainly.
+const PLAIN_BLOBS_FOR: Duration = Duration::from_secs(600);
+
 impl Inner {
+    /// Whether blobs of `bucket` are asked of `peer` as a rebuild the peer
+    /// yields to its pods for (`Request::GetBlobsBackground`): this node
+    /// holds the bucket blind (its fetches are a replica's catching up),
+    /// rebuilds yield, and the peer did not fail such a request lately.
+    fn rebuilds_in_background(&self, bucket: &BucketId, peer: &NodeId) -> bool {
+        self.rebuild_yields
+            && !self.state.has_bucket(bucket)
+            && self.state.has_blind(bucket)
+            && self
+                .plain_blob_peers
+                .lock()
+                .unwrap()
+                .get(peer)
+                .is_none_or(|at| at.elapsed() > PLAIN_BLOBS_FOR)
+    }
+
+    /// `peer` failed a background blob request: ask it plainly a while.
+    fn no_background(&self, peer: &NodeId) {
+        self.plain_blob_peers
+            .lock()
+            .unwrap()
+            .insert(*peer, std::time::Instant::now());
+    }
+
     /// The bucket's peers, those that failed lately last.
     fn peers_of(&self, bucket: &BucketId) -> Vec<Peer> {
         let mut peers = self

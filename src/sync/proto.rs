@@ -115,6 +115,15 @@ pub enum Request {
     /// it replays: the writer may be gone). Answered by `Noted`, then a
     /// [`CopyFrame`] and its bytes per copy, until the stream ends.
     JournalCopies { bucket: BucketId, proof: Proof },
+    /// [`Request::GetBlobs`] for a blind replica's rebuild: answered the
+    /// same way, but the responder rests after each blob while its own
+    /// pods keep it busy (`sync::pace::PodLoad`). Added with that: a node
+    /// from before drops the stream, and the asker sends a GetBlobs.
+    GetBlobsBackground {
+        bucket: BucketId,
+        proof: Proof,
+        hashes: Vec<Hash>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,9 +18,10 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::client::{blob_answer_for, fetch_blobs, history_from, read_checked_blobs, FrameLimits};
+use super::pace::Pace;
 use super::proto::{Request, MAX_BLOB, MAX_SET_BLOBS};
 use super::{Inner, SyncError};
 use crate::bucket::blind::BlindReplica;
@@ -52,36 +53,45 @@ pub enum Keep {
 }
 
 /// See the module docs.
-/// Blobs a paced rebuild fetches between two looks at its rate.
-const PACED_GROUP: usize = 16;
+/// Blobs a rebuild capped in bytes a second fetches between two looks at
+/// its rate (small: the cap holds over short spans too) ...
+const CAPPED_GROUP: usize = 16;
+/// ... and one that only yields to load (four batches: every source at
+/// once, as an unpaced fetch).
+const YIELDING_GROUP: usize = 256;
 
-/// Fetch `missing` at most `rate` bytes a second on average: a group of
-/// blobs at a time (each group is made durable by the fetch, so a rebuild
-/// killed part way resumes after the last group), then a pause until the
-/// bytes this rebuild fetched so far fit the rate. Returns the hashes no
-/// peer sent.
+/// Fetch `missing` a group of blobs at a time (each group is made durable
+/// by the fetch, so a rebuild killed part way resumes after the last
+/// group), resting after each as `pace` says (see `sync::pace`). Returns
+/// the hashes no peer sent.
 async fn fetch_paced(
     inner: &Arc<Inner>,
     bucket: BucketId,
     missing: &[Hash],
-    rate: u64,
+    mut pace: Pace,
 ) -> Result<Vec<Hash>, SyncError> {
-    let started = Instant::now();
     let store = inner.state.store().clone();
-    let mut bytes = 0u64;
     let mut left = Vec::new();
-    for group in missing.chunks(PACED_GROUP) {
-        let not_sent = fetch_blobs(inner, bucket, group).await?;
-        bytes += group
+    let group = if inner.rebuild_rate.is_some() {
+        CAPPED_GROUP
+    } else {
+        YIELDING_GROUP
+    };
+    for blobs in missing.chunks(group) {
+        let started = Instant::now();
+        let not_sent = fetch_blobs(inner, bucket, blobs).await?;
+        let took = started.elapsed();
+        let bytes = blobs
             .iter()
             .filter(|h| !not_sent.contains(h))
             .filter_map(|h| std::fs::metadata(store.path_of(h)).ok())
             .map(|m| m.len())
             .sum::<u64>();
         left.extend(not_sent);
-        let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
-        if let Some(wait) = due.checked_sub(started.elapsed()) {
-            tokio::time::sleep(wait).await;
+        let rest = pace.after_group(bytes, took);
+        tracing::debug!(%bucket, bytes, took_ms = took.as_millis() as u64, rest_ms = rest.as_millis() as u64, resting = pace.resting(), "a rebuild's group of blobs");
+        if !rest.is_zero() {
+            tokio::time::sleep(rest).await;
         }
     }
     Ok(left)
@@ -150,9 +160,11 @@ pub(super) async fn replicate(
     };
     let fetched = missing.len() as u64;
     if !missing.is_empty() {
-        let left = match inner.rebuild_rate {
-            None => fetch_blobs(inner, bucket, &missing).await?,
-            Some(rate) => fetch_paced(inner, bucket, &missing, rate).await?,
+        let pace = Pace::new(inner.rebuild_rate, inner.rebuild_yields);
+        let left = if pace.is_paced() {
+            fetch_paced(inner, bucket, &missing, pace).await?
+        } else {
+            fetch_blobs(inner, bucket, &missing).await?
         };
         if !left.is_empty() {
             tracing::warn!(%bucket, %version, missing = left.len(), "no peer sent every blob of the version; the replica keeps what it has and tries again");

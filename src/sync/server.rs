@@ -254,6 +254,77 @@ fn blob_set(
         .collect()
 }
 
+/// Answer a [`Request::GetBlobs`]; `yields`: a blind replica's rebuild
+/// ([`Request::GetBlobsBackground`]), served with a rest after each blob
+/// while this node's pods keep it busy (`sync::pace::PodLoad`).
+async fn serve_blobs(
+    inner: &Arc<Inner>,
+    peer: &NodeId,
+    send: &mut SendStream,
+    bucket: BucketId,
+    proof: Proof,
+    hashes: Vec<Hash>,
+    yields: bool,
+) -> Result<(), String> {
+    let refuse = |reason: String| Response::Refused { reason };
+    let mut pods = yields.then(|| {
+        super::pace::PodLoad::new(std::time::Instant::now(), crate::metrics::fuse_busy_nanos())
+    });
+    match proven(inner, peer, &bucket, &proof) {
+        Err(why) => write_msg(send, &refuse(why))
+            .await
+            .map_err(|e| e.to_string())?,
+        Ok(held) => {
+            // Only blobs of the proven bucket: the store is shared by
+            // every bucket here, and a proof for one must not read
+            // another's manifests, directories or chunks.
+            let index = tokio::task::spawn_blocking(move || held.served())
+                .await
+                .map_err(|e| e.to_string())??;
+            send_msg(send, &Response::Noted).await?;
+            // Each blob is read (and checked against its address) on a
+            // blocking thread of its own, one ahead of the sending: a
+            // peer that stops reading holds no thread, two blobs at
+            // most, and those for WRITE_STALL at most.
+            let store = inner.state.store().clone();
+            let read = |h: Hash| {
+                let (store, index) = (store.clone(), index.clone());
+                tokio::task::spawn_blocking(move || {
+                    if !index.contains(&h) {
+                        return (h, Err(()));
+                    }
+                    match store.get(&h) {
+                        Ok(bytes) if belongs(&bucket, &h, &bytes) => (h, Ok(bytes)),
+                        _ => (h, Err(())),
+                    }
+                })
+            };
+            let mut wanted = hashes.into_iter().take(MAX_BLOBS_PER_REQUEST);
+            let mut next = wanted.next().map(read);
+            while let Some(reading) = next.take() {
+                let started = std::time::Instant::now();
+                let (h, blob) = reading.await.map_err(|e| e.to_string())?;
+                next = wanted.next().map(read);
+                let h = &h;
+                match blob {
+                    Ok(bytes) => send_blob(inner, send, h, &bytes).await?,
+                    Err(_) => {
+                        send_msg(send, &BlobFrame::Missing { hash: *h }).await?;
+                    }
+                }
+                if let Some(pods) = &mut pods {
+                    pods.sample(std::time::Instant::now(), crate::metrics::fuse_busy_nanos());
+                    let rest = pods.rest_after(started.elapsed());
+                    if !rest.is_zero() {
+                        tokio::time::sleep(rest).await;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Keep `bytes` of `writer`'s journal `file` (see [`Request::JournalCopy`]),
 /// once `file`'s base version is held here (fetched first, if not).
 async fn keep_journal_copy(
@@ -549,50 +620,12 @@ async fn serve(
             bucket,
             proof,
             hashes,
-        } => match proven(&inner, &peer, &bucket, &proof) {
-            Err(why) => write_msg(&mut send, &refuse(why))
-                .await
-                .map_err(|e| e.to_string())?,
-            Ok(held) => {
-                // Only blobs of the proven bucket: the store is shared by
-                // every bucket here, and a proof for one must not read
-                // another's manifests, directories or chunks.
-                let index = tokio::task::spawn_blocking(move || held.served())
-                    .await
-                    .map_err(|e| e.to_string())??;
-                send_msg(&mut send, &Response::Noted).await?;
-                // Each blob is read (and checked against its address) on a
-                // blocking thread of its own, one ahead of the sending: a
-                // peer that stops reading holds no thread, two blobs at
-                // most, and those for WRITE_STALL at most.
-                let store = inner.state.store().clone();
-                let read = |h: Hash| {
-                    let (store, index) = (store.clone(), index.clone());
-                    tokio::task::spawn_blocking(move || {
-                        if !index.contains(&h) {
-                            return (h, Err(()));
-                        }
-                        match store.get(&h) {
-                            Ok(bytes) if belongs(&bucket, &h, &bytes) => (h, Ok(bytes)),
-                            _ => (h, Err(())),
-                        }
-                    })
-                };
-                let mut wanted = hashes.into_iter().take(MAX_BLOBS_PER_REQUEST);
-                let mut next = wanted.next().map(read);
-                while let Some(reading) = next.take() {
-                    let (h, blob) = reading.await.map_err(|e| e.to_string())?;
-                    next = wanted.next().map(read);
-                    let h = &h;
-                    match blob {
-                        Ok(bytes) => send_blob(&inner, &mut send, h, &bytes).await?,
-                        Err(_) => {
-                            send_msg(&mut send, &BlobFrame::Missing { hash: *h }).await?;
-                        }
-                    }
-                }
-            }
-        },
+        } => serve_blobs(&inner, &peer, &mut send, bucket, proof, hashes, false).await?,
+        Request::GetBlobsBackground {
+            bucket,
+            proof,
+            hashes,
+        } => serve_blobs(&inner, &peer, &mut send, bucket, proof, hashes, true).await?,
         Request::History {
             bucket,
             proof,

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::proto::{Request, Response};
+use super::proto::{BlobFrame, Request, Response};
 use super::*;
 use crate::bucket::{path, BucketOptions, Manifest};
 
@@ -25,6 +25,7 @@ async fn node(kek: &Arc<Kek>) -> Node {
         listen: "127.0.0.1:0".parse().unwrap(),
         anti_entropy: Duration::from_secs(3600),
         rebuild_bytes_per_sec: None,
+        rebuild_yields: false,
     };
     let engine = SyncEngine::start(&cfg, state.identity(), state.clone(), kek.clone())
         .await
@@ -517,6 +518,44 @@ async fn a_proof_for_one_bucket_reads_nothing_of_another() {
         .unwrap();
     assert!(missing.is_empty());
     assert!(b.state.store().contains(&x_chunk));
+}
+
+/// A rebuild's background blob request (#28) is answered as GetBlobs is,
+/// with the same checks: a blob of the proven bucket comes, another
+/// bucket's does not, and a wrong proof gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_blob_request_is_served_as_getblobs_is() {
+    let kek = Arc::new(Kek::generate().unwrap());
+    let (a, b) = (node(&kek).await, node(&kek).await);
+    register(&[&a, &b]);
+    let (x, secret) = shared(&a, &b, &kek).await;
+    let (_, _, y_head) = bucket_with_file(&a, &kek, b"another tenant's file");
+    let x_chunk = chunks_of(&a, &kek, &x)[0];
+    let ask = |proof| Request::GetBlobsBackground {
+        bucket: x,
+        proof,
+        hashes: vec![x_chunk, y_head],
+    };
+    let (me, them) = (b.engine.node_id(), a.engine.node_id());
+    let proof = crate::bucket::ProofKey::of(&secret).proof(&x, &me.0, &them.0);
+    let mut recv = client::blob_answer_for(&b.engine.inner, &them, &ask(proof))
+        .await
+        .unwrap();
+    match wire::read_msg::<BlobFrame>(&mut recv).await.unwrap() {
+        Some(BlobFrame::Blob { hash, len }) => {
+            assert_eq!(hash, x_chunk);
+            let bytes = wire::read_bytes(&mut recv, len as usize).await.unwrap();
+            assert_eq!(Hash::of(&bytes), x_chunk);
+        }
+        other => panic!("the proven bucket's chunk did not come: {other:?}"),
+    }
+    assert_eq!(
+        wire::read_msg::<BlobFrame>(&mut recv).await.unwrap(),
+        Some(BlobFrame::Missing { hash: y_head }),
+        "another bucket's manifest under X's proof"
+    );
+    let refused = client::blob_answer_for(&b.engine.inner, &them, &ask([7; 32])).await;
+    assert!(refused.is_err(), "a wrong proof was answered");
 }
 
 /// Finding 4 of #26: a registered peer holding the secret opens hundreds
