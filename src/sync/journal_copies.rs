@@ -95,14 +95,17 @@ pub async fn wait_journal_held(
         let mut shipping: futures::stream::FuturesUnordered<_> = peers
             .into_iter()
             .map(|p| {
-                let proof = key.proof(&bucket, &inner.me.0, &p.node.0);
-                let journal = journal.clone();
+                let to = Shipment {
+                    inner,
+                    bucket,
+                    peer: p.node,
+                    proof: key.proof(&bucket, &inner.me.0, &p.node.0),
+                    journal: journal.clone(),
+                    upto,
+                };
                 async move {
-                    let shipped = ship_to(inner, bucket, p.node, proof, &journal, upto);
-                    (
-                        p.node,
-                        tokio::time::timeout_at(round_ends, shipped).await.ok(),
-                    )
+                    let shipped = tokio::time::timeout_at(round_ends, to.ship()).await;
+                    (to.peer, shipped.ok())
                 }
             })
             .collect();
@@ -136,83 +139,87 @@ pub async fn wait_journal_held(
     })
 }
 
-/// Bring `peer`'s copy of `upto`'s file to `upto`'s end (or further),
-/// asking again (until the caller's deadline) while it refuses or fails.
-async fn ship_to(
-    inner: &Arc<Inner>,
+/// What one peer's copy of a journal must come to.
+struct Shipment<'a> {
+    inner: &'a Arc<Inner>,
     bucket: BucketId,
     peer: NodeId,
     proof: [u8; 32],
-    journal: &Arc<Journal>,
+    journal: Arc<Journal>,
     upto: Position,
-) -> Covered {
-    let state = inner.journal_shipped.of(bucket, peer);
-    let mut have = state.lock().await;
-    let mut failed = 0;
-    loop {
-        if failed >= OLD_PEER_AFTER {
-            drop(have);
-            return held_in_a_version(inner, bucket, peer, proof, journal, upto).await;
-        }
-        if have.is_some_and(|(file, at)| file == upto.file && at >= upto.end) {
-            return Covered::File;
-        }
-        let copy = match journal.copy_for(&upto.file, *have, MAX_COPY_BYTES) {
-            Copyable::Bytes(copy) => copy,
-            Copyable::Gone => return Covered::Gone,
-        };
-        let req = Request::JournalCopy {
-            bucket,
-            proof,
-            file: copy.file,
-            offset: copy.offset,
-            bytes: copy.bytes,
-        };
-        match ask(inner, &peer, &req).await {
-            Ok(Response::JournalHeld { file, have: at }) if file == copy.file => {
-                *have = Some((file, at));
-                failed = 0;
-            }
-            Ok(other) => {
-                tracing::debug!(%bucket, %peer, answer = ?other, "a replica did not take a journal copy yet");
-                tokio::time::sleep(RETRY_AFTER).await;
-            }
-            Err(e) => {
-                tracing::debug!(%bucket, %peer, error = %e, "sending a journal copy");
-                failed += 1;
-                tokio::time::sleep(RETRY_AFTER).await;
-            }
-        }
-    }
 }
 
-/// For a peer that does not take journal copies (a build from before
-/// them drops the request; or it fails): wait until a version holds the
-/// frames (the file was retired) and the peer's head holds that version.
-async fn held_in_a_version(
-    inner: &Arc<Inner>,
-    bucket: BucketId,
-    peer: NodeId,
-    proof: [u8; 32],
-    journal: &Arc<Journal>,
-    upto: Position,
-) -> Covered {
-    loop {
-        if journal.position().is_none_or(|at| at.file != upto.file) {
-            let head = inner.open(&bucket).ok().and_then(|b| {
-                let head = b.head().ok()?;
-                Some((b, head))
-            });
-            if let (Some((b, mine)), Some(theirs)) = (
-                head,
-                super::client::head_of(inner, &peer, bucket, proof).await,
-            ) {
-                if theirs == mine || b.contains_version(&theirs, &mine).unwrap_or(false) {
-                    return Covered::File;
+impl Shipment<'_> {
+    /// Bring the peer's copy of `upto`'s file to `upto`'s end (or
+    /// further), asking again (until the caller's deadline) while it
+    /// refuses or fails.
+    async fn ship(&self) -> Covered {
+        let (inner, bucket, peer, upto) = (self.inner, self.bucket, self.peer, self.upto);
+        let state = inner.journal_shipped.of(bucket, peer);
+        let mut have = state.lock().await;
+        let mut failed = 0;
+        loop {
+            if failed >= OLD_PEER_AFTER {
+                drop(have);
+                return self.held_in_a_version().await;
+            }
+            if have.is_some_and(|(file, at)| file == upto.file && at >= upto.end) {
+                return Covered::File;
+            }
+            let copy = match self.journal.copy_for(&upto.file, *have, MAX_COPY_BYTES) {
+                Copyable::Bytes(copy) => copy,
+                Copyable::Gone => return Covered::Gone,
+            };
+            let req = Request::JournalCopy {
+                bucket,
+                proof: self.proof,
+                file: copy.file,
+                offset: copy.offset,
+                bytes: copy.bytes,
+            };
+            match ask(inner, &peer, &req).await {
+                Ok(Response::JournalHeld { file, have: at }) if file == copy.file => {
+                    *have = Some((file, at));
+                    failed = 0;
+                }
+                Ok(other) => {
+                    tracing::debug!(%bucket, %peer, answer = ?other, "a replica did not take a journal copy yet");
+                    tokio::time::sleep(RETRY_AFTER).await;
+                }
+                Err(e) => {
+                    tracing::debug!(%bucket, %peer, error = %e, "sending a journal copy");
+                    failed += 1;
+                    tokio::time::sleep(RETRY_AFTER).await;
                 }
             }
         }
-        tokio::time::sleep(RETRY_AFTER).await;
+    }
+
+    /// For a peer that does not take journal copies (a build from before
+    /// them drops the request; or it fails): wait until a version holds
+    /// the frames (the file was retired) and the peer's head holds that
+    /// version.
+    async fn held_in_a_version(&self) -> Covered {
+        let (inner, bucket) = (self.inner, self.bucket);
+        loop {
+            if self
+                .journal
+                .position()
+                .is_none_or(|at| at.file != self.upto.file)
+            {
+                let head = inner.open(&bucket).ok().and_then(|b| {
+                    let head = b.head().ok()?;
+                    Some((b, head))
+                });
+                let theirs = super::client::head_of(inner, &self.peer, bucket, self.proof).await;
+                if let (Some((b, mine)), Some(theirs)) = (head, theirs) {
+                    if theirs == mine || b.contains_version(&theirs, &mine).unwrap_or(false) {
+                        return Covered::File;
+                    }
+                }
+            }
+            tokio::time::sleep(RETRY_AFTER).await;
+        }
     }
 }
 
