@@ -8,6 +8,8 @@
 #   clone          a claim cloned from another (dataSource: PersistentVolumeClaim)
 #   expand         a claim grown while its pod runs; df in the pod sees it
 #   vac            a claim moved to another VolumeAttributesClass
+#   syncreplicas   the chart's StorageClass with syncReplicas 1 on one node:
+#                  no replica can confirm, so a pod's fsync fails with EIO
 #   groupsnapshot  a VolumeGroupSnapshot of two claims, each member restored
 #   recreate       a pod deleted and created again keeps its data
 #   upgrade        the node plugin DaemonSet updated to a new image tag while a
@@ -45,7 +47,7 @@ ATTRIBUTES_CLASS="${ATTRIBUTES_CLASS:-jax-csi-short-history}"
 BUSYBOX_IMAGE="${BUSYBOX_IMAGE:-busybox:1.37}"
 NEXT_IMAGE_TAG="${NEXT_IMAGE_TAG:-$IMAGE_TAG-next}"
 KEEP="${KEEP:-0}"
-ALL_SCENARIOS=(basic rwx snapshot clone expand vac groupsnapshot recreate upgrade restart delete)
+ALL_SCENARIOS=(basic rwx snapshot clone expand vac syncreplicas groupsnapshot recreate upgrade restart delete)
 NODE_SELECTOR="app.kubernetes.io/instance=$RELEASE,app.kubernetes.io/component=node"
 
 t() { kc -n "$TEST_NAMESPACE" "$@"; }
@@ -258,6 +260,42 @@ scenario_vac() {
   # The volume still works.
   write_synced vac /data/after.txt after-modify
   expect_in_pod vac 'cat /data/after.txt' after-modify
+}
+
+# syncReplicas as the chart sets it (#28): its StorageClass template
+# rendered with replicas 2 and syncReplicas 1. A onebox cluster has one
+# node, so no other replica can confirm a write: a pod's fsync must fail
+# with EIO once the driver's wait is over (never a silent success), and
+# the node plugin says why. (With a second node the fsync would return once
+# that node holds a copy of its journal frame: tests/multinode.rs.)
+scenario_syncreplicas() {
+  need helm
+  local class="$STORAGE_CLASS-sync-e2e" start
+  # (The chart renders nothing without a database; the StorageClass does
+  # not name it.)
+  capture "kind: StorageClass" helm template "$RELEASE" "$ROOT/charts/jax-csi" \
+    --namespace "$NAMESPACE" --show-only templates/storageclass.yaml \
+    --set-string database.url=postgres://not-rendered \
+    --set storageClass.name="$class" --set storageClass.parameters.replicas=2 \
+    --set storageClass.parameters.syncReplicas=1 | apply_manifest
+  STORAGE_CLASS="$class" pvc syncr ReadWriteOnce 64Mi
+  pod syncr syncr
+  start="$(now_ms)"
+  if ! dry; then
+    if in_pod syncr 'echo x | dd of=/data/f conv=fsync 2>/tmp/err'; then
+      fail "an fsync succeeded though no other replica could confirm it"
+    fi
+    in_pod syncr "grep -qiE 'i/o error|input/output error' /tmp/err" \
+      || fail "the fsync did not fail with EIO: $(in_pod syncr 'cat /tmp/err')"
+  fi
+  note "the fsync failed with EIO after $(since "$start") s"
+  local logged
+  logged="$(kc_capture "fsync failed: the replicas it waits for did not confirm" -n "$NAMESPACE" \
+    logs "daemonset/$RELEASE-node" -c jax-csi --tail=-1)"
+  printf '%s\n' "$logged" | grep -q "fsync failed: the replicas it waits for did not confirm" \
+    || fail "the node plugin logged no reason for the failed fsync"
+  t delete pod syncr --wait=false
+  kc delete storageclass "$class" --wait=false
 }
 
 # The VolumeSnapshots of a group snapshot, and whether it has N of them.
