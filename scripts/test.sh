@@ -18,6 +18,7 @@ cargo run --locked --quiet --bin jax-csi -- bench bucket --dir "${TMPDIR:-/tmp}"
 cargo run --locked --quiet --bin jax-csi -- bench fuse --dir "${TMPDIR:-/tmp}" --size-mib 8 --files 200 --random-reads 50 --mixed-ops 2000 --fsx-ops 1000 --idle-volumes 20 --pgbench-seconds 2 --pgbench-scale 1 >/dev/null
 cargo run --locked --quiet --bin jax-csi -- bench controller --dir "${TMPDIR:-/tmp}" --volumes 50 --list-volumes 200 >/dev/null
 cargo run --locked --quiet --bin jax-csi -- bench sync --dir "${TMPDIR:-/tmp}" --size-mib 8 --files 50 --latency-samples 3 >/dev/null
+cargo run --locked --quiet --bin jax-csi -- bench rebuild --dir "${TMPDIR:-/tmp}" --size-mib 8 --files 50 >/dev/null
 # The README's main job, on the same build: local cluster, volumes, a pod's writes.
 demo_state="$(mktemp -d "${TMPDIR:-/tmp}/jax-demo-ci.XXXXXX")"
 JAX_DEMO_PROFILE=dev ./scripts/demo.sh "$demo_state" >"$demo_state.log" 2>&1 || {
