@@ -306,6 +306,9 @@ impl LiveMount {
     /// Make every fsync wait, once durable here, for `wait` (`syncReplicas`);
     /// `None`: fsyncs are durable here alone again.
     pub fn set_replica_wait(&self, wait: Option<ReplicaWait>) {
+        if let Some(journal) = self.lock().journal() {
+            journal.keep_copies(wait.is_some());
+        }
         *self.shared.replica_wait.lock().unwrap() = wait;
     }
 

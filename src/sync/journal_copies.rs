@@ -8,7 +8,7 @@
 //! where the peer's last answer left off (from the start of a new file
 //! after a version retired the old one). A peer refuses a file whose base
 //! version it does not hold yet and fetches it; the writer asks again
-//! until its deadline. See `copy_store` for what the peer keeps.
+//! until its deadline. See `bucket::journal::copies` for what the peer keeps.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use super::client::{ask, peer_err, proof_key, request};
 use super::proto::{CopyFrame, Request, Response, MAX_COPY, MAX_COPY_BYTES};
 use super::wire::{read_bytes, read_msg};
 use super::{Inner, SyncError};
-use crate::bucket::journal::copies::{self as copy_store, Copy};
+use crate::bucket::journal::copies::{self, Copy};
 use crate::bucket::journal::{Copyable, FileId, Journal, Position};
 use crate::bucket::BucketId;
 use crate::crypto::NodeId;
@@ -29,7 +29,7 @@ use crate::crypto::NodeId;
 /// left before it is asked again.
 const RETRY_AFTER: Duration = Duration::from_millis(5);
 /// Failed requests in a row after which a peer is taken for one that
-/// does not take journal copies (see [`held_in_a_version`]).
+/// does not take journal copies (see [`Shipment::held_in_a_version`]).
 const OLD_PEER_AFTER: u32 = 3;
 /// How long one round of sending lasts before the peer list is read again.
 const ROUND: Duration = Duration::from_secs(1);
@@ -169,6 +169,10 @@ impl Shipment<'_> {
             let copy = match self.journal.copy_for(&upto.file, *have, MAX_COPY_BYTES) {
                 Copyable::Bytes(copy) => copy,
                 Copyable::Gone => return Covered::Gone,
+                Copyable::NotKept => {
+                    drop(have);
+                    return self.held_in_a_version().await;
+                }
             };
             let req = Request::JournalCopy {
                 bucket,
@@ -196,9 +200,9 @@ impl Shipment<'_> {
     }
 
     /// For a peer that does not take journal copies (a build from before
-    /// them drops the request; or it fails): wait until a version holds
-    /// the frames (the file was retired) and the peer's head holds that
-    /// version.
+    /// them drops the request; or it fails), or a file whose bytes were
+    /// not kept: wait until a version holds the frames (the file was
+    /// retired) and the peer's head holds that version.
     async fn held_in_a_version(&self) -> Covered {
         let (inner, bucket) = (self.inner, self.bucket);
         loop {
@@ -227,7 +231,7 @@ impl Shipment<'_> {
 /// answers, one per writer's file (the longest).
 pub async fn gather(inner: &Arc<Inner>, bucket: BucketId) -> Vec<Copy> {
     let root = inner.state.root().to_path_buf();
-    let mut all = tokio::task::spawn_blocking(move || copy_store::read_all(&root, &bucket))
+    let mut all = tokio::task::spawn_blocking(move || copies::read_all(&root, &bucket))
         .await
         .unwrap_or_default();
     if let Ok(key) = proof_key(inner, &bucket, None) {
@@ -247,16 +251,12 @@ pub async fn gather(inner: &Arc<Inner>, bucket: BucketId) -> Vec<Copy> {
     }
     let mut longest: HashMap<(NodeId, FileId), Copy> = HashMap::new();
     for c in all {
-        let slot = longest.entry((c.writer, c.file));
-        match slot {
-            std::collections::hash_map::Entry::Occupied(mut o) => {
-                if o.get().bytes.len() < c.bytes.len() {
-                    o.insert(c);
-                }
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(c);
-            }
+        let key = (c.writer, c.file);
+        if longest
+            .get(&key)
+            .is_none_or(|held| held.bytes.len() < c.bytes.len())
+        {
+            longest.insert(key, c);
         }
     }
     longest.into_values().collect()

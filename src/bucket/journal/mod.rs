@@ -87,14 +87,17 @@ pub struct Journal {
     /// Signalled when a cut is retired or handed back (an append that
     /// must wait for its version, see [`Journal::append`]).
     cut_settled: Condvar,
+    /// Whether files started from now on keep their bytes in memory for
+    /// replicas' copies (`syncReplicas`; see [`Journal::keep_copies`]).
+    keeps_copies: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
 struct State {
     active: Option<Active>,
-    /// The file the last retire took over, its bytes kept for a replica
-    /// whose copy had not reached its end yet.
-    previous: Option<(FileId, Vec<u8>)>,
+    /// The file the last retire took over, its bytes (if kept) for a
+    /// replica whose copy had not reached its end yet.
+    previous: Option<(FileId, Option<Vec<u8>>)>,
     cut: Option<Cut>,
     /// The last versions cut and then handed back (never durable): a
     /// batch of changes on one of them, taken before, is refused.
@@ -136,9 +139,11 @@ struct Active {
     frames: u64,
     /// Where the next frame goes.
     end: u64,
-    /// The file's bytes up to `end` (frames since the last version: small),
-    /// for replicas' copies (`syncReplicas`).
-    bytes: Vec<u8>,
+    /// The file's bytes up to `end` (frames since the last version), for
+    /// replicas' copies: kept only while a mount's fsyncs wait for
+    /// replicas (a large write fsynced in batches would otherwise hold
+    /// them all in memory until the version, on every mount).
+    bytes: Option<Vec<u8>>,
 }
 
 impl Active {
@@ -182,6 +187,9 @@ pub enum Copyable {
     /// The file went with an older version than the last one retired:
     /// its changes are in HEAD's history, which replicas hold instead.
     Gone,
+    /// The file's bytes were not kept (it started before copies were
+    /// asked for): replicas must hold the version that takes it over.
+    NotKept,
 }
 
 /// What a journal directory holds, read back.
@@ -203,7 +211,15 @@ impl Journal {
             dir,
             state: Mutex::new(State::default()),
             cut_settled: Condvar::new(),
+            keeps_copies: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Keep the bytes of journal files started from now on, for replicas'
+    /// copies (`syncReplicas`), or stop keeping them.
+    pub fn keep_copies(&self, on: bool) {
+        self.keeps_copies
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Where the active file's frames end now, if there is one.
@@ -219,10 +235,13 @@ impl Journal {
     /// `max` of them (from its start when `have` names another file).
     pub fn copy_for(&self, file: &FileId, have: Option<(FileId, u64)>, max: usize) -> Copyable {
         let st = self.lock();
-        let bytes = match (&st.active, &st.previous) {
+        let kept = match (&st.active, &st.previous) {
             (Some(a), _) if a.id() == *file => &a.bytes,
             (_, Some((id, bytes))) if id == file => bytes,
             _ => return Copyable::Gone,
+        };
+        let Some(bytes) = kept else {
+            return Copyable::NotKept;
         };
         let offset = match have {
             Some((id, at)) if id == *file => (at as usize).min(bytes.len()),
@@ -394,7 +413,10 @@ impl Journal {
                 epoch,
                 frames: 1,
                 end: 0,
-                bytes: Vec::new(),
+                bytes: self
+                    .keeps_copies
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .then(Vec::new),
             });
         }
         let a = active.as_mut().expect("opened above");
@@ -415,7 +437,9 @@ impl Journal {
         }
         a.frames += 1;
         a.end += frame_len;
-        a.bytes.extend_from_slice(&bytes[..frame_len as usize]);
+        if let Some(kept) = &mut a.bytes {
+            kept.extend_from_slice(&bytes[..frame_len as usize]);
+        }
         Ok(created)
     }
 

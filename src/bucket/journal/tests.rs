@@ -375,8 +375,46 @@ fn copied(
     let at = journal.position().expect("an active file");
     match journal.copy_for(&at.file, have, usize::MAX) {
         super::Copyable::Bytes(c) => c,
-        super::Copyable::Gone => panic!("the active file is gone"),
+        other => panic!("the active file's bytes: {other:?}"),
     }
+}
+
+/// A journaled mount whose journal keeps its files' bytes for replicas
+/// (what a mount whose fsyncs wait for replicas asks).
+fn journaled_for_copies(b: &Bucket) -> Mount {
+    let m = journaled(b);
+    m.journal().unwrap().keep_copies(true);
+    m
+}
+
+/// Unless copies are asked for, a journal file's bytes are not kept in
+/// memory; asked for, they are from the next file on.
+#[test]
+fn a_journal_keeps_its_bytes_only_when_copies_are_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = test_bucket(dir.path(), 4096);
+    let mut m = journaled(&b);
+    let f = m.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap().ino;
+    m.write(f, 0, b"not copied").unwrap();
+    fsync(&mut m);
+    let journal = m.journal().unwrap();
+    let at = journal.position().unwrap();
+    journal.keep_copies(true);
+    assert!(matches!(
+        journal.copy_for(&at.file, None, usize::MAX),
+        super::Copyable::NotKept
+    ));
+    m.save().unwrap();
+    assert!(matches!(
+        journal.copy_for(&at.file, None, usize::MAX),
+        super::Copyable::NotKept
+    ));
+    m.write(f, 0, b"copied").unwrap();
+    fsync(&mut m);
+    assert_eq!(
+        copied(&journal, None).bytes.len() as u64,
+        journal.position().unwrap().end
+    );
 }
 
 /// A replica's copy of a journal whose changes HEAD already holds (the
@@ -386,7 +424,7 @@ fn copied(
 fn a_copy_whose_changes_head_holds_changes_nothing_when_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let b = test_bucket(dir.path(), 4096);
-    let mut m = journaled(&b);
+    let mut m = journaled_for_copies(&b);
     let f = m.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap().ino;
     m.write(f, 0, b"first").unwrap();
     fsync(&mut m);
@@ -418,7 +456,7 @@ fn a_copy_whose_changes_head_holds_changes_nothing_when_replayed() {
 fn a_copy_grows_from_where_it_ends_and_outlives_its_file_by_one_version() {
     let dir = tempfile::tempdir().unwrap();
     let b = test_bucket(dir.path(), 4096);
-    let mut m = journaled(&b);
+    let mut m = journaled_for_copies(&b);
     let f = m.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap().ino;
     m.write(f, 0, b"whole").unwrap();
     fsync(&mut m);
@@ -462,7 +500,7 @@ fn a_copy_grows_from_where_it_ends_and_outlives_its_file_by_one_version() {
 fn a_copy_cut_short_replays_its_whole_frames() {
     let dir = tempfile::tempdir().unwrap();
     let b = test_bucket(dir.path(), 4096);
-    let mut m = journaled(&b);
+    let mut m = journaled_for_copies(&b);
     let f = m.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap().ino;
     m.write(f, 0, b"whole").unwrap();
     fsync(&mut m);
