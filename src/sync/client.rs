@@ -227,8 +227,11 @@ async fn get_blobs_from(
             };
             match quick_blob_answer_for(inner, peer, &req).await {
                 Ok(recv) => recv,
+                // Not reached at all: the next peer, not a plain request.
+                Err(e) if inner.is_down(peer) => return Err(e),
                 Err(e) => {
-                    // A node from before background requests drops them.
+                    // Reached, and the request dropped: a node from before
+                    // background requests.
                     tracing::debug!(%peer, %bucket, error = %e, "a background blob request failed; asking plainly");
                     inner.no_background(peer);
                     quick_blob_answer_for(inner, peer, &plain).await?
