@@ -696,8 +696,12 @@ pub(super) async fn history_from(
     }
 }
 
-/// Store the manifests of `want` a history answer brought (checked against
-/// their addresses when they arrived), durably; returns the others.
+/// Store the blobs of `want` an answer brought (checked against their
+/// addresses when they arrived); returns the others. They wait in the
+/// store, readable at once, for its next sync: whatever names them in HEAD
+/// (the merge a pull ends in, a fast-forward) syncs the store first. A sync
+/// here, once per level of the chain and of the tree, was most of a pull's
+/// time under load (each a round of fdatasyncs and directory fsyncs).
 async fn store_prefetched(
     inner: &Inner,
     prefetched: &mut HashMap<Hash, Prefetched>,
@@ -725,7 +729,6 @@ async fn store_prefetched(
                 stored.push(p.bytes.len());
             }
         }
-        store.sync().map_err(|e| e.to_string())?;
         Ok::<_, String>(stored)
     })
     .await
