@@ -1018,6 +1018,9 @@ pub(super) async fn pull_with(
         "pulled a head"
     );
     let Some(replicas) = inner.replicas.get().cloned() else {
+        // Nothing here applies it (the merge would sync the store): make
+        // what came durable now.
+        sync_fetched(inner, bucket).await;
         return Ok(());
     };
     let applied = tokio::task::spawn_blocking(move || replicas.apply_head(&bucket, &head))

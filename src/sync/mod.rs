@@ -685,6 +685,11 @@ impl Inner {
         }
     }
 
+    /// See [`Strangers::warn_refusal`].
+    fn warn_refusal(&self, node: &NodeId) -> bool {
+        self.strangers.lock().unwrap().warn_refusal(node)
+    }
+
     async fn is_registered(&self, node: &NodeId) -> bool {
         // Removed from the cluster: refused whatever a list says.
         if self.state.revoked().contains(node) {
@@ -827,9 +832,34 @@ const STRANGERS_KEPT: usize = 4096;
 struct Strangers {
     refused: HashMap<NodeId, std::time::Instant>,
     last_ask: Option<std::time::Instant>,
+    /// When a refusal of each node was last logged as a warning.
+    warned: HashMap<NodeId, std::time::Instant>,
 }
 
+/// A node refused again and again (one that connects before its
+/// registration is seen here tries dozens of times a second) is warned
+/// about at most this often; the other refusals are logged at debug.
+const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(60);
+
 impl Strangers {
+    /// Whether a refusal of `node` now is worth a warning (see
+    /// [`REFUSAL_WARN_EVERY`]).
+    fn warn_refusal(&mut self, node: &NodeId) -> bool {
+        let now = std::time::Instant::now();
+        let due = |t: &std::time::Instant| now.duration_since(*t) >= REFUSAL_WARN_EVERY;
+        if self.warned.get(node).is_some_and(|t| !due(t)) {
+            return false;
+        }
+        if self.warned.len() >= STRANGERS_KEPT {
+            self.warned.retain(|_, t| !due(t));
+            if self.warned.len() >= STRANGERS_KEPT {
+                return false;
+            }
+        }
+        self.warned.insert(*node, now);
+        true
+    }
+
     /// Whether `node` may be asked about now; if so, counts as asked
     /// (the answer `false` stays in force for [`STRANGER_TTL`]).
     fn may_ask(&mut self, node: &NodeId) -> bool {

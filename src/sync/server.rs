@@ -64,7 +64,11 @@ impl ProtocolHandler for Handler {
         let peer = NodeId(*conn.remote_id().as_bytes());
         if !self.inner.is_registered(&peer).await {
             self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, "sync connection from a node that is not registered; refused");
+            if self.inner.warn_refusal(&peer) {
+                tracing::warn!(%peer, "sync connection from a node that is not registered; refused (further refusals of it for a minute are logged at debug)");
+            } else {
+                tracing::debug!(%peer, "sync connection from a node that is not registered; refused");
+            }
             conn.close(1u32.into(), b"not a registered node");
             return Ok(());
         }

@@ -1423,3 +1423,20 @@ async fn a_second_first_version_is_refused() {
         b"deleted long ago"
     );
 }
+
+/// A node that connects before its registration is seen here tries dozens
+/// of times a second: one warning a minute per node, not one per try.
+#[test]
+fn a_node_refused_again_and_again_is_warned_about_once_a_minute() {
+    let mut strangers = Strangers::default();
+    let (a, b) = (NodeId([1; 32]), NodeId([2; 32]));
+    assert!(strangers.warn_refusal(&a));
+    assert!(!strangers.warn_refusal(&a));
+    assert!(!strangers.warn_refusal(&a));
+    assert!(strangers.warn_refusal(&b), "each node is warned about once");
+    // A minute later, a refusal of `a` is worth a warning again.
+    let warned = strangers.warned.get_mut(&a).unwrap();
+    *warned = warned.checked_sub(REFUSAL_WARN_EVERY).unwrap();
+    assert!(strangers.warn_refusal(&a));
+    assert!(!strangers.warn_refusal(&a));
+}
