@@ -121,7 +121,10 @@ pub async fn ask_for_tests(
 
 fn refused(peer: &NodeId, r: Response) -> SyncError {
     match r {
-        Response::Refused { reason } => peer_err(peer, format!("refused: {reason}")),
+        Response::Refused { reason } => SyncError::Refused {
+            peer: peer.to_hex()[..16].to_string(),
+            reason,
+        },
         other => peer_err(peer, format!("unexpected answer {other:?}")),
     }
 }
@@ -229,6 +232,10 @@ async fn get_blobs_from(
                 Ok(recv) => recv,
                 // Not reached at all: the next peer, not a plain request.
                 Err(e) if inner.is_down(peer) => return Err(e),
+                // Refused by a node that knows the request (a plain one
+                // would be refused alike): the next peer, and this one
+                // is asked in the background again next time.
+                Err(e @ SyncError::Refused { .. }) => return Err(e),
                 Err(e) => {
                     // Reached, and the request dropped: a node from before
                     // background requests.

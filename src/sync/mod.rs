@@ -70,6 +70,10 @@ pub enum SyncError {
     NoPeer(BucketId),
     #[error("peer {peer}: {why}")]
     Peer { peer: String, why: String },
+    /// The peer answered the request with a refusal (it knows the request:
+    /// a wrong proof, a bucket it does not hold, a busy node).
+    #[error("peer {peer}: refused: {reason}")]
+    Refused { peer: String, reason: String },
     #[error("bucket {bucket}: {source}")]
     Bucket {
         bucket: BucketId,
