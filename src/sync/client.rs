@@ -34,9 +34,14 @@ const IN_FLIGHT: usize = 4;
 
 pub(super) fn peer_err(peer: &NodeId, why: impl std::fmt::Display) -> SyncError {
     SyncError::Peer {
-        peer: peer.to_hex()[..16].to_string(),
+        peer: short_name(peer),
         why: why.to_string(),
     }
+}
+
+/// How errors name a peer: the start of its id.
+fn short_name(peer: &NodeId) -> String {
+    peer.to_hex()[..16].to_string()
 }
 
 /// A connection to `peer`, reused while it lives.
@@ -122,7 +127,7 @@ pub async fn ask_for_tests(
 fn refused(peer: &NodeId, r: Response) -> SyncError {
     match r {
         Response::Refused { reason } => SyncError::Refused {
-            peer: peer.to_hex()[..16].to_string(),
+            peer: short_name(peer),
             reason,
         },
         other => peer_err(peer, format!("unexpected answer {other:?}")),
