@@ -221,7 +221,9 @@ async fn get_blobs_from(
     hashes: &[Hash],
 ) -> Result<Vec<Hash>, SyncError> {
     let fut = async {
-        let plain = Request::GetBlobs {
+        // Built only when sent: most batches of a rebuild go in the
+        // background.
+        let plain = || Request::GetBlobs {
             bucket,
             proof,
             hashes: hashes.to_vec(),
@@ -246,11 +248,11 @@ async fn get_blobs_from(
                     // background requests.
                     tracing::debug!(%peer, %bucket, error = %e, "a background blob request failed; asking plainly");
                     inner.no_background(peer);
-                    quick_blob_answer_for(inner, peer, &plain).await?
+                    quick_blob_answer_for(inner, peer, &plain()).await?
                 }
             }
         } else {
-            quick_blob_answer_for(inner, peer, &plain).await?
+            quick_blob_answer_for(inner, peer, &plain()).await?
         };
         let wanted: HashSet<Hash> = hashes.iter().copied().collect();
         let mut missing = Vec::new();
